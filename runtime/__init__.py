@@ -1,0 +1,54 @@
+"""embserve runtime: compressed embedding tables as a library.
+
+import runtime
+table = runtime.compress(x, codec="pq", subspaces=16, bits=8, rerank="int8")
+table.save("tables/items/v1"); table = runtime.load_table("tables/items/v1")
+ids, scores = table.search(queries, k=10, metric="ip", oversample=10)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+# Kernels are called from several threads at once (the service's executor); numba's default
+# workqueue layer aborts on concurrent parallel regions, so ask for a thread-safe layer (OpenMP
+# or TBB) unless the user chose one.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
+
+from runtime.codecs import CODECS, Codec, codec_class
+from runtime.errors import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactIncompatible,
+    ArtifactNotFound,
+    DimensionMismatch,
+    EmbserveError,
+    IdOutOfRange,
+    InvalidRequest,
+    UnknownCodec,
+    UnsupportedMetric,
+)
+from runtime.table import Table, __version__, compress, load_table
+
+__all__ = [
+    "CODECS",
+    "ArtifactCorrupt",
+    "ArtifactError",
+    "ArtifactIncompatible",
+    "ArtifactNotFound",
+    "Codec",
+    "DimensionMismatch",
+    "EmbserveError",
+    "IdOutOfRange",
+    "InvalidRequest",
+    "Table",
+    "UnknownCodec",
+    "UnsupportedMetric",
+    "__version__",
+    "codec_class",
+    "compress",
+    "load_table",
+]

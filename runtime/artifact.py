@@ -1,0 +1,119 @@
+"""On-disk format of a table version: a directory with `manifest.json` and one `.npy` per array.
+
+manifest.json:
+  format_version   int, this module's FORMAT_VERSION when written
+  codec, params    the primary codec and its options
+  rerank           null, or {"codec", "params"} of the rescoring codec
+  rows, dim        the table's shape
+  arrays           {name: {"file", "dtype", "shape", "sha256"}}; rerank arrays are named "rerank.<name>"
+  provenance       free-form: created_at, embserve version, source, seed
+
+Loading memory-maps every array (processes serving one artifact share the page cache) after
+checking its size and sha256, so a truncated, flipped or missing file is refused before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays and manifest into directory `path` (created; files replaced atomically).
+
+    The manifest is written last, through a temporary file and rename, so a reader never sees
+    a manifest whose arrays are not all on disk."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, array in arrays.items():
+        filename = f"{name}.npy"
+        target = out / filename
+        with tempfile.NamedTemporaryFile(dir=out, prefix=f".{filename}.", delete=False) as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(fh.name, target)
+        entries[name] = {
+            "file": filename,
+            "dtype": np.dtype(array.dtype).str,
+            "shape": list(array.shape),
+            "sha256": sha256_file(target),
+        }
+    full = dict(manifest, format_version=FORMAT_VERSION, arrays=entries)
+    with tempfile.NamedTemporaryFile(mode="w", dir=out, prefix=".manifest.", delete=False) as text:
+        text.write(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    os.replace(text.name, out / MANIFEST)
+    return out
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    root = Path(path)
+    file = root / MANIFEST
+    if not root.is_dir():
+        raise ArtifactNotFound(f"artifact directory {str(root)!r} does not exist")
+    if not file.is_file():
+        raise ArtifactNotFound(f"{str(file)!r} is missing: not an embserve artifact")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactCorrupt(f"{str(file)!r} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactCorrupt(f"{str(file)!r} must hold a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise ArtifactCorrupt(f"{str(file)!r} has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise ArtifactIncompatible(
+            f"artifact format version {version} is newer than this embserve reads ({FORMAT_VERSION}); upgrade embserve"
+        )
+    for key, kind in (("codec", str), ("rows", int), ("dim", int), ("arrays", dict), ("params", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactCorrupt(f"{str(file)!r}: field {key!r} is missing or not a {kind.__name__}")
+    return manifest
+
+
+def load_arrays(path: str | os.PathLike[str], manifest: dict[str, Any], verify: bool = True) -> dict[str, np.ndarray]:
+    """Memory-map every array the manifest names, after checking size, dtype, shape and sha256."""
+    root = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for name, entry in manifest["arrays"].items():
+        try:
+            file = root / entry["file"]
+            dtype, shape, digest = np.dtype(entry["dtype"]), tuple(entry["shape"]), entry["sha256"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactCorrupt(f"manifest entry for array {name!r} is malformed: {exc}") from None
+        if Path(entry["file"]).name != entry["file"]:
+            raise ArtifactCorrupt(f"array {name!r} names a file outside the artifact: {entry['file']!r}")
+        if not file.is_file():
+            raise ArtifactCorrupt(f"array {name!r}: file {str(file)!r} is missing")
+        if verify and sha256_file(file) != digest:
+            raise ArtifactCorrupt(f"array {name!r}: {str(file)!r} fails its sha256 check (corrupt or truncated)")
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ArtifactCorrupt(f"array {name!r}: {str(file)!r} cannot be read: {exc}") from None
+        if array.dtype != dtype or array.shape != shape:
+            raise ArtifactCorrupt(
+                f"array {name!r}: file holds {array.dtype} {array.shape}, manifest says {dtype} {shape}"
+            )
+        # a plain ndarray view of the mapping: numba takes it, no copy is made
+        arrays[name] = np.asarray(array)
+    return arrays

@@ -1,0 +1,45 @@
+"""fp16: half precision (d × 2 bytes a row), gathered and cast to float32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.codecs.base import Codec, Progress
+from runtime.errors import InvalidRequest
+from runtime.kernels import dense
+from runtime.kernels.rowwise import HALF_TABLE
+from runtime.validation import FP16_MAX
+
+
+def refuse_beyond_fp16(x: np.ndarray, codec: str) -> None:
+    """Values past fp16's range would become inf; name the first row that has one."""
+    too_big = np.abs(x).max(axis=1) > FP16_MAX
+    if too_big.any():
+        row = int(np.flatnonzero(too_big)[0])
+        raise InvalidRequest(f"codec {codec!r} stores fp16: row {row} has a value beyond ±{FP16_MAX:g}")
+
+
+class Fp16Codec(Codec):
+    name = "fp16"
+    required_arrays = ("values",)
+
+    @classmethod
+    def _encode(
+        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    ) -> dict[str, np.ndarray]:
+        refuse_beyond_fp16(x, cls.name)
+        return {"values": x.astype(np.float16)}
+
+    def check_arrays(self) -> str | None:
+        values = self.arrays["values"]
+        if values.dtype != np.float16 or values.shape != (self.rows, self.dim):
+            return f"values must be float16 {(self.rows, self.dim)}, got {values.dtype} {values.shape}"
+        return None
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        return dense.fp16_gather(self.arrays["values"].view(np.uint16), ids, HALF_TABLE)
+
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        return self.arrays["values"][start:stop].astype(np.float32)

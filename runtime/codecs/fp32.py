@@ -1,0 +1,32 @@
+"""fp32: the uncompressed reference table (d × 4 bytes a row)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.codecs.base import Codec, Progress
+
+
+class Fp32Codec(Codec):
+    name = "fp32"
+    required_arrays = ("values",)
+
+    @classmethod
+    def _encode(
+        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    ) -> dict[str, np.ndarray]:
+        return {"values": np.ascontiguousarray(x, dtype=np.float32)}
+
+    def check_arrays(self) -> str | None:
+        values = self.arrays["values"]
+        if values.dtype != np.float32 or values.shape != (self.rows, self.dim):
+            return f"values must be float32 {(self.rows, self.dim)}, got {values.dtype} {values.shape}"
+        return None
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.arrays["values"][ids], dtype=np.float32)
+
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.arrays["values"][start:stop])

@@ -1,0 +1,66 @@
+"""int8 / int4 / int2 row-wise uniform quantization in FBGEMM's fused row layout.
+
+Each row: packed codes (8 // bits codes a byte, low bits first), then fp16 scale and fp16 bias.
+Bytes a row: ceil(d * bits / 8) + 4.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from runtime.codecs.base import Codec, Progress
+from runtime.codecs.fp16 import refuse_beyond_fp16
+from runtime.kernels import rowwise
+from runtime.kernels.rowwise import HALF_TABLE
+
+
+class RowwiseCodec(Codec):
+    bits: ClassVar[int]
+    required_arrays = ("rows",)
+
+    @classmethod
+    def _encode(
+        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    ) -> dict[str, np.ndarray]:
+        refuse_beyond_fp16(x, cls.name)
+        out = np.empty((x.shape[0], rowwise.packed_bytes(x.shape[1], cls.bits) + 4), dtype=np.uint8)
+        step = 65536
+        for start in range(0, x.shape[0], step):
+            stop = min(x.shape[0], start + step)
+            out[start:stop] = rowwise.quantize_numpy(x[start:stop], cls.bits)
+            if progress is not None:
+                progress("encode", stop, x.shape[0])
+        return {"rows": out}
+
+    def check_arrays(self) -> str | None:
+        rows = self.arrays["rows"]
+        shape = (self.rows, rowwise.packed_bytes(self.dim, self.bits) + 4)
+        if rows.dtype != np.uint8 or rows.shape != shape:
+            return f"rows must be uint8 {shape}, got {rows.dtype} {rows.shape}"
+        return None
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        return rowwise.gather(self.arrays["rows"], ids, self.dim, self.bits, HALF_TABLE)
+
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)
+
+    def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+        return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE)
+
+
+class Int8Codec(RowwiseCodec):
+    name = "int8"
+    bits = 8
+
+
+class Int4Codec(RowwiseCodec):
+    name = "int4"
+    bits = 4
+
+
+class Int2Codec(RowwiseCodec):
+    name = "int2"
+    bits = 2

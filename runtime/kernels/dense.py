@@ -1,0 +1,44 @@
+"""Kernels over dense rows: fp16 gather and EmbeddingBag pooling of decoded rows."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def fp16_gather(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray) -> np.ndarray:
+    """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32."""
+    dim = bits16.shape[1]
+    out = np.empty((ids.shape[0], dim), dtype=np.float32)
+    for i in prange(ids.shape[0]):
+        src = bits16[ids[i]]
+        for j in range(dim):
+            out[i, j] = half_table[src[j]]
+    return out
+
+
+def fp16_gather_numpy(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Twin of `fp16_gather`: values (n, d) float16 -> (b, d) float32."""
+    return values[ids].astype(np.float32)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def pool(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+    """EmbeddingBag pooling. decoded (m, d) float32, offsets (B,) int64 -> (B, d) float32.
+
+    Bag b is rows offsets[b]..offsets[b+1]-1 (the last bag runs to m); empty bags are zeros."""
+    nbags = offsets.shape[0]
+    dim = decoded.shape[1]
+    out = np.zeros((nbags, dim), dtype=np.float32)
+    for b in prange(nbags):
+        start = offsets[b]
+        stop = offsets[b + 1] if b + 1 < nbags else decoded.shape[0]
+        for t in range(start, stop):
+            for j in range(dim):
+                out[b, j] += decoded[t, j]
+        if mean and stop > start:
+            inv = np.float32(1.0) / np.float32(stop - start)
+            for j in range(dim):
+                out[b, j] *= inv
+    return out

@@ -1,0 +1,155 @@
+"""Row-wise uniform quantization kernels (int8 / int4 / int2), FBGEMM's fused row layout.
+
+A row of `rows` (n, packed + 4) uint8 holds the packed codes of `dim` values, then the fp16 scale
+and the fp16 bias (little-endian). value[j] = scale * code[j] + bias. Codes are packed low bits
+first: for int4 column 2i sits in the low nibble of byte i, for int2 column 4i in bits 0-1.
+
+numba has no float16 on the CPU, so fp16 bits are turned into float32 through `half_table`
+(65536,) float32, indexed by the raw uint16 bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def make_half_table() -> np.ndarray:
+    """(65536,) float32: value of every fp16 bit pattern."""
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+HALF_TABLE = make_half_table()
+
+
+def packed_bytes(dim: int, bits: int) -> int:
+    per_byte = 8 // bits
+    return (dim + per_byte - 1) // per_byte
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _dequant_row(
+    row: np.ndarray, dim: int, bits: int, half_table: np.ndarray, out: np.ndarray, accumulate: bool
+) -> None:
+    nbytes = row.shape[0] - 4
+    scale = half_table[np.int64(row[nbytes]) | (np.int64(row[nbytes + 1]) << 8)]
+    bias = half_table[np.int64(row[nbytes + 2]) | (np.int64(row[nbytes + 3]) << 8)]
+    if bits == 8:
+        if accumulate:
+            for j in range(dim):
+                out[j] += scale * np.float32(row[j]) + bias
+        else:
+            for j in range(dim):
+                out[j] = scale * np.float32(row[j]) + bias
+    elif bits == 4:
+        for j in range(dim):
+            code = (row[j >> 1] >> ((j & 1) << 2)) & 15
+            v = scale * np.float32(code) + bias
+            if accumulate:
+                out[j] += v
+            else:
+                out[j] = v
+    else:
+        for j in range(dim):
+            code = (row[j >> 2] >> ((j & 3) << 1)) & 3
+            v = scale * np.float32(code) + bias
+            if accumulate:
+                out[j] += v
+            else:
+                out[j] = v
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
+    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows."""
+    out = np.empty((ids.shape[0], dim), dtype=np.float32)
+    for i in prange(ids.shape[0]):
+        _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
+    """rows (n, P+4) uint8 -> (stop - start, dim) float32 rows start..stop-1 dequantized."""
+    out = np.empty((stop - start, dim), dtype=np.float32)
+    for i in prange(stop - start):
+        _dequant_row(rows[start + i], dim, bits, half_table, out[i], False)
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def bags(
+    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool, half_table: np.ndarray
+) -> np.ndarray:
+    """Pooled lookup as torch EmbeddingBag: bag b sums ids[offsets[b]:offsets[b+1]] (the last bag
+    runs to the end). rows (n, P+4) uint8, ids (m,) int64, offsets (B,) int64 -> (B, dim) float32.
+    An empty bag is zeros; mode mean divides by the bag's size."""
+    nbags = offsets.shape[0]
+    out = np.zeros((nbags, dim), dtype=np.float32)
+    for b in prange(nbags):
+        start = offsets[b]
+        stop = offsets[b + 1] if b + 1 < nbags else ids.shape[0]
+        for t in range(start, stop):
+            _dequant_row(rows[ids[t]], dim, bits, half_table, out[b], True)
+        if mean and stop > start:
+            inv = np.float32(1.0) / np.float32(stop - start)
+            for j in range(dim):
+                out[b, j] *= inv
+    return out
+
+
+def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:
+    """x (n, d) float32 -> fused rows (n, P+4) uint8. Scale and bias are rounded to fp16 first and
+    the codes computed against the rounded values, so decode matches what is stored."""
+    n, dim = x.shape
+    levels = (1 << bits) - 1
+    lo = x.min(axis=1)
+    hi = x.max(axis=1)
+    scale16 = ((hi - lo) / levels).astype(np.float16)
+    bias16 = lo.astype(np.float16)
+    scale = scale16.astype(np.float32)
+    bias = bias16.astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    codes = np.rint((x - bias[:, None]) / safe[:, None])
+    codes = np.clip(codes, 0, levels).astype(np.uint8)
+    codes[scale == 0] = 0
+    per_byte = 8 // bits
+    pbytes = packed_bytes(dim, bits)
+    padded = np.zeros((n, pbytes * per_byte), dtype=np.uint8)
+    padded[:, :dim] = codes
+    packed = np.zeros((n, pbytes), dtype=np.uint8)
+    for s in range(per_byte):
+        packed |= (padded[:, s::per_byte] << (s * bits)).astype(np.uint8)
+    out = np.empty((n, pbytes + 4), dtype=np.uint8)
+    out[:, :pbytes] = packed
+    out[:, pbytes : pbytes + 2] = scale16.view(np.uint8).reshape(n, 2)
+    out[:, pbytes + 2 :] = bias16.view(np.uint8).reshape(n, 2)
+    return out
+
+
+def dequantize_numpy(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
+    """Twin of `gather`: rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32."""
+    sel = rows[ids]
+    pbytes = sel.shape[1] - 4
+    scale = sel[:, pbytes : pbytes + 2].copy().view(np.float16).astype(np.float32)
+    bias = sel[:, pbytes + 2 :].copy().view(np.float16).astype(np.float32)
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    codes = np.empty((sel.shape[0], pbytes * per_byte), dtype=np.float32)
+    for s in range(per_byte):
+        codes[:, s::per_byte] = (sel[:, :pbytes] >> (s * bits)) & mask
+    return (scale * codes[:, :dim] + bias).astype(np.float32)
+
+
+def bags_numpy(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+    """Twin of the pooling: decoded (m, d) float32 rows, offsets (B,) -> (B, d) float32."""
+    nbags = offsets.shape[0]
+    out = np.zeros((nbags, decoded.shape[1]), dtype=np.float32)
+    bounds = [*offsets.tolist(), decoded.shape[0]]
+    for b in range(nbags):
+        part = decoded[bounds[b] : bounds[b + 1]]
+        if part.shape[0]:
+            out[b] = part.sum(axis=0, dtype=np.float32)
+            if mean:
+                out[b] /= np.float32(part.shape[0])
+    return out

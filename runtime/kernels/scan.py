@@ -1,0 +1,207 @@
+"""Fused scan + top-k kernels over compressed codes: Hamming on packed bits, ADC on PQ codes.
+
+Each kernel splits the rows into `nchunks` contiguous chunks; a task is one (query, chunk) pair
+and keeps its own bounded heap (see `topk.py`); `topk.merge_partials` then merges the chunk heaps.
+Keys follow the top-k convention: larger is better, so Hamming distances come out negated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from runtime.kernels.topk import heap_push, merge_partials
+
+
+@intrinsic
+def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
+    """Population count of a uint64 (LLVM's ctpop: one instruction where the CPU has POPCNT)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _chunk_bounds(n: int, nchunks: int, c: int) -> tuple[int, int]:
+    size = (n + nchunks - 1) // nchunks
+    start = min(n, c * size)
+    return start, min(n, start + size)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def hamming_topk(codes: np.ndarray, queries: np.ndarray, k: int, nchunks: int):
+    """codes (n, W) uint64, queries (q, W) uint64 -> keys (q, k') float32 (= -distance),
+    ids (q, k') int64, best first; k' = min(k, n)."""
+    n = codes.shape[0]
+    nq = queries.shape[0]
+    words = codes.shape[1]
+    kk = min(k, n)
+    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
+    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
+    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    for task in prange(nq * nchunks):
+        qi = task // nchunks
+        c = task % nchunks
+        start, stop = _chunk_bounds(n, nchunks, c)
+        hk = part_keys[qi, c]
+        hi = part_ids[qi, c]
+        size = 0
+        qv = queries[qi]
+        for i in range(start, stop):
+            dist = np.uint64(0)
+            for w in range(words):
+                dist += popcount64(codes[i, w] ^ qv[w])
+            size = heap_push(hk, hi, size, -np.float32(dist), i)
+        part_sizes[qi, c] = size
+    return merge_partials(part_keys, part_ids, part_sizes, kk)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def hamming_distances(codes: np.ndarray, candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """codes (n, W) uint64, candidates (q, c) int64, queries (q, W) uint64 -> (q, c) float32."""
+    nq, nc = candidates.shape
+    out = np.empty((nq, nc), dtype=np.float32)
+    for qi in prange(nq):
+        for j in range(nc):
+            row = codes[candidates[qi, j]]
+            dist = np.uint64(0)
+            for w in range(codes.shape[1]):
+                dist += popcount64(row[w] ^ queries[qi, w])
+            out[qi, j] = np.float32(dist)
+    return out
+
+
+def hamming_distances_numpy(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Twin: codes (n, W) uint64, queries (q, W) uint64 -> (q, n) int64 Hamming distances."""
+    x = codes[None, :, :] ^ queries[:, None, :]
+    return np.bitwise_count(x).sum(axis=2).astype(np.int64)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _adc_row(codes_row: np.ndarray, lut: np.ndarray, four_bit: bool) -> np.float32:
+    s = np.float32(0.0)
+    if four_bit:
+        for b in range(codes_row.shape[0]):
+            byte = codes_row[b]
+            s += lut[2 * b, byte & 15] + lut[2 * b + 1, byte >> 4]
+    else:
+        for m in range(codes_row.shape[0]):
+            s += lut[m, codes_row[m]]
+    return s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def adc_topk(
+    codes: np.ndarray,
+    luts: np.ndarray,
+    row_mul: np.ndarray,
+    row_add: np.ndarray,
+    k: int,
+    nchunks: int,
+    four_bit: bool,
+):
+    """Asymmetric distance computation with a fused top-k.
+
+    codes (n, M) uint8 — or (n, M/2) uint8 with two 4-bit codes a byte (low nibble = even m) when
+    four_bit — luts (q, M, K) float32. key[i] = row_mul[i] * sum_m luts[q, m, code[i, m]] + row_add[i];
+    an empty row_mul / row_add means 1 / 0.
+    -> keys (q, k') float32, ids (q, k') int64, best first; k' = min(k, n).
+    """
+    n = codes.shape[0]
+    nq = luts.shape[0]
+    kk = min(k, n)
+    has_mul = row_mul.shape[0] > 0
+    has_add = row_add.shape[0] > 0
+    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
+    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
+    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    for task in prange(nq * nchunks):
+        qi = task // nchunks
+        c = task % nchunks
+        start, stop = _chunk_bounds(n, nchunks, c)
+        hk = part_keys[qi, c]
+        hi = part_ids[qi, c]
+        lut = luts[qi]
+        size = 0
+        for i in range(start, stop):
+            s = _adc_row(codes[i], lut, four_bit)
+            if has_mul:
+                s = s * row_mul[i]
+            if has_add:
+                s = s + row_add[i]
+            size = heap_push(hk, hi, size, s, i)
+        part_sizes[qi, c] = size
+    return merge_partials(part_keys, part_ids, part_sizes, kk)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def adc_candidates(codes: np.ndarray, candidates: np.ndarray, luts: np.ndarray, four_bit: bool) -> np.ndarray:
+    """Sums of LUT entries for given rows: candidates (q, c) int64, luts (q, M, K) float32
+    -> (q, c) float32."""
+    nq, nc = candidates.shape
+    out = np.empty((nq, nc), dtype=np.float32)
+    for qi in prange(nq):
+        for j in range(nc):
+            out[qi, j] = _adc_row(codes[candidates[qi, j]], luts[qi], four_bit)
+    return out
+
+
+def unpack_codes_numpy(codes: np.ndarray, four_bit: bool) -> np.ndarray:
+    """(n, M) or (n, M/2) packed uint8 -> (n, M) int64 codes."""
+    if not four_bit:
+        return codes.astype(np.int64)
+    out = np.empty((codes.shape[0], codes.shape[1] * 2), dtype=np.int64)
+    out[:, 0::2] = codes & 15
+    out[:, 1::2] = codes >> 4
+    return out
+
+
+def adc_sums_numpy(codes: np.ndarray, luts: np.ndarray, four_bit: bool) -> np.ndarray:
+    """Twin of the ADC scan: -> (q, n) float32 sums of LUT entries, exactly as the kernel
+    accumulates them (float32, in subspace order)."""
+    unpacked = unpack_codes_numpy(codes, four_bit)
+    nq, nm = luts.shape[0], luts.shape[1]
+    out = np.zeros((nq, codes.shape[0]), dtype=np.float32)
+    for m in range(nm):
+        out += luts[:, m, :][:, unpacked[:, m]]
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def nearest_centroid(points: np.ndarray, centroids: np.ndarray):
+    """points (n, s) float32, centroids (K, s) float32 -> assign (n,) int64 (lowest index among
+    ties), squared distance (n,) float32."""
+    n, dim = points.shape
+    nc = centroids.shape[0]
+    assign = np.empty(n, dtype=np.int64)
+    dist = np.empty(n, dtype=np.float32)
+    for i in prange(n):
+        best = np.inf
+        best_c = 0
+        for c in range(nc):
+            d = np.float32(0.0)
+            for j in range(dim):
+                t = points[i, j] - centroids[c, j]
+                d += t * t
+            if d < best:
+                best = d
+                best_c = c
+        assign[i] = best_c
+        dist[i] = best
+    return assign, dist
+
+
+def nearest_centroid_numpy(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Twin of `nearest_centroid` -> assign (n,) int64, squared distance (n,) float32."""
+    diff = points[:, None, :] - centroids[None, :, :]
+    d = np.einsum("ncs,ncs->nc", diff, diff).astype(np.float32)
+    if d.shape[1] == 0:
+        return np.zeros(points.shape[0], np.int64), np.full(points.shape[0], np.inf, np.float32)
+    assign = d.argmin(axis=1).astype(np.int64)
+    return assign, d[np.arange(points.shape[0]), assign]

@@ -1,0 +1,125 @@
+"""Input checks shared by every table operation; each raises a typed error naming the problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import DimensionMismatch, IdOutOfRange, InvalidRequest, UnsupportedMetric
+
+METRICS = ("ip", "l2", "hamming")
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def check_table_input(x: Any) -> np.ndarray:
+    """Return the training table as C-contiguous float32 `(n, d)`.
+
+    Integer and float64 input is cast; complex, boolean, object or string input is refused,
+    and so is a non-finite value (the message names the first bad row).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise InvalidRequest(f"table must be numeric (float or integer), got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise InvalidRequest(f"table must be 2-D (rows, dim), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidRequest(f"table must have at least one row and one column, got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequest(f"table row {row} contains NaN or Inf (or overflows float32)")
+    return arr
+
+
+def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
+    """Return ids as a C-contiguous int64 `(n,)` array, every one in `[0, rows)`."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise InvalidRequest(f"{field} must be integers")
+    elif arr.dtype.kind not in "iu":
+        raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InvalidRequest(f"{field} hold a value too large for int64")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    bad = (out < 0) | (out >= rows)
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise IdOutOfRange(int(out[pos]), pos, rows, field)
+    return out
+
+
+def check_id_matrix(ids: Any, rows: int, field: str = "candidate_ids") -> np.ndarray:
+    """Return a `(q, c)` int64 id matrix, every id in `[0, rows)`."""
+    arr = np.asarray(ids)
+    if arr.ndim != 2:
+        raise InvalidRequest(f"{field} must be 2-D (queries, candidates), got shape {arr.shape}")
+    flat = check_ids(arr.reshape(-1), rows, field)
+    return flat.reshape(arr.shape)
+
+
+def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
+    """Return queries as C-contiguous float32 `(q, dim)`, finite."""
+    arr = np.asarray(queries)
+    if arr.dtype.kind not in "iuf":
+        raise InvalidRequest(f"{field} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 1 and arr.size == dim:
+        arr = arr.reshape(1, dim)
+    if arr.ndim != 2:
+        raise InvalidRequest(f"{field} must be 2-D (q, dim), got shape {arr.shape}")
+    if arr.shape[1] != dim and arr.shape[0] != 0:
+        raise DimensionMismatch(int(arr.shape[1]), dim, field)
+    out = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape[0], dim)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequest(f"{field}[{row}] contains NaN or Inf")
+    return out
+
+
+def check_k(k: Any, field: str = "k") -> int:
+    """Return k as a positive Python int; floats, bools and k <= 0 are refused."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidRequest(f"{field} must be a positive integer, got {k!r}")
+    if int(k) <= 0:
+        raise InvalidRequest(f"{field} must be a positive integer, got {int(k)}")
+    return int(k)
+
+
+def check_metric(metric: Any, supported: tuple[str, ...]) -> str:
+    if metric not in METRICS:
+        raise UnsupportedMetric(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if metric not in supported:
+        raise UnsupportedMetric(f"metric {metric!r} is not available for this table; use one of {', '.join(supported)}")
+    return str(metric)
+
+
+def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
+    """Return EmbeddingBag offsets as int64 `(bags,)`: non-decreasing, starting at 0, <= n_ids."""
+    arr = np.asarray(offsets)
+    if arr.dtype.kind not in "iu":
+        raise InvalidRequest(f"offsets must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidRequest(f"offsets must be 1-D, got shape {arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    if out.size == 0:
+        return out
+    if out[0] != 0:
+        raise InvalidRequest(f"offsets[0] must be 0, got {int(out[0])}")
+    steps = np.diff(out)
+    if (steps < 0).any():
+        pos = int(np.flatnonzero(steps < 0)[0]) + 1
+        raise InvalidRequest(f"offsets must be non-decreasing; offsets[{pos}] = {int(out[pos])}")
+    if out[-1] > n_ids:
+        raise InvalidRequest(f"offsets[-1] = {int(out[-1])} exceeds the number of ids ({n_ids})")
+    return out
+
+
+def check_positive_int(value: Any, field: str) -> int:
+    return check_k(value, field)
