@@ -103,6 +103,8 @@ def check_metric(metric: Any, supported: tuple[str, ...]) -> str:
 def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
     """Return EmbeddingBag offsets as int64 `(bags,)`: non-decreasing, starting at 0, <= n_ids."""
     arr = np.asarray(offsets)
+    if arr.ndim == 1 and arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu":
         raise InvalidRequest(f"offsets must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:

@@ -89,7 +89,8 @@ def _adc_row(codes_row: np.ndarray, lut: np.ndarray, four_bit: bool) -> np.float
     if four_bit:
         for b in range(codes_row.shape[0]):
             byte = codes_row[b]
-            s += lut[2 * b, byte & 15] + lut[2 * b + 1, byte >> 4]
+            s += lut[2 * b, byte & 15]
+            s += lut[2 * b + 1, byte >> 4]
     else:
         for m in range(codes_row.shape[0]):
             s += lut[m, codes_row[m]]

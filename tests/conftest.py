@@ -1,0 +1,39 @@
+"""Shared fixtures: seeded data, the real MovieLens table when ../shared/data is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EMBSERVE_SHARED_DATA", ROOT.parent / "shared" / "data" / "ml1m-als64"))
+
+settings.register_profile(
+    "embserve", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.load_profile("embserve")
+
+
+def low_rank_table(rows: int, dim: int, seed: int = 0, rank: int = 8) -> np.ndarray:
+    """A float32 table that is not trivially compressible: low-rank signal plus full-rank noise."""
+    rng = np.random.default_rng(seed)
+    signal = rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, dim)) / np.sqrt(rank)
+    return (signal + 0.3 * rng.standard_normal((rows, dim))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_table() -> np.ndarray:
+    return low_rank_table(3000, 64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ml1m() -> dict[str, np.ndarray]:
+    """The shared MovieLens-1M ALS tables; skipped (with a note) when the data is absent."""
+    if not (SHARED_DATA / "item_emb.npy").is_file():
+        pytest.skip(f"shared dataset not found at {SHARED_DATA}; quality checks need it")
+    names = ["item_emb", "user_emb", "gt_item2item_queries", "gt_item2item_top10_ids", "item_freq"]
+    return {name: np.load(SHARED_DATA / f"{name}.npy") for name in names}

@@ -1,0 +1,229 @@
+"""Every numba kernel against its plain-numpy twin, on random, empty, single-row and tied input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runtime.kernels import dense, rowwise, scan, topk
+from runtime.kernels.rowwise import HALF_TABLE
+
+
+def _keys(draw: st.DrawFn, nq: int, n: int, ties: bool) -> np.ndarray:
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    if ties:  # few distinct values: many ties that only the id can break
+        return rng.integers(-3, 3, size=(nq, n)).astype(np.float32)
+    return rng.standard_normal((nq, n)).astype(np.float32)
+
+
+@st.composite
+def key_blocks(draw: st.DrawFn) -> tuple[np.ndarray, int, list[int]]:
+    nq = draw(st.integers(0, 4))
+    n = draw(st.integers(0, 300))
+    k = draw(st.integers(1, 320))
+    keys = _keys(draw, nq, n, draw(st.booleans()))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
+    return keys, k, cuts
+
+
+@given(key_blocks())
+def test_block_topk_matches_full_sort(case: tuple[np.ndarray, int, list[int]]) -> None:
+    keys, k, cuts = case
+    top = topk.BlockTopK(keys.shape[0], k)
+    bounds = [0, *cuts, keys.shape[1]]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        top.push(keys[:, a:b], a)
+    got_keys, got_ids = top.result()
+    want_keys, want_ids = topk.topk_numpy(keys, k)
+    if keys.shape[0]:
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got_keys, want_keys)
+
+
+@st.composite
+def chunked_keys(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per-chunk sorted heaps built from random keys, for merge_partials."""
+    nq = draw(st.integers(1, 3))
+    nchunks = draw(st.integers(1, 5))
+    n = draw(st.integers(1, 200))
+    k = draw(st.integers(1, 60))
+    keys = _keys(draw, nq, n, draw(st.booleans()))
+    size = -(-n // nchunks)
+    kk = min(k, n)
+    part_keys = np.zeros((nq, nchunks, kk), np.float32)
+    part_ids = np.zeros((nq, nchunks, kk), np.int64)
+    sizes = np.zeros((nq, nchunks), np.int64)
+    for c in range(nchunks):
+        a, b = min(n, c * size), min(n, (c + 1) * size)
+        if b > a:
+            ck, ci = topk.topk_numpy(keys[:, a:b], kk, a)
+            part_keys[:, c, : ck.shape[1]] = ck
+            part_ids[:, c, : ci.shape[1]] = ci
+            sizes[:, c] = ck.shape[1]
+    return keys, (part_keys, part_ids, sizes), k  # type: ignore[return-value]
+
+
+@given(chunked_keys())
+def test_merge_partials_matches_full_sort(case) -> None:  # type: ignore[no-untyped-def]
+    keys, (part_keys, part_ids, sizes), k = case
+    got_keys, got_ids = topk.merge_partials(part_keys, part_ids, sizes, k)
+    want_keys, want_ids = topk.topk_numpy(keys, k)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_keys, want_keys)
+
+
+@st.composite
+def quantized_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
+    bits = draw(st.sampled_from([8, 4, 2]))
+    n = draw(st.integers(1, 50))
+    dim = draw(st.integers(1, 37))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = (rng.standard_normal((n, dim)) * draw(st.sampled_from([1e-3, 1.0, 100.0]))).astype(np.float32)
+    if draw(st.booleans()):
+        x[0] = x[0, 0]  # a constant row: scale 0
+    ids = rng.integers(0, n, size=draw(st.integers(0, 80))).astype(np.int64)
+    return rowwise.quantize_numpy(x, bits), ids, dim, bits
+
+
+@given(quantized_rows())
+def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
+    rows, ids, dim, bits = case
+    got = rowwise.gather(rows, ids, dim, bits, HALF_TABLE)
+    np.testing.assert_allclose(got, rowwise.dequantize_numpy(rows, ids, dim, bits), rtol=1e-6, atol=1e-6)
+    if ids.size:
+        start, stop = int(ids.min()), int(ids.max()) + 1
+        rng_ids = np.arange(start, stop, dtype=np.int64)
+        np.testing.assert_array_equal(
+            rowwise.gather_range(rows, start, stop, dim, bits, HALF_TABLE), rowwise.gather(rows, rng_ids, dim, bits, HALF_TABLE)
+        )
+
+
+@given(quantized_rows(), st.data())
+def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
+    rows, ids, dim, bits = case
+    offsets = np.array(sorted(data.draw(st.lists(st.integers(0, ids.size), max_size=6))), dtype=np.int64)
+    if offsets.size:
+        offsets[0] = 0
+    mean = data.draw(st.booleans())
+    got = rowwise.bags(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
+    want = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4)
+
+
+def test_rowwise_quantization_error_is_bounded() -> None:
+    x = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
+    for bits in (8, 4, 2):
+        rows = rowwise.quantize_numpy(x, bits)
+        back = rowwise.dequantize_numpy(rows, np.arange(100), 64, bits)
+        step = (x.max(1) - x.min(1)) / ((1 << bits) - 1)
+        # half a step of rounding, plus fp16 rounding of scale and bias
+        assert (np.abs(back - x).max(axis=1) <= 0.5 * step + 2e-3 * np.abs(x).max(axis=1) + 1e-6).all()
+
+
+@given(st.integers(0, 2**31), st.integers(0, 40), st.integers(1, 20), st.integers(0, 60))
+def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal((max(n, 1), dim)) * 1000).astype(np.float16)
+    ids = rng.integers(0, values.shape[0], nids).astype(np.int64)
+    got = dense.fp16_gather(values.view(np.uint16), ids, HALF_TABLE)
+    np.testing.assert_array_equal(got, dense.fp16_gather_numpy(values, ids))
+
+
+def test_half_table_covers_every_pattern() -> None:
+    patterns = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    finite = np.isfinite(patterns.view(np.float16))
+    np.testing.assert_array_equal(HALF_TABLE[finite], patterns.view(np.float16)[finite].astype(np.float32))
+
+
+@st.composite
+def binary_codes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
+    n = draw(st.integers(1, 300))
+    words = draw(st.sampled_from([1, 2, 4]))
+    nq = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    if draw(st.booleans()):  # sparse bits: many equal distances
+        codes = (rng.random((n, words * 64)) < 0.02)
+        codes = np.packbits(codes, axis=1, bitorder="little").view("<u8").astype(np.uint64)
+    else:
+        codes = rng.integers(0, 2**63, size=(n, words), dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, (n, words), dtype=np.uint64)
+    queries = codes[rng.integers(0, n, nq)] ^ rng.integers(0, 2**63, size=(nq, words), dtype=np.uint64)
+    return np.ascontiguousarray(codes), np.ascontiguousarray(queries), draw(st.integers(1, 320)), draw(st.integers(1, 7))
+
+
+@given(binary_codes())
+def test_hamming_topk_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
+    codes, queries, k, nchunks = case
+    keys, ids = scan.hamming_topk(codes, queries, k, nchunks)
+    dist = scan.hamming_distances_numpy(codes, queries)
+    want_keys, want_ids = topk.topk_numpy(-dist.astype(np.float32), k)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(keys, want_keys)
+    cands = want_ids
+    np.testing.assert_array_equal(scan.hamming_distances(codes, cands, queries), np.take_along_axis(dist, cands, 1))
+
+
+@st.composite
+def pq_codes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, bool]:
+    four_bit = draw(st.booleans())
+    m = draw(st.sampled_from([2, 4, 8]))
+    ksub = 16 if four_bit else 256
+    n = draw(st.integers(1, 300))
+    nq = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    levels = draw(st.sampled_from([3, ksub]))  # few LUT values -> many tied sums
+    unpacked = rng.integers(0, ksub, (n, m)).astype(np.uint8)
+    codes = (unpacked[:, 0::2] | (unpacked[:, 1::2] << 4)).astype(np.uint8) if four_bit else unpacked
+    luts = rng.integers(0, levels, (nq, m, ksub)).astype(np.float32) / 4
+    mul = rng.random(n).astype(np.float32) if draw(st.booleans()) else np.empty(0, np.float32)
+    add = rng.random(n).astype(np.float32) if draw(st.booleans()) else np.empty(0, np.float32)
+    return np.ascontiguousarray(codes), luts, mul, add, draw(st.integers(1, 320)), draw(st.integers(1, 6)), four_bit
+
+
+@given(pq_codes())
+def test_adc_topk_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
+    codes, luts, mul, add, k, nchunks, four_bit = case
+    keys, ids = scan.adc_topk(codes, luts, mul, add, k, nchunks, four_bit)
+    sums = scan.adc_sums_numpy(codes, luts, four_bit)
+    if mul.size:
+        sums = sums * mul[None, :]
+    if add.size:
+        sums = sums + add[None, :]
+    want_keys, want_ids = topk.topk_numpy(sums.astype(np.float32), k)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(keys, want_keys)
+    raw = scan.adc_sums_numpy(codes, luts, four_bit)
+    np.testing.assert_array_equal(scan.adc_candidates(codes, want_ids, luts, four_bit), np.take_along_axis(raw, want_ids, 1))
+
+
+@given(st.integers(0, 2**31), st.integers(0, 200), st.integers(1, 40), st.integers(1, 8))
+def test_nearest_centroid_matches_numpy(seed: int, n: int, nc: int, dim: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((n, dim)).astype(np.float32)
+    centroids = rng.standard_normal((nc, dim)).astype(np.float32)
+    if nc > 1:
+        centroids[-1] = centroids[0]  # a duplicate centroid: the lower index must win
+    assign, dist = scan.nearest_centroid(points, centroids)
+    want_assign, want_dist = scan.nearest_centroid_numpy(points, centroids)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-5, atol=1e-5)
+    # equal up to near-ties in float rounding: the kernel's choice is as close as the twin's
+    exact = ((points[:, None, :] - centroids[None]) ** 2).sum(-1)
+    if n:
+        np.testing.assert_allclose(exact[np.arange(n), assign], exact[np.arange(n), want_assign], rtol=1e-5, atol=1e-5)
+        assert (assign != nc - 1).all() or nc == 1
+
+
+@pytest.mark.parametrize("k", [1, 5, 1000])
+def test_empty_and_single_row_scans(k: int) -> None:
+    one = np.array([[5]], dtype=np.uint64)
+    keys, ids = scan.hamming_topk(one, np.array([[4]], dtype=np.uint64), k, 3)
+    assert ids.tolist() == [[0]] and keys.tolist() == [[-1.0]]
+    empty_q = np.zeros((0, 1), dtype=np.uint64)
+    keys, ids = scan.hamming_topk(one, empty_q, k, 2)
+    assert ids.shape[0] == 0
+    luts = np.ones((1, 2, 256), np.float32)
+    keys, ids = scan.adc_topk(np.zeros((1, 2), np.uint8), luts, np.empty(0, np.float32), np.empty(0, np.float32), k, 4, False)
+    assert ids.tolist() == [[0]] and keys.tolist() == [[2.0]]

@@ -1,0 +1,174 @@
+"""Table behaviour over every registered codec: decode, search, score, pooling, rerank, sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime import CODECS
+from tests.conftest import low_rank_table
+
+# one entry a configuration; a new codec is tested by adding it here
+CONFIGS: dict[str, dict[str, Any]] = {
+    "fp32": {"codec": "fp32"},
+    "fp16": {"codec": "fp16"},
+    "int8": {"codec": "int8"},
+    "int4": {"codec": "int4"},
+    "int2": {"codec": "int2"},
+    "binary": {"codec": "binary"},
+    "binary-rotate": {"codec": "binary", "rotate": True},
+    "pq8": {"codec": "pq", "subspaces": 8, "bits": 8, "iterations": 8},
+    "pq4": {"codec": "pq", "subspaces": 16, "bits": 4, "iterations": 8},
+    "opq": {"codec": "pq", "subspaces": 8, "bits": 8, "opq": True, "iterations": 5, "opq_iterations": 3},
+    "pq+int8": {"codec": "pq", "subspaces": 8, "bits": 8, "iterations": 8, "rerank": "int8"},
+    "binary+fp16": {"codec": "binary", "rerank": "fp16"},
+}
+# bound on mean relative L2 reconstruction error for the low-rank test table
+MAX_REL_ERROR = {"fp32": 1e-7, "fp16": 1e-3, "int8": 0.02, "int4": 0.2, "int2": 0.6, "binary": 0.75,
+                 "binary-rotate": 0.75, "pq8": 0.5, "pq4": 0.5, "opq": 0.5, "pq+int8": 0.02, "binary+fp16": 1e-3}
+
+
+def test_every_codec_is_configured() -> None:
+    assert {c["codec"] for c in CONFIGS.values()} == set(CODECS)
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return low_rank_table(1200, 32, seed=3)
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def table(request: pytest.FixtureRequest, x: np.ndarray) -> tuple[str, runtime.Table]:
+    config = dict(CONFIGS[request.param])
+    return request.param, runtime.compress(x, config.pop("codec"), seed=7, **config)
+
+
+def _brute(decoded: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    if metric == "ip":
+        return -np.sort(-(q @ decoded.T), axis=1)[:, :k]
+    return np.sort(((q[:, None, :] - decoded[None]) ** 2).sum(-1), axis=1)[:, :k]
+
+
+def test_decode_error_and_shapes(table: tuple[str, runtime.Table], x: np.ndarray) -> None:
+    name, t = table
+    got = t.lookup(np.arange(t.rows))
+    assert got.dtype == np.float32 and got.shape == x.shape
+    err = np.mean(np.linalg.norm(got - x, axis=1) / np.linalg.norm(x, axis=1))
+    assert err <= MAX_REL_ERROR[name]
+    assert t.lookup([]).shape == (0, x.shape[1])
+    assert t.lookup(np.array([5, 5, 0])).tolist() == t.lookup([5, 5, 0]).tolist()
+
+
+def test_nbytes_counts_every_array(table: tuple[str, runtime.Table]) -> None:
+    _, t = table
+    held = [*t.primary.arrays.values(), *t.primary.derived.values()]
+    if t.rerank is not None:
+        held += [*t.rerank.arrays.values(), *t.rerank.derived.values()]
+    assert t.nbytes == sum(a.nbytes for a in held)
+    assert t.fp32_nbytes == t.rows * t.dim * 4
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_search_is_exact_over_the_codecs_own_reconstruction(table: tuple[str, runtime.Table], x: np.ndarray, metric: str) -> None:
+    _, t = table
+    q = x[:7] + 0.05
+    ids, scores = t.search(q, 10, metric=metric, oversample=t.rows if t.rerank else 1)
+    assert ids.shape == (7, 10) and ids.dtype == np.int64 and scores.dtype == np.float32
+    # with rerank and oversample = rows, every row is rescored: exact over the rerank codec
+    decoded = t.richest.decode(np.arange(t.rows))
+    np.testing.assert_allclose(scores, _brute(decoded, q, 10, metric), rtol=2e-4, atol=2e-3)
+    # scores agree with score() of the same ids, and come sorted best first
+    np.testing.assert_allclose(t.score(ids, queries=q, metric=metric), scores, rtol=2e-4, atol=2e-3)
+    order = -scores if metric == "ip" else scores
+    assert (np.diff(order, axis=1) >= -1e-6).all()
+
+
+def test_search_by_id_matches_scoring_by_id(table: tuple[str, runtime.Table]) -> None:
+    _, t = table
+    qids = np.array([0, 3, 1199])
+    for metric in ("ip", "l2"):
+        ids, scores = t.search_by_id(qids, 8, metric=metric, exclude_self=True)
+        assert ids.shape == (3, 8)
+        assert not (ids == qids[:, None]).any()
+        np.testing.assert_allclose(t.score(ids, query_ids=qids, metric=metric), scores, rtol=2e-4, atol=2e-3)
+    ids, _ = t.search_by_id(qids, 3, metric="l2", exclude_self=False)
+    assert (ids[:, 0] == qids).all()  # a row is nearest to itself
+
+
+def test_k_larger_than_rows_returns_all_rows() -> None:
+    t = runtime.compress(low_rank_table(5, 8), "int8")
+    ids, scores = t.search(np.ones((2, 8), np.float32), 100)
+    assert ids.shape == (2, 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
+    ids, _ = t.search_by_id([0], 100, exclude_self=True)
+    assert ids.shape == (1, 4) and 0 not in ids[0]
+
+
+def test_ties_are_broken_by_ascending_id() -> None:
+    x = np.ones((50, 8), np.float32)
+    x[10:20] *= 2
+    for codec in ("fp32", "int8", "fp16"):
+        ids, _ = runtime.compress(x, codec).search(np.ones((1, 8), np.float32), 12)
+        assert ids[0].tolist() == [*range(10, 20), 0, 1]
+    codes = runtime.compress(np.sign(x - 1.5), "binary")
+    ids, scores = codes.search(np.ones((1, 8), np.float32), 12, metric="hamming")
+    assert ids[0].tolist() == [*range(10, 20), 0, 1] and scores[0, 0] == 0
+
+
+def test_pooled_lookup_follows_embedding_bag(x: np.ndarray) -> None:
+    for codec in ("int8", "int4", "fp16", "pq"):
+        t = runtime.compress(x, codec, **({"subspaces": 8, "iterations": 3} if codec == "pq" else {}))
+        ids = np.array([1, 2, 3, 4, 4, 9])
+        offsets = np.array([0, 2, 2, 5])
+        rows = t.lookup(ids)
+        want_sum = np.stack([rows[0:2].sum(0), np.zeros(32), rows[2:5].sum(0), rows[5:].sum(0)])
+        np.testing.assert_allclose(t.lookup_pooled(ids, offsets, "sum"), want_sum, rtol=1e-5, atol=1e-5)
+        want_mean = want_sum / np.array([2, 1, 3, 1])[:, None]
+        np.testing.assert_allclose(t.lookup_pooled(ids, offsets, "mean"), want_mean, rtol=1e-5, atol=1e-5)
+
+
+def test_hamming_search_ranks_by_sign_agreement(x: np.ndarray) -> None:
+    t = runtime.compress(x, "binary")
+    ids, dist = t.search(x[:3], 20, metric="hamming")
+    bits = x > 0
+    want = (bits[:3, None, :] != bits[None]).sum(-1)
+    np.testing.assert_array_equal(dist, np.sort(want, axis=1)[:, :20])
+    assert (ids[:, 0] == np.arange(3)).all()
+
+
+def test_binary_with_rerank_ranks_candidates_by_hamming_and_returns_rerank_scores(x: np.ndarray) -> None:
+    t = runtime.compress(x, "binary", rerank="fp32")
+    q = x[:4]
+    ids, scores = t.search(q, 5, metric="ip", oversample=4)
+    cand, _ = t.primary.search(q, 20, "hamming")
+    for row in range(4):
+        assert set(ids[row]) <= set(cand[row])
+        np.testing.assert_allclose(scores[row], x[ids[row]] @ q[row], rtol=1e-5)
+
+
+def test_pq_id_scores_come_from_codeword_tables(x: np.ndarray) -> None:
+    t = runtime.compress(x, "pq", subspaces=8, iterations=5)
+    a, b = np.array([0, 1, 2]), np.array([[5, 6], [7, 8], [9, 10]])
+    want = np.einsum("qcd,qd->qc", t.lookup(b.ravel()).reshape(3, 2, -1), t.lookup(a))
+    np.testing.assert_allclose(t.score(b, query_ids=a), want, rtol=1e-4, atol=1e-4)
+    assert t.primary.derived["ip_tables"].shape == (8, 256, 256)
+
+
+def test_rerank_improves_recall(x: np.ndarray) -> None:
+    exact = runtime.compress(x, "fp32")
+    q = x[100:140] + 0.01
+    truth, _ = exact.search(q, 10)
+    plain = runtime.compress(x, "pq", subspaces=4, iterations=5)
+    refined = runtime.compress(x, "pq", subspaces=4, iterations=5, rerank="int8")
+
+    def recall(t: runtime.Table, oversample: int) -> float:
+        found, _ = t.search(q, 10, oversample=oversample)
+        return float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth, strict=True)]))
+
+    assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
+
+
+def test_warmup_runs(table: tuple[str, runtime.Table]) -> None:
+    table[1].warmup()

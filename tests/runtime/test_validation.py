@@ -1,0 +1,101 @@
+"""Bad input to the library: each is refused with a typed error that names the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
+from tests.conftest import low_rank_table
+
+
+@pytest.fixture(scope="module")
+def table() -> runtime.Table:
+    return runtime.compress(low_rank_table(100, 16), "int8")
+
+
+def test_table_input_is_cast_or_refused() -> None:
+    assert runtime.compress(np.arange(32).reshape(4, 8), "fp32").lookup([1]).dtype == np.float32
+    x = np.ones((5, 4), np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(InvalidRequest, match="row 3"):
+        runtime.compress(x, "int8")
+    with pytest.raises(InvalidRequest, match="numeric"):
+        runtime.compress(np.array([["a"]]), "int8")
+    with pytest.raises(InvalidRequest, match="2-D"):
+        runtime.compress(np.ones(5), "int8")
+    with pytest.raises(InvalidRequest, match="fp16"):
+        runtime.compress(np.full((2, 2), 1e6, np.float32), "fp16")
+    with pytest.raises(UnknownCodec, match="known codecs"):
+        runtime.compress(np.ones((2, 2)), "zip")
+    with pytest.raises(InvalidRequest, match="divide"):
+        runtime.compress(np.ones((4, 10)), "pq", subspaces=3)
+    with pytest.raises(InvalidRequest, match="no option"):
+        runtime.compress(np.ones((4, 8)), "int8", subspaces=2)
+
+
+def test_ids_out_of_range_name_the_id_and_position(table: runtime.Table) -> None:
+    with pytest.raises(IdOutOfRange, match=r"ids\[2\] = 100") as info:
+        table.lookup([0, 1, 100, -1])
+    assert info.value.value == 100 and info.value.position == 2
+    with pytest.raises(IdOutOfRange, match=r"ids\[0\] = -1"):
+        table.lookup([-1])
+    with pytest.raises(InvalidRequest, match="integers"):
+        table.lookup([1.5])
+    with pytest.raises(InvalidRequest, match="integers"):
+        table.lookup(["a"])
+    with pytest.raises(IdOutOfRange, match="query_ids"):
+        table.search_by_id([100], 3)
+    with pytest.raises(IdOutOfRange, match="candidate_ids"):
+        table.score([[1, 200]], query_ids=[0])
+
+
+def test_k_is_a_positive_integer(table: runtime.Table) -> None:
+    q = np.ones((1, 16), np.float32)
+    for bad in (0, -3, 2.5, "3", True, None):
+        with pytest.raises(InvalidRequest, match="k must be"):
+            table.search(q, bad)
+    with pytest.raises(InvalidRequest, match="oversample"):
+        table.search(q, 3, oversample=0)
+
+
+def test_queries_must_match_dimension_and_be_finite(table: runtime.Table) -> None:
+    with pytest.raises(DimensionMismatch, match="dimension 8 but the table has dimension 16"):
+        table.search(np.ones((2, 8)), 3)
+    bad = np.ones((3, 16))
+    bad[1, 0] = np.inf
+    with pytest.raises(InvalidRequest, match=r"queries\[1\]"):
+        table.search(bad, 3)
+    ids, scores = table.search(np.zeros((0, 16)), 3)
+    assert ids.shape == (0, 3) and scores.shape == (0, 3)
+
+
+def test_metric_must_fit_the_codec(table: runtime.Table) -> None:
+    with pytest.raises(UnsupportedMetric, match="hamming"):
+        table.search(np.ones((1, 16)), 3, metric="hamming")
+    with pytest.raises(UnsupportedMetric, match="one of"):
+        table.search(np.ones((1, 16)), 3, metric="cosine")
+
+
+def test_offsets_and_pool_mode(table: runtime.Table) -> None:
+    with pytest.raises(InvalidRequest, match="offsets\\[0\\]"):
+        table.lookup_pooled([1, 2], [1])
+    with pytest.raises(InvalidRequest, match="non-decreasing"):
+        table.lookup_pooled([1, 2, 3], [0, 2, 1])
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        table.lookup_pooled([1, 2], [0, 3])
+    with pytest.raises(InvalidRequest, match="mode"):
+        table.lookup_pooled([1, 2], [0], mode="max")
+    assert table.lookup_pooled([], []).shape == (0, 16)
+
+
+def test_score_needs_exactly_one_query_kind(table: runtime.Table) -> None:
+    with pytest.raises(InvalidRequest, match="exactly one"):
+        table.score([[1]])
+    with pytest.raises(InvalidRequest, match="exactly one"):
+        table.score([[1]], queries=np.ones((1, 16)), query_ids=[0])
+    with pytest.raises(InvalidRequest, match="rows"):
+        table.score([[1], [2]], query_ids=[0])
+    with pytest.raises(InvalidRequest, match="2-D"):
+        table.score([1, 2], query_ids=[0])

@@ -1,0 +1,57 @@
+"""The offline CLI end to end: compress -> inspect -> eval, and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.cli import main
+from tests.conftest import low_rank_table
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "table.npy"
+    np.save(path, low_rank_table(2000, 32, seed=5))
+    return path
+
+
+def test_compress_inspect_eval(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "art"
+    assert main(["compress", str(source), "--codec", "pq", "--subspaces", "8", "--bits", "8",
+                 "--rerank", "int8", "--iterations", "5", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 2000 and info["codec"] == "pq" and info["rerank"]["codec"] == "int8"
+    assert info["checksums_verified"] is True and info["nbytes"] > 0
+    assert info["compression_ratio"] == pytest.approx(info["fp32_nbytes"] / info["nbytes"], rel=1e-3)
+    qids = tmp_path / "qids.npy"
+    np.save(qids, np.arange(0, 2000, 40))
+    assert main(["eval", str(out), "--source", str(source), "--query-ids", str(qids), "--k", "10",
+                 "--oversample", "10", "--exclude-self"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"recall_at_k", "rel_l2_error", "nbytes", "compression_ratio", "search_ms_per_query"}
+    assert result["recall_at_k"] >= 0.9 and result["rel_l2_error"] < 0.02
+    queries = tmp_path / "q.npy"
+    np.save(queries, np.load(source)[:20] + 0.1)
+    truth = tmp_path / "truth.npy"
+    x = np.load(source)
+    np.save(truth, np.argsort(-(np.load(queries) @ x.T), axis=1)[:, :10])
+    assert main(["eval", str(out), "--source", str(source), "--queries", str(queries), "--truth", str(truth),
+                 "--oversample", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["recall_at_k"] >= 0.9
+
+
+def test_errors_are_one_line_with_status_2(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compress", str(source), "--codec", "int8", "--subspaces", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "no option 'subspaces'" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not numpy")
+    assert main(["compress", str(bad), "--codec", "int8", "--out", str(tmp_path / "y")]) == 2
+    assert "cannot read input" in capsys.readouterr().err
