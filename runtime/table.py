@@ -153,10 +153,9 @@ class Table:
             return np.zeros((0, kk), np.int64), np.zeros((0, kk), np.float32)
         want = self._candidates(kk, metric, oversample)
         ids, scores = self.primary.search(q, want, self._primary_metric(metric))
-        if self.rerank is None or metric == "hamming":
-            return ids[:, :kk], scores[:, :kk]
-        rescored = self.rerank.score(ids, q, metric)
-        return _top_by_score(ids, rescored, kk, metric)
+        if self.rerank is not None and metric != "hamming":
+            ids, scores = _top_by_score(ids, self.rerank.score(ids, q, metric), kk, metric)
+        return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def search_by_id(
         self, query_ids: Any, k: Any, metric: str = "ip", oversample: Any = 1, exclude_self: bool = True
@@ -183,7 +182,7 @@ class Table:
             ids, scores = self.primary.search_by_id(qids, want, metric)
         if exclude_self:
             ids, scores = _drop_self(ids, scores, qids)
-        return ids[:, :kk], scores[:, :kk]
+        return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def score(self, candidate_ids: Any, queries: Any = None, query_ids: Any = None, metric: str = "ip") -> np.ndarray:
         """Scores of given candidates: candidate_ids (q, c) with queries (q, dim) or query_ids (q,)

@@ -21,8 +21,27 @@ def source(tmp_path: Path) -> Path:
 
 def test_compress_inspect_eval(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "art"
-    assert main(["compress", str(source), "--codec", "pq", "--subspaces", "8", "--bits", "8",
-                 "--rerank", "int8", "--iterations", "5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(source),
+                "--codec",
+                "pq",
+                "--subspaces",
+                "8",
+                "--bits",
+                "8",
+                "--rerank",
+                "int8",
+                "--iterations",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert main(["inspect", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -31,8 +50,24 @@ def test_compress_inspect_eval(tmp_path: Path, source: Path, capsys: pytest.Capt
     assert info["compression_ratio"] == pytest.approx(info["fp32_nbytes"] / info["nbytes"], rel=1e-3)
     qids = tmp_path / "qids.npy"
     np.save(qids, np.arange(0, 2000, 40))
-    assert main(["eval", str(out), "--source", str(source), "--query-ids", str(qids), "--k", "10",
-                 "--oversample", "10", "--exclude-self"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--source",
+                str(source),
+                "--query-ids",
+                str(qids),
+                "--k",
+                "10",
+                "--oversample",
+                "10",
+                "--exclude-self",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= {"recall_at_k", "rel_l2_error", "nbytes", "compression_ratio", "search_ms_per_query"}
     assert result["recall_at_k"] >= 0.9 and result["rel_l2_error"] < 0.02
@@ -41,8 +76,23 @@ def test_compress_inspect_eval(tmp_path: Path, source: Path, capsys: pytest.Capt
     truth = tmp_path / "truth.npy"
     x = np.load(source)
     np.save(truth, np.argsort(-(np.load(queries) @ x.T), axis=1)[:, :10])
-    assert main(["eval", str(out), "--source", str(source), "--queries", str(queries), "--truth", str(truth),
-                 "--oversample", "10"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--source",
+                str(source),
+                "--queries",
+                str(queries),
+                "--truth",
+                str(truth),
+                "--oversample",
+                "10",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["recall_at_k"] >= 0.9
 
 

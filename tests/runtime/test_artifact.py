@@ -22,7 +22,13 @@ def saved(tmp_path: Path) -> tuple[runtime.Table, Path]:
 def test_round_trip_is_identical(saved: tuple[runtime.Table, Path]) -> None:
     t, path = saved
     loaded = runtime.load_table(path)
-    assert (loaded.rows, loaded.dim, loaded.codec, loaded.params, loaded.nbytes) == (t.rows, t.dim, t.codec, t.params, t.nbytes)
+    assert (loaded.rows, loaded.dim, loaded.codec, loaded.params, loaded.nbytes) == (
+        t.rows,
+        t.dim,
+        t.codec,
+        t.params,
+        t.nbytes,
+    )
     assert loaded.rerank is not None and loaded.rerank.name == "int8"
     q = np.ones((2, 16), np.float32)
     np.testing.assert_array_equal(loaded.search(q, 5, oversample=3)[0], t.search(q, 5, oversample=3)[0])

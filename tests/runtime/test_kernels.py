@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -34,7 +36,7 @@ def test_block_topk_matches_full_sort(case: tuple[np.ndarray, int, list[int]]) -
     keys, k, cuts = case
     top = topk.BlockTopK(keys.shape[0], k)
     bounds = [0, *cuts, keys.shape[1]]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         top.push(keys[:, a:b], a)
     got_keys, got_ids = top.result()
     want_keys, want_ids = topk.topk_numpy(keys, k)
@@ -97,7 +99,8 @@ def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, i
         start, stop = int(ids.min()), int(ids.max()) + 1
         rng_ids = np.arange(start, stop, dtype=np.int64)
         np.testing.assert_array_equal(
-            rowwise.gather_range(rows, start, stop, dim, bits, HALF_TABLE), rowwise.gather(rows, rng_ids, dim, bits, HALF_TABLE)
+            rowwise.gather_range(rows, start, stop, dim, bits, HALF_TABLE),
+            rowwise.gather(rows, rng_ids, dim, bits, HALF_TABLE),
         )
 
 
@@ -111,7 +114,9 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     got = rowwise.bags(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
     want = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4
+    )
 
 
 def test_rowwise_quantization_error_is_bounded() -> None:
@@ -146,12 +151,19 @@ def binary_codes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
     nq = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     if draw(st.booleans()):  # sparse bits: many equal distances
-        codes = (rng.random((n, words * 64)) < 0.02)
-        codes = np.packbits(codes, axis=1, bitorder="little").view("<u8").astype(np.uint64)
+        sparse = rng.random((n, words * 64)) < 0.02
+        codes = np.packbits(sparse, axis=1, bitorder="little").view("<u8").astype(np.uint64)
     else:
-        codes = rng.integers(0, 2**63, size=(n, words), dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, (n, words), dtype=np.uint64)
+        codes = rng.integers(0, 2**63, size=(n, words), dtype=np.uint64) * np.uint64(2) + rng.integers(
+            0, 2, (n, words), dtype=np.uint64
+        )
     queries = codes[rng.integers(0, n, nq)] ^ rng.integers(0, 2**63, size=(nq, words), dtype=np.uint64)
-    return np.ascontiguousarray(codes), np.ascontiguousarray(queries), draw(st.integers(1, 320)), draw(st.integers(1, 7))
+    return (
+        np.ascontiguousarray(codes),
+        np.ascontiguousarray(queries),
+        draw(st.integers(1, 320)),
+        draw(st.integers(1, 7)),
+    )
 
 
 @given(binary_codes())
@@ -196,7 +208,9 @@ def test_adc_topk_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(keys, want_keys)
     raw = scan.adc_sums_numpy(codes, luts, four_bit)
-    np.testing.assert_array_equal(scan.adc_candidates(codes, want_ids, luts, four_bit), np.take_along_axis(raw, want_ids, 1))
+    np.testing.assert_array_equal(
+        scan.adc_candidates(codes, want_ids, luts, four_bit), np.take_along_axis(raw, want_ids, 1)
+    )
 
 
 @given(st.integers(0, 2**31), st.integers(0, 200), st.integers(1, 40), st.integers(1, 8))
@@ -225,5 +239,7 @@ def test_empty_and_single_row_scans(k: int) -> None:
     keys, ids = scan.hamming_topk(one, empty_q, k, 2)
     assert ids.shape[0] == 0
     luts = np.ones((1, 2, 256), np.float32)
-    keys, ids = scan.adc_topk(np.zeros((1, 2), np.uint8), luts, np.empty(0, np.float32), np.empty(0, np.float32), k, 4, False)
+    keys, ids = scan.adc_topk(
+        np.zeros((1, 2), np.uint8), luts, np.empty(0, np.float32), np.empty(0, np.float32), k, 4, False
+    )
     assert ids.tolist() == [[0]] and keys.tolist() == [[2.0]]

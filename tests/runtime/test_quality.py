@@ -5,7 +5,6 @@ The thresholds are the product's promises in the README's quality table."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import runtime
 from runtime.cli import evaluate

@@ -27,8 +27,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "binary+fp16": {"codec": "binary", "rerank": "fp16"},
 }
 # bound on mean relative L2 reconstruction error for the low-rank test table
-MAX_REL_ERROR = {"fp32": 1e-7, "fp16": 1e-3, "int8": 0.02, "int4": 0.2, "int2": 0.6, "binary": 0.75,
-                 "binary-rotate": 0.75, "pq8": 0.5, "pq4": 0.5, "opq": 0.5, "pq+int8": 0.02, "binary+fp16": 1e-3}
+MAX_REL_ERROR = {
+    "fp32": 1e-7,
+    "fp16": 1e-3,
+    "int8": 0.02,
+    "int4": 0.2,
+    "int2": 0.6,
+    "binary": 0.75,
+    "binary-rotate": 0.75,
+    "pq8": 0.5,
+    "pq4": 0.5,
+    "opq": 0.5,
+    "pq+int8": 0.02,
+    "binary+fp16": 1e-3,
+}
 
 
 def test_every_codec_is_configured() -> None:
@@ -72,7 +84,9 @@ def test_nbytes_counts_every_array(table: tuple[str, runtime.Table]) -> None:
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_search_is_exact_over_the_codecs_own_reconstruction(table: tuple[str, runtime.Table], x: np.ndarray, metric: str) -> None:
+def test_search_is_exact_over_the_codecs_own_reconstruction(
+    table: tuple[str, runtime.Table], x: np.ndarray, metric: str
+) -> None:
     _, t = table
     q = x[:7] + 0.05
     ids, scores = t.search(q, 10, metric=metric, oversample=t.rows if t.rerank else 1)
@@ -100,7 +114,7 @@ def test_search_by_id_matches_scoring_by_id(table: tuple[str, runtime.Table]) ->
 
 def test_k_larger_than_rows_returns_all_rows() -> None:
     t = runtime.compress(low_rank_table(5, 8), "int8")
-    ids, scores = t.search(np.ones((2, 8), np.float32), 100)
+    ids, _scores = t.search(np.ones((2, 8), np.float32), 100)
     assert ids.shape == (2, 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
     ids, _ = t.search_by_id([0], 100, exclude_self=True)
     assert ids.shape == (1, 4) and 0 not in ids[0]
@@ -119,7 +133,8 @@ def test_ties_are_broken_by_ascending_id() -> None:
 
 def test_pooled_lookup_follows_embedding_bag(x: np.ndarray) -> None:
     for codec in ("int8", "int4", "fp16", "pq"):
-        t = runtime.compress(x, codec, **({"subspaces": 8, "iterations": 3} if codec == "pq" else {}))
+        options: dict[str, Any] = {"subspaces": 8, "iterations": 3} if codec == "pq" else {}
+        t = runtime.compress(x, codec, **options)
         ids = np.array([1, 2, 3, 4, 4, 9])
         offsets = np.array([0, 2, 2, 5])
         rows = t.lookup(ids)

@@ -1,0 +1,325 @@
+"""EmbeddingService: the one core API every transport calls.
+
+It owns validation of request limits, the concurrency gate (over the limit: Overloaded at once,
+no queue), readiness and draining, timing and metrics, and runs table compute on a thread
+executor so the event loop never waits on a kernel. Transports parse into plain values and numpy
+arrays, call a method here, and serialize what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from runtime.errors import (
+    ArtifactNotFound,
+    EmbserveError,
+    Forbidden,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    TableNotFound,
+    Unauthorized,
+)
+from runtime.store import LoadedTable, TableStore
+from runtime.table import Table, __version__, load_table
+from service.errors import status_label
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("embserve")
+T = TypeVar("T")
+Array = np.ndarray
+
+
+def as_array(value: Any, field: str, dtype: Any = None) -> np.ndarray:
+    """JSON value -> ndarray, refusing ragged or non-numeric input with a message naming `field`."""
+    if value is None:
+        raise InvalidRequest(f"{field} is required")
+    try:
+        arr = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"{field} must be a rectangular array of numbers: {exc}") from None
+    if arr.dtype.kind not in "biuf" and arr.size:
+        raise InvalidRequest(f"{field} must hold numbers, got {arr.dtype}")
+    if arr.dtype.kind == "b":
+        raise InvalidRequest(f"{field} must hold numbers, not booleans")
+    return arr
+
+
+class EmbeddingService:
+    def __init__(self, settings: Settings, store: TableStore | None = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store or TableStore()
+        self.metrics = metrics or Metrics()
+        self.executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="embserve-kernel")
+        self.in_flight = 0
+        self.draining = False
+        self.started = False
+        self.metrics.build.info({"version": __version__})
+        self._refresh_ready()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and len(self.store) > 0
+
+    def _refresh_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    def load_configured(self) -> None:
+        """Load the tables the settings name (or the demo table), warmed; blocking, at start."""
+        specs = self.settings.table_specs()
+        if not specs and self.settings.demo:
+            from service.demo import demo_table_path
+
+            path = demo_table_path(self.settings)
+            log.info("no table configured: serving the built-in demo table 'demo' from %s", path)
+            specs = [("demo", path)]
+        for name, path in specs:
+            table = load_table(path)
+            if self.settings.warmup:
+                table.warmup()
+            self._install(name, table)
+            log.info(
+                "loaded table %r: %d x %d %s (%d bytes) from %s",
+                name,
+                table.rows,
+                table.dim,
+                table.codec,
+                table.nbytes,
+                path,
+            )
+        self.started = True
+        self._refresh_ready()
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self._refresh_ready()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight (True) or `timeout` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.in_flight == 0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _install(self, name: str, table: Table) -> LoadedTable:
+        entry = self.store.put(name, table)
+        rerank = table.rerank.name if table.rerank is not None else ""
+        self.metrics.set_table(name, table.rows, table.nbytes, table.fp32_nbytes, table.codec, rerank, table.version)
+        return entry
+
+    # ---- request plumbing -----------------------------------------------------------------------
+    def _table_label(self, name: str) -> str:
+        # labels stay bounded: a name that is not served is counted as "unknown"
+        return name if name in self.store.names() else "unknown"
+
+    @contextmanager
+    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+        """Admission, in-flight accounting and the request metrics around one request."""
+        if self.draining or not self.started:
+            self.metrics.requests.labels(transport, operation, self._table_label(table), "503").inc()
+            raise NotReady("server is draining" if self.draining else "server is starting")
+        if self.in_flight >= self.settings.max_concurrency:
+            self.metrics.overloaded.labels(transport).inc()
+            self.metrics.requests.labels(transport, operation, self._table_label(table), "429").inc()
+            raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            labels = (transport, operation, self._table_label(table), status_label(error))
+            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(*labels).inc()
+
+    async def _compute(self, operation: str, codec: str, fn: Callable[[], T]) -> T:
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                self.metrics.kernel_duration.labels(operation, codec).observe(time.perf_counter() - start)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, timed)
+
+    def check_body_size(self, nbytes: int) -> None:
+        if nbytes > self.settings.max_body_bytes:
+            raise PayloadTooLarge(f"request body of {nbytes} bytes exceeds the limit of {self.settings.max_body_bytes}")
+
+    def _limit(self, count: int, limit: int, what: str) -> None:
+        if count > limit:
+            raise PayloadTooLarge(f"{count} {what} exceed the limit of {limit} a request")
+
+    def _check_k(self, k: Any, oversample: Any) -> None:
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            self._limit(int(k), self.settings.max_k, "results (k)")
+            if isinstance(oversample, (int, np.integer)) and not isinstance(oversample, bool) and oversample > 0:
+                self._limit(int(k) * int(oversample), self.settings.max_k, "candidates (k × oversample)")
+
+    # ---- read operations ------------------------------------------------------------------------
+    def describe_entry(self, entry: LoadedTable) -> dict[str, Any]:
+        info = entry.table.describe()
+        info["name"] = entry.name
+        info["loaded_at"] = entry.loaded_at.isoformat(timespec="seconds")
+        return info
+
+    def list_tables(self) -> list[dict[str, Any]]:
+        return [self.describe_entry(e) for e in self.store.entries()]
+
+    def get(self, name: str) -> LoadedTable:
+        return self.store.get(name)
+
+    async def lookup(self, transport: str, name: str, ids: Any, offsets: Any = None, mode: str = "sum") -> np.ndarray:
+        """ids (n,) -> (n, dim) float32; with offsets (B,) -> pooled (B, dim) float32."""
+        with self.request(transport, "lookup" if offsets is None else "lookup_pooled", name):
+            entry = self.store.get(name)
+            ids_arr = as_array(ids, "ids")
+            self._limit(ids_arr.size, self.settings.max_ids, "ids")
+            self.metrics.ids_per_request.labels(name).observe(ids_arr.size)
+            table = entry.table
+            if offsets is None:
+                return await self._compute("lookup", table.codec, lambda: table.lookup(ids_arr))
+            offsets_arr = as_array(offsets, "offsets")
+            self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
+            return await self._compute(
+                "lookup_pooled", table.codec, lambda: table.lookup_pooled(ids_arr, offsets_arr, mode)
+            )
+
+    async def search(
+        self,
+        transport: str,
+        name: str,
+        *,
+        queries: Any = None,
+        query_ids: Any = None,
+        k: Any = 10,
+        metric: str = "ip",
+        oversample: Any = 1,
+        exclude_self: Any = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """-> ids (q, k') int64, scores (q, k') float32, best first."""
+        with self.request(transport, "search", name):
+            entry = self.store.get(name)
+            if (queries is None) == (query_ids is None):
+                raise InvalidRequest("give exactly one of queries or query_ids")
+            self._check_k(k, oversample)
+            table = entry.table
+            if query_ids is not None:
+                qids = as_array(query_ids, "query_ids")
+                self._limit(qids.size, self.settings.max_queries, "queries")
+                self.metrics.queries_per_request.labels(name).observe(qids.size)
+                return await self._compute(
+                    "search_by_id",
+                    table.codec,
+                    lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
+                )
+            q = as_array(queries, "queries")
+            nq = q.shape[0] if q.ndim == 2 else 1
+            self._limit(nq, self.settings.max_queries, "queries")
+            self.metrics.queries_per_request.labels(name).observe(nq)
+            return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+
+    async def score(
+        self,
+        transport: str,
+        name: str,
+        *,
+        candidate_ids: Any,
+        queries: Any = None,
+        query_ids: Any = None,
+        metric: str = "ip",
+    ) -> np.ndarray:
+        """candidate_ids (q, c) with queries (q, dim) or query_ids (q,) -> (q, c) float32."""
+        with self.request(transport, "score", name):
+            entry = self.store.get(name)
+            cands = as_array(candidate_ids, "candidate_ids")
+            self._limit(cands.size, self.settings.max_candidates, "candidate ids")
+            nq = cands.shape[0] if cands.ndim >= 1 else 0
+            self._limit(nq, self.settings.max_queries, "queries")
+            self.metrics.queries_per_request.labels(name).observe(nq)
+            q = as_array(queries, "queries") if queries is not None else None
+            qids = as_array(query_ids, "query_ids") if query_ids is not None else None
+            table = entry.table
+            return await self._compute(
+                "score", table.codec, lambda: table.score(cands, queries=q, query_ids=qids, metric=metric)
+            )
+
+    # ---- admin ----------------------------------------------------------------------------------
+    def authorize(self, authorization: str | None) -> None:
+        token = self.settings.admin_token
+        if not token:
+            raise Forbidden("admin endpoints are disabled: set EMBSERVE_ADMIN_TOKEN to enable them")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Unauthorized("admin endpoints need 'Authorization: Bearer <token>'")
+
+    def confine(self, path: Any) -> Path:
+        """Resolve an admin-given artifact path inside the artifact root (no '..', no symlink escape)."""
+        root = self.settings.artifact_root
+        if root is None:
+            raise Forbidden("no artifact root is configured (EMBSERVE_ARTIFACT_ROOT): admin loads are disabled")
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidRequest("path must be a non-empty string")
+        root_real = Path(root).resolve()
+        candidate = Path(path)
+        if ".." in candidate.parts:
+            raise Forbidden("path may not contain '..'")
+        resolved = (candidate if candidate.is_absolute() else root_real / candidate).resolve()
+        if not resolved.is_relative_to(root_real):
+            raise Forbidden(f"path {path!r} is outside the artifact root")
+        if not resolved.is_dir():
+            raise ArtifactNotFound(f"artifact directory {path!r} does not exist under the artifact root")
+        return resolved
+
+    async def admin_load(self, transport: str, authorization: str | None, name: str, path: Any) -> dict[str, Any]:
+        """Load a new version of `name` and swap it in atomically; a failed load changes nothing."""
+        with self.request(transport, "admin_load", name):
+            self.authorize(authorization)
+            if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
+                raise InvalidRequest("table name must be 1-128 characters without '/'")
+            directory = self.confine(path)
+
+            def load() -> Table:
+                table = load_table(directory)
+                if self.settings.warmup:
+                    table.warmup()
+                return table
+
+            table = await self._compute("admin_load", "any", load)
+            entry = self._install(name, table)
+            self._refresh_ready()
+            log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
+            return self.describe_entry(entry)
+
+    async def admin_delete(self, transport: str, authorization: str | None, name: str) -> dict[str, Any]:
+        with self.request(transport, "admin_delete", name):
+            self.authorize(authorization)
+            entry = self.store.remove(name)
+            self.metrics.clear_table(name)
+            self._refresh_ready()
+            return {"deleted": entry.name, "version": entry.table.version}
+
+
+__all__ = ["EmbeddingService", "EmbserveError", "TableNotFound", "as_array"]

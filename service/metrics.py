@@ -1,0 +1,90 @@
+"""Every Prometheus metric embserve exports, declared in one place.
+
+Names carry the `embserve_` prefix and base units; labels are bounded (transport, operation,
+table name, status class, codec), never ids."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class Metrics:
+    """A registry of its own per server, so tests can run several servers in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        PlatformCollector(registry=r)
+        self.request_duration = Histogram(
+            "embserve_request_duration_seconds",
+            "Time from a request's arrival at the core API to its answer.",
+            ["transport", "operation", "table", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "embserve_requests",
+            "Requests answered, by outcome.",
+            ["transport", "operation", "table", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge("embserve_requests_in_flight", "Requests being processed now.", registry=r)
+        self.ids_per_request = Histogram(
+            "embserve_ids_per_request", "Ids in a lookup request.", ["table"], buckets=SIZE_BUCKETS, registry=r
+        )
+        self.queries_per_request = Histogram(
+            "embserve_queries_per_request",
+            "Queries in a search or score request.",
+            ["table"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.kernel_duration = Histogram(
+            "embserve_kernel_duration_seconds",
+            "Time spent in the table's compute (off the event loop), by operation and codec.",
+            ["operation", "codec"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.table_rows = Gauge("embserve_table_rows", "Rows of each served table.", ["table"], registry=r)
+        self.table_bytes = Gauge(
+            "embserve_table_bytes", "Bytes held by each served table (all arrays).", ["table"], registry=r
+        )
+        self.table_fp32_bytes = Gauge(
+            "embserve_table_fp32_equivalent_bytes",
+            "Bytes the same table would take as float32.",
+            ["table"],
+            registry=r,
+        )
+        self.table_info = Gauge(
+            "embserve_table_info",
+            "Served table versions (value 1).",
+            ["table", "codec", "rerank", "version"],
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "embserve_rejected_overload", "Requests refused at the concurrency limit.", ["transport"], registry=r
+        )
+        self.ready = Gauge("embserve_ready", "1 when the server accepts requests.", registry=r)
+        self.build = Info("embserve_build", "embserve version.", registry=r)
+
+    def set_table(self, name: str, rows: int, nbytes: int, fp32: int, codec: str, rerank: str, version: str) -> None:
+        self.clear_table(name)
+        self.table_rows.labels(name).set(rows)
+        self.table_bytes.labels(name).set(nbytes)
+        self.table_fp32_bytes.labels(name).set(fp32)
+        self.table_info.labels(name, codec, rerank, version).set(1)
+
+    def clear_table(self, name: str) -> None:
+        for gauge in (self.table_rows, self.table_bytes, self.table_fp32_bytes):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for labels in list(self.table_info._metrics):  # one table has one info series at a time
+            if labels[0] == name:
+                self.table_info.remove(*labels)

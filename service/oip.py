@@ -1,0 +1,211 @@
+"""Open Inference Protocol (KServe v2 / Triton) semantics, shared by the HTTP and gRPC transports.
+
+Each table is two models:
+  <table>         lookup: input `ids` INT64 [n] (optional `offsets` INT64 [bags] with parameter
+                  `mode` "sum"|"mean" for pooled bags) -> output `embeddings` FP32 [n, dim]
+  <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
+                  `k` (default 10), `metric`, `oversample`, `exclude_self`
+                  -> outputs `ids` INT64 [q, k], `scores` FP32 [q, k]
+Parameters may be given on the request or on an input; unknown parameters are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InvalidRequest, TableNotFound
+from runtime.store import LoadedTable
+from runtime.table import __version__
+from service.core import EmbeddingService
+
+SEARCH_SUFFIX = ".search"
+PLATFORM = "embserve"
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "schedule_policy"]
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(dt)
+    for name, dt in {
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+    }.items()
+}
+DATATYPE_OF = {dt: name for name, dt in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    entry: LoadedTable
+    kind: str  # "lookup" | "search"
+
+
+def resolve(service: EmbeddingService, model: str) -> Model:
+    """A model name -> the table and operation it stands for (exact table names win)."""
+    if model in service.store.names():
+        return Model(model, service.store.get(model), "lookup")
+    if model.endswith(SEARCH_SUFFIX):
+        base = model[: -len(SEARCH_SUFFIX)]
+        if base in service.store.names():
+            return Model(model, service.store.get(base), "search")
+    raise TableNotFound(model)
+
+
+def check_version(model: Model, version: str | None) -> None:
+    if version and version != model.entry.table.version:
+        raise TableNotFound(f"{model.name} version {version}")
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "embserve", "version": __version__, "extensions": EXTENSIONS}
+
+
+def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    dim = model.entry.table.dim
+    if model.kind == "lookup":
+        inputs = [
+            {"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False},
+            {"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": True},
+        ]
+        outputs = [{"name": "embeddings", "datatype": "FP32", "shape": [-1, dim]}]
+    else:
+        inputs = [
+            {"name": "queries", "datatype": "FP32", "shape": [-1, dim], "optional": True},
+            {"name": "query_ids", "datatype": "INT64", "shape": [-1], "optional": True},
+        ]
+        outputs = [
+            {"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+        ]
+    return inputs, outputs
+
+
+def model_metadata(model: Model) -> dict[str, Any]:
+    inputs, outputs = _io(model)
+    return {
+        "name": model.name,
+        "versions": [model.entry.table.version],
+        "platform": PLATFORM,
+        "inputs": [{k: v for k, v in i.items() if k != "optional"} for i in inputs],
+        "outputs": outputs,
+    }
+
+
+def model_config(model: Model) -> dict[str, Any]:
+    """Triton's model configuration, as its HTTP endpoint returns it (JSON names of model_config.proto)."""
+    inputs, outputs = _io(model)
+    table = model.entry.table
+    return {
+        "name": model.name,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "max_batch_size": 0,
+        "input": [
+            {"name": i["name"], "data_type": f"TYPE_{i['datatype']}", "dims": i["shape"], "optional": i["optional"]}
+            for i in inputs
+        ],
+        "output": [{"name": o["name"], "data_type": f"TYPE_{o['datatype']}", "dims": o["shape"]} for o in outputs],
+        "parameters": {
+            "codec": {"string_value": table.codec},
+            "rerank": {"string_value": table.rerank.name if table.rerank else ""},
+            "rows": {"string_value": str(table.rows)},
+        },
+    }
+
+
+def tensor_from_bytes(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:
+    """Raw little-endian C-order bytes -> array of `shape`, refusing a size that does not match."""
+    dtype = _dtype(name, datatype)
+    dims = _shape(name, shape)
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequest(
+            f"input {name!r}: {len(raw)} bytes of data, but shape {dims} of {datatype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+
+
+def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
+    dtype = _dtype(name, datatype)
+    dims = _shape(name, shape)
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+    if arr.size != int(np.prod(dims, dtype=np.int64)):
+        raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {int(np.prod(dims))}")
+    return arr.reshape(dims)
+
+
+def _dtype(name: str, datatype: str) -> np.dtype[Any]:
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise InvalidRequest(f"input {name!r}: unsupported datatype {datatype!r}")
+    return dtype
+
+
+def _shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidRequest(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    return [int(d) for d in shape]
+
+
+def _param(params: dict[str, Any], key: str, default: Any) -> Any:
+    return params.get(key, default)
+
+
+async def infer(
+    service: EmbeddingService,
+    transport: str,
+    model: Model,
+    inputs: dict[str, np.ndarray],
+    params: dict[str, Any],
+    requested: list[str] | None = None,
+) -> list[tuple[str, np.ndarray]]:
+    """Run one inference request; returns [(output name, array)] in the requested order."""
+    table_name = model.entry.name
+    if model.kind == "lookup":
+        if "ids" not in inputs:
+            raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
+        ids = inputs["ids"].reshape(-1)
+        offsets = inputs.get("offsets")
+        mode = str(_param(params, "mode", "sum"))
+        result = await service.lookup(
+            transport, table_name, ids, None if offsets is None else offsets.reshape(-1), mode
+        )
+        outputs = {"embeddings": result}
+    else:
+        queries = inputs.get("queries")
+        query_ids = inputs.get("query_ids")
+        if queries is not None and queries.ndim == 1:
+            queries = queries.reshape(1, -1)
+        ids, scores = await service.search(
+            transport,
+            table_name,
+            queries=queries,
+            query_ids=None if query_ids is None else query_ids.reshape(-1),
+            k=_param(params, "k", 10),
+            metric=_param(params, "metric", "ip"),
+            oversample=_param(params, "oversample", 1),
+            exclude_self=_param(params, "exclude_self", True),
+        )
+        outputs = {"ids": ids, "scores": scores}
+    names = requested or list(outputs)
+    unknown = [n for n in names if n not in outputs]
+    if unknown:
+        raise InvalidRequest(f"model {model.name!r} has no output {unknown[0]!r} (outputs: {', '.join(outputs)})")
+    return [(n, outputs[n]) for n in names]

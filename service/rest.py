@@ -1,0 +1,340 @@
+"""HTTP transport (FastAPI): native /v1 API, Open Inference Protocol /v2, health, metrics, admin.
+
+Handlers parse, call `EmbeddingService`, and serialize. Errors are typed and turned into
+`{"error": "..."}` with the status from `service.errors` by one exception handler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime.errors import EmbserveError, InvalidRequest
+from runtime.table import __version__
+from service import oip
+from service.core import EmbeddingService
+from service.errors import status_for
+
+log = logging.getLogger("embserve")
+OCTET = "application/octet-stream"
+SHAPE_HEADER = "X-Embserve-Shape"
+OIP_HEADER_LENGTH = "Inference-Header-Content-Length"
+TRANSPORT = "http"
+
+
+class FastJSON(Response):
+    """JSON through orjson, numpy arrays serialized natively."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):  # orjson serializes only C-contiguous arrays natively
+        return np.ascontiguousarray(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+# Request bodies, for the OpenAPI document; handlers parse the body themselves so array checks
+# (and their messages naming the offending id) stay in the runtime.
+class LookupBody(BaseModel):
+    ids: list[int] = Field(description="row ids, int64")
+    offsets: list[int] | None = Field(None, description="EmbeddingBag offsets; when given the result is pooled")
+    mode: Literal["sum", "mean"] = "sum"
+
+
+class SearchBody(BaseModel):
+    queries: list[list[float]] | None = Field(None, description="(q, dim) query vectors")
+    query_ids: list[int] | None = Field(None, description="(q,) stored ids used as queries")
+    k: int = 10
+    metric: Literal["ip", "l2", "hamming"] = "ip"
+    oversample: int = 1
+    exclude_self: bool = True
+
+
+class ScoreBody(BaseModel):
+    candidate_ids: list[list[int]]
+    queries: list[list[float]] | None = None
+    query_ids: list[int] | None = None
+    metric: Literal["ip", "l2", "hamming"] = "ip"
+
+
+class LoadBody(BaseModel):
+    path: str = Field(description="artifact directory, relative to (or inside) the artifact root")
+
+
+def _body_doc(model: type[BaseModel], octet: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    if octet:
+        content[OCTET] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def read_body(service: EmbeddingService, request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        service.check_body_size(int(declared))
+    body = await request.body()
+    service.check_body_size(len(body))
+    return body
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return value
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(service: EmbeddingService) -> FastAPI:
+    app = FastAPI(
+        title="embserve",
+        version=__version__,
+        description="Compressed embedding tables: lookup, search and scoring over HTTP.",
+    )
+
+    @app.exception_handler(EmbserveError)
+    async def _typed(_: Request, exc: EmbserveError) -> JSONResponse:
+        return error_response(status_for(exc)[0], str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal server error")
+
+    # ---- health and metrics -------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        ready = service.ready
+        return JSONResponse({"ready": ready, "draining": service.draining}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- native API ---------------------------------------------------------------------------
+    @app.get("/v1/tables", tags=["tables"])
+    async def list_tables() -> Response:
+        return FastJSON({"tables": service.list_tables()})
+
+    @app.get("/v1/tables/{name}", tags=["tables"])
+    async def describe_table(name: str) -> Response:
+        return FastJSON(service.describe_entry(service.get(name)))
+
+    @app.post("/v1/tables/{name}/lookup", tags=["tables"], openapi_extra=_body_doc(LookupBody, octet=True))
+    async def lookup(name: str, request: Request) -> Response:
+        body = await read_body(service, request)
+        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+            if len(body) % 8:
+                raise InvalidRequest(
+                    f"octet-stream body must be little-endian int64 ids; {len(body)} bytes is not a multiple of 8"
+                )
+            rows = await service.lookup(TRANSPORT, name, np.frombuffer(body, dtype="<i8"))
+            return Response(
+                np.ascontiguousarray(rows, dtype="<f4").tobytes(),
+                media_type=OCTET,
+                headers={SHAPE_HEADER: f"{rows.shape[0]},{rows.shape[1]}", "X-Embserve-Dtype": "float32"},
+            )
+        payload = parse_json_object(body)
+        rows = await service.lookup(
+            TRANSPORT, name, payload.get("ids"), payload.get("offsets"), payload.get("mode", "sum")
+        )
+        return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
+
+    @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
+    async def search(name: str, request: Request) -> Response:
+        payload = parse_json_object(await read_body(service, request))
+        ids, scores = await service.search(
+            TRANSPORT,
+            name,
+            queries=payload.get("queries"),
+            query_ids=payload.get("query_ids"),
+            k=payload.get("k", 10),
+            metric=payload.get("metric", "ip"),
+            oversample=payload.get("oversample", 1),
+            exclude_self=payload.get("exclude_self", True),
+        )
+        return FastJSON({"ids": ids, "scores": scores})
+
+    @app.post("/v1/tables/{name}/score", tags=["tables"], openapi_extra=_body_doc(ScoreBody))
+    async def score(name: str, request: Request) -> Response:
+        payload = parse_json_object(await read_body(service, request))
+        scores = await service.score(
+            TRANSPORT,
+            name,
+            candidate_ids=payload.get("candidate_ids"),
+            queries=payload.get("queries"),
+            query_ids=payload.get("query_ids"),
+            metric=payload.get("metric", "ip"),
+        )
+        return FastJSON({"scores": scores})
+
+    # ---- admin --------------------------------------------------------------------------------
+    @app.put("/v1/tables/{name}", tags=["admin"], openapi_extra=_body_doc(LoadBody))
+    async def load(name: str, request: Request) -> Response:
+        payload = parse_json_object(await read_body(service, request))
+        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), name, payload.get("path"))
+        return FastJSON(info)
+
+    @app.delete("/v1/tables/{name}", tags=["admin"])
+    async def unload(name: str, request: Request) -> Response:
+        return FastJSON(await service.admin_delete(TRANSPORT, request.headers.get("authorization"), name))
+
+    # ---- Open Inference Protocol --------------------------------------------------------------
+    @app.get("/v2", tags=["inference"])
+    async def server_metadata() -> dict[str, Any]:
+        return oip.server_metadata()
+
+    @app.get("/v2/health/live", tags=["inference"])
+    async def server_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["inference"])
+    async def server_ready() -> Response:
+        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+
+    @app.get("/v2/models/{model}", tags=["inference"])
+    @app.get("/v2/models/{model}/versions/{version}", tags=["inference"])
+    async def model_metadata(model: str, version: str | None = None) -> Response:
+        resolved = oip.resolve(service, model)
+        oip.check_version(resolved, version)
+        return FastJSON(oip.model_metadata(resolved))
+
+    @app.get("/v2/models/{model}/ready", tags=["inference"])
+    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"])
+    async def model_ready(model: str, version: str | None = None) -> Response:
+        resolved = oip.resolve(service, model)
+        oip.check_version(resolved, version)
+        return JSONResponse({"name": model, "ready": service.ready}, status_code=200 if service.ready else 503)
+
+    @app.get("/v2/models/{model}/config", tags=["inference"])
+    @app.get("/v2/models/{model}/versions/{version}/config", tags=["inference"])
+    async def model_config(model: str, version: str | None = None) -> Response:
+        resolved = oip.resolve(service, model)
+        oip.check_version(resolved, version)
+        return FastJSON(oip.model_config(resolved))
+
+    @app.post("/v2/models/{model}/infer", tags=["inference"])
+    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"])
+    async def model_infer(model: str, request: Request, version: str | None = None) -> Response:
+        resolved = oip.resolve(service, model)
+        oip.check_version(resolved, version)
+        body = await read_body(service, request)
+        return await _infer_http(service, resolved, body, request.headers.get(OIP_HEADER_LENGTH))
+
+    return app
+
+
+async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, header_length: str | None) -> Response:
+    """One OIP infer over HTTP, with Triton's binary tensor extension on inputs and outputs."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidRequest(f"{OIP_HEADER_LENGTH} must be an integer no larger than the body")
+        split = int(header_length)
+    else:
+        split = len(body)
+    request = parse_json_object(body[:split])
+    binary = memoryview(body)[split:]
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("'inputs' must be a non-empty list")
+    params = request.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("'parameters' must be an object")
+    params = dict(params)
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequest("each input must be an object with a name")
+        name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
+        if not isinstance(datatype, str):
+            raise InvalidRequest(f"input {name!r}: datatype must be a string")
+        item_params = item.get("parameters") or {}
+        if not isinstance(item_params, dict):
+            raise InvalidRequest(f"input {name!r}: parameters must be an object")
+        for key, value in item_params.items():
+            if key != "binary_data_size":
+                params.setdefault(key, value)
+        size = item_params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the binary data sent")
+            inputs[name] = oip.tensor_from_bytes(name, datatype, shape, bytes(binary[offset : offset + size]))
+            offset += size
+        else:
+            if "data" not in item:
+                raise InvalidRequest(f"input {name!r} has neither data nor binary_data_size")
+            inputs[name] = oip.tensor_from_list(name, datatype, shape, item["data"])
+    all_binary = bool(params.get("binary_data_output", False))
+    requested: list[str] | None = None
+    binary_out: set[str] = set()
+    raw_outputs = request.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
+        ):
+            raise InvalidRequest("'outputs' must be a list of objects with a name")
+        requested = [o["name"] for o in raw_outputs]
+        binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
+    results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
+    if requested is None and all_binary:
+        binary_out = {name for name, _ in results}
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, arr in results:
+        entry: dict[str, Any] = {"name": name, "datatype": oip.DATATYPE_OF[arr.dtype], "shape": list(arr.shape)}
+        if name in binary_out:
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = arr.reshape(-1)
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.entry.table.version, "outputs": outputs}
+    if isinstance(request.get("id"), str):
+        answer["id"] = request["id"]
+    header = orjson.dumps(answer, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks),
+        media_type=OCTET,
+        headers={OIP_HEADER_LENGTH: str(len(header))},
+    )
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,268 @@
+"""gRPC transport: embserve.v1.EmbeddingService and inference.GRPCInferenceService (OIP).
+
+Servicers parse protobuf messages into numpy arrays, call `EmbeddingService`, and build replies.
+`grpc_errors` maps typed errors to status codes through `service.errors`, once for every method."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from runtime.errors import EmbserveError, InvalidRequest
+from service import oip
+from service.core import EmbeddingService
+from service.errors import status_for
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+from service.rpc.generated import oip_v2_pb2 as ipb
+from service.rpc.generated import oip_v2_pb2_grpc as ipb_grpc
+
+log = logging.getLogger("embserve")
+TRANSPORT = "grpc"
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+NATIVE_DTYPES: dict[str, np.dtype[Any]] = {"int64": np.dtype("<i8"), "float32": np.dtype("<f4")}
+
+
+def grpc_errors(method: Handler[R]) -> Handler[R]:
+    """Abort the call with the status code mapped from a typed error; log anything unexpected."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except EmbserveError as exc:
+            await context.abort(status_for(exc)[1], str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
+    dtype = NATIVE_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidRequest(f"{field}.dtype must be one of {', '.join(NATIVE_DTYPES)}, got {tensor.dtype!r}")
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(f"{field}.shape must be non-negative, got {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidRequest(
+            f"{field}: {len(tensor.data)} bytes of data, but shape {shape} of {tensor.dtype} needs {expected}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def array_to_tensor(arr: np.ndarray) -> pb.Tensor:
+    name = "int64" if arr.dtype.kind in "iu" else "float32"
+    data = np.ascontiguousarray(arr, dtype=NATIVE_DTYPES[name])
+    return pb.Tensor(dtype=name, shape=list(arr.shape), data=data.tobytes())
+
+
+def _optional_tensor(request: Any, field: str) -> np.ndarray | None:
+    return tensor_to_array(getattr(request, field), field) if request.HasField(field) else None
+
+
+def table_info(info: dict[str, Any]) -> pb.TableInfo:
+    return pb.TableInfo(
+        name=info["name"],
+        rows=info["rows"],
+        dim=info["dim"],
+        codec=info["codec"],
+        params_json=json.dumps(info["params"]),
+        rerank_codec=(info["rerank"] or {}).get("codec", ""),
+        nbytes=info["nbytes"],
+        fp32_nbytes=info["fp32_nbytes"],
+        compression_ratio=info["compression_ratio"],
+        version=info["version"],
+        loaded_at=info["loaded_at"],
+        metrics=info["metrics"],
+    )
+
+
+class NativeServicer(pb_grpc.EmbeddingServiceServicer):
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    @grpc_errors
+    async def ListTables(
+        self, request: pb.ListTablesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTablesResponse:
+        return pb.ListTablesResponse(tables=[table_info(i) for i in self.service.list_tables()])
+
+    @grpc_errors
+    async def DescribeTable(self, request: pb.DescribeTableRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
+        return table_info(self.service.describe_entry(self.service.get(request.table)))
+
+    @grpc_errors
+    async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
+        ids = tensor_to_array(request.ids, "ids")
+        offsets = _optional_tensor(request, "offsets")
+        rows = await self.service.lookup(TRANSPORT, request.table, ids, offsets, request.mode or "sum")
+        return pb.LookupResponse(embeddings=array_to_tensor(rows))
+
+    @grpc_errors
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        ids, scores = await self.service.search(
+            TRANSPORT,
+            request.table,
+            queries=_optional_tensor(request, "queries"),
+            query_ids=_optional_tensor(request, "query_ids"),
+            k=request.k,
+            metric=request.metric or "ip",
+            oversample=request.oversample or 1,
+            exclude_self=request.exclude_self if request.HasField("exclude_self") else True,
+        )
+        return pb.SearchResponse(ids=array_to_tensor(ids), scores=array_to_tensor(scores))
+
+    @grpc_errors
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        scores = await self.service.score(
+            TRANSPORT,
+            request.table,
+            candidate_ids=tensor_to_array(request.candidate_ids, "candidate_ids"),
+            queries=_optional_tensor(request, "queries"),
+            query_ids=_optional_tensor(request, "query_ids"),
+            metric=request.metric or "ip",
+        )
+        return pb.ScoreResponse(scores=array_to_tensor(scores))
+
+
+CONTENT_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def _param_value(param: ipb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    @grpc_errors
+    async def ServerLive(
+        self, request: ipb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ServerLiveResponse:
+        return ipb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(
+        self, request: ipb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ServerReadyResponse:
+        return ipb.ServerReadyResponse(ready=self.service.ready)
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: ipb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ModelReadyResponse:
+        model = oip.resolve(self.service, request.name)
+        oip.check_version(model, request.version)
+        return ipb.ModelReadyResponse(ready=self.service.ready)
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: ipb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ServerMetadataResponse:
+        return ipb.ServerMetadataResponse(**oip.server_metadata())
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: ipb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ModelMetadataResponse:
+        model = oip.resolve(self.service, request.name)
+        oip.check_version(model, request.version)
+        meta = oip.model_metadata(model)
+        tensor = ipb.ModelMetadataResponse.TensorMetadata
+        return ipb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    @grpc_errors
+    async def ModelConfig(
+        self, request: ipb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ModelConfigResponse:
+        model = oip.resolve(self.service, request.name)
+        oip.check_version(model, request.version)
+        config = oip.model_config(model)
+        return ipb.ModelConfigResponse(
+            config=ipb.ModelConfig(
+                name=config["name"],
+                platform=config["platform"],
+                backend=config["backend"],
+                max_batch_size=config["max_batch_size"],
+                input=[
+                    ipb.ModelInput(
+                        name=i["name"],
+                        data_type=ipb.DataType.Value(i["data_type"]),
+                        dims=i["dims"],
+                        optional=i["optional"],
+                    )
+                    for i in config["input"]
+                ],
+                output=[
+                    ipb.ModelOutput(name=o["name"], data_type=ipb.DataType.Value(o["data_type"]), dims=o["dims"])
+                    for o in config["output"]
+                ],
+                parameters={
+                    k: ipb.ModelParameter(string_value=v["string_value"]) for k, v in config["parameters"].items()
+                },
+            )
+        )
+
+    @grpc_errors
+    async def ModelInfer(
+        self, request: ipb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.ModelInferResponse:
+        model = oip.resolve(self.service, request.model_name)
+        oip.check_version(model, request.model_version)
+        params = {k: _param_value(v) for k, v in request.parameters.items()}
+        raw = list(request.raw_input_contents)
+        if raw and len(raw) != len(request.inputs):
+            raise InvalidRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+        inputs: dict[str, np.ndarray] = {}
+        for i, tensor in enumerate(request.inputs):
+            for k, v in tensor.parameters.items():
+                params.setdefault(k, _param_value(v))
+            if raw:
+                inputs[tensor.name] = oip.tensor_from_bytes(tensor.name, tensor.datatype, list(tensor.shape), raw[i])
+            else:
+                field = CONTENT_FIELDS.get(tensor.datatype)
+                if field is None:
+                    raise InvalidRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
+                values = list(getattr(tensor.contents, field))
+                inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
+        requested = [o.name for o in request.outputs] or None
+        results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
+        response = ipb.ModelInferResponse(model_name=model.name, model_version=model.entry.table.version, id=request.id)
+        for name, arr in results:
+            response.outputs.add(name=name, datatype=oip.DATATYPE_OF[arr.dtype], shape=list(arr.shape))
+            response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+        return response

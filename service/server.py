@@ -1,0 +1,159 @@
+"""One process, one event loop: uvicorn (HTTP) and grpc.aio (gRPC) over one EmbeddingService.
+
+SIGTERM / SIGINT: readiness goes false at once (HTTP /readyz 503, gRPC health NOT_SERVING), new
+requests get 503 / UNAVAILABLE, in-flight requests finish within `grace_seconds`, then both
+servers stop and the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.core import EmbeddingService
+from service.rest import create_app
+from service.rpc.generated import embserve_pb2, embserve_pb2_grpc, oip_v2_pb2, oip_v2_pb2_grpc
+from service.rpc.servicers import InferenceServicer, NativeServicer
+from service.settings import Settings
+
+log = logging.getLogger("embserve")
+HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceService")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process's drain logic owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Bound:
+    http_port: int
+    grpc_port: int
+
+
+class EmbserveServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = EmbeddingService(settings)
+        self.health = health.aio.HealthServicer()
+        self.stopping = asyncio.Event()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.http_server: _Uvicorn | None = None
+
+    async def _set_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if self.service.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, status)
+
+    async def start(self) -> Bound:
+        s = self.settings
+        limit = s.max_body_bytes
+        self.grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 256 << 20)),
+            ]
+        )
+        embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server(NativeServicer(self.service), self.grpc_server)
+        oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        names = (
+            embserve_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+            oip_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self.grpc_server)
+        grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+        await self._set_health()
+        await self.grpc_server.start()
+
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.service),
+            log_level=s.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, int(s.grace_seconds)),
+            limit_concurrency=None,
+        )
+        self.http_server = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]))
+        while not self.http_server.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.01)
+        return Bound(http_port, grpc_port)
+
+    async def load(self) -> None:
+        """Load and warm the configured tables off the loop; health follows readiness."""
+        await asyncio.get_running_loop().run_in_executor(None, self.service.load_configured)
+        await self._set_health()
+
+    async def drain_and_stop(self) -> None:
+        self.service.start_draining()
+        await self._set_health()
+        log.info(
+            "draining: waiting up to %.1f s for %d in-flight requests",
+            self.settings.grace_seconds,
+            self.service.in_flight,
+        )
+        finished = await self.service.wait_idle(self.settings.grace_seconds)
+        if not finished:
+            log.warning("grace period over with %d requests still running", self.service.in_flight)
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            await self._http_task
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1.0)
+        self.service.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        bound = await self.start()
+        log.info(
+            "embserve listening: http://%s:%d  grpc %s:%d",
+            self.settings.host,
+            bound.http_port,
+            self.settings.host,
+            bound.grpc_port,
+        )
+        loader = asyncio.create_task(self.load())
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if loader.done() and loader.exception() is not None:
+            await self.drain_and_stop()
+            raise loader.exception()  # type: ignore[misc]
+        if loader.done():
+            log.info("ready: serving %s", ", ".join(self.service.store.names()))
+        await stop
+        log.info("signal received: draining")
+        await self.drain_and_stop()
+        if not loader.done():
+            loader.cancel()
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(EmbserveServer(settings).run())

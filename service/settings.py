@@ -1,0 +1,57 @@
+"""One typed settings object, read once from flags and `EMBSERVE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Environment: EMBSERVE_<FIELD> (e.g. EMBSERVE_HTTP_PORT=8000);
+    EMBSERVE_TABLES is a comma-separated list of NAME=DIR."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBSERVE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address both servers bind")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="NAME=DIR artifacts to serve at start"
+    )
+    demo: bool = Field(True, description="serve the built-in demo table when no table is configured")
+    demo_dir: Path = Field(
+        Path.home() / ".cache" / "embserve" / "demo", description="where the demo artifact is cached"
+    )
+    demo_rows: int = Field(100_000, ge=1000, description="rows of the demo table")
+    artifact_root: Path | None = Field(None, description="admin loads are confined below this directory")
+    admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
+    max_ids: int = Field(100_000, ge=1, description="ids a lookup may carry")
+    max_queries: int = Field(1024, ge=1, description="queries a search or score may carry")
+    max_k: int = Field(10_000, ge=1, description="largest k (and k × oversample) a search may ask")
+    max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
+    worker_threads: int = Field(4, ge=1, description="threads running kernels off the event loop")
+    grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may take")
+    warmup: bool = Field(True, description="run every kernel once at load so no request pays JIT time")
+    log_level: str = Field("info", description="uvicorn / logging level")
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _split_tables(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def table_specs(self) -> list[tuple[str, Path]]:
+        """Parsed `tables`: [(name, directory)]."""
+        specs = []
+        for spec in self.tables:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"table spec {spec!r} must be NAME=DIR")
+            specs.append((name.strip(), Path(path.strip())))
+        return specs
