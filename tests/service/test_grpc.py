@@ -1,0 +1,142 @@
+"""Native gRPC API, health and reflection against a live server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+from service.rpc.servicers import array_to_tensor
+from tests.service.conftest import Served, require_binary
+
+
+@pytest.fixture(scope="module")
+def channel(served: Served) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(served.server.grpc) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
+    return pb_grpc.EmbeddingServiceStub(channel)
+
+
+def arr(t: pb.Tensor) -> np.ndarray:
+    return np.frombuffer(t.data, {"int64": "<i8", "float32": "<f4"}[t.dtype]).reshape(list(t.shape))
+
+
+def test_list_describe(stub: pb_grpc.EmbeddingServiceStub, served: Served) -> None:
+    names = {t.name for t in stub.ListTables(pb.ListTablesRequest()).tables}
+    assert {"items", "bits"} <= names
+    info = stub.DescribeTable(pb.DescribeTableRequest(table="items"))
+    assert info.rows == 4000 and info.dim == 32 and info.codec == "pq" and info.rerank_codec == "int8"
+    assert json.loads(info.params_json)["subspaces"] == 8 and info.nbytes == served.tables["items"].nbytes
+
+
+def test_lookup_search_score_match_runtime(stub: pb_grpc.EmbeddingServiceStub, served: Served) -> None:
+    table = served.tables["items"]
+    ids = np.array([4, 8, 15, 16], np.int64)
+    got = stub.Lookup(pb.LookupRequest(table="items", ids=array_to_tensor(ids)))
+    np.testing.assert_array_equal(arr(got.embeddings), table.lookup(ids))
+    pooled = stub.Lookup(
+        pb.LookupRequest(table="items", ids=array_to_tensor(ids), offsets=array_to_tensor(np.array([0, 1])), mode="sum")
+    )
+    np.testing.assert_allclose(arr(pooled.embeddings), table.lookup_pooled(ids, [0, 1]), rtol=1e-6)
+    q = table.lookup([1, 2])
+    res = stub.Search(pb.SearchRequest(table="items", queries=array_to_tensor(q), k=5, oversample=3))
+    want_ids, want_scores = table.search(q, 5, "ip", 3)
+    np.testing.assert_array_equal(arr(res.ids), want_ids)
+    np.testing.assert_allclose(arr(res.scores), want_scores, rtol=1e-6)
+    res = stub.Search(
+        pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=5, metric="l2", exclude_self=False)
+    )
+    assert arr(res.ids)[0, 0] == 1
+    sc = stub.Score(
+        pb.ScoreRequest(
+            table="items", candidate_ids=array_to_tensor(np.array([[1, 2]])), query_ids=array_to_tensor(np.array([3]))
+        )
+    )
+    np.testing.assert_allclose(arr(sc.scores), table.score([[1, 2]], query_ids=[3]), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "message"),
+    [
+        (pb.LookupRequest(table="nope", ids=array_to_tensor(np.array([1]))), grpc.StatusCode.NOT_FOUND, "not found"),
+        (pb.LookupRequest(table="items", ids=array_to_tensor(np.array([4000]))), grpc.StatusCode.OUT_OF_RANGE, "4000"),
+        (
+            pb.LookupRequest(table="items", ids=pb.Tensor(dtype="int64", shape=[3], data=b"\x00" * 8)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs 24",
+        ),
+        (
+            pb.LookupRequest(table="items", ids=pb.Tensor(dtype="int8", shape=[1], data=b"\x00")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dtype",
+        ),
+        (pb.SearchRequest(table="items", k=3), grpc.StatusCode.INVALID_ARGUMENT, "exactly one"),
+        (
+            pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "k must be",
+        ),
+        (
+            pb.SearchRequest(table="items", queries=array_to_tensor(np.ones((1, 3), np.float32)), k=2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dimension 3",
+        ),
+        (
+            pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=2, metric="hamming"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "hamming",
+        ),
+    ],
+)
+def test_errors_map_to_status_codes(
+    stub: pb_grpc.EmbeddingServiceStub, request_: object, code: grpc.StatusCode, message: str
+) -> None:
+    method = stub.Lookup if isinstance(request_, pb.LookupRequest) else stub.Search
+    with pytest.raises(grpc.RpcError) as info:
+        method(request_)
+    assert info.value.code() == code and message in info.value.details()
+    assert stub.Lookup(pb.LookupRequest(table="items", ids=array_to_tensor(np.array([1])))).embeddings.shape == [1, 32]
+
+
+def test_health_tracks_readiness(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceService"):
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+
+
+def test_grpcurl_lists_services_through_reflection(served: Served) -> None:
+    grpcurl = require_binary("grpcurl")
+    out = subprocess.run(
+        [grpcurl, "-plaintext", served.server.grpc, "list"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    listed = set(out.stdout.split())
+    assert {"embserve.v1.EmbeddingService", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= listed
+    call = subprocess.run(
+        [
+            grpcurl,
+            "-plaintext",
+            "-d",
+            '{"table": "items"}',
+            served.server.grpc,
+            "embserve.v1.EmbeddingService/DescribeTable",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert call.returncode == 0 and json.loads(call.stdout)["codec"] == "pq"

@@ -1,0 +1,61 @@
+"""SIGTERM with requests in flight: readiness drops at once, running requests finish, new ones
+are refused cleanly, and the process exits 0 within the grace period."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import runtime
+from tests.conftest import low_rank_table
+from tests.service.live import start_server
+
+
+@pytest.fixture(scope="module")
+def big_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "v1"
+    runtime.compress(low_rank_table(300_000, 64, seed=3), "fp16").save(path)
+    return path
+
+
+def test_sigterm_drains_in_flight_requests(big_table: Path, tmp_path: Path) -> None:
+    server = start_server(tmp_path, ["--table", f"big={big_table}", "--grace-seconds", "20"])
+    queries = np.random.default_rng(0).standard_normal((1000, 64)).tolist()
+    results: list[httpx.Response] = []
+
+    def slow_search() -> None:
+        results.append(
+            httpx.post(f"{server.http}/v1/tables/big/search", json={"queries": queries, "k": 100}, timeout=60)
+        )
+
+    workers = [threading.Thread(target=slow_search) for _ in range(3)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until the server is busy with them
+        metrics = httpx.get(f"{server.http}/metrics").text
+        busy = [line for line in metrics.splitlines() if line.startswith("embserve_requests_in_flight ")]
+        if busy and float(busy[0].split()[1]) >= 2:
+            break
+        time.sleep(0.02)
+    server.proc.send_signal(15)
+    time.sleep(0.3)
+    ready = httpx.get(f"{server.http}/readyz")
+    assert ready.status_code == 503 and ready.json()["draining"] is True
+    refused = httpx.post(f"{server.http}/v1/tables/big/lookup", json={"ids": [1]})
+    assert refused.status_code == 503 and "draining" in refused.json()["error"]
+    with grpc.insecure_channel(server.grpc) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    for w in workers:
+        w.join(60)
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert all(np.array(r.json()["ids"]).shape == (1000, 100) for r in results)
+    assert server.proc.wait(30) == 0, server.log()

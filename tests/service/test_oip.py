@@ -1,0 +1,85 @@
+"""Open Inference Protocol: the real tritonclient (HTTP JSON, HTTP binary, gRPC) against a live
+server, compared with the runtime; and raw protocol edge cases over HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.service.conftest import Served
+
+CHECK = Path(__file__).with_name("triton_client_check.py")
+
+
+def test_tritonclient_results_match_runtime(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "triton.npz"
+    grpc_url = served.server.grpc
+    http_url = served.server.http.removeprefix("http://")
+    run = subprocess.run(
+        [sys.executable, str(CHECK), http_url, grpc_url, str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = np.load(out)
+    table = served.tables["items"]
+    want = table.lookup([3, 1, 4, 1, 5])
+    for key in ("http_lookup_binary", "http_lookup_json", "grpc_lookup_binary"):
+        np.testing.assert_allclose(got[key], want, rtol=1e-6, err_msg=key)
+    want_ids, want_scores = table.search(np.ones((2, 32), np.float32), 6, "ip", 4)
+    for label in ("http", "grpc"):
+        np.testing.assert_array_equal(got[f"{label}_search_ids"], want_ids)
+        np.testing.assert_allclose(got[f"{label}_search_scores"], want_scores, rtol=1e-6)
+
+
+def test_binary_extension_by_hand(served: Served) -> None:
+    header = {
+        "inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}],
+        "outputs": [{"name": "embeddings", "parameters": {"binary_data": True}}],
+        "parameters": {"unknown_parameter": 1},
+    }
+    head = json.dumps(header).encode()
+    body = head + np.array([7, 9], "<i8").tobytes()
+    r = httpx.post(
+        f"{served.server.http}/v2/models/items/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    split = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:split])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 2 * 32 * 4
+    rows = np.frombuffer(r.content[split:], "<f4").reshape(2, 32)
+    np.testing.assert_array_equal(rows, served.tables["items"].lookup([7, 9]))
+
+
+def test_protocol_errors(served: Served) -> None:
+    url = f"{served.server.http}/v2/models/items/infer"
+    cases = [
+        ({"inputs": []}, 400, "inputs"),
+        ({"inputs": [{"name": "ids", "shape": [3], "datatype": "INT64", "data": [1, 2]}]}, 400, "needs 3"),
+        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "STRING", "data": ["a"]}]}, 400, "datatype"),
+        (
+            {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}}]},
+            400,
+            "binary",
+        ),
+        ({"inputs": [{"name": "wrong", "shape": [1], "datatype": "INT64", "data": [1]}]}, 400, "needs input 'ids'"),
+        (
+            {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}], "outputs": [{"name": "x"}]},
+            400,
+            "no output",
+        ),
+    ]
+    for body, status, message in cases:
+        r = httpx.post(url, json=body)
+        assert r.status_code == status and message in r.json()["error"], (body, r.text)
+    assert httpx.get(f"{served.server.http}/v2/models/nope").status_code == 404
+    assert httpx.get(f"{served.server.http}/v2/models/items/versions/other").status_code == 404
+    r = httpx.get(f"{served.server.http}/v2")
+    assert r.json()["name"] == "embserve" and "binary_tensor_data" in r.json()["extensions"]
+    assert httpx.get(f"{served.server.http}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{served.server.http}/v2/models/items.search/config").json()["input"][0]["name"] == "queries"

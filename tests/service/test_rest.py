@@ -1,0 +1,124 @@
+"""Native HTTP API against a live server, results compared with the runtime directly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.conftest import Served
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.server.http, timeout=30) as c:
+        yield c
+
+
+def test_list_and_describe(client: httpx.Client, served: Served) -> None:
+    tables = {t["name"]: t for t in client.get("/v1/tables").json()["tables"]}
+    assert {"items", "bits"} <= set(tables)
+    info = client.get("/v1/tables/items").json()
+    table = served.tables["items"]
+    assert (info["rows"], info["dim"], info["codec"], info["nbytes"]) == (table.rows, table.dim, "pq", table.nbytes)
+    assert info["rerank"]["codec"] == "int8"
+    assert info["fp32_nbytes"] == table.fp32_nbytes and info["version"] == table.version and info["loaded_at"]
+
+
+def test_lookup_json_and_octet_match_runtime(client: httpx.Client, served: Served) -> None:
+    ids = [0, 5, 3999, 5]
+    want = served.tables["items"].lookup(ids)
+    got = client.post("/v1/tables/items/lookup", json={"ids": ids}).json()
+    assert got["shape"] == [4, 32]
+    np.testing.assert_allclose(np.array(got["embeddings"], np.float32), want, rtol=1e-6)
+    r = client.post(
+        "/v1/tables/items/lookup",
+        content=np.array(ids, "<i8").tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 200 and r.headers["x-embserve-shape"] == "4,32"
+    np.testing.assert_array_equal(np.frombuffer(r.content, "<f4").reshape(4, 32), want)
+    empty = client.post("/v1/tables/items/lookup", json={"ids": []}).json()
+    assert empty["shape"] == [0, 32]
+
+
+def test_pooled_lookup(client: httpx.Client, served: Served) -> None:
+    body = {"ids": [1, 2, 3, 4, 5], "offsets": [0, 2], "mode": "mean"}
+    got = np.array(client.post("/v1/tables/items/lookup", json=body).json()["embeddings"], np.float32)
+    np.testing.assert_allclose(got, served.tables["items"].lookup_pooled([1, 2, 3, 4, 5], [0, 2], "mean"), rtol=1e-5)
+
+
+def test_search_and_score_match_runtime(client: httpx.Client, served: Served) -> None:
+    table = served.tables["items"]
+    q = table.lookup([10, 20]) + 0.01
+    body: dict[str, Any] = {"queries": q.tolist(), "k": 7, "metric": "l2", "oversample": 5}
+    got = client.post("/v1/tables/items/search", json=body).json()
+    want_ids, want_scores = table.search(q, 7, "l2", 5)
+    np.testing.assert_array_equal(got["ids"], want_ids)
+    np.testing.assert_allclose(got["scores"], want_scores, rtol=1e-5)
+    got = client.post("/v1/tables/items/search", json={"query_ids": [3, 4], "k": 5, "oversample": 4}).json()
+    want_ids, _ = table.search_by_id([3, 4], 5, "ip", 4, True)
+    np.testing.assert_array_equal(got["ids"], want_ids)
+    got = client.post("/v1/tables/items/score", json={"candidate_ids": [[1, 2], [3, 4]], "query_ids": [5, 6]}).json()
+    np.testing.assert_allclose(got["scores"], table.score([[1, 2], [3, 4]], query_ids=[5, 6]), rtol=1e-5)
+    bits = client.post("/v1/tables/bits/search", json={"query_ids": [7], "k": 3, "metric": "hamming"}).json()
+    np.testing.assert_array_equal(bits["ids"], served.tables["bits"].search_by_id([7], 3, "hamming")[0])
+
+
+BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
+    ("post", "/v1/tables/nope/lookup", {"ids": [1]}, 404, "not found"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, 4000]}, 400, "ids[1] = 4000"),
+    ("post", "/v1/tables/items/lookup", {"ids": [-1]}, 400, "ids[0] = -1"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, [2]]}, 400, "rectangular"),
+    ("post", "/v1/tables/items/lookup", {"ids": ["a"]}, 400, "numbers"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1.5]}, 400, "integers"),
+    ("post", "/v1/tables/items/lookup", {"ids": [True]}, 400, "booleans"),
+    ("post", "/v1/tables/items/lookup", {}, 400, "ids is required"),
+    ("post", "/v1/tables/items/lookup", [1, 2], 400, "JSON object"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1] * 5001}, 413, "limit"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "offsets": [1]}, 400, "offsets[0]"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1], "offsets": [0], "mode": "max"}, 400, "mode"),
+    ("post", "/v1/tables/items/search", {"queries": [[0.0] * 31], "k": 3}, 400, "dimension 31"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 0}, 400, "k must be"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "k": "5"}, 400, "k must be"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 2000}, 413, "limit"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 10, "oversample": 500}, 413, "k × oversample"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "metric": "hamming"}, 400, "hamming"),
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "metric": "cos"}, 400, "metric"),
+    ("post", "/v1/tables/items/search", {"k": 3}, 400, "exactly one"),
+    ("post", "/v1/tables/items/score", {"candidate_ids": [1, 2], "query_ids": [1]}, 400, "2-D"),
+    ("post", "/v1/tables/items/score", {"candidate_ids": [[1, 9999]], "query_ids": [1]}, 400, "candidate_ids"),
+    ("get", "/v1/tables/nope", None, 404, "not found"),
+    ("get", "/v1/nothing-here", None, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS)
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
+    client: httpx.Client, method: str, path: str, body: Any, status: int, message: str
+) -> None:
+    r = client.request(method.upper(), path, json=body) if body is not None else client.request(method.upper(), path)
+    assert r.status_code == status, r.text
+    assert "error" in r.json() and message in r.json()["error"]
+    assert client.post("/v1/tables/items/lookup", json={"ids": [1]}).status_code == 200
+
+
+def test_raw_bad_bodies(client: httpx.Client) -> None:
+    r = client.post("/v1/tables/items/lookup", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = client.post(
+        "/v1/tables/items/lookup", content=b"\x01\x02\x03", headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 400 and "multiple of 8" in r.json()["error"]
+    r = client.post(
+        "/v1/tables/items/lookup", content=b"0" * 2_000_001, headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 413
+    r = client.post(
+        "/v1/tables/items/search", content=b'{"queries": [[NaN]]}', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert client.get("/healthz").status_code == 200
