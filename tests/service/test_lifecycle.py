@@ -59,3 +59,22 @@ def test_sigterm_drains_in_flight_requests(big_table: Path, tmp_path: Path) -> N
     assert [r.status_code for r in results] == [200, 200, 200]
     assert all(np.array(r.json()["ids"]).shape == (1000, 100) for r in results)
     assert server.proc.wait(30) == 0, server.log()
+
+
+def test_demo_table_is_served_when_nothing_is_configured(tmp_path: Path) -> None:
+    server = start_server(tmp_path, [], env={"EMBSERVE_DEMO_ROWS": "3000"})
+    try:
+        tables = httpx.get(f"{server.http}/v1/tables").json()["tables"]
+        assert [t["name"] for t in tables] == ["demo"]
+        assert tables[0]["codec"] == "pq" and tables[0]["rerank"]["codec"] == "int8" and tables[0]["rows"] == 3000
+        assert "built-in demo table" in server.log()
+        first = httpx.post(f"{server.http}/v1/tables/demo/search", json={"query_ids": [5], "k": 5, "oversample": 4})
+        assert first.status_code == 200 and len(first.json()["ids"][0]) == 5
+    finally:
+        assert server.terminate() == 0
+    # the second start reuses the cached artifact
+    again = start_server(tmp_path, [], env={"EMBSERVE_DEMO_ROWS": "3000"})
+    try:
+        assert "building the demo table" not in again.log()
+    finally:
+        assert again.terminate() == 0
