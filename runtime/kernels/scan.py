@@ -27,6 +27,10 @@ def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+ROW_BLOCK = 512
+"""Rows scanned for every query before moving on: their codes stay in L1/L2 across queries."""
+
+
 @njit(nogil=True, cache=True)
 def _chunk_bounds(n: int, nchunks: int, c: int) -> tuple[int, int]:
     size = (n + nchunks - 1) // nchunks
@@ -34,31 +38,80 @@ def _chunk_bounds(n: int, nchunks: int, c: int) -> tuple[int, int]:
     return start, min(n, start + size)
 
 
+@njit(nogil=True, cache=True)
+def _hamming_scan_block(
+    codes: np.ndarray,
+    query: np.ndarray,
+    start: int,
+    stop: int,
+    heap_keys: np.ndarray,
+    heap_ids: np.ndarray,
+    size: int,
+) -> int:
+    """Offer rows start..stop-1 to one query's heap; returns its new size. query (W,) uint64."""
+    kk = heap_keys.shape[0]
+    words = codes.shape[1]
+    # ids ascend, so a row that only ties the worst kept one loses: one integer compare
+    # rejects almost every row without touching the heap
+    worst = np.int64(-heap_keys[0]) if size == kk else np.int64(words * 64 + 1)
+    q0 = query[0]
+    q1 = query[1] if words > 1 else np.uint64(0)
+    q2 = query[2] if words > 3 else np.uint64(0)
+    q3 = query[3] if words > 3 else np.uint64(0)
+    for i in range(start, stop):
+        # 128- and 256-bit codes unrolled: independent popcounts, no inner loop
+        if words == 4:
+            dist = np.int64(
+                popcount64(codes[i, 0] ^ q0)
+                + popcount64(codes[i, 1] ^ q1)
+                + popcount64(codes[i, 2] ^ q2)
+                + popcount64(codes[i, 3] ^ q3)
+            )
+        elif words == 2:
+            dist = np.int64(popcount64(codes[i, 0] ^ q0) + popcount64(codes[i, 1] ^ q1))
+        else:
+            dist = np.int64(0)
+            for w in range(words):
+                dist += np.int64(popcount64(codes[i, w] ^ query[w]))
+        if dist < worst:
+            size = heap_push(heap_keys, heap_ids, size, -np.float32(dist), i)
+            if size == kk:
+                worst = np.int64(-heap_keys[0])
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _hamming_scan_chunk(
+    codes: np.ndarray,
+    queries: np.ndarray,
+    start: int,
+    stop: int,
+    part_keys: np.ndarray,
+    part_ids: np.ndarray,
+    part_sizes: np.ndarray,
+    chunk: int,
+) -> None:
+    for block in range(start, stop, ROW_BLOCK):
+        block_stop = min(stop, block + ROW_BLOCK)
+        for qi in range(queries.shape[0]):
+            part_sizes[qi, chunk] = _hamming_scan_block(
+                codes, queries[qi], block, block_stop, part_keys[qi, chunk], part_ids[qi, chunk], part_sizes[qi, chunk]
+            )
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def hamming_topk(codes: np.ndarray, queries: np.ndarray, k: int, nchunks: int):
     """codes (n, W) uint64, queries (q, W) uint64 -> keys (q, k') float32 (= -distance),
-    ids (q, k') int64, best first; k' = min(k, n)."""
+    ids (q, k') int64, best first; k' = min(k, n). Blocked over queries as `adc_topk` is."""
     n = codes.shape[0]
     nq = queries.shape[0]
-    words = codes.shape[1]
     kk = min(k, n)
     part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
     part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
     part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
-    for task in prange(nq * nchunks):
-        qi = task // nchunks
-        c = task % nchunks
+    for c in prange(nchunks):
         start, stop = _chunk_bounds(n, nchunks, c)
-        hk = part_keys[qi, c]
-        hi = part_ids[qi, c]
-        size = 0
-        qv = queries[qi]
-        for i in range(start, stop):
-            dist = np.uint64(0)
-            for w in range(words):
-                dist += popcount64(codes[i, w] ^ qv[w])
-            size = heap_push(hk, hi, size, -np.float32(dist), i)
-        part_sizes[qi, c] = size
+        _hamming_scan_chunk(codes, queries, start, stop, part_keys, part_ids, part_sizes, c)
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
@@ -84,17 +137,101 @@ def hamming_distances_numpy(codes: np.ndarray, queries: np.ndarray) -> np.ndarra
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _adc_row(codes_row: np.ndarray, lut: np.ndarray, four_bit: bool) -> np.float32:
+def _adc_row(codes: np.ndarray, i: int, lut: np.ndarray, ksub: int, four_bit: bool) -> np.float32:
+    """Sum of LUT entries for row i; lut is one query's (M * ksub,) float32, flattened."""
     s = np.float32(0.0)
     if four_bit:
-        for b in range(codes_row.shape[0]):
-            byte = codes_row[b]
-            s += lut[2 * b, byte & 15]
-            s += lut[2 * b + 1, byte >> 4]
+        for b in range(codes.shape[1]):
+            byte = codes[i, b]
+            s += lut[(2 * b) * 16 + (byte & 15)]
+            s += lut[(2 * b + 1) * 16 + (byte >> 4)]
     else:
-        for m in range(codes_row.shape[0]):
-            s += lut[m, codes_row[m]]
+        for m in range(codes.shape[1]):
+            s += lut[m * ksub + codes[i, m]]
     return s
+
+
+@njit(nogil=True, cache=True)
+def _adc_scan_block(
+    codes: np.ndarray,
+    lut: np.ndarray,
+    row_mul: np.ndarray,
+    row_add: np.ndarray,
+    start: int,
+    stop: int,
+    heap_keys: np.ndarray,
+    heap_ids: np.ndarray,
+    size: int,
+    four_bit: bool,
+) -> int:
+    """Offer rows start..stop-1 to one query's heap (holding `size`); returns its new size.
+    lut (M * K,) float32 for that query."""
+    kk = heap_keys.shape[0]
+    width = codes.shape[1]
+    has_mul = row_mul.shape[0] > 0
+    has_add = row_add.shape[0] > 0
+    # ids ascend, so a key equal to the worst kept one loses: reject with one compare
+    worst = heap_keys[0] if size == kk else -np.inf
+    if four_bit:
+        for i in range(start, stop):
+            s = np.float32(0.0)
+            for b in range(width):
+                byte = codes[i, b]
+                s += lut[(2 * b) * 16 + (byte & 15)]
+                s += lut[(2 * b + 1) * 16 + (byte >> 4)]
+            if has_mul:
+                s = s * row_mul[i]
+            if has_add:
+                s = s + row_add[i]
+            if s > worst:
+                size = heap_push(heap_keys, heap_ids, size, s, i)
+                if size == kk:
+                    worst = heap_keys[0]
+    else:
+        for i in range(start, stop):
+            s = np.float32(0.0)
+            for m in range(width):
+                s += lut[m * 256 + codes[i, m]]
+            if has_mul:
+                s = s * row_mul[i]
+            if has_add:
+                s = s + row_add[i]
+            if s > worst:
+                size = heap_push(heap_keys, heap_ids, size, s, i)
+                if size == kk:
+                    worst = heap_keys[0]
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _adc_scan_chunk(
+    codes: np.ndarray,
+    flat_luts: np.ndarray,
+    row_mul: np.ndarray,
+    row_add: np.ndarray,
+    start: int,
+    stop: int,
+    part_keys: np.ndarray,
+    part_ids: np.ndarray,
+    part_sizes: np.ndarray,
+    chunk: int,
+    four_bit: bool,
+) -> None:
+    for block in range(start, stop, ROW_BLOCK):
+        block_stop = min(stop, block + ROW_BLOCK)
+        for qi in range(flat_luts.shape[0]):
+            part_sizes[qi, chunk] = _adc_scan_block(
+                codes,
+                flat_luts[qi],
+                row_mul,
+                row_add,
+                block,
+                block_stop,
+                part_keys[qi, chunk],
+                part_ids[qi, chunk],
+                part_sizes[qi, chunk],
+                four_bit,
+            )
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -111,33 +248,20 @@ def adc_topk(
 
     codes (n, M) uint8 — or (n, M/2) uint8 with two 4-bit codes a byte (low nibble = even m) when
     four_bit — luts (q, M, K) float32. key[i] = row_mul[i] * sum_m luts[q, m, code[i, m]] + row_add[i];
-    an empty row_mul / row_add means 1 / 0.
+    an empty row_mul / row_add means 1 / 0. A task is a chunk of rows, scanned block by block for
+    every query, so codes are read from memory once whatever the number of queries.
     -> keys (q, k') float32, ids (q, k') int64, best first; k' = min(k, n).
     """
     n = codes.shape[0]
     nq = luts.shape[0]
+    flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
     kk = min(k, n)
-    has_mul = row_mul.shape[0] > 0
-    has_add = row_add.shape[0] > 0
     part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
     part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
     part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
-    for task in prange(nq * nchunks):
-        qi = task // nchunks
-        c = task % nchunks
+    for c in prange(nchunks):
         start, stop = _chunk_bounds(n, nchunks, c)
-        hk = part_keys[qi, c]
-        hi = part_ids[qi, c]
-        lut = luts[qi]
-        size = 0
-        for i in range(start, stop):
-            s = _adc_row(codes[i], lut, four_bit)
-            if has_mul:
-                s = s * row_mul[i]
-            if has_add:
-                s = s + row_add[i]
-            size = heap_push(hk, hi, size, s, i)
-        part_sizes[qi, c] = size
+        _adc_scan_chunk(codes, flat, row_mul, row_add, start, stop, part_keys, part_ids, part_sizes, c, four_bit)
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
@@ -146,10 +270,12 @@ def adc_candidates(codes: np.ndarray, candidates: np.ndarray, luts: np.ndarray, 
     """Sums of LUT entries for given rows: candidates (q, c) int64, luts (q, M, K) float32
     -> (q, c) float32."""
     nq, nc = candidates.shape
+    ksub = luts.shape[2]
+    flat = luts.reshape(nq, luts.shape[1] * ksub)
     out = np.empty((nq, nc), dtype=np.float32)
     for qi in prange(nq):
         for j in range(nc):
-            out[qi, j] = _adc_row(codes[candidates[qi, j]], luts[qi], four_bit)
+            out[qi, j] = _adc_row(codes, candidates[qi, j], flat[qi], ksub, four_bit)
     return out
 
 
