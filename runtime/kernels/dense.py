@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
+
 
 @njit(parallel=True, nogil=True, cache=True)
 def fp16_gather(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray) -> np.ndarray:
     """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32."""
     dim = bits16.shape[1]
-    out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    for i in prange(ids.shape[0]):
+    n = ids.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    for i in prange(n):
+        if i + PREFETCH_DISTANCE < n:
+            for offset in range(0, dim * 2, 64):
+                prefetch_row(bits16, ids[i + PREFETCH_DISTANCE], offset)
         src = bits16[ids[i]]
         for j in range(dim):
             out[i, j] = half_table[src[j]]

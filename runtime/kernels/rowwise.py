@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
+
 
 def make_half_table() -> np.ndarray:
     """(65536,) float32: value of every fp16 bit pattern."""
@@ -62,8 +64,14 @@ def _dequant_row(
 @njit(parallel=True, nogil=True, cache=True)
 def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
     """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows."""
-    out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    for i in prange(ids.shape[0]):
+    n = ids.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    row_bytes = rows.shape[1]
+    for i in prange(n):
+        # random rows miss cache: ask for a later row's lines now so several misses overlap
+        if i + PREFETCH_DISTANCE < n:
+            for offset in range(0, row_bytes, 64):
+                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
         _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
     return out
 
@@ -90,6 +98,9 @@ def bags(
         start = offsets[b]
         stop = offsets[b + 1] if b + 1 < nbags else ids.shape[0]
         for t in range(start, stop):
+            if t + PREFETCH_DISTANCE < ids.shape[0]:
+                for offset in range(0, rows.shape[1], 64):
+                    prefetch_row(rows, ids[t + PREFETCH_DISTANCE], offset)
             _dequant_row(rows[ids[t]], dim, bits, half_table, out[b], True)
         if mean and stop > start:
             inv = np.float32(1.0) / np.float32(stop - start)

@@ -8,24 +8,10 @@ Keys follow the top-k convention: larger is better, so Hamming distances come ou
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
+from runtime.kernels.intrinsics import popcount64
 from runtime.kernels.topk import heap_push, merge_partials
-
-
-@intrinsic
-def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
-    """Population count of a uint64 (LLVM's ctpop: one instruction where the CPU has POPCNT)."""
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-        return builder.call(fn, args)
-
-    return sig, codegen
-
 
 ROW_BLOCK = 512
 """Rows scanned for every query before moving on: their codes stay in L1/L2 across queries."""

@@ -1,0 +1,652 @@
+"""Side-by-side kernel benchmarks: embserve against FBGEMM (PyTorch), numpy and Faiss.
+
+Every figure is the median of `--reps` timed repetitions after warm-up; ours and the peer's are
+timed alternately in this one process and reported as a ratio, at 1 and 2 threads (numba, torch
+and Faiss all set to the same count). Data: a low-rank Gaussian signal plus full-rank noise,
+float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation from a pool
+of distinct batches, so repeated calls do not re-hit the same rows.
+
+    pip install -e '.[bench]'            # faiss-cpu, torch==2.13.0 (CPU wheel), matplotlib
+    python -m benchmarks.perf            # full: N=1,000,000, d=128 (about 15 minutes on 2 cores)
+    python -m benchmarks.perf --smoke    # seconds; what CI runs
+Results: <out>/perf.json (every row), perf.md (tables), perf.png (ratios against targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+import runtime
+from runtime.codecs.binary import BinaryCodec, pack_signs
+
+torch: Any
+faiss: Any
+try:
+    import torch
+except ImportError:  # peers are optional: the smoke run works without them
+    torch = None
+try:
+    import faiss
+except ImportError:
+    faiss = None
+
+
+@dataclass
+class Config:
+    rows: int = 1_000_000
+    dim: int = 128
+    reps: int = 9
+    threads: tuple[int, ...] = (1, 2)
+    batches: tuple[int, ...] = (1, 64, 1024, 16384)
+    nqs: tuple[int, ...] = (1, 64)
+    pool: int = 16
+    k: int = 100
+    out: Path = Path("benchmarks/results")
+    smoke: bool = False
+
+
+@dataclass
+class Row:
+    section: str
+    op: str
+    threads: int
+    ours: float
+    peer: str = ""
+    theirs: float | None = None
+    unit: str = "s"
+    higher_is_better: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    target: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """ours / peer for times (lower is better), ours / peer for rates (higher is better)."""
+        return None if not self.theirs else self.ours / self.theirs
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or self.ratio is None:
+            return None
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        d["ratio"] = self.ratio
+        d["target_met"] = self.met
+        return d
+
+
+def machine() -> dict[str, Any]:
+    flags = ""
+    model = platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(
+            (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), model
+        )
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "avx2": " avx2" in flags,
+        "avx512f": " avx512f" in flags,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "faiss": getattr(faiss, "__version__", None),
+        "threading_layer": numba.threading_layer(),
+    }
+
+
+def set_threads(n: int) -> None:
+    numba.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+
+
+def alternate(fns: list[Callable[[int], object]], reps: int, pool: int) -> list[float]:
+    """Median seconds of each fn(i) (i picks a batch from the pool), timed alternately."""
+    for fn in fns:  # warm-up: compile, fault pages in
+        fn(0)
+        fn(1 % pool)
+    times: list[list[float]] = [[] for _ in fns]
+    for rep in range(reps):
+        for j, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn((rep + 2) % pool)
+            times[j].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def make_table(rows: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rank = 32
+    x = np.empty((rows, dim), dtype=np.float32)
+    basis = rng.standard_normal((rank, dim)).astype(np.float32) / np.sqrt(rank)
+    for start in range(0, rows, 262144):
+        stop = min(rows, start + 262144)
+        x[start:stop] = rng.standard_normal((stop - start, rank)).astype(np.float32) @ basis
+        x[start:stop] += 0.5 * rng.standard_normal((stop - start, dim)).astype(np.float32)
+    return x
+
+
+def id_pool(rows: int, batch: int, pool: int, dist: str, rng: np.random.Generator) -> list[np.ndarray]:
+    if dist == "uniform":
+        return [rng.integers(0, rows, batch) for _ in range(pool)]
+    ranks = np.arange(1, rows + 1, dtype=np.float64)
+    p = ranks**-1.1
+    p /= p.sum()
+    perm = rng.permutation(rows)
+    return [perm[rng.choice(rows, batch, p=p)] for _ in range(pool)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the timed calls: i picks a batch from the pool
+def _ours_lookup(table: runtime.Table, pool: list[np.ndarray], offsets: np.ndarray, pooled: bool, i: int) -> np.ndarray:
+    return table.lookup_pooled(pool[i], offsets) if pooled else table.lookup(pool[i])
+
+
+def _numpy_lookup(x: np.ndarray, pool: list[np.ndarray], offsets: np.ndarray, pooled: bool, i: int) -> np.ndarray:
+    rows = x[pool[i]]
+    return np.add.reduceat(rows, offsets, axis=0) if pooled else rows
+
+
+def _fbgemm_lookup(op: Any, weight: Any, ids: list[Any], offsets: Any, i: int) -> Any:
+    return op(weight, ids[i], offsets, False, 0, False, None, None, False)
+
+
+def _hamming_ours(codec: BinaryCodec, queries: list[np.ndarray], nq: int, k: int, i: int) -> object:
+    return codec.search(queries[i][:nq], k, "hamming")
+
+
+def _faiss_search(index: Any, queries: list[np.ndarray], nq: int, k: int, i: int) -> object:
+    return index.search(queries[i][:nq], k)
+
+
+def _ours_search(table: runtime.Table, queries: list[np.ndarray], nq: int, k: int, i: int) -> object:
+    return table.search(queries[i][:nq], k)
+
+
+def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
+    rng = np.random.default_rng(1)
+    tables = {codec: runtime.compress(x, codec) for codec in ("int8", "int4", "fp16")}
+    packed = {}
+    if torch is not None:
+        xt = torch.from_numpy(x)
+        packed["int8"] = torch.ops.quantized.embedding_bag_byte_prepack(xt)
+        packed["int4"] = torch.ops.quantized.embedding_bag_4bit_prepack(xt)
+    for dist in ("uniform", "zipf"):
+        for batch in cfg.batches:
+            pool = id_pool(cfg.rows, batch, cfg.pool, dist, rng)
+            for pooled in (False, True):
+                if pooled and batch < 32:
+                    continue
+                offsets = np.arange(0, batch, 32 if pooled else 1, dtype=np.int64)
+                torch_ids = [torch.from_numpy(p) for p in pool] if torch is not None else []
+                torch_off = torch.from_numpy(offsets) if torch is not None else None
+                for codec, table in tables.items():
+                    ours = partial(_ours_lookup, table, pool, offsets, pooled)
+                    peers: list[tuple[str, Callable[[int], object]]] = [
+                        ("numpy fp32", partial(_numpy_lookup, x, pool, offsets, pooled))
+                    ]
+                    if codec in packed:
+                        op = (
+                            torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+                            if codec == "int8"
+                            else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+                        )
+                        peers.insert(0, ("FBGEMM", partial(_fbgemm_lookup, op, packed[codec], torch_ids, torch_off)))
+                    for threads in cfg.threads:
+                        set_threads(threads)
+                        medians = alternate([ours] + [fn for _, fn in peers], cfg.reps, cfg.pool)
+                        for (peer, _), theirs in zip(peers, medians[1:], strict=True):
+                            target = (
+                                1.0
+                                if (
+                                    codec == "int8"
+                                    and batch == 1024
+                                    and dist == "uniform"
+                                    and not pooled
+                                    and peer == "FBGEMM"
+                                )
+                                else None
+                            )
+                            rows_out.append(
+                                Row(
+                                    "lookup",
+                                    f"{codec} {'bags of 32' if pooled else 'plain'} B={batch} {dist}",
+                                    threads,
+                                    batch / medians[0],
+                                    peer,
+                                    batch / theirs,
+                                    "rows/s",
+                                    True,
+                                    {"bytes_read": int(batch * (table.nbytes / table.rows))},
+                                    target,
+                                )
+                            )
+
+
+def exact_topk(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for i in range(queries.shape[0]):
+        s = x @ queries[i]
+        top = np.argpartition(-s, k)[:k]
+        out[i] = top[np.argsort(-s[top], kind="stable")]
+    return out
+
+
+def recall(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runtime.Table]:
+    rng = np.random.default_rng(2)
+    query_pool = [
+        x[rng.integers(0, cfg.rows, max(cfg.nqs))]
+        + 0.1 * rng.standard_normal((max(cfg.nqs), cfg.dim)).astype(np.float32)
+        for _ in range(cfg.pool)
+    ]
+    truth = exact_topk(x, query_pool[0][:64], 10)
+    train = min(cfg.rows, 65536)
+    # the same rows PqCodec samples with seed 0
+    sample = x[np.sort(np.random.default_rng(0).choice(cfg.rows, train, replace=False))] if train < cfg.rows else x
+    tables = {}
+    for m, bits in ((16, 8), (32, 8), (32, 4)):
+        table = runtime.compress(x, "pq", subspaces=m, bits=bits, seed=0, train_rows=train)
+        tables[f"pq{m}x{bits}"] = table
+        peers: list[tuple[str, Any]] = []
+        if faiss is not None:
+            index = faiss.IndexPQ(cfg.dim, m, bits, faiss.METRIC_INNER_PRODUCT)
+            index.train(sample)
+            index.add(x)
+            peers.append(("Faiss IndexPQ", index))
+            if bits == 4:
+                fast = faiss.IndexPQFastScan(cfg.dim, m, bits, faiss.METRIC_INNER_PRODUCT)
+                fast.train(sample)
+                fast.add(x)
+                peers.append(("Faiss IndexPQFastScan", fast))
+        ours_recall = recall(table.search(query_pool[0][:64], 10)[0], truth)
+        for nq in cfg.nqs:
+            for peer, index in peers or [("", None)]:
+                peer_recall = recall(index.search(query_pool[0][:64], 10)[1], truth) if index is not None else None
+                fns: list[Callable[[int], object]] = [partial(_ours_search, table, query_pool, nq, cfg.k)]
+                if index is not None:
+                    fns.append(partial(_faiss_search, index, query_pool, nq, cfg.k))
+                for threads in cfg.threads:
+                    set_threads(threads)
+                    medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
+                    target = None
+                    if peer == "Faiss IndexPQ" and m == 16 and bits == 8:
+                        target = 0.4 if nq == 1 else (1.5 if threads == 2 else None)
+                    if peer == "Faiss IndexPQFastScan" and nq == 1:
+                        target = 1.0
+                    extra = {
+                        "recall_at_10_ours": ours_recall,
+                        "recall_at_10_peer": peer_recall,
+                        "bytes_read": int(table.primary.arrays["codes"].nbytes),
+                    }
+                    if nq == 1:
+                        rows_out.append(
+                            Row(
+                                "pq adc top-100",
+                                f"M={m} {bits}-bit nq=1",
+                                threads,
+                                medians[0] * 1e3,
+                                peer,
+                                medians[1] * 1e3 if index is not None else None,
+                                "ms",
+                                False,
+                                extra,
+                                target,
+                            )
+                        )
+                    else:
+                        rows_out.append(
+                            Row(
+                                "pq adc top-100",
+                                f"M={m} {bits}-bit nq={nq}",
+                                threads,
+                                nq / medians[0],
+                                peer,
+                                nq / medians[1] if index is not None else None,
+                                "queries/s",
+                                True,
+                                extra,
+                                target,
+                            )
+                        )
+    return tables
+
+
+def bench_hamming(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
+    rng = np.random.default_rng(3)
+    base = runtime.compress(x, "binary").primary
+    rotated = runtime.compress(x, "binary", rotate=True, seed=5).primary
+    rotation = rotated.arrays["rotation"]
+    raw = [
+        x[rng.integers(0, cfg.rows, max(cfg.nqs))]
+        + 0.1 * rng.standard_normal((max(cfg.nqs), cfg.dim)).astype(np.float32)
+        for _ in range(cfg.pool)
+    ]
+    for bits in (128, 256):
+        codec: Any
+        if bits == cfg.dim:
+            codec, queries = base, raw
+        else:  # 2d bits: the plain signs and the signs after a rotation, side by side
+            codes = np.ascontiguousarray(np.hstack([base.arrays["codes"], rotated.arrays["codes"]]))
+            codec = BinaryCodec(
+                cfg.rows, 2 * cfg.dim, {"rotate": False}, {"codes": codes, "scales": base.arrays["scales"]}
+            )
+            queries = [np.hstack([q, q @ rotation]) for q in raw]
+        packed = [pack_signs(q) for q in queries]
+        index = None
+        if faiss is not None:
+            index = faiss.IndexBinaryFlat(bits)
+            index.add(codec.arrays["codes"].view(np.uint8))
+        for nq in cfg.nqs:
+            fns: list[Callable[[int], object]] = [partial(_hamming_ours, codec, queries, nq, cfg.k)]
+            if index is not None:
+                fns.append(partial(_faiss_search, index, [p.view(np.uint8) for p in packed], nq, cfg.k))
+            for threads in cfg.threads:
+                set_threads(threads)
+                medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
+                theirs = medians[1] if index is not None else None
+                extra = {"bytes_read": int(codec.arrays["codes"].nbytes)}
+                if nq == 1:
+                    target = 0.6 if bits == 256 else None
+                    rows_out.append(
+                        Row(
+                            "hamming top-100",
+                            f"{bits}-bit nq=1",
+                            threads,
+                            medians[0] * 1e3,
+                            "Faiss IndexBinaryFlat",
+                            None if theirs is None else theirs * 1e3,
+                            "ms",
+                            False,
+                            extra,
+                            target,
+                        )
+                    )
+                else:
+                    target = 1.0 if (bits == 256 and threads == 2) else None
+                    rows_out.append(
+                        Row(
+                            "hamming top-100",
+                            f"{bits}-bit nq={nq}",
+                            threads,
+                            nq / medians[0],
+                            "Faiss IndexBinaryFlat",
+                            None if theirs is None else nq / theirs,
+                            "queries/s",
+                            True,
+                            extra,
+                            target,
+                        )
+                    )
+
+
+def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
+    rng = np.random.default_rng(4)
+    pq = table.primary
+    qids = [rng.integers(0, cfg.rows, 1) for _ in range(cfg.pool)]
+    cands = [rng.integers(0, cfg.rows, (1, 1000)) for _ in range(cfg.pool)]
+    for threads in cfg.threads:
+        set_threads(threads)
+        a, b = alternate(
+            [lambda i: pq.search_by_id(qids[i], cfg.k, "ip"), lambda i: pq.search(pq.decode(qids[i]), cfg.k, "ip")],
+            cfg.reps,
+            cfg.pool,
+        )
+        rows_out.append(
+            Row(
+                "search by stored id",
+                "PQ M=16 top-100 via inner-product tables",
+                threads,
+                a * 1e3,
+                "decode + ADC",
+                b * 1e3,
+                "ms",
+            )
+        )
+        a, b = alternate(
+            [lambda i: pq.score_by_id(cands[i], qids[i], "ip"), lambda i: pq.score(cands[i], pq.decode(qids[i]), "ip")],
+            cfg.reps,
+            cfg.pool,
+        )
+        rows_out.append(
+            Row(
+                "score candidates",
+                "1000 candidates, 1 query, via inner-product tables",
+                threads,
+                a * 1e6,
+                "decode query + ADC",
+                b * 1e6,
+                "µs",
+            )
+        )
+
+
+def copy_bandwidth(cfg: Config) -> float:
+    """Bytes a second a plain memory copy moves (read + write of a buffer far beyond cache)."""
+    size = 64 << 20 if cfg.smoke else 512 << 20
+    src = np.ones(size // 4, np.float32)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / float(np.median(times))
+
+
+STARTUP = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, runtime
+t1 = time.perf_counter()
+table = runtime.load_table(sys.argv[1])
+t2 = time.perf_counter()
+table.warmup()
+t3 = time.perf_counter()
+q = table.lookup([1, 2, 3])
+s = time.perf_counter(); table.search(q, 100, oversample=4); first = time.perf_counter() - s
+s = time.perf_counter(); table.lookup(np.arange(256)); first_lookup = time.perf_counter() - s
+times = []
+for _ in range(9):
+    s = time.perf_counter(); table.search(q + 0.01, 100, oversample=4); times.append(time.perf_counter() - s)
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "warmup_s": t3 - t2, "first_search_ms": first * 1e3,
+                  "first_lookup_ms": first_lookup * 1e3, "steady_search_ms": sorted(times)[4] * 1e3}))
+"""
+
+
+def bench_startup(cfg: Config, x: np.ndarray) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime.compress(x, "pq", subspaces=16, bits=8, rerank="int8", iterations=10).save(Path(tmp) / "t")
+        run = subprocess.run(
+            [sys.executable, "-c", STARTUP, str(Path(tmp) / "t")], capture_output=True, text=True, timeout=900
+        )
+        if run.returncode != 0:
+            raise RuntimeError(run.stderr)
+        result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        result["rows"] = cfg.rows
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": machine(),
+        "config": {k: str(v) for k, v in cfg.__dict__.items()},
+        **extra,
+        "rows": [r.as_dict() for r in rows],
+    }
+    (cfg.out / "perf.json").write_text(json.dumps(payload, indent=2, default=str))
+    m = payload["machine"]
+    lines = [
+        f"# embserve kernel benchmarks ({'smoke' if cfg.smoke else 'full'})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, AVX2 {m['avx2']}, AVX-512 {m['avx512f']}; numpy {m['numpy']}, "
+        f"numba {m['numba']} ({m['threading_layer']}), torch {m['torch']}, faiss {m['faiss']}.",
+        f"Data: {cfg.rows:,} × {cfg.dim} float32; medians of {cfg.reps} alternated repetitions; k = {cfg.k}.",
+        f"Memory copy bandwidth: {extra['copy_bandwidth_gbs']:.1f} GB/s (read + write).",
+        "",
+        "Ratio = ours / peer: for rates (rows/s, queries/s) higher is better, for times (ms, µs) lower is better.",
+        "",
+    ]
+    for section in dict.fromkeys(r.section for r in rows):
+        lines += [
+            f"## {section}",
+            "",
+            "| op | threads | ours | peer | peer value | ratio | target | met | notes |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in rows if r.section == section):
+            notes = []
+            if "recall_at_10_ours" in r.extra:
+                peer_recall = r.extra["recall_at_10_peer"]
+                notes.append(
+                    f"recall@10 ours {r.extra['recall_at_10_ours']:.3f}"
+                    + (f" / peer {peer_recall:.3f}" if peer_recall is not None else "")
+                )
+            if "bytes_read" in r.extra and r.unit in ("ms",):
+                notes.append(f"{r.extra['bytes_read'] / (r.ours / 1e3) / 1e9:.1f} GB/s of codes")
+            theirs = "—" if r.theirs is None else f"{r.theirs:,.4g} {r.unit}"
+            ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
+            target = "—" if r.target is None else (f"≥ {r.target}" if r.higher_is_better else f"≤ {r.target}")
+            met = {None: "", True: "yes", False: "**no**"}[r.met]
+            cells = [
+                r.op,
+                str(r.threads),
+                f"{r.ours:,.4g} {r.unit}",
+                r.peer or "—",
+                theirs,
+                ratio,
+                target,
+                met,
+                "; ".join(notes),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if "startup" in extra:
+        s = extra["startup"]
+        lines += [
+            "## start-up (fresh process, numba cache warm)",
+            "",
+            f"{s['rows']:,}-row PQ M=16 + int8 artifact: import {s['import_s']:.2f} s, "
+            f"load + sha256 {s['load_s']:.2f} s, warm-up {s['warmup_s']:.2f} s; "
+            f"first search {s['first_search_ms']:.1f} ms vs steady {s['steady_search_ms']:.1f} ms; "
+            f"first 256-id lookup {s['first_lookup_ms']:.2f} ms.",
+            "",
+        ]
+    (cfg.out / "perf.md").write_text("\n".join(lines))
+    plot(cfg, rows)
+
+
+def plot(cfg: Config, rows: list[Row]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    chosen = [r for r in rows if r.ratio and (r.target is not None or r.section != "lookup")]
+    if not chosen:
+        return
+    # plot "how many times better than the peer" so that right of 1 is always good
+    ratios = [float(r.ratio or 1.0) for r in chosen]
+    goodness = [ratio if r.higher_is_better else 1 / ratio for ratio, r in zip(ratios, chosen, strict=True)]
+    labels = [f"{r.section}: {r.op} vs {r.peer} ({r.threads}t)" for r in chosen]
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(chosen) + 1.5))
+    colors = ["tab:green" if g >= 1 else "tab:red" for g in goodness]
+    ax.barh(range(len(chosen)), goodness, color=colors)
+    for i, r in enumerate(chosen):
+        if r.target is not None:
+            goal = r.target if r.higher_is_better else 1 / r.target
+            ax.plot([goal, goal], [i - 0.4, i + 0.4], color="black", linewidth=2)
+    ax.axvline(1.0, color="grey", linestyle="--")
+    ax.set_yticks(range(len(chosen)), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed relative to the peer (>1: embserve faster; black tick: target)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(cfg.out / "perf.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--sections", default="lookup,pq,hamming,byid,startup")
+    args = parser.parse_args(argv)
+    cfg = Config()
+    if args.smoke:
+        cfg = Config(
+            rows=20_000,
+            reps=3,
+            batches=(1, 64),
+            nqs=(1, 4),
+            pool=4,
+            k=10,
+            out=Path("benchmarks/results/smoke"),
+            smoke=True,
+        )
+    if args.rows:
+        cfg.rows = args.rows
+    if args.reps:
+        cfg.reps = args.reps
+    if args.out:
+        cfg.out = args.out
+    cfg.threads = tuple(t for t in cfg.threads if t <= (os.cpu_count() or 1))
+    sections = set(args.sections.split(","))
+    x = make_table(cfg.rows, cfg.dim)
+    rows: list[Row] = []
+    extra: dict[str, Any] = {"copy_bandwidth_gbs": copy_bandwidth(cfg) / 1e9}
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("lookup", lambda: bench_lookup(cfg, x, rows)),
+        ("hamming", lambda: bench_hamming(cfg, x, rows)),
+    ]
+    tables: dict[str, runtime.Table] = {}
+    if "pq" in sections or "byid" in sections:
+        steps.insert(1, ("pq", lambda: tables.update(bench_pq(cfg, x, rows))))
+    steps.append(("byid", lambda: bench_by_id(cfg, tables["pq16x8"], rows)))
+    steps.append(("startup", lambda: extra.update(startup=bench_startup(cfg, x))))
+    for name, step in steps:
+        if name in sections or (name == "pq" and "byid" in sections):
+            started = time.perf_counter()
+            step()
+            print(f"{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    write_results(cfg, rows, extra)
+    print((cfg.out / "perf.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

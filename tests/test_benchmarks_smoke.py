@@ -1,0 +1,25 @@
+"""Benchmarks are not tests; this seconds-long run at tiny sizes only keeps the suite from rotting
+(peers that are not installed are left out of the tables)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import perf
+
+
+def test_perf_suite_smoke(tmp_path: Path) -> None:
+    assert (
+        perf.main(
+            ["--smoke", "--rows", "3000", "--reps", "1", "--out", str(tmp_path), "--sections", "lookup,hamming,startup"]
+        )
+        == 0
+    )
+    payload = json.loads((tmp_path / "perf.json").read_text())
+    assert payload["machine"]["cores"] >= 1 and payload["copy_bandwidth_gbs"] > 0
+    sections = {row["section"] for row in payload["rows"]}
+    assert {"lookup", "hamming top-100"} <= sections
+    assert all(row["ours"] > 0 for row in payload["rows"])
+    assert payload["startup"]["first_search_ms"] > 0
+    assert "| op | threads |" in (tmp_path / "perf.md").read_text()

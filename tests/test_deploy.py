@@ -1,0 +1,138 @@
+"""Kubernetes manifests (rendered with kubectl's kustomize, validated with kubernetes-validate
+--strict), alert rules (promtool test rules), and the Dockerfile (hadolint; same install step as
+the README)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runtime.warm import warm_all
+from tests.service.conftest import require_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(found).exists():
+        pytest.fail(f"{name} is a test dependency: pip install -e '.[test]'")
+    return found
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    run = subprocess.run(
+        [tool("kubectl"), "kustomize", str(DEPLOY / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    out = tmp_path / f"{overlay}.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    run = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_deployment_contract(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = by_kind(docs, "Deployment")
+    config = by_kind(docs, "ConfigMap")["data"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert container["startupProbe"]["grpc"]["port"] == 8001
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    resources = container["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    assert int(resources["requests"]["cpu"]) == int(config["NUMBA_NUM_THREADS"])
+    drain = container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(config["EMBSERVE_GRACE_SECONDS"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] > drain
+    assert {p["name"] for p in container["ports"]} == {"http", "grpc"}
+    assert {p["name"] for p in by_kind(docs, "Service")["spec"]["ports"]} == {"http", "grpc"}
+    assert any(v["mountPath"] == "/tables" for v in container["volumeMounts"])
+    if overlay == "dev":
+        assert deployment["spec"]["replicas"] == 1 and config["EMBSERVE_DEMO"] == "true"
+    else:
+        assert deployment["spec"]["replicas"] >= 2
+        hpa = by_kind(docs, "HorizontalPodAutoscaler")
+        kinds = {m["type"] for m in hpa["spec"]["metrics"]}
+        assert kinds == {"Resource", "Pods"} and hpa["spec"]["minReplicas"] >= 2
+        assert by_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+
+
+def test_config_map_keys_are_real_settings() -> None:
+    from service.settings import Settings
+
+    config = yaml.safe_load((DEPLOY / "base" / "configmap.yaml").read_text())["data"]
+    known = {f"EMBSERVE_{name.upper()}" for name in Settings.model_fields}
+    assert {k for k in config if k.startswith("EMBSERVE_")} <= known
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    promtool = require_binary("promtool")
+    run = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yaml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    check = subprocess.run(
+        [promtool, "check", "rules", "alerts.yaml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dockerfile_lints_without_errors() -> None:
+    run = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "error", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dockerfile_installs_as_the_readme_does() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"```bash\n(python3 -m venv .*)\n```", readme)
+    assert first is not None
+    install = re.search(r"(pip install [^&]+?)\s*&&\s*embserve serve", first.group(1))
+    assert install is not None
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"RUN {install.group(1).strip()}\n" in dockerfile
+    assert dockerfile.count("NUMBA_CPU_NAME=generic") == 2  # at build and at run
+    assert "libgomp1" in dockerfile and "EXPOSE 8000 8001" in dockerfile
+    assert re.search(r"^USER (?!root|0\b)\S+", dockerfile, re.M)
+    assert 'ENTRYPOINT ["embserve"]' in dockerfile
+    assert "RUN python -m runtime.warm" in dockerfile
+
+
+def test_build_time_warmup_runs() -> None:
+    assert warm_all() > 0
