@@ -581,7 +581,7 @@ def plot(cfg: Config, rows: list[Row]) -> None:
     ratios = [float(r.ratio or 1.0) for r in chosen]
     goodness = [ratio if r.higher_is_better else 1 / ratio for ratio, r in zip(ratios, chosen, strict=True)]
     labels = [f"{r.section}: {r.op} vs {r.peer} ({r.threads}t)" for r in chosen]
-    fig, ax = plt.subplots(figsize=(11, 0.32 * len(chosen) + 1.5))
+    fig, ax = plt.subplots(figsize=(14, 0.32 * len(chosen) + 1.5))
     colors = ["tab:green" if g >= 1 else "tab:red" for g in goodness]
     ax.barh(range(len(chosen)), goodness, color=colors)
     for i, r in enumerate(chosen):

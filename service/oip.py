@@ -1,8 +1,9 @@
 """Open Inference Protocol (KServe v2 / Triton) semantics, shared by the HTTP and gRPC transports.
 
-Each table is two models:
-  <table>         lookup: input `ids` INT64 [n] (optional `offsets` INT64 [bags] with parameter
-                  `mode` "sum"|"mean" for pooled bags) -> output `embeddings` FP32 [n, dim]
+Each table is three models:
+  <table>         lookup: input `ids` INT64 [n] -> output `embeddings` FP32 [n, dim]
+  <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], `offsets` INT64 [bags];
+                  parameter `mode` "sum"|"mean" -> output `embeddings` FP32 [bags, dim]
   <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
                   `k` (default 10), `metric`, `oversample`, `exclude_self`
                   -> outputs `ids` INT64 [q, k], `scores` FP32 [q, k]
@@ -22,6 +23,7 @@ from runtime.table import __version__
 from service.core import EmbeddingService
 
 SEARCH_SUFFIX = ".search"
+BAG_SUFFIX = ".bag"
 PLATFORM = "embserve"
 EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "schedule_policy"]
 
@@ -49,17 +51,17 @@ DATATYPE_OF = {dt: name for name, dt in DATATYPES.items()}
 class Model:
     name: str
     entry: LoadedTable
-    kind: str  # "lookup" | "search"
+    kind: str  # "lookup" | "bag" | "search"
 
 
 def resolve(service: EmbeddingService, model: str) -> Model:
     """A model name -> the table and operation it stands for (exact table names win)."""
     if model in service.store.names():
         return Model(model, service.store.get(model), "lookup")
-    if model.endswith(SEARCH_SUFFIX):
-        base = model[: -len(SEARCH_SUFFIX)]
-        if base in service.store.names():
-            return Model(model, service.store.get(base), "search")
+    for suffix, kind in ((SEARCH_SUFFIX, "search"), (BAG_SUFFIX, "bag")):
+        base = model.removesuffix(suffix)
+        if base != model and base in service.store.names():
+            return Model(model, service.store.get(base), kind)
     raise TableNotFound(model)
 
 
@@ -74,11 +76,10 @@ def server_metadata() -> dict[str, Any]:
 
 def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dim = model.entry.table.dim
-    if model.kind == "lookup":
-        inputs = [
-            {"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False},
-            {"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": True},
-        ]
+    if model.kind in ("lookup", "bag"):
+        inputs = [{"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False}]
+        if model.kind == "bag":
+            inputs.append({"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": False})
         outputs = [{"name": "embeddings", "datatype": "FP32", "shape": [-1, dim]}]
     else:
         inputs = [
@@ -178,16 +179,17 @@ async def infer(
 ) -> list[tuple[str, np.ndarray]]:
     """Run one inference request; returns [(output name, array)] in the requested order."""
     table_name = model.entry.name
-    if model.kind == "lookup":
+    if model.kind in ("lookup", "bag"):
         if "ids" not in inputs:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
         ids = inputs["ids"].reshape(-1)
-        offsets = inputs.get("offsets")
+        offsets = None
+        if model.kind == "bag":
+            if "offsets" not in inputs:
+                raise InvalidRequest(f"model {model.name!r} needs input 'offsets' (INT64 [bags])")
+            offsets = inputs["offsets"].reshape(-1)
         mode = str(_param(params, "mode", "sum"))
-        result = await service.lookup(
-            transport, table_name, ids, None if offsets is None else offsets.reshape(-1), mode
-        )
-        outputs = {"embeddings": result}
+        outputs = {"embeddings": await service.lookup(transport, table_name, ids, offsets, mode)}
     else:
         queries = inputs.get("queries")
         query_ids = inputs.get("query_ids")

@@ -83,3 +83,21 @@ def test_protocol_errors(served: Served) -> None:
     assert r.json()["name"] == "embserve" and "binary_tensor_data" in r.json()["extensions"]
     assert httpx.get(f"{served.server.http}/v2/health/ready").json() == {"ready": True}
     assert httpx.get(f"{served.server.http}/v2/models/items.search/config").json()["input"][0]["name"] == "queries"
+    assert [i["name"] for i in httpx.get(f"{served.server.http}/v2/models/items/config").json()["input"]] == ["ids"]
+
+
+def test_bag_model_pools(served: Served) -> None:
+    body = {
+        "inputs": [
+            {"name": "ids", "shape": [4], "datatype": "INT64", "data": [1, 2, 3, 4]},
+            {"name": "offsets", "shape": [2], "datatype": "INT64", "data": [0, 1]},
+        ],
+        "parameters": {"mode": "mean"},
+    }
+    r = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    got = np.array(out["data"], np.float32).reshape(out["shape"])
+    np.testing.assert_allclose(got, served.tables["items"].lookup_pooled([1, 2, 3, 4], [0, 1], "mean"), rtol=1e-5)
+    missing = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": body["inputs"][:1]})
+    assert missing.status_code == 400 and "offsets" in missing.json()["error"]
