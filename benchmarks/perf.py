@@ -15,6 +15,7 @@ Results: <out>/perf.json (every row), perf.md (tables), perf.png (ratios against
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -34,16 +35,17 @@ import numpy as np
 import runtime
 from runtime.codecs.binary import BinaryCodec, pack_signs
 
-torch: Any
-faiss: Any
-try:
-    import torch
-except ImportError:  # peers are optional: the smoke run works without them
-    torch = None
-try:
-    import faiss
-except ImportError:
-    faiss = None
+
+def _optional(module: str) -> Any:
+    """Peers are optional: the smoke run works without them."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+torch: Any = _optional("torch")
+faiss: Any = _optional("faiss")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -87,7 +88,7 @@ def test_protocol_errors(served: Served) -> None:
 
 
 def test_bag_model_pools(served: Served) -> None:
-    body = {
+    body: dict[str, Any] = {
         "inputs": [
             {"name": "ids", "shape": [4], "datatype": "INT64", "data": [1, 2, 3, 4]},
             {"name": "offsets", "shape": [2], "datatype": "INT64", "data": [0, 1]},
