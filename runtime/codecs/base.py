@@ -15,6 +15,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
+from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
 
 Progress = Callable[[str, int, int], None]
@@ -149,6 +150,8 @@ class Codec(ABC):
         """Run every kernel this codec uses once on tiny input, so no request pays JIT compile."""
         ids = np.array([0, self.rows - 1], dtype=np.int64)
         q = self.decode(ids)
+        # large batches take the parallel kernels, small ones the serial twins: compile both
+        self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         for metric in self.metrics:
             self.search(q, 1, metric)

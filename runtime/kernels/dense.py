@@ -24,6 +24,22 @@ def fp16_gather(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray) -> 
     return out
 
 
+@njit(nogil=True, cache=True)
+def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray) -> np.ndarray:
+    """`fp16_gather` on the calling thread, for small batches."""
+    dim = bits16.shape[1]
+    n = ids.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    for i in range(n):
+        if i + PREFETCH_DISTANCE < n:
+            for offset in range(0, dim * 2, 64):
+                prefetch_row(bits16, ids[i + PREFETCH_DISTANCE], offset)
+        src = bits16[ids[i]]
+        for j in range(dim):
+            out[i, j] = half_table[src[j]]
+    return out
+
+
 def fp16_gather_numpy(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Twin of `fp16_gather`: values (n, d) float16 -> (b, d) float32."""
     return values[ids].astype(np.float32)

@@ -22,6 +22,8 @@ def make_half_table() -> np.ndarray:
 
 
 HALF_TABLE = make_half_table()
+PARALLEL_MIN_IDS = 4096
+"""Batches smaller than this run on the calling thread."""
 
 
 def packed_bytes(dim: int, bits: int) -> int:
@@ -76,6 +78,21 @@ def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: n
     return out
 
 
+@njit(nogil=True, cache=True)
+def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
+    """`gather` on the calling thread only: below PARALLEL_MIN_IDS ids, waking a thread team
+    costs more than the work (and a server calls kernels from several threads at once)."""
+    n = ids.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    row_bytes = rows.shape[1]
+    for i in range(n):
+        if i + PREFETCH_DISTANCE < n:
+            for offset in range(0, row_bytes, 64):
+                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
+        _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+    return out
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
     """rows (n, P+4) uint8 -> (stop - start, dim) float32 rows start..stop-1 dequantized."""
@@ -107,6 +124,12 @@ def bags(
             for j in range(dim):
                 out[b, j] *= inv
     return out
+
+
+def gather_rows(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
+    """Dequantizing gather, parallel only where the batch is large enough to pay for it."""
+    kernel = gather if ids.shape[0] >= PARALLEL_MIN_IDS else gather_serial
+    return kernel(rows, ids, dim, bits, HALF_TABLE)
 
 
 def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:

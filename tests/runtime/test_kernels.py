@@ -95,6 +95,7 @@ def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, i
     rows, ids, dim, bits = case
     got = rowwise.gather(rows, ids, dim, bits, HALF_TABLE)
     np.testing.assert_allclose(got, rowwise.dequantize_numpy(rows, ids, dim, bits), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rowwise.gather_serial(rows, ids, dim, bits, HALF_TABLE), got)
     if ids.size:
         start, stop = int(ids.min()), int(ids.max()) + 1
         rng_ids = np.arange(start, stop, dtype=np.int64)
@@ -136,6 +137,7 @@ def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int) -> No
     ids = rng.integers(0, values.shape[0], nids).astype(np.int64)
     got = dense.fp16_gather(values.view(np.uint16), ids, HALF_TABLE)
     np.testing.assert_array_equal(got, dense.fp16_gather_numpy(values, ids))
+    np.testing.assert_array_equal(dense.fp16_gather_serial(values.view(np.uint16), ids, HALF_TABLE), got)
 
 
 def test_half_table_covers_every_pattern() -> None:

@@ -1,0 +1,290 @@
+"""Service-level throughput: embserve against a bare server of the same framework.
+
+Native gRPC lookup of 256 ids (d=128, int8) and HTTP octet-stream lookup of 256 ids, at
+concurrency 1, 4 and 16, each beside a bare server that answers the same request with a
+precomputed payload of the same size without touching a table (the framework's own ceiling).
+HTTP load comes from wrk (Debian package) when it is installed, else from an asyncio httpx
+client; gRPC load from an asyncio grpc.aio client in its own process. Everything on loopback.
+
+    python -m benchmarks.service_bench [--rows 200000] [--seconds 8] [--out benchmarks/results]
+Writes service.json and service.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 256
+DIM = 128
+
+
+# ---- bare servers (run as `python -m benchmarks.service_bench bare-grpc PORT` / `bare-http PORT`)
+def bare_grpc(port: int) -> None:
+    import grpc
+
+    from service.rpc.generated import embserve_pb2 as pb
+    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+
+    payload = pb.LookupResponse(
+        embeddings=pb.Tensor(dtype="float32", shape=[BATCH, DIM], data=np.ones((BATCH, DIM), "<f4").tobytes())
+    )
+
+    class Bare(pb_grpc.EmbeddingServiceServicer):
+        async def Lookup(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return payload
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_EmbeddingServiceServicer_to_server(Bare(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def bare_http(port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    app = FastAPI()
+    payload = np.ones((BATCH, DIM), "<f4").tobytes()
+
+    @app.post("/v1/tables/{name}/lookup")
+    async def lookup(name: str, request: Request) -> Response:
+        await request.body()
+        return Response(payload, media_type="application/octet-stream", headers={"X-Embserve-Shape": f"{BATCH},{DIM}"})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---- load generators ---------------------------------------------------------------------------
+def grpc_load(target: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
+    import grpc
+
+    from service.rpc.generated import embserve_pb2 as pb
+    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+
+    rng = np.random.default_rng(0)
+    requests = [
+        pb.LookupRequest(
+            table="bench",
+            ids=pb.Tensor(dtype="int64", shape=[BATCH], data=rng.integers(0, rows, BATCH).astype("<i8").tobytes()),
+        )
+        for _ in range(64)
+    ]
+    latencies: list[float] = []
+
+    async def worker(stub: Any, deadline: float, offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await stub.Lookup(requests[i % len(requests)])
+            latencies.append(time.perf_counter() - start)
+            i += 1
+
+    async def main() -> float:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            await stub.Lookup(requests[0])
+            started = time.perf_counter()
+            deadline = started + seconds
+            await asyncio.gather(*(worker(stub, deadline, c) for c in range(concurrency)))
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    return summarize(latencies, elapsed)
+
+
+def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
+    lat = np.array(latencies) * 1e3
+    return {
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "requests": len(lat),
+    }
+
+
+def wrk_load(url: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
+    script = ROOT / "loadtests" / "wrk_lookup.lua"
+    run = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(min(2, concurrency)),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        env={**os.environ, "ROWS": str(rows), "BATCH": str(BATCH)},
+    )
+    text = run.stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", text)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+
+
+def http_load(url: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
+    if shutil.which("wrk"):
+        return wrk_load(url, concurrency, seconds, rows)
+    import httpx
+
+    rng = np.random.default_rng(0)
+    bodies = [rng.integers(0, rows, BATCH).astype("<i8").tobytes() for _ in range(64)]
+    latencies: list[float] = []
+
+    async def main() -> float:
+        async with httpx.AsyncClient(timeout=30) as client:
+            started = time.perf_counter()
+            deadline = started + seconds
+
+            async def worker(offset: int) -> None:
+                i = offset
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    await client.post(url, content=bodies[i % 64], headers={"content-type": "application/octet-stream"})
+                    latencies.append(time.perf_counter() - start)
+                    i += 1
+
+            await asyncio.gather(*(worker(c) for c in range(concurrency)))
+            return time.perf_counter() - started
+
+    return summarize(latencies, asyncio.run(main()))
+
+
+# ---- orchestration ------------------------------------------------------------------------------
+def run_load(kind: str, target: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
+    """Each load in its own process, so the client does not share the server's interpreter."""
+    code = (
+        "import json, sys; from benchmarks.service_bench import grpc_load, http_load; "
+        f"print(json.dumps({kind}_load({target!r}, {concurrency}, {seconds}, {rows})))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr)
+    result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in ("bare-grpc", "bare-http"):
+        (bare_grpc if argv[0] == "bare-grpc" else bare_http)(int(argv[1]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    import runtime
+    from tests.service.live import free_port, start_server
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows_out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        x = np.random.default_rng(0).standard_normal((args.rows, DIM)).astype(np.float32)
+        runtime.compress(x, "int8").save(Path(tmp) / "bench")
+        del x
+        server = start_server(
+            Path(tmp), ["--table", f"bench={Path(tmp) / 'bench'}"], env={"EMBSERVE_MAX_CONCURRENCY": "1024"}
+        )
+        bare_ports = {"grpc": free_port(), "http": free_port()}
+        bare = [
+            subprocess.Popen([sys.executable, "-m", "benchmarks.service_bench", f"bare-{kind}", str(port)], cwd=ROOT)
+            for kind, port in bare_ports.items()
+        ]
+        time.sleep(3)
+        try:
+            for concurrency in levels:
+                for kind, ours_target, bare_target in (
+                    ("grpc", server.grpc, f"127.0.0.1:{bare_ports['grpc']}"),
+                    (
+                        "http",
+                        f"{server.http}/v1/tables/bench/lookup",
+                        f"http://127.0.0.1:{bare_ports['http']}/v1/tables/bench/lookup",
+                    ),
+                ):
+                    ours = run_load(kind, ours_target, concurrency, args.seconds, args.rows)
+                    theirs = run_load(kind, bare_target, concurrency, args.seconds, args.rows)
+                    row = {
+                        "transport": kind,
+                        "concurrency": concurrency,
+                        "ours": ours,
+                        "bare": theirs,
+                        "fraction_of_bare": ours["rps"] / theirs["rps"] if theirs["rps"] else None,
+                    }
+                    rows_out.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            for proc in bare:
+                proc.terminate()
+                proc.wait(10)
+            server.terminate()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service.json").write_text(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "batch": BATCH,
+                "dim": DIM,
+                "codec": "int8",
+                "http_client": "wrk" if shutil.which("wrk") else "httpx",
+                "results": rows_out,
+            },
+            indent=2,
+        )
+    )
+    lines = [
+        f"Lookup of {BATCH} ids from a {args.rows:,} × {DIM} int8 table; "
+        "target: ≥ 70% of the bare server's throughput.",
+        "",
+        "| transport | concurrency | embserve req/s | p50 / p99 ms | bare req/s | p50 / p99 ms | fraction of bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows_out:
+        o, b = r["ours"], r["bare"]
+        frac = r["fraction_of_bare"]
+        share = "—" if frac is None else f"{frac:.0%}"
+        lines.append(
+            f"| {r['transport']} | {r['concurrency']} | {o['rps']:.0f} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | "
+            f"{b['rps']:.0f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {share} |"
+        )
+    (args.out / "service.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
