@@ -51,4 +51,5 @@ __all__ = [
     "codec_class",
     "compress",
     "load_table",
+    "set_parallel_min_ids",
 ]

@@ -31,6 +31,7 @@ from runtime.errors import (
     TableNotFound,
     Unauthorized,
 )
+from runtime.kernels.rowwise import set_parallel_min_ids
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
 from service.errors import status_label
@@ -69,6 +70,7 @@ class EmbeddingService:
         self.draining = False
         self.started = False
         self.metrics.build.info({"version": __version__})
+        set_parallel_min_ids(settings.parallel_min_ids)
         self._refresh_ready()
 
     # ---- lifecycle ------------------------------------------------------------------------------

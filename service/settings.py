@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
     max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
     worker_threads: int = Field(4, ge=1, description="threads running kernels off the event loop")
+    parallel_min_ids: int = Field(
+        4096, ge=1, le=4096, description="lookups of fewer ids gather on one thread (requests already run concurrently)"
+    )
     grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may take")
     warmup: bool = Field(True, description="run every kernel once at load so no request pays JIT time")
     log_level: str = Field("info", description="uvicorn / logging level")

@@ -9,7 +9,7 @@ import numpy as np
 from runtime.codecs.base import Codec, Progress
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
-from runtime.kernels.rowwise import HALF_TABLE, PARALLEL_MIN_IDS
+from runtime.kernels.rowwise import HALF_TABLE, use_parallel
 from runtime.validation import FP16_MAX
 
 
@@ -39,7 +39,7 @@ class Fp16Codec(Codec):
         return None
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        kernel = dense.fp16_gather if ids.shape[0] >= PARALLEL_MIN_IDS else dense.fp16_gather_serial
+        kernel = dense.fp16_gather if use_parallel(ids.shape[0]) else dense.fp16_gather_serial
         return kernel(self.arrays["values"].view(np.uint16), ids, HALF_TABLE)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:

@@ -23,7 +23,25 @@ def make_half_table() -> np.ndarray:
 
 HALF_TABLE = make_half_table()
 PARALLEL_MIN_IDS = 4096
-"""Batches smaller than this run on the calling thread."""
+"""Size of the batch warm-up compiles the parallel kernels with (the largest threshold used)."""
+
+
+class _Parallelism:
+    """Batches of fewer ids than `min_ids` gather on the calling thread. A library caller wants
+    every core on one batch (default 512); a server already runs requests concurrently and sets
+    it higher (EMBSERVE_PARALLEL_MIN_IDS)."""
+
+    min_ids = 512
+
+
+def set_parallel_min_ids(min_ids: int) -> None:
+    if min_ids < 1 or min_ids > PARALLEL_MIN_IDS:
+        raise ValueError(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {min_ids}")
+    _Parallelism.min_ids = int(min_ids)
+
+
+def use_parallel(n_ids: int) -> bool:
+    return n_ids >= _Parallelism.min_ids
 
 
 def packed_bytes(dim: int, bits: int) -> int:
@@ -80,7 +98,7 @@ def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: n
 
 @njit(nogil=True, cache=True)
 def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
-    """`gather` on the calling thread only: below PARALLEL_MIN_IDS ids, waking a thread team
+    """`gather` on the calling thread only: for small batches waking a thread team
     costs more than the work (and a server calls kernels from several threads at once)."""
     n = ids.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
@@ -128,7 +146,7 @@ def bags(
 
 def gather_rows(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
     """Dequantizing gather, parallel only where the batch is large enough to pay for it."""
-    kernel = gather if ids.shape[0] >= PARALLEL_MIN_IDS else gather_serial
+    kernel = gather if use_parallel(ids.shape[0]) else gather_serial
     return kernel(rows, ids, dim, bits, HALF_TABLE)
 
 
