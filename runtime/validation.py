@@ -48,9 +48,9 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise InvalidRequest(f"{field} hold a value too large for int64")
     out = np.ascontiguousarray(arr, dtype=np.int64)
-    bad = (out < 0) | (out >= rows)
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
+    # two reductions on the hot path; the position is looked for only when something is wrong
+    if out.min() < 0 or out.max() >= rows:
+        pos = int(np.flatnonzero((out < 0) | (out >= rows))[0])
         raise IdOutOfRange(int(out[pos]), pos, rows, field)
     return out
 

@@ -10,6 +10,7 @@ numba has no float16 on the CPU, so fp16 bits are turned into float32 through `h
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -41,7 +42,8 @@ def set_parallel_min_ids(min_ids: int) -> None:
 
 
 def use_parallel(n_ids: int) -> bool:
-    return n_ids >= _Parallelism.min_ids
+    # with one thread a parallel region is pure launch overhead
+    return n_ids >= _Parallelism.min_ids and numba.get_num_threads() > 1
 
 
 def packed_bytes(dim: int, bits: int) -> int:
