@@ -487,12 +487,18 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "warmup_s": t3 - t2, "
 def bench_startup(cfg: Config, x: np.ndarray) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         runtime.compress(x, "pq", subspaces=16, bits=8, rerank="int8", iterations=10).save(Path(tmp) / "t")
-        run = subprocess.run(
-            [sys.executable, "-c", STARTUP, str(Path(tmp) / "t")], capture_output=True, text=True, timeout=900
-        )
-        if run.returncode != 0:
-            raise RuntimeError(run.stderr)
-        result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        runs = []
+        # the first fresh process may compile (a cache invalidated by a source change, or the
+        # read-only array signatures); the second shows a warm cache, as a built image has
+        for _ in range(2):
+            run = subprocess.run(
+                [sys.executable, "-c", STARTUP, str(Path(tmp) / "t")], capture_output=True, text=True, timeout=900
+            )
+            if run.returncode != 0:
+                raise RuntimeError(run.stderr)
+            runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        result: dict[str, Any] = dict(runs[1])
+        result["cold_cache_warmup_s"] = runs[0]["warmup_s"]
         result["rows"] = cfg.rows
         return result
 
@@ -556,10 +562,11 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
     if "startup" in extra:
         s = extra["startup"]
         lines += [
-            "## start-up (fresh process, numba cache warm)",
+            "## start-up (fresh process)",
             "",
             f"{s['rows']:,}-row PQ M=16 + int8 artifact: import {s['import_s']:.2f} s, "
-            f"load + sha256 {s['load_s']:.2f} s, warm-up {s['warmup_s']:.2f} s; "
+            f"load + sha256 {s['load_s']:.2f} s, warm-up {s['warmup_s']:.2f} s "
+            f"({s['cold_cache_warmup_s']:.2f} s in the first process, which may compile); "
             f"first search {s['first_search_ms']:.1f} ms vs steady {s['steady_search_ms']:.1f} ms; "
             f"first 256-id lookup {s['first_lookup_ms']:.2f} ms.",
             "",
