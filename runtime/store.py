@@ -59,3 +59,6 @@ class TableStore:
 
     def __len__(self) -> int:
         return len(self._tables)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tables

@@ -121,7 +121,3 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
     if out[-1] > n_ids:
         raise InvalidRequest(f"offsets[-1] = {int(out[-1])} exceeds the number of ids ({n_ids})")
     return out
-
-
-def check_positive_int(value: Any, field: str) -> int:
-    return check_k(value, field)

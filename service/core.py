@@ -22,13 +22,11 @@ import numpy as np
 
 from runtime.errors import (
     ArtifactNotFound,
-    EmbserveError,
     Forbidden,
     InvalidRequest,
     NotReady,
     Overloaded,
     PayloadTooLarge,
-    TableNotFound,
     Unauthorized,
 )
 from runtime.kernels.rowwise import set_parallel_min_ids
@@ -42,7 +40,6 @@ log = logging.getLogger("embserve")
 T = TypeVar("T")
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
-Array = np.ndarray
 
 
 def as_array(value: Any, field: str, dtype: Any = None) -> np.ndarray:
@@ -130,7 +127,7 @@ class EmbeddingService:
     # ---- request plumbing -----------------------------------------------------------------------
     def _table_label(self, name: str) -> str:
         # labels stay bounded: a name that is not served is counted as "unknown"
-        return name if name in self.store.names() else "unknown"
+        return name if name in self.store else "unknown"
 
     @contextmanager
     def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
@@ -332,4 +329,4 @@ class EmbeddingService:
             return {"deleted": entry.name, "version": entry.table.version}
 
 
-__all__ = ["EmbeddingService", "EmbserveError", "TableNotFound", "as_array"]
+__all__ = ["EmbeddingService", "as_array"]

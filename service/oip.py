@@ -54,20 +54,23 @@ class Model:
     kind: str  # "lookup" | "bag" | "search"
 
 
-def resolve(service: EmbeddingService, model: str) -> Model:
-    """A model name -> the table and operation it stands for (exact table names win)."""
-    if model in service.store.names():
+def resolve(service: EmbeddingService, model: str, version: str | None = None) -> Model:
+    """A model name (and optional version) -> the table and operation it stands for; exact table
+    names win. A version other than the one served is not found."""
+    found = _find(service, model)
+    if version and version != found.entry.table.version:
+        raise TableNotFound(f"{model} version {version}")
+    return found
+
+
+def _find(service: EmbeddingService, model: str) -> Model:
+    if model in service.store:
         return Model(model, service.store.get(model), "lookup")
     for suffix, kind in ((SEARCH_SUFFIX, "search"), (BAG_SUFFIX, "bag")):
         base = model.removesuffix(suffix)
-        if base != model and base in service.store.names():
+        if base != model and base in service.store:
             return Model(model, service.store.get(base), kind)
     raise TableNotFound(model)
-
-
-def check_version(model: Model, version: str | None) -> None:
-    if version and version != model.entry.table.version:
-        raise TableNotFound(f"{model.name} version {version}")
 
 
 def server_metadata() -> dict[str, Any]:

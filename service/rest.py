@@ -229,29 +229,25 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.get("/v2/models/{model}", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}", tags=["inference"])
     async def model_metadata(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model)
-        oip.check_version(resolved, version)
+        resolved = oip.resolve(service, model, version)
         return FastJSON(oip.model_metadata(resolved))
 
     @app.get("/v2/models/{model}/ready", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"])
     async def model_ready(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model)
-        oip.check_version(resolved, version)
+        oip.resolve(service, model, version)  # 404 for an unknown model or version
         return JSONResponse({"name": model, "ready": service.ready}, status_code=200 if service.ready else 503)
 
     @app.get("/v2/models/{model}/config", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["inference"])
     async def model_config(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model)
-        oip.check_version(resolved, version)
+        resolved = oip.resolve(service, model, version)
         return FastJSON(oip.model_config(resolved))
 
     @app.post("/v2/models/{model}/infer", tags=["inference"])
     @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"])
     async def model_infer(model: str, request: Request, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model)
-        oip.check_version(resolved, version)
+        resolved = oip.resolve(service, model, version)
         body = await read_body(service, request)
         return await _infer_http(service, resolved, body, request.headers.get(OIP_HEADER_LENGTH))
 

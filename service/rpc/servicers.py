@@ -179,8 +179,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: ipb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelReadyResponse:
-        model = oip.resolve(self.service, request.name)
-        oip.check_version(model, request.version)
+        oip.resolve(self.service, request.name, request.version)  # NOT_FOUND for an unknown model
         return ipb.ModelReadyResponse(ready=self.service.ready)
 
     @grpc_errors
@@ -193,8 +192,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: ipb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelMetadataResponse:
-        model = oip.resolve(self.service, request.name)
-        oip.check_version(model, request.version)
+        model = oip.resolve(self.service, request.name, request.version)
         meta = oip.model_metadata(model)
         tensor = ipb.ModelMetadataResponse.TensorMetadata
         return ipb.ModelMetadataResponse(
@@ -209,8 +207,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: ipb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelConfigResponse:
-        model = oip.resolve(self.service, request.name)
-        oip.check_version(model, request.version)
+        model = oip.resolve(self.service, request.name, request.version)
         config = oip.model_config(model)
         return ipb.ModelConfigResponse(
             config=ipb.ModelConfig(
@@ -241,8 +238,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: ipb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelInferResponse:
-        model = oip.resolve(self.service, request.model_name)
-        oip.check_version(model, request.model_version)
+        model = oip.resolve(self.service, request.model_name, request.model_version)
         params = {k: _param_value(v) for k, v in request.parameters.items()}
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
