@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -117,3 +118,20 @@ def load_arrays(path: str | os.PathLike[str], manifest: dict[str, Any], verify: 
         # a plain ndarray view of the mapping: numba takes it, no copy is made
         arrays[name] = np.asarray(array)
     return arrays
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop this process's resident pages of a file-mapped array (they stay in the page cache and
+    fault back in if read again). Used once a codec has built a layout it reads instead; a no-op
+    for arrays in anonymous memory and where madvise is unavailable."""
+    base: Any = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    mapping = getattr(base, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mapping is None or advice is None:
+        return
+    try:
+        mapping.madvise(advice)
+    except (OSError, ValueError):
+        return

@@ -24,10 +24,11 @@ Progress = Callable[[str, int, int], None]
 DENSE_BLOCK_ROWS = 16384
 
 
-def scan_chunks(rows: int) -> int:
-    """How many row chunks a fused scan kernel splits the table into (a task is query × chunk)."""
+def scan_chunks(rows: int, per_thread: int = 4) -> int:
+    """How many row chunks a fused scan kernel splits the table into (a task is query × chunk).
+    Several a thread balance load; each chunk also fills its own heap, k·ln(rows/k) pushes."""
     threads = numba.get_num_threads()
-    return int(max(1, min(4 * threads, -(-rows // 32768))))
+    return int(max(1, min(per_thread * threads, -(-rows // 32768))))
 
 
 def keys_to_scores(keys: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
@@ -93,10 +94,14 @@ class Codec(ABC):
         return None
 
     # ---- size -----------------------------------------------------------------------------
+    def held_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays requests read: persisted and derived, less any a derived layout replaces."""
+        return {**self.arrays, **self.derived}
+
     @property
     def nbytes(self) -> int:
-        """Bytes of every array this codec holds, persisted and derived."""
-        return int(sum(a.nbytes for a in self.arrays.values()) + sum(a.nbytes for a in self.derived.values()))
+        """Bytes of every array this codec holds in memory."""
+        return int(sum(a.nbytes for a in self.held_arrays().values()))
 
     # ---- lookup ---------------------------------------------------------------------------
     @abstractmethod

@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime import training
+from runtime.artifact import release_pages
 from runtime.codecs.base import Codec, Progress, scan_chunks
 from runtime.errors import InvalidRequest
-from runtime.kernels import scan
+from runtime.kernels import fastscan, scan
 
 
 class PqCodec(Codec):
@@ -157,11 +158,26 @@ class PqCodec(Codec):
         self._diag = np.ascontiguousarray(np.einsum("mkk->mk", tables))
         self._four_bit = self.params["bits"] == 4
         self._m = int(self.params["subspaces"])
+        if self._four_bit and fastscan.AVAILABLE:
+            # 4-bit scans read the blocked layout only; the row-major array stays the persisted form
+            self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
+            release_pages(self.arrays["codes"])
+
+    def held_arrays(self) -> dict[str, np.ndarray]:
+        held = super().held_arrays()
+        if "blocked_codes" in held:
+            del held["codes"]
+        return held
 
     # ---- helpers ----------------------------------------------------------------------------------
+    def packed_codes(self, ids: np.ndarray) -> np.ndarray:
+        """ids (b,) int64 -> (b, M) or, for 4-bit, (b, M/2) uint8 codes as stored."""
+        blocked = self.derived.get("blocked_codes")
+        return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)
+
     def unpacked_codes(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, M) int64 codes."""
-        return scan.unpack_codes_numpy(self.arrays["codes"][ids], self._four_bit)
+        return scan.unpack_codes_numpy(self.packed_codes(ids), self._four_bit)
 
     def _luts(self, queries: np.ndarray, metric: str) -> np.ndarray:
         """queries (q, d) float32 -> (q, M, K) float32 LUTs; for l2 the negated squared distances."""
@@ -186,8 +202,26 @@ class PqCodec(Codec):
         return np.ascontiguousarray(-(own + self._diag[None] - 2 * rows), dtype=np.float32)
 
     def _scan(self, luts: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        empty = np.empty(0, np.float32)
-        keys, ids = scan.adc_topk(self.arrays["codes"], luts, empty, empty, k, scan_chunks(self.rows), self._four_bit)
+        blocked = self.derived.get("blocked_codes")
+        if blocked is not None:
+            tables, bias, scale, slack = fastscan.quantize_luts(luts)
+            keys, ids = fastscan.fastscan_topk(
+                # one chunk a thread: the scan is cheap enough that heap pushes dominate the rest
+                blocked,
+                tables,
+                luts,
+                bias,
+                scale,
+                slack,
+                self.rows,
+                k,
+                scan_chunks(self.rows, per_thread=1),
+            )
+        else:
+            empty = np.empty(0, np.float32)
+            keys, ids = scan.adc_topk(
+                self.arrays["codes"], luts, empty, empty, k, scan_chunks(self.rows), self._four_bit
+            )
         return ids, (keys if metric == "ip" else -keys)
 
     # ---- codec protocol ---------------------------------------------------------------------------
@@ -203,7 +237,14 @@ class PqCodec(Codec):
         return self._scan(self._id_luts(query_ids, metric), k, metric)
 
     def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-        sums = scan.adc_candidates(self.arrays["codes"], candidates, self._luts(queries, metric), self._four_bit)
+        luts = self._luts(queries, metric)
+        if "blocked_codes" in self.derived:
+            # the candidates' codes gathered into a small row-major array, then scored in place
+            rows = self.packed_codes(candidates.reshape(-1))
+            local = np.arange(candidates.size, dtype=np.int64).reshape(candidates.shape)
+            sums = scan.adc_candidates(rows, local, luts, self._four_bit)
+        else:
+            sums = scan.adc_candidates(self.arrays["codes"], candidates, luts, self._four_bit)
         return sums if metric == "ip" else -sums
 
     def score_by_id(self, candidates: np.ndarray, query_ids: np.ndarray, metric: str) -> np.ndarray:

@@ -1,0 +1,273 @@
+"""4-bit PQ fast scan: codes laid out in blocks of 32 rows, 8-bit lookup tables, byte shuffles.
+
+With 16 codewords a subspace, one subspace's lookup table fits in a 16-byte register lane once its
+float entries are quantized to uint8, and a byte shuffle (`vpshufb`) then looks up 32 rows' codes
+in one instruction. This is the scheme of André et al. ("Cache locality is not enough", VLDB 2015)
+that Faiss calls fast scan; the kernel here is ours:
+
+- layout: `blocked[b, p, j]` is the packed byte of row 32·b + j for subspaces 2p (low nibble) and
+  2p + 1 (high nibble), i.e. the row-major codes transposed inside each block of 32 rows, so one
+  32-byte load holds one subspace pair for a whole block;
+- tables: per query, lut_m is mapped to uint8 by q = round((lut_m - min_m) · scale) with one
+  scale for all subspaces, and the 32 sums of a block accumulate in uint16 lanes;
+- exactness: a quantized sum is within `slack` units of the true scaled float sum, so a row whose
+  quantized sum is below the heap's threshold minus the slack cannot enter the top-k. Rows that
+  pass are rescored with the float tables in the order `scan.adc_topk` uses, so the results are
+  the float scan's results, bit for bit: quantization only decides which rows are worth rescoring.
+
+The shuffle is emitted as an LLVM x86 intrinsic (`llvm.x86.avx2.pshuf.b`), so the kernel runs only
+where numba's target and the CPU both have AVX2 (`AVAILABLE`); elsewhere callers use `scan.adc_topk`.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm_binding
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+from runtime.kernels.scan import _chunk_bounds
+from runtime.kernels.topk import heap_push, merge_partials
+
+BLOCK_ROWS = 32
+"""Rows a block holds: one byte per row fills a 32-byte AVX2 register."""
+GROUP_BLOCKS = 16
+"""Blocks scanned for every query before moving on (16 × 32 rows): their codes stay in L1."""
+
+
+def _has_avx2() -> bool:
+    host = llvm_binding.get_host_cpu_features()
+    target: str | None = getattr(config, "CPU_FEATURES", None)
+    target_has = host.get("avx2", False) if target is None else "+avx2" in target.split(",")
+    return bool(host.get("avx2", False) and target_has)
+
+
+AVAILABLE = _has_avx2()
+
+
+# ---- layout and tables (numpy) ------------------------------------------------------------------
+def blocked_layout(codes: np.ndarray) -> np.ndarray:
+    """Row-major packed codes (n, P) uint8 -> (ceil(n / 32), P, 32) uint8; padding rows are 0."""
+    n, pairs = codes.shape
+    nblocks = -(-n // BLOCK_ROWS)
+    padded = np.zeros((nblocks * BLOCK_ROWS, pairs), dtype=np.uint8)
+    padded[:n] = codes
+    return np.ascontiguousarray(padded.reshape(nblocks, BLOCK_ROWS, pairs).transpose(0, 2, 1))
+
+
+def row_codes(blocked: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Packed codes of rows `ids` (b,) int64 read back from the blocked layout -> (b, P) uint8."""
+    return blocked[ids // BLOCK_ROWS, :, ids % BLOCK_ROWS]
+
+
+def quantize_luts(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """luts (q, M, 16) float32 -> (tables (q, M, 32) uint8, each 16-byte table twice, one copy a
+    register lane; bias (q,) float64; scale (q,) float64; slack (q,) float64).
+
+    For every row, |sum_m tables[m, c_m] - (sum_m luts[m, c_m] - bias) · scale| <= slack, counting
+    the rounding of each entry (1/2 a subspace) and float32 accumulation of the float sum.
+    """
+    nq, nm, ksub = luts.shape
+    lut64 = luts.astype(np.float64)
+    mins = lut64.min(axis=2, initial=np.inf) if ksub else np.zeros((nq, nm))
+    spans = (lut64.max(axis=2, initial=-np.inf) - mins).max(axis=1, initial=0.0)
+    top = float(min(255, 65535 // max(nm, 1)))
+    scale = np.where(spans > 0, top / np.where(spans > 0, spans, 1.0), 1.0)
+    levels = np.rint((lut64 - mins[:, :, None]) * scale[:, None, None])
+    q8 = np.clip(levels, 0, top).astype(np.uint8)
+    tables = np.ascontiguousarray(np.concatenate([q8, q8], axis=2))
+    bias = mins.sum(axis=1)
+    # float32 sums of nm terms are off by at most nm · 2^-24 · sum |terms|; doubled for safety
+    float_error = 2.0 * nm * 2.0**-24 * np.abs(lut64).max(axis=2, initial=0.0).sum(axis=1)
+    slack = 0.5 * nm + float_error * scale + 1.0
+    return tables, bias, scale, slack
+
+
+def block_sums_numpy(blocked: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """Twin of the shuffle kernel: blocked (B, P, 32) uint8, one query's tables (M, 32) uint8
+    -> (B, 32) uint16 quantized sums (wrapping as the uint16 lanes do)."""
+    low = (blocked & 15).astype(np.int64)
+    high = (blocked >> 4).astype(np.int64)
+    pairs = blocked.shape[1]
+    total = np.zeros((blocked.shape[0], BLOCK_ROWS), dtype=np.int64)
+    for p in range(pairs):
+        total += tables[2 * p][low[:, p, :]].astype(np.int64)
+        total += tables[2 * p + 1][high[:, p, :]].astype(np.int64)
+    return (total & 0xFFFF).astype(np.uint16)
+
+
+# ---- the shuffle kernel -------------------------------------------------------------------------
+@intrinsic
+def _block_sums_avx2(typingctx, blocked, block, tables, threshold, sums):  # type: ignore[no-untyped-def]
+    """Quantized sums of one block for one query, written to sums (32,) uint16; returns a uint32
+    whose bit j is set when sums[j] >= threshold. blocked (B, P, 32) uint8 C-contiguous, tables
+    (M, 32) uint8 C-contiguous."""
+    sig = types.uint32(blocked, types.int64, tables, types.int64, sums)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v32i8 = ir.VectorType(i8, 32)
+        v32i16 = ir.VectorType(i16, 32)
+        codes_ary = context.make_array(signature.args[0])(context, builder, args[0])
+        tables_ary = context.make_array(signature.args[2])(context, builder, args[2])
+        sums_ary = context.make_array(signature.args[4])(context, builder, args[4])
+        pairs = cgutils.unpack_tuple(builder, codes_ary.shape)[1]
+        block_stride = cgutils.unpack_tuple(builder, codes_ary.strides)[0]
+        block_index = context.cast(builder, args[1], signature.args[1], types.int64)
+        codes_addr = builder.add(builder.ptrtoint(codes_ary.data, i64), builder.mul(block_stride, block_index))
+        tables_addr = builder.ptrtoint(tables_ary.data, i64)
+        shuffle = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v32i8, [v32i8, v32i8]), "llvm.x86.avx2.pshuf.b"
+        )
+        nibble = ir.Constant(v32i8, [15] * 32)
+        four = ir.Constant(v32i8, [4] * 32)
+        vec_ptr = v32i8.as_pointer()
+
+        def load_vec(address):  # type: ignore[no-untyped-def]
+            return builder.load(builder.inttoptr(address, vec_ptr), align=1, typ=v32i8)
+
+        acc = cgutils.alloca_once_value(builder, ir.Constant(v32i16, [0] * 32))
+        with cgutils.for_range(builder, pairs) as loop:
+            p = loop.index
+            codes = load_vec(builder.add(codes_addr, builder.mul(p, ir.Constant(i64, 32))))
+            low = builder.and_(codes, nibble)
+            high = builder.and_(builder.lshr(codes, four), nibble)
+            table_low = load_vec(builder.add(tables_addr, builder.mul(p, ir.Constant(i64, 64))))
+            table_high = load_vec(
+                builder.add(tables_addr, builder.add(builder.mul(p, ir.Constant(i64, 64)), ir.Constant(i64, 32)))
+            )
+            found_low = builder.zext(builder.call(shuffle, [table_low, low]), v32i16)
+            found_high = builder.zext(builder.call(shuffle, [table_high, high]), v32i16)
+            total = builder.add(builder.load(acc, typ=v32i16), builder.add(found_low, found_high))
+            builder.store(total, acc)
+        result = builder.load(acc, typ=v32i16)
+        builder.store(result, builder.inttoptr(builder.ptrtoint(sums_ary.data, i64), v32i16.as_pointer()), align=1)
+        limit = builder.trunc(context.cast(builder, args[3], signature.args[3], types.int64), i16)
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(v32i16, ir.Undefined), limit, ir.Constant(i32, 0)),
+            ir.Constant(v32i16, ir.Undefined),
+            ir.Constant(ir.VectorType(i32, 32), [0] * 32),
+        )
+        passed = builder.icmp_unsigned(">=", result, splat)
+        return builder.bitcast(passed, i32)
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _threshold(worst: float, bias: float, scale: float, slack: float) -> int:
+    """Smallest quantized sum a row needs to possibly beat `worst`, clamped to the uint16 range."""
+    t = np.floor((worst - bias) * scale - slack)
+    if t <= 0.0:
+        return 0
+    if t >= 65535.0:
+        return 65535
+    return int(t)
+
+
+@njit(nogil=True, cache=True)
+def _scan_group(
+    blocked: np.ndarray,
+    tables: np.ndarray,
+    flat_lut: np.ndarray,
+    bias: float,
+    scale: float,
+    slack: float,
+    n: int,
+    first_block: int,
+    stop_block: int,
+    heap_keys: np.ndarray,
+    heap_ids: np.ndarray,
+    size: int,
+    sums: np.ndarray,
+) -> int:
+    """Offer the rows of blocks first_block..stop_block-1 to one query's heap; returns its size.
+    flat_lut (M * 16,) float32 is the query's float table, tables (M, 32) uint8 its quantized one."""
+    kk = heap_keys.shape[0]
+    pairs = blocked.shape[1]
+    worst = heap_keys[0] if size == kk else -np.inf
+    limit = _threshold(worst, bias, scale, slack) if size == kk else 0
+    for b in range(first_block, stop_block):
+        mask: int = _block_sums_avx2(blocked, b, tables, limit, sums)
+        if mask == 0:
+            continue
+        base = b * 32
+        for j in range(32):
+            if (mask >> j) & 1 == 0 or base + j >= n:
+                continue
+            # the float scan's exact sum, in its order
+            s = np.float32(0.0)
+            for p in range(pairs):
+                byte = blocked[b, p, j]
+                s += flat_lut[(2 * p) * 16 + (byte & 15)]
+                s += flat_lut[(2 * p + 1) * 16 + (byte >> 4)]
+            if s > worst:
+                size = heap_push(heap_keys, heap_ids, size, s, base + j)
+                if size == kk:
+                    worst = heap_keys[0]
+                    limit = _threshold(worst, bias, scale, slack)
+    return size
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def fastscan_topk(
+    blocked: np.ndarray,
+    tables: np.ndarray,
+    luts: np.ndarray,
+    bias: np.ndarray,
+    scale: np.ndarray,
+    slack: np.ndarray,
+    n: int,
+    k: int,
+    nchunks: int,
+):
+    """Top-k of sum_m luts[q, m, code[i, m]] over the n rows of a blocked 4-bit code table.
+
+    blocked (B, P, 32) uint8 from `blocked_layout`; tables (q, M, 32) uint8, bias, scale, slack
+    (q,) float64 from `quantize_luts`; luts (q, M, 16) float32. A task is a chunk of blocks scanned
+    group by group for every query. -> keys (q, k') float32, ids (q, k') int64, best first,
+    k' = min(k, n): exactly `scan.adc_topk(row-major codes, luts, [], [], k, ..., True)`.
+    """
+    nblocks = blocked.shape[0]
+    nq = luts.shape[0]
+    flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
+    kk = min(k, n)
+    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
+    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
+    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    for c in prange(nchunks):
+        first, stop = _chunk_bounds(nblocks, nchunks, c)
+        sums = np.empty(32, dtype=np.uint16)
+        for group in range(first, stop, GROUP_BLOCKS):
+            group_stop = min(stop, group + GROUP_BLOCKS)
+            for qi in range(nq):
+                part_sizes[qi, c] = _scan_group(
+                    blocked,
+                    tables[qi],
+                    flat[qi],
+                    bias[qi],
+                    scale[qi],
+                    slack[qi],
+                    n,
+                    group,
+                    group_stop,
+                    part_keys[qi, c],
+                    part_ids[qi, c],
+                    part_sizes[qi, c],
+                    sums,
+                )
+    return merge_partials(part_keys, part_ids, part_sizes, kk)
+
+
+@njit(nogil=True, cache=True)
+def block_sums(blocked: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """The shuffle kernel over every block (for tests against `block_sums_numpy`):
+    blocked (B, P, 32) uint8, tables (M, 32) uint8 -> (B, 32) uint16."""
+    out = np.empty((blocked.shape[0], 32), dtype=np.uint16)
+    sums = np.empty(32, dtype=np.uint16)
+    for b in range(blocked.shape[0]):
+        _block_sums_avx2(blocked, b, tables, 0, sums)
+        out[b] = sums
+    return out
