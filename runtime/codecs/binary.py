@@ -106,7 +106,7 @@ class BinaryCodec(Codec):
     def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         codes = self.arrays["codes"]
         if metric == "hamming":
-            keys, ids = scan.hamming_topk(codes, self.query_codes(queries), k, scan_chunks(self.rows))
+            keys, ids = scan.hamming_topk(codes, self.query_codes(queries), k, scan_chunks(self.rows, per_thread=1))
             return ids, -keys
         # asymmetric: <q, scale * sign> = scale * sum of byte LUT entries
         scales = self.derived["scales_f32"]
@@ -123,7 +123,9 @@ class BinaryCodec(Codec):
         if metric != "hamming":
             return super().search_by_id(query_ids, k, metric)
         codes = self.arrays["codes"]
-        keys, ids = scan.hamming_topk(codes, np.ascontiguousarray(codes[query_ids]), k, scan_chunks(self.rows))
+        keys, ids = scan.hamming_topk(
+            codes, np.ascontiguousarray(codes[query_ids]), k, scan_chunks(self.rows, per_thread=1)
+        )
         return ids, -keys
 
     def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:

@@ -24,46 +24,50 @@ def _chunk_bounds(n: int, nchunks: int, c: int) -> tuple[int, int]:
     return start, min(n, start + size)
 
 
+HAMMING_BLOCK = 256
+"""Rows whose distances one query computes at a time: a branch-free pass the compiler vectorizes
+(vector popcount where the CPU has one), then a heap pass only when the block's best can enter."""
+
+
 @njit(nogil=True, cache=True)
-def _hamming_scan_block(
-    codes: np.ndarray,
-    query: np.ndarray,
-    start: int,
-    stop: int,
-    heap_keys: np.ndarray,
-    heap_ids: np.ndarray,
-    size: int,
+def _hamming_block_distances(
+    flat: np.ndarray, words: int, start: int, stop: int, query: np.ndarray, dist: np.ndarray
 ) -> int:
-    """Offer rows start..stop-1 to one query's heap; returns its new size. query (W,) uint64."""
-    kk = heap_keys.shape[0]
-    words = codes.shape[1]
-    # ids ascend, so a row that only ties the worst kept one loses: one integer compare
-    # rejects almost every row without touching the heap
-    worst = np.int64(-heap_keys[0]) if size == kk else np.int64(words * 64 + 1)
-    q0 = query[0]
-    q1 = query[1] if words > 1 else np.uint64(0)
-    q2 = query[2] if words > 3 else np.uint64(0)
-    q3 = query[3] if words > 3 else np.uint64(0)
-    for i in range(start, stop):
-        # 128- and 256-bit codes unrolled: independent popcounts, no inner loop
-        if words == 4:
-            dist = np.int64(
-                popcount64(codes[i, 0] ^ q0)
-                + popcount64(codes[i, 1] ^ q1)
-                + popcount64(codes[i, 2] ^ q2)
-                + popcount64(codes[i, 3] ^ q3)
+    """dist[i] = Hamming distance of row start + i to query (W,) uint64, for rows start..stop-1 of
+    codes flattened to (n * W,) uint64; returns the smallest. Offsets are unsigned so no index
+    wrap-around code keeps the loop from vectorizing."""
+    best = np.int64(words * 64 + 1)
+    count = np.uint64(stop - start)
+    w = np.uint64(words)
+    base = np.uint64(start) * w
+    if words == 4:
+        q0, q1, q2, q3 = query[0], query[1], query[2], query[3]
+        for i in range(count):
+            o = base + i * w
+            d = np.int64(
+                popcount64(flat[o] ^ q0)
+                + popcount64(flat[o + np.uint64(1)] ^ q1)
+                + popcount64(flat[o + np.uint64(2)] ^ q2)
+                + popcount64(flat[o + np.uint64(3)] ^ q3)
             )
-        elif words == 2:
-            dist = np.int64(popcount64(codes[i, 0] ^ q0) + popcount64(codes[i, 1] ^ q1))
-        else:
-            dist = np.int64(0)
-            for w in range(words):
-                dist += np.int64(popcount64(codes[i, w] ^ query[w]))
-        if dist < worst:
-            size = heap_push(heap_keys, heap_ids, size, -np.float32(dist), i)
-            if size == kk:
-                worst = np.int64(-heap_keys[0])
-    return size
+            dist[i] = d
+            best = min(best, d)
+    elif words == 2:
+        q0, q1 = query[0], query[1]
+        for i in range(count):
+            o = base + i * w
+            d = np.int64(popcount64(flat[o] ^ q0) + popcount64(flat[o + np.uint64(1)] ^ q1))
+            dist[i] = d
+            best = min(best, d)
+    else:
+        for i in range(count):
+            o = base + i * w
+            d = np.int64(0)
+            for j in range(w):
+                d += np.int64(popcount64(flat[o + j] ^ query[j]))
+            dist[i] = d
+            best = min(best, d)
+    return int(best)
 
 
 @njit(nogil=True, cache=True)
@@ -77,18 +81,35 @@ def _hamming_scan_chunk(
     part_sizes: np.ndarray,
     chunk: int,
 ) -> None:
-    for block in range(start, stop, ROW_BLOCK):
-        block_stop = min(stop, block + ROW_BLOCK)
+    words = codes.shape[1]
+    flat = codes.reshape(codes.size)
+    kk = part_keys.shape[2]
+    dist = np.empty(HAMMING_BLOCK, dtype=np.int64)
+    # a row must be strictly closer than the worst kept one: ids ascend, so a tie loses
+    worst = np.full(queries.shape[0], np.int64(words * 64 + 1))
+    for block in range(start, stop, HAMMING_BLOCK):
+        block_stop = min(stop, block + HAMMING_BLOCK)
         for qi in range(queries.shape[0]):
-            part_sizes[qi, chunk] = _hamming_scan_block(
-                codes, queries[qi], block, block_stop, part_keys[qi, chunk], part_ids[qi, chunk], part_sizes[qi, chunk]
-            )
+            if _hamming_block_distances(flat, words, block, block_stop, queries[qi], dist) >= worst[qi]:
+                continue
+            heap_keys = part_keys[qi, chunk]
+            heap_ids = part_ids[qi, chunk]
+            size = part_sizes[qi, chunk]
+            limit = worst[qi]
+            for i in range(block_stop - block):
+                if dist[i] < limit:
+                    size = heap_push(heap_keys, heap_ids, size, -np.float32(dist[i]), block + i)
+                    if size == kk:
+                        limit = np.int64(-heap_keys[0])
+            part_sizes[qi, chunk] = size
+            worst[qi] = limit
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def hamming_topk(codes: np.ndarray, queries: np.ndarray, k: int, nchunks: int):
-    """codes (n, W) uint64, queries (q, W) uint64 -> keys (q, k') float32 (= -distance),
-    ids (q, k') int64, best first; k' = min(k, n). Blocked over queries as `adc_topk` is."""
+    """codes (n, W) uint64 C-contiguous, queries (q, W) uint64 -> keys (q, k') float32
+    (= -distance), ids (q, k') int64, best first; k' = min(k, n). A task is a chunk of rows,
+    scanned block by block for every query, so codes are read from memory once."""
     n = codes.shape[0]
     nq = queries.shape[0]
     kk = min(k, n)
@@ -137,10 +158,58 @@ def _adc_row(codes: np.ndarray, i: int, lut: np.ndarray, ksub: int, four_bit: bo
     return s
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _adc_row_sum(codes: np.ndarray, r: int, lut: np.ndarray, four_bit: bool) -> np.float32:
+    """Sum of LUT entries (M * K,) float32 for row r, in subspace order."""
+    s = np.float32(0.0)
+    if four_bit:
+        for b in range(codes.shape[1]):
+            byte = codes[r, b]
+            s += lut[(2 * b) * 16 + (byte & 15)]
+            s += lut[(2 * b + 1) * 16 + (byte >> 4)]
+    else:
+        for m in range(codes.shape[1]):
+            s += lut[m * 256 + codes[r, m]]
+    return s
+
+
 @njit(nogil=True, cache=True)
-def _adc_scan_block(
+def _adc_block_sums(
+    codes: np.ndarray, lut: np.ndarray, start: int, stop: int, sums: np.ndarray, four_bit: bool
+) -> None:
+    """sums[i] = sum of LUT entries of row start + i, for rows start..stop-1 and one query."""
+    for i in range(stop - start):
+        sums[i] = _adc_row_sum(codes, start + i, lut, four_bit)
+
+
+@njit(nogil=True, cache=True)
+def _adc_block_sums_pair(
     codes: np.ndarray,
-    lut: np.ndarray,
+    lut_a: np.ndarray,
+    lut_b: np.ndarray,
+    start: int,
+    stop: int,
+    sums_a: np.ndarray,
+    sums_b: np.ndarray,
+) -> None:
+    """`_adc_block_sums` for two queries at once over 8-bit codes: each code byte is read once
+    and indexes both LUTs (two independent add chains per row as well)."""
+    width = codes.shape[1]
+    for i in range(stop - start):
+        r = start + i
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for m in range(width):
+            at = m * 256 + codes[r, m]
+            sa += lut_a[at]
+            sb += lut_b[at]
+        sums_a[i] = sa
+        sums_b[i] = sb
+
+
+@njit(nogil=True, cache=True)
+def _offer_block(
+    sums: np.ndarray,
     row_mul: np.ndarray,
     row_add: np.ndarray,
     start: int,
@@ -148,44 +217,24 @@ def _adc_scan_block(
     heap_keys: np.ndarray,
     heap_ids: np.ndarray,
     size: int,
-    four_bit: bool,
 ) -> int:
-    """Offer rows start..stop-1 to one query's heap (holding `size`); returns its new size.
-    lut (M * K,) float32 for that query."""
+    """Offer keys row_mul[r] * sums[r - start] + row_add[r] of rows start..stop-1 to one heap
+    (empty row_mul / row_add mean 1 / 0); returns its new size."""
     kk = heap_keys.shape[0]
-    width = codes.shape[1]
     has_mul = row_mul.shape[0] > 0
     has_add = row_add.shape[0] > 0
     # ids ascend, so a key equal to the worst kept one loses: reject with one compare
     worst = heap_keys[0] if size == kk else -np.inf
-    if four_bit:
-        for i in range(start, stop):
-            s = np.float32(0.0)
-            for b in range(width):
-                byte = codes[i, b]
-                s += lut[(2 * b) * 16 + (byte & 15)]
-                s += lut[(2 * b + 1) * 16 + (byte >> 4)]
-            if has_mul:
-                s = s * row_mul[i]
-            if has_add:
-                s = s + row_add[i]
-            if s > worst:
-                size = heap_push(heap_keys, heap_ids, size, s, i)
-                if size == kk:
-                    worst = heap_keys[0]
-    else:
-        for i in range(start, stop):
-            s = np.float32(0.0)
-            for m in range(width):
-                s += lut[m * 256 + codes[i, m]]
-            if has_mul:
-                s = s * row_mul[i]
-            if has_add:
-                s = s + row_add[i]
-            if s > worst:
-                size = heap_push(heap_keys, heap_ids, size, s, i)
-                if size == kk:
-                    worst = heap_keys[0]
+    for i in range(stop - start):
+        key = sums[i]
+        if has_mul:
+            key = key * row_mul[start + i]
+        if has_add:
+            key = key + row_add[start + i]
+        if key > worst:
+            size = heap_push(heap_keys, heap_ids, size, key, start + i)
+            if size == kk:
+                worst = heap_keys[0]
     return size
 
 
@@ -203,21 +252,41 @@ def _adc_scan_chunk(
     chunk: int,
     four_bit: bool,
 ) -> None:
+    nq = flat_luts.shape[0]
+    sums_a = np.empty(ROW_BLOCK, dtype=np.float32)
+    sums_b = np.empty(ROW_BLOCK, dtype=np.float32)
     for block in range(start, stop, ROW_BLOCK):
         block_stop = min(stop, block + ROW_BLOCK)
-        for qi in range(flat_luts.shape[0]):
-            part_sizes[qi, chunk] = _adc_scan_block(
-                codes,
-                flat_luts[qi],
+        qa = 0
+        while qa < nq:
+            pair = qa + 1 < nq and not four_bit
+            qb = qa + 1 if pair else qa
+            if pair:
+                _adc_block_sums_pair(codes, flat_luts[qa], flat_luts[qb], block, block_stop, sums_a, sums_b)
+            else:
+                _adc_block_sums(codes, flat_luts[qa], block, block_stop, sums_a, four_bit)
+            part_sizes[qa, chunk] = _offer_block(
+                sums_a,
                 row_mul,
                 row_add,
                 block,
                 block_stop,
-                part_keys[qi, chunk],
-                part_ids[qi, chunk],
-                part_sizes[qi, chunk],
-                four_bit,
+                part_keys[qa, chunk],
+                part_ids[qa, chunk],
+                part_sizes[qa, chunk],
             )
+            if pair:
+                part_sizes[qb, chunk] = _offer_block(
+                    sums_b,
+                    row_mul,
+                    row_add,
+                    block,
+                    block_stop,
+                    part_keys[qb, chunk],
+                    part_ids[qb, chunk],
+                    part_sizes[qb, chunk],
+                )
+            qa += 2 if pair else 1
 
 
 @njit(parallel=True, nogil=True, cache=True)

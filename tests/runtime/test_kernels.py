@@ -148,8 +148,8 @@ def test_half_table_covers_every_pattern() -> None:
 
 @st.composite
 def binary_codes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
-    n = draw(st.integers(1, 300))
-    words = draw(st.sampled_from([1, 2, 4]))
+    n = draw(st.integers(1, 600))  # several 256-row blocks
+    words = draw(st.sampled_from([1, 2, 3, 4, 5]))
     nq = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     if draw(st.booleans()):  # sparse bits: many equal distances
