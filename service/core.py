@@ -152,8 +152,8 @@ class EmbeddingService:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             labels = (transport, operation, self._table_label(table), status_label(error))
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(*labels).inc()
+            self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
+            self.metrics.child(self.metrics.requests, *labels).inc()
 
     async def _compute(self, operation: str, codec: str, fn: Callable[[], T], inline: bool = False) -> T:
         """Run table compute off the event loop; `inline` work (a small gather, tens of µs) runs
@@ -164,7 +164,7 @@ class EmbeddingService:
             try:
                 return fn()
             finally:
-                self.metrics.kernel_duration.labels(operation, codec).observe(time.perf_counter() - start)
+                self.metrics.child(self.metrics.kernel_duration, operation, codec).observe(time.perf_counter() - start)
 
         if inline:
             return timed()
@@ -203,7 +203,7 @@ class EmbeddingService:
             entry = self.store.get(name)
             ids_arr = as_array(ids, "ids")
             self._limit(ids_arr.size, self.settings.max_ids, "ids")
-            self.metrics.ids_per_request.labels(name).observe(ids_arr.size)
+            self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
             table = entry.table
             small = ids_arr.size <= INLINE_MAX_IDS
             if offsets is None:
@@ -236,7 +236,7 @@ class EmbeddingService:
             if query_ids is not None:
                 qids = as_array(query_ids, "query_ids")
                 self._limit(qids.size, self.settings.max_queries, "queries")
-                self.metrics.queries_per_request.labels(name).observe(qids.size)
+                self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
                 return await self._compute(
                     "search_by_id",
                     table.codec,
@@ -245,7 +245,7 @@ class EmbeddingService:
             q = as_array(queries, "queries")
             nq = q.shape[0] if q.ndim == 2 else 1
             self._limit(nq, self.settings.max_queries, "queries")
-            self.metrics.queries_per_request.labels(name).observe(nq)
+            self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
             return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
 
     async def score(
@@ -265,7 +265,7 @@ class EmbeddingService:
             self._limit(cands.size, self.settings.max_candidates, "candidate ids")
             nq = cands.shape[0] if cands.ndim >= 1 else 0
             self._limit(nq, self.settings.max_queries, "queries")
-            self.metrics.queries_per_request.labels(name).observe(nq)
+            self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
             q = as_array(queries, "queries") if queries is not None else None
             qids = as_array(query_ids, "query_ids") if query_ids is not None else None
             table = entry.table

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.core import EmbeddingService
-from service.rest import create_app
+from service.rest import create_asgi
 from service.rpc.generated import embserve_pb2, embserve_pb2_grpc, oip_v2_pb2, oip_v2_pb2_grpc
 from service.rpc.servicers import InferenceServicer, NativeServicer
 from service.settings import Settings
@@ -90,7 +90,7 @@ class EmbserveServer:
         sock.bind((s.host, s.http_port))
         http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.service),
+            create_asgi(self.service),
             log_level=s.log_level,
             access_log=False,
             timeout_graceful_shutdown=max(1, int(s.grace_seconds)),
