@@ -6,7 +6,7 @@ precomputed payload of the same size without touching a table (the framework's o
 HTTP load comes from wrk (Debian package) when it is installed, else from an asyncio httpx
 client; gRPC load from an asyncio grpc.aio client in its own process. Everything on loopback.
 
-    python -m benchmarks.service_bench [--rows 200000] [--seconds 8] [--out benchmarks/results]
+    python -m benchmarks.service_bench [--rows 200000] [--seconds 12] [--slices 6] [--out benchmarks/results]
 Writes service.json and service.md.
 """
 
@@ -131,7 +131,7 @@ def wrk_load(url: str, concurrency: int, seconds: float, rows: int) -> dict[str,
             "-c",
             str(concurrency),
             "-d",
-            f"{int(seconds)}s",
+            f"{max(1, round(seconds))}s",
             "--latency",
             "-s",
             str(script),
@@ -183,6 +183,11 @@ def http_load(url: str, concurrency: int, seconds: float, rows: int) -> dict[str
 
 
 # ---- orchestration ------------------------------------------------------------------------------
+def median_load(results: list[dict[str, float]]) -> dict[str, float]:
+    """Per-field medians over alternated slices of one load."""
+    return {key: float(np.median([r[key] for r in results])) for key in results[0]}
+
+
 def run_load(kind: str, target: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
     """Each load in its own process, so the client does not share the server's interpreter."""
     code = (
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=12, help="load seconds per server and level")
+    parser.add_argument("--slices", type=int, default=6, help="alternating slices the seconds are cut into")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -236,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"http://127.0.0.1:{bare_ports['http']}/v1/tables/bench/lookup",
                     ),
                 ):
-                    ours = run_load(kind, ours_target, concurrency, args.seconds, args.rows)
-                    theirs = run_load(kind, bare_target, concurrency, args.seconds, args.rows)
+                    # alternate short slices and keep medians: this VM's speed drifts by tens of
+                    # percent within a minute, so back-to-back long runs compare two machines
+                    slices: dict[str, list[dict[str, float]]] = {"ours": [], "bare": []}
+                    for _ in range(args.slices):
+                        for side, target in (("ours", ours_target), ("bare", bare_target)):
+                            slices[side].append(
+                                run_load(kind, target, concurrency, args.seconds / args.slices, args.rows)
+                            )
+                    ours, theirs = median_load(slices["ours"]), median_load(slices["bare"])
                     row = {
                         "transport": kind,
                         "concurrency": concurrency,

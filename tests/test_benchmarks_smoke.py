@@ -12,14 +12,35 @@ from benchmarks import perf
 def test_perf_suite_smoke(tmp_path: Path) -> None:
     assert (
         perf.main(
-            ["--smoke", "--rows", "3000", "--reps", "1", "--out", str(tmp_path), "--sections", "lookup,hamming,startup"]
+            [
+                "--smoke",
+                "--rows",
+                "3000",
+                "--reps",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--sections",
+                "lookup,pq,hamming,startup",
+            ]
         )
         == 0
     )
     payload = json.loads((tmp_path / "perf.json").read_text())
     assert payload["machine"]["cores"] >= 1 and payload["copy_bandwidth_gbs"] > 0
     sections = {row["section"] for row in payload["rows"]}
-    assert {"lookup", "hamming top-100"} <= sections
+    assert {"lookup", "pq adc top-100", "hamming top-100"} <= sections
     assert all(row["ours"] > 0 for row in payload["rows"])
     assert payload["startup"]["first_search_ms"] > 0
     assert "| op | threads |" in (tmp_path / "perf.md").read_text()
+
+
+def test_service_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import service_bench
+
+    args = ["--rows", "2000", "--seconds", "2", "--slices", "2", "--concurrency", "2", "--out", str(tmp_path)]
+    assert service_bench.main(args) == 0
+    rows = json.loads((tmp_path / "service.json").read_text())["results"]
+    assert {row["transport"] for row in rows} == {"grpc", "http"}
+    assert all(row["ours"]["rps"] > 0 and row["bare"]["rps"] > 0 for row in rows)
+    assert "fraction of bare" in (tmp_path / "service.md").read_text()
