@@ -236,22 +236,21 @@ class PqCodec(Codec):
     def search_by_id(self, query_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         return self._scan(self._id_luts(query_ids, metric), k, metric)
 
-    def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-        luts = self._luts(queries, metric)
+    def _candidate_sums(self, candidates: np.ndarray, luts: np.ndarray) -> np.ndarray:
+        """candidates (q, c) int64, luts (q, M, K) float32 -> (q, c) float32 sums of LUT entries."""
         if "blocked_codes" in self.derived:
             # the candidates' codes gathered into a small row-major array, then scored in place
             rows = self.packed_codes(candidates.reshape(-1))
             local = np.arange(candidates.size, dtype=np.int64).reshape(candidates.shape)
-            sums = scan.adc_candidates(rows, local, luts, self._four_bit)
-        else:
-            sums = scan.adc_candidates(self.arrays["codes"], candidates, luts, self._four_bit)
+            return scan.adc_candidates(rows, local, luts, self._four_bit)
+        return scan.adc_candidates(self.arrays["codes"], candidates, luts, self._four_bit)
+
+    def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+        sums = self._candidate_sums(candidates, self._luts(queries, metric))
         return sums if metric == "ip" else -sums
 
     def score_by_id(self, candidates: np.ndarray, query_ids: np.ndarray, metric: str) -> np.ndarray:
-        a = self.unpacked_codes(query_ids)[:, None, :]
-        b = self.unpacked_codes(candidates.reshape(-1)).reshape(*candidates.shape, self._m)
-        sub = np.arange(self._m)[None, None, :]
-        ip = self.derived["ip_tables"][sub, a, b].sum(axis=2, dtype=np.float32)
-        if metric == "ip":
-            return ip
-        return (self._diag[sub, a] + self._diag[sub, b]).sum(axis=2, dtype=np.float32) - 2 * ip
+        # the query's rows of the inner-product tables are its lookup tables (M·K floats, in L1),
+        # then ADC: never a random read into the (M, K, K) tables per candidate
+        sums = self._candidate_sums(candidates, self._id_luts(query_ids, metric))
+        return sums if metric == "ip" else -sums
