@@ -83,18 +83,29 @@ def _dequant_row(
                 out[j] = v
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
-    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows."""
-    n = ids.shape[0]
-    out = np.empty((n, dim), dtype=np.float32)
+@njit(nogil=True, cache=True)
+def _gather_into(
+    rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, half_table: np.ndarray, out: np.ndarray
+) -> None:
+    """Dequantize rows ids[lo:hi] into out[lo:hi], one after another on this thread."""
     row_bytes = rows.shape[1]
-    for i in prange(n):
+    for i in range(lo, hi):
         # random rows miss cache: ask for a later row's lines now so several misses overlap
-        if i + PREFETCH_DISTANCE < n:
+        if i + PREFETCH_DISTANCE < hi:
             for offset in range(0, row_bytes, 64):
                 prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
         _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray, nchunks: int) -> np.ndarray:
+    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows. One contiguous
+    run of ids a task (`nchunks`, one a thread), each a plain serial loop with its own prefetch
+    stream: measured 15-20% faster than a prange over single ids."""
+    n = ids.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    for c in prange(nchunks):
+        _gather_into(rows, ids, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, out)
     return out
 
 
@@ -102,14 +113,8 @@ def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: n
 def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
     """`gather` on the calling thread only: for small batches waking a thread team
     costs more than the work (and a server calls kernels from several threads at once)."""
-    n = ids.shape[0]
-    out = np.empty((n, dim), dtype=np.float32)
-    row_bytes = rows.shape[1]
-    for i in range(n):
-        if i + PREFETCH_DISTANCE < n:
-            for offset in range(0, row_bytes, 64):
-                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
-        _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+    out = np.empty((ids.shape[0], dim), dtype=np.float32)
+    _gather_into(rows, ids, 0, ids.shape[0], dim, bits, half_table, out)
     return out
 
 
@@ -148,8 +153,9 @@ def bags(
 
 def gather_rows(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
     """Dequantizing gather, parallel only where the batch is large enough to pay for it."""
-    kernel = gather if use_parallel(ids.shape[0]) else gather_serial
-    return kernel(rows, ids, dim, bits, HALF_TABLE)
+    if use_parallel(ids.shape[0]):
+        return gather(rows, ids, dim, bits, HALF_TABLE, numba.get_num_threads())
+    return gather_serial(rows, ids, dim, bits, HALF_TABLE)
 
 
 def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:
