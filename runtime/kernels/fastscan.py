@@ -28,6 +28,7 @@ from numba import njit, prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
+from runtime.kernels.intrinsics import popcount64
 from runtime.kernels.scan import _chunk_bounds
 from runtime.kernels.topk import heap_push, merge_partials
 
@@ -194,9 +195,13 @@ def _scan_group(
         if mask == 0:
             continue
         base = b * 32
-        for j in range(32):
-            if (mask >> j) & 1 == 0 or base + j >= n:
-                continue
+        pending = np.int64(mask)
+        if base + 32 > n:  # padding rows of the last block
+            pending &= (np.int64(1) << (n - base)) - 1
+        while pending != 0:
+            lowest = pending & -pending
+            pending ^= lowest
+            j = np.int64(popcount64(np.uint64(lowest - 1)))
             # the float scan's exact sum, in its order
             s = np.float32(0.0)
             for p in range(pairs):
