@@ -182,29 +182,50 @@ def _adc_block_sums(
         sums[i] = _adc_row_sum(codes, start + i, lut, four_bit)
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _byte_lut_sums(
+    flat: np.ndarray, offset: np.uint64, width: int, lut_a: np.ndarray, lut_b: np.ndarray, pair: bool
+) -> tuple[np.float32, np.float32]:
+    """Sums over one row of 8-bit codes at `offset` of the flattened codes, for one LUT or two.
+    Offsets are unsigned (no index wrap-around code), and callers pass `width` as a literal where
+    they can, so the loop unrolls."""
+    sa = np.float32(0.0)
+    sb = np.float32(0.0)
+    for m in range(np.uint64(width)):
+        at = m * np.uint64(256) + np.uint64(flat[offset + m])
+        sa += lut_a[at]
+        if pair:
+            sb += lut_b[at]
+    return sa, sb
+
+
 @njit(nogil=True, cache=True)
-def _adc_block_sums_pair(
-    codes: np.ndarray,
+def _byte_block_sums(
+    flat: np.ndarray,
+    width: int,
     lut_a: np.ndarray,
     lut_b: np.ndarray,
     start: int,
     stop: int,
     sums_a: np.ndarray,
     sums_b: np.ndarray,
+    pair: bool,
 ) -> None:
-    """`_adc_block_sums` for two queries at once over 8-bit codes: each code byte is read once
-    and indexes both LUTs (two independent add chains per row as well)."""
-    width = codes.shape[1]
-    for i in range(stop - start):
-        r = start + i
-        sa = np.float32(0.0)
-        sb = np.float32(0.0)
-        for m in range(width):
-            at = m * 256 + codes[r, m]
-            sa += lut_a[at]
-            sb += lut_b[at]
-        sums_a[i] = sa
-        sums_b[i] = sb
+    """`_adc_block_sums` over 8-bit codes flattened to (n * M,) uint8, for one query (lut_a) or,
+    when `pair`, two (each code byte read once for both: two independent add chains a row).
+    M = 16 and 32 (and 8-bit binary LUT widths) get unrolled bodies."""
+    w = np.uint64(width)
+    base = np.uint64(start) * w
+    count = np.uint64(stop - start)
+    if width == 16:
+        for i in range(count):
+            sums_a[i], sums_b[i] = _byte_lut_sums(flat, base + i * w, 16, lut_a, lut_b, pair)
+    elif width == 32:
+        for i in range(count):
+            sums_a[i], sums_b[i] = _byte_lut_sums(flat, base + i * w, 32, lut_a, lut_b, pair)
+    else:
+        for i in range(count):
+            sums_a[i], sums_b[i] = _byte_lut_sums(flat, base + i * w, width, lut_a, lut_b, pair)
 
 
 @njit(nogil=True, cache=True)
@@ -253,6 +274,8 @@ def _adc_scan_chunk(
     four_bit: bool,
 ) -> None:
     nq = flat_luts.shape[0]
+    width = codes.shape[1]
+    flat_codes = codes.reshape(codes.size)
     sums_a = np.empty(ROW_BLOCK, dtype=np.float32)
     sums_b = np.empty(ROW_BLOCK, dtype=np.float32)
     for block in range(start, stop, ROW_BLOCK):
@@ -261,10 +284,12 @@ def _adc_scan_chunk(
         while qa < nq:
             pair = qa + 1 < nq and not four_bit
             qb = qa + 1 if pair else qa
-            if pair:
-                _adc_block_sums_pair(codes, flat_luts[qa], flat_luts[qb], block, block_stop, sums_a, sums_b)
+            if four_bit:
+                _adc_block_sums(codes, flat_luts[qa], block, block_stop, sums_a, True)
             else:
-                _adc_block_sums(codes, flat_luts[qa], block, block_stop, sums_a, four_bit)
+                _byte_block_sums(
+                    flat_codes, width, flat_luts[qa], flat_luts[qb], block, block_stop, sums_a, sums_b, pair
+                )
             part_sizes[qa, chunk] = _offer_block(
                 sums_a,
                 row_mul,
