@@ -158,28 +158,13 @@ def _adc_row(codes: np.ndarray, i: int, lut: np.ndarray, ksub: int, four_bit: bo
     return s
 
 
-@njit(inline="always", nogil=True, cache=True)
-def _adc_row_sum(codes: np.ndarray, r: int, lut: np.ndarray, four_bit: bool) -> np.float32:
-    """Sum of LUT entries (M * K,) float32 for row r, in subspace order."""
-    s = np.float32(0.0)
-    if four_bit:
-        for b in range(codes.shape[1]):
-            byte = codes[r, b]
-            s += lut[(2 * b) * 16 + (byte & 15)]
-            s += lut[(2 * b + 1) * 16 + (byte >> 4)]
-    else:
-        for m in range(codes.shape[1]):
-            s += lut[m * 256 + codes[r, m]]
-    return s
-
-
 @njit(nogil=True, cache=True)
 def _adc_block_sums(
     codes: np.ndarray, lut: np.ndarray, start: int, stop: int, sums: np.ndarray, four_bit: bool
 ) -> None:
     """sums[i] = sum of LUT entries of row start + i, for rows start..stop-1 and one query."""
     for i in range(stop - start):
-        sums[i] = _adc_row_sum(codes, start + i, lut, four_bit)
+        sums[i] = _adc_row(codes, start + i, lut, 16 if four_bit else 256, four_bit)
 
 
 @njit(inline="always", nogil=True, cache=True)
