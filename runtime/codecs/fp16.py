@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from runtime.codecs.base import Codec, Progress
@@ -39,8 +40,10 @@ class Fp16Codec(Codec):
         return None
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        kernel = dense.fp16_gather if use_parallel(ids.shape[0]) else dense.fp16_gather_serial
-        return kernel(self.arrays["values"].view(np.uint16), ids, HALF_TABLE)
+        bits16 = self.arrays["values"].view(np.uint16)
+        if use_parallel(ids.shape[0]):
+            return dense.fp16_gather(bits16, ids, HALF_TABLE, numba.get_num_threads())
+        return dense.fp16_gather_serial(bits16, ids, HALF_TABLE)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)

@@ -130,12 +130,12 @@ def test_rowwise_quantization_error_is_bounded() -> None:
         assert (np.abs(back - x).max(axis=1) <= 0.5 * step + 2e-3 * np.abs(x).max(axis=1) + 1e-6).all()
 
 
-@given(st.integers(0, 2**31), st.integers(0, 40), st.integers(1, 20), st.integers(0, 60))
-def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int) -> None:
+@given(st.integers(0, 2**31), st.integers(0, 40), st.integers(1, 20), st.integers(0, 60), st.integers(1, 9))
+def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int, nchunks: int) -> None:
     rng = np.random.default_rng(seed)
     values = (rng.standard_normal((max(n, 1), dim)) * 1000).astype(np.float16)
     ids = rng.integers(0, values.shape[0], nids).astype(np.int64)
-    got = dense.fp16_gather(values.view(np.uint16), ids, HALF_TABLE)
+    got = dense.fp16_gather(values.view(np.uint16), ids, HALF_TABLE, nchunks)
     np.testing.assert_array_equal(got, dense.fp16_gather_numpy(values, ids))
     np.testing.assert_array_equal(dense.fp16_gather_serial(values.view(np.uint16), ids, HALF_TABLE), got)
 
