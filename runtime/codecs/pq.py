@@ -205,8 +205,9 @@ class PqCodec(Codec):
         blocked = self.derived.get("blocked_codes")
         if blocked is not None:
             tables, bias, scale, slack = fastscan.quantize_luts(luts)
+            # one chunk a thread: every chunk fills its own heap, and at this scan speed the
+            # heap pushes are a large share of the time
             keys, ids = fastscan.fastscan_topk(
-                # one chunk a thread: the scan is cheap enough that heap pushes dominate the rest
                 blocked,
                 tables,
                 luts,
