@@ -68,6 +68,10 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(path)
     file = root / MANIFEST
+    if root.is_file():
+        raise ArtifactNotFound(
+            f"{str(root)!r} is a file; an artifact directory is expected (make one with `embserve compress`)"
+        )
     if not root.is_dir():
         raise ArtifactNotFound(f"artifact directory {str(root)!r} does not exist")
     if not file.is_file():

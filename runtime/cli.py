@@ -1,4 +1,4 @@
-"""Offline commands of the `embserve` CLI: compress, inspect, eval.
+"""Offline commands of the `embserve` CLI: compress, import, inspect, eval.
 
 `service.cli` adds `serve` and owns the entry point; these work without the service installed.
 """
@@ -17,6 +17,8 @@ import numpy as np
 from runtime import artifact
 from runtime.codecs import CODECS
 from runtime.errors import EmbserveError, InvalidRequest
+from runtime.importer import check_output, import_tables
+from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
 
 # flag -> (codec option, type); a flag given for a codec without that option is an error
@@ -32,23 +34,45 @@ CODEC_FLAGS: dict[str, tuple[str, Any]] = {
 
 
 def add_commands(sub: Any) -> None:
-    """Register compress / inspect / eval on an argparse subparsers object."""
-    p = sub.add_parser("compress", help="compress a float32 .npy table into an artifact directory")
-    p.add_argument("input", type=Path, help="(n, d) .npy file, float32 (other numeric dtypes are cast)")
+    """Register compress / import / inspect / eval on an argparse subparsers object."""
+    p = sub.add_parser("compress", help="compress one float table into an artifact directory")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="(n, d) table: a .npy file (numeric dtypes are cast to float32), a .safetensors file "
+        "or a PyTorch checkpoint (with --tensor)",
+    )
+    p.add_argument("--tensor", help="key of the table in a safetensors file or PyTorch state dict")
     p.add_argument("--codec", required=True, choices=sorted(CODECS))
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
-    p.add_argument("--subspaces", type=int, help="pq: number of subspaces M (must divide d)")
-    p.add_argument("--bits", type=int, help="pq: bits a code, 8 or 4")
-    p.add_argument("--opq", action="store_const", const=True, help="pq: learn an OPQ rotation")
-    p.add_argument("--rotate", action="store_const", const=True, help="binary: random rotation first")
-    p.add_argument("--train-rows", type=int, help="pq: rows sampled for training (default 65536)")
-    p.add_argument("--iterations", type=int, help="pq: Lloyd iterations (default 25)")
-    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 8)")
-    p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an artifact already at --out")
+    _add_codec_flags(p)
     p.add_argument("--version", help="version label (default: creation time)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "import",
+        help="compress every embedding table of a checkpoint into DIR/<table>/ plus DIR/tables.json",
+        description="Finds every 2-D floating-point embedding weight of a PyTorch state dict "
+        "(nn.Embedding / nn.EmbeddingBag modules, TorchRec EmbeddingBagCollection and "
+        "EmbeddingCollection tables), a safetensors file or a .npy file, compresses each with "
+        "--codec, and writes DIR/tables.json for `embserve serve --tables-file`.",
+    )
+    p.add_argument("input", type=Path, help="a PyTorch checkpoint, a .safetensors file or a .npy file")
+    p.add_argument("--out", required=True, type=Path, help="directory to write (one artifact per table)")
+    p.add_argument(
+        "--tensor",
+        action="append",
+        dest="tensors",
+        metavar="KEY",
+        help="import this key (repeatable) instead of every embedding-like key",
+    )
+    p.add_argument("--codec", default="int8", choices=sorted(CODECS), help="codec of every table (default int8)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out directory")
+    _add_codec_flags(p)
+    p.add_argument("--version", help="version label of every table (default: creation time)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("inspect", help="describe an artifact and verify its checksums")
     p.add_argument("dir", type=Path)
@@ -66,6 +90,22 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--oversample", type=int, default=1)
     p.add_argument("--exclude-self", action="store_true", help="with --query-ids: drop the query's own id")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_codec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subspaces", type=int, help="pq: number of subspaces M (must divide d)")
+    p.add_argument("--bits", type=int, help="pq: bits a code, 8 or 4")
+    p.add_argument("--opq", action="store_const", const=True, help="pq: learn an OPQ rotation")
+    p.add_argument("--rotate", action="store_const", const=True, help="binary: random rotation first")
+    p.add_argument("--train-rows", type=int, help="pq: rows sampled for training (default 65536)")
+    p.add_argument("--iterations", type=int, help="pq: Lloyd iterations (default 25)")
+    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 8)")
+    p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _codec_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {opt: getattr(args, flag) for flag, (opt, _) in CODEC_FLAGS.items() if getattr(args, flag) is not None}
 
 
 class _ProgressBar:
@@ -91,15 +131,36 @@ class _ProgressBar:
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise InvalidRequest(f"{what} file {str(path)!r} does not exist")
+    with path.open("rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            # np.load would try it as a pickle and say "pickled data" was refused
+            raise InvalidRequest(f"{what} {str(path)!r} is not a .npy file (write it with numpy.save)")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InvalidRequest(f"cannot read {what} {str(path)!r}: {exc}") from None
 
 
+def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
+    """The table to compress and its provenance string: the one tensor of a .npy file, or `key`."""
+    if isinstance(source, NpySource) and key is None:
+        return source.read(next(iter(source.tensors))), str(source.path)
+    if key is None:
+        if len(source.tensors) != 1:
+            raise InvalidRequest(
+                f"{source.path} holds {len(source.tensors)} tensors; name the table with --tensor KEY "
+                f"({describe_candidates(source.tensors.values())})"
+            )
+        key = next(iter(source.tensors))
+    return read_table(source, key), f"{source.path}:{key}"
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
-    x = _load_npy(args.input, "input")
-    options = {opt: getattr(args, flag) for flag, (opt, _) in CODEC_FLAGS.items() if getattr(args, flag) is not None}
+    check_output(args.out, args.force)
+    x, provenance = _read_input(open_source(args.input), args.tensor)
+    options = _codec_options(args)
     bar = _ProgressBar(not args.quiet)
     start = time.perf_counter()
     try:
@@ -109,7 +170,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             rerank=args.rerank,
             seed=args.seed,
             version=args.version,
-            source=str(args.input),
+            source=provenance,
             progress=bar,
             **options,
         )
@@ -122,6 +183,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
         f"{' + ' + table.rerank.name if table.rerank else ''}, {table.nbytes} bytes "
         f"({table.compression_ratio:.2f}× smaller than fp32) in {elapsed:.1f} s"
     )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+
+    def report(plan: Any, table: Table) -> None:
+        print(f"{plan.name}: {plan.key} -> {table.rows} × {table.dim} {table.codec}, {table.nbytes} bytes")
+
+    index = import_tables(
+        open_source(args.input),
+        args.out,
+        args.codec,
+        keys=args.tensors,
+        force=args.force,
+        on_table=report,
+        rerank=args.rerank,
+        seed=args.seed,
+        version=args.version,
+        **_codec_options(args),
+    )
+    elapsed = time.perf_counter() - start
+    print(f"wrote {len(index['tables'])} tables and {args.out / 'tables.json'} in {elapsed:.1f} s")
     return 0
 
 

@@ -1,12 +1,55 @@
-"""The `embserve` console script: compress / inspect / eval (from runtime) and serve."""
+"""The `embserve` console script: compress / import / inspect / eval (from runtime) and serve."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
 from runtime import cli as offline
 from runtime.table import __version__
+
+# a field whose flag is not its name with dashes (repeatable, so singular)
+FLAG_NAMES = {"tables": "--table"}
+FLAG_METAVARS = {"tables": "NAME=DIR"}
+
+
+def settings_flag(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The argparse type of a settings field: `X | None` -> X, list[X] -> X."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if typing.get_origin(annotation) is list:
+        return _flag_type(args[0])
+    return annotation
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, its description as the help. Defaults stay None so an unset
+    flag leaves the EMBSERVE_* variable (or the field's default) in force."""
+    from service.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name, field in Settings.model_fields.items():
+        kind = _flag_type(field.annotation)
+        default = "" if field.default_factory is not None else f"; default {field.default}"
+        help_text = f"{field.description} (env {prefix}{name.upper()}{default})".replace("%", "%%")
+        flag = settings_flag(name)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(field.annotation) is list:
+            parser.add_argument(flag, dest=name, action="append", metavar=FLAG_METAVARS.get(name), help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind if kind in (int, float, Path) else str, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,46 +57,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.add_commands(sub)
-    p = sub.add_parser("serve", help="serve tables over HTTP and gRPC (the demo table when none is given)")
-    p.add_argument("--table", action="append", dest="tables", metavar="NAME=DIR", help="a table to serve (repeatable)")
-    p.add_argument("--http-port", type=int)
-    p.add_argument("--grpc-port", type=int)
-    p.add_argument("--host")
-    p.add_argument("--artifact-root", help="admin loads are confined below this directory")
-    p.add_argument("--demo-rows", type=int, help="rows of the built-in demo table")
-    p.add_argument("--grace-seconds", type=float, help="SIGTERM drain period")
-    p.add_argument("--max-concurrency", type=int, help="requests in flight before 429")
-    p.add_argument("--log-level")
+    p = sub.add_parser(
+        "serve",
+        help="serve tables over HTTP and gRPC (the demo table when none is given)",
+        description="Every setting is a flag here or an EMBSERVE_* environment variable; flags win.",
+    )
+    add_settings_flags(p)
     p.set_defaults(func=cmd_serve)
     return parser
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding `host:port` fails with EADDRINUSE (port 0 never does)."""
+    if port == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # both servers bind with SO_REUSEADDR, so a port in TIME_WAIT is not "in use" for them either
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def busy_port_message(host: str, ports: dict[str, int]) -> str | None:
+    for transport, port in ports.items():
+        if port_in_use(host, port):
+            return f"{transport} port {port} on {host} is already in use (another server running?)"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Flags override EMBSERVE_* environment variables, which override defaults."""
+    """Flags override EMBSERVE_* environment variables, which override defaults. A port in use is
+    one line and exit status 1; a bad setting or table one line and exit status 2."""
     from pydantic import ValidationError
 
+    from runtime.artifact import read_manifest
     from service.server import serve
     from service.settings import Settings
 
-    names = (
-        "tables",
-        "http_port",
-        "grpc_port",
-        "host",
-        "artifact_root",
-        "demo_rows",
-        "grace_seconds",
-        "max_concurrency",
-        "log_level",
-    )
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    overrides = {n: getattr(args, n) for n in Settings.model_fields if getattr(args, n, None) is not None}
     try:
         settings = Settings(**overrides)
-        settings.table_specs()
+        specs = settings.table_specs()
     except (ValidationError, ValueError) as exc:
         print(f"embserve serve: invalid settings: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
+    for _, path in specs:
+        read_manifest(path)  # a missing or wrong path is refused before any port is bound
+    ports = {"HTTP": settings.http_port, "gRPC": settings.grpc_port}
+    busy = busy_port_message(settings.host, ports)
+    if busy is None:
+        try:
+            serve(settings)
+        except (OSError, RuntimeError) as exc:
+            # lost a race for a port after the check: grpc raises RuntimeError, the HTTP bind OSError
+            busy = busy_port_message(settings.host, ports)
+            if busy is None:
+                raise exc from None
+    if busy is not None:
+        print(f"embserve serve: error: {busy}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     tables: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="NAME=DIR artifacts to serve at start"
     )
+    tables_file: Path | None = Field(
+        None, description="tables.json written by `embserve import`: every table it lists is served too"
+    )
     demo: bool = Field(True, description="serve the built-in demo table when no table is configured")
     demo_dir: Path = Field(
         Path.home() / ".cache" / "embserve" / "demo", description="where the demo artifact is cached"
@@ -50,11 +53,19 @@ class Settings(BaseSettings):
         return value
 
     def table_specs(self) -> list[tuple[str, Path]]:
-        """Parsed `tables`: [(name, directory)]."""
+        """Parsed `tables`, then the tables of `tables_file`: [(name, directory)], names unique."""
         specs = []
         for spec in self.tables:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise ValueError(f"table spec {spec!r} must be NAME=DIR")
             specs.append((name.strip(), Path(path.strip())))
+        if self.tables_file is not None:
+            from runtime.importer import read_tables_file
+
+            specs.extend(read_tables_file(self.tables_file))
+        names = [name for name, _ in specs]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"table {duplicate!r} is configured twice")
         return specs

@@ -1,0 +1,163 @@
+"""`embserve import`: every embedding table of a checkpoint into artifacts and a `tables.json`.
+
+Output directory layout:
+
+    DIR/tables.json      {"format_version": 1, "source": ..., "tables": [{"name", "path", "tensor",
+                          "rows", "dim", "codec", "rerank", "nbytes"}]}; `path` is relative to DIR
+    DIR/<name>/          one artifact directory per table
+
+Everything is checked (keys, shapes, dtypes, names) before anything is compressed, and the
+directory is built under a temporary name beside DIR and renamed into place at the end, so a
+failure leaves nothing behind (and, with `force`, the old DIR untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import artifact
+from runtime.errors import InvalidRequest
+from runtime.sources import Source, describe_candidates, embedding_keys, read_table, table_name
+from runtime.table import Table, compress
+
+TABLES_FILE = "tables.json"
+TABLES_FILE_VERSION = 1
+TABLE_NAME_MAX = 128
+
+
+@dataclass(frozen=True)
+class PlannedTable:
+    name: str
+    key: str
+    rows: int
+    dim: int
+
+
+def plan_tables(source: Source, keys: list[str] | None = None) -> list[PlannedTable]:
+    """The tables to import: `keys` when given, else every embedding-like key. Each must be a 2-D
+    floating-point tensor; names come from the keys (TorchRec's table names, or module names),
+    made unique by the full key when two would clash."""
+    chosen = keys if keys else embedding_keys(source.tensors)
+    if not chosen:
+        raise InvalidRequest(
+            f"found no embedding table in {source.path}: {describe_candidates(source.tensors.values())}"
+        )
+    infos = []
+    for key in chosen:
+        info = source.info(key)
+        if len(info.shape) != 2 or not info.is_float:
+            read_table(source, key)  # raises the message naming what is wrong
+        infos.append(info)
+    short = [table_name(info.key) for info in infos]
+    planned = []
+    for info, name in zip(infos, short, strict=True):
+        if short.count(name) > 1:
+            name = info.key.removesuffix(".weight").replace(".", "_")
+        if not name or len(name) > TABLE_NAME_MAX or "/" in name or name.startswith("."):
+            raise InvalidRequest(f"tensor {info.key!r} gives table name {name!r}, which is not a valid table name")
+        planned.append(PlannedTable(name, info.key, int(info.shape[0]), int(info.shape[1])))
+    names = [p.name for p in planned]
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"tensors give duplicate table names: {names}")
+    return planned
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to write into an existing non-empty directory (an artifact, an import) unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"output {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "an artifact" if (out / artifact.MANIFEST).exists() else "files"
+        raise InvalidRequest(f"output directory {str(out)!r} already holds {what}; pass --force to replace it")
+
+
+def replace_dir(built: Path, out: Path) -> None:
+    """Move a finished directory to `out`, replacing what was there only after the move succeeds."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+        os.replace(out, old / out.name)
+    os.replace(built, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def import_tables(
+    source: Source,
+    out: str | os.PathLike[str],
+    codec: str,
+    *,
+    keys: list[str] | None = None,
+    force: bool = False,
+    on_table: Callable[[PlannedTable, Table], None] | None = None,
+    **compress_options: Any,
+) -> dict[str, Any]:
+    """Compress every planned table of `source` with `codec` (and `compress_options`, as
+    `runtime.compress` takes them) into DIR/<name>/ and write DIR/tables.json; returns its content."""
+    target = Path(out)
+    check_output(target, force)
+    planned = plan_tables(source, keys)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
+    try:
+        entries = []
+        for plan in planned:
+            table = compress(
+                read_table(source, plan.key), codec, source=f"{source.path}:{plan.key}", **compress_options
+            )
+            table.save(building / plan.name)
+            entries.append(
+                {
+                    "name": plan.name,
+                    "path": plan.name,
+                    "tensor": plan.key,
+                    "rows": table.rows,
+                    "dim": table.dim,
+                    "codec": table.codec,
+                    "rerank": table.rerank.name if table.rerank is not None else None,
+                    "nbytes": table.nbytes,
+                }
+            )
+            if on_table is not None:
+                on_table(plan, table)
+        index = {"format_version": TABLES_FILE_VERSION, "source": str(source.path), "tables": entries}
+        (building / TABLES_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        os.chmod(building, 0o755)  # mkdtemp makes it 0700; the server may run as another user
+        replace_dir(building, target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return index
+
+
+def read_tables_file(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """[(name, artifact directory)] of a `tables.json`; relative paths are taken from its directory."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / TABLES_FILE
+    try:
+        index = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InvalidRequest(f"tables file {str(file)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"tables file {str(file)!r} cannot be read: {exc}") from None
+    tables = index.get("tables") if isinstance(index, dict) else None
+    if not isinstance(tables, list):
+        raise InvalidRequest(f"tables file {str(file)!r} must be an object with a 'tables' list")
+    specs = []
+    for i, entry in enumerate(tables):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("path"), str)
+        ):
+            raise InvalidRequest(f"tables file {str(file)!r}: tables[{i}] needs string 'name' and 'path'")
+        specs.append((entry["name"], file.parent / entry["path"]))
+    return specs

@@ -1,0 +1,145 @@
+"""`embserve serve` on the command line: a flag for every setting, --tables-file, and one-line
+errors for a busy port and a table path that is not an artifact directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import runtime
+from service.cli import build_parser, main, settings_flag
+from service.settings import Settings
+from tests.conftest import low_rank_table
+from tests.service.live import free_port, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["serve"]
+
+
+def test_every_setting_has_a_flag_with_its_description_as_help() -> None:
+    parser = _serve_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for name, field in Settings.model_fields.items():
+        assert name in actions, f"setting {name} has no flag"
+        action = actions[name]
+        assert settings_flag(name) in action.option_strings
+        help_text = action.help or ""
+        assert field.description and field.description in help_text, name
+        assert f"EMBSERVE_{name.upper()}" in help_text
+
+
+def test_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[Settings] = []
+    monkeypatch.setattr("service.server.serve", seen.append)
+    monkeypatch.setenv("EMBSERVE_MAX_IDS", "77")
+    monkeypatch.setenv("EMBSERVE_WARMUP", "true")
+    argv = [
+        "serve",
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--max-queries",
+        "9",
+        "--parallel-min-ids",
+        "64",
+        "--no-warmup",
+        "--no-demo",
+        "--demo-dir",
+        str(tmp_path),
+        "--grace-seconds",
+        "1.5",
+        "--admin-token",
+        "secret",
+    ]
+    assert main(argv) == 0
+    (s,) = seen
+    assert (s.max_queries, s.parallel_min_ids, s.warmup, s.demo, s.demo_dir) == (9, 64, False, False, tmp_path)
+    assert (s.grace_seconds, s.admin_token) == (1.5, "secret")
+    assert s.max_ids == 77  # no flag given: the environment variable stays in force
+
+
+def test_a_table_path_that_is_a_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "items.npy", low_rank_table(10, 4))
+    assert main(["serve", "--table", f"x={tmp_path / 'items.npy'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "items.npy' is a file; an artifact directory is expected" in err
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("transport", ["HTTP", "gRPC"])
+def test_a_busy_port_is_one_line_and_exit_status_1(listening: int, transport: str) -> None:
+    ports = {"HTTP": str(listening), "gRPC": str(free_port())}
+    if transport == "gRPC":
+        ports = {"HTTP": str(free_port()), "gRPC": str(listening)}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--http-port", ports["HTTP"], "--grpc-port", ports["gRPC"]]
+    env = {**os.environ, "EMBSERVE_DEMO": "false"}
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert run.returncode == 1
+    busy = f"{transport} port {listening} on 127.0.0.1 is already in use (another server running?)"
+    assert run.stderr == f"embserve serve: error: {busy}\n"
+
+
+def test_tables_file_setting_reads_import_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    index = tmp_path / "t" / "tables.json"
+    index.parent.mkdir()
+    index.write_text('{"tables": [{"name": "a", "path": "a"}, {"name": "b", "path": "/abs/b"}]}')
+    monkeypatch.setenv("EMBSERVE_TABLES_FILE", str(index))
+    assert Settings(tables=["c=/c"]).table_specs() == [
+        ("c", Path("/c")),
+        ("a", index.parent / "a"),
+        ("b", Path("/abs/b")),
+    ]
+    with pytest.raises(ValueError, match=r"table 'a' is configured twice"):
+        Settings(tables=["a=/x"]).table_specs()
+    with pytest.raises(ValueError, match=r"tables file .* does not exist"):
+        Settings(tables_file=tmp_path / "missing.json").table_specs()
+
+
+@pytest.mark.slow
+def test_serve_tables_file_from_import(tmp_path: Path) -> None:
+    users, items = low_rank_table(500, 16, seed=1), low_rank_table(300, 8, seed=2)
+    from safetensors.numpy import save_file
+
+    save_file(
+        {
+            "sparse_arch.embedding_bag_collection.embedding_bags.t_user.weight": users,
+            "sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight": items,
+        },
+        str(tmp_path / "model.safetensors"),
+    )
+    out = tmp_path / "tables"
+    assert main(["import", str(tmp_path / "model.safetensors"), "--out", str(out), "--codec", "fp16"]) == 0
+    server = start_server(tmp_path, ["--tables-file", str(out / "tables.json"), "--no-demo"])
+    try:
+        names = sorted(t["name"] for t in httpx.get(f"{server.http}/v1/tables").json()["tables"])
+        assert names == ["t_item", "t_user"]
+        got = httpx.post(f"{server.http}/v1/tables/t_user/lookup", json={"ids": [0, 499]}).json()
+        np.testing.assert_allclose(np.array(got["embeddings"]), users[[0, 499]], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            np.array(httpx.post(f"{server.http}/v1/tables/t_item/lookup", json={"ids": [7]}).json()["embeddings"]),
+            runtime.load_table(out / "t_item").lookup([7]),
+        )
+    finally:
+        assert server.terminate() == 0
