@@ -10,6 +10,9 @@ from runtime.errors import DimensionMismatch, IdOutOfRange, InvalidRequest, Unsu
 
 METRICS = ("ip", "l2", "hamming")
 FP16_MAX = float(np.finfo(np.float16).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INT64_MAX = int(np.iinfo(np.int64).max)
+INT64_LIMIT_FLOAT = 2.0**63  # the first float past int64's range
 
 
 def check_table_input(x: Any) -> np.ndarray:
@@ -25,12 +28,26 @@ def check_table_input(x: Any) -> np.ndarray:
         raise InvalidRequest(f"table must be 2-D (rows, dim), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidRequest(f"table must have at least one row and one column, got {arr.shape}")
+    refuse_beyond_float32(arr, "table row")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"table row {row} contains NaN or Inf (or overflows float32)")
     return arr
+
+
+def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
+    """Finite float64 values past float32's range would become inf in the cast (with a numpy
+    warning in the log): name the first row `(n, ...)` that has one instead."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= 4 or arr.size == 0:
+        return
+    flat = arr.reshape(arr.shape[0], -1)
+    beyond = np.isfinite(flat) & (np.abs(flat) > FLOAT32_MAX)
+    rows = beyond.any(axis=1)
+    if rows.any():
+        row = int(np.flatnonzero(rows)[0])
+        raise InvalidRequest(f"{what} {row} has a value beyond float32's range (±{FLOAT32_MAX:.4g})")
 
 
 def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
@@ -45,8 +62,17 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
         raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
-    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
-        raise InvalidRequest(f"{field} hold a value too large for int64")
+    # JSON parsers hand integers past int64 over as uint64 or float64: casting those would wrap to
+    # a wrong id (and log a numpy warning), so refuse them by position first
+    beyond = None
+    if arr.dtype.kind == "u":
+        beyond = arr > np.uint64(INT64_MAX)
+    elif arr.dtype.kind == "f":
+        beyond = (arr < -INT64_LIMIT_FLOAT) | (arr >= INT64_LIMIT_FLOAT)
+    if beyond is not None and beyond.any():
+        pos = int(np.flatnonzero(beyond)[0])
+        value = f"{arr[pos]:g}" if arr.dtype.kind == "f" else str(arr[pos])
+        raise InvalidRequest(f"{field}[{pos}] = {value} is out of the int64 range (|id| < 2**63)")
     out = np.ascontiguousarray(arr, dtype=np.int64)
     # two reductions on the hot path; the position is looked for only when something is wrong
     if out.min() < 0 or out.max() >= rows:
@@ -75,6 +101,7 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
         raise InvalidRequest(f"{field} must be 2-D (q, dim), got shape {arr.shape}")
     if arr.shape[1] != dim and arr.shape[0] != 0:
         raise DimensionMismatch(int(arr.shape[1]), dim, field)
+    refuse_beyond_float32(arr, f"{field} row")
     out = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape[0], dim)
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():

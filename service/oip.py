@@ -145,8 +145,10 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
     dtype = _dtype(name, datatype)
     dims = _shape(name, shape)
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+        # a value past the datatype's range is an error here, not a numpy warning in the log
+        with np.errstate(over="raise", invalid="raise"):
+            arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise InvalidRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
     if arr.size != int(np.prod(dims, dtype=np.int64)):
         raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {int(np.prod(dims))}")

@@ -74,6 +74,13 @@ def _optional_tensor(request: Any, field: str) -> np.ndarray | None:
     return tensor_to_array(getattr(request, field), field) if request.HasField(field) else None
 
 
+def _required_tensor(request: Any, field: str) -> np.ndarray:
+    # an unset message field reads as an empty Tensor, whose dtype '' would be the complaint
+    if not request.HasField(field):
+        raise InvalidRequest(f"{field} is required")
+    return tensor_to_array(getattr(request, field), field)
+
+
 def table_info(info: dict[str, Any]) -> pb.TableInfo:
     return pb.TableInfo(
         name=info["name"],
@@ -107,7 +114,7 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
-        ids = tensor_to_array(request.ids, "ids")
+        ids = _required_tensor(request, "ids")
         offsets = _optional_tensor(request, "offsets")
         rows = await self.service.lookup(TRANSPORT, request.table, ids, offsets, request.mode or "sum")
         return pb.LookupResponse(embeddings=array_to_tensor(rows))
@@ -131,7 +138,7 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
         scores = await self.service.score(
             TRANSPORT,
             request.table,
-            candidate_ids=tensor_to_array(request.candidate_ids, "candidate_ids"),
+            candidate_ids=_required_tensor(request, "candidate_ids"),
             queries=_optional_tensor(request, "queries"),
             query_ids=_optional_tensor(request, "query_ids"),
             metric=request.metric or "ip",

@@ -51,6 +51,28 @@ def test_ids_out_of_range_name_the_id_and_position(table: runtime.Table) -> None
         table.score([[1, 200]], query_ids=[0])
 
 
+def test_ids_past_int64_are_refused_not_wrapped(table: runtime.Table) -> None:
+    # what a JSON parser makes of 99999999999999999999 and of 10**19: float64 and uint64; the
+    # cast to int64 used to give -9223372036854775808 and a numpy RuntimeWarning (an error here)
+    with pytest.raises(InvalidRequest, match=r"ids\[1\] = 1e\+20 is out of the int64 range"):
+        table.lookup(np.array([1.0, 99999999999999999999.0]))
+    with pytest.raises(InvalidRequest, match=r"ids\[0\] = 10000000000000000000 is out of the int64 range"):
+        table.lookup(np.array([10**19], np.uint64))
+    with pytest.raises(InvalidRequest, match=r"query_ids\[0\] = 9\.22337e\+18 is out of the int64 range"):
+        table.search_by_id(np.array([2.0**63]), 3)
+    with pytest.raises(IdOutOfRange, match=r"ids\[0\] = -9223372036854775808 is out of range"):
+        table.lookup(np.array([-(2.0**63)]))  # the smallest int64 itself is a valid int64
+
+
+def test_float64_beyond_float32_is_refused_without_a_cast_warning(table: runtime.Table) -> None:
+    with pytest.raises(InvalidRequest, match="queries row 1 has a value beyond float32's range"):
+        table.search(np.array([[0.0] * table.dim, [1e300] + [0.0] * (table.dim - 1)]), 3)
+    with pytest.raises(InvalidRequest, match="table row 2 has a value beyond float32's range"):
+        runtime.compress(np.array([[1.0, 2.0], [3.0, 4.0], [1e39, 0.0]]), "fp32")
+    with pytest.raises(InvalidRequest, match="NaN or Inf"):
+        table.search(np.array([[np.inf] * table.dim]), 3)
+
+
 def test_k_is_a_positive_integer(table: runtime.Table) -> None:
     q = np.ones((1, 16), np.float32)
     for bad in (0, -3, 2.5, "3", True, None):

@@ -140,3 +140,16 @@ def test_grpcurl_lists_services_through_reflection(served: Served) -> None:
         timeout=30,
     )
     assert call.returncode == 0 and json.loads(call.stdout)["codec"] == "pq"
+
+
+def test_a_missing_array_is_required_not_a_bad_dtype(stub: pb_grpc.EmbeddingServiceStub) -> None:
+    for call, request, field in (
+        (stub.Lookup, pb.LookupRequest(table="items"), "ids"),
+        (stub.Score, pb.ScoreRequest(table="items", query_ids=array_to_tensor(np.array([1]))), "candidate_ids"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == f"{field} is required"
+    empty = stub.Lookup(pb.LookupRequest(table="items", ids=array_to_tensor(np.zeros(0, np.int64))))
+    assert list(empty.embeddings.shape) == [0, 32]

@@ -122,3 +122,21 @@ def test_raw_bad_bodies(client: httpx.Client) -> None:
     )
     assert r.status_code == 400
     assert client.get("/healthz").status_code == 200
+
+
+def test_ids_past_int64_and_floats_past_float32_are_named_and_nothing_is_logged(
+    client: httpx.Client, served: Served
+) -> None:
+    # JSON integers past int64 used to wrap to -9223372036854775808, with a numpy warning in the log
+    r = client.post("/v1/tables/items/lookup", content=b'{"ids": [1, 99999999999999999999]}')
+    assert r.status_code == 400
+    assert "ids[1] = 1e+20 is out of the int64 range" in r.json()["error"]
+    r = client.post("/v1/tables/items/lookup", content=b'{"ids": [10000000000000000000]}')
+    assert r.status_code == 400 and "ids[0] = 10000000000000000000 is out of the int64 range" in r.json()["error"]
+    r = client.post("/v1/tables/items/search", json={"queries": [[1e300] * 32], "k": 3})
+    assert r.status_code == 400 and "beyond float32's range" in r.json()["error"]
+    body = {"inputs": [{"name": "queries", "shape": [1, 32], "datatype": "FP32", "data": [1e300] * 32}]}
+    r = client.post("/v2/models/items.search/infer", json=body)
+    assert r.status_code == 400 and "overflow" in r.json()["error"]
+    assert client.post("/v1/tables/items/lookup", json={"ids": [1]}).status_code == 200
+    assert "Warning" not in served.server.log()
