@@ -51,5 +51,4 @@ __all__ = [
     "codec_class",
     "compress",
     "load_table",
-    "set_parallel_min_ids",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 from runtime import artifact
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, EmbserveError, InvalidRequest
+from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.validation import (
     check_id_matrix,
     check_ids,
@@ -292,11 +293,15 @@ def _build_codec(name: Any, params: Any, rows: int, dim: int, arrays: dict[str, 
     return codec
 
 
-def load_table(path: str | os.PathLike[str], verify: bool = True) -> Table:
+def load_table(path: str | os.PathLike[str], verify: bool = True, *, parallel_min_ids: int | None = None) -> Table:
     """Load a table artifact directory, memory-mapping its arrays after verifying checksums.
 
+    `parallel_min_ids` (1..4096, default 512): lookups of fewer ids gather on the calling thread;
+    a server whose requests already run concurrently passes a higher one.
     Raises ArtifactNotFound, ArtifactCorrupt or ArtifactIncompatible with a message naming the
     problem; nothing is half-loaded."""
+    if parallel_min_ids is not None and not 1 <= parallel_min_ids <= PARALLEL_MIN_IDS:
+        raise InvalidRequest(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {parallel_min_ids}")
     manifest = artifact.read_manifest(path)
     arrays = artifact.load_arrays(path, manifest, verify=verify)
     rows, dim = manifest["rows"], manifest["dim"]
@@ -311,6 +316,10 @@ def load_table(path: str | os.PathLike[str], verify: bool = True) -> Table:
             raise ArtifactCorrupt("manifest field 'rerank' must be null or an object with codec and params")
         theirs = {n.removeprefix("rerank."): a for n, a in arrays.items() if n.startswith("rerank.")}
         rerank = _build_codec(spec.get("codec"), spec["params"], rows, dim, theirs)
+    if parallel_min_ids is not None:
+        for codec in (primary, rerank):
+            if codec is not None:
+                codec.parallel_min_ids = int(parallel_min_ids)
     return Table(
         primary,
         rerank,

@@ -29,7 +29,6 @@ from runtime.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from runtime.kernels.rowwise import set_parallel_min_ids
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
 from service.errors import status_label
@@ -67,7 +66,6 @@ class EmbeddingService:
         self.draining = False
         self.started = False
         self.metrics.build.info({"version": __version__})
-        set_parallel_min_ids(settings.parallel_min_ids)
         self._refresh_ready()
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -88,7 +86,7 @@ class EmbeddingService:
             log.info("no table configured: serving the built-in demo table 'demo' from %s", path)
             specs = [("demo", path)]
         for name, path in specs:
-            table = load_table(path)
+            table = load_table(path, parallel_min_ids=self.settings.parallel_min_ids)
             if self.settings.warmup:
                 table.warmup()
             self._install(name, table)
@@ -309,7 +307,7 @@ class EmbeddingService:
             directory = self.confine(path)
 
             def load() -> Table:
-                table = load_table(directory)
+                table = load_table(directory, parallel_min_ids=self.settings.parallel_min_ids)
                 if self.settings.warmup:
                     table.warmup()
                 return table

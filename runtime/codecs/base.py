@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
-from runtime.kernels.rowwise import PARALLEL_MIN_IDS
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
 
 Progress = Callable[[str, int, int], None]
@@ -48,6 +48,8 @@ class Codec(ABC):
     required_arrays: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, Any]] = {}
     """Keyword options of `fit` and their defaults; they are the codec's persisted params."""
+    parallel_min_ids: int = DEFAULT_PARALLEL_MIN_IDS
+    """Lookups of fewer ids gather on the calling thread (set per table by `load_table`)."""
 
     def __init__(self, rows: int, dim: int, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.rows = rows

@@ -41,7 +41,7 @@ class Fp16Codec(Codec):
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         bits16 = self.arrays["values"].view(np.uint16)
-        if use_parallel(ids.shape[0]):
+        if use_parallel(ids.shape[0], self.parallel_min_ids):
             return dense.fp16_gather(bits16, ids, HALF_TABLE, numba.get_num_threads())
         return dense.fp16_gather_serial(bits16, ids, HALF_TABLE)
 

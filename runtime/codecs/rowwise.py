@@ -42,7 +42,7 @@ class RowwiseCodec(Codec):
         return None
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits)
+        return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)

@@ -25,25 +25,15 @@ def make_half_table() -> np.ndarray:
 HALF_TABLE = make_half_table()
 PARALLEL_MIN_IDS = 4096
 """Size of the batch warm-up compiles the parallel kernels with (the largest threshold used)."""
+DEFAULT_PARALLEL_MIN_IDS = 512
+"""Batches of fewer ids gather on the calling thread. A library caller wants every core on one
+batch; a server already runs requests concurrently and passes a higher threshold down through
+`load_table(..., parallel_min_ids=...)` (EMBSERVE_PARALLEL_MIN_IDS)."""
 
 
-class _Parallelism:
-    """Batches of fewer ids than `min_ids` gather on the calling thread. A library caller wants
-    every core on one batch (default 512); a server already runs requests concurrently and sets
-    it higher (EMBSERVE_PARALLEL_MIN_IDS)."""
-
-    min_ids = 512
-
-
-def set_parallel_min_ids(min_ids: int) -> None:
-    if min_ids < 1 or min_ids > PARALLEL_MIN_IDS:
-        raise ValueError(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {min_ids}")
-    _Parallelism.min_ids = int(min_ids)
-
-
-def use_parallel(n_ids: int) -> bool:
+def use_parallel(n_ids: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> bool:
     # with one thread a parallel region is pure launch overhead
-    return n_ids >= _Parallelism.min_ids and numba.get_num_threads() > 1
+    return n_ids >= min_ids and numba.get_num_threads() > 1
 
 
 def packed_bytes(dim: int, bits: int) -> int:
@@ -151,9 +141,11 @@ def bags(
     return out
 
 
-def gather_rows(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
-    """Dequantizing gather, parallel only where the batch is large enough to pay for it."""
-    if use_parallel(ids.shape[0]):
+def gather_rows(
+    rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS
+) -> np.ndarray:
+    """Dequantizing gather, parallel only for batches of at least `min_ids` ids."""
+    if use_parallel(ids.shape[0], min_ids):
         return gather(rows, ids, dim, bits, HALF_TABLE, numba.get_num_threads())
     return gather_serial(rows, ids, dim, bits, HALF_TABLE)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,5 +191,63 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
     assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
 
 
-def test_warmup_runs(table: tuple[str, runtime.Table]) -> None:
-    table[1].warmup()
+def _compiled_signatures() -> dict[str, int]:
+    """Compiled specializations of every numba kernel, by name."""
+    import importlib
+    import pkgutil
+
+    from numba.core.dispatcher import Dispatcher
+
+    import runtime.kernels
+
+    counts = {}
+    for info in pkgutil.iter_modules(runtime.kernels.__path__):
+        module = importlib.import_module(f"runtime.kernels.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher):
+                counts[f"{info.name}.{name}"] = len(value.signatures)
+    return counts
+
+
+def test_warmup_leaves_nothing_for_requests_to_compile(table: tuple[str, runtime.Table], tmp_path: Path) -> None:
+    name, built = table
+    built.save(tmp_path / "t")
+    loaded = runtime.load_table(tmp_path / "t")  # memory-mapped, read-only arrays: what a server serves
+    loaded.warmup()
+    before = _compiled_signatures()
+    few, many = np.array([3, 1]), np.arange(5000) % loaded.rows
+    loaded.lookup(few)
+    loaded.lookup(many)
+    loaded.lookup_pooled(many, [0, 7, 4000], "mean")
+    q = loaded.lookup(few)
+    for metric in loaded.metrics:
+        loaded.search(q, 5, metric, oversample=3)
+        loaded.search_by_id(few, 5, metric, oversample=3)
+        loaded.score([[0, 1], [2, 3]], queries=q, metric=metric)
+        loaded.score([[0, 1], [2, 3]], query_ids=few, metric=metric)
+    after = _compiled_signatures()
+    assert {k: after[k] - before[k] for k in after if after[k] != before.get(k, 0)} == {}, name
+
+
+def test_every_exported_name_exists() -> None:
+    missing = [name for name in runtime.__all__ if not hasattr(runtime, name)]
+    assert missing == []
+
+
+def test_parallel_threshold_is_passed_to_each_table_not_set_globally(x: np.ndarray, tmp_path: Path) -> None:
+    from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, use_parallel
+
+    for codec in ("int8", "fp16"):
+        runtime.compress(x, codec).save(tmp_path / codec)
+        eager = runtime.load_table(tmp_path / codec, parallel_min_ids=1)
+        lazy = runtime.load_table(tmp_path / codec, parallel_min_ids=4096)
+        default = runtime.load_table(tmp_path / codec)
+        assert (eager.primary.parallel_min_ids, lazy.primary.parallel_min_ids) == (1, 4096)
+        assert default.primary.parallel_min_ids == DEFAULT_PARALLEL_MIN_IDS  # the others changed nothing shared
+        ids = np.arange(1000, dtype=np.int64) % x.shape[0]
+        np.testing.assert_array_equal(eager.lookup(ids), lazy.lookup(ids))
+    threads = runtime.codecs.base.numba.get_num_threads()
+    assert use_parallel(1000, 1000) == (threads > 1) and not use_parallel(999, 1000)
+    for bad in (0, 4097):
+        with pytest.raises(runtime.InvalidRequest, match=r"parallel_min_ids must be in 1\.\.4096"):
+            runtime.load_table(tmp_path / "int8", parallel_min_ids=bad)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import Served, require_binary
 from tests.service.live import free_port
@@ -14,6 +15,11 @@ from tests.service.live import free_port
 
 def test_metrics_exposition(served: Served) -> None:
     httpx.post(f"{served.server.http}/v1/tables/items/lookup", json={"ids": [1, 2]})
+    # ids and unknown table names must never become label values
+    bad_id = httpx.post(f"{served.server.http}/v1/tables/items/lookup", json={"ids": [3, 987654321]})
+    assert bad_id.status_code == 400
+    unknown = httpx.post(f"{served.server.http}/v1/tables/no-such-table-4242/lookup", json={"ids": [1]})
+    assert unknown.status_code == 404
     text = httpx.get(f"{served.server.http}/metrics").text
     for name in (
         "embserve_request_duration_seconds_bucket",
@@ -29,7 +35,16 @@ def test_metrics_exposition(served: Served) -> None:
     ):
         assert name in text, name
     assert 'embserve_table_rows{table="items"} 4000.0' in text
-    assert 'status="400"' not in text or "ids=" not in text  # no ids ever leak into labels
+    assert "987654321" not in text and "no-such-table-4242" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = [s for s in families["embserve_requests"].samples if s.name == "embserve_requests_total"]
+    assert any(s.labels["table"] == "items" and s.labels["status"] == "400" for s in requests)
+    assert any(s.labels["table"] == "unknown" and s.labels["status"] == "404" for s in requests)
+    allowed = {"transport", "operation", "table", "status", "codec", "rerank", "version", "le"}
+    for family in families.values():
+        if family.name.startswith("embserve_") and family.name != "embserve_build":
+            for sample in family.samples:
+                assert set(sample.labels) <= allowed, sample
 
 
 def test_promtool_finds_no_problem(served: Served, tmp_path: Path) -> None:

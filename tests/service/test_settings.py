@@ -38,3 +38,18 @@ def test_error_table_is_complete() -> None:
     assert status_for(InvalidRequest())[0] == 400
     assert status_for(ValueError())[0] == 500
     assert all(issubclass(cls, EmbserveError) for cls in ERROR_STATUS)
+
+
+def test_service_passes_the_parallel_threshold_to_the_tables_it_loads(tmp_path: Path) -> None:
+    import numpy as np
+
+    import runtime
+    from service.core import EmbeddingService
+
+    runtime.compress(np.ones((50, 8), np.float32), "int8").save(tmp_path / "t")
+    service = EmbeddingService(Settings(demo=False, warmup=False, tables=[f"t={tmp_path / 't'}"], parallel_min_ids=64))
+    try:
+        service.load_configured()
+        assert service.store.get("t").table.primary.parallel_min_ids == 64
+    finally:
+        service.close()
