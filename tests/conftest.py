@@ -18,6 +18,22 @@ settings.register_profile(
 settings.load_profile("embserve")
 
 
+_running: list[pytest.Item] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[:] = [item]
+
+
+def require_external_marker(binary: str) -> None:
+    """A test that runs a binary outside Python must carry the `external` marker, so that
+    `pytest -m "not external"` really leaves out every such test."""
+    item = _running[0] if _running else None
+    if item is not None and item.get_closest_marker("external") is None:
+        pytest.fail(f"{item.nodeid} runs {binary}: mark it @pytest.mark.external")
+
+
 def low_rank_table(rows: int, dim: int, seed: int = 0, rank: int = 8) -> np.ndarray:
     """A float32 table that is not trivially compressible: low-rank signal plus full-rank noise."""
     rng = np.random.default_rng(seed)

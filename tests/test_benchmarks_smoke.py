@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import perf
 
 
+@pytest.mark.slow
 def test_perf_suite_smoke(tmp_path: Path) -> None:
     assert (
         perf.main(
@@ -35,6 +38,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
     assert "| op | threads |" in (tmp_path / "perf.md").read_text()
 
 
+@pytest.mark.slow
 def test_service_bench_smoke(tmp_path: Path) -> None:
     from benchmarks import service_bench
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import require_external_marker
 from tests.service.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,7 @@ DEPLOY = ROOT / "deploy"
 
 
 def tool(name: str) -> str:
+    require_external_marker(name)
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
         pytest.fail(f"{name} is a test dependency: pip install -e '.[test]'")
@@ -41,6 +43,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.external
 def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
     out = tmp_path / f"{overlay}.yaml"
@@ -53,6 +56,7 @@ def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.external
 def test_deployment_contract(overlay: str) -> None:
     docs = render(overlay)
     deployment = by_kind(docs, "Deployment")
@@ -89,6 +93,7 @@ def test_config_map_keys_are_real_settings() -> None:
     assert {k for k in config if k.startswith("EMBSERVE_")} <= known
 
 
+@pytest.mark.external
 def test_alert_rules_pass_their_unit_tests() -> None:
     promtool = require_binary("promtool")
     run = subprocess.run(
@@ -109,6 +114,7 @@ def test_alert_rules_pass_their_unit_tests() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.external
 def test_dockerfile_lints_without_errors() -> None:
     run = subprocess.run(
         [tool("hadolint"), "--failure-threshold", "error", str(ROOT / "Dockerfile")],

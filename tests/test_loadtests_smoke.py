@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_load_smoke(transport: str, tmp_path: Path) -> None:
     out = tmp_path / transport

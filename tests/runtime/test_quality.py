@@ -5,6 +5,7 @@ The thresholds are the product's promises in the README's quality table."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import runtime
 from runtime.cli import evaluate
@@ -28,11 +29,13 @@ def test_int8_is_nearly_lossless(ml1m: dict[str, np.ndarray]) -> None:
     assert result["recall_at_k"] >= 0.97
 
 
+@pytest.mark.slow
 def test_pq_with_int8_rerank_recovers_recall(ml1m: dict[str, np.ndarray]) -> None:
     table = runtime.compress(ml1m["item_emb"], "pq", subspaces=16, bits=8, rerank="int8")
     assert _eval(ml1m, table, oversample=10)["recall_at_k"] >= 0.95
 
 
+@pytest.mark.slow
 def test_pq_adc_recall_is_sane(ml1m: dict[str, np.ndarray]) -> None:
     x = ml1m["item_emb"]
     q, truth = ml1m["gt_item2item_queries"], ml1m["gt_item2item_top10_ids"]

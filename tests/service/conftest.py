@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import runtime
-from tests.conftest import low_rank_table
+from tests.conftest import low_rank_table, require_external_marker
 from tests.service.live import LiveServer, start_server
 
 ADMIN_TOKEN = "test-admin-token"
@@ -26,6 +26,7 @@ class Served:
 
 def require_binary(name: str) -> str:
     """Path of a system binary; CI must have it (fail), elsewhere a missing one skips with a note."""
+    require_external_marker(name)
     path = shutil.which(name)
     if path is None:
         if os.environ.get("CI"):

@@ -118,6 +118,7 @@ def test_health_tracks_readiness(channel: grpc.Channel) -> None:
         )
 
 
+@pytest.mark.external
 def test_grpcurl_lists_services_through_reflection(served: Served) -> None:
     grpcurl = require_binary("grpcurl")
     out = subprocess.run(

@@ -25,6 +25,7 @@ def big_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(big_table: Path, tmp_path: Path) -> None:
     server = start_server(tmp_path, ["--table", f"big={big_table}", "--grace-seconds", "20"])
     queries = np.random.default_rng(0).standard_normal((1000, 64)).tolist()
@@ -61,6 +62,7 @@ def test_sigterm_drains_in_flight_requests(big_table: Path, tmp_path: Path) -> N
     assert server.proc.wait(30) == 0, server.log()
 
 
+@pytest.mark.slow
 def test_demo_table_is_served_when_nothing_is_configured(tmp_path: Path) -> None:
     server = start_server(tmp_path, [], env={"EMBSERVE_DEMO_ROWS": "3000"})
     try:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import Served, require_binary
@@ -47,6 +48,7 @@ def test_metrics_exposition(served: Served) -> None:
                 assert set(sample.labels) <= allowed, sample
 
 
+@pytest.mark.external
 def test_promtool_finds_no_problem(served: Served, tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     text = httpx.get(f"{served.server.http}/metrics").content
@@ -54,6 +56,8 @@ def test_promtool_finds_no_problem(served: Served, tmp_path: Path) -> None:
     assert run.returncode == 0 and not run.stdout.strip() and not run.stderr.strip(), run.stdout + run.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.external
 def test_prometheus_scrapes_requests_total(served: Served, tmp_path: Path) -> None:
     prometheus = require_binary("prometheus")
     port = free_port()

@@ -12,6 +12,7 @@ import pytest
 from tests.service.conftest import Served
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(served: Served, tmp_path: Path) -> None:
     exe = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
     if not Path(exe).exists():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.service.conftest import require_binary
 from tests.service.live import LiveServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +43,9 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 @pytest.mark.slow
+@pytest.mark.external
 def test_native_http_examples_run_as_written(demo_server: LiveServer, tmp_path: Path) -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
+    require_binary("curl")
     commands = readme_commands("### Native HTTP API")
     assert len(commands) == 8
     workdir = tmp_path / "checkout"
