@@ -41,7 +41,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     prefix = Settings.model_config.get("env_prefix", "")
     for name, field in Settings.model_fields.items():
         kind = _flag_type(field.annotation)
-        default = "" if field.default_factory is not None else f"; default {field.default}"
+        unset = field.default_factory is not None or field.default is None
+        default = "" if unset else f"; default {field.default}"
         help_text = f"{field.description} (env {prefix}{name.upper()}{default})".replace("%", "%%")
         flag = settings_flag(name)
         if kind is bool:

@@ -101,6 +101,31 @@ def test_a_busy_port_is_one_line_and_exit_status_1(listening: int, transport: st
     assert run.stderr == f"embserve serve: error: {busy}\n"
 
 
+def test_a_port_taken_between_the_check_and_the_bind_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken: list[int] = []
+
+    def bind_fails(settings: Settings) -> None:
+        taken.append(settings.grpc_port)  # another process wins the port now
+        raise RuntimeError(f"Failed to bind to address 127.0.0.1:{settings.grpc_port}")
+
+    monkeypatch.setattr("service.server.serve", bind_fails)
+    monkeypatch.setattr("service.cli.port_in_use", lambda host, port: port in taken)
+    assert main(["serve", "--http-port", "1234", "--grpc-port", "1235", "--no-demo"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "embserve serve: error: gRPC port 1235 on 127.0.0.1 is already in use (another server running?)\n"
+    )
+
+    def crashes(settings: Settings) -> None:
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr("service.server.serve", crashes)
+    with pytest.raises(RuntimeError, match="something else"):  # not mistaken for a busy port
+        main(["serve", "--http-port", "1234", "--grpc-port", "1236", "--no-demo"])
+
+
 def test_tables_file_setting_reads_import_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     index = tmp_path / "t" / "tables.json"
     index.parent.mkdir()
