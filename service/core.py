@@ -142,16 +142,18 @@ class EmbeddingService:
         self.in_flight += 1
         self.metrics.in_flight.inc()
         start = time.perf_counter()
-        error: BaseException | None = None
+        status = "ok"
         try:
             yield
         except BaseException as exc:
-            error = exc
+            # the label only: holding the exception in this generator's frame, which its traceback
+            # holds, would make a cycle that keeps the request's arrays alive until a gc pass
+            status = status_label(exc)
             raise
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            labels = (transport, operation, self._table_label(table), status_label(error))
+            labels = (transport, operation, self._table_label(table), status)
             self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
             self.metrics.child(self.metrics.requests, *labels).inc()
 

@@ -23,7 +23,7 @@ from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import __version__
 from service import oip
 from service.core import EmbeddingService
-from service.errors import status_for
+from service.errors import public_message, status_for
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -149,7 +149,8 @@ class OctetLookupFastPath:
                 return  # the client went away
             payload_view, shape = await octet_lookup(self.service, match.group(1), body)
         except EmbserveError as exc:
-            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": str(exc)}))
+            message = public_message(exc, self.service.settings.artifact_root)
+            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": message}))
         except Exception as exc:
             log.exception("unexpected error", exc_info=exc)
             await self._send(send, 500, b"application/json", b'{"error":"internal server error"}')
@@ -202,7 +203,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
     @app.exception_handler(EmbserveError)
     async def _typed(_: Request, exc: EmbserveError) -> JSONResponse:
-        return error_response(status_for(exc)[0], str(exc))
+        return error_response(status_for(exc)[0], public_message(exc, service.settings.artifact_root))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

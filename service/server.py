@@ -23,7 +23,7 @@ from service.connections import guarded_protocol
 from service.core import EmbeddingService
 from service.rest import create_asgi
 from service.rpc.generated import embserve_pb2, embserve_pb2_grpc, oip_v2_pb2, oip_v2_pb2_grpc
-from service.rpc.servicers import InferenceServicer, NativeServicer
+from service.rpc.servicers import InferenceServicer, NativeServicer, add_servicer
 from service.settings import Settings
 
 log = logging.getLogger("embserve")
@@ -76,8 +76,14 @@ class EmbserveServer:
                 ("grpc.keepalive_timeout_ms", 20_000),
             ]
         )
-        embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server(NativeServicer(self.service), self.grpc_server)
-        oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), self.grpc_server)
+        add_servicer(
+            embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server, NativeServicer(self.service), self.grpc_server
+        )
+        add_servicer(
+            oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(self.service),
+            self.grpc_server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         names = (
             embserve_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
