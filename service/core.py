@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,8 @@ from service.settings import Settings
 
 log = logging.getLogger("embserve")
 T = TypeVar("T")
+_ADMITTED: ContextVar[EmbeddingService | None] = ContextVar("embserve_admitted", default=None)
+"""The service whose slot the running request already holds (taken by `admission`)."""
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
 
@@ -129,9 +132,7 @@ class EmbeddingService:
         # labels stay bounded: a name that is not served is counted as "unknown"
         return name if name in self.store else "unknown"
 
-    @contextmanager
-    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
-        """Admission, in-flight accounting and the request metrics around one request."""
+    def _admit(self, transport: str, operation: str, table: str) -> None:
         if self.draining or not self.started:
             self.metrics.requests.labels(transport, operation, self._table_label(table), "503").inc()
             raise NotReady("server is draining" if self.draining else "server is starting")
@@ -141,6 +142,35 @@ class EmbeddingService:
             raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
         self.in_flight += 1
         self.metrics.in_flight.inc()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    @contextmanager
+    def admission(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+        """Take a request's concurrency slot before its body is read: over the limit the refusal
+        costs no read and no parse. The core call made inside (`request`) keeps this slot."""
+        self._admit(transport, operation, table)
+        token = _ADMITTED.set(self)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._release()
+
+    def client_disconnected(self, transport: str) -> None:
+        """A client hung up before its request was read or answered: counted, not an error."""
+        self.metrics.client_disconnects.labels(transport).inc()
+        log.debug("%s client went away before its request was complete", transport)
+
+    @contextmanager
+    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+        """Admission (unless the transport already admitted this request), in-flight accounting
+        and the request metrics around one request."""
+        admitted_before = _ADMITTED.get() is self
+        if not admitted_before:
+            self._admit(transport, operation, table)
         start = time.perf_counter()
         status = "ok"
         try:
@@ -151,8 +181,8 @@ class EmbeddingService:
             status = status_label(exc)
             raise
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            if not admitted_before:
+                self._release()
             labels = (transport, operation, self._table_label(table), status)
             self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
             self.metrics.child(self.metrics.requests, *labels).inc()
