@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from runtime.errors import (
+    ArtifactError,
     ArtifactNotFound,
+    EmbserveError,
     Forbidden,
     InvalidRequest,
     NotReady,
@@ -36,6 +38,7 @@ from runtime.table import Table, __version__, load_table
 from service.errors import status_label
 from service.metrics import Metrics
 from service.settings import Settings
+from service.state import ActiveVersions
 
 log = logging.getLogger("embserve")
 T = TypeVar("T")
@@ -69,6 +72,8 @@ class EmbeddingService:
         self.in_flight = 0
         self.draining = False
         self.started = False
+        root = settings.artifact_root
+        self.state = ActiveVersions(Path(root)) if root is not None else None
         self.metrics.build.info({"version": __version__})
         set_parallel_min_ids(settings.parallel_min_ids)
         self._refresh_ready()
@@ -84,6 +89,10 @@ class EmbeddingService:
     def load_configured(self) -> None:
         """Load the tables the settings name (or the demo table), warmed; blocking, at start."""
         specs = self.settings.table_specs()
+        configured = dict(specs)
+        remembered = self.state.read() if self.state is not None else {}
+        if remembered:
+            specs = self._with_remembered(specs, remembered)
         if not specs and self.settings.demo:
             from service.demo import demo_table_path
 
@@ -91,7 +100,17 @@ class EmbeddingService:
             log.info("no table configured: serving the built-in demo table 'demo' from %s", path)
             specs = [("demo", path)]
         for name, path in specs:
-            table = load_table(path)
+            try:
+                table = load_table(path)
+            except ArtifactError:
+                fallback = configured.get(name)
+                if name not in remembered or fallback is None or fallback == path:
+                    raise
+                log.warning(
+                    "table %r: the version recorded in the state file does not load; serving %s", name, fallback
+                )
+                path = fallback
+                table = load_table(path)
             if self.settings.warmup:
                 table.warmup()
             self._install(name, table)
@@ -106,6 +125,21 @@ class EmbeddingService:
             )
         self.started = True
         self._refresh_ready()
+
+    def _with_remembered(
+        self, specs: list[tuple[str, Path]], remembered: dict[str, dict[str, Any]]
+    ) -> list[tuple[str, Path]]:
+        """The configured (name, path) list with each admin-loaded table's recorded artifact in place
+        of (or after) its configured one; a recorded path that leaves the root is ignored."""
+        paths = dict(specs)
+        for name, entry in remembered.items():
+            try:
+                paths[name] = self.confine(entry["path"])
+            except EmbserveError as exc:
+                log.warning("state file: ignoring table %r: %s", name, exc)
+                continue
+            log.info("table %r: serving %s, recorded by an admin load before the restart", name, entry["path"])
+        return list(paths.items())
 
     def start_draining(self) -> None:
         self.draining = True
@@ -349,6 +383,11 @@ class EmbeddingService:
             table = await self._compute("admin_load", "any", load)
             entry = self._install(name, table)
             self._refresh_ready()
+            if self.state is not None:
+                state = self.state
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, lambda: state.record(name, directory, table.version)
+                )
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
 
@@ -358,6 +397,8 @@ class EmbeddingService:
             entry = self.store.remove(name)
             self.metrics.clear_table(name)
             self._refresh_ready()
+            if self.state is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
             return {"deleted": entry.name, "version": entry.table.version}
 
 
