@@ -71,6 +71,7 @@ class EmbserveServer:
                 # a connection must complete its HTTP/2 handshake within the header timeout
                 ("grpc.server_handshake_timeout_ms", int(s.header_timeout_seconds * 1000)),
                 ("grpc.max_connection_idle_ms", int(s.grpc_max_connection_idle_seconds * 1000)),
+                ("grpc.max_allowed_incoming_connections", s.max_connections),
                 # ping quiet connections; one that does not answer within 20 s is dead
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
