@@ -198,6 +198,14 @@ class EmbeddingService:
         self.metrics.client_disconnects.labels(transport).inc()
         log.debug("%s client went away before its request was complete", transport)
 
+    def read_timed_out(self, transport: str, phase: str) -> None:
+        """A connection was closed because a request's `phase` ("header" or "body") stalled."""
+        self.metrics.read_timeouts.labels(transport, phase).inc()
+
+    def connection_refused(self, transport: str) -> None:
+        """A connection over the open-connection cap was closed at once."""
+        self.metrics.connections_refused.labels(transport).inc()
+
     @contextmanager
     def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
         """Admission (unless the transport already admitted this request), in-flight accounting

@@ -106,7 +106,7 @@ class EmbserveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.http_port))
         http_port = sock.getsockname()[1]
-        metrics = self.service.metrics
+        service = self.service
         config = uvicorn.Config(
             create_asgi(self.service),
             log_level=s.log_level,
@@ -118,8 +118,8 @@ class EmbserveServer:
                 s.header_timeout_seconds,
                 s.body_timeout_seconds,
                 s.max_connections,
-                on_timeout=lambda phase: metrics.read_timeouts.labels("http", phase).inc(),
-                on_refused=lambda: metrics.connections_refused.labels("http").inc(),
+                on_timeout=lambda phase: service.read_timed_out("http", phase),
+                on_refused=lambda: service.connection_refused("http"),
             ),
         )
         self.http_server = _Uvicorn(config)
