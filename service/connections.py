@@ -8,7 +8,9 @@ connection (and a file descriptor) forever. This protocol keeps one read timer p
   waiting for request headers   `header_timeout` in total, from the connection's start or from the
                                 first byte of a new request on a kept-alive connection
   reading a request body        `body_timeout` between two pieces of it
-  otherwise                     no read timer (the app is working, or uvicorn's keep-alive timer runs)
+  idle between requests         uvicorn's keep-alive timer (re-armed here when the rest of a body the
+                                app did not read arrives after its response, which uvicorn leaves unarmed)
+  otherwise                     no read timer: the app is working on the request
 
 When the timer fires the client gets `408 Request Timeout` (unless its response has started) and
 the connection is closed; an application task still waiting for the body sees `http.disconnect`.
@@ -93,8 +95,12 @@ def guarded_protocol(
                 if self.conn.trailing_data[0]:  # part of the next request's headers is here
                     if self.read_phase != "header":  # the header timeout counts from its first byte
                         self._arm("header", header_timeout)
-                elif self.read_phase != "header" or self.timeout_keep_alive_task is not None:
-                    self._disarm()  # idle between requests: uvicorn's keep-alive timer closes it
+                elif self.cycle is not None:  # idle between requests: the keep-alive timer closes it
+                    self._disarm()
+                    if self.timeout_keep_alive_task is None:  # uvicorn drops it when body bytes arrive
+                        self.timeout_keep_alive_task = self.loop.call_later(
+                            self.timeout_keep_alive, self.timeout_keep_alive_handler
+                        )
             elif state is h11.SEND_BODY:
                 self._arm("body", body_timeout)  # between two pieces of the body
             else:

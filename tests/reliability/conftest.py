@@ -19,6 +19,7 @@ ADMIN_TOKEN = "reliability-token"
 MAX_CONCURRENCY = 2
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
+KEEP_ALIVE = 1.0
 MAX_IDS = 1000
 
 
@@ -41,6 +42,7 @@ def server_env(**extra: str) -> dict[str, str]:
         "EMBSERVE_MAX_IDS": str(MAX_IDS),
         "EMBSERVE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "EMBSERVE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "EMBSERVE_KEEP_ALIVE_SECONDS": str(KEEP_ALIVE),
         "EMBSERVE_LOG_LEVEL": "info",
         **extra,
     }

@@ -10,6 +10,7 @@ import httpx
 from tests.reliability.conftest import (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
+    KEEP_ALIVE,
     MAX_CONCURRENCY,
     Reliable,
     closed_within,
@@ -67,5 +68,21 @@ def test_silent_grpc_connection_is_closed_after_the_header_timeout(reliable: Rel
     try:
         closed, _ = closed_within(sock, HEADER_TIMEOUT + MARGIN)
         assert closed, "a gRPC connection that sent nothing was still open"
+    finally:
+        sock.close()
+
+
+def test_connection_idle_after_an_unread_body_is_closed_by_keep_alive(reliable: Reliable) -> None:
+    """/healthz answers without reading the body sent with it; the rest of that body arrives after
+    the response, and then the connection is idle: the keep-alive timeout must still close it."""
+    sock = raw_connect(reliable.server.http_port)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\ncontent-length: 10\r\n\r\n")
+        sock.settimeout(5)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        sock.sendall(b"0123456789")
+        closed, _ = closed_within(sock, KEEP_ALIVE + MARGIN)
+        assert closed, "an idle kept-alive connection stayed open"
     finally:
         sock.close()
