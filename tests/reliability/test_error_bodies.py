@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import httpx
 import pytest
 
+from runtime.errors import ArtifactCorrupt, InvalidRequest, TableNotFound
+from service.errors import MAX_ECHO, MAX_MESSAGE, public_message
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from tests.reliability.conftest import ADMIN_TOKEN, Reliable
 
-MAX_MESSAGE = 600
+ERROR_BODY_LIMIT = 600  # characters of a whole error body or gRPC detail
 
 
 def test_corrupt_artifact_error_names_the_path_below_the_root(reliable: Reliable) -> None:
@@ -37,10 +41,22 @@ def test_huge_names_are_not_echoed(reliable: Reliable) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.DescribeTable(pb.DescribeTableRequest(table=name))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
-        assert len(info.value.details() or "") < MAX_MESSAGE and "xxxx" in (info.value.details() or "")
+        assert len(info.value.details() or "") < ERROR_BODY_LIMIT and "xxxx" in (info.value.details() or "")
     r = httpx.post(f"{reliable.server.http}/v1/tables/{'y' * 8000}/lookup", json={"ids": [1]})
-    assert r.status_code == 404 and len(r.text) < MAX_MESSAGE, r.text[:300]
+    assert r.status_code == 404 and len(r.text) < ERROR_BODY_LIMIT, r.text[:300]
     r = httpx.post(
         f"{reliable.server.http}/v1/tables/t/search", json={"queries": [[0.0] * 32], "metric": "m" * 100_000}
     )
-    assert r.status_code == 400 and len(r.text) < MAX_MESSAGE, r.text[:300]
+    assert r.status_code == 400 and len(r.text) < ERROR_BODY_LIMIT, r.text[:300]
+
+
+def test_public_message_is_relative_and_bounded(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    exc = ArtifactCorrupt(f"array 'rows': '{root.resolve()}/items/v2/rows.npy' fails its sha256 check")
+    assert public_message(exc, root) == "array 'rows': 'items/v2/rows.npy' fails its sha256 check"
+    name = "n" * 10_000
+    text = public_message(TableNotFound(name), None)
+    assert text.startswith("table '" + "n" * (MAX_ECHO - 1)) and "(10002 chars)" in text and len(text) < 120
+    many = public_message(InvalidRequest("shape " + " ".join(["12345"] * 10_000)), None)
+    assert len(many) <= MAX_MESSAGE + 20 and many.endswith("(60005 chars)")

@@ -55,7 +55,7 @@ def test_429_and_healthz_answer_at_once_with_the_limit_full(reliable: Reliable) 
             status, _ = timed(conn, "POST", "/v1/tables/t/search", BODY)
         assert status == 429, f"with {MAX_CONCURRENCY} requests in flight a search got {status}, not 429"
         refusals, health = [], []
-        for _ in range(7):
+        for _ in range(9):
             status, seconds = timed(conn, "POST", "/v1/tables/t/search", BODY)
             assert status == 429
             refusals.append(seconds)
