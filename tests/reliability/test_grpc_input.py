@@ -3,9 +3,11 @@ refused requests, which must not stay in memory after they are answered."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 
@@ -83,3 +85,19 @@ def test_refused_large_requests_do_not_stay_in_memory(reliable: Reliable, channe
     time.sleep(0.3)  # let the server return what it freed; no gc.collect() is asked of it
     grown = rss_bytes(pid) - start
     assert grown < 200 << 20, f"RSS grew by {grown / 2**20:.0f} MiB after 10 refused 60 MB requests"
+
+
+def test_overflowing_shapes_over_http_inference_are_400(reliable: Reliable) -> None:
+    url = f"{reliable.server.http}/v2/models/t/infer"
+    listed = {"inputs": [{"name": "ids", "shape": HUGE, "datatype": "INT64", "data": [1, 2, 3, 4]}]}
+    r = httpx.post(url, json=listed)
+    assert r.status_code == 400 and str(2**62 + 1) in r.json()["error"], r.text
+    header = json.dumps(
+        {"inputs": [{"name": "ids", "shape": HUGE, "datatype": "INT64", "parameters": {"binary_data_size": 32}}]}
+    ).encode()
+    r = httpx.post(
+        url,
+        content=header + bytes(32),
+        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 400 and str(2**62 + 1) in r.json()["error"], r.text
