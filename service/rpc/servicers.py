@@ -5,6 +5,7 @@ Servicers parse protobuf messages into numpy arrays, call `EmbeddingService`, an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ from runtime.errors import EmbserveError, InvalidRequest
 from service import oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
+from service.memory import LARGE_REQUEST_BYTES, release_free_heap
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -41,6 +43,9 @@ def grpc_errors(method: Handler[R]) -> Handler[R]:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        if not isinstance(request, Undecodable) and request.ByteSize() >= LARGE_REQUEST_BYTES:
+            # once this call is over, hand the pages of its receive buffers back (off the loop)
+            context.add_done_callback(lambda _: _release_after(self.service))
         try:
             if isinstance(request, Undecodable):
                 raise InvalidRequest(request.message)
@@ -53,10 +58,19 @@ def grpc_errors(method: Handler[R]) -> Handler[R]:
             log.exception("unexpected error in %s", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal server error"
         del request
-        await context.abort(code, message)
-        raise AssertionError("unreachable: abort raises")
+        # status set and no response, rather than `context.abort`: grpcio keeps the AbortError that
+        # abort raises on the call's state, and its traceback holds this frame and the context, a
+        # cycle that outlives the call until a gc pass
+        context.set_code(code)
+        context.set_details(message)
+        return None  # type: ignore[return-value]
 
     return wrapper
+
+
+def _release_after(service: EmbeddingService) -> None:
+    with contextlib.suppress(RuntimeError):  # the executor is shut down: the process is stopping
+        service.executor.submit(release_free_heap)
 
 
 class Undecodable:
