@@ -35,11 +35,11 @@ NATIVE_DTYPES: dict[str, np.dtype[Any]] = {"int64": np.dtype("<i8"), "float32": 
 
 
 def grpc_errors(method: Handler[R]) -> Handler[R]:
-    """Abort the call with the status code mapped from a typed error; log anything unexpected.
+    """End the call with the status code mapped from a typed error; log anything unexpected.
 
-    The abort happens after the `except` block, holding only the code and text: an exception kept
-    alive past the call (by grpcio, or as the abort's `__context__`) would keep its traceback's
-    frames, and with them the request and its arrays, until the cycle collector runs."""
+    The status is set after the `except` block, from the code and text alone: an exception kept
+    alive past the call would keep its traceback's frames, and with them the request and its
+    arrays, until the cycle collector happens to run."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
