@@ -67,6 +67,7 @@ def test_bytes_that_are_not_protobuf_are_invalid_argument(channel: grpc.Channel)
         assert "protobuf" in details, details
 
 
+@pytest.mark.slow  # 600 MB through loopback
 def test_refused_large_requests_do_not_stay_in_memory(reliable: Reliable, channel: grpc.Channel) -> None:
     stub = pb_grpc.EmbeddingServiceStub(channel)
     ids = np.zeros(60_000_000 // 8, dtype="<i8")  # 60 MB, far over the id limit

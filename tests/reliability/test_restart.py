@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import httpx
+import pytest
 
 import runtime
 from service.core import EmbeddingService
@@ -20,6 +21,7 @@ from tests.service.live import start_server
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.mark.slow  # two server starts
 def test_admin_swap_is_served_again_after_a_restart(tmp_path: Path) -> None:
     root = build_root(tmp_path / "root")
     args = ["--table", f"t={root / 't' / 'v1'}", "--artifact-root", str(root)]
