@@ -28,6 +28,9 @@ from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFou
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FILE_MODE = 0o644
+"""Artifact files are readable by every user: a container's user must read tables mounted from
+the host (temporary files are created 0600, so the mode is set before each rename)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -51,6 +54,7 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
         target = out / filename
         with tempfile.NamedTemporaryFile(dir=out, prefix=f".{filename}.", delete=False) as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        os.chmod(fh.name, FILE_MODE)
         os.replace(fh.name, target)
         entries[name] = {
             "file": filename,
@@ -61,6 +65,7 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
     full = dict(manifest, format_version=FORMAT_VERSION, arrays=entries)
     with tempfile.NamedTemporaryFile(mode="w", dir=out, prefix=".manifest.", delete=False) as text:
         text.write(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    os.chmod(text.name, FILE_MODE)
     os.replace(text.name, out / MANIFEST)
     return out
 

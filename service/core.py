@@ -15,13 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from runtime.errors import (
+    ArtifactError,
     ArtifactNotFound,
+    EmbserveError,
     Forbidden,
     InvalidRequest,
     NotReady,
@@ -34,9 +37,12 @@ from runtime.table import Table, __version__, load_table
 from service.errors import status_label
 from service.metrics import Metrics
 from service.settings import Settings
+from service.state import ActiveVersions
 
 log = logging.getLogger("embserve")
 T = TypeVar("T")
+_ADMITTED: ContextVar[EmbeddingService | None] = ContextVar("embserve_admitted", default=None)
+"""The service whose slot the running request already holds (taken by `admission`)."""
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
 
@@ -65,6 +71,8 @@ class EmbeddingService:
         self.in_flight = 0
         self.draining = False
         self.started = False
+        root = settings.artifact_root
+        self.state = ActiveVersions(Path(root)) if root is not None else None
         self.metrics.build.info({"version": __version__})
         self._refresh_ready()
 
@@ -79,6 +87,10 @@ class EmbeddingService:
     def load_configured(self) -> None:
         """Load the tables the settings name (or the demo table), warmed; blocking, at start."""
         specs = self.settings.table_specs()
+        configured = dict(specs)
+        remembered = self.state.read() if self.state is not None else {}
+        if remembered:
+            specs = self._with_remembered(specs, remembered)
         if not specs and self.settings.demo:
             from service.demo import demo_table_path
 
@@ -86,7 +98,17 @@ class EmbeddingService:
             log.info("no table configured: serving the built-in demo table 'demo' from %s", path)
             specs = [("demo", path)]
         for name, path in specs:
-            table = load_table(path, parallel_min_ids=self.settings.parallel_min_ids)
+            try:
+                table = load_table(path, parallel_min_ids=self.settings.parallel_min_ids)
+            except ArtifactError:
+                fallback = configured.get(name)
+                if name not in remembered or fallback is None or fallback == path:
+                    raise
+                log.warning(
+                    "table %r: the version recorded in the state file does not load; serving %s", name, fallback
+                )
+                path = fallback
+                table = load_table(path, parallel_min_ids=self.settings.parallel_min_ids)
             if self.settings.warmup:
                 table.warmup()
             self._install(name, table)
@@ -101,6 +123,21 @@ class EmbeddingService:
             )
         self.started = True
         self._refresh_ready()
+
+    def _with_remembered(
+        self, specs: list[tuple[str, Path]], remembered: dict[str, dict[str, Any]]
+    ) -> list[tuple[str, Path]]:
+        """The configured (name, path) list with each admin-loaded table's recorded artifact in place
+        of (or after) its configured one; a recorded path that leaves the root is ignored."""
+        paths = dict(specs)
+        for name, entry in remembered.items():
+            try:
+                paths[name] = self.confine(entry["path"])
+            except EmbserveError as exc:
+                log.warning("state file: ignoring table %r: %s", name, exc)
+                continue
+            log.info("table %r: serving %s, recorded by an admin load before the restart", name, entry["path"])
+        return list(paths.items())
 
     def start_draining(self) -> None:
         self.draining = True
@@ -127,9 +164,7 @@ class EmbeddingService:
         # labels stay bounded: a name that is not served is counted as "unknown"
         return name if name in self.store else "unknown"
 
-    @contextmanager
-    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
-        """Admission, in-flight accounting and the request metrics around one request."""
+    def _admit(self, transport: str, operation: str, table: str) -> None:
         if self.draining or not self.started:
             self.metrics.requests.labels(transport, operation, self._table_label(table), "503").inc()
             raise NotReady("server is draining" if self.draining else "server is starting")
@@ -139,17 +174,56 @@ class EmbeddingService:
             raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
         self.in_flight += 1
         self.metrics.in_flight.inc()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    @contextmanager
+    def admission(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+        """Take a request's concurrency slot before its body is read: over the limit the refusal
+        costs no read and no parse. The core call made inside (`request`) keeps this slot."""
+        self._admit(transport, operation, table)
+        token = _ADMITTED.set(self)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._release()
+
+    def client_disconnected(self, transport: str) -> None:
+        """A client hung up before its request was read or answered: counted, not an error."""
+        self.metrics.client_disconnects.labels(transport).inc()
+        log.debug("%s client went away before its request was complete", transport)
+
+    def read_timed_out(self, transport: str, phase: str) -> None:
+        """A connection was closed because a request's `phase` ("header" or "body") stalled."""
+        self.metrics.read_timeouts.labels(transport, phase).inc()
+
+    def connection_refused(self, transport: str) -> None:
+        """A connection over the open-connection cap was closed at once."""
+        self.metrics.connections_refused.labels(transport).inc()
+
+    @contextmanager
+    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+        """Admission (unless the transport already admitted this request), in-flight accounting
+        and the request metrics around one request."""
+        admitted_before = _ADMITTED.get() is self
+        if not admitted_before:
+            self._admit(transport, operation, table)
         start = time.perf_counter()
-        error: BaseException | None = None
+        status = "ok"
         try:
             yield
         except BaseException as exc:
-            error = exc
+            # the label only: holding the exception in this generator's frame, which its traceback
+            # holds, would make a cycle that keeps the request's arrays alive until a gc pass
+            status = status_label(exc)
             raise
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
-            labels = (transport, operation, self._table_label(table), status_label(error))
+            if not admitted_before:
+                self._release()
+            labels = (transport, operation, self._table_label(table), status)
             self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
             self.metrics.child(self.metrics.requests, *labels).inc()
 
@@ -315,6 +389,11 @@ class EmbeddingService:
             table = await self._compute("admin_load", "any", load)
             entry = self._install(name, table)
             self._refresh_ready()
+            if self.state is not None:
+                state = self.state
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, lambda: state.record(name, directory, table.version)
+                )
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
 
@@ -324,6 +403,8 @@ class EmbeddingService:
             entry = self.store.remove(name)
             self.metrics.clear_table(name)
             self._refresh_ready()
+            if self.state is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
             return {"deleted": entry.name, "version": entry.table.version}
 
 

@@ -4,6 +4,9 @@ Lookup walks the exception's MRO, so a subclass inherits its parent's mapping un
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 
 from runtime.errors import (
@@ -45,3 +48,24 @@ def status_for(exc: BaseException) -> tuple[int, grpc.StatusCode]:
 def status_label(exc: BaseException | None) -> str:
     """A bounded metric label for an outcome: "ok" or the HTTP status class of the error."""
     return "ok" if exc is None else str(status_for(exc)[0])
+
+
+MAX_ECHO = 64
+"""Characters of one word of an error message (a name, a value, a list the client sent) shown back."""
+MAX_MESSAGE = 512
+LONG_WORD = re.compile(r"\S{" + str(MAX_ECHO + 1) + ",}")
+
+
+def public_message(exc: BaseException, artifact_root: Path | None) -> str:
+    """The text of a typed error as a client may see it, the one place both transports render it:
+    paths below the artifact root are shown relative to it (the server's layout stays private),
+    and input echoed back is cut short (a 60 MB name must not come back, nor overflow gRPC's
+    metadata limit): each word to MAX_ECHO characters, the whole to MAX_MESSAGE."""
+    text = str(exc)
+    if artifact_root is not None:
+        for root in {str(Path(artifact_root)), str(Path(artifact_root).resolve())}:
+            text = text.replace(root.rstrip("/") + "/", "")
+    text = LONG_WORD.sub(lambda m: f"{m.group()[:MAX_ECHO]}…({len(m.group())} chars)", text)
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}…({len(text)} chars)"
+    return text

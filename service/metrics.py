@@ -72,6 +72,24 @@ class Metrics:
         self.overloaded = Counter(
             "embserve_rejected_overload", "Requests refused at the concurrency limit.", ["transport"], registry=r
         )
+        self.client_disconnects = Counter(
+            "embserve_client_disconnects",
+            "Requests whose client hung up before its request was read or answered.",
+            ["transport"],
+            registry=r,
+        )
+        self.read_timeouts = Counter(
+            "embserve_read_timeouts",
+            "Connections closed because a request's headers or body did not arrive in time.",
+            ["transport", "phase"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "embserve_connections_refused",
+            "Connections closed at once because the open-connection cap was reached.",
+            ["transport"],
+            registry=r,
+        )
         self.ready = Gauge("embserve_ready", "1 when the server accepts requests.", registry=r)
         self.build = Info("embserve_build", "embserve version.", registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

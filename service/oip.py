@@ -12,6 +12,7 @@ Parameters may be given on the request or on an input; unknown parameters are ig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,7 @@ def tensor_from_bytes(name: str, datatype: str, shape: Any, raw: bytes) -> np.nd
     """Raw little-endian C-order bytes -> array of `shape`, refusing a size that does not match."""
     dtype = _dtype(name, datatype)
     dims = _shape(name, shape)
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: an element count never wraps
     if len(raw) != expected:
         raise InvalidRequest(
             f"input {name!r}: {len(raw)} bytes of data, but shape {dims} of {datatype} needs {expected}"
@@ -150,8 +151,8 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
             arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise InvalidRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
-    if arr.size != int(np.prod(dims, dtype=np.int64)):
-        raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {int(np.prod(dims))}")
+    if arr.size != math.prod(dims):
+        raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {math.prod(dims)}")
     return arr.reshape(dims)
 
 

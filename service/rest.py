@@ -18,12 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import __version__
 from service import oip
 from service.core import EmbeddingService
-from service.errors import status_for
+from service.errors import public_message, status_for
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -146,10 +147,12 @@ class OctetLookupFastPath:
                 self.service.check_body_size(int(declared))
             body = await self._read_body(receive)
             if body is None:
-                return  # the client went away
+                self.service.client_disconnected(TRANSPORT)
+                return
             payload_view, shape = await octet_lookup(self.service, match.group(1), body)
         except EmbserveError as exc:
-            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": str(exc)}))
+            message = public_message(exc, self.service.settings.artifact_root)
+            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": message}))
         except Exception as exc:
             log.exception("unexpected error", exc_info=exc)
             await self._send(send, 500, b"application/json", b'{"error":"internal server error"}')
@@ -184,9 +187,53 @@ class OctetLookupFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_asgi(service: EmbeddingService) -> OctetLookupFastPath:
-    """The HTTP server's application: the FastAPI app behind the octet-stream fast path."""
-    return OctetLookupFastPath(create_app(service), service)
+DATA_PLANE_PATH = re.compile(r"/v1/tables/([^/]+)/(lookup|search|score)|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+ADMIN_PATH = re.compile(r"/v1/tables/([^/]+)")
+
+
+def admitted_route(method: str, path: str) -> tuple[str, str] | None:
+    """(operation, table) of a request that reads a body and runs under the concurrency limit;
+    None for everything else (health, metrics, metadata), which never waits for a slot."""
+    if method == "POST" and (match := DATA_PLANE_PATH.fullmatch(path)) is not None:
+        if match.group(3) is not None:
+            model = match.group(3)
+            return "infer", model.removesuffix(oip.SEARCH_SUFFIX).removesuffix(oip.BAG_SUFFIX)
+        return match.group(2), match.group(1)
+    if method == "PUT" and (match := ADMIN_PATH.fullmatch(path)) is not None:
+        return "admin_load", match.group(1)
+    return None
+
+
+class AdmissionFront:
+    """Outermost ASGI layer: a request that reads a body takes its concurrency slot here, from its
+    headers alone, so over the limit the 429 goes out before a byte of the body is read or parsed
+    and the work admitted stays bounded; health and metrics pass straight through."""
+
+    def __init__(self, app: Any, service: EmbeddingService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        route = admitted_route(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        slot = self.service.admission(TRANSPORT, *route)
+        try:
+            slot.__enter__()
+        except EmbserveError as exc:
+            body = orjson.dumps({"error": public_message(exc, self.service.settings.artifact_root)})
+            await OctetLookupFastPath._send(send, status_for(exc)[0], b"application/json", body)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            slot.__exit__(None, None, None)
+
+
+def create_asgi(service: EmbeddingService) -> AdmissionFront:
+    """The HTTP server's application: admission, then the octet-stream fast path, then FastAPI."""
+    return AdmissionFront(OctetLookupFastPath(create_app(service), service), service)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -202,7 +249,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
     @app.exception_handler(EmbserveError)
     async def _typed(_: Request, exc: EmbserveError) -> JSONResponse:
-        return error_response(status_for(exc)[0], str(exc))
+        return error_response(status_for(exc)[0], public_message(exc, service.settings.artifact_root))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,6 +260,11 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        service.client_disconnected(TRANSPORT)
+        return Response(status_code=400)  # nobody reads it: uvicorn drops a response to a closed connection
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

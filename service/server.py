@@ -19,10 +19,11 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.connections import guarded_protocol
 from service.core import EmbeddingService
 from service.rest import create_asgi
 from service.rpc.generated import embserve_pb2, embserve_pb2_grpc, oip_v2_pb2, oip_v2_pb2_grpc
-from service.rpc.servicers import InferenceServicer, NativeServicer
+from service.rpc.servicers import InferenceServicer, NativeServicer, add_servicer
 from service.settings import Settings
 
 log = logging.getLogger("embserve")
@@ -67,10 +68,23 @@ class EmbserveServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 256 << 20)),
+                # a connection must complete its HTTP/2 handshake within the header timeout
+                ("grpc.server_handshake_timeout_ms", int(s.header_timeout_seconds * 1000)),
+                ("grpc.max_connection_idle_ms", int(s.grpc_max_connection_idle_seconds * 1000)),
+                ("grpc.max_allowed_incoming_connections", s.max_connections),
+                # ping quiet connections; one that does not answer within 20 s is dead
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
             ]
         )
-        embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server(NativeServicer(self.service), self.grpc_server)
-        oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), self.grpc_server)
+        add_servicer(
+            embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server, NativeServicer(self.service), self.grpc_server
+        )
+        add_servicer(
+            oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(self.service),
+            self.grpc_server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         names = (
             embserve_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
@@ -85,16 +99,28 @@ class EmbserveServer:
         await self._set_health()
         await self.grpc_server.start()
 
-        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+        # protocol IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are
+        # TCP, and accepted sockets inherit the listener's protocol (the connection guard sets it too)
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.http_port))
         http_port = sock.getsockname()[1]
+        service = self.service
         config = uvicorn.Config(
             create_asgi(self.service),
             log_level=s.log_level,
             access_log=False,
             timeout_graceful_shutdown=max(1, int(s.grace_seconds)),
+            timeout_keep_alive=s.keep_alive_seconds,  # type: ignore[arg-type]
             limit_concurrency=None,
+            http=guarded_protocol(
+                s.header_timeout_seconds,
+                s.body_timeout_seconds,
+                s.max_connections,
+                on_timeout=lambda phase: service.read_timed_out("http", phase),
+                on_refused=lambda: service.connection_refused("http"),
+            ),
         )
         self.http_server = _Uvicorn(config)
         self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]))

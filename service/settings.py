@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
     max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
+    max_connections: int = Field(
+        1024, ge=1, description="open HTTP connections; one more is answered 503 and closed at once"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a client must send a request's headers (HTTP) or its HTTP/2 preface (gRPC) within this"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest pause between two pieces of a request body before the connection is closed"
+    )
+    keep_alive_seconds: float = Field(5.0, gt=0, description="an idle kept-alive HTTP connection is closed after this")
+    grpc_max_connection_idle_seconds: float = Field(
+        300.0, gt=0, description="a gRPC connection with no call for this long is closed (GOAWAY)"
+    )
     worker_threads: int = Field(4, ge=1, description="threads running kernels off the event loop")
     parallel_min_ids: int = Field(
         4096, ge=1, le=4096, description="lookups of fewer ids gather on one thread (requests already run concurrently)"

@@ -5,19 +5,23 @@ Servicers parse protobuf messages into numpy arrays, call `EmbeddingService`, an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from runtime.errors import EmbserveError, InvalidRequest
 from service import oip
 from service.core import EmbeddingService
-from service.errors import status_for
+from service.errors import public_message, status_for
+from service.memory import LARGE_REQUEST_BYTES, release_free_heap
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -31,22 +35,92 @@ NATIVE_DTYPES: dict[str, np.dtype[Any]] = {"int64": np.dtype("<i8"), "float32": 
 
 
 def grpc_errors(method: Handler[R]) -> Handler[R]:
-    """Abort the call with the status code mapped from a typed error; log anything unexpected."""
+    """End the call with the status code mapped from a typed error; log anything unexpected.
+
+    The status is set after the `except` block, from the code and text alone: an exception kept
+    alive past the call would keep its traceback's frames, and with them the request and its
+    arrays, until the cycle collector happens to run."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        if not isinstance(request, Undecodable) and request.ByteSize() >= LARGE_REQUEST_BYTES:
+            # once this call is over, hand the pages of its receive buffers back (off the loop)
+            context.add_done_callback(lambda _: _release_after(self.service))
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidRequest(request.message)
             return await method(self, request, context)
         except EmbserveError as exc:
-            await context.abort(status_for(exc)[1], str(exc))
+            code, message = status_for(exc)[1], public_message(exc, self.service.settings.artifact_root)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-        raise AssertionError("unreachable: abort raises")
+            code, message = grpc.StatusCode.INTERNAL, "internal server error"
+        del request
+        # status set and no response, rather than `context.abort`: grpcio keeps the AbortError that
+        # abort raises on the call's state, and its traceback holds this frame and the context, a
+        # cycle that outlives the call until a gc pass
+        context.set_code(code)
+        context.set_details(message)
+        return None  # type: ignore[return-value]
 
     return wrapper
+
+
+def _release_after(service: EmbeddingService) -> None:
+    with contextlib.suppress(RuntimeError):  # the executor is shut down: the process is stopping
+        service.executor.submit(release_free_heap)
+
+
+class Undecodable:
+    """Stands for a request whose bytes are not a valid protobuf message. grpcio answers a
+    deserializer that raises with UNKNOWN by itself; returning this instead lets the servicer
+    answer INVALID_ARGUMENT. Holds the error text only, never the bytes."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def tolerant(parse: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError:
+            return Undecodable(f"the request to {method} is not a valid protobuf message")
+
+    return deserialize
+
+
+class _Captured:
+    """Stands in for a server while a generated `add_*_to_server` hands it its method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register a servicer as the generated `add_to_server` would, with every request
+    deserializer made `tolerant` (undecodable bytes reach the servicer as `Undecodable`)."""
+    captured = _Captured()
+    add_to_server(servicer, captured)
+    handlers = {
+        name: handler._replace(
+            request_deserializer=tolerant(handler.request_deserializer, f"{captured.service}/{name}")
+        )
+        for name, handler in captured.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
+    server.add_registered_method_handlers(captured.service, handlers)
 
 
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
@@ -56,7 +130,7 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidRequest(f"{field}.shape must be non-negative, got {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: an element count never wraps
     if len(tensor.data) != expected:
         raise InvalidRequest(
             f"{field}: {len(tensor.data)} bytes of data, but shape {shape} of {tensor.dtype} needs {expected}"
