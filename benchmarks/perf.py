@@ -441,8 +441,8 @@ def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
         )
         a, b = alternate(
             [
-                lambda i: pq.score_by_id(cands[i], qids[i], "ip"),
-                lambda i: peer.score(cands[i], peer.decode(qids[i]), "ip"),
+                lambda i: pq.score(pq.prepare("ip", ids=qids[i]), cands[i]),
+                lambda i: peer.score(peer.prepare("ip", queries=peer.decode(qids[i])), cands[i]),
             ],
             cfg.reps,
             cfg.pool,

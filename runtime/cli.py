@@ -15,20 +15,24 @@ from typing import Any
 import numpy as np
 
 from runtime import artifact
-from runtime.codecs import CODECS
+from runtime.codecs import CODECS, codec_options
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import Table, compress, load_table
 
-# flag -> (codec option, type); a flag given for a codec without that option is an error
-CODEC_FLAGS: dict[str, tuple[str, Any]] = {
-    "subspaces": ("subspaces", int),
-    "bits": ("bits", int),
-    "opq": ("opq", bool),
-    "rotate": ("rotate", bool),
-    "train_rows": ("train_rows", int),
-    "iterations": ("iterations", int),
-    "opq_iterations": ("opq_iterations", int),
-}
+# one flag an option name, derived from the options the codecs declare; a flag given for a codec
+# without that option is refused by the codec
+CODEC_FLAGS = codec_options()
+
+
+def _add_codec_flags(parser: argparse.ArgumentParser) -> None:
+    for name, declared in CODEC_FLAGS.items():
+        kind = declared[0][1].kind
+        text = "; ".join(f"{codec}: {option.help} (default {option.default})" for codec, option in declared)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_const", const=True, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, help=text)
 
 
 def add_commands(sub: Any) -> None:
@@ -37,13 +41,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("input", type=Path, help="(n, d) .npy file, float32 (other numeric dtypes are cast)")
     p.add_argument("--codec", required=True, choices=sorted(CODECS))
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
-    p.add_argument("--subspaces", type=int, help="pq: number of subspaces M (must divide d)")
-    p.add_argument("--bits", type=int, help="pq: bits a code, 8 or 4")
-    p.add_argument("--opq", action="store_const", const=True, help="pq: learn an OPQ rotation")
-    p.add_argument("--rotate", action="store_const", const=True, help="binary: random rotation first")
-    p.add_argument("--train-rows", type=int, help="pq: rows sampled for training (default 65536)")
-    p.add_argument("--iterations", type=int, help="pq: Lloyd iterations (default 25)")
-    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 8)")
+    _add_codec_flags(p)
     p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label (default: creation time)")
@@ -99,7 +97,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     x = _load_npy(args.input, "input")
-    options = {opt: getattr(args, flag) for flag, (opt, _) in CODEC_FLAGS.items() if getattr(args, flag) is not None}
+    options = {name: getattr(args, name) for name in CODEC_FLAGS if getattr(args, name) is not None}
     bar = _ProgressBar(not args.quiet)
     start = time.perf_counter()
     try:
@@ -190,7 +188,7 @@ def evaluate(
     nq = found.shape[0]
     if truth is None:
         exact = compress(source, "fp32")
-        truth_metric = "ip" if metric == "hamming" else metric
+        truth_metric = metric if metric in exact.metrics else "ip"
         if query_ids is not None:
             truth, _ = exact.search_by_id(query_ids, k, truth_metric, exclude_self=exclude_self)
         else:

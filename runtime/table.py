@@ -136,13 +136,16 @@ class Table:
         checked_oversample = check_k(oversample, "oversample")
         return checked_k, checked_metric, checked_oversample
 
+    def _rescoring(self, metric: str) -> bool:
+        return self.rerank is not None and metric in self.rerank.metrics
+
     def _candidates(self, k: int, metric: str, oversample: int) -> int:
-        rescoring = self.rerank is not None and metric != "hamming"
-        return min(self.rows, k * oversample) if rescoring else min(self.rows, k)
+        return min(self.rows, k * oversample) if self._rescoring(metric) else min(self.rows, k)
 
     def _primary_metric(self, metric: str) -> str:
-        # a binary table with a rerank codec ranks its candidates by Hamming
-        return "hamming" if self.rerank is not None and "hamming" in self.primary.metrics else metric
+        # with a rerank codec, candidates are ranked by the primary codec's own metric (binary: Hamming)
+        rank = self.primary.rank_metric
+        return rank if self.rerank is not None and rank is not None else metric
 
     def search(self, queries: Any, k: Any, metric: str = "ip", oversample: Any = 1) -> tuple[np.ndarray, np.ndarray]:
         """queries (q, dim) float -> ids (q, k') int64, scores (q, k') float32, k' = min(k, rows)."""
@@ -153,8 +156,9 @@ class Table:
             return np.zeros((0, kk), np.int64), np.zeros((0, kk), np.float32)
         want = self._candidates(kk, metric, oversample)
         ids, scores = self.primary.search(q, want, self._primary_metric(metric))
-        if self.rerank is not None and metric != "hamming":
-            ids, scores = _top_by_score(ids, self.rerank.score(ids, q, metric), kk, metric)
+        if self.rerank is not None and self._rescoring(metric):
+            rescored = self.rerank.score(self.rerank.prepare(metric, queries=q), ids)
+            ids, scores = _top_by_score(ids, rescored, kk, metric)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def search_by_id(
@@ -171,12 +175,12 @@ class Table:
             return np.zeros((qids.size, kk), np.int64), np.zeros((qids.size, kk), np.float32)
         extra = 1 if exclude_self else 0
         want = min(self.rows, self._candidates(kk, metric, oversample) + extra)
-        if self.rerank is not None and metric != "hamming":
+        if self.rerank is not None and self._rescoring(metric):
             # the rerank codec holds the query row better than the cheap codes do: searching with
             # that reconstruction is asymmetric (ADC), and finds far better candidates than
             # code-to-code scoring (on MovieLens, PQ M=16 + int8: recall@10 0.99 against 0.91)
             ids, _ = self.primary.search(self.rerank.decode(qids), want, self._primary_metric(metric))
-            scores = self.rerank.score_by_id(ids, qids, metric)
+            scores = self.rerank.score(self.rerank.prepare(metric, ids=qids), ids)
             ids, scores = _top_by_score(ids, scores, ids.shape[1], metric)
         else:
             ids, scores = self.primary.search_by_id(qids, want, metric)
@@ -191,20 +195,20 @@ class Table:
         if (queries is None) == (query_ids is None):
             raise InvalidRequest("give exactly one of queries or query_ids")
         cands = check_id_matrix(candidate_ids, self.rows)
-        codec = self.primary if metric == "hamming" else self.richest
+        codec = self.richest if metric in self.richest.metrics else self.primary
         if query_ids is not None:
             qids = check_ids(query_ids, self.rows, "query_ids")
             if qids.size != cands.shape[0]:
                 raise InvalidRequest(f"{qids.size} query_ids but candidate_ids has {cands.shape[0]} rows")
             if cands.size == 0:
                 return np.zeros(cands.shape, np.float32)
-            return codec.score_by_id(cands, qids, metric)
+            return codec.score(codec.prepare(metric, ids=qids), cands)
         q = check_queries(queries, self.dim)
         if q.shape[0] != cands.shape[0]:
             raise InvalidRequest(f"{q.shape[0]} queries but candidate_ids has {cands.shape[0]} rows")
         if cands.size == 0:
             return np.zeros(cands.shape, np.float32)
-        return codec.score(cands, q, metric)
+        return codec.score(codec.prepare(metric, queries=q), cands)
 
     # ---- persistence --------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

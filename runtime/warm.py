@@ -13,21 +13,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from runtime.codecs import CODECS, example_configs
 from runtime.table import compress, load_table
 
-CONFIGS: list[dict[str, object]] = [
-    {"codec": "fp32"},
-    {"codec": "fp16"},
-    {"codec": "int8"},
-    {"codec": "int4"},
-    {"codec": "int2"},
-    {"codec": "binary"},
-    {"codec": "binary", "rotate": True, "rerank": "int8"},
-    {"codec": "pq", "subspaces": 8, "bits": 8, "iterations": 2, "rerank": "int8"},
-    {"codec": "pq", "subspaces": 8, "bits": 4, "iterations": 2, "opq": True, "opq_iterations": 1},
+# every codec and each of its option choices (derived from the codecs' declared options), and
+# a rerank pairing for each codec that ranks by its own metric or scans by ADC
+CONFIGS: list[dict[str, Any]] = [
+    *example_configs(),
+    *[{"codec": name, "rerank": "int8"} for name, cls in CODECS.items() if cls.rank_metric or name == "pq"],
 ]
 
 
@@ -38,7 +35,7 @@ def warm_all() -> float:
         for i, config in enumerate(CONFIGS):
             options = dict(config)
             codec = str(options.pop("codec"))
-            compress(x, codec, **options).save(Path(tmp) / str(i))  # type: ignore[arg-type]
+            compress(x, codec, **options).save(Path(tmp) / str(i))
             load_table(Path(tmp) / str(i)).warmup()
     return time.perf_counter() - start
 
