@@ -1,0 +1,189 @@
+"""Keyed, tiered and mutable tables, and their format-2 artifacts."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.errors import ArtifactCorrupt, DeltaFull, InvalidRequest, KeyNotFound
+from tests.conftest import low_rank_table
+
+N, D = 400, 32
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return low_rank_table(N, D, seed=21)
+
+
+@pytest.fixture(scope="module")
+def keys() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    extremes = [0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max]
+    rest = rng.choice(np.arange(-(10**12), 10**12, 7919), N - len(extremes), replace=False)
+    return np.concatenate([extremes, rest]).astype(np.int64)
+
+
+def test_keyed_lookup_search_and_score_answer_with_keys(x: np.ndarray, keys: np.ndarray) -> None:
+    dense = runtime.compress(x, "int8")
+    keyed = runtime.compress(x, "int8", keys=keys)
+    pick = np.array([3, 0, 399, 2, 1])
+    np.testing.assert_array_equal(keyed.lookup(keys[pick]), dense.lookup(pick))
+    ids, scores = keyed.search(x[:3], 6)
+    want_ids, want_scores = dense.search(x[:3], 6)
+    np.testing.assert_array_equal(ids, keys[want_ids])
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    got = keyed.score(keys[pick].reshape(1, 5), query_ids=keys[[7]])
+    np.testing.assert_allclose(got, dense.score(pick.reshape(1, 5), query_ids=[7]), rtol=1e-5)
+    by_id, _ = keyed.search_by_id(keys[[9]], 4)
+    assert keys[9] not in by_id and np.isin(by_id, keys).all()
+    assert keyed.nbytes == dense.nbytes + keys.nbytes + keyed.keymap.nbytes  # type: ignore[union-attr]
+
+
+def test_missing_keys_error_names_the_key_or_give_zeros(x: np.ndarray, keys: np.ndarray) -> None:
+    strict = runtime.compress(x, "int8", keys=keys)
+    absent = 123456789  # keys are multiples of 7919 plus the extremes
+    with pytest.raises(KeyNotFound, match=rf"keys\[1\] = {absent} is not in the table"):
+        strict.lookup([keys[5], absent])
+    lenient = runtime.compress(x, "int8", keys=keys, missing="zeros")
+    rows, missing = lenient.lookup_counted([keys[5], absent, absent + 1])
+    assert missing == 2 and not rows[1:].any() and rows[0].any()
+    with pytest.raises(InvalidRequest, match="repeats"):
+        runtime.compress(x, "int8", keys=np.zeros(N, np.int64))
+
+
+def _tiers(n: int) -> list[dict[str, object]]:
+    hot = np.arange(0, n, 5)
+    cold = np.setdiff1d(np.arange(n), hot)
+    return [
+        {"rows": hot.tolist(), "codec": "int8"},
+        {"rows": cold, "codec": "pq", "subspaces": 4, "iterations": 4, "dim": 16, "rerank": "fp16"},
+    ]
+
+
+def test_tiered_table_dispatches_and_merges_one_top_k(x: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N))
+    assert [tier.rows for tier in t.tiers] == [80, 320] and t.tiers[1].projection is not None
+    rows = t.lookup(np.arange(N))
+    # exact top-k over what lookups return: tiers' scans, corrected for projection, agree with it
+    q = low_rank_table(4, D, seed=9)
+    for metric in ("ip", "l2"):
+        ids, scores = t.search(q, 10, metric, oversample=N)
+        exact = q @ rows.T if metric == "ip" else ((q[:, None, :] - rows[None]) ** 2).sum(-1)
+        np.testing.assert_allclose(scores, np.take_along_axis(exact, ids, 1), rtol=1e-3, atol=1e-3)
+        best = np.sort(-exact if metric == "ip" else exact, axis=1)[:, :10]
+        np.testing.assert_allclose(-scores if metric == "ip" else scores, best, rtol=1e-3, atol=1e-3)
+        cands = np.array([[0, 1, 2, 399]] * 4)
+        np.testing.assert_allclose(
+            t.score(cands, queries=q, metric=metric), np.take_along_axis(exact, cands, 1), rtol=1e-3, atol=1e-3
+        )
+    hot_error = np.linalg.norm(rows[::5] - x[::5]) / np.linalg.norm(x[::5])
+    assert hot_error < 0.02
+    assert t.nbytes == sum(tier.nbytes for tier in t.tiers) + N * (1 + 4) + N * 8
+
+
+def test_tier_specs_must_cover_every_row_once(x: np.ndarray) -> None:
+    with pytest.raises(InvalidRequest, match="in no tier"):
+        runtime.compress(x, tiers=[{"rows": {"start": 0, "stop": 10}, "codec": "int8"}])
+    with pytest.raises(InvalidRequest, match="earlier tier"):
+        runtime.compress(x, tiers=[{"rows": slice(0, 300), "codec": "int8"}, {"rows": slice(200, N), "codec": "fp16"}])
+
+
+def test_format2_round_trip_of_keyed_tiered_table(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, missing="zeros")
+    t.sequence = 41
+    loaded = runtime.load_table(t.save(tmp_path / "v2"))
+    assert (loaded.sequence, loaded.missing, loaded.keyed, len(loaded.tiers)) == (41, "zeros", True, 2)
+    np.testing.assert_array_equal(loaded.lookup(keys[::7]), t.lookup(keys[::7]))
+    q = x[:3]
+    np.testing.assert_array_equal(loaded.search(q, 5)[0], t.search(q, 5)[0])
+    rows_file = tmp_path / "v2" / "tier1.rows.npy"
+    data = bytearray(rows_file.read_bytes())
+    data[-1] ^= 1
+    rows_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match=r"tier1\.rows"):
+        runtime.load_table(tmp_path / "v2")
+    # an artifact whose tiers overlap (checksums made to match) is refused too
+    t2 = runtime.compress(x, tiers=_tiers(N))
+    t2.tier_rows[1][0] = 0  # type: ignore[index]
+    with pytest.raises(ArtifactCorrupt, match=r"two tiers|ascending"):
+        runtime.load_table(t2.save(tmp_path / "bad"))
+
+
+def test_upsert_and_delete_are_seen_at_once_and_compact(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, delta_capacity=50)
+    new_row = np.full((1, D), 3.0, np.float32)
+    seq = t.upsert(keys[[5]], new_row)
+    assert seq == 1 and t.delta_rows == 1
+    np.testing.assert_allclose(t.lookup(keys[[5]]), new_row, atol=0.05)
+    ids, _ = t.search(new_row, 3, "ip")
+    assert ids[0, 0] == keys[5] and (ids[0] == keys[5]).sum() == 1  # no stale base row of key 5
+    t.upsert([777], -new_row, sequence=100)  # a new key goes to the cheapest tier
+    assert t.sequence == 100 and t.lookup([777])[0, 0] < -2
+    t.delete(keys[[6, 7]])
+    with pytest.raises(KeyNotFound, match=str(keys[6])):
+        t.lookup(keys[[6]])
+    ids, _ = t.search(x[6:8], 20, "ip")
+    assert not np.isin(ids, keys[[6, 7]]).any()
+    # bad batches change nothing
+    before = t.lookup(keys[[5]])
+    for bad in (np.full((1, D), np.nan), np.ones((1, D + 1)), np.array([["a"] * D])):
+        with pytest.raises(InvalidRequest):
+            t.upsert(keys[[5]], bad)
+    with pytest.raises(KeyNotFound):
+        t.delete([keys[8], 31337])
+    assert t.sequence == 101 and np.array_equal(t.lookup(keys[[5]]), before) and t.lookup(keys[[8]]).any()
+    with pytest.raises(DeltaFull, match="compact"):
+        t.upsert(keys[10:70], x[10:70])
+    compacted = t.compact()
+    assert compacted.rows == N - 1 and compacted.delta_rows == 0 and compacted.sequence == 101
+    for key in (keys[5], 777, keys[100]):
+        np.testing.assert_array_equal(compacted.lookup([key]), t.lookup([key]))
+    loaded = runtime.load_table(t.save(tmp_path / "c"))
+    assert loaded.sequence == 101 and loaded.rows == N - 1
+    np.testing.assert_array_equal(loaded.lookup(keys[[5, 100]]), t.lookup(keys[[5, 100]]))
+
+
+def test_dense_table_takes_upserts_of_its_ids_only(x: np.ndarray) -> None:
+    t = runtime.compress(x, "pq", subspaces=8, bits=4, iterations=3)
+    with pytest.raises(runtime.IdOutOfRange):
+        t.upsert([N], x[:1])
+    with pytest.raises(InvalidRequest, match="dense"):
+        t.delete([0])
+    t.upsert([3], x[10:11])
+    np.testing.assert_array_equal(t.lookup([3]), t.lookup([10]))
+    ids, _ = t.search(x[10:11], 2)
+    assert set(ids[0].tolist()) == {3, 10}
+
+
+def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
+    t = runtime.compress(x[:100], "int8", keys=np.arange(100, dtype=np.int64) * 3)
+    old = t.lookup(np.arange(100) * 3)
+    new = runtime.compress(-x[:100], "int8").lookup(np.arange(100))
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            got = t.lookup(np.arange(100) * 3)
+            same = np.all(got == old, axis=1) | np.all(got == new, axis=1)
+            if not same.all():
+                errors.append(f"row {int(np.flatnonzero(~same)[0])} is neither old nor new")
+            ids, _ = t.search(x[:2], 5, "ip")
+            if len(set(ids[0].tolist())) != 5:
+                errors.append("a key was returned twice")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for start in range(0, 100, 5):
+        t.upsert(np.arange(start, start + 5) * 3, -x[start : start + 5])
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    np.testing.assert_array_equal(t.lookup(np.arange(100) * 3), new)
