@@ -39,10 +39,19 @@ def add_commands(sub: Any) -> None:
     """Register compress / inspect / eval on an argparse subparsers object."""
     p = sub.add_parser("compress", help="compress a float32 .npy table into an artifact directory")
     p.add_argument("input", type=Path, help="(n, d) .npy file, float32 (other numeric dtypes are cast)")
-    p.add_argument("--codec", required=True, choices=sorted(CODECS))
+    p.add_argument("--codec", choices=sorted(CODECS), help="the codec of a one-tier table (or give --tiers)")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     _add_codec_flags(p)
     p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
+    p.add_argument(
+        "--tiers",
+        type=Path,
+        help='JSON file: a list of tiers, each {"rows": [ids] or {"start", "stop"}, "codec", '
+        '"rerank", "rerank_options", "dim", codec options}; together they hold every row once',
+    )
+    p.add_argument("--keys", type=Path, help="(n,) .npy of distinct int64 keys: a keyed table")
+    p.add_argument("--missing", choices=["error", "zeros"], default="error", help="lookup of an absent key")
+    p.add_argument("--delta-capacity", type=int, help="rows the update delta holds before compaction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label (default: creation time)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -98,17 +107,29 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def cmd_compress(args: argparse.Namespace) -> int:
     x = _load_npy(args.input, "input")
     options = {name: getattr(args, name) for name in CODEC_FLAGS if getattr(args, name) is not None}
+    if (args.codec is None) == (args.tiers is None):
+        raise InvalidRequest("give exactly one of --codec or --tiers")
+    tiers = _load_tiers(args.tiers) if args.tiers is not None else None
+    if tiers is not None and (options or args.rerank):
+        raise InvalidRequest("with --tiers, give codec options and rerank inside each tier")
+    extra: dict[str, Any] = {"missing": args.missing}
+    if args.keys is not None:
+        extra["keys"] = _load_npy(args.keys, "keys")
+    if args.delta_capacity is not None:
+        extra["delta_capacity"] = args.delta_capacity
     bar = _ProgressBar(not args.quiet)
     start = time.perf_counter()
     try:
         table = compress(
             x,
-            args.codec,
+            args.codec or "int8",
+            tiers=tiers,
             rerank=args.rerank,
             seed=args.seed,
             version=args.version,
             source=str(args.input),
             progress=bar,
+            **extra,
             **options,
         )
     finally:
@@ -116,11 +137,22 @@ def cmd_compress(args: argparse.Namespace) -> int:
     table.save(args.out)
     elapsed = time.perf_counter() - start
     print(
-        f"wrote {args.out}: {table.rows} × {table.dim} {table.codec}"
-        f"{' + ' + table.rerank.name if table.rerank else ''}, {table.nbytes} bytes "
+        f"wrote {args.out}: {table.rows} × {table.dim} "
+        f"{' | '.join(t.primary.name + (' + ' + t.rerank.name if t.rerank else '') for t in table.tiers)}"
+        f"{' (keyed)' if table.keyed else ''}, {table.nbytes} bytes "
         f"({table.compression_ratio:.2f}× smaller than fp32) in {elapsed:.1f} s"
     )
     return 0
+
+
+def _load_tiers(path: Path) -> list[dict[str, Any]]:
+    try:
+        tiers = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"cannot read tiers {str(path)!r}: {exc}") from None
+    if not isinstance(tiers, list):
+        raise InvalidRequest(f"tiers {str(path)!r} must hold a JSON list of tier objects")
+    return tiers
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 projection), an optional int64 key map, and an in-memory delta of upserts and deletes.
 
 Every public method validates its input (typed errors from `runtime.errors`) and then calls the
-tiers; results are sorted best first with ties broken by ascending id (keyed tables: key).
+tiers; results are sorted best first with ties broken by ascending row (a dense table's id; a
+keyed table's position of the key as compressed, new keys after).
 Rows are numbered 0..n-1 in the base; a keyed table's new keys get the numbers n, n+1, ...
 """
 
@@ -248,9 +249,9 @@ class Table:
         }
 
     # ---- addressing ----------------------------------------------------------------------------
-    def _simple(self, view: DeltaView) -> bool:
-        """One dense tier and no delta: the paths of a format-1 table, unchanged."""
-        return len(self.tiers) == 1 and self.keys is None and view.empty
+    def _one_base(self, view: DeltaView) -> bool:
+        """One tier and no delta: the paths of a format-1 table, unchanged (keys mapped around them)."""
+        return len(self.tiers) == 1 and view.empty
 
     def _resolve(self, ids: Any, view: DeltaView, field: str = "ids") -> tuple[np.ndarray, int]:
         """ids or keys (b,) -> global rows (b,) int64, -1 where missing, and how many are."""
@@ -331,7 +332,7 @@ class Table:
             self._require(rows, ids, "keys" if self.keyed else "ids")
         if bounds.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32), missing
-        if self._simple(view):
+        if self._one_base(view) and not missing:
             return self.tiers[0].richest.decode_bags(rows, bounds, mode == "mean"), 0
         return dense.pool(self._decode_rows(rows, view), bounds, mode == "mean"), missing
 
@@ -350,7 +351,10 @@ class Table:
     def _search_rows(
         self, q: np.ndarray, k: int, metric: str, oversample: int, view: DeltaView
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Every tier and delta segment scanned, one merged top k of global rows (q, k')."""
+        """Every tier and delta segment scanned, one merged top k (q, k'): ids (keys on keyed
+        tables) and scores. Ties go to the lower row, so a tier's own top k (local rows ascend
+        with global rows) always holds the merged answer's share; rows in the delta break ties
+        among themselves by the order they were written."""
         ids_parts, score_parts = [], []
         for t, tier in enumerate(self.tiers):
             stale = view.stale_local[t]
@@ -364,12 +368,8 @@ class Table:
                 ids_parts.append(view.slot_rows[t][slots])
                 score_parts.append(scores)
         rows, scores = np.concatenate(ids_parts, axis=1), np.concatenate(score_parts, axis=1)
-        if self.keys is None:
-            return top_by_score(rows, scores, k, metric)
-        # ties by ascending key: rank by keys, then map back to rows
-        keys = self._answer_ids(rows, view)
-        order_keys, order_scores = top_by_score(keys, scores, k, metric)
-        return order_keys, order_scores
+        rows, scores = top_by_score(rows, scores, k, metric)
+        return self._answer_ids(rows, view), scores
 
     def search(self, queries: Any, k: Any, metric: str = "ip", oversample: Any = 1) -> tuple[np.ndarray, np.ndarray]:
         """queries (q, dim) float -> ids or keys (q, k') int64, scores (q, k') float32,
@@ -380,8 +380,10 @@ class Table:
         kk = min(k, self._live_rows(view))
         if q.shape[0] == 0 or kk == 0:
             return np.zeros((q.shape[0], kk), np.int64), np.zeros((q.shape[0], kk), np.float32)
-        if self._simple(view):
+        if self._one_base(view):
             ids, scores = self.tiers[0].search(q, kk, metric, oversample)
+            if self.keys is not None:
+                ids = self.keys[ids]
         else:
             ids, scores = self._search_rows(q, kk, metric, oversample, view)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
@@ -401,10 +403,12 @@ class Table:
         if rows.size == 0 or kk <= 0:
             return np.zeros((rows.size, max(kk, 0)), np.int64), np.zeros((rows.size, max(kk, 0)), np.float32)
         want = min(live, kk + (1 if exclude_self else 0))
-        if self._simple(view):
+        if self._one_base(view):
             extra = 1 if exclude_self else 0
             ids, scores = self.tiers[0].search_by_local_id(rows, want - extra, metric, oversample, extra)
             own = rows
+            if self.keys is not None:
+                ids, own = self.keys[ids], self.keys[rows]
         else:
             ids, scores = self._search_rows(self._decode_rows(rows, view), want, metric, oversample, view)
             own = self._answer_ids(rows, view)
@@ -433,7 +437,7 @@ class Table:
                 raise InvalidRequest(f"{qrows.size} query_ids but candidate_ids has {cands.shape[0]} rows")
             if cands.size == 0:
                 return np.zeros(cands.shape, np.float32)
-            if self._simple(view):
+            if self._one_base(view):
                 return self.tiers[0].score_by_local_id(cands, qrows, metric)
             q = self._decode_rows(qrows, view)
         else:
@@ -442,7 +446,7 @@ class Table:
                 raise InvalidRequest(f"{q.shape[0]} queries but candidate_ids has {cands.shape[0]} rows")
             if cands.size == 0:
                 return np.zeros(cands.shape, np.float32)
-        if self._simple(view):
+        if self._one_base(view):
             return self.tiers[0].score(cands, q, metric)
         return self._score_rows(cands, q, metric, view)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import runtime
 from runtime.errors import ArtifactCorrupt, DeltaFull, InvalidRequest, KeyNotFound
@@ -187,3 +189,45 @@ def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
         th.join()
     assert not errors, errors[:3]
     np.testing.assert_array_equal(t.lookup(np.arange(100) * 3), new)
+
+
+@st.composite
+def tier_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int, str]:
+    n = draw(st.integers(1, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.integers(-2, 3, (n, 4)).astype(np.float32)  # few distinct scores: ties only ids break
+    tier_of = rng.integers(0, draw(st.integers(1, 3)), n)
+    keys = rng.choice(np.arange(-1000, 1000), n, replace=False).astype(np.int64) if draw(st.booleans()) else None
+    q = rng.integers(-2, 3, (2, 4)).astype(np.float32)
+    return x, tier_of, keys, q, draw(st.integers(1, 70)), draw(st.sampled_from(["ip", "l2"]))
+
+
+@given(tier_cases())
+def test_tier_merge_is_the_exact_top_k_with_ties_by_ascending_row(
+    case: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int, str],
+) -> None:
+    x, tier_of, keys, q, k, metric = case
+    specs = [{"rows": np.flatnonzero(tier_of == t), "codec": "fp32"} for t in np.unique(tier_of)]
+    table = runtime.compress(x, tiers=specs, keys=keys)
+    ids, scores = table.search(q, k, metric)
+    exact = q @ x.T if metric == "ip" else ((q[:, None, :] - x[None]) ** 2).sum(-1)
+    names = np.arange(x.shape[0]) if keys is None else keys
+    for row in range(q.shape[0]):
+        order = np.lexsort((np.arange(x.shape[0]), -exact[row] if metric == "ip" else exact[row]))[:k]
+        np.testing.assert_array_equal(ids[row], names[order])
+        np.testing.assert_array_equal(scores[row], exact[row][order])
+
+
+def test_bags_and_search_by_id_on_keyed_tiered_tables(x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, missing="zeros")
+    rows = t.lookup(keys)
+    bag_keys = keys[[1, 2, 3, 9]]
+    sums, missing = t.lookup_pooled_counted([*bag_keys.tolist(), 5], [0, 3], "sum")
+    np.testing.assert_allclose(sums, [rows[[1, 2, 3]].sum(0), rows[9]], rtol=1e-5, atol=1e-5)
+    assert missing == 1  # key 5 is absent: a zero row in the second bag
+    ids, scores = t.search_by_id(keys[[0, 11]], 5, "ip", oversample=N)
+    assert keys[0] not in ids[0] and keys[11] not in ids[1] and ids.shape == (2, 5)
+    exact = rows[[0, 11]] @ rows.T
+    position = {int(k): i for i, k in enumerate(keys.tolist())}
+    found = np.array([[position[int(k)] for k in row] for row in ids])
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-3, atol=1e-3)
