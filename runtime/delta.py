@@ -109,7 +109,14 @@ class DeltaStore:
 
     @property
     def nbytes(self) -> int:
+        """The growing row arrays, the view's index arrays, and what the segments' codecs derive
+        from the delta's rows (not what they share with the base, such as inner-product tables)."""
         held = sum(a.nbytes for arrays in (*self.primary, *self.rerank) for a in arrays.values())
+        for segment in self.view.segments:
+            for codec in (None,) if segment is None else (segment.primary, segment.rerank):
+                if codec is not None:
+                    shared = {id(a) for a in codec.shared.values()}
+                    held += sum(a.nbytes for a in codec.derived.values() if id(a) not in shared)
         return int(held + self.view.nbytes)
 
     @staticmethod

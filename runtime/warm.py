@@ -37,6 +37,16 @@ def warm_all() -> float:
             codec = str(options.pop("codec"))
             compress(x, codec, **options).save(Path(tmp) / str(i))
             load_table(Path(tmp) / str(i)).warmup()
+        # a keyed two-tier table with a delta: the hash map, projection and merge paths
+        tiers = [
+            {"rows": {"start": 0, "stop": 100}, "codec": "int8"},
+            {"rows": {"start": 100, "stop": 600}, "codec": "pq", "dim": 32, "subspaces": 8, "iterations": 2},
+        ]
+        keyed = compress(x, tiers=tiers, keys=np.arange(600, dtype=np.int64) * 7)
+        keyed.save(Path(tmp) / "keyed")
+        table = load_table(Path(tmp) / "keyed")
+        table.upsert([7, 700], x[:2])
+        table.warmup()
     return time.perf_counter() - start
 
 

@@ -105,12 +105,22 @@ class Codec(ABC):
     """Arrays with one entry a row along axis 0 (codes, scales); every other array is trained state."""
     options: ClassVar[tuple[Option, ...]] = ()
 
-    def __init__(self, rows: int, dim: int, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        rows: int,
+        dim: int,
+        params: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        shared: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.rows = rows
         self.dim = dim
         self.params = dict(params)
         self.arrays = dict(arrays)
         self.derived: dict[str, np.ndarray] = {}
+        self.shared = shared or {}
+        """Derived state of the trained state alone (inner-product tables), handed over from a
+        codec of the same state so `with_rows` need not rebuild it."""
         problem = self.check_arrays()
         if problem:
             raise InvalidRequest(f"codec {self.name!r}: {problem}")
@@ -188,7 +198,13 @@ class Codec(ABC):
 
     def with_rows(self, rows: dict[str, np.ndarray]) -> Codec:
         """A codec of the same trained state over other encoded rows (a delta, a compacted table)."""
-        return type(self).from_parts(self.state, rows, self.dim)
+        count = next(iter(rows.values())).shape[0] if rows else 0
+        state = self.state
+        return type(self)(count, self.dim, state.params, {**state.arrays, **rows}, self.state_derived())
+
+    def state_derived(self) -> dict[str, np.ndarray]:
+        """The derived arrays that depend on the trained state only (none by default)."""
+        return {}
 
     def _prepare(self) -> None:
         """Build derived state (held in memory, not persisted) after load or fit."""

@@ -153,7 +153,9 @@ class PqCodec(Codec):
 
     def _prepare(self) -> None:
         books = self.arrays["codebooks"]
-        tables = np.einsum("mks,mjs->mkj", books, books).astype(np.float32)
+        tables = self.shared.get("ip_tables")
+        if tables is None:
+            tables = np.einsum("mks,mjs->mkj", books, books).astype(np.float32)
         self.derived["ip_tables"] = tables
         self._diag = np.ascontiguousarray(np.einsum("mkk->mk", tables))
         self._four_bit = self.params["bits"] == 4
@@ -162,6 +164,9 @@ class PqCodec(Codec):
             # 4-bit scans read the blocked layout only; the row-major array stays the persisted form
             self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
             release_pages(self.arrays["codes"])
+
+    def state_derived(self) -> dict[str, np.ndarray]:
+        return {"ip_tables": self.derived["ip_tables"]}
 
     def held_arrays(self) -> dict[str, np.ndarray]:
         held = super().held_arrays()

@@ -119,7 +119,10 @@ def test_format2_round_trip_of_keyed_tiered_table(tmp_path: Path, x: np.ndarray,
 def test_upsert_and_delete_are_seen_at_once_and_compact(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
     t = runtime.compress(x, tiers=_tiers(N), keys=keys, delta_capacity=50)
     new_row = np.full((1, D), 3.0, np.float32)
+    before_bytes = t.nbytes
     seq = t.upsert(keys[[5]], new_row)
+    # the delta's arrays count: int8 rows grown to 64 slots (36 B), indexes; no second ip table
+    assert before_bytes + 64 * 36 < t.nbytes < before_bytes + 64 * 36 + 1024
     assert seq == 1 and t.delta_rows == 1
     np.testing.assert_allclose(t.lookup(keys[[5]]), new_row, atol=0.05)
     ids, _ = t.search(new_row, 3, "ip")
