@@ -38,7 +38,7 @@ def warm_all() -> float:
             compress(x, codec, **options).save(Path(tmp) / str(i))
             load_table(Path(tmp) / str(i)).warmup()
         # a keyed two-tier table with a delta: the hash map, projection and merge paths
-        tiers = [
+        tiers: list[dict[str, Any]] = [
             {"rows": {"start": 0, "stop": 100}, "codec": "int8"},
             {"rows": {"start": 100, "stop": 600}, "codec": "pq", "dim": 32, "subspaces": 8, "iterations": 2},
         ]
