@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.kernels.hashmap import KeyMap
 from runtime.tiers import Tier
 
 EMPTY_I64 = np.zeros(0, np.int64)
@@ -21,26 +22,30 @@ EMPTY_I64 = np.zeros(0, np.int64)
 
 @dataclass(frozen=True)
 class DeltaView:
-    """changed (m,) int64 sorted: global rows whose current value is not the base's (updated,
-    deleted or new); changed_tier (m,) int64 and changed_slot (m,) int64 locate the current value
-    (slot -1: deleted). added_keys (p,) int64: keys of new rows base_rows..base_rows+p-1, with
-    added_sorted/added_rows for key lookups. Per tier t: segments[t] is a Tier over its delta slots
-    (None while empty), slot_rows[t] (s,) the global row of each slot, dead_slots[t] the sorted
-    slots no longer current, stale_local[t] the sorted base-local ids whose rows changed."""
+    """changed (m,) int64: global rows whose current value is not the base's (updated, deleted or
+    new), found through `changed_map` (row -> position); changed_tier (m,) int64 and changed_slot
+    (m,) int64 locate the current value (slot -1: deleted). added_keys (p,) int64: keys of the new
+    rows base_rows..base_rows+p-1, found through `added_map`. Per tier t: segments[t] is a Tier
+    over its delta slots (None while empty), slot_rows[t] (s,) the global row of each slot,
+    slot_live[t] (s,) bool whether the slot is its row's current value, dead_slots[t] the slots
+    that are not, stale_local[t] the base-local ids (distinct) whose rows changed."""
 
     base_rows: int
     tiers: int
     changed: np.ndarray = field(default_factory=lambda: EMPTY_I64)
     changed_tier: np.ndarray = field(default_factory=lambda: EMPTY_I64)
     changed_slot: np.ndarray = field(default_factory=lambda: EMPTY_I64)
+    changed_map: KeyMap | None = None
     added_keys: np.ndarray = field(default_factory=lambda: EMPTY_I64)
-    added_sorted: np.ndarray = field(default_factory=lambda: EMPTY_I64)
-    added_rows: np.ndarray = field(default_factory=lambda: EMPTY_I64)
+    added_map: KeyMap | None = None
     segments: tuple[Tier | None, ...] = ()
     slot_rows: tuple[np.ndarray, ...] = ()
+    slot_live: tuple[np.ndarray, ...] = ()
     dead_slots: tuple[np.ndarray, ...] = ()
     stale_local: tuple[np.ndarray, ...] = ()
     slots_used: int = 0
+    live_delta_rows: int = 0
+    stale_base_rows: int = 0
 
     @property
     def empty(self) -> bool:
@@ -51,23 +56,20 @@ class DeltaView:
         """Base rows plus every new row ever added (deleted ones included: row numbers are not reused)."""
         return self.base_rows + int(self.added_keys.size)
 
-    @property
-    def live_delta_rows(self) -> int:
-        return int((self.changed_slot >= 0).sum())
-
     def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows (b,) int64 -> (hit (b,) bool, position in `changed` (b,) int64)."""
-        if self.changed.size == 0:
+        """rows (b,) int64 -> (hit (b,) bool, position in `changed` (b,) int64, 0 where not hit)."""
+        if self.changed_map is None:
             return np.zeros(rows.shape[0], bool), np.zeros(rows.shape[0], np.int64)
-        pos = np.minimum(np.searchsorted(self.changed, rows), self.changed.size - 1)
-        return self.changed[pos] == rows, pos
+        pos, _ = self.changed_map.rows(rows)
+        hit = pos >= 0
+        return hit, np.where(hit, pos, 0)
 
     def added_row_of(self, keys: np.ndarray) -> np.ndarray:
         """keys (b,) int64 -> rows of added keys (b,) int64, -1 where not added."""
-        if self.added_sorted.size == 0:
+        if self.added_map is None:
             return np.full(keys.shape[0], -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.added_sorted, keys), self.added_sorted.size - 1)
-        return np.where(self.added_sorted[pos] == keys, self.added_rows[pos], -1)
+        index, _ = self.added_map.rows(keys)
+        return np.where(index >= 0, self.base_rows + index, -1)
 
     def key_of(self, rows: np.ndarray, base_keys: np.ndarray) -> np.ndarray:
         """Global rows (any shape) int64 -> their keys."""
@@ -80,15 +82,18 @@ class DeltaView:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.changed, self.changed_tier, self.changed_slot, self.added_keys, self.added_sorted]
-        arrays += [self.added_rows, *self.slot_rows, *self.dead_slots, *self.stale_local]
-        return int(sum(a.nbytes for a in arrays))
+        arrays = [self.changed, self.changed_tier, self.changed_slot, self.added_keys]
+        arrays += [*self.slot_rows, *self.slot_live, *self.dead_slots, *self.stale_local]
+        maps = [m.nbytes for m in (self.changed_map, self.added_map) if m is not None]
+        return int(sum(a.nbytes for a in arrays) + sum(maps))
 
 
 class DeltaStore:
     """The writer's side: growing per-tier row arrays (only ever appended to) and the current view.
 
-    locate_base(rows) -> (tier (b,), local (b,)) places base rows in their tiers."""
+    locate_base(rows) -> (tier (b,), local (b,)) places base rows in their tiers. A batch costs
+    time linear in the delta's size (copies of its index arrays and one hash-map build), never a
+    sort of it."""
 
     def __init__(
         self, base: list[Tier], base_rows: int, locate_base: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -98,13 +103,15 @@ class DeltaStore:
         self.primary: list[dict[str, np.ndarray]] = [{} for _ in base]
         self.rerank: list[dict[str, np.ndarray]] = [{} for _ in base]
         self.counts = [0] * len(base)
+        none = (EMPTY_I64,) * len(base)
         self.view = DeltaView(
             base_rows,
             len(base),
             segments=(None,) * len(base),
-            slot_rows=(EMPTY_I64,) * len(base),
-            dead_slots=(EMPTY_I64,) * len(base),
-            stale_local=(EMPTY_I64,) * len(base),
+            slot_rows=none,
+            slot_live=(np.zeros(0, bool),) * len(base),
+            dead_slots=none,
+            stale_local=none,
         )
 
     @property
@@ -127,9 +134,8 @@ class DeltaStore:
             current = store.get(name)
             need = count + values.shape[0]
             if current is None or current.shape[0] < need:
-                grown = np.empty(
-                    (max(need, 2 * (0 if current is None else current.shape[0]), 64), *values.shape[1:]), values.dtype
-                )
+                size = max(need, 2 * (0 if current is None else current.shape[0]), 64)
+                grown = np.empty((size, *values.shape[1:]), values.dtype)
                 if current is not None:
                     grown[:count] = current[:count]
                 store[name] = current = grown
@@ -143,13 +149,14 @@ class DeltaStore:
         deleted: np.ndarray,
         added_keys: np.ndarray,
     ) -> DeltaView:
-        """Publish a batch: rows (b,) global rows upserted, each in tier tier_of (b,); encoded[t] =
-        (positions in rows, primary row arrays, rerank row arrays) for tier t; deleted (e,) global
-        rows; added_keys (p,) keys of the new rows (already numbered total_rows..)."""
+        """Publish a batch: rows (b,) distinct global rows upserted, each in tier tier_of (b,);
+        encoded[t] = (positions in rows, primary row arrays, rerank row arrays) for tier t; deleted
+        (e,) distinct global rows (none of them in rows); added_keys (p,) keys of the new rows
+        (already numbered total_rows..)."""
         old = self.view
+        tiers = len(self.base)
         slot_of = np.full(rows.shape[0], -1, np.int64)
-        segments = list(old.segments)
-        slot_rows = list(old.slot_rows)
+        segments, slot_rows, slot_live = list(old.segments), list(old.slot_rows), list(old.slot_live)
         for t, (positions, primary, rerank) in encoded.items():
             start = self.counts[t]
             self._append(self.primary[t], start, primary)
@@ -159,39 +166,50 @@ class DeltaStore:
             slot_of[positions] = np.arange(start, stop)
             self.counts[t] = stop
             slot_rows[t] = np.concatenate([old.slot_rows[t], rows[positions]])
-            tier = self.base[t]
-            segments[t] = tier.with_rows(
+            slot_live[t] = np.concatenate([old.slot_live[t], np.ones(positions.size, bool)])
+            segments[t] = self.base[t].with_rows(
                 {n: a[:stop] for n, a in self.primary[t].items()},
                 {n: a[:stop] for n, a in self.rerank[t].items()} if rerank is not None else None,
             )
-        # the newest entry of a row wins: deletions after this batch's upserts never share a row
-        all_rows = np.concatenate([old.changed, rows, deleted])
-        all_tier = np.concatenate([old.changed_tier, tier_of, np.full(deleted.size, -1, np.int64)])
-        all_slot = np.concatenate([old.changed_slot, slot_of, np.full(deleted.size, -1, np.int64)])
-        last = all_rows.size - 1 - np.unique(all_rows[::-1], return_index=True)[1]
-        changed, changed_tier, changed_slot = all_rows[last], all_tier[last], all_slot[last]
-        dead, stale = [], []
-        base_changed = changed[changed < old.base_rows]
-        base_tier, base_local = self.locate_base(base_changed)
-        for t in range(len(self.base)):
-            live = changed_slot[(changed_tier == t) & (changed_slot >= 0)]
-            dead.append(np.setdiff1d(np.arange(self.counts[t], dtype=np.int64), live))
-            stale.append(np.sort(base_local[base_tier == t]))
-        keys = np.concatenate([old.added_keys, added_keys])
-        order = np.argsort(keys, kind="stable")
+        touched = np.concatenate([rows, deleted])
+        new_tier = np.concatenate([tier_of, np.full(deleted.size, -1, np.int64)])
+        new_slot = np.concatenate([slot_of, np.full(deleted.size, -1, np.int64)])
+        hit, pos = old.locate(touched)
+        changed_tier, changed_slot = old.changed_tier.copy(), old.changed_slot.copy()
+        # the slots these rows held before are no longer current
+        before_tier, before_slot = changed_tier[pos[hit]], changed_slot[pos[hit]]
+        for t in range(tiers):
+            gone = before_slot[(before_tier == t) & (before_slot >= 0)]
+            if gone.size:
+                slot_live[t] = slot_live[t].copy() if slot_live[t] is old.slot_live[t] else slot_live[t]
+                slot_live[t][gone] = False
+        changed_tier[pos[hit]], changed_slot[pos[hit]] = new_tier[hit], new_slot[hit]
+        fresh = touched[~hit]
+        changed = np.concatenate([old.changed, fresh])
+        changed_tier = np.concatenate([changed_tier, new_tier[~hit]])
+        changed_slot = np.concatenate([changed_slot, new_slot[~hit]])
+        # base rows changing for the first time become stale in their tier
+        fresh_base = fresh[fresh < old.base_rows]
+        base_tier, base_local = self.locate_base(fresh_base)
+        stale = [np.concatenate([old.stale_local[t], base_local[base_tier == t]]) for t in range(tiers)]
+        keys = np.concatenate([old.added_keys, added_keys]) if added_keys.size else old.added_keys
+        live = int((changed_slot >= 0).sum())
         self.view = DeltaView(
-            old.base_rows,
-            old.tiers,
-            changed,
-            changed_tier,
-            changed_slot,
-            keys,
-            keys[order],
-            old.base_rows + order.astype(np.int64),
-            tuple(segments),
-            tuple(slot_rows),
-            tuple(dead),
-            tuple(stale),
-            sum(self.counts),
+            base_rows=old.base_rows,
+            tiers=old.tiers,
+            changed=changed,
+            changed_tier=changed_tier,
+            changed_slot=changed_slot,
+            changed_map=KeyMap(changed),
+            added_keys=keys,
+            added_map=KeyMap(keys) if added_keys.size else old.added_map,
+            segments=tuple(segments),
+            slot_rows=tuple(slot_rows),
+            slot_live=tuple(slot_live),
+            dead_slots=tuple(np.flatnonzero(~live_t).astype(np.int64) for live_t in slot_live),
+            stale_local=tuple(stale),
+            slots_used=sum(self.counts),
+            live_delta_rows=live,
+            stale_base_rows=int(old.stale_base_rows + fresh_base.size),
         )
         return self.view

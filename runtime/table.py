@@ -79,7 +79,7 @@ class Table:
         if missing not in MISSING_POLICIES:
             raise InvalidRequest(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
         self.missing = missing
-        self.keys = None if keys is None else np.asarray(keys)
+        self.keys = None if keys is None else np.ascontiguousarray(keys)
         self.keymap = None if keys is None else self._build_keymap()
         cheapest = min(range(len(self.tiers)), key=lambda t: self.tiers[t].row_bytes)
         self.new_key_tier = cheapest if new_key_tier is None else int(new_key_tier)
@@ -346,7 +346,7 @@ class Table:
     def _live_rows(self, view: DeltaView) -> int:
         if view.empty:
             return self.rows
-        return self.rows - int((view.changed < self.rows).sum()) + view.live_delta_rows
+        return self.rows - view.stale_base_rows + view.live_delta_rows
 
     def _search_rows(
         self, q: np.ndarray, k: int, metric: str, oversample: int, view: DeltaView

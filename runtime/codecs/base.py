@@ -246,7 +246,7 @@ class Codec(ABC):
         return Prepared(metric, vectors.shape[0], queries=vectors)
 
     def scan(self, prepared: Prepared, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top k rows for each prepared query, rows in `exclude` (sorted int64) left out.
+        """Top k rows for each prepared query, rows in `exclude` (distinct int64) left out.
         -> ids (q, k') int64, scores (q, k') float32, best first, k' = min(k, rows - len(exclude))."""
         if exclude is None or exclude.size == 0:
             return self._scan(prepared, min(k, self.rows))

@@ -25,19 +25,18 @@ def test_hash_map_matches_twin_and_a_dict(keys: np.ndarray, probes: list[int]) -
     got = hashmap.build(distinct, slots)
     want = hashmap.build_numpy(distinct, slots)
     np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
-    assert got[2] == want[2] == -1
+    assert got[1] == want[1] == -1
     queries = np.array([*distinct.tolist(), *probes], dtype=np.int64)
-    rows, missing = hashmap.lookup(got[0], got[1], queries)
-    twin_rows, twin_missing = hashmap.lookup_numpy(got[0], got[1], queries)
+    rows, missing = hashmap.lookup(got[0], queries)
+    twin_rows, twin_missing = hashmap.lookup_numpy(got[0], queries)
     np.testing.assert_array_equal(rows, twin_rows)
     truth = {k: i for i, k in enumerate(distinct.tolist())}
     assert rows.tolist() == [truth.get(k, -1) for k in queries.tolist()]
     assert missing == twin_missing == sum(k not in truth for k in queries.tolist())
     if keys.size > distinct.size:  # a repeated key is reported at its first repeat
         first_repeat = next(i for i, k in enumerate(keys.tolist()) if k in keys.tolist()[:i])
-        assert hashmap.build(keys, hashmap.slot_count(keys.size))[2] == first_repeat
-        assert hashmap.build_numpy(keys, hashmap.slot_count(keys.size))[2] == first_repeat
+        assert hashmap.build(keys, hashmap.slot_count(keys.size))[1] == first_repeat
+        assert hashmap.build_numpy(keys, hashmap.slot_count(keys.size))[1] == first_repeat
 
 
 def test_colliding_keys_probe_past_each_other() -> None:
@@ -45,9 +44,9 @@ def test_colliding_keys_probe_past_each_other() -> None:
     candidates = np.arange(-5000, 5000, dtype=np.int64)
     homes = hashmap.home_numpy(candidates, 8)
     same = candidates[homes == homes[0]][:4]
-    slot_keys, slot_rows, dup = hashmap.build(same, 8)
-    assert dup == -1 and (slot_rows >= 0).sum() == 4
-    rows, missing = hashmap.lookup(slot_keys, slot_rows, same)
+    table, dup = hashmap.build(same, 8)
+    assert dup == -1 and (table[:, 1] >= 0).sum() == 4
+    rows, missing = hashmap.lookup(table, same)
     assert rows.tolist() == [0, 1, 2, 3] and missing == 0
 
 
@@ -55,4 +54,4 @@ def test_empty_map_answers_missing() -> None:
     keymap = hashmap.KeyMap(np.zeros(0, np.int64))
     rows, missing = keymap.rows(np.array([0, 7], np.int64))
     assert rows.tolist() == [-1, -1] and missing == 2
-    assert keymap.nbytes == 8 * 8 + 8 * 4
+    assert keymap.nbytes == 8 * 16

@@ -234,3 +234,61 @@ def test_bags_and_search_by_id_on_keyed_tiered_tables(x: np.ndarray, keys: np.nd
     position = {int(k): i for i, k in enumerate(keys.tolist())}
     found = np.array([[position[int(k)] for k in row] for row in ids])
     np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-3, atol=1e-3)
+
+
+@st.composite
+def update_scripts(draw: st.DrawFn) -> tuple[int, list[tuple[str, list[int], int]], int]:
+    n = draw(st.integers(1, 30))
+    ops = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["upsert", "delete"]),
+                st.lists(st.integers(0, 45), max_size=8, unique=True),
+                st.integers(0, 2**31),
+            ),
+            max_size=8,
+        )
+    )
+    return n, ops, draw(st.integers(1, 40))
+
+
+@given(update_scripts())
+def test_updates_match_a_dict_model(script: tuple[int, list[tuple[str, list[int], int]], int]) -> None:
+    n, ops, k = script
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    table = runtime.compress(
+        x,
+        tiers=[{"rows": np.arange(0, n, 2), "codec": "fp32"}]
+        + ([{"rows": np.arange(1, n, 2), "codec": "fp32"}] if n > 1 else []),
+        keys=np.arange(n, dtype=np.int64) * 10,
+    )
+    model = {10 * i: x[i] for i in range(n)}
+    for op, picks, seed in ops:
+        keys = np.array([10 * p for p in picks], np.int64)
+        if op == "upsert":
+            rows = np.random.default_rng(seed).standard_normal((keys.size, 4)).astype(np.float32)
+            table.upsert(keys, rows)
+            model.update({int(key): row for key, row in zip(keys, rows, strict=True)})
+        elif all(int(key) in model for key in keys):
+            table.delete(keys)
+            for key in keys:
+                del model[int(key)]
+        else:
+            with pytest.raises(KeyNotFound):
+                table.delete(keys)
+    for current in (table, table.compact()):
+        live = np.array(sorted(model), np.int64)
+        if live.size:
+            np.testing.assert_array_equal(current.lookup(live), np.array([model[int(key)] for key in live]))
+        for key in set(range(0, 460, 10)) - set(model):
+            with pytest.raises(KeyNotFound):
+                current.lookup([key])
+        q = np.ones((1, 4), np.float32)
+        ids, scores = current.search(q, k, "l2")
+        if live.size:
+            values = np.array([model[int(key)] for key in live])
+            exact = ((values - q) ** 2).sum(1)
+            assert ids.shape[1] == min(k, live.size)
+            np.testing.assert_allclose(scores[0], np.sort(exact)[: ids.shape[1]], rtol=1e-5, atol=1e-6)
+            assert set(ids[0].tolist()) <= set(live.tolist()) and len(set(ids[0].tolist())) == ids.shape[1]
