@@ -279,6 +279,17 @@ class Table:
         """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32."""
         if len(self.tiers) == 1 and view.empty and (rows.size == 0 or rows.min() >= 0):
             return self.tiers[0].decode(rows)
+        if len(self.tiers) == 1:
+            # one gather for every row (row 0 standing in for the others), then the few rows
+            # that live in the delta or are missing overwritten: cheaper than scattering the many
+            hit, pos = view.locate(rows)
+            absent = rows < 0
+            out = self.tiers[0].decode(np.where(hit | absent, 0, rows))
+            segment = view.segments[0]
+            if segment is not None and hit.any():
+                out[hit] = segment.decode(view.changed_slot[pos[hit]])
+            out[absent] = 0
+            return out
         out = np.zeros((rows.shape[0], self.dim), np.float32)
         present = np.flatnonzero(rows >= 0)
         live = rows[present]
