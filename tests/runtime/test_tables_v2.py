@@ -292,3 +292,33 @@ def test_updates_match_a_dict_model(script: tuple[int, list[tuple[str, list[int]
             assert ids.shape[1] == min(k, live.size)
             np.testing.assert_allclose(scores[0], np.sort(exact)[: ids.shape[1]], rtol=1e-5, atol=1e-6)
             assert set(ids[0].tolist()) <= set(live.tolist()) and len(set(ids[0].tolist())) == ids.shape[1]
+
+
+def _rewrite_array(path: Path, name: str, value: np.ndarray) -> None:
+    """Replace an array and its manifest entry (checksum included): damage only the checks see."""
+    import json
+
+    from runtime import artifact
+
+    file = path / f"{name.replace('/', '--')}.npy"
+    np.save(file, value)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["arrays"][name].update(dtype=value.dtype.str, shape=list(value.shape), sha256=artifact.sha256_file(file))
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_format2_consistency_checks(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "t")
+    repeated = keys.copy()
+    repeated[9] = repeated[2]
+    _rewrite_array(path, "keys", repeated)
+    with pytest.raises(ArtifactCorrupt, match=r"keys\[9\].*repeats"):
+        runtime.load_table(path)
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "u")
+    _rewrite_array(path, "tier1/projection.basis", np.zeros((D, 12), np.float32))
+    with pytest.raises(ArtifactCorrupt, match="tier 1"):
+        runtime.load_table(path)
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "v")
+    _rewrite_array(path, "keys", keys[:-1])
+    with pytest.raises(ArtifactCorrupt, match="keys"):
+        runtime.load_table(path)
