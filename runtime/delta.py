@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.kernels.hashmap import KeyMap
+from runtime.kernels.hashmap import KeyMap, KeySet
 from runtime.tiers import Tier
 
 EMPTY_I64 = np.zeros(0, np.int64)
@@ -41,8 +41,8 @@ class DeltaView:
     segments: tuple[Tier | None, ...] = ()
     slot_rows: tuple[np.ndarray, ...] = ()
     slot_live: tuple[np.ndarray, ...] = ()
-    dead_slots: tuple[np.ndarray, ...] = ()
-    stale_local: tuple[np.ndarray, ...] = ()
+    dead_slots: tuple[KeySet, ...] = ()
+    stale_local: tuple[KeySet, ...] = ()
     slots_used: int = 0
     live_delta_rows: int = 0
     stale_base_rows: int = 0
@@ -83,9 +83,10 @@ class DeltaView:
     @property
     def nbytes(self) -> int:
         arrays = [self.changed, self.changed_tier, self.changed_slot, self.added_keys]
-        arrays += [*self.slot_rows, *self.slot_live, *self.dead_slots, *self.stale_local]
+        arrays += [*self.slot_rows, *self.slot_live]
         maps = [m.nbytes for m in (self.changed_map, self.added_map) if m is not None]
-        return int(sum(a.nbytes for a in arrays) + sum(maps))
+        sets = [s.nbytes for s in (*self.dead_slots, *self.stale_local)]
+        return int(sum(a.nbytes for a in arrays) + sum(maps) + sum(sets))
 
 
 class DeltaStore:
@@ -110,8 +111,8 @@ class DeltaStore:
             segments=(None,) * len(base),
             slot_rows=none,
             slot_live=(np.zeros(0, bool),) * len(base),
-            dead_slots=none,
-            stale_local=none,
+            dead_slots=(KeySet(EMPTY_I64),) * len(base),
+            stale_local=(KeySet(EMPTY_I64),) * len(base),
         )
 
     @property
@@ -191,7 +192,14 @@ class DeltaStore:
         # base rows changing for the first time become stale in their tier
         fresh_base = fresh[fresh < old.base_rows]
         base_tier, base_local = self.locate_base(fresh_base)
-        stale = [np.concatenate([old.stale_local[t], base_local[base_tier == t]]) for t in range(tiers)]
+        stale = list(old.stale_local)
+        for t in range(tiers):
+            if (base_tier == t).any():
+                stale[t] = KeySet(np.concatenate([old.stale_local[t].values, base_local[base_tier == t]]))
+        dead = [
+            KeySet(np.flatnonzero(~live_t)) if live_t is not old.slot_live[t] else old.dead_slots[t]
+            for t, live_t in enumerate(slot_live)
+        ]
         keys = np.concatenate([old.added_keys, added_keys]) if added_keys.size else old.added_keys
         live = int((changed_slot >= 0).sum())
         self.view = DeltaView(
@@ -206,7 +214,7 @@ class DeltaStore:
             segments=tuple(segments),
             slot_rows=tuple(slot_rows),
             slot_live=tuple(slot_live),
-            dead_slots=tuple(np.flatnonzero(~live_t).astype(np.int64) for live_t in slot_live),
+            dead_slots=tuple(dead),
             stale_local=tuple(stale),
             slots_used=sum(self.counts),
             live_delta_rows=live,

@@ -556,7 +556,7 @@ class Table:
         renumber[live_rows] = np.arange(live_rows.size)
         tiers, tier_rows = [], []
         for t, tier in enumerate(self.tiers):
-            base_local = np.setdiff1d(np.arange(tier.rows, dtype=np.int64), view.stale_local[t])
+            base_local = np.setdiff1d(np.arange(tier.rows, dtype=np.int64), view.stale_local[t].values)
             base_global = base_local if self.tier_rows is None else self.tier_rows[t][base_local]
             moved = (view.changed_tier == t) & (view.changed_slot >= 0)
             slots, delta_global = view.changed_slot[moved], view.changed[moved]

@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import InvalidRequest
+from runtime.kernels.hashmap import KeySet
 
 
 def top_by_score(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +157,7 @@ class Tier:
         return self.rerank is not None and metric in self.rerank.metrics
 
     def search(
-        self, q: np.ndarray, k: int, metric: str, oversample: int, exclude: np.ndarray | None = None
+        self, q: np.ndarray, k: int, metric: str, oversample: int, exclude: KeySet | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """q (q, d) -> local ids (q, k') int64, scores (q, k') float32, best first."""
         tq, offset = self._queries(q, metric)

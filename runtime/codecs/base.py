@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
+from runtime.kernels.hashmap import KeySet
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
 
@@ -245,18 +246,29 @@ class Codec(ABC):
             raise InvalidRequest("prepare needs queries or ids")
         return Prepared(metric, vectors.shape[0], queries=vectors)
 
-    def scan(self, prepared: Prepared, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top k rows for each prepared query, rows in `exclude` (distinct int64) left out.
-        -> ids (q, k') int64, scores (q, k') float32, best first, k' = min(k, rows - len(exclude))."""
+    def scan(
+        self, prepared: Prepared, k: int, exclude: np.ndarray | KeySet | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k rows for each prepared query, rows in `exclude` (distinct int64, or a KeySet)
+        left out. -> ids (q, k') int64, scores (q, k') float32, best first,
+        k' = min(k, rows - len(exclude))."""
         if exclude is None or exclude.size == 0:
             return self._scan(prepared, min(k, self.rows))
-        # ask for as many more as could be excluded, then drop them: exact, and the kernels stay
-        # free of per-row checks on the path of tables without updates
-        width = min(k, self.rows - exclude.size)
+        left_out = exclude if isinstance(exclude, KeySet) else KeySet(exclude)
+        width = min(k, self.rows - left_out.size)
         if width <= 0:
             return np.zeros((prepared.count, 0), np.int64), np.zeros((prepared.count, 0), np.float32)
-        ids, scores = self._scan(prepared, min(self.rows, k + exclude.size))
-        keep = ~np.isin(ids, exclude)
+        # ask for a few more than k, drop the left-out rows, and ask again for more only when a
+        # query kept fewer than k: exact (the scan's order is the true order), and the kernels
+        # stay free of per-row checks on the path of tables without updates
+        extra = min(left_out.size, max(k, 32))
+        while True:
+            want = min(self.rows, k + extra)
+            ids, scores = self._scan(prepared, want)
+            keep = ~left_out.contains(ids)
+            if want == self.rows or int(keep.sum(axis=1).min()) >= width:
+                break
+            extra *= 4
         order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 

@@ -121,3 +121,26 @@ class KeyMap:
         """keys (b,) int64 -> rows (b,) int64 (-1 where absent), number absent."""
         rows, missing = lookup(self.table, keys)
         return rows, int(missing)
+
+
+class KeySet:
+    """A set of int64 values (rows left out of a scan) with a vectorized membership test."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.ascontiguousarray(values, dtype=np.int64)
+        self.map = KeyMap(self.values) if self.values.size else None
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + (self.map.nbytes if self.map is not None else 0))
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """ids (any shape) int64 -> bool mask of the same shape."""
+        if self.map is None:
+            return np.zeros(ids.shape, bool)
+        found, _ = self.map.rows(np.ascontiguousarray(ids, dtype=np.int64).reshape(-1))
+        return (found >= 0).reshape(ids.shape)

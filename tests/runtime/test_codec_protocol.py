@@ -87,3 +87,15 @@ def test_scan_with_rows_left_out_is_the_ranking_without_them(name: str, x: np.nd
                 np.testing.assert_allclose(scores[row], all_scores[row][kept][:10], rtol=1e-5, atol=1e-5)
             # score() on the found rows gives the scan's scores
             np.testing.assert_allclose(codec.score(prepared, ids), scores, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_scan_asks_again_when_the_best_rows_are_all_left_out(name: str, x: np.ndarray) -> None:
+    config = dict(EXAMPLES[name])
+    codec = codec_class(config.pop("codec")).fit(x[:300], seed=4, **config)
+    prepared = codec.prepare("ip", queries=x[400:401])
+    all_ids, all_scores = codec.scan(prepared, 300)
+    exclude = all_ids[0, :100].copy()  # the 100 best: more than the first ask's extra rows
+    ids, scores = codec.scan(prepared, 10, exclude=exclude)
+    np.testing.assert_array_equal(ids[0], all_ids[0, 100:110])
+    np.testing.assert_allclose(scores[0], all_scores[0, 100:110], rtol=1e-6)
