@@ -178,15 +178,24 @@ def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
             same = np.all(got == old, axis=1) | np.all(got == new, axis=1)
             if not same.all():
                 errors.append(f"row {int(np.flatnonzero(~same)[0])} is neither old nor new")
-            ids, _ = t.search(x[:2], 5, "ip")
+            ids, scores = t.search(x[:2], 5, "ip")
             if len(set(ids[0].tolist())) != 5:
                 errors.append("a key was returned twice")
+            # each result scores as its old row or its new row does, never as a mixture
+            rows = ids // 3
+            as_old = np.einsum("qkd,qd->qk", old[rows], x[:2])
+            as_new = np.einsum("qkd,qd->qk", new[rows], x[:2])
+            close = np.isclose(scores, as_old, rtol=1e-4, atol=1e-4) | np.isclose(scores, as_new, rtol=1e-4, atol=1e-4)
+            if not close.all():
+                errors.append(f"search scored key {int(ids[~close][0])} as neither its old nor its new row")
 
     threads = [threading.Thread(target=reader) for _ in range(3)]
     for th in threads:
         th.start()
-    for start in range(0, 100, 5):
-        t.upsert(np.arange(start, start + 5) * 3, -x[start : start + 5])
+    for round_ in range(5):  # new, old, new, old, new: readers overlap many batches
+        sign = -1 if round_ % 2 == 0 else 1
+        for start in range(0, 100, 5):
+            t.upsert(np.arange(start, start + 5) * 3, sign * x[start : start + 5])
     stop.set()
     for th in threads:
         th.join()
