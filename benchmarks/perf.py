@@ -441,8 +441,8 @@ def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
         )
         a, b = alternate(
             [
-                lambda i: pq.score_by_id(cands[i], qids[i], "ip"),
-                lambda i: peer.score(cands[i], peer.decode(qids[i]), "ip"),
+                lambda i: pq.score(pq.prepare("ip", ids=qids[i]), cands[i]),
+                lambda i: peer.score(peer.prepare("ip", queries=peer.decode(qids[i])), cands[i]),
             ],
             cfg.reps,
             cfg.pool,
@@ -616,13 +616,19 @@ def plot(cfg: Config, rows: list[Row]) -> None:
     plt.close(fig)
 
 
+def _tables_section(cfg: Config, x: np.ndarray, rows: list[Row]) -> None:
+    from benchmarks.tables_bench import bench_tables  # it imports this module
+
+    bench_tables(cfg, x, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--reps", type=int)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
-    parser.add_argument("--sections", default="lookup,pq,hamming,byid,startup")
+    parser.add_argument("--sections", default="lookup,pq,hamming,byid,startup,tables")
     args = parser.parse_args(argv)
     cfg = Config()
     if args.smoke:
@@ -656,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.insert(1, ("pq", lambda: tables.update(bench_pq(cfg, x, rows))))
     steps.append(("byid", lambda: bench_by_id(cfg, tables["pq16x8"], rows)))
     steps.append(("startup", lambda: extra.update(startup=bench_startup(cfg, x))))
+    steps.append(("tables", lambda: _tables_section(cfg, x, rows)))
     for name, step in steps:
         if name in sections or (name == "pq" and "byid" in sections):
             started = time.perf_counter()

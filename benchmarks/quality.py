@@ -60,13 +60,15 @@ def recommendation_quality(
     for start in range(0, n_users, batch):
         us = np.arange(start, min(n_users, start + batch))
         q = users[us].astype(np.float32)
-        scores = table.primary.score(np.broadcast_to(all_items, (us.size, n_items)).copy(), q, "ip")
+        scores = table.primary.score(
+            table.primary.prepare("ip", queries=q), np.broadcast_to(all_items, (us.size, n_items)).copy()
+        )
         for row, u in enumerate(us):
             scores[row, seen[u]] = -np.inf
         depth = k * oversample if table.rerank is not None else k
         top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
         if table.rerank is not None:
-            rescored = table.rerank.score(top, q, "ip")
+            rescored = table.rerank.score(table.rerank.prepare("ip", queries=q), top)
             order = np.argsort(-rescored, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(top, order, axis=1)
         for row, u in enumerate(us):

@@ -1,12 +1,18 @@
 """On-disk format of a table version: a directory with `manifest.json` and one `.npy` per array.
 
-manifest.json:
+manifest.json (format 2; runtime/tableio.py reads and writes the table fields):
   format_version   int, this module's FORMAT_VERSION when written
-  codec, params    the primary codec and its options
-  rerank           null, or {"codec", "params"} of the rescoring codec
+  codec, params    tier 0's primary codec and its options (what format 1 had)
+  rerank           null, or {"codec", "params"} of tier 0's rescoring codec
   rows, dim        the table's shape
-  arrays           {name: {"file", "dtype", "shape", "sha256"}}; rerank arrays are named "rerank.<name>"
+  tiers            [{"codec", "params", "rerank", "rows", "dim", "projected", "trained"}], one a tier
+  keyed, missing, new_key_tier, sequence, delta_capacity   keys, updates and their log position
+  arrays           {name: {"file", "dtype", "shape", "sha256"}}: "keys", "tier<t>.rows" (several
+                   tiers), "tier<t>/<codec array>", "tier<t>.rerank/<array>",
+                   "tier<t>/projection.mean", "tier<t>/projection.basis"; files are named with
+                   "/" written as "--"
   provenance       free-form: created_at, embserve version, source, seed
+Format 1 (one codec, arrays unprefixed, rerank arrays "rerank.<name>") still loads.
 
 Loading memory-maps every array (processes serving one artifact share the page cache) after
 checking its size and sha256, so a truncated, flipped or missing file is refused before use.
@@ -26,7 +32,7 @@ import numpy as np
 
 from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 FILE_MODE = 0o644
 """Artifact files are readable by every user: a container's user must read tables mounted from
@@ -50,7 +56,8 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
     out.mkdir(parents=True, exist_ok=True)
     entries = {}
     for name, array in arrays.items():
-        filename = f"{name}.npy"
+        # format 2 namespaces arrays by tier ("tier0/codes"); files stay flat in the directory
+        filename = f"{name.replace('/', '--')}.npy"
         target = out / filename
         with tempfile.NamedTemporaryFile(dir=out, prefix=f".{filename}.", delete=False) as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)

@@ -15,22 +15,26 @@ from typing import Any
 import numpy as np
 
 from runtime import artifact
-from runtime.codecs import CODECS
+from runtime.codecs import CODECS, codec_options
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.importer import check_output, import_tables
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
 
-# flag -> (codec option, type); a flag given for a codec without that option is an error
-CODEC_FLAGS: dict[str, tuple[str, Any]] = {
-    "subspaces": ("subspaces", int),
-    "bits": ("bits", int),
-    "opq": ("opq", bool),
-    "rotate": ("rotate", bool),
-    "train_rows": ("train_rows", int),
-    "iterations": ("iterations", int),
-    "opq_iterations": ("opq_iterations", int),
-}
+# one flag an option name, derived from the options the codecs declare; a flag given for a codec
+# without that option is refused by the codec
+CODEC_FLAGS = codec_options()
+
+
+def _add_codec_flags(parser: argparse.ArgumentParser) -> None:
+    for name, declared in CODEC_FLAGS.items():
+        kind = declared[0][1].kind
+        text = "; ".join(f"{codec}: {option.help} (default {option.default})" for codec, option in declared)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_const", const=True, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, help=text)
 
 
 def add_commands(sub: Any) -> None:
@@ -43,10 +47,21 @@ def add_commands(sub: Any) -> None:
         "or a PyTorch checkpoint (with --tensor)",
     )
     p.add_argument("--tensor", help="key of the table in a safetensors file or PyTorch state dict")
-    p.add_argument("--codec", required=True, choices=sorted(CODECS))
+    p.add_argument("--codec", choices=sorted(CODECS), help="the codec of a one-tier table (or give --tiers)")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--force", action="store_true", help="replace an artifact already at --out")
     _add_codec_flags(p)
+    p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
+    p.add_argument(
+        "--tiers",
+        type=Path,
+        help='JSON file: a list of tiers, each {"rows": [ids] or {"start", "stop"}, "codec", '
+        '"rerank", "rerank_options", "dim", codec options}; together they hold every row once',
+    )
+    p.add_argument("--keys", type=Path, help="(n,) .npy of distinct int64 keys: a keyed table")
+    p.add_argument("--missing", choices=["error", "zeros"], default="error", help="lookup of an absent key")
+    p.add_argument("--delta-capacity", type=int, help="rows the update delta holds before compaction")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label (default: creation time)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
@@ -71,6 +86,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--codec", default="int8", choices=sorted(CODECS), help="codec of every table (default int8)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty --out directory")
     _add_codec_flags(p)
+    p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label of every table (default: creation time)")
     p.set_defaults(func=cmd_import)
 
@@ -92,20 +109,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _add_codec_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subspaces", type=int, help="pq: number of subspaces M (must divide d)")
-    p.add_argument("--bits", type=int, help="pq: bits a code, 8 or 4")
-    p.add_argument("--opq", action="store_const", const=True, help="pq: learn an OPQ rotation")
-    p.add_argument("--rotate", action="store_const", const=True, help="binary: random rotation first")
-    p.add_argument("--train-rows", type=int, help="pq: rows sampled for training (default 65536)")
-    p.add_argument("--iterations", type=int, help="pq: Lloyd iterations (default 25)")
-    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 8)")
-    p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
-    p.add_argument("--seed", type=int, default=0)
-
-
 def _codec_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {opt: getattr(args, flag) for flag, (opt, _) in CODEC_FLAGS.items() if getattr(args, flag) is not None}
+    return {name: getattr(args, name) for name in CODEC_FLAGS if getattr(args, name) is not None}
 
 
 class _ProgressBar:
@@ -161,17 +166,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
     x, provenance = _read_input(open_source(args.input), args.tensor)
     options = _codec_options(args)
+    if (args.codec is None) == (args.tiers is None):
+        raise InvalidRequest("give exactly one of --codec or --tiers")
+    tiers = _load_tiers(args.tiers) if args.tiers is not None else None
+    if tiers is not None and (options or args.rerank):
+        raise InvalidRequest("with --tiers, give codec options and rerank inside each tier")
+    extra: dict[str, Any] = {"missing": args.missing}
+    if args.keys is not None:
+        extra["keys"] = _load_npy(args.keys, "keys")
+    if args.delta_capacity is not None:
+        extra["delta_capacity"] = args.delta_capacity
     bar = _ProgressBar(not args.quiet)
     start = time.perf_counter()
     try:
         table = compress(
             x,
-            args.codec,
+            args.codec or "int8",
+            tiers=tiers,
             rerank=args.rerank,
             seed=args.seed,
             version=args.version,
             source=provenance,
             progress=bar,
+            **extra,
             **options,
         )
     finally:
@@ -179,8 +196,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     table.save(args.out)
     elapsed = time.perf_counter() - start
     print(
-        f"wrote {args.out}: {table.rows} × {table.dim} {table.codec}"
-        f"{' + ' + table.rerank.name if table.rerank else ''}, {table.nbytes} bytes "
+        f"wrote {args.out}: {table.rows} × {table.dim} "
+        f"{' | '.join(t.primary.name + (' + ' + t.rerank.name if t.rerank else '') for t in table.tiers)}"
+        f"{' (keyed)' if table.keyed else ''}, {table.nbytes} bytes "
         f"({table.compression_ratio:.2f}× smaller than fp32) in {elapsed:.1f} s"
     )
     return 0
@@ -207,6 +225,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"wrote {len(index['tables'])} tables and {args.out / 'tables.json'} in {elapsed:.1f} s")
     return 0
+
+
+def _load_tiers(path: Path) -> list[dict[str, Any]]:
+    try:
+        tiers = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"cannot read tiers {str(path)!r}: {exc}") from None
+    if not isinstance(tiers, list):
+        raise InvalidRequest(f"tiers {str(path)!r} must hold a JSON list of tier objects")
+    return tiers
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -274,7 +302,7 @@ def evaluate(
     nq = found.shape[0]
     if truth is None:
         exact = compress(source, "fp32")
-        truth_metric = "ip" if metric == "hamming" else metric
+        truth_metric = metric if metric in exact.metrics else "ip"
         if query_ids is not None:
             truth, _ = exact.search_by_id(query_ids, k, truth_metric, exclude_self=exclude_self)
         else:

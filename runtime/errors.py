@@ -86,3 +86,16 @@ class Forbidden(EmbserveError):
 
 class PayloadTooLarge(InvalidRequest):
     """A request exceeds a configured size limit (ids, queries, k, body bytes)."""
+
+
+class KeyNotFound(EmbserveError, LookupError):
+    """A key (or id) is not in the table: never stored, or deleted."""
+
+    def __init__(self, key: int, position: int, field: str = "keys") -> None:
+        self.key = key
+        self.position = position
+        super().__init__(f"{field}[{position}] = {key} is not in the table")
+
+
+class DeltaFull(EmbserveError):
+    """An update batch would exceed the table's delta capacity; compact the table first."""

@@ -1,26 +1,34 @@
-"""One loaded table: a primary codec, an optional richer `rerank` codec, and its metadata.
+"""One loaded table: tiers of rows (each a codec, an optional richer rerank codec and an optional
+projection), an optional int64 key map, and an in-memory delta of upserts and deletes.
 
 Every public method validates its input (typed errors from `runtime.errors`) and then calls the
-codecs; results are sorted best first with ties broken by ascending id.
+tiers; results are sorted best first with ties broken by ascending row (a dense table's id; a
+keyed table's position of the key as compressed, new keys after).
+Rows are numbered 0..n-1 in the base; a keyed table's new keys get the numbers n, n+1, ...
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime import artifact
-from runtime.codecs import Codec, Progress, codec_class
-from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, EmbserveError, InvalidRequest
+from runtime.codecs import Codec, Progress
+from runtime.delta import DeltaStore, DeltaView
+from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
+from runtime.kernels import dense
+from runtime.kernels.hashmap import KeyMap
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
+from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
     check_id_matrix,
     check_ids,
     check_k,
+    check_keys,
     check_metric,
     check_offsets,
     check_queries,
@@ -29,43 +37,146 @@ from runtime.validation import (
 
 __version__ = "0.1.0"
 POOL_MODES = ("sum", "mean")
-
-
-def _top_by_score(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the best k of each row of candidates (q, c), sorted best first, ties by ascending id."""
-    primary = -scores if metric == "ip" else scores
-    order = np.lexsort((ids, primary), axis=1)[:, :k]
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+MISSING_POLICIES = ("error", "zeros")
+DEFAULT_DELTA_CAPACITY = 1 << 20
 
 
 class Table:
-    """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped)."""
+    """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped).
+
+    Table(primary, rerank) is a one-tier dense table; `tiers` with `tier_rows` (the sorted global
+    rows each tier holds, together every row once) make a tiered one; `keys` (rows,) int64,
+    distinct, make it keyed."""
 
     def __init__(
         self,
-        primary: Codec,
+        primary: Codec | None = None,
         rerank: Codec | None = None,
         *,
+        tiers: list[Tier] | None = None,
+        tier_rows: list[np.ndarray] | None = None,
+        keys: np.ndarray | None = None,
+        missing: str = "error",
+        new_key_tier: int | None = None,
+        sequence: int = 0,
+        delta_capacity: int = DEFAULT_DELTA_CAPACITY,
         version: str = "",
         provenance: dict[str, Any] | None = None,
         path: Path | None = None,
     ) -> None:
-        if rerank is not None and (rerank.rows, rerank.dim) != (primary.rows, primary.dim):
-            raise InvalidRequest("rerank codec must cover the same rows and dim as the primary codec")
-        self.primary = primary
-        self.rerank = rerank
+        if tiers is None:
+            if primary is None:
+                raise InvalidRequest("a table needs a primary codec or tiers")
+            if rerank is not None and (rerank.rows, rerank.dim) != (primary.rows, primary.dim):
+                raise InvalidRequest("rerank codec must cover the same rows and dim as the primary codec")
+            tiers = [Tier(primary, rerank)]
+        if not tiers or len(tiers) > 255:
+            raise InvalidRequest(f"a table has 1 to 255 tiers, got {len(tiers)}")
+        self.tiers = list(tiers)
+        self._dim = self._check_dims(self.tiers)
+        self._rows = sum(t.rows for t in self.tiers)
+        self.tier_rows = None if len(self.tiers) == 1 else self._check_tier_rows(tier_rows)
+        self._tier_of, self._local_of = self._tier_index()
+        if missing not in MISSING_POLICIES:
+            raise InvalidRequest(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
+        self.missing = missing
+        self.keys = None if keys is None else np.ascontiguousarray(keys)
+        self.keymap = None if keys is None else self._build_keymap()
+        cheapest = min(range(len(self.tiers)), key=lambda t: self.tiers[t].row_bytes)
+        self.new_key_tier = cheapest if new_key_tier is None else int(new_key_tier)
+        if not 0 <= self.new_key_tier < len(self.tiers):
+            raise InvalidRequest(f"new_key_tier {new_key_tier} is not a tier (0..{len(self.tiers) - 1})")
+        self.sequence = sequence
+        if isinstance(delta_capacity, bool) or not isinstance(delta_capacity, (int, np.integer)) or delta_capacity < 0:
+            raise InvalidRequest(f"delta_capacity must be a non-negative integer, got {delta_capacity!r}")
+        self.delta_capacity = int(delta_capacity)
+        self._delta = DeltaStore(self.tiers, self._rows, self._locate_base)
+        self._write_lock = threading.Lock()
         self.version = version
         self.provenance = dict(provenance or {})
         self.path = path
 
+    # ---- construction checks -------------------------------------------------------------------
+    @staticmethod
+    def _check_dims(tiers: list[Tier]) -> int:
+        dims = {t.projection.basis.shape[0] if t.projection is not None else t.primary.dim for t in tiers}
+        if len(dims) != 1:
+            raise InvalidRequest(f"every tier must decode to one dimension, got {sorted(dims)}")
+        for t in tiers:
+            if t.rerank is not None and (t.rerank.rows, t.rerank.dim) != (t.primary.rows, t.primary.dim):
+                raise InvalidRequest("rerank codec must cover the same rows and dim as the primary codec")
+        return dims.pop()
+
+    def _check_tier_rows(self, tier_rows: list[np.ndarray] | None) -> list[np.ndarray]:
+        if tier_rows is None or len(tier_rows) != len(self.tiers):
+            raise InvalidRequest("a table of several tiers needs the rows of each tier")
+        seen = np.zeros(self._rows, dtype=bool)
+        out = []
+        for t, (tier, rows) in enumerate(zip(self.tiers, tier_rows, strict=True)):
+            arr = np.asarray(rows)
+            if arr.dtype != np.int64 or arr.shape != (tier.rows,):
+                raise InvalidRequest(f"tier {t} rows must be int64 ({tier.rows},), got {arr.dtype} {arr.shape}")
+            if arr.size and (arr.min() < 0 or arr.max() >= self._rows or (np.diff(arr) <= 0).any()):
+                raise InvalidRequest(f"tier {t} rows must be ascending, distinct and in 0..{self._rows - 1}")
+            if seen[arr].any():
+                raise InvalidRequest(f"row {int(arr[seen[arr]][0])} is in two tiers")
+            seen[arr] = True
+            out.append(arr)
+        return out
+
+    def _tier_index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-row tier (uint8) and position in it (int32); none for one tier."""
+        if self.tier_rows is None:
+            return None, None
+        tier_of = np.empty(self._rows, np.uint8)
+        local_of = np.empty(self._rows, np.int32)
+        for t, rows in enumerate(self.tier_rows):
+            tier_of[rows] = t
+            local_of[rows] = np.arange(rows.size, dtype=np.int32)
+        return tier_of, local_of
+
+    def _build_keymap(self) -> KeyMap:
+        keys = self.keys
+        if keys is None or keys.dtype != np.int64 or keys.shape != (self._rows,):
+            raise InvalidRequest(f"keys must be int64 ({self._rows},), got {getattr(keys, 'dtype', None)}")
+        keymap = KeyMap(keys)
+        if keymap.duplicate >= 0:
+            pos = keymap.duplicate
+            raise InvalidRequest(f"keys[{pos}] = {int(keys[pos])} repeats an earlier key")
+        return keymap
+
+    def _locate_base(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Base global rows (b,) -> tier (b,) int64, local (b,) int64."""
+        if self._tier_of is None or self._local_of is None:
+            return np.zeros(rows.shape[0], np.int64), rows
+        return self._tier_of[rows].astype(np.int64), self._local_of[rows].astype(np.int64)
+
     # ---- description --------------------------------------------------------------------------
     @property
+    def primary(self) -> Codec:
+        """Tier 0's primary codec (the only one of a one-tier table)."""
+        return self.tiers[0].primary
+
+    @property
+    def rerank(self) -> Codec | None:
+        return self.tiers[0].rerank
+
+    @property
+    def richest(self) -> Codec:
+        return self.tiers[0].richest
+
+    @property
     def rows(self) -> int:
-        return self.primary.rows
+        """Rows of the base (memory-mapped) table."""
+        return self._rows
 
     @property
     def dim(self) -> int:
-        return self.primary.dim
+        return self._dim
+
+    @property
+    def keyed(self) -> bool:
+        return self.keys is not None
 
     @property
     def codec(self) -> str:
@@ -77,12 +188,36 @@ class Table:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return self.primary.metrics
+        common = [m for m in self.tiers[0].metrics if all(m in t.metrics for t in self.tiers)]
+        return tuple(common)
+
+    @property
+    def delta_rows(self) -> int:
+        """Rows whose current value lives in the delta."""
+        return self._delta.view.live_delta_rows
+
+    @property
+    def delta_slots(self) -> int:
+        """Delta slots taken (of `delta_capacity`); `compact` frees them."""
+        return self._delta.view.slots_used
+
+    @property
+    def sequence(self) -> int:
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InvalidRequest(f"sequence must be a non-negative integer, got {value!r}")
+        self._sequence = int(value)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every array the table holds (both codecs, persisted and derived)."""
-        return self.primary.nbytes + (self.rerank.nbytes if self.rerank is not None else 0)
+        """Bytes of every array the table holds: tiers (codecs, projections), tier index, key map, delta."""
+        total = sum(t.nbytes for t in self.tiers) + self._delta.nbytes
+        for extra in (self._tier_of, self._local_of, self.keys, *(self.tier_rows or [])):
+            total += 0 if extra is None else extra.nbytes
+        return int(total + (self.keymap.nbytes if self.keymap is not None else 0))
 
     @property
     def fp32_nbytes(self) -> int:
@@ -92,43 +227,126 @@ class Table:
     def compression_ratio(self) -> float:
         return self.fp32_nbytes / self.nbytes
 
-    @property
-    def richest(self) -> Codec:
-        """The codec that reconstructs best: rerank when present."""
-        return self.rerank if self.rerank is not None else self.primary
-
     def describe(self) -> dict[str, Any]:
+        first = self.tiers[0]
         return {
             "rows": self.rows,
             "dim": self.dim,
             "codec": self.codec,
             "params": self.params,
-            "rerank": None if self.rerank is None else {"codec": self.rerank.name, "params": self.rerank.params},
+            "rerank": None if first.rerank is None else {"codec": first.rerank.name, "params": first.rerank.params},
             "metrics": list(self.metrics),
             "nbytes": self.nbytes,
             "fp32_nbytes": self.fp32_nbytes,
             "compression_ratio": round(self.compression_ratio, 4),
             "version": self.version,
+            "keyed": self.keyed,
+            "missing": self.missing,
+            "tiers": [t.describe() for t in self.tiers],
+            "delta_rows": self.delta_rows,
+            "delta_slots": self.delta_slots,
+            "delta_capacity": self.delta_capacity,
+            "sequence": self.sequence,
         }
+
+    # ---- addressing ----------------------------------------------------------------------------
+    def _one_base(self, view: DeltaView) -> bool:
+        """One tier and no delta: the paths of a format-1 table, unchanged (keys mapped around them)."""
+        return len(self.tiers) == 1 and view.empty
+
+    def _resolve(self, ids: Any, view: DeltaView, field: str = "ids") -> tuple[np.ndarray, int]:
+        """ids or keys (b,) -> global rows (b,) int64, -1 where missing, and how many are."""
+        if self.keymap is None:
+            rows = check_ids(ids, self.rows, field)
+        else:
+            keys = check_keys(ids, field)
+            rows, _ = self.keymap.rows(keys)
+            absent = rows < 0
+            if absent.any() and view.added_keys.size:
+                rows[absent] = view.added_row_of(keys[absent])
+        if not view.empty and rows.size:
+            hit, pos = view.locate(rows)
+            rows = np.where(hit & (view.changed_slot[pos] < 0), -1, rows)
+        return rows, int((rows < 0).sum())
+
+    def _require(self, rows: np.ndarray, ids: Any, field: str) -> np.ndarray:
+        """Refuse a missing key whatever the policy (search and score need real rows)."""
+        if rows.size and rows.min() < 0:
+            pos = int(np.flatnonzero(rows < 0)[0])
+            raise KeyNotFound(int(np.asarray(ids).reshape(-1)[pos]), pos, field)
+        return rows
+
+    def _decode_rows(self, rows: np.ndarray, view: DeltaView) -> np.ndarray:
+        """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32."""
+        if len(self.tiers) == 1 and view.empty and (rows.size == 0 or rows.min() >= 0):
+            return self.tiers[0].decode(rows)
+        if len(self.tiers) == 1:
+            # one gather for every row (row 0 standing in for the others), then the few rows
+            # that live in the delta or are missing overwritten: cheaper than scattering the many
+            hit, pos = view.locate(rows)
+            absent = rows < 0
+            out = self.tiers[0].decode(np.where(hit | absent, 0, rows))
+            segment = view.segments[0]
+            if segment is not None and hit.any():
+                out[hit] = segment.decode(view.changed_slot[pos[hit]])
+            out[absent] = 0
+            return out
+        out = np.zeros((rows.shape[0], self.dim), np.float32)
+        present = np.flatnonzero(rows >= 0)
+        live = rows[present]
+        hit, pos = view.locate(live)
+        tier, local = self._locate_base(np.where(hit, 0, live))
+        for t, base in enumerate(self.tiers):
+            pick = ~hit & (tier == t)
+            if pick.any():
+                out[present[pick]] = base.decode(local[pick])
+            if view.empty:
+                continue
+            moved = hit & (view.changed_tier[pos] == t)
+            segment = view.segments[t]
+            if moved.any() and segment is not None:
+                out[present[moved]] = segment.decode(view.changed_slot[pos[moved]])
+        return out
+
+    def _answer_ids(self, rows: np.ndarray, view: DeltaView) -> np.ndarray:
+        """Global rows -> what callers address: keys on keyed tables, else the rows."""
+        if self.keys is None:
+            return rows
+        return view.key_of(rows, self.keys)
 
     # ---- lookup -------------------------------------------------------------------------------
     def lookup(self, ids: Any) -> np.ndarray:
-        """ids (n,) int -> (n, dim) float32 reconstructed rows (by the richest codec)."""
-        checked = check_ids(ids, self.rows)
-        if checked.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.richest.decode(checked)
+        """ids or keys (n,) -> (n, dim) float32 reconstructed rows (by the richest codec)."""
+        return self.lookup_counted(ids)[0]
+
+    def lookup_counted(self, ids: Any) -> tuple[np.ndarray, int]:
+        """lookup, and how many keys were missing (answered as zero rows under missing="zeros")."""
+        view = self._delta.view
+        rows, missing = self._resolve(ids, view)
+        if missing and self.missing == "error":
+            self._require(rows, ids, "keys" if self.keyed else "ids")
+        if rows.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), 0
+        return self._decode_rows(rows, view), missing
 
     def lookup_pooled(self, ids: Any, offsets: Any, mode: str = "sum") -> np.ndarray:
         """torch.nn.EmbeddingBag semantics: ids (n,), offsets (B,) -> (B, dim) float32.
         Bag b pools ids[offsets[b]:offsets[b+1]] (the last runs to n); an empty bag is zeros."""
+        return self.lookup_pooled_counted(ids, offsets, mode)[0]
+
+    def lookup_pooled_counted(self, ids: Any, offsets: Any, mode: str = "sum") -> tuple[np.ndarray, int]:
         if mode not in POOL_MODES:
             raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {mode!r}")
-        checked = check_ids(ids, self.rows)
-        bounds = check_offsets(offsets, checked.size)
+        view = self._delta.view
+        rows, missing = self._resolve(ids, view)
+        bounds = check_offsets(offsets, rows.size)
+        if missing and self.missing == "error":
+            self._require(rows, ids, "keys" if self.keyed else "ids")
         if bounds.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.richest.decode_bags(checked, bounds, mode == "mean")
+            return np.zeros((0, self.dim), dtype=np.float32), missing
+        if self._one_base(view) and not missing:
+            return self.tiers[0].richest.decode_bags(rows, bounds, mode == "mean"), 0
+        return dense.pool(self._decode_rows(rows, view), bounds, mode == "mean"), missing
 
     # ---- search -------------------------------------------------------------------------------
     def _check_search(self, k: Any, metric: Any, oversample: Any) -> tuple[int, str, int]:
@@ -137,25 +355,49 @@ class Table:
         checked_oversample = check_k(oversample, "oversample")
         return checked_k, checked_metric, checked_oversample
 
-    def _candidates(self, k: int, metric: str, oversample: int) -> int:
-        rescoring = self.rerank is not None and metric != "hamming"
-        return min(self.rows, k * oversample) if rescoring else min(self.rows, k)
+    def _live_rows(self, view: DeltaView) -> int:
+        if view.empty:
+            return self.rows
+        return self.rows - view.stale_base_rows + view.live_delta_rows
 
-    def _primary_metric(self, metric: str) -> str:
-        # a binary table with a rerank codec ranks its candidates by Hamming
-        return "hamming" if self.rerank is not None and "hamming" in self.primary.metrics else metric
+    def _search_rows(
+        self, q: np.ndarray, k: int, metric: str, oversample: int, view: DeltaView
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every tier and delta segment scanned, one merged top k (q, k'): ids (keys on keyed
+        tables) and scores. Ties go to the lower row, so a tier's own top k (local rows ascend
+        with global rows) always holds the merged answer's share; rows in the delta break ties
+        among themselves by the order they were written."""
+        ids_parts, score_parts = [], []
+        for t, tier in enumerate(self.tiers):
+            stale = view.stale_local[t]
+            if tier.rows - stale.size > 0:
+                local, scores = tier.search(q, k, metric, oversample, stale)
+                ids_parts.append(local if self.tier_rows is None else self.tier_rows[t][local])
+                score_parts.append(scores)
+            segment = view.segments[t]
+            if segment is not None and segment.rows - view.dead_slots[t].size > 0:
+                slots, scores = segment.search(q, k, metric, oversample, view.dead_slots[t])
+                ids_parts.append(view.slot_rows[t][slots])
+                score_parts.append(scores)
+        rows, scores = np.concatenate(ids_parts, axis=1), np.concatenate(score_parts, axis=1)
+        rows, scores = top_by_score(rows, scores, k, metric)
+        return self._answer_ids(rows, view), scores
 
     def search(self, queries: Any, k: Any, metric: str = "ip", oversample: Any = 1) -> tuple[np.ndarray, np.ndarray]:
-        """queries (q, dim) float -> ids (q, k') int64, scores (q, k') float32, k' = min(k, rows)."""
+        """queries (q, dim) float -> ids or keys (q, k') int64, scores (q, k') float32,
+        k' = min(k, rows)."""
         k, metric, oversample = self._check_search(k, metric, oversample)
         q = check_queries(queries, self.dim)
-        kk = min(k, self.rows)
-        if q.shape[0] == 0:
-            return np.zeros((0, kk), np.int64), np.zeros((0, kk), np.float32)
-        want = self._candidates(kk, metric, oversample)
-        ids, scores = self.primary.search(q, want, self._primary_metric(metric))
-        if self.rerank is not None and metric != "hamming":
-            ids, scores = _top_by_score(ids, self.rerank.score(ids, q, metric), kk, metric)
+        view = self._delta.view
+        kk = min(k, self._live_rows(view))
+        if q.shape[0] == 0 or kk == 0:
+            return np.zeros((q.shape[0], kk), np.int64), np.zeros((q.shape[0], kk), np.float32)
+        if self._one_base(view):
+            ids, scores = self.tiers[0].search(q, kk, metric, oversample)
+            if self.keys is not None:
+                ids = self.keys[ids]
+        else:
+            ids, scores = self._search_rows(q, kk, metric, oversample, view)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def search_by_id(
@@ -166,72 +408,226 @@ class Table:
         k, metric, oversample = self._check_search(k, metric, oversample)
         if not isinstance(exclude_self, (bool, np.bool_)):
             raise InvalidRequest(f"exclude_self must be true or false, got {exclude_self!r}")
-        qids = check_ids(query_ids, self.rows, "query_ids")
-        kk = min(k, self.rows - 1) if exclude_self else min(k, self.rows)
-        if qids.size == 0 or kk == 0:
-            return np.zeros((qids.size, kk), np.int64), np.zeros((qids.size, kk), np.float32)
-        extra = 1 if exclude_self else 0
-        want = min(self.rows, self._candidates(kk, metric, oversample) + extra)
-        if self.rerank is not None and metric != "hamming":
-            # the rerank codec holds the query row better than the cheap codes do: searching with
-            # that reconstruction is asymmetric (ADC), and finds far better candidates than
-            # code-to-code scoring (on MovieLens, PQ M=16 + int8: recall@10 0.99 against 0.91)
-            ids, _ = self.primary.search(self.rerank.decode(qids), want, self._primary_metric(metric))
-            scores = self.rerank.score_by_id(ids, qids, metric)
-            ids, scores = _top_by_score(ids, scores, ids.shape[1], metric)
+        view = self._delta.view
+        rows = self._require(self._resolve(query_ids, view, "query_ids")[0], query_ids, "query_ids")
+        live = self._live_rows(view)
+        kk = min(k, live - 1) if exclude_self else min(k, live)
+        if rows.size == 0 or kk <= 0:
+            return np.zeros((rows.size, max(kk, 0)), np.int64), np.zeros((rows.size, max(kk, 0)), np.float32)
+        want = min(live, kk + (1 if exclude_self else 0))
+        if self._one_base(view):
+            extra = 1 if exclude_self else 0
+            ids, scores = self.tiers[0].search_by_local_id(rows, want - extra, metric, oversample, extra)
+            own = rows
+            if self.keys is not None:
+                ids, own = self.keys[ids], self.keys[rows]
         else:
-            ids, scores = self.primary.search_by_id(qids, want, metric)
+            ids, scores = self._search_rows(self._decode_rows(rows, view), want, metric, oversample, view)
+            own = self._answer_ids(rows, view)
         if exclude_self:
-            ids, scores = _drop_self(ids, scores, qids)
+            ids, scores = _drop_self(ids, scores, own)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def score(self, candidate_ids: Any, queries: Any = None, query_ids: Any = None, metric: str = "ip") -> np.ndarray:
         """Scores of given candidates: candidate_ids (q, c) with queries (q, dim) or query_ids (q,)
-        -> (q, c) float32, by the richest codec (Hamming: by the binary codes)."""
+        -> (q, c) float32, by the richest codec that has the metric."""
         metric = check_metric(metric, self.metrics)
         if (queries is None) == (query_ids is None):
             raise InvalidRequest("give exactly one of queries or query_ids")
-        cands = check_id_matrix(candidate_ids, self.rows)
-        codec = self.primary if metric == "hamming" else self.richest
+        view = self._delta.view
+        if self.keys is None:
+            cands = check_id_matrix(candidate_ids, self.rows)
+        else:
+            matrix = np.asarray(candidate_ids)
+            if matrix.ndim != 2:
+                raise InvalidRequest(f"candidate_ids must be 2-D (queries, candidates), got shape {matrix.shape}")
+            cands = self._resolve(matrix.reshape(-1), view, "candidate_ids")[0].reshape(matrix.shape)
+        self._require(cands.reshape(-1), np.asarray(candidate_ids).reshape(-1), "candidate_ids")
         if query_ids is not None:
-            qids = check_ids(query_ids, self.rows, "query_ids")
-            if qids.size != cands.shape[0]:
-                raise InvalidRequest(f"{qids.size} query_ids but candidate_ids has {cands.shape[0]} rows")
+            qrows = self._require(self._resolve(query_ids, view, "query_ids")[0], query_ids, "query_ids")
+            if qrows.size != cands.shape[0]:
+                raise InvalidRequest(f"{qrows.size} query_ids but candidate_ids has {cands.shape[0]} rows")
             if cands.size == 0:
                 return np.zeros(cands.shape, np.float32)
-            return codec.score_by_id(cands, qids, metric)
-        q = check_queries(queries, self.dim)
-        if q.shape[0] != cands.shape[0]:
-            raise InvalidRequest(f"{q.shape[0]} queries but candidate_ids has {cands.shape[0]} rows")
-        if cands.size == 0:
-            return np.zeros(cands.shape, np.float32)
-        return codec.score(cands, q, metric)
+            if self._one_base(view):
+                return self.tiers[0].score_by_local_id(cands, qrows, metric)
+            q = self._decode_rows(qrows, view)
+        else:
+            q = check_queries(queries, self.dim)
+            if q.shape[0] != cands.shape[0]:
+                raise InvalidRequest(f"{q.shape[0]} queries but candidate_ids has {cands.shape[0]} rows")
+            if cands.size == 0:
+                return np.zeros(cands.shape, np.float32)
+        if self._one_base(view):
+            return self.tiers[0].score(cands, q, metric)
+        return self._score_rows(cands, q, metric, view)
+
+    def _score_rows(self, cands: np.ndarray, q: np.ndarray, metric: str, view: DeltaView) -> np.ndarray:
+        """Each candidate scored by the segment that holds its current value."""
+        out = np.empty(cands.shape, np.float32)
+        hit, pos = view.locate(cands.reshape(-1))
+        hit, pos = hit.reshape(cands.shape), pos.reshape(cands.shape)
+        tier, local = self._locate_base(np.where(hit, 0, cands).reshape(-1))
+        tier, local = tier.reshape(cands.shape), local.reshape(cands.shape)
+        for t, base in enumerate(self.tiers):
+            pick = ~hit & (tier == t)
+            if pick.any():
+                out[pick] = base.score(np.where(pick, local, 0), q, metric)[pick]
+            if view.empty:
+                continue
+            moved = hit & (view.changed_tier[pos] == t)
+            segment = view.segments[t]
+            if moved.any() and segment is not None:
+                slots = np.where(moved, view.changed_slot[pos], 0)
+                out[moved] = segment.score(slots, q, metric)[moved]
+        return out
+
+    # ---- updates -------------------------------------------------------------------------------
+    def upsert(self, ids: Any, rows: Any, sequence: int | None = None) -> int:
+        """Insert or replace rows: ids or keys (b,), rows (b, dim) float. Encoded with the owning
+        tier's trained state (new keys: `new_key_tier`). All or nothing; returns the new sequence."""
+        with self._write_lock:
+            view = self._delta.view
+            x = check_queries(rows, self.dim, "rows")
+            if self.keymap is None:
+                target = check_ids(ids, self.rows)
+                keys = target
+            else:
+                keys = check_keys(ids, "keys")
+                target, _ = self.keymap.rows(keys)
+                absent = target < 0
+                if absent.any():
+                    target[absent] = view.added_row_of(keys[absent])
+            if target.size != x.shape[0]:
+                raise InvalidRequest(f"{target.size} keys but {x.shape[0]} rows")
+            _refuse_repeats(keys, "keys" if self.keyed else "ids")
+            if view.slots_used + x.shape[0] > self.delta_capacity:
+                raise DeltaFull(
+                    f"the delta holds {view.slots_used} of {self.delta_capacity} rows; {x.shape[0]} more do not fit "
+                    "(compact the table)"
+                )
+            new = np.flatnonzero(target < 0)
+            target[new] = view.total_rows + np.arange(new.size)
+            tier_of = self._owning_tiers(target, view)
+            encoded = {}
+            for t in np.unique(tier_of).tolist():
+                positions = np.flatnonzero(tier_of == t)
+                primary, rerank = self.tiers[t].encode(x[positions])
+                encoded[int(t)] = (positions, primary, rerank)
+            self._delta.apply(target, tier_of, encoded, np.zeros(0, np.int64), keys[new])
+            return self._advance(sequence)
+
+    def delete(self, keys: Any, sequence: int | None = None) -> int:
+        """Remove keys (b,) from a keyed table; every key must be present. All or nothing."""
+        if self.keymap is None:
+            raise InvalidRequest("a dense table cannot delete rows (its ids are 0..rows-1); use a keyed table")
+        with self._write_lock:
+            view = self._delta.view
+            wanted = check_keys(keys, "keys")
+            _refuse_repeats(wanted, "keys")
+            rows = self._require(self._resolve(wanted, view)[0], wanted, "keys")
+            self._delta.apply(rows[:0], rows[:0], {}, rows, rows[:0])
+            return self._advance(sequence)
+
+    def _owning_tiers(self, target: np.ndarray, view: DeltaView) -> np.ndarray:
+        tier_of = np.full(target.size, self.new_key_tier, np.int64)
+        base = target < self.rows
+        tier_of[base] = self._locate_base(target[base])[0]
+        if view.empty:
+            return tier_of
+        hit, pos = view.locate(target)
+        moved = hit & ~base & (view.changed_tier[pos] >= 0)
+        tier_of[moved] = view.changed_tier[pos[moved]]
+        return tier_of
+
+    def _advance(self, sequence: int | None) -> int:
+        self.sequence = self.sequence + 1 if sequence is None else sequence
+        return self.sequence
+
+    def compact(self, version: str | None = None) -> Table:
+        """A new table with the delta folded in, re-encoded with the same trained states; rows
+        keep their order (new keys after the base's), deleted rows are dropped."""
+        view = self._delta.view
+        if view.empty:
+            live_rows = np.arange(self.rows, dtype=np.int64)
+        else:
+            gone = view.changed[view.changed_slot < 0]
+            live_rows = np.setdiff1d(np.arange(view.total_rows, dtype=np.int64), gone)
+        renumber = np.full(view.total_rows, -1, np.int64)
+        renumber[live_rows] = np.arange(live_rows.size)
+        tiers, tier_rows = [], []
+        for t, tier in enumerate(self.tiers):
+            base_local = np.setdiff1d(np.arange(tier.rows, dtype=np.int64), view.stale_local[t].values)
+            base_global = base_local if self.tier_rows is None else self.tier_rows[t][base_local]
+            moved = (view.changed_tier == t) & (view.changed_slot >= 0)
+            slots, delta_global = view.changed_slot[moved], view.changed[moved]
+            order = np.argsort(np.concatenate([base_global, delta_global]), kind="stable")
+            primary, rerank = tier.row_arrays()
+            segment = view.segments[t]
+            extra_p, extra_r = segment.row_arrays() if segment is not None else ({}, None)
+
+            new_primary = _merge_rows(primary, base_local, extra_p, slots, order)
+            new_rerank = None if rerank is None else _merge_rows(rerank, base_local, extra_r, slots, order)
+            tiers.append(tier.with_rows(new_primary, new_rerank))
+            tier_rows.append(renumber[np.concatenate([base_global, delta_global])[order]])
+        keys = None if self.keys is None else view.key_of(live_rows, self.keys)
+        return Table(
+            tiers=tiers,
+            tier_rows=tier_rows if len(tiers) > 1 else None,
+            keys=keys,
+            missing=self.missing,
+            new_key_tier=self.new_key_tier,
+            sequence=self.sequence,
+            delta_capacity=self.delta_capacity,
+            version=version or f"{self.version}+{self.sequence}",
+            provenance={**self.provenance, "compacted_from": self.version},
+        )
 
     # ---- persistence --------------------------------------------------------------------------
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "codec": self.primary.name,
-            "params": self.primary.params,
-            "rerank": None if self.rerank is None else {"codec": self.rerank.name, "params": self.rerank.params},
-            "rows": self.rows,
-            "dim": self.dim,
-            "version": self.version,
-            "provenance": self.provenance,
-        }
-
     def save(self, path: str | os.PathLike[str]) -> Path:
-        arrays = dict(self.primary.arrays)
-        if self.rerank is not None:
-            arrays.update({f"rerank.{name}": a for name, a in self.rerank.arrays.items()})
-        self.path = artifact.write(path, self.manifest(), arrays)
+        """Write the table (with its delta folded in, and its sequence) as a format-2 artifact."""
+        from runtime.tableio import write_table
+
+        table = self if self._delta.view.empty else self.compact(self.version)
+        self.path = write_table(table, path)
         return self.path
 
     def warmup(self) -> None:
         """Compile and run every kernel this table uses on tiny input."""
-        self.primary.warmup()
-        if self.rerank is not None:
-            self.rerank.warmup()
-        self.search(self.lookup([0]), 1, self.metrics[0] if self.rerank is None else "ip", oversample=2)
+        for tier in self.tiers:
+            tier.warmup()
+        view = self._delta.view
+        probe = self._decode_rows(np.zeros(1, np.int64), view)
+        metric = self.metrics[0] if self.rerank is None else "ip"
+        self.tiers[0].search(probe, 1, metric, 2)
+        if len(self.tiers) > 1 or self.keys is not None:
+            self._search_rows(probe, 1, metric, 2, view)
+
+
+def _merge_rows(
+    own: dict[str, np.ndarray],
+    local: np.ndarray,
+    extra: dict[str, np.ndarray] | None,
+    slots: np.ndarray,
+    order: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Row arrays of base rows `local` then delta `slots`, permuted by `order`."""
+    out = {}
+    for name, array in own.items():
+        parts = [array[local]]
+        if extra:
+            parts.append(extra[name][slots])
+        out[name] = np.ascontiguousarray(np.concatenate(parts)[order])
+    return out
+
+
+def _refuse_repeats(keys: np.ndarray, field: str) -> None:
+    if keys.size > 1:
+        ordered = np.sort(keys, kind="stable")
+        repeats = ordered[1:][ordered[1:] == ordered[:-1]]
+        if repeats.size:
+            first = int(np.flatnonzero(keys == repeats[0])[1])
+            raise InvalidRequest(f"{field}[{first}] = {int(repeats[0])} appears more than once in the batch")
 
 
 def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,12 +640,30 @@ def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[n
     return ids[keep].reshape(shape), scores[keep].reshape(shape)
 
 
+def _tier_rows_of(spec: Any, n: int, t: int) -> np.ndarray:
+    """A tier's "rows": a slice, {"start", "stop"}, or a list/array of row positions -> sorted int64."""
+    if isinstance(spec, slice):
+        return np.arange(n, dtype=np.int64)[spec]
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"start", "stop"}
+        if unknown:
+            raise InvalidRequest(f"tier {t} rows: unknown field {sorted(unknown)[0]!r} (use start and stop)")
+        return np.arange(n, dtype=np.int64)[slice(spec.get("start"), spec.get("stop"))]
+    rows = check_ids(spec, n, f"tiers[{t}].rows")
+    return np.sort(rows)
+
+
 def compress(
     x: Any,
     codec: str = "int8",
     *,
     rerank: str | None = None,
     rerank_options: dict[str, Any] | None = None,
+    tiers: list[dict[str, Any]] | None = None,
+    keys: Any = None,
+    missing: str = "error",
+    new_key_tier: int | None = None,
+    delta_capacity: int = DEFAULT_DELTA_CAPACITY,
     seed: int = 0,
     version: str | None = None,
     source: str | None = None,
@@ -259,12 +673,55 @@ def compress(
     """Fit `codec` (with its keyword options) on x (n, d) and return the compressed Table.
 
     `rerank` names a second, richer codec fitted on the same rows and used to rescore candidates.
-    """
-    cls = codec_class(codec)
-    rerank_cls = codec_class(rerank) if rerank is not None else None
+    `tiers`: a list of {"rows": slice | {"start", "stop"} | row positions, "codec": name,
+    "rerank": name, "rerank_options": {...}, "dim": r, **codec options}; together the tiers hold
+    every row of x once (then `codec`, `rerank` and options are not used).
+    `keys` (n,) int64 distinct: the table is addressed by them instead of 0..n-1."""
     data = check_table_input(x)
-    primary = cls.fit(data, seed=seed, progress=progress, **options)
-    second = rerank_cls.fit(data, seed=seed, progress=progress, **(rerank_options or {})) if rerank_cls else None
+    key_array = None if keys is None else check_keys(keys, "keys")
+    if key_array is not None and key_array.shape[0] != data.shape[0]:
+        raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")
+    if tiers is None:
+        built = [
+            train_tier(data, codec, options, rerank=rerank, rerank_options=rerank_options, seed=seed, progress=progress)
+        ]
+        tier_rows = None
+    else:
+        if options or rerank is not None:
+            raise InvalidRequest("give codec options inside each tier when tiers are given")
+        if not isinstance(tiers, list) or not tiers:
+            raise InvalidRequest("tiers must be a non-empty list of tier objects")
+        built, tier_rows = [], []
+        for t, spec in enumerate(tiers):
+            if not isinstance(spec, dict) or "rows" not in spec or "codec" not in spec:
+                raise InvalidRequest(f"tiers[{t}] must be an object with rows and codec")
+            own = {k: v for k, v in spec.items() if k not in {"rows", "codec", "rerank", "rerank_options", "dim"}}
+            rows = _tier_rows_of(spec["rows"], data.shape[0], t)
+            if rows.size == 0:
+                raise InvalidRequest(f"tiers[{t}] holds no rows")
+            dim = spec.get("dim")
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
+                raise InvalidRequest(f"tiers[{t}].dim must be an integer, got {dim!r}")
+            built.append(
+                train_tier(
+                    data[rows],
+                    spec["codec"],
+                    own,
+                    rerank=spec.get("rerank"),
+                    rerank_options=spec.get("rerank_options"),
+                    dim=None if dim is None else int(dim),
+                    seed=seed,
+                    progress=progress,
+                )
+            )
+            tier_rows.append(rows)
+        covered = np.zeros(data.shape[0], bool)
+        for t, rows in enumerate(tier_rows):
+            if covered[rows].any():
+                raise InvalidRequest(f"row {int(rows[covered[rows]][0])} is in tiers[{t}] and an earlier tier")
+            covered[rows] = True
+        if not covered.all():
+            raise InvalidRequest(f"row {int(np.flatnonzero(~covered)[0])} is in no tier: tiers must hold every row")
     now = dt.datetime.now(dt.UTC)
     provenance = {
         "created_at": now.isoformat(timespec="seconds"),
@@ -272,58 +729,33 @@ def compress(
         "seed": seed,
         "source": source,
     }
-    return Table(primary, second, version=version or now.strftime("%Y%m%dT%H%M%SZ"), provenance=provenance)
-
-
-def _build_codec(name: Any, params: Any, rows: int, dim: int, arrays: dict[str, np.ndarray]) -> Codec:
-    if not isinstance(name, str):
-        raise ArtifactCorrupt("codec name must be a string")
-    try:
-        cls = codec_class(name)
-    except EmbserveError as exc:
-        raise ArtifactIncompatible(f"artifact uses codec {name!r}, which this embserve does not know") from exc
-    missing = sorted(set(cls.required_arrays) - set(arrays))
-    if missing:
-        raise ArtifactCorrupt(f"codec {name!r} needs array {missing[0]!r}, which the manifest does not list")
-    try:
-        checked = cls.check_options(dim, params)
-        codec = cls(rows, dim, checked, arrays)
-    except (EmbserveError, KeyError, ValueError, TypeError) as exc:
-        raise ArtifactCorrupt(f"codec {name!r} cannot be built from this artifact: {exc}") from None
-    return codec
+    return Table(
+        tiers=built,
+        tier_rows=tier_rows if tier_rows is not None and len(tier_rows) > 1 else None,
+        keys=key_array,
+        missing=missing,
+        new_key_tier=new_key_tier,
+        delta_capacity=delta_capacity,
+        version=version or now.strftime("%Y%m%dT%H%M%SZ"),
+        provenance=provenance,
+    )
 
 
 def load_table(path: str | os.PathLike[str], verify: bool = True, *, parallel_min_ids: int | None = None) -> Table:
-    """Load a table artifact directory, memory-mapping its arrays after verifying checksums.
+    """Load a table artifact directory (format 1 or 2), memory-mapping its arrays after verifying
+    checksums. Raises ArtifactNotFound, ArtifactCorrupt or ArtifactIncompatible with a message
+    naming the problem; nothing is half-loaded.
 
     `parallel_min_ids` (1..4096, default 512): lookups of fewer ids gather on the calling thread;
-    a server whose requests already run concurrently passes a higher one.
-    Raises ArtifactNotFound, ArtifactCorrupt or ArtifactIncompatible with a message naming the
-    problem; nothing is half-loaded."""
+    a server whose requests already run concurrently passes a higher one."""
+    from runtime.tableio import read_table
+
     if parallel_min_ids is not None and not 1 <= parallel_min_ids <= PARALLEL_MIN_IDS:
         raise InvalidRequest(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {parallel_min_ids}")
-    manifest = artifact.read_manifest(path)
-    arrays = artifact.load_arrays(path, manifest, verify=verify)
-    rows, dim = manifest["rows"], manifest["dim"]
-    if rows <= 0 or dim <= 0:
-        raise ArtifactCorrupt(f"rows and dim must be positive, got {rows} × {dim}")
-    own = {n: a for n, a in arrays.items() if not n.startswith("rerank.")}
-    primary = _build_codec(manifest["codec"], manifest["params"], rows, dim, own)
-    rerank = None
-    spec = manifest.get("rerank")
-    if spec is not None:
-        if not isinstance(spec, dict) or not isinstance(spec.get("params"), dict):
-            raise ArtifactCorrupt("manifest field 'rerank' must be null or an object with codec and params")
-        theirs = {n.removeprefix("rerank."): a for n, a in arrays.items() if n.startswith("rerank.")}
-        rerank = _build_codec(spec.get("codec"), spec["params"], rows, dim, theirs)
+    table = read_table(path, verify)
     if parallel_min_ids is not None:
-        for codec in (primary, rerank):
-            if codec is not None:
-                codec.parallel_min_ids = int(parallel_min_ids)
-    return Table(
-        primary,
-        rerank,
-        version=str(manifest.get("version", "")),
-        provenance=manifest.get("provenance") or {},
-        path=Path(path),
-    )
+        for tier in table.tiers:
+            for codec in (tier.primary, tier.rerank):
+                if codec is not None:
+                    codec.parallel_min_ids = int(parallel_min_ids)
+    return table

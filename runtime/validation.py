@@ -81,6 +81,20 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     return out
 
 
+def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
+    """Return keys as a C-contiguous int64 `(n,)` array (any int64 value is a key)."""
+    arr = np.asarray(keys)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InvalidRequest(f"{field} hold a value too large for int64")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def check_id_matrix(ids: Any, rows: int, field: str = "candidate_ids") -> np.ndarray:
     """Return a `(q, c)` int64 id matrix, every id in `[0, rows)`."""
     arr = np.asarray(ids)

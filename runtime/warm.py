@@ -13,21 +13,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from runtime.codecs import CODECS, example_configs
 from runtime.table import compress, load_table
 
-CONFIGS: list[dict[str, object]] = [
-    {"codec": "fp32"},
-    {"codec": "fp16"},
-    {"codec": "int8"},
-    {"codec": "int4"},
-    {"codec": "int2"},
-    {"codec": "binary"},
-    {"codec": "binary", "rotate": True, "rerank": "int8"},
-    {"codec": "pq", "subspaces": 8, "bits": 8, "iterations": 2, "rerank": "int8"},
-    {"codec": "pq", "subspaces": 8, "bits": 4, "iterations": 2, "opq": True, "opq_iterations": 1},
+# every codec and each of its option choices (derived from the codecs' declared options), and
+# a rerank pairing for each codec that ranks by its own metric or scans by ADC
+CONFIGS: list[dict[str, Any]] = [
+    *example_configs(),
+    *[{"codec": name, "rerank": "int8"} for name, cls in CODECS.items() if cls.rank_metric or name == "pq"],
 ]
 
 
@@ -38,8 +35,18 @@ def warm_all() -> float:
         for i, config in enumerate(CONFIGS):
             options = dict(config)
             codec = str(options.pop("codec"))
-            compress(x, codec, **options).save(Path(tmp) / str(i))  # type: ignore[arg-type]
+            compress(x, codec, **options).save(Path(tmp) / str(i))
             load_table(Path(tmp) / str(i)).warmup()
+        # a keyed two-tier table with a delta: the hash map, projection and merge paths
+        tiers: list[dict[str, Any]] = [
+            {"rows": {"start": 0, "stop": 100}, "codec": "int8"},
+            {"rows": {"start": 100, "stop": 600}, "codec": "pq", "dim": 32, "subspaces": 8, "iterations": 2},
+        ]
+        keyed = compress(x, tiers=tiers, keys=np.arange(600, dtype=np.int64) * 7)
+        keyed.save(Path(tmp) / "keyed")
+        table = load_table(Path(tmp) / "keyed")
+        table.upsert([7, 700], x[:2])
+        table.warmup()
     return time.perf_counter() - start
 
 

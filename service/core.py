@@ -157,6 +157,7 @@ class EmbeddingService:
         entry = self.store.put(name, table)
         rerank = table.rerank.name if table.rerank is not None else ""
         self.metrics.set_table(name, table.rows, table.nbytes, table.fp32_nbytes, table.codec, rerank, table.version)
+        self.metrics.set_delta(name, table.delta_rows, table.delta_slots, table.delta_capacity, table.nbytes)
         return entry
 
     # ---- request plumbing -----------------------------------------------------------------------
@@ -279,12 +280,18 @@ class EmbeddingService:
             table = entry.table
             small = ids_arr.size <= INLINE_MAX_IDS
             if offsets is None:
-                return await self._compute("lookup", table.codec, lambda: table.lookup(ids_arr), inline=small)
-            offsets_arr = as_array(offsets, "offsets")
-            self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
-            return await self._compute(
-                "lookup_pooled", table.codec, lambda: table.lookup_pooled(ids_arr, offsets_arr, mode)
-            )
+                rows, missing = await self._compute(
+                    "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
+                )
+            else:
+                offsets_arr = as_array(offsets, "offsets")
+                self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
+                rows, missing = await self._compute(
+                    "lookup_pooled", table.codec, lambda: table.lookup_pooled_counted(ids_arr, offsets_arr, mode)
+                )
+            if missing:
+                self.metrics.child(self.metrics.missing_keys, name).inc(missing)
+            return rows
 
     async def search(
         self,
@@ -397,6 +404,43 @@ class EmbeddingService:
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
 
+    async def admin_upsert(
+        self, transport: str, authorization: str | None, name: str, keys: Any, rows: Any, sequence: Any = None
+    ) -> dict[str, Any]:
+        """Apply one batch of row updates to the served table: all of it or, on error, none."""
+        with self.request(transport, "admin_upsert", name):
+            self.authorize(authorization)
+            table = self.store.get(name).table
+            keys_arr, rows_arr = as_array(keys, "keys"), as_array(rows, "rows")
+            self._limit(keys_arr.size, self.settings.max_ids, "keys")
+            applied = await self._compute(
+                "upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, _sequence(sequence))
+            )
+            return self._updated(name, table, int(keys_arr.size), applied)
+
+    async def admin_delete_keys(
+        self, transport: str, authorization: str | None, name: str, keys: Any, sequence: Any = None
+    ) -> dict[str, Any]:
+        """Delete keys from a served keyed table: all of them or, on error, none."""
+        with self.request(transport, "admin_delete_keys", name):
+            self.authorize(authorization)
+            table = self.store.get(name).table
+            keys_arr = as_array(keys, "keys")
+            self._limit(keys_arr.size, self.settings.max_ids, "keys")
+            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, _sequence(sequence)))
+            return self._updated(name, table, int(keys_arr.size), applied)
+
+    def _updated(self, name: str, table: Table, count: int, sequence: int) -> dict[str, Any]:
+        self.metrics.set_delta(name, table.delta_rows, table.delta_slots, table.delta_capacity, table.nbytes)
+        return {
+            "table": name,
+            "applied": count,
+            "sequence": sequence,
+            "delta_rows": table.delta_rows,
+            "delta_slots": table.delta_slots,
+            "delta_capacity": table.delta_capacity,
+        }
+
     async def admin_delete(self, transport: str, authorization: str | None, name: str) -> dict[str, Any]:
         with self.request(transport, "admin_delete", name):
             self.authorize(authorization)
@@ -406,6 +450,15 @@ class EmbeddingService:
             if self.state is not None:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
             return {"deleted": entry.name, "version": entry.table.version}
+
+
+def _sequence(value: Any) -> int | None:
+    """An update's optional log position: absent, or a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidRequest(f"sequence must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 __all__ = ["EmbeddingService", "as_array"]

@@ -12,10 +12,12 @@ import grpc
 from runtime.errors import (
     ArtifactError,
     ArtifactNotFound,
+    DeltaFull,
     EmbserveError,
     Forbidden,
     IdOutOfRange,
     InvalidRequest,
+    KeyNotFound,
     NotReady,
     Overloaded,
     PayloadTooLarge,
@@ -25,6 +27,8 @@ from runtime.errors import (
 
 ERROR_STATUS: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
     TableNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    KeyNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    DeltaFull: (409, grpc.StatusCode.RESOURCE_EXHAUSTED),
     IdOutOfRange: (400, grpc.StatusCode.OUT_OF_RANGE),
     PayloadTooLarge: (413, grpc.StatusCode.INVALID_ARGUMENT),
     InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),

@@ -69,6 +69,24 @@ class Metrics:
             ["table", "codec", "rerank", "version"],
             registry=r,
         )
+        self.missing_keys = Counter(
+            "embserve_missing_keys",
+            "Keys looked up that the table does not hold (answered as zero rows, or refused).",
+            ["table"],
+            registry=r,
+        )
+        self.delta_rows = Gauge(
+            "embserve_table_delta_rows", "Rows whose current value lives in the update delta.", ["table"], registry=r
+        )
+        self.delta_slots = Gauge(
+            "embserve_table_delta_slots_used",
+            "Delta slots taken by upserts since the table was written (compaction frees them).",
+            ["table"],
+            registry=r,
+        )
+        self.delta_capacity = Gauge(
+            "embserve_table_delta_capacity_slots", "Delta slots a table holds before compaction.", ["table"], registry=r
+        )
         self.overloaded = Counter(
             "embserve_rejected_overload", "Requests refused at the concurrency limit.", ["transport"], registry=r
         )
@@ -111,8 +129,15 @@ class Metrics:
         self.table_fp32_bytes.labels(name).set(fp32)
         self.table_info.labels(name, codec, rerank, version).set(1)
 
+    def set_delta(self, name: str, rows: int, slots: int, capacity: int, nbytes: int) -> None:
+        self.delta_rows.labels(name).set(rows)
+        self.delta_slots.labels(name).set(slots)
+        self.delta_capacity.labels(name).set(capacity)
+        self.table_bytes.labels(name).set(nbytes)
+
     def clear_table(self, name: str) -> None:
-        for gauge in (self.table_rows, self.table_bytes, self.table_fp32_bytes):
+        gauges = (self.table_rows, self.table_bytes, self.table_fp32_bytes, self.delta_rows, self.delta_slots)
+        for gauge in (*gauges, self.delta_capacity):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
         for labels in list(self.table_info._metrics):  # one table has one info series at a time

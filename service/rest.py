@@ -74,6 +74,17 @@ class ScoreBody(BaseModel):
     metric: Literal["ip", "l2", "hamming"] = "ip"
 
 
+class UpsertBody(BaseModel):
+    keys: list[int] = Field(description="keys (keyed tables) or row ids (dense tables), int64")
+    rows: list[list[float]] = Field(description="(n, dim) new rows")
+    sequence: int | None = Field(None, description="the table's sequence after this batch (default: +1)")
+
+
+class DeleteKeysBody(BaseModel):
+    keys: list[int] = Field(description="keys to delete, int64 (keyed tables only)")
+    sequence: int | None = None
+
+
 class LoadBody(BaseModel):
     path: str = Field(description="artifact directory, relative to (or inside) the artifact root")
 
@@ -114,6 +125,34 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
     # a flat byte view of the gathered rows, not a copy of them
     flat = np.ascontiguousarray(rows, dtype="<f4").reshape(-1).view(np.uint8)
     return flat.data, f"{rows.shape[0]},{rows.shape[1]}"
+
+
+SEQUENCE_HEADER = "X-Embserve-Sequence"
+
+
+def octet_update(body: bytes, shape: str | None, with_rows: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Binary update body: n little-endian int64 keys, then (with rows) n × dim float32 rows;
+    the shape header says "n,dim" (or "n" for deletes)."""
+    want = 2 if with_rows else 1
+    parts = (shape or "").split(",")
+    if len(parts) != want or not all(p.strip().isdigit() for p in parts):
+        raise InvalidRequest(f"header {SHAPE_HEADER} must be {'n,dim' if with_rows else 'n'}, got {shape!r}")
+    n = int(parts[0])
+    dim = int(parts[1]) if with_rows else 0
+    expected = n * 8 + n * dim * 4
+    if len(body) != expected:
+        raise InvalidRequest(f"body of {len(body)} bytes, but {SHAPE_HEADER} {shape!r} needs {expected}")
+    keys = np.frombuffer(body, dtype="<i8", count=n)
+    rows = np.frombuffer(body, dtype="<f4", offset=n * 8).reshape(n, dim) if with_rows else None
+    return keys, rows
+
+
+def _header_sequence(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidRequest(f"header {SEQUENCE_HEADER} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 LOOKUP_PATH = re.compile(r"/v1/tables/([^/]+)/lookup")
@@ -342,6 +381,34 @@ def create_app(service: EmbeddingService) -> FastAPI:
     async def load(name: str, request: Request) -> Response:
         payload = parse_json_object(await read_body(service, request))
         info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), name, payload.get("path"))
+        return FastJSON(info)
+
+    @app.post("/v1/tables/{name}/upsert", tags=["admin"], openapi_extra=_body_doc(UpsertBody, octet=True))
+    async def upsert(name: str, request: Request) -> Response:
+        body = await read_body(service, request)
+        auth = request.headers.get("authorization")
+        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+            service.authorize(auth)  # before parsing: an unauthorized caller learns nothing of the format
+            keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
+            sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
+            return FastJSON(await service.admin_upsert(TRANSPORT, auth, name, keys, rows, sequence))
+        payload = parse_json_object(body)
+        info = await service.admin_upsert(
+            TRANSPORT, auth, name, payload.get("keys"), payload.get("rows"), payload.get("sequence")
+        )
+        return FastJSON(info)
+
+    @app.post("/v1/tables/{name}/delete", tags=["admin"], openapi_extra=_body_doc(DeleteKeysBody, octet=True))
+    async def delete_keys(name: str, request: Request) -> Response:
+        body = await read_body(service, request)
+        auth = request.headers.get("authorization")
+        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+            service.authorize(auth)
+            keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
+            sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
+            return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, name, keys, sequence))
+        payload = parse_json_object(body)
+        info = await service.admin_delete_keys(TRANSPORT, auth, name, payload.get("keys"), payload.get("sequence"))
         return FastJSON(info)
 
     @app.delete("/v1/tables/{name}", tags=["admin"])

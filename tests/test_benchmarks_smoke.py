@@ -48,3 +48,12 @@ def test_service_bench_smoke(tmp_path: Path) -> None:
     assert {row["transport"] for row in rows} == {"grpc", "http"}
     assert all(row["ours"]["rps"] > 0 and row["bare"]["rps"] > 0 for row in rows)
     assert "fraction of bare" in (tmp_path / "service.md").read_text()
+
+
+def test_tables_bench_smoke(tmp_path: Path) -> None:
+    args = ["--smoke", "--rows", "3000", "--reps", "1", "--out", str(tmp_path), "--sections", "tables"]
+    assert perf.main(args) == 0
+    rows = json.loads((tmp_path / "perf.json").read_text())["rows"]
+    ops = {row["op"].split(",")[0] for row in rows if row["section"] == "tables"}
+    assert {"keyed lookup int8", "upsert throughput", "lookup p99 B=1024 while upserting 10000 rows/s"} <= ops
+    assert all(row["ours"] > 0 for row in rows)

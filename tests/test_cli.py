@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import runtime
 from service.cli import main
 from tests.conftest import low_rank_table
 
@@ -108,3 +109,29 @@ def test_errors_are_one_line_with_status_2(tmp_path: Path, source: Path, capsys:
     bad.write_bytes(b"\x93NUMPY\x01\x00garbage")
     assert main(["compress", str(bad), "--codec", "int8", "--out", str(tmp_path / "y")]) == 2
     assert "as a .npy file" in capsys.readouterr().err
+
+
+def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    n = np.load(source).shape[0]
+    tiers = tmp_path / "tiers.json"
+    tiers.write_text(
+        json.dumps(
+            [
+                {"rows": {"start": 0, "stop": 50}, "codec": "int8"},
+                {"rows": {"start": 50, "stop": n}, "codec": "pq", "subspaces": 4, "iterations": 3, "dim": 8},
+            ]
+        )
+    )
+    keys = tmp_path / "keys.npy"
+    np.save(keys, np.arange(n, dtype=np.int64) * -3)
+    out = tmp_path / "tiered"
+    args = ["compress", str(source), "--tiers", str(tiers), "--keys", str(keys), "--missing", "zeros"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    assert "int8 | pq" in capsys.readouterr().out
+    table = runtime.load_table(out)
+    assert table.keyed and table.missing == "zeros" and [t.rows for t in table.tiers] == [50, n - 50]
+    assert table.tiers[1].projection is not None and table.tiers[1].projection.basis.shape[1] == 8
+    assert main(["compress", str(source), "--out", str(tmp_path / "none")]) == 2
+    assert "--codec or --tiers" in capsys.readouterr().err
+    assert main(["compress", str(source), "--tiers", str(tiers), "--subspaces", "4", "--out", str(tmp_path / "z")]) == 2
+    assert "inside each tier" in capsys.readouterr().err

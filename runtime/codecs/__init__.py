@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from runtime.codecs.base import Codec, Progress
+from typing import Any
+
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.codecs.binary import BinaryCodec
 from runtime.codecs.fp16 import Fp16Codec
 from runtime.codecs.fp32 import Fp32Codec
@@ -22,4 +24,38 @@ def codec_class(name: str) -> type[Codec]:
         raise UnknownCodec(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)}") from None
 
 
-__all__ = ["CODECS", "Codec", "Progress", "codec_class"]
+def codec_options() -> dict[str, list[tuple[str, Option]]]:
+    """Every declared option name -> the (codec, option) pairs that declare it (CLI flags)."""
+    found: dict[str, list[tuple[str, Option]]] = {}
+    for name, cls in CODECS.items():
+        for option in cls.options:
+            found.setdefault(option.name, []).append((name, option))
+    return found
+
+
+def example_configs() -> list[dict[str, Any]]:
+    """One configuration a codec and one more for each non-default choice of each of its options
+    (every bool both ways), with `quick` values: the warm-up list and the test matrix."""
+    configs: list[dict[str, Any]] = []
+    for name, cls in CODECS.items():
+        quick = {o.name: o.quick for o in cls.options if o.quick is not None}
+        configs.append({"codec": name, **quick})
+        for option in cls.options:
+            values = (True,) if option.kind is bool and not option.default else option.choices
+            for value in values:
+                if value != option.default:
+                    configs.append({"codec": name, **quick, option.name: value})
+    return configs
+
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "Option",
+    "Prepared",
+    "Progress",
+    "TrainedState",
+    "codec_class",
+    "codec_options",
+    "example_configs",
+]

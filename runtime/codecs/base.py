@@ -1,4 +1,11 @@
-"""The codec protocol: every codec fits, encodes, decodes, searches, scores and counts its bytes.
+"""The codec protocol: train, encode, decode, prepare, scan, score, and count bytes.
+
+    state = Codec.train(sample, **options)          # codebooks, rotation: nothing row-specific
+    rows = Codec.encode(state, x)                   # {name: (n, ...) array} encoded against it
+    codec = Codec.from_parts(state, rows)           # a codec instance over those rows
+    prepared = codec.prepare(metric, queries=q)     # or ids=stored ids: LUTs, query words, ...
+    ids, scores = codec.scan(prepared, k, exclude)  # top k over all rows but `exclude`
+    scores = codec.score(prepared, candidates)      # given candidates only
 
 Callers (`runtime.table.Table`) validate ids, queries, k and metric before calling a codec, so
 codecs assume clean input: ids int64 in range, queries float32 C-contiguous `(q, dim)`, 1 <= k <= rows.
@@ -8,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numba
@@ -15,6 +23,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
+from runtime.kernels.hashmap import KeySet
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
 
@@ -40,23 +49,81 @@ def keys_to_scores(keys: np.ndarray, queries: np.ndarray, metric: str) -> np.nda
     return np.maximum(qn - keys, 0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a codec, declared once: `compress(**options)`, the CLI flag
+    `--<name>` (help text from here), the warm-up list and the test matrix all derive from it.
+
+    choices: the values worth compiling and testing apart (bits 4 and 8); bool options vary both.
+    quick: a cheap value used where only coverage matters (warm-up, tests), e.g. few iterations."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    quick: Any = None
+
+
+@dataclass(frozen=True)
+class TrainedState:
+    """What `train` learns: the codec's params and its row-independent arrays (codebooks,
+    rotation). Rows encoded later with the same state decode and score alike."""
+
+    codec: str
+    params: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Queries prepared once for scans and scores: metric, count, the query vectors when the
+    codec scans them as such (`queries` (q, dim) float32), and the codec's own form (`data`:
+    a `LutQuery`, packed query words, ...)."""
+
+    metric: str
+    count: int
+    queries: np.ndarray | None = None
+    data: Any = None
+
+
+def _vectors(prepared: Prepared) -> np.ndarray:
+    if prepared.queries is None:
+        raise InvalidRequest(f"this scan needs query vectors; the prepared {prepared.metric} query has none")
+    return prepared.queries
+
+
 class Codec(ABC):
     """One compressed representation of an `(rows, dim)` float32 table."""
 
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]] = ("ip", "l2")
+    rank_metric: ClassVar[str | None] = None
+    """The metric this codec ranks candidates by when a rerank codec rescores them (binary:
+    Hamming); None ranks by the requested metric."""
     required_arrays: ClassVar[tuple[str, ...]] = ()
-    options: ClassVar[dict[str, Any]] = {}
-    """Keyword options of `fit` and their defaults; they are the codec's persisted params."""
+    row_arrays: ClassVar[tuple[str, ...]] = ()
+    """Arrays with one entry a row along axis 0 (codes, scales); every other array is trained state."""
+    options: ClassVar[tuple[Option, ...]] = ()
     parallel_min_ids: int = DEFAULT_PARALLEL_MIN_IDS
     """Lookups of fewer ids gather on the calling thread (set per table by `load_table`)."""
 
-    def __init__(self, rows: int, dim: int, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        rows: int,
+        dim: int,
+        params: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        shared: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.rows = rows
         self.dim = dim
         self.params = dict(params)
         self.arrays = dict(arrays)
         self.derived: dict[str, np.ndarray] = {}
+        self.shared = shared or {}
+        """Derived state of the trained state alone (inner-product tables), handed over from a
+        codec of the same state so `with_rows` need not rebuild it."""
         problem = self.check_arrays()
         if problem:
             raise InvalidRequest(f"codec {self.name!r}: {problem}")
@@ -64,29 +131,85 @@ class Codec(ABC):
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {option.name: option.default for option in cls.options}
+
+    @classmethod
     def check_options(cls, dim: int, options: dict[str, Any]) -> dict[str, Any]:
         """Merge options over the defaults, refusing unknown names; codecs add value checks."""
-        unknown = sorted(set(options) - set(cls.options))
+        known = cls.defaults()
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            allowed = ", ".join(sorted(cls.options)) or "none"
+            allowed = ", ".join(sorted(known)) or "none"
             raise InvalidRequest(f"codec {cls.name!r} has no option {unknown[0]!r} (options: {allowed})")
-        params = dict(cls.options)
+        params = dict(known)
         params.update({k: v for k, v in options.items() if v is not None})
         return params
 
     @classmethod
-    def fit(cls, x: np.ndarray, *, seed: int = 0, progress: Progress | None = None, **options: Any) -> Codec:
-        """Fit on x (n, d) float32 (already validated) and encode it."""
-        params = cls.check_options(x.shape[1], options)
-        arrays = cls._encode(x, params, np.random.default_rng(seed), progress)
-        return cls(x.shape[0], x.shape[1], params, arrays)
+    def train(
+        cls, sample: np.ndarray, *, seed: int = 0, progress: Progress | None = None, **options: Any
+    ) -> TrainedState:
+        """Learn the row-independent state from sample (n, d) float32 (already validated)."""
+        params = cls.check_options(sample.shape[1], options)
+        arrays = cls._train(sample, params, np.random.default_rng(seed), progress)
+        return TrainedState(cls.name, params, arrays)
+
+    @classmethod
+    def _train(
+        cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    ) -> dict[str, np.ndarray]:
+        """sample (n, d) float32 -> the trained arrays (none for codecs that learn nothing)."""
+        return {}
+
+    @classmethod
+    def encode(cls, state: TrainedState, x: np.ndarray, progress: Progress | None = None) -> dict[str, np.ndarray]:
+        """x (n, d) float32 -> the row arrays, each (n, ...), encoded against `state`."""
+        step = 65536
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, max(1, x.shape[0]), step):
+            stop = min(x.shape[0], start + step)
+            parts.append(cls._encode_rows(state, np.ascontiguousarray(x[start:stop], dtype=np.float32)))
+            if progress is not None:
+                progress("encode", stop, x.shape[0])
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     @classmethod
     @abstractmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
-    ) -> dict[str, np.ndarray]:
-        """x (n, d) float32 -> the arrays that are persisted."""
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One block of rows x (b, d) float32 -> the row arrays, each (b, ...)."""
+
+    @classmethod
+    def from_parts(cls, state: TrainedState, rows: dict[str, np.ndarray], dim: int) -> Codec:
+        """A codec over encoded rows; state and rows as `train` and `encode` return them."""
+        count = next(iter(rows.values())).shape[0] if rows else 0
+        return cls(count, dim, state.params, {**state.arrays, **rows})
+
+    @classmethod
+    def fit(cls, x: np.ndarray, *, seed: int = 0, progress: Progress | None = None, **options: Any) -> Codec:
+        """Train on x (n, d) float32 (already validated; codecs sample it) and encode all of it."""
+        state = cls.train(x, seed=seed, progress=progress, **options)
+        return cls.from_parts(state, cls.encode(state, x, progress), x.shape[1])
+
+    @property
+    def state(self) -> TrainedState:
+        """The trained state this codec's rows were encoded against."""
+        trained = {name: a for name, a in self.arrays.items() if name not in self.row_arrays}
+        return TrainedState(self.name, dict(self.params), trained)
+
+    def with_rows(self, rows: dict[str, np.ndarray]) -> Codec:
+        """A codec of the same trained state over other encoded rows (a delta, a compacted table)."""
+        count = next(iter(rows.values())).shape[0] if rows else 0
+        state = self.state
+        codec = type(self)(count, self.dim, state.params, {**state.arrays, **rows}, self.state_derived())
+        codec.parallel_min_ids = self.parallel_min_ids
+        return codec
+
+    def state_derived(self) -> dict[str, np.ndarray]:
+        """The derived arrays that depend on the trained state only (none by default)."""
+        return {}
 
     def _prepare(self) -> None:
         """Build derived state (held in memory, not persisted) after load or fit."""
@@ -118,40 +241,74 @@ class Codec(ABC):
         """EmbeddingBag pooling: ids (m,) int64, offsets (B,) int64 -> (B, dim) float32."""
         return dense.pool(self.decode(ids), offsets, mean)
 
-    # ---- search ---------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """queries (q, dim) float32 -> ids (q, k) int64, scores (q, k) float32, best first."""
-        return self._dense_search(queries, k, metric)
+    # ---- search: prepare once, scan and score many times -------------------------------------
+    def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
+        """Queries (q, dim) float32, or stored ids (q,) int64 as queries -> a Prepared.
+        The default scans decoded rows densely, so it keeps the query vectors."""
+        vectors = self.decode(ids) if queries is None and ids is not None else queries
+        if vectors is None:
+            raise InvalidRequest("prepare needs queries or ids")
+        return Prepared(metric, vectors.shape[0], queries=vectors)
 
-    def search_by_id(self, query_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """query_ids (q,) int64 -> ids (q, k) int64, scores (q, k) float32, best first."""
-        return self.search(self.decode(query_ids), k, metric)
+    def scan(
+        self, prepared: Prepared, k: int, exclude: np.ndarray | KeySet | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k rows for each prepared query, rows in `exclude` (distinct int64, or a KeySet)
+        left out. -> ids (q, k') int64, scores (q, k') float32, best first,
+        k' = min(k, rows - len(exclude))."""
+        if exclude is None or exclude.size == 0:
+            return self._scan(prepared, min(k, self.rows))
+        left_out = exclude if isinstance(exclude, KeySet) else KeySet(exclude)
+        width = min(k, self.rows - left_out.size)
+        if width <= 0:
+            return np.zeros((prepared.count, 0), np.int64), np.zeros((prepared.count, 0), np.float32)
+        # ask for a few more than k, drop the left-out rows, and ask again for more only when a
+        # query kept fewer than k: exact (the scan's order is the true order), and the kernels
+        # stay free of per-row checks on the path of tables without updates
+        extra = min(left_out.size, max(k, 32))
+        while True:
+            want = min(self.rows, k + extra)
+            ids, scores = self._scan(prepared, want)
+            keep = ~left_out.contains(ids)
+            if want == self.rows or int(keep.sum(axis=1).min()) >= width:
+                break
+            extra *= 4
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
-    def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-        """candidates (q, c) int64, queries (q, dim) float32 -> (q, c) float32."""
-        nq, nc = candidates.shape
-        rows = self.decode(candidates.reshape(-1)).reshape(nq, nc, self.dim)
-        if metric == "ip":
-            return np.einsum("qcd,qd->qc", rows, queries).astype(np.float32)
-        diff = rows - queries[:, None, :]
-        return np.einsum("qcd,qcd->qc", diff, diff).astype(np.float32)
-
-    def score_by_id(self, candidates: np.ndarray, query_ids: np.ndarray, metric: str) -> np.ndarray:
-        """candidates (q, c) int64, query_ids (q,) int64 -> (q, c) float32."""
-        return self.score(candidates, self.decode(query_ids), metric)
-
-    def _dense_search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        # Faiss IndexFlat's scheme: decode a block, one GEMM for all queries, stream into heaps.
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top k (<= rows) over every row; the default decodes blocks and multiplies (Faiss
+        IndexFlat's scheme: one GEMM for all queries a block, streamed into heaps)."""
+        queries = _vectors(prepared)
         top = BlockTopK(queries.shape[0], k)
         for start in range(0, self.rows, DENSE_BLOCK_ROWS):
             stop = min(self.rows, start + DENSE_BLOCK_ROWS)
             block = self.decode_range(start, stop)
             keys = queries @ block.T
-            if metric == "l2":
+            if prepared.metric == "l2":
                 keys = 2 * keys - np.einsum("bd,bd->b", block, block)[None, :]
             top.push(keys.astype(np.float32, copy=False), start)
         keys, ids = top.result()
-        return ids, keys_to_scores(keys, queries, metric)
+        return ids, keys_to_scores(keys, queries, prepared.metric)
+
+    def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
+        """candidates (q, c) int64 -> (q, c) float32 scores of each prepared query."""
+        queries = _vectors(prepared)
+        nq, nc = candidates.shape
+        rows = self.decode(candidates.reshape(-1)).reshape(nq, nc, self.dim)
+        if prepared.metric == "ip":
+            return np.einsum("qcd,qd->qc", rows, queries).astype(np.float32)
+        diff = rows - queries[:, None, :]
+        return np.einsum("qcd,qcd->qc", diff, diff).astype(np.float32)
+
+    # ---- conveniences over the protocol ----------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """queries (q, dim) float32 -> ids (q, k) int64, scores (q, k) float32, best first."""
+        return self.scan(self.prepare(metric, queries=queries), k)
+
+    def search_by_id(self, query_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """query_ids (q,) int64 -> ids (q, k) int64, scores (q, k) float32, best first."""
+        return self.scan(self.prepare(metric, ids=query_ids), k)
 
     def warmup(self) -> None:
         """Run every kernel this codec uses once on tiny input, so no request pays JIT compile."""
@@ -161,7 +318,7 @@ class Codec(ABC):
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         for metric in self.metrics:
-            self.search(q, 1, metric)
-            self.search_by_id(ids, 1, metric)
-            self.score(ids.reshape(2, 1), q, metric)
-            self.score_by_id(ids.reshape(2, 1), ids, metric)
+            for prepared in (self.prepare(metric, queries=q), self.prepare(metric, ids=ids)):
+                self.scan(prepared, 1)
+                self.scan(prepared, 1, exclude=ids[:1])
+                self.score(prepared, ids.reshape(2, 1))

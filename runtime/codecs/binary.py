@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.codecs.base import Codec, Progress, keys_to_scores, scan_chunks
+from runtime.codecs import adc
+from runtime.codecs.adc import LutQuery
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.errors import InvalidRequest
 from runtime.kernels import scan
@@ -41,8 +43,12 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
 class BinaryCodec(Codec):
     name = "binary"
     required_arrays = ("codes", "scales")
+    row_arrays = ("codes", "scales")
     metrics = ("hamming", "ip", "l2")
-    options: ClassVar[dict[str, Any]] = {"rotate": False}
+    rank_metric = "hamming"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("rotate", bool, False, "random orthogonal rotation first (spreads variance over the bits)"),
+    )
 
     @classmethod
     def check_options(cls, dim: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -52,20 +58,19 @@ class BinaryCodec(Codec):
         return params
 
     @classmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    def _train(
+        cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
-        if params["rotate"]:
-            arrays["rotation"] = random_rotation(x.shape[1], rng)
-            x = x @ arrays["rotation"]
+        return {"rotation": random_rotation(sample.shape[1], rng)} if params["rotate"] else {}
+
+    @classmethod
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+        rotation = state.arrays.get("rotation")
+        if rotation is not None:
+            x = x @ rotation
         scales = np.abs(x).mean(axis=1, keepdims=True)
         refuse_beyond_fp16(scales, cls.name)
-        arrays["codes"] = pack_signs(x)
-        arrays["scales"] = scales[:, 0].astype(np.float16)
-        if progress is not None:
-            progress("encode", x.shape[0], x.shape[0])
-        return arrays
+        return {"codes": pack_signs(x), "scales": scales[:, 0].astype(np.float16)}
 
     def check_arrays(self) -> str | None:
         words = -(-self.dim // 64)
@@ -103,38 +108,36 @@ class BinaryCodec(Codec):
         padded[:, : self.dim] = rotated
         return np.ascontiguousarray(padded.reshape(queries.shape[0], -1, 8) @ _BYTE_SIGNS.T)
 
-    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        codes = self.arrays["codes"]
+    def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
         if metric == "hamming":
-            keys, ids = scan.hamming_topk(codes, self.query_codes(queries), k, scan_chunks(self.rows, per_thread=1))
-            return ids, -keys
+            # stored ids bring their own codes: code-to-code Hamming, no decoding
+            words = self.query_codes(queries) if queries is not None else self.arrays["codes"][self._ids(ids)]
+            return Prepared(metric, words.shape[0], queries, np.ascontiguousarray(words))
+        vectors = queries if queries is not None else self.decode(self._ids(ids))
         # asymmetric: <q, scale * sign> = scale * sum of byte LUT entries
         scales = self.derived["scales_f32"]
+        luts = self._byte_luts(vectors)
         if metric == "ip":
-            mul, add = scales, np.empty(0, np.float32)
+            query = LutQuery(luts, "key", row_mul=scales)
         else:
             mul, add = 2 * scales, -(scales * scales) * np.float32(self.dim)
-        keys, ids = scan.adc_topk(
-            codes.view(np.uint8), self._byte_luts(queries), mul, add, k, scan_chunks(self.rows), False
-        )
-        return ids, keys_to_scores(keys, queries, metric)
+            query = LutQuery(luts, "l2", row_mul=mul, row_add=add, query_norms=adc.l2_finish_norms(vectors))
+        return Prepared(metric, vectors.shape[0], vectors, query)
 
-    def search_by_id(self, query_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        if metric != "hamming":
-            return super().search_by_id(query_ids, k, metric)
+    @staticmethod
+    def _ids(ids: np.ndarray | None) -> np.ndarray:
+        if ids is None:
+            raise InvalidRequest("prepare needs queries or ids")
+        return ids
+
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
         codes = self.arrays["codes"]
-        keys, ids = scan.hamming_topk(
-            codes, np.ascontiguousarray(codes[query_ids]), k, scan_chunks(self.rows, per_thread=1)
-        )
-        return ids, -keys
+        if prepared.metric == "hamming":
+            keys, ids = scan.hamming_topk(codes, prepared.data, k, scan_chunks(self.rows, per_thread=1))
+            return ids, -keys
+        return adc.scan_topk(codes.view(np.uint8), prepared.data, k, scan_chunks(self.rows), False)
 
-    def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-        if metric != "hamming":
-            return super().score(candidates, queries, metric)
-        return scan.hamming_distances(self.arrays["codes"], candidates, self.query_codes(queries))
-
-    def score_by_id(self, candidates: np.ndarray, query_ids: np.ndarray, metric: str) -> np.ndarray:
-        if metric != "hamming":
-            return super().score_by_id(candidates, query_ids, metric)
-        codes = self.arrays["codes"]
-        return scan.hamming_distances(codes, candidates, np.ascontiguousarray(codes[query_ids]))
+    def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
+        if prepared.metric != "hamming":
+            return super().score(prepared, candidates)
+        return scan.hamming_distances(self.arrays["codes"], candidates, prepared.data)

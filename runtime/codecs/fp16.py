@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numba
 import numpy as np
 
-from runtime.codecs.base import Codec, Progress
+from runtime.codecs.base import Codec, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
 from runtime.kernels.rowwise import HALF_TABLE, use_parallel
@@ -25,11 +23,10 @@ def refuse_beyond_fp16(x: np.ndarray, codec: str) -> None:
 class Fp16Codec(Codec):
     name = "fp16"
     required_arrays = ("values",)
+    row_arrays = ("values",)
 
     @classmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
-    ) -> dict[str, np.ndarray]:
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
         refuse_beyond_fp16(x, cls.name)
         return {"values": x.astype(np.float16)}
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from runtime.codecs.base import Codec, Progress
+from runtime.codecs.base import Codec, TrainedState
 
 
 class Fp32Codec(Codec):
     name = "fp32"
     required_arrays = ("values",)
+    row_arrays = ("values",)
 
     @classmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
-    ) -> dict[str, np.ndarray]:
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
         return {"values": np.ascontiguousarray(x, dtype=np.float32)}
 
     def check_arrays(self) -> str | None:

@@ -19,7 +19,9 @@ import numpy as np
 
 from runtime import training
 from runtime.artifact import release_pages
-from runtime.codecs.base import Codec, Progress, scan_chunks
+from runtime.codecs import adc
+from runtime.codecs.adc import LutQuery
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
 from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, scan
 
@@ -27,14 +29,15 @@ from runtime.kernels import fastscan, scan
 class PqCodec(Codec):
     name = "pq"
     required_arrays = ("codes", "codebooks")
-    options: ClassVar[dict[str, Any]] = {
-        "subspaces": 16,
-        "bits": 8,
-        "opq": False,
-        "train_rows": 65536,
-        "iterations": 25,
-        "opq_iterations": 8,
-    }
+    row_arrays = ("codes",)
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("subspaces", int, 16, "number of subspaces M (must divide d)"),
+        Option("bits", int, 8, "bits a code, 8 or 4", choices=(8, 4)),
+        Option("opq", bool, False, "learn an OPQ rotation"),
+        Option("train_rows", int, 65536, "rows sampled for training"),
+        Option("iterations", int, 25, "Lloyd iterations", quick=2),
+        Option("opq_iterations", int, 8, "OPQ alternations", quick=1),
+    )
 
     @classmethod
     def check_options(cls, dim: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -102,17 +105,16 @@ class PqCodec(Codec):
         return codebooks[np.arange(m)[None, :], codes.astype(np.int64)].reshape(codes.shape[0], -1)
 
     @classmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
+    def _train(
+        cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        n = x.shape[0]
+        n = sample.shape[0]
         take = min(n, params["train_rows"])
-        sample = x[np.sort(rng.choice(n, take, replace=False))] if take < n else x
+        sample = sample[np.sort(rng.choice(n, take, replace=False))] if take < n else sample
         arrays: dict[str, np.ndarray] = {}
-        rotation = None
         if params["opq"]:
             # OPQ (non-parametric): alternate codebooks for fixed R, then R by Procrustes for fixed codes
-            rotation = np.eye(x.shape[1], dtype=np.float32)
+            rotation = np.eye(sample.shape[1], dtype=np.float32)
             books = None
             for step in range(params["opq_iterations"]):
                 rotated = sample @ rotation
@@ -124,19 +126,17 @@ class PqCodec(Codec):
             arrays["rotation"] = rotation
             sample = sample @ rotation
         codebooks = cls._train_codebooks(sample, params, rng, params["iterations"], None, progress)
-        codes = np.empty((n, params["subspaces"]), dtype=np.uint8)
-        step = 65536
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            part = x[start:stop] if rotation is None else x[start:stop] @ rotation
-            codes[start:stop] = cls._assign(np.ascontiguousarray(part, dtype=np.float32), codebooks)
-            if progress is not None:
-                progress("encode", stop, n)
-        if params["bits"] == 4:
-            codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-        arrays["codes"] = codes
         arrays["codebooks"] = codebooks.astype(np.float32)
         return arrays
+
+    @classmethod
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+        rotation = state.arrays.get("rotation")
+        part = x if rotation is None else x @ rotation
+        codes = cls._assign(np.ascontiguousarray(part, dtype=np.float32), state.arrays["codebooks"])
+        if state.params["bits"] == 4:
+            codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+        return {"codes": codes}
 
     def check_arrays(self) -> str | None:
         m, bits = self.params["subspaces"], self.params["bits"]
@@ -153,7 +153,9 @@ class PqCodec(Codec):
 
     def _prepare(self) -> None:
         books = self.arrays["codebooks"]
-        tables = np.einsum("mks,mjs->mkj", books, books).astype(np.float32)
+        tables = self.shared.get("ip_tables")
+        if tables is None:
+            tables = np.einsum("mks,mjs->mkj", books, books).astype(np.float32)
         self.derived["ip_tables"] = tables
         self._diag = np.ascontiguousarray(np.einsum("mkk->mk", tables))
         self._four_bit = self.params["bits"] == 4
@@ -162,6 +164,9 @@ class PqCodec(Codec):
             # 4-bit scans read the blocked layout only; the row-major array stays the persisted form
             self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
             release_pages(self.arrays["codes"])
+
+    def state_derived(self) -> dict[str, np.ndarray]:
+        return {"ip_tables": self.derived["ip_tables"]}
 
     def held_arrays(self) -> dict[str, np.ndarray]:
         held = super().held_arrays()
@@ -201,29 +206,26 @@ class PqCodec(Codec):
         own = self._diag[np.arange(self._m)[None, :], a][:, :, None]
         return np.ascontiguousarray(-(own + self._diag[None] - 2 * rows), dtype=np.float32)
 
-    def _scan(self, luts: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
+        query: LutQuery = prepared.data
         blocked = self.derived.get("blocked_codes")
-        if blocked is not None:
-            tables, bias, scale, slack = fastscan.quantize_luts(luts)
-            # one chunk a thread: every chunk fills its own heap, and at this scan speed the
-            # heap pushes are a large share of the time
-            keys, ids = fastscan.fastscan_topk(
-                blocked,
-                tables,
-                luts,
-                bias,
-                scale,
-                slack,
-                self.rows,
-                k,
-                scan_chunks(self.rows, per_thread=1),
-            )
-        else:
-            empty = np.empty(0, np.float32)
-            keys, ids = scan.adc_topk(
-                self.arrays["codes"], luts, empty, empty, k, scan_chunks(self.rows), self._four_bit
-            )
-        return ids, (keys if metric == "ip" else -keys)
+        if blocked is None:
+            return adc.scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
+        tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
+        # one chunk a thread: every chunk fills its own heap, and at this scan speed the
+        # heap pushes are a large share of the time
+        keys, ids = fastscan.fastscan_topk(
+            blocked,
+            tables,
+            query.luts,
+            bias,
+            scale,
+            slack,
+            self.rows,
+            k,
+            scan_chunks(self.rows, per_thread=1),
+        )
+        return ids, query.scores(keys)
 
     # ---- codec protocol ---------------------------------------------------------------------------
     def decode(self, ids: np.ndarray) -> np.ndarray:
@@ -231,27 +233,22 @@ class PqCodec(Codec):
         rotation = self.arrays.get("rotation")
         return np.ascontiguousarray(out if rotation is None else out @ rotation.T, dtype=np.float32)
 
-    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._scan(self._luts(queries, metric), k, metric)
+    def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
+        # by a stored id, the query's rows of the inner-product tables are its lookup tables
+        luts = self._luts(queries, metric) if queries is not None else self._id_luts(self._ids(ids), metric)
+        return Prepared(metric, luts.shape[0], queries, LutQuery(luts, "key" if metric == "ip" else "negated"))
 
-    def search_by_id(self, query_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._scan(self._id_luts(query_ids, metric), k, metric)
+    @staticmethod
+    def _ids(ids: np.ndarray | None) -> np.ndarray:
+        if ids is None:
+            raise InvalidRequest("prepare needs queries or ids")
+        return ids
 
-    def _candidate_sums(self, candidates: np.ndarray, luts: np.ndarray) -> np.ndarray:
-        """candidates (q, c) int64, luts (q, M, K) float32 -> (q, c) float32 sums of LUT entries."""
+    def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
+        query: LutQuery = prepared.data
         if "blocked_codes" in self.derived:
             # the candidates' codes gathered into a small row-major array, then scored in place
             rows = self.packed_codes(candidates.reshape(-1))
             local = np.arange(candidates.size, dtype=np.int64).reshape(candidates.shape)
-            return scan.adc_candidates(rows, local, luts, self._four_bit)
-        return scan.adc_candidates(self.arrays["codes"], candidates, luts, self._four_bit)
-
-    def score(self, candidates: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-        sums = self._candidate_sums(candidates, self._luts(queries, metric))
-        return sums if metric == "ip" else -sums
-
-    def score_by_id(self, candidates: np.ndarray, query_ids: np.ndarray, metric: str) -> np.ndarray:
-        # the query's rows of the inner-product tables are its lookup tables (M·K floats, in L1),
-        # then ADC: never a random read into the (M, K, K) tables per candidate
-        sums = self._candidate_sums(candidates, self._id_luts(query_ids, metric))
-        return sums if metric == "ip" else -sums
+            return adc.score_candidates(rows, local, query, self._four_bit)
+        return adc.score_candidates(self.arrays["codes"], candidates, query, self._four_bit)

@@ -6,11 +6,11 @@ Bytes a row: ceil(d * bits / 8) + 4.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from runtime.codecs.base import Codec, Progress
+from runtime.codecs.base import Codec, TrainedState
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.kernels import rowwise
 from runtime.kernels.rowwise import HALF_TABLE
@@ -19,20 +19,12 @@ from runtime.kernels.rowwise import HALF_TABLE
 class RowwiseCodec(Codec):
     bits: ClassVar[int]
     required_arrays = ("rows",)
+    row_arrays = ("rows",)
 
     @classmethod
-    def _encode(
-        cls, x: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
-    ) -> dict[str, np.ndarray]:
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
         refuse_beyond_fp16(x, cls.name)
-        out = np.empty((x.shape[0], rowwise.packed_bytes(x.shape[1], cls.bits) + 4), dtype=np.uint8)
-        step = 65536
-        for start in range(0, x.shape[0], step):
-            stop = min(x.shape[0], start + step)
-            out[start:stop] = rowwise.quantize_numpy(x[start:stop], cls.bits)
-            if progress is not None:
-                progress("encode", stop, x.shape[0])
-        return {"rows": out}
+        return {"rows": rowwise.quantize_numpy(x, cls.bits)}
 
     def check_arrays(self) -> str | None:
         rows = self.arrays["rows"]

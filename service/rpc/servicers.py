@@ -169,7 +169,41 @@ def table_info(info: dict[str, Any]) -> pb.TableInfo:
         version=info["version"],
         loaded_at=info["loaded_at"],
         metrics=info["metrics"],
+        keyed=info["keyed"],
+        missing=info["missing"],
+        tiers=[
+            pb.TierInfo(
+                rows=tier["rows"],
+                codec=tier["codec"],
+                params_json=json.dumps(tier["params"]),
+                rerank_codec=(tier["rerank"] or {}).get("codec", ""),
+                dim=tier["dim"],
+                nbytes=tier["nbytes"],
+            )
+            for tier in info["tiers"]
+        ],
+        delta_rows=info["delta_rows"],
+        delta_slots=info["delta_slots"],
+        delta_capacity=info["delta_capacity"],
+        sequence=info["sequence"],
     )
+
+
+def update_response(info: dict[str, Any]) -> pb.UpdateResponse:
+    return pb.UpdateResponse(
+        applied=info["applied"],
+        sequence=info["sequence"],
+        delta_rows=info["delta_rows"],
+        delta_slots=info["delta_slots"],
+        delta_capacity=info["delta_capacity"],
+    )
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
 
 
 class NativeServicer(pb_grpc.EmbeddingServiceServicer):
@@ -218,6 +252,29 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
             metric=request.metric or "ip",
         )
         return pb.ScoreResponse(scores=array_to_tensor(scores))
+
+    @grpc_errors
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        info = await self.service.admin_upsert(
+            TRANSPORT,
+            _authorization(context),
+            request.table,
+            tensor_to_array(request.keys, "keys"),
+            tensor_to_array(request.rows, "rows"),
+            request.sequence if request.HasField("sequence") else None,
+        )
+        return update_response(info)
+
+    @grpc_errors
+    async def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        info = await self.service.admin_delete_keys(
+            TRANSPORT,
+            _authorization(context),
+            request.table,
+            tensor_to_array(request.keys, "keys"),
+            request.sequence if request.HasField("sequence") else None,
+        )
+        return update_response(info)
 
 
 CONTENT_FIELDS = {

@@ -35,13 +35,15 @@ def test_round_trip_is_identical(saved: tuple[runtime.Table, Path]) -> None:
     np.testing.assert_array_equal(loaded.lookup([1, 2]), t.lookup([1, 2]))
     assert isinstance(loaded.primary.arrays["codes"].base, np.memmap) or loaded.primary.arrays["codes"].base is not None
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and set(manifest["arrays"]) == {"codes", "codebooks", "rerank.rows"}
+    assert manifest["format_version"] == 2
+    assert set(manifest["arrays"]) == {"tier0/codes", "tier0/codebooks", "tier0.rerank/rows"}
+    assert manifest["tiers"][0]["trained"] == ["codebooks"] and manifest["sequence"] == 0
     assert all(len(e["sha256"]) == 64 for e in manifest["arrays"].values())
 
 
 def test_truncated_file_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
-    file = path / "codes.npy"
+    file = path / "tier0--codes.npy"
     file.write_bytes(file.read_bytes()[:-10])
     with pytest.raises(ArtifactCorrupt, match="codes"):
         runtime.load_table(path)
@@ -49,7 +51,7 @@ def test_truncated_file_is_refused(saved: tuple[runtime.Table, Path]) -> None:
 
 def test_flipped_byte_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
-    file = path / "rerank.rows.npy"
+    file = path / "tier0.rerank--rows.npy"
     data = bytearray(file.read_bytes())
     data[-1] ^= 0x01
     file.write_bytes(bytes(data))
@@ -59,7 +61,7 @@ def test_flipped_byte_is_refused(saved: tuple[runtime.Table, Path]) -> None:
 
 def test_missing_array_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
-    (path / "codebooks.npy").unlink()
+    (path / "tier0--codebooks.npy").unlink()
     with pytest.raises(ArtifactCorrupt, match="codebooks"):
         runtime.load_table(path)
 
@@ -70,9 +72,15 @@ def _edit_manifest(path: Path, **changes: object) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _edit_tier(path: Path, **changes: object) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["tiers"][0].update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_unknown_codec_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
-    _edit_manifest(path, codec="lattice")
+    _edit_tier(path, codec="lattice")
     with pytest.raises(ArtifactIncompatible, match="lattice"):
         runtime.load_table(path)
 
@@ -87,7 +95,7 @@ def test_newer_format_version_is_refused(saved: tuple[runtime.Table, Path]) -> N
 def test_array_missing_from_manifest_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    del manifest["arrays"]["codes"]
+    del manifest["arrays"]["tier0/codes"]
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactCorrupt, match="codes"):
         runtime.load_table(path)
@@ -95,7 +103,7 @@ def test_array_missing_from_manifest_is_refused(saved: tuple[runtime.Table, Path
 
 def test_wrong_shape_for_params_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
-    _edit_manifest(path, params={"subspaces": 8, "bits": 8})
+    _edit_tier(path, params={"subspaces": 8, "bits": 8})
     with pytest.raises(ArtifactCorrupt):
         runtime.load_table(path)
 
@@ -114,7 +122,7 @@ def test_missing_and_garbled_manifests(tmp_path: Path) -> None:
 def test_file_outside_the_artifact_is_refused(saved: tuple[runtime.Table, Path]) -> None:
     _, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["arrays"]["codes"]["file"] = "../codes.npy"
+    manifest["arrays"]["tier0/codes"]["file"] = "../codes.npy"
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactCorrupt, match="outside"):
         runtime.load_table(path)

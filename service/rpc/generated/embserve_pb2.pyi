@@ -21,7 +21,7 @@ class ListTablesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "rows", "dim", "codec", "params_json", "rerank_codec", "nbytes", "fp32_nbytes", "compression_ratio", "version", "loaded_at", "metrics")
+    __slots__ = ("name", "rows", "dim", "codec", "params_json", "rerank_codec", "nbytes", "fp32_nbytes", "compression_ratio", "version", "loaded_at", "metrics", "keyed", "missing", "tiers", "delta_rows", "delta_slots", "delta_capacity", "sequence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,13 @@ class TableInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    KEYED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     rows: int
     dim: int
@@ -46,7 +53,30 @@ class TableInfo(_message.Message):
     version: str
     loaded_at: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., codec: _Optional[str] = ..., params_json: _Optional[str] = ..., rerank_codec: _Optional[str] = ..., nbytes: _Optional[int] = ..., fp32_nbytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ...) -> None: ...
+    keyed: bool
+    missing: str
+    tiers: _containers.RepeatedCompositeFieldContainer[TierInfo]
+    delta_rows: int
+    delta_slots: int
+    delta_capacity: int
+    sequence: int
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., codec: _Optional[str] = ..., params_json: _Optional[str] = ..., rerank_codec: _Optional[str] = ..., nbytes: _Optional[int] = ..., fp32_nbytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., keyed: _Optional[bool] = ..., missing: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ..., delta_rows: _Optional[int] = ..., delta_slots: _Optional[int] = ..., delta_capacity: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class TierInfo(_message.Message):
+    __slots__ = ("rows", "codec", "params_json", "rerank_codec", "dim", "nbytes")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RERANK_CODEC_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    codec: str
+    params_json: str
+    rerank_codec: str
+    dim: int
+    nbytes: int
+    def __init__(self, rows: _Optional[int] = ..., codec: _Optional[str] = ..., params_json: _Optional[str] = ..., rerank_codec: _Optional[str] = ..., dim: _Optional[int] = ..., nbytes: _Optional[int] = ...) -> None: ...
 
 class ListTablesResponse(_message.Message):
     __slots__ = ("tables",)
@@ -123,3 +153,39 @@ class ScoreResponse(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     scores: Tensor
     def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("table", "keys", "rows", "sequence")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: Tensor
+    rows: Tensor
+    sequence: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class DeleteKeysRequest(_message.Message):
+    __slots__ = ("table", "keys", "sequence")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: Tensor
+    sequence: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class UpdateResponse(_message.Message):
+    __slots__ = ("applied", "sequence", "delta_rows", "delta_slots", "delta_capacity")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    sequence: int
+    delta_rows: int
+    delta_slots: int
+    delta_capacity: int
+    def __init__(self, applied: _Optional[int] = ..., sequence: _Optional[int] = ..., delta_rows: _Optional[int] = ..., delta_slots: _Optional[int] = ..., delta_capacity: _Optional[int] = ...) -> None: ...

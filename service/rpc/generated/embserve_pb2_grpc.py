@@ -59,6 +59,16 @@ class EmbeddingServiceStub:
                 request_serializer=embserve__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=embserve__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/embserve.v1.EmbeddingService/Upsert',
+                request_serializer=embserve__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=embserve__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.DeleteKeys = channel.unary_unary(
+                '/embserve.v1.EmbeddingService/DeleteKeys',
+                request_serializer=embserve__pb2.DeleteKeysRequest.SerializeToString,
+                response_deserializer=embserve__pb2.UpdateResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -94,6 +104,18 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=embserve__pb2.ScoreRequest.FromString,
                     response_serializer=embserve__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=embserve__pb2.UpsertRequest.FromString,
+                    response_serializer=embserve__pb2.UpdateResponse.SerializeToString,
+            ),
+            'DeleteKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteKeys,
+                    request_deserializer=embserve__pb2.DeleteKeysRequest.FromString,
+                    response_serializer=embserve__pb2.UpdateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class EmbeddingService:
             '/embserve.v1.EmbeddingService/Score',
             embserve__pb2.ScoreRequest.SerializeToString,
             embserve__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embserve.v1.EmbeddingService/Upsert',
+            embserve__pb2.UpsertRequest.SerializeToString,
+            embserve__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embserve.v1.EmbeddingService/DeleteKeys',
+            embserve__pb2.DeleteKeysRequest.SerializeToString,
+            embserve__pb2.UpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,

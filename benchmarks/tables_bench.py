@@ -1,0 +1,160 @@
+"""Tables v2 rows of benchmarks/perf.py: keyed against dense lookups, a two-tier table's search
+against a one-tier table of the same rows, upsert throughput, and lookup latency while a writer
+upserts 10k rows/s.
+
+    python -m benchmarks.perf --sections tables
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import runtime
+from benchmarks.perf import Config, Row, alternate, set_threads
+
+HOT_SHARE = 0.05
+UPDATE_RATE = 10_000
+"""Rows a second the background writer upserts while lookups are timed."""
+
+
+def _p99(fn: Callable[[int], object], reps: int) -> float:
+    """99th percentile seconds of `reps` calls of fn(i)."""
+    times = []
+    for i in range(reps):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, 99))
+
+
+def bench_tables(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
+    rng = np.random.default_rng(7)
+    n = x.shape[0]
+    keys = rng.permutation(n).astype(np.int64) * 1_000_003 - (1 << 40)
+    dense = runtime.compress(x, "int8")
+    keyed = runtime.compress(x, "int8", keys=keys)
+    batches = [rng.integers(0, n, 1024) for _ in range(cfg.pool)]
+    key_batches = [keys[b] for b in batches]
+    hot = max(1, int(n * HOT_SHARE))
+    pq: dict[str, Any] = {"subspaces": 16, "bits": 8, "iterations": 4 if cfg.smoke else 10}
+    one_tier = runtime.compress(x, "pq", **pq)
+    two_tier = runtime.compress(
+        x, tiers=[{"rows": {"start": 0, "stop": hot}, "codec": "int8"}, {"rows": {"start": hot}, "codec": "pq", **pq}]
+    )
+    # the same split, both tiers in the one-tier table's codec: what tiering itself costs
+    split = runtime.compress(
+        x,
+        tiers=[{"rows": {"start": 0, "stop": hot}, "codec": "pq", **pq}, {"rows": {"start": hot}, "codec": "pq", **pq}],
+    )
+    queries = [x[rng.integers(0, n, 16)] + 0.1 for _ in range(cfg.pool)]
+    for threads in cfg.threads:
+        set_threads(threads)
+        a, b = alternate(
+            [lambda i: keyed.lookup(key_batches[i]), lambda i: dense.lookup(batches[i])], cfg.reps, cfg.pool
+        )
+        rows_out.append(
+            Row("tables", "keyed lookup int8, B=1024", threads, a * 1e6, "dense lookup", b * 1e6, "µs", target=1.3)
+        )
+        a, b = alternate(
+            [lambda i: two_tier.search(queries[i], cfg.k), lambda i: one_tier.search(queries[i], cfg.k)],
+            cfg.reps,
+            cfg.pool,
+        )
+        rows_out.append(
+            Row(
+                "tables",
+                f"two-tier search (int8 {HOT_SHARE:.0%} + pq M=16), 16 queries, top-{cfg.k}",
+                threads,
+                a * 1e3,
+                "one tier pq M=16",
+                b * 1e3,
+                "ms",
+                target=1.2,
+            )
+        )
+        a, b = alternate(
+            [lambda i: split.search(queries[i], cfg.k), lambda i: one_tier.search(queries[i], cfg.k)],
+            cfg.reps,
+            cfg.pool,
+        )
+        rows_out.append(
+            Row(
+                "tables",
+                f"two-tier search (pq M=16 {HOT_SHARE:.0%} + pq M=16), 16 queries, top-{cfg.k}",
+                threads,
+                a * 1e3,
+                "one tier pq M=16",
+                b * 1e3,
+                "ms",
+                target=1.2,
+            )
+        )
+    set_threads(max(cfg.threads))
+    bench_updates(cfg, x, keys, rows_out)
+
+
+def bench_updates(cfg: Config, x: np.ndarray, keys: np.ndarray, rows_out: list[Row]) -> None:
+    rng = np.random.default_rng(8)
+    n = x.shape[0]
+    table = runtime.compress(x, "int8", keys=keys)
+    batch = 1000
+    total = 20_000 if cfg.smoke else 200_000
+    pick = [rng.choice(n, batch, replace=False) for _ in range(16)]
+    values = [x[p] * 0.5 for p in pick]
+    table.upsert(keys[pick[0]], values[0])  # compile
+    start = time.perf_counter()
+    for i in range(total // batch):
+        table.upsert(keys[pick[i % 16]], values[i % 16])
+    rate = total / (time.perf_counter() - start)
+    rows_out.append(
+        Row(
+            "tables",
+            f"upsert throughput, int8 keyed, batches of {batch}",
+            max(cfg.threads),
+            rate,
+            unit="rows/s",
+            higher_is_better=True,
+            extra={"delta_rows": table.delta_rows},
+        )
+    )
+    # lookup p99 with and without a writer upserting UPDATE_RATE rows/s in batches of 100
+    lookups = [keys[rng.integers(0, n, 1024)] for _ in range(16)]
+    served = runtime.compress(x, "int8", keys=keys)
+    reps = 200 if cfg.smoke else 3000
+    quiet = _p99(lambda i: served.lookup(lookups[i % 16]), reps)
+    stop = threading.Event()
+
+    def writer() -> None:
+        step = 100
+        i = 0
+        while not stop.is_set():
+            began = time.perf_counter()
+            p = pick[i % 16][:step]
+            served.upsert(keys[p], values[i % 16][:step])
+            i += 1
+            time.sleep(max(0.0, step / UPDATE_RATE - (time.perf_counter() - began)))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        busy = _p99(lambda i: served.lookup(lookups[i % 16]), reps)
+    finally:
+        stop.set()
+        thread.join()
+    rows_out.append(
+        Row(
+            "tables",
+            f"lookup p99 B=1024 while upserting {UPDATE_RATE} rows/s",
+            max(cfg.threads),
+            busy * 1e6,
+            "no writer",
+            quiet * 1e6,
+            "µs",
+            extra={"delta_slots": served.delta_slots},
+        )
+    )

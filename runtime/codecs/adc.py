@@ -1,0 +1,64 @@
+"""Shared asymmetric-distance (ADC) machinery: lookup tables over byte codes, scanned and scored.
+
+Any codec whose rows are sums of per-code table entries uses it: PQ (one LUT a subspace), binary
+(one LUT a byte of sign bits), and additive codes. A prepared query is a `LutQuery`; the codec
+builds its tables, this module scans them and turns the kernels' keys into scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.kernels import scan
+
+EMPTY = np.empty(0, np.float32)
+
+
+@dataclass(frozen=True)
+class LutQuery:
+    """Lookup tables of q prepared queries against codes of M bytes (or M/2 with 4-bit codes).
+
+    luts (q, M, K) float32: row key = sum_m luts[q, m, code_m], then, when `row_mul` is not empty,
+    key = row_mul[row] * key + (row_add[row] if row_add is not empty else 0).
+    finish says how a key becomes a score: "key" (ip), "negated" (the tables hold negated squared
+    distances) or "l2" (key = 2<q, x> - |x|^2, score = |q|^2 - key with `query_norms` (q,) = |q|^2).
+    """
+
+    luts: np.ndarray
+    finish: str
+    row_mul: np.ndarray = field(default_factory=lambda: EMPTY)
+    row_add: np.ndarray = field(default_factory=lambda: EMPTY)
+    query_norms: np.ndarray = field(default_factory=lambda: EMPTY)
+
+    def scores(self, keys: np.ndarray) -> np.ndarray:
+        """keys (q, c) float32 -> scores (q, c) float32 in the metric's own sense."""
+        if self.finish == "key":
+            return keys
+        if self.finish == "negated":
+            return -keys
+        return np.maximum(self.query_norms[:, None] - keys, 0).astype(np.float32)
+
+
+def l2_finish_norms(queries: np.ndarray) -> np.ndarray:
+    """(q, d) float32 -> (q,) float32 squared norms, for the "l2" finish."""
+    return np.einsum("qd,qd->q", queries, queries).astype(np.float32)
+
+
+def scan_topk(
+    codes: np.ndarray, query: LutQuery, k: int, nchunks: int, four_bit: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """codes (n, M) uint8 -> ids (q, k) int64, scores (q, k) float32, best first."""
+    keys, ids = scan.adc_topk(codes, query.luts, query.row_mul, query.row_add, k, nchunks, four_bit)
+    return ids, query.scores(keys)
+
+
+def score_candidates(codes: np.ndarray, candidates: np.ndarray, query: LutQuery, four_bit: bool) -> np.ndarray:
+    """codes (n, M) uint8, candidates (q, c) int64 -> (q, c) float32 scores."""
+    keys = scan.adc_candidates(codes, candidates, query.luts, four_bit)
+    if query.row_mul.size:
+        keys = keys * query.row_mul[candidates]
+        if query.row_add.size:
+            keys = keys + query.row_add[candidates]
+    return query.scores(keys.astype(np.float32, copy=False))

@@ -1,0 +1,158 @@
+"""Open-addressing hash map from int64 keys to int32 row numbers, built once when a keyed table loads.
+
+Layout: one (S, 2) int64 array of S slots, S a power of two >= 2 n (load factor <= 1/2); slot s
+holds [key, row], row = -1 for an empty slot (so every int64 key, 0 and the extremes included, is
+a valid key). Key and row share a cache line: a probe costs one miss, not two. A key's home slot is
+splitmix64(key) & (S - 1); collisions probe linearly. Lookup of an absent key answers -1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = -1
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+
+
+def slot_count(n: int) -> int:
+    """Slots for n keys: the power of two >= 2 n, at least 8."""
+    return 1 << max(3, int(2 * max(n, 1) - 1).bit_length())
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _home(key: np.int64, mask: np.uint64) -> np.uint64:
+    """splitmix64's finalizer: every key bit moves every slot bit, so sequential or strided keys spread."""
+    x = np.uint64(key)
+    x = (x ^ (x >> np.uint64(30))) * _MUL1
+    x = (x ^ (x >> np.uint64(27))) * _MUL2
+    x = x ^ (x >> np.uint64(31))
+    return x & mask
+
+
+@njit(nogil=True, cache=True)
+def build(keys: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
+    """keys (n,) int64 -> the slot table (slots, 2) int64, and the position of the first key that
+    repeats an earlier one (-1 when all are distinct)."""
+    table = np.zeros((slots, 2), dtype=np.int64)
+    table[:, 1] = EMPTY
+    mask = np.uint64(slots - 1)
+    for row in range(keys.shape[0]):
+        key = keys[row]
+        s = _home(key, mask)
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                return table, row
+            s = (s + np.uint64(1)) & mask
+        table[s, 0] = key
+        table[s, 1] = row
+    return table, -1
+
+
+@njit(nogil=True, cache=True)
+def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """keys (b,) int64 -> rows (b,) int64 (-1 where absent) and how many were absent.
+
+    Two passes: first every key's home slot alone, branch-free (most keys sit there at load
+    <= 1/2, and these independent loads overlap their cache misses), then probing for the rest."""
+    mask = np.uint64(table.shape[0] - 1)
+    n = keys.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    homes = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        s = _home(keys[i], mask)
+        homes[i] = s
+        out[i] = table[s, 1] if table[s, 0] == keys[i] else -2
+    missing = 0
+    for i in range(n):
+        if out[i] != -2:
+            continue
+        key = keys[i]
+        s = homes[i]
+        row = np.int64(EMPTY)
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                row = table[s, 1]
+                break
+            s = (s + np.uint64(1)) & mask
+        out[i] = row
+    for i in range(n):
+        if out[i] == EMPTY:
+            missing += 1
+    return out, missing
+
+
+def home_numpy(keys: np.ndarray, slots: int) -> np.ndarray:
+    """(n,) int64 -> (n,) int64 home slots; numpy integer arrays wrap on overflow like the kernel."""
+    x = keys.astype(np.int64).view(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * _MUL1
+    x = (x ^ (x >> np.uint64(27))) * _MUL2
+    x = x ^ (x >> np.uint64(31))
+    return (x & np.uint64(slots - 1)).astype(np.int64)
+
+
+def build_numpy(keys: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
+    """The plain twin of `build`."""
+    table = np.zeros((slots, 2), dtype=np.int64)
+    table[:, 1] = EMPTY
+    homes = home_numpy(keys, slots)
+    for row, (key, s) in enumerate(zip(keys.tolist(), homes.tolist(), strict=True)):
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                return table, row
+            s = (s + 1) % slots
+        table[s] = key, row
+    return table, -1
+
+
+def lookup_numpy(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """The plain twin of `lookup`."""
+    slots = table.shape[0]
+    out = np.full(keys.shape[0], EMPTY, dtype=np.int64)
+    for i, (key, s) in enumerate(zip(keys.tolist(), home_numpy(keys, slots).tolist(), strict=True)):
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                out[i] = table[s, 1]
+                break
+            s = (s + 1) % slots
+    return out, int((out == EMPTY).sum())
+
+
+class KeyMap:
+    """keys (n,) int64, distinct -> their positions 0..n-1; holds the slot table (counted in nbytes)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.table, self.duplicate = build(np.ascontiguousarray(keys, dtype=np.int64), slot_count(keys.shape[0]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.table.nbytes)
+
+    def rows(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
+        """keys (b,) int64 -> rows (b,) int64 (-1 where absent), number absent."""
+        rows, missing = lookup(self.table, keys)
+        return rows, int(missing)
+
+
+class KeySet:
+    """A set of int64 values (rows left out of a scan) with a vectorized membership test."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.ascontiguousarray(values, dtype=np.int64)
+        self.map = KeyMap(self.values) if self.values.size else None
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + (self.map.nbytes if self.map is not None else 0))
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """ids (any shape) int64 -> bool mask of the same shape."""
+        if self.map is None:
+            return np.zeros(ids.shape, bool)
+        found, _ = self.map.rows(np.ascontiguousarray(ids, dtype=np.int64).reshape(-1))
+        return (found >= 0).reshape(ids.shape)

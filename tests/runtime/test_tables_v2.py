@@ -1,0 +1,333 @@
+"""Keyed, tiered and mutable tables, and their format-2 artifacts."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import runtime
+from runtime.errors import ArtifactCorrupt, DeltaFull, InvalidRequest, KeyNotFound
+from tests.conftest import low_rank_table
+
+N, D = 400, 32
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return low_rank_table(N, D, seed=21)
+
+
+@pytest.fixture(scope="module")
+def keys() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    extremes = [0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max]
+    rest = rng.choice(np.arange(-(10**12), 10**12, 7919), N - len(extremes), replace=False)
+    return np.concatenate([extremes, rest]).astype(np.int64)
+
+
+def test_keyed_lookup_search_and_score_answer_with_keys(x: np.ndarray, keys: np.ndarray) -> None:
+    dense = runtime.compress(x, "int8")
+    keyed = runtime.compress(x, "int8", keys=keys)
+    pick = np.array([3, 0, 399, 2, 1])
+    np.testing.assert_array_equal(keyed.lookup(keys[pick]), dense.lookup(pick))
+    ids, scores = keyed.search(x[:3], 6)
+    want_ids, want_scores = dense.search(x[:3], 6)
+    np.testing.assert_array_equal(ids, keys[want_ids])
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    got = keyed.score(keys[pick].reshape(1, 5), query_ids=keys[[7]])
+    np.testing.assert_allclose(got, dense.score(pick.reshape(1, 5), query_ids=[7]), rtol=1e-5)
+    by_id, _ = keyed.search_by_id(keys[[9]], 4)
+    assert keys[9] not in by_id and np.isin(by_id, keys).all()
+    assert keyed.nbytes == dense.nbytes + keys.nbytes + keyed.keymap.nbytes  # type: ignore[union-attr]
+
+
+def test_missing_keys_error_names_the_key_or_give_zeros(x: np.ndarray, keys: np.ndarray) -> None:
+    strict = runtime.compress(x, "int8", keys=keys)
+    absent = 123456789  # keys are multiples of 7919 plus the extremes
+    with pytest.raises(KeyNotFound, match=rf"keys\[1\] = {absent} is not in the table"):
+        strict.lookup([keys[5], absent])
+    lenient = runtime.compress(x, "int8", keys=keys, missing="zeros")
+    rows, missing = lenient.lookup_counted([keys[5], absent, absent + 1])
+    assert missing == 2 and not rows[1:].any() and rows[0].any()
+    with pytest.raises(InvalidRequest, match="repeats"):
+        runtime.compress(x, "int8", keys=np.zeros(N, np.int64))
+
+
+def _tiers(n: int) -> list[dict[str, object]]:
+    hot = np.arange(0, n, 5)
+    cold = np.setdiff1d(np.arange(n), hot)
+    return [
+        {"rows": hot.tolist(), "codec": "int8"},
+        {"rows": cold, "codec": "pq", "subspaces": 4, "iterations": 4, "dim": 16, "rerank": "fp16"},
+    ]
+
+
+def test_tiered_table_dispatches_and_merges_one_top_k(x: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N))
+    assert [tier.rows for tier in t.tiers] == [80, 320] and t.tiers[1].projection is not None
+    rows = t.lookup(np.arange(N))
+    # exact top-k over what lookups return: tiers' scans, corrected for projection, agree with it
+    q = low_rank_table(4, D, seed=9)
+    for metric in ("ip", "l2"):
+        ids, scores = t.search(q, 10, metric, oversample=N)
+        exact = q @ rows.T if metric == "ip" else ((q[:, None, :] - rows[None]) ** 2).sum(-1)
+        np.testing.assert_allclose(scores, np.take_along_axis(exact, ids, 1), rtol=1e-3, atol=1e-3)
+        best = np.sort(-exact if metric == "ip" else exact, axis=1)[:, :10]
+        np.testing.assert_allclose(-scores if metric == "ip" else scores, best, rtol=1e-3, atol=1e-3)
+        cands = np.array([[0, 1, 2, 399]] * 4)
+        np.testing.assert_allclose(
+            t.score(cands, queries=q, metric=metric), np.take_along_axis(exact, cands, 1), rtol=1e-3, atol=1e-3
+        )
+    hot_error = np.linalg.norm(rows[::5] - x[::5]) / np.linalg.norm(x[::5])
+    assert hot_error < 0.02
+    assert t.nbytes == sum(tier.nbytes for tier in t.tiers) + N * (1 + 4) + N * 8
+
+
+def test_tier_specs_must_cover_every_row_once(x: np.ndarray) -> None:
+    with pytest.raises(InvalidRequest, match="in no tier"):
+        runtime.compress(x, tiers=[{"rows": {"start": 0, "stop": 10}, "codec": "int8"}])
+    with pytest.raises(InvalidRequest, match="earlier tier"):
+        runtime.compress(x, tiers=[{"rows": slice(0, 300), "codec": "int8"}, {"rows": slice(200, N), "codec": "fp16"}])
+
+
+def test_format2_round_trip_of_keyed_tiered_table(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, missing="zeros")
+    t.sequence = 41
+    loaded = runtime.load_table(t.save(tmp_path / "v2"))
+    assert (loaded.sequence, loaded.missing, loaded.keyed, len(loaded.tiers)) == (41, "zeros", True, 2)
+    np.testing.assert_array_equal(loaded.lookup(keys[::7]), t.lookup(keys[::7]))
+    q = x[:3]
+    np.testing.assert_array_equal(loaded.search(q, 5)[0], t.search(q, 5)[0])
+    rows_file = tmp_path / "v2" / "tier1.rows.npy"
+    data = bytearray(rows_file.read_bytes())
+    data[-1] ^= 1
+    rows_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match=r"tier1\.rows"):
+        runtime.load_table(tmp_path / "v2")
+    # an artifact whose tiers overlap (checksums made to match) is refused too
+    t2 = runtime.compress(x, tiers=_tiers(N))
+    t2.tier_rows[1][0] = 0  # type: ignore[index]
+    with pytest.raises(ArtifactCorrupt, match=r"two tiers|ascending"):
+        runtime.load_table(t2.save(tmp_path / "bad"))
+
+
+def test_upsert_and_delete_are_seen_at_once_and_compact(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, delta_capacity=50)
+    new_row = np.full((1, D), 3.0, np.float32)
+    before_bytes = t.nbytes
+    seq = t.upsert(keys[[5]], new_row)
+    # the delta's arrays count: int8 rows grown to 64 slots (36 B), indexes; no second ip table
+    assert before_bytes + 64 * 36 < t.nbytes < before_bytes + 64 * 36 + 1024
+    assert seq == 1 and t.delta_rows == 1
+    np.testing.assert_allclose(t.lookup(keys[[5]]), new_row, atol=0.05)
+    ids, _ = t.search(new_row, 3, "ip")
+    assert ids[0, 0] == keys[5] and (ids[0] == keys[5]).sum() == 1  # no stale base row of key 5
+    t.upsert([777], -new_row, sequence=100)  # a new key goes to the cheapest tier
+    assert t.sequence == 100 and t.lookup([777])[0, 0] < -2
+    t.delete(keys[[6, 7]])
+    with pytest.raises(KeyNotFound, match=str(keys[6])):
+        t.lookup(keys[[6]])
+    ids, _ = t.search(x[6:8], 20, "ip")
+    assert not np.isin(ids, keys[[6, 7]]).any()
+    # bad batches change nothing
+    before = t.lookup(keys[[5]])
+    for bad in (np.full((1, D), np.nan), np.ones((1, D + 1)), np.array([["a"] * D])):
+        with pytest.raises(InvalidRequest):
+            t.upsert(keys[[5]], bad)
+    with pytest.raises(KeyNotFound):
+        t.delete([keys[8], 31337])
+    assert t.sequence == 101 and np.array_equal(t.lookup(keys[[5]]), before) and t.lookup(keys[[8]]).any()
+    with pytest.raises(DeltaFull, match="compact"):
+        t.upsert(keys[10:70], x[10:70])
+    compacted = t.compact()
+    assert compacted.rows == N - 1 and compacted.delta_rows == 0 and compacted.sequence == 101
+    for key in (keys[5], 777, keys[100]):
+        np.testing.assert_array_equal(compacted.lookup([key]), t.lookup([key]))
+    loaded = runtime.load_table(t.save(tmp_path / "c"))
+    assert loaded.sequence == 101 and loaded.rows == N - 1
+    np.testing.assert_array_equal(loaded.lookup(keys[[5, 100]]), t.lookup(keys[[5, 100]]))
+
+
+def test_dense_table_takes_upserts_of_its_ids_only(x: np.ndarray) -> None:
+    t = runtime.compress(x, "pq", subspaces=8, bits=4, iterations=3)
+    with pytest.raises(runtime.IdOutOfRange):
+        t.upsert([N], x[:1])
+    with pytest.raises(InvalidRequest, match="dense"):
+        t.delete([0])
+    t.upsert([3], x[10:11])
+    np.testing.assert_array_equal(t.lookup([3]), t.lookup([10]))
+    ids, _ = t.search(x[10:11], 2)
+    assert set(ids[0].tolist()) == {3, 10}
+
+
+def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
+    t = runtime.compress(x[:100], "int8", keys=np.arange(100, dtype=np.int64) * 3)
+    old = t.lookup(np.arange(100) * 3)
+    new = runtime.compress(-x[:100], "int8").lookup(np.arange(100))
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            got = t.lookup(np.arange(100) * 3)
+            same = np.all(got == old, axis=1) | np.all(got == new, axis=1)
+            if not same.all():
+                errors.append(f"row {int(np.flatnonzero(~same)[0])} is neither old nor new")
+            ids, scores = t.search(x[:2], 5, "ip")
+            if len(set(ids[0].tolist())) != 5:
+                errors.append("a key was returned twice")
+            # each result scores as its old row or its new row does, never as a mixture
+            rows = ids // 3
+            as_old = np.einsum("qkd,qd->qk", old[rows], x[:2])
+            as_new = np.einsum("qkd,qd->qk", new[rows], x[:2])
+            close = np.isclose(scores, as_old, rtol=1e-4, atol=1e-4) | np.isclose(scores, as_new, rtol=1e-4, atol=1e-4)
+            if not close.all():
+                errors.append(f"search scored key {int(ids[~close][0])} as neither its old nor its new row")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for round_ in range(5):  # new, old, new, old, new: readers overlap many batches
+        sign = -1 if round_ % 2 == 0 else 1
+        for start in range(0, 100, 5):
+            t.upsert(np.arange(start, start + 5) * 3, sign * x[start : start + 5])
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    np.testing.assert_array_equal(t.lookup(np.arange(100) * 3), new)
+
+
+@st.composite
+def tier_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int, str]:
+    n = draw(st.integers(1, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.integers(-2, 3, (n, 4)).astype(np.float32)  # few distinct scores: ties only ids break
+    tier_of = rng.integers(0, draw(st.integers(1, 3)), n)
+    keys = rng.choice(np.arange(-1000, 1000), n, replace=False).astype(np.int64) if draw(st.booleans()) else None
+    q = rng.integers(-2, 3, (2, 4)).astype(np.float32)
+    return x, tier_of, keys, q, draw(st.integers(1, 70)), draw(st.sampled_from(["ip", "l2"]))
+
+
+@given(tier_cases())
+def test_tier_merge_is_the_exact_top_k_with_ties_by_ascending_row(
+    case: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int, str],
+) -> None:
+    x, tier_of, keys, q, k, metric = case
+    specs = [{"rows": np.flatnonzero(tier_of == t), "codec": "fp32"} for t in np.unique(tier_of)]
+    table = runtime.compress(x, tiers=specs, keys=keys)
+    ids, scores = table.search(q, k, metric)
+    exact = q @ x.T if metric == "ip" else ((q[:, None, :] - x[None]) ** 2).sum(-1)
+    names = np.arange(x.shape[0]) if keys is None else keys
+    for row in range(q.shape[0]):
+        order = np.lexsort((np.arange(x.shape[0]), -exact[row] if metric == "ip" else exact[row]))[:k]
+        np.testing.assert_array_equal(ids[row], names[order])
+        np.testing.assert_array_equal(scores[row], exact[row][order])
+
+
+def test_bags_and_search_by_id_on_keyed_tiered_tables(x: np.ndarray, keys: np.ndarray) -> None:
+    t = runtime.compress(x, tiers=_tiers(N), keys=keys, missing="zeros")
+    rows = t.lookup(keys)
+    bag_keys = keys[[1, 2, 3, 9]]
+    sums, missing = t.lookup_pooled_counted([*bag_keys.tolist(), 5], [0, 3], "sum")
+    np.testing.assert_allclose(sums, [rows[[1, 2, 3]].sum(0), rows[9]], rtol=1e-5, atol=1e-5)
+    assert missing == 1  # key 5 is absent: a zero row in the second bag
+    ids, scores = t.search_by_id(keys[[0, 11]], 5, "ip", oversample=N)
+    assert keys[0] not in ids[0] and keys[11] not in ids[1] and ids.shape == (2, 5)
+    exact = rows[[0, 11]] @ rows.T
+    position = {int(k): i for i, k in enumerate(keys.tolist())}
+    found = np.array([[position[int(k)] for k in row] for row in ids])
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-3, atol=1e-3)
+
+
+@st.composite
+def update_scripts(draw: st.DrawFn) -> tuple[int, list[tuple[str, list[int], int]], int]:
+    n = draw(st.integers(1, 30))
+    ops = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["upsert", "delete"]),
+                st.lists(st.integers(0, 45), max_size=8, unique=True),
+                st.integers(0, 2**31),
+            ),
+            max_size=8,
+        )
+    )
+    return n, ops, draw(st.integers(1, 40))
+
+
+@given(update_scripts())
+def test_updates_match_a_dict_model(script: tuple[int, list[tuple[str, list[int], int]], int]) -> None:
+    n, ops, k = script
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    table = runtime.compress(
+        x,
+        tiers=[{"rows": np.arange(0, n, 2), "codec": "fp32"}]
+        + ([{"rows": np.arange(1, n, 2), "codec": "fp32"}] if n > 1 else []),
+        keys=np.arange(n, dtype=np.int64) * 10,
+    )
+    model = {10 * i: x[i] for i in range(n)}
+    for op, picks, seed in ops:
+        keys = np.array([10 * p for p in picks], np.int64)
+        if op == "upsert":
+            rows = np.random.default_rng(seed).standard_normal((keys.size, 4)).astype(np.float32)
+            table.upsert(keys, rows)
+            model.update({int(key): row for key, row in zip(keys, rows, strict=True)})
+        elif all(int(key) in model for key in keys):
+            table.delete(keys)
+            for key in keys:
+                del model[int(key)]
+        else:
+            with pytest.raises(KeyNotFound):
+                table.delete(keys)
+    for current in (table, table.compact()):
+        live = np.array(sorted(model), np.int64)
+        if live.size:
+            np.testing.assert_array_equal(current.lookup(live), np.array([model[int(key)] for key in live]))
+        for key in set(range(0, 460, 10)) - set(model):
+            with pytest.raises(KeyNotFound):
+                current.lookup([key])
+        q = np.ones((1, 4), np.float32)
+        ids, scores = current.search(q, k, "l2")
+        if live.size:
+            values = np.array([model[int(key)] for key in live])
+            exact = ((values - q) ** 2).sum(1)
+            assert ids.shape[1] == min(k, live.size)
+            np.testing.assert_allclose(scores[0], np.sort(exact)[: ids.shape[1]], rtol=1e-5, atol=1e-6)
+            assert set(ids[0].tolist()) <= set(live.tolist()) and len(set(ids[0].tolist())) == ids.shape[1]
+
+
+def _rewrite_array(path: Path, name: str, value: np.ndarray) -> None:
+    """Replace an array and its manifest entry (checksum included): damage only the checks see."""
+    import json
+
+    from runtime import artifact
+
+    file = path / f"{name.replace('/', '--')}.npy"
+    np.save(file, value)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["arrays"][name].update(dtype=value.dtype.str, shape=list(value.shape), sha256=artifact.sha256_file(file))
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_format2_consistency_checks(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "t")
+    repeated = keys.copy()
+    repeated[9] = repeated[2]
+    _rewrite_array(path, "keys", repeated)
+    with pytest.raises(ArtifactCorrupt, match=r"keys\[9\].*repeats"):
+        runtime.load_table(path)
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "u")
+    _rewrite_array(path, "tier1/projection.basis", np.zeros((D, 12), np.float32))
+    with pytest.raises(ArtifactCorrupt, match="tier 1"):
+        runtime.load_table(path)
+    path = runtime.compress(x, tiers=_tiers(N), keys=keys).save(tmp_path / "v")
+    _rewrite_array(path, "keys", keys[:-1])
+    with pytest.raises(ArtifactCorrupt, match="keys"):
+        runtime.load_table(path)
