@@ -7,6 +7,7 @@ import sys
 
 from runtime import cli as offline
 from runtime.table import __version__
+from service.sync import cli as sync_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.add_commands(sub)
+    sync_cli.add_commands(sub)
     p = sub.add_parser("serve", help="serve tables over HTTP and gRPC (the demo table when none is given)")
     p.add_argument("--table", action="append", dest="tables", metavar="NAME=DIR", help="a table to serve (repeatable)")
     p.add_argument("--http-port", type=int)
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-seconds", type=float, help="SIGTERM drain period")
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 429")
     p.add_argument("--log-level")
+    p.add_argument("--redis-url", help="Redis of the version registry (redis:// or rediss://); unset: one node")
+    p.add_argument("--replica-id", help="this replica's name in the registry (default: hostname-pid)")
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -45,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "grace_seconds",
         "max_concurrency",
         "log_level",
+        "redis_url",
+        "replica_id",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
