@@ -91,11 +91,14 @@ def test_publish_and_status_commands(redis_server: RedisServer, root: Path, caps
     # outside the artifact root: refused
     assert main(["publish", "t", str(root.parent), *url, "--artifact-root", str(root)]) == 2
     assert "outside the artifact root" in capsys.readouterr().err
-    redis_server.client().hset(
-        keys.replica_key("r9"),
-        mapping=ReplicaRow("r9", "ready", time.time(), 0.0, tables={"t": TableStatus("old", "t/v0", "x", 1)}).to_hash(),
-    )
-    redis_server.client().zadd(keys.REPLICAS, {"r9": time.time()})
+    other = ReplicaRow("r9", "ready", time.time(), 0.0, tables={"t": TableStatus("old", "t/v0", "x", 1)})
+
+    async def write_other() -> None:
+        client = registry.connect(redis_server.url)
+        await status.write(client, other, ttl=30)
+        await client.aclose()
+
+    asyncio.run(write_other())
     assert main(["status", *url]) == 0
     out = capsys.readouterr().out
     assert "r9" in out and "behind: published t-v1" in out
