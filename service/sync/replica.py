@@ -56,6 +56,8 @@ class ReplicaSync:
         self.tables: dict[str, TableStatus] = {}
         self.failures: dict[str, EmbserveError] = {}
         self.from_registry: set[str] = set()
+        self.withdrawn: dict[str, float] = {}
+        """tombstones acted on: table -> its published_at"""
         self.connected = False
         self.redis_error = ""
         self.started_at = time.time()
@@ -123,7 +125,13 @@ class ReplicaSync:
             served = self._describe_served(table)
             known = self.tables.get(entry.name)
             if known is not None:  # a published version failed at start: the configured one serves
-                served = dataclasses.replace(served, generation=known.generation, state=known.state, error=known.error)
+                served = dataclasses.replace(
+                    served,
+                    generation=known.generation,
+                    published_at=known.published_at,
+                    state=known.state,
+                    error=known.error,
+                )
             self.tables[entry.name] = served
             self._set_in_sync(entry.name)
 
@@ -178,14 +186,17 @@ class ReplicaSync:
     async def _reconcile(self, published: dict[str, Published]) -> None:
         for name, pub in published.items():
             known = self.tables.get(name)
-            if known is not None and known.generation == pub.generation:
+            if known is not None and (known.generation, known.published_at) == (pub.generation, pub.published_at):
                 continue  # applied, or failed here: a new publish is needed to try again
             if pub.withdrawn:
-                self._withdraw(name, pub)
+                if self.withdrawn.get(name) != pub.published_at:
+                    self._withdraw(name, pub)
                 continue
             if known is not None and known.state == "serving" and known.checksum == pub.checksum:
                 # already serving exactly that artifact (configured, or published again unchanged)
-                self.tables[name] = dataclasses.replace(known, path=pub.path, generation=pub.generation)
+                self.tables[name] = dataclasses.replace(
+                    known, path=pub.path, generation=pub.generation, published_at=pub.published_at
+                )
                 self.from_registry.add(name)
                 self._set_in_sync(name, pub)
                 continue
@@ -194,6 +205,7 @@ class ReplicaSync:
         # tombstone withdraws it
 
     def _withdraw(self, name: str, pub: Published) -> None:
+        self.withdrawn[name] = pub.published_at
         self.from_registry.discard(name)
         self.tables.pop(name, None)
         with contextlib.suppress(TableNotFound):
@@ -224,7 +236,9 @@ class ReplicaSync:
             if not isinstance(exc, EmbserveError):
                 log.exception("table %r: unexpected error loading %s", name, pub.path)
             failed = before or TableStatus()
-            self.tables[name] = dataclasses.replace(failed, generation=pub.generation, state="failed", error=message)
+            self.tables[name] = dataclasses.replace(
+                failed, generation=pub.generation, published_at=pub.published_at, state="failed", error=message
+            )
             self.failures[name] = error
             self.metrics.rollouts.labels(name, "failed").inc()
             log.warning("table %r: version %s refused, the previous one keeps serving: %s", name, pub.path, message)
@@ -235,6 +249,7 @@ class ReplicaSync:
                 path=pub.path,
                 checksum=pub.checksum,
                 generation=pub.generation,
+                published_at=pub.published_at,
                 state="serving",
                 last_update_id=before.last_update_id if before else "",
             )
@@ -290,7 +305,7 @@ class ReplicaSync:
         deadline = time.monotonic() + self.settings.publish_wait_seconds
         while True:
             known = self.tables.get(name)
-            if known is not None and known.generation >= pub.generation and known.state != "loading":
+            if known is not None and known.published_at >= pub.published_at and known.state != "loading":
                 break
             if time.monotonic() > deadline:
                 raise NotReady(
@@ -298,7 +313,7 @@ class ReplicaSync:
                     f"within {self.settings.publish_wait_seconds:g} s; see `embserve status`"
                 )
             await asyncio.sleep(0.05)
-        if known.state == "failed" and known.generation == pub.generation:
+        if known.state == "failed" and known.published_at == pub.published_at:
             failure = self.failures.get(name)
             raise type(failure)(known.error) if isinstance(failure, ArtifactError) else ArtifactError(known.error)
         return self.service.describe_entry(self.service.get(name))

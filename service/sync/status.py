@@ -29,6 +29,8 @@ class TableStatus:
     """sha256 of the served artifact's manifest.json ("" when unknown)"""
     generation: int = 0
     """the registry generation last acted on (applied or failed); 0: configured, not from the registry"""
+    published_at: float = 0.0
+    """that publish's time: with `generation` it names one publish, even across a Redis that lost its data"""
     state: str = "serving"
     """serving | loading | failed (the last publish failed here; the old version still serves)"""
     error: str = ""
@@ -113,7 +115,7 @@ def lag(status: TableStatus, published: Published | None) -> str:
     "in sync" when it serves the published manifest, else what it is behind on."""
     if published is None or published.withdrawn:
         return "-"
-    if status.checksum == published.checksum and status.generation == published.generation:
+    if status.checksum == published.checksum and status.state == "serving":
         return "in sync"
     if status.state == "loading":
         return f"loading {published.version or published.path}"

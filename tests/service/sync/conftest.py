@@ -48,9 +48,14 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True)
 
 
+def start_redis(workdir: Path) -> RedisServer:
+    server = RedisServer(require_binary("redis-server"), workdir, free_port())
+    server.start()
+    return server
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_binary("redis-server"), tmp_path, free_port())
-    server.start()
+    server = start_redis(tmp_path)
     yield server
     server.kill()
