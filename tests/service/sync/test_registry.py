@@ -64,8 +64,18 @@ def test_lag_compares_with_the_registry() -> None:
     assert status.lag(TableStatus("t-v1", "t/v1", "ab", 3), pub) == "behind: published t-v2"
     assert status.lag(TableStatus("t-v1", "t/v1", "ab", 3, state="loading"), pub) == "loading t-v2"
     assert status.lag(TableStatus("t-v1", "t/v1", "ab", 0), None) == "-"
+    # serving the published manifest is in sync; a failed rollout of it is not
+    assert status.lag(TableStatus("t-v2", "t/v2", "cc", 4, state="failed"), pub) == "behind: published t-v2"
     text = status.format_table(
-        [ReplicaRow("r1", "ready", 100.0, 0.0, tables={"t": TableStatus("t-v1", "t/v1", "ab", 3, "failed", "bad")})],
+        [
+            ReplicaRow(
+                "r1",
+                "ready",
+                100.0,
+                0.0,
+                tables={"t": TableStatus("t-v1", "t/v1", "ab", 3, state="failed", error="bad")},
+            )
+        ],
         {"t": pub},
         now=102.5,
     )
