@@ -179,6 +179,10 @@ class ReplicaSync:
                 self._mark_failed("watch", exc)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.settings.redis_retry_max_seconds)
+            except Exception:
+                # a registry entry this code cannot handle must not end the watcher for good
+                log.exception("registry watcher: unexpected error; retrying")
+                await asyncio.sleep(self.settings.redis_retry_max_seconds)
             finally:
                 with contextlib.suppress(*REDIS_FAILURES):
                     await pubsub.aclose()
@@ -287,6 +291,8 @@ class ReplicaSync:
                 await status.write(self.client, self.row(), self.ttl)
             except REDIS_FAILURES as exc:
                 self._mark_failed("heartbeat", exc)
+            except Exception:
+                log.exception("replica heartbeat: unexpected error")
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
     # ---- admin ---------------------------------------------------------------------------------
