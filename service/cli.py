@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
         settings.table_specs()
+        settings.check_redis()
     except (ValidationError, ValueError) as exc:
         print(f"embserve serve: invalid settings: {exc}", file=sys.stderr)
         return 2

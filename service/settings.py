@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -69,11 +69,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @model_validator(mode="after")
-    def _redis_needs_artifact_root(self) -> Settings:
+    def check_redis(self) -> None:
+        """Redis needs an artifact root. Checked here, not in a validator, whose error would echo
+        the URL and its password."""
         if self.redis_url and self.artifact_root is None:
             raise ValueError("redis_url needs artifact_root: published versions are paths below it")
-        return self
 
     def resolved_replica_id(self) -> str:
         """`replica_id`, else `<hostname>-<pid>` (unique per process on one host)."""

@@ -42,10 +42,8 @@ class ReplicaSync:
     """Keeps this replica's tables on the registry's published versions."""
 
     def __init__(self, settings: Settings, service: EmbeddingService) -> None:
-        if settings.redis_url is None:
-            raise ValueError("ReplicaSync needs redis_url")
-        if settings.artifact_root is None:
-            raise ValueError("redis_url needs artifact_root: published versions are paths below it")
+        if not settings.redis_url or settings.artifact_root is None:
+            raise ValueError("ReplicaSync needs redis_url and artifact_root (published versions are paths below it)")
         self.settings = settings
         self.service = service
         self.metrics = service.metrics
@@ -133,7 +131,6 @@ class ReplicaSync:
                     error=known.error,
                 )
             self.tables[entry.name] = served
-            self._set_in_sync(entry.name)
 
     def _describe_served(self, table: Table) -> TableStatus:
         path, checksum = "", ""
@@ -218,9 +215,7 @@ class ReplicaSync:
             self.metrics.published_in_sync.remove(name)
         log.info("table %r was withdrawn from the registry (generation %d): no longer served", name, pub.generation)
 
-    def _set_in_sync(self, name: str, pub: Published | None = None) -> None:
-        if pub is None:
-            return
+    def _set_in_sync(self, name: str, pub: Published) -> None:
         known = self.tables.get(name)
         in_sync = known is not None and known.state == "serving" and known.checksum == pub.checksum
         self.metrics.published_in_sync.labels(name).set(1 if in_sync else 0)
