@@ -13,6 +13,7 @@ from typing import Any
 
 from runtime import cli as offline
 from runtime.table import __version__
+from service.sync import cli as sync_cli
 
 # a field whose flag is not its name with dashes (repeatable, so singular)
 FLAG_NAMES = {"tables": "--table"}
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.add_commands(sub)
+    sync_cli.add_commands(sub)
     p = sub.add_parser(
         "serve",
         help="serve tables over HTTP and gRPC (the demo table when none is given)",
@@ -103,6 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
         specs = settings.table_specs()
+        settings.check_redis()
     except (ValidationError, ValueError) as exc:
         print(f"embserve serve: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,6 +38,7 @@ from service.errors import status_label
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ActiveVersions
+from service.sync import SyncHooks
 
 log = logging.getLogger("embserve")
 T = TypeVar("T")
@@ -72,7 +73,10 @@ class EmbeddingService:
         self.draining = False
         self.started = False
         root = settings.artifact_root
-        self.state = ActiveVersions(Path(root)) if root is not None else None
+        # with Redis the registry is the truth about active versions; the state file is the one-node record
+        self.state = ActiveVersions(Path(root)) if root is not None and settings.redis_url is None else None
+        self.sync: SyncHooks | None = None
+        """set when Redis is configured: admin PUT / DELETE then publish / withdraw for every replica"""
         self.metrics.build.info({"version": __version__})
         self._refresh_ready()
 
@@ -84,14 +88,15 @@ class EmbeddingService:
     def _refresh_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
 
-    def load_configured(self) -> None:
-        """Load the tables the settings name (or the demo table), warmed; blocking, at start."""
-        specs = self.settings.table_specs()
+    def load_configured(self, skip: Collection[str] = ()) -> None:
+        """Load the tables the settings name (or the demo table), warmed; blocking, at start.
+        Tables named in `skip` are already served (from the Redis registry)."""
+        specs = [(name, path) for name, path in self.settings.table_specs() if name not in skip]
         configured = dict(specs)
         remembered = self.state.read() if self.state is not None else {}
         if remembered:
             specs = self._with_remembered(specs, remembered)
-        if not specs and self.settings.demo:
+        if not specs and not skip and self.settings.demo:
             from service.demo import demo_table_path
 
             path = demo_table_path(self.settings)
@@ -152,6 +157,18 @@ class EmbeddingService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def install(self, name: str, table: Table) -> LoadedTable:
+        """Make `table` the served version of `name` (atomic swap); readiness follows."""
+        entry = self._install(name, table)
+        self._refresh_ready()
+        return entry
+
+    def uninstall(self, name: str) -> LoadedTable:
+        entry = self.store.remove(name)
+        self.metrics.clear_table(name)
+        self._refresh_ready()
+        return entry
 
     def _install(self, name: str, table: Table) -> LoadedTable:
         entry = self.store.put(name, table)
@@ -386,6 +403,8 @@ class EmbeddingService:
             if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
                 raise InvalidRequest("table name must be 1-128 characters without '/'")
             directory = self.confine(path)
+            if self.sync is not None:
+                return await self.sync.publish_and_wait(name, directory)
 
             def load() -> Table:
                 table = load_table(directory, parallel_min_ids=self.settings.parallel_min_ids)
@@ -444,11 +463,13 @@ class EmbeddingService:
     async def admin_delete(self, transport: str, authorization: str | None, name: str) -> dict[str, Any]:
         with self.request(transport, "admin_delete", name):
             self.authorize(authorization)
-            entry = self.store.remove(name)
-            self.metrics.clear_table(name)
-            self._refresh_ready()
-            if self.state is not None:
-                await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
+            entry = self.store.get(name)
+            if self.sync is not None:
+                await self.sync.unpublish(name)  # every replica drops it, this one included
+            else:
+                self.uninstall(name)
+                if self.state is not None:
+                    await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
             return {"deleted": entry.name, "version": entry.table.version}
 
 

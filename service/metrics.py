@@ -110,6 +110,28 @@ class Metrics:
         )
         self.ready = Gauge("embserve_ready", "1 when the server accepts requests.", registry=r)
         self.build = Info("embserve_build", "embserve version.", registry=r)
+        # Redis synchronisation (present, and 0, when no Redis is configured)
+        self.redis_connected = Gauge(
+            "embserve_redis_connected", "1 while the replica's Redis watcher is connected.", registry=r
+        )
+        self.redis_errors = Counter(
+            "embserve_redis_errors",
+            "Redis operations that failed (connection lost, timeout), by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.rollouts = Counter(
+            "embserve_rollouts",
+            "Published versions this replica acted on, by outcome (applied, failed).",
+            ["table", "outcome"],
+            registry=r,
+        )
+        self.published_in_sync = Gauge(
+            "embserve_table_published_in_sync",
+            "1 when the replica serves the registry's published version of the table, 0 when not.",
+            ["table"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

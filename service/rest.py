@@ -370,7 +370,10 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
         ready = service.ready
-        return JSONResponse({"ready": ready, "draining": service.draining}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "draining": service.draining}
+        if service.sync is not None:  # Redis trouble degrades, never unreadies: tables still serve
+            body.update(service.sync.health())
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:

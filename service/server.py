@@ -13,6 +13,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import uvicorn
@@ -25,6 +26,9 @@ from service.rest import create_asgi
 from service.rpc.generated import embserve_pb2, embserve_pb2_grpc, oip_v2_pb2, oip_v2_pb2_grpc
 from service.rpc.servicers import InferenceServicer, NativeServicer, add_servicer
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.sync.replica import ReplicaSync
 
 log = logging.getLogger("embserve")
 HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceService")
@@ -52,6 +56,7 @@ class EmbserveServer:
         self.stopping = asyncio.Event()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
+        self.sync: ReplicaSync | None = None
 
     async def _set_health(self) -> None:
         status = (
@@ -131,8 +136,19 @@ class EmbserveServer:
         return Bound(http_port, grpc_port)
 
     async def load(self) -> None:
-        """Load and warm the configured tables off the loop; health follows readiness."""
-        await asyncio.get_running_loop().run_in_executor(None, self.service.load_configured)
+        """Load and warm the configured tables off the loop; health follows readiness. With Redis,
+        the registry's published versions come first and the configured tables fill the rest."""
+        served_from_registry: set[str] = set()
+        if self.settings.redis_url:
+            from service.sync.replica import ReplicaSync  # Redis is imported only when configured
+
+            self.sync = ReplicaSync(self.settings, self.service)
+            self.service.sync = self.sync
+            served_from_registry = await self.sync.load_published()
+        await asyncio.get_running_loop().run_in_executor(None, self.service.load_configured, served_from_registry)
+        if self.sync is not None:
+            self.sync.note_configured()
+            self.sync.start()
         await self._set_health()
 
     async def drain_and_stop(self) -> None:
@@ -151,6 +167,8 @@ class EmbserveServer:
             await self._http_task
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
+        if self.sync is not None:
+            await self.sync.stop()
         self.service.close()
 
     async def run(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +59,24 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may take")
     warmup: bool = Field(True, description="run every kernel once at load so no request pays JIT time")
     log_level: str = Field("info", description="uvicorn / logging level")
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the version registry and replica status (redis:// or rediss://, password in the URL); "
+        "unset: one node, no Redis",
+    )
+    replica_id: str | None = Field(
+        None, description="this replica's name in the registry (default: hostname-pid; on Kubernetes the pod name)"
+    )
+    sync_poll_seconds: float = Field(
+        5.0, gt=0, description="how often a replica reads the registry (pub/sub only hints between reads)"
+    )
+    heartbeat_seconds: float = Field(
+        2.0, gt=0, description="replica status refresh; a row expires after 5 missed heartbeats"
+    )
+    redis_retry_max_seconds: float = Field(10.0, gt=0, description="longest back-off between Redis reconnects")
+    publish_wait_seconds: float = Field(
+        120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"
+    )
 
     @field_validator("tables", mode="before")
     @classmethod
@@ -64,6 +84,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def check_redis(self) -> None:
+        """Redis needs an artifact root. Checked here, not in a validator, whose error would echo
+        the URL and its password."""
+        if self.redis_url and self.artifact_root is None:
+            raise ValueError("redis_url needs artifact_root: published versions are paths below it")
+
+    def resolved_replica_id(self) -> str:
+        """`replica_id`, else `<hostname>-<pid>` (unique per process on one host)."""
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
     def table_specs(self) -> list[tuple[str, Path]]:
         """Parsed `tables`, then the tables of `tables_file`: [(name, directory)], names unique."""

@@ -42,7 +42,10 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next(d for d in docs if d["kind"] == kind)
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
+OVERLAYS = ["dev", "prod", "prod-external-redis"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.external
 def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
@@ -55,7 +58,11 @@ def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) ->
     assert "passed" in run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.external
 def test_deployment_contract(overlay: str) -> None:
     docs = render(overlay)
@@ -73,7 +80,7 @@ def test_deployment_contract(overlay: str) -> None:
     drain = container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(config["EMBSERVE_GRACE_SECONDS"])
     assert pod["spec"]["terminationGracePeriodSeconds"] > drain
     assert {p["name"] for p in container["ports"]} == {"http", "grpc"}
-    assert {p["name"] for p in by_kind(docs, "Service")["spec"]["ports"]} == {"http", "grpc"}
+    assert {p["name"] for p in by_name(docs, "Service", "embserve")["spec"]["ports"]} == {"http", "grpc"}
     assert any(v["mountPath"] == "/tables" for v in container["volumeMounts"])
     if overlay == "dev":
         assert deployment["spec"]["replicas"] == 1 and config["EMBSERVE_DEMO"] == "true"
@@ -83,6 +90,34 @@ def test_deployment_contract(overlay: str) -> None:
         kinds = {m["type"] for m in hpa["spec"]["metrics"]}
         assert kinds == {"Resource", "Pods"} and hpa["spec"]["minReplicas"] >= 2
         assert by_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.external
+def test_redis_in_the_prod_overlays(overlay: str) -> None:
+    docs = render(overlay)
+    container = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("valueFrom", {}) for e in container["env"]}
+    assert env["EMBSERVE_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    redis_sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    if overlay == "dev":
+        assert "EMBSERVE_REDIS_URL" not in env and not redis_sets
+        return
+    # the URL (with its password) comes from a Secret, never from the ConfigMap
+    assert env["EMBSERVE_REDIS_URL"] == {"secretKeyRef": {"name": "embserve-redis", "key": "url"}}
+    assert "EMBSERVE_REDIS_URL" not in by_kind(docs, "ConfigMap")["data"]
+    if overlay == "prod-external-redis":
+        assert not redis_sets and all(d["metadata"]["name"] != "embserve-redis" for d in docs)
+        return
+    (redis,) = redis_sets
+    pod = redis["spec"]["template"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and "--requirepass" in args
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    # the embserve Service and PodDisruptionBudget never select the Redis pod
+    selector = by_name(docs, "Service", "embserve")["spec"]["selector"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+    assert by_name(docs, "Service", "embserve-redis")["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 
 def test_config_map_keys_are_real_settings() -> None:

@@ -1,0 +1,121 @@
+"""`embserve publish` and `embserve status`: the operator's side of the version registry.
+
+Both take `--redis-url` (default: EMBSERVE_REDIS_URL). Redis is imported only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InvalidRequest
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("publish", help="publish an artifact as the version of a table every replica serves (Redis)")
+    p.add_argument("table")
+    p.add_argument("dir", type=Path, help="artifact directory below the artifact root (absolute, or relative to it)")
+    _redis_flags(p)
+    p.add_argument(
+        "--artifact-root",
+        type=Path,
+        default=os.environ.get("EMBSERVE_ARTIFACT_ROOT"),
+        help="the replicas' artifact root as seen here (default: EMBSERVE_ARTIFACT_ROOT)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip checking every array's sha256 before publishing")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("status", help="every replica's row: versions served, state, lag, heartbeat age (Redis)")
+    _redis_flags(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--expiry-seconds", type=float, default=10.0, help="rows with an older heartbeat are dropped (default 10)"
+    )
+    p.set_defaults(func=cmd_status)
+
+
+def _redis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("EMBSERVE_REDIS_URL"),
+        help="redis:// or rediss:// URL, password in it (default: EMBSERVE_REDIS_URL)",
+    )
+
+
+def _require_url(args: argparse.Namespace) -> str:
+    if not args.redis_url:
+        raise InvalidRequest("--redis-url (or EMBSERVE_REDIS_URL) is required")
+    return str(args.redis_url)
+
+
+def _resolve_artifact(root: Path, directory: Path) -> Path:
+    """DIR as given (absolute or relative to the working directory) when it exists, else relative
+    to the artifact root, as the admin API takes it."""
+    return directory if directory.is_absolute() or directory.exists() else root / directory
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from service.sync import registry
+
+    url = _require_url(args)
+    if args.artifact_root is None:
+        raise InvalidRequest("--artifact-root (or EMBSERVE_ARTIFACT_ROOT) is required: published paths are below it")
+    root = Path(args.artifact_root)
+    directory = _resolve_artifact(root, args.dir)
+    relative = registry.relative_to_root(root, directory)
+    checksum, version = registry.describe_artifact(directory, verify=not args.no_verify)
+
+    async def run() -> registry.Published:
+        client = registry.connect(url)
+        try:
+            return await registry.publish(client, args.table, relative, checksum, version)
+        finally:
+            await client.aclose()
+
+    try:
+        published = asyncio.run(run())
+    except (RedisError, OSError) as exc:
+        print(f"embserve publish: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(published), sort_keys=True))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from service.sync import registry, status
+
+    url = _require_url(args)
+
+    async def run() -> tuple[list[status.ReplicaRow], dict[str, registry.Published]]:
+        client = registry.connect(url)
+        try:
+            return await status.read_all(client, args.expiry_seconds), await registry.read_published(client)
+        finally:
+            await client.aclose()
+
+    try:
+        rows, published = asyncio.run(run())
+    except (RedisError, OSError) as exc:
+        print(f"embserve status: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        payload = {
+            "published": {name: asdict(p) for name, p in published.items()},
+            "replicas": [
+                {**asdict(row), "lag": {n: status.lag(t, published.get(n)) for n, t in row.tables.items()}}
+                for row in rows
+            ],
+        }
+        print(json.dumps(payload, sort_keys=True))
+    else:
+        print(status.format_table(rows, published))
+    return 0

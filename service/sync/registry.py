@@ -1,0 +1,157 @@
+"""The version registry: for each table the published artifact version, read and written in Redis.
+
+A published version names an artifact directory relative to the artifact root and the sha256 of
+its `manifest.json`. The manifest holds the sha256 of every array, so that one checksum pins the
+whole artifact: a replica that finds the manifest's checksum equal to the published one and then
+loads the artifact (which checks every array against the manifest) serves exactly what was
+published. `generation` increases with every publish of a table, so publishing the same
+directory again (after a failed rollout, say) is seen as new.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import artifact
+from runtime.errors import Forbidden, InvalidRequest
+from service.sync import keys
+
+
+@dataclass(frozen=True)
+class Published:
+    """One table's published version, as the registry holds it."""
+
+    table: str
+    path: str
+    """artifact directory, POSIX, relative to the artifact root"""
+    checksum: str
+    """sha256 (hex) of the artifact's manifest.json"""
+    version: str
+    """the manifest's version label"""
+    published_at: float
+    """unix seconds"""
+    generation: int
+
+    @property
+    def withdrawn(self) -> bool:
+        """A tombstone left by `unpublish`: replicas stop serving the table."""
+        return not self.path
+
+    @classmethod
+    def from_hash(cls, table: str, fields: dict[str, str]) -> Published | None:
+        """The registry hash's fields -> Published, or None when the hash is absent or incomplete."""
+        try:
+            return cls(
+                table=table,
+                path=fields["path"],
+                checksum=fields["checksum"],
+                version=fields.get("version", ""),
+                published_at=float(fields.get("published_at", "0")),
+                generation=int(fields["generation"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def manifest_checksum(directory: Path) -> str:
+    """sha256 (hex) of `directory/manifest.json`, the checksum a publish records."""
+    artifact.read_manifest(directory)  # a missing or unreadable manifest is refused with its own error
+    return artifact.sha256_file(directory / artifact.MANIFEST)
+
+
+def relative_to_root(root: Path, directory: Path) -> str:
+    """`directory` as a POSIX path relative to the artifact root; refused when outside it."""
+    root_real = root.resolve()
+    resolved = directory.resolve()
+    if not resolved.is_relative_to(root_real):
+        raise Forbidden(f"{directory} is outside the artifact root {root}")
+    relative = resolved.relative_to(root_real).as_posix()
+    if relative in ("", "."):
+        raise InvalidRequest("the artifact root itself is not an artifact directory")
+    return relative
+
+
+def describe_artifact(directory: Path, verify: bool = True) -> tuple[str, str]:
+    """-> (manifest checksum, version label) of an artifact; with `verify`, every array's size and
+    sha256 are checked too, so a corrupt artifact is refused before it is published."""
+    manifest = artifact.read_manifest(directory)
+    if verify:
+        artifact.load_arrays(directory, manifest, verify=True)
+    return artifact.sha256_file(directory / artifact.MANIFEST), str(manifest.get("version", ""))
+
+
+async def publish(client: Any, table: str, path: str, checksum: str, version: str) -> Published:
+    """Record `path` (relative to the artifact root) as the published version of `table`, then
+    announce it on the pub/sub channel. The version hash is written in one transaction (one key,
+    so cluster-safe); the table set and the announcement follow it."""
+    check_table_name(table)
+    now = time.time()
+    key = keys.version_key(table)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hincrby(key, "generation", 1)
+        pipe.hset(key, mapping={"path": path, "checksum": checksum, "version": version, "published_at": repr(now)})
+        generation, _ = await pipe.execute()
+    await client.sadd(keys.TABLES, table)
+    await client.publish(keys.PUBLISHED_CHANNEL, table)
+    return Published(table, path, checksum, version, now, int(generation))
+
+
+async def unpublish(client: Any, table: str) -> Published:
+    """Withdraw `table`: its version becomes a tombstone (empty path, next generation) and the
+    replicas that serve it from the registry drop it. A tombstone, not a deleted key, so that a
+    Redis that lost its data (restarted without AOF) never makes replicas unload anything."""
+    check_table_name(table)
+    now = time.time()
+    key = keys.version_key(table)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hincrby(key, "generation", 1)
+        pipe.hset(key, mapping={"path": "", "checksum": "", "version": "", "published_at": repr(now)})
+        generation, _ = await pipe.execute()
+    await client.sadd(keys.TABLES, table)
+    await client.publish(keys.PUBLISHED_CHANNEL, table)
+    return Published(table, "", "", "", now, int(generation))
+
+
+async def read_published(client: Any) -> dict[str, Published]:
+    """Every table's registry entry, tombstones included: {table: Published}."""
+    names = sorted(await client.smembers(keys.TABLES))
+    if not names:
+        return {}
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.version_key(name))
+        hashes = await pipe.execute()
+    found = {}
+    for name, fields in zip(names, hashes, strict=True):
+        published = Published.from_hash(name, fields)
+        if published is not None:
+            found[name] = published
+    return found
+
+
+def check_table_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
+        raise InvalidRequest("table name must be 1-128 characters without '/'")
+
+
+def connect(url: str) -> Any:
+    """An asyncio Redis client for `url` (redis:// or rediss://, password in the URL), with short
+    timeouts so an unreachable Redis is noticed in seconds, never hangs a caller."""
+    import redis.asyncio
+
+    return redis.asyncio.from_url(
+        url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10
+    )
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"

@@ -1,0 +1,329 @@
+"""The replica side of the registry: load the published versions at start, watch for new ones,
+roll them out off the request path, and report this replica's status.
+
+Two background tasks share one Redis client: the watcher (subscribe to the publish channel; read
+the whole registry after every hint and at least every `sync_poll_seconds`, since pub/sub drops
+messages while disconnected; apply what changed) and the heartbeat (write this replica's status
+row every `heartbeat_seconds`). Redis errors never reach requests: the watcher reconnects with
+exponential back-off while the tables already loaded keep serving, and readiness stays true with
+a `degraded` detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from runtime import artifact
+from runtime.errors import ArtifactCorrupt, ArtifactError, EmbserveError, NotReady, TableNotFound
+from runtime.table import Table, load_table
+from service.core import EmbeddingService
+from service.settings import Settings
+from service.sync import keys, registry, status
+from service.sync.registry import Published
+from service.sync.status import ReplicaRow, TableStatus
+
+log = logging.getLogger("embserve.sync")
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+HEARTBEATS_TO_EXPIRY = 5
+STARTUP_READ_SECONDS = 5.0
+
+
+class ReplicaSync:
+    """Keeps this replica's tables on the registry's published versions."""
+
+    def __init__(self, settings: Settings, service: EmbeddingService) -> None:
+        if not settings.redis_url or settings.artifact_root is None:
+            raise ValueError("ReplicaSync needs redis_url and artifact_root (published versions are paths below it)")
+        self.settings = settings
+        self.service = service
+        self.metrics = service.metrics
+        self.root = Path(settings.artifact_root).resolve()
+        self.replica_id = settings.resolved_replica_id()
+        self.client = registry.connect(settings.redis_url)
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-rollout")
+        self.tables: dict[str, TableStatus] = {}
+        self.failures: dict[str, EmbserveError] = {}
+        self.from_registry: set[str] = set()
+        self.withdrawn: dict[str, float] = {}
+        """tombstones acted on: table -> its published_at"""
+        self.connected = False
+        self.redis_error = ""
+        self.started_at = time.time()
+        self.ttl = HEARTBEATS_TO_EXPIRY * settings.heartbeat_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.redis_connected.set(0)
+
+    # ---- health --------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        return not self.connected
+
+    def health(self) -> dict[str, Any]:
+        """The readiness detail: Redis connection and tables whose last rollout failed here."""
+        return {
+            "degraded": self.degraded,
+            "redis": "connected" if self.connected else "unreachable",
+            "redis_error": self.redis_error,
+            "replica": self.replica_id,
+            "rollout_failures": {n: s.error for n, s in sorted(self.tables.items()) if s.state == "failed"},
+        }
+
+    def _mark_connected(self) -> None:
+        if not self.connected:
+            log.info("redis %s: connected", registry.redact(self.settings.redis_url or ""))
+        self.connected = True
+        self.redis_error = ""
+        self.metrics.redis_connected.set(1)
+
+    def _mark_failed(self, operation: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(operation).inc()
+        message = f"{type(exc).__name__}: {exc}"
+        if self.connected or message != self.redis_error:
+            log.warning("redis %s failed, serving what is loaded: %s", operation, message)
+        self.connected = False
+        self.redis_error = message
+        self.metrics.redis_connected.set(0)
+
+    def row(self) -> ReplicaRow:
+        state = "degraded" if self.degraded else ("ready" if self.service.ready else "starting")
+        return ReplicaRow(self.replica_id, state, time.time(), self.started_at, self.redis_error, dict(self.tables))
+
+    # ---- start and stop -----------------------------------------------------------------------
+    async def load_published(self) -> set[str]:
+        """At start, before the configured tables: load every published version (the registry is
+        the truth). Returns the tables now served from it; with Redis unreachable, none (the
+        configured tables load instead and the watcher catches up once Redis answers)."""
+        try:
+            published = await asyncio.wait_for(registry.read_published(self.client), STARTUP_READ_SECONDS)
+        except REDIS_FAILURES as exc:
+            self._mark_failed("startup", exc)
+            return set()
+        self._mark_connected()
+        for pub in published.values():
+            if not pub.withdrawn:
+                await self._apply(pub)
+        return {name for name in self.from_registry if self.tables[name].state == "serving"}
+
+    def note_configured(self) -> None:
+        """Record what the configured tables serve, so status can compare them with the registry."""
+        for entry in self.service.store.entries():
+            if entry.name in self.from_registry:
+                continue
+            table = entry.table
+            served = self._describe_served(table)
+            known = self.tables.get(entry.name)
+            if known is not None:  # a published version failed at start: the configured one serves
+                served = dataclasses.replace(
+                    served,
+                    generation=known.generation,
+                    published_at=known.published_at,
+                    state=known.state,
+                    error=known.error,
+                )
+            self.tables[entry.name] = served
+
+    def _describe_served(self, table: Table) -> TableStatus:
+        path, checksum = "", ""
+        if table.path is not None:
+            resolved = Path(table.path).resolve()
+            path = resolved.relative_to(self.root).as_posix() if resolved.is_relative_to(self.root) else str(table.path)
+            with contextlib.suppress(OSError):
+                checksum = artifact.sha256_file(resolved / artifact.MANIFEST)
+        return TableStatus(version=table.version, path=path, checksum=checksum)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._heartbeat())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
+                await task
+        with contextlib.suppress(*REDIS_FAILURES):
+            # a clean stop removes the row at once instead of waiting for its expiry
+            await self.client.delete(keys.replica_key(self.replica_id))
+            await self.client.zrem(keys.REPLICAS, self.replica_id)
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.client.aclose()
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the watcher ---------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(keys.PUBLISHED_CHANNEL)
+                while True:
+                    published = await registry.read_published(self.client)
+                    self._mark_connected()
+                    backoff = 0.1
+                    await self._reconcile(published)
+                    # a hint ends the wait early; the timeout is the periodic read of the truth
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.settings.sync_poll_seconds)
+            except REDIS_FAILURES as exc:
+                self._mark_failed("watch", exc)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.settings.redis_retry_max_seconds)
+            except Exception:
+                # a registry entry this code cannot handle must not end the watcher for good
+                log.exception("registry watcher: unexpected error; retrying")
+                await asyncio.sleep(self.settings.redis_retry_max_seconds)
+            finally:
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await pubsub.aclose()
+
+    async def _reconcile(self, published: dict[str, Published]) -> None:
+        for name, pub in published.items():
+            known = self.tables.get(name)
+            if known is not None and (known.generation, known.published_at) == (pub.generation, pub.published_at):
+                continue  # applied, or failed here: a new publish is needed to try again
+            if pub.withdrawn:
+                if self.withdrawn.get(name) != pub.published_at:
+                    self._withdraw(name, pub)
+                continue
+            if known is not None and known.state == "serving" and known.checksum == pub.checksum:
+                # already serving exactly that artifact (configured, or published again unchanged)
+                self.tables[name] = dataclasses.replace(
+                    known, path=pub.path, generation=pub.generation, published_at=pub.published_at
+                )
+                self.from_registry.add(name)
+                self._set_in_sync(name, pub)
+                continue
+            await self._apply(pub)
+        # a table absent from the registry (Redis lost its data, say) keeps serving: only a
+        # tombstone withdraws it
+
+    def _withdraw(self, name: str, pub: Published) -> None:
+        self.withdrawn[name] = pub.published_at
+        self.from_registry.discard(name)
+        self.tables.pop(name, None)
+        with contextlib.suppress(TableNotFound):
+            self.service.uninstall(name)
+        with contextlib.suppress(KeyError):
+            self.metrics.published_in_sync.remove(name)
+        log.info("table %r was withdrawn from the registry (generation %d): no longer served", name, pub.generation)
+
+    def _set_in_sync(self, name: str, pub: Published) -> None:
+        known = self.tables.get(name)
+        in_sync = known is not None and known.state == "serving" and known.checksum == pub.checksum
+        self.metrics.published_in_sync.labels(name).set(1 if in_sync else 0)
+
+    async def _apply(self, pub: Published) -> None:
+        """Load, verify and warm `pub` on the rollout thread, then swap it in; on failure the old
+        version keeps serving and the error is recorded."""
+        name = pub.table
+        before = self.tables.get(name)
+        self.tables[name] = dataclasses.replace(before or TableStatus(state="absent"), state="loading", error="")
+        log.info("table %r: rolling out %s (generation %d)", name, pub.path, pub.generation)
+        try:
+            table = await asyncio.get_running_loop().run_in_executor(self.loader, self._load, pub)
+        except Exception as exc:
+            error = exc if isinstance(exc, EmbserveError) else ArtifactError(f"{type(exc).__name__}: {exc}")
+            message = self._relative(str(error))
+            if not isinstance(exc, EmbserveError):
+                log.exception("table %r: unexpected error loading %s", name, pub.path)
+            failed = before or TableStatus()
+            self.tables[name] = dataclasses.replace(
+                failed, generation=pub.generation, published_at=pub.published_at, state="failed", error=message
+            )
+            self.failures[name] = error
+            self.metrics.rollouts.labels(name, "failed").inc()
+            log.warning("table %r: version %s refused, the previous one keeps serving: %s", name, pub.path, message)
+        else:
+            self.service.install(name, table)
+            self.tables[name] = TableStatus(
+                version=table.version,
+                path=pub.path,
+                checksum=pub.checksum,
+                generation=pub.generation,
+                published_at=pub.published_at,
+                state="serving",
+                last_update_id=before.last_update_id if before else "",
+            )
+            self.from_registry.add(name)
+            self.failures.pop(name, None)
+            self.metrics.rollouts.labels(name, "applied").inc()
+            log.info("table %r now serves %s (version %s)", name, pub.path, table.version)
+        self._set_in_sync(name, pub)
+        with contextlib.suppress(*REDIS_FAILURES):
+            await status.write(self.client, self.row(), self.ttl)  # report at once, not at the next beat
+
+    def _load(self, pub: Published) -> Table:
+        directory = self.service.confine(pub.path)
+        actual = (
+            artifact.sha256_file(directory / artifact.MANIFEST) if (directory / artifact.MANIFEST).is_file() else ""
+        )
+        if actual != pub.checksum:
+            raise ArtifactCorrupt(
+                f"{pub.path}/manifest.json has sha256 {actual[:16] or '(missing)'}…, the registry published "
+                f"{pub.checksum[:16]}…: the artifact changed (or is missing) since it was published"
+            )
+        table = load_table(directory, parallel_min_ids=self.settings.parallel_min_ids)
+        if self.settings.warmup:
+            table.warmup()
+        return table
+
+    def _relative(self, message: str) -> str:
+        """Error text naming artifacts relative to the artifact root (never the server's paths)."""
+        return message.replace(f"{self.root}/", "").replace(str(self.root), ".")
+
+    # ---- heartbeat -----------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await status.write(self.client, self.row(), self.ttl)
+            except REDIS_FAILURES as exc:
+                self._mark_failed("heartbeat", exc)
+            except Exception:
+                log.exception("replica heartbeat: unexpected error")
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    # ---- admin ---------------------------------------------------------------------------------
+    async def publish_and_wait(self, name: str, directory: Path) -> dict[str, Any]:
+        """The admin PUT with Redis: verify the artifact, publish it for every replica, and wait
+        until this replica's own watcher has applied it (or refused it: the reason is raised)."""
+        relative = registry.relative_to_root(self.root, directory)
+        loop = asyncio.get_running_loop()
+        checksum, version = await loop.run_in_executor(self.loader, registry.describe_artifact, directory, True)
+        try:
+            pub = await registry.publish(self.client, name, relative, checksum, version)
+        except REDIS_FAILURES as exc:
+            self._mark_failed("publish", exc)
+            raise NotReady(f"Redis is unreachable, nothing was published: {self.redis_error}") from None
+        log.info("admin: published %r = %s (generation %d)", name, relative, pub.generation)
+        deadline = time.monotonic() + self.settings.publish_wait_seconds
+        while True:
+            known = self.tables.get(name)
+            if known is not None and known.published_at >= pub.published_at and known.state != "loading":
+                break
+            if time.monotonic() > deadline:
+                raise NotReady(
+                    f"{relative} is published (generation {pub.generation}) but this replica has not applied it "
+                    f"within {self.settings.publish_wait_seconds:g} s; see `embserve status`"
+                )
+            await asyncio.sleep(0.05)
+        if known.state == "failed" and known.published_at == pub.published_at:
+            failure = self.failures.get(name)
+            raise type(failure)(known.error) if isinstance(failure, ArtifactError) else ArtifactError(known.error)
+        return self.service.describe_entry(self.service.get(name))
+
+    async def unpublish(self, name: str) -> None:
+        """The admin DELETE with Redis: withdraw the table from the registry for every replica."""
+        try:
+            pub = await registry.unpublish(self.client, name)
+        except REDIS_FAILURES as exc:
+            self._mark_failed("publish", exc)
+            raise NotReady(f"Redis is unreachable, nothing was withdrawn: {self.redis_error}") from None
+        self._withdraw(name, pub)

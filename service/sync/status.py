@@ -1,0 +1,153 @@
+"""Replica status rows: each replica writes its own, `embserve status` reads them all.
+
+A row is the hash `embserve:replica:{<id>}` with `state`, `heartbeat`, `started_at`, `redis_error`
+and one field `table:<name>` per table holding a JSON object (TableStatus). The hash expires
+`ttl` seconds after the last heartbeat, so a dead replica vanishes; the sorted set
+`embserve:replicas` (score = heartbeat) lists the ids and is pruned by readers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from service.sync import keys
+from service.sync.registry import Published
+
+TABLE_FIELD = "table:"
+
+
+@dataclass
+class TableStatus:
+    """What one replica serves for one table, and how its last rollout went."""
+
+    version: str = ""
+    path: str = ""
+    checksum: str = ""
+    """sha256 of the served artifact's manifest.json ("" when unknown)"""
+    generation: int = 0
+    """the registry generation last acted on (applied or failed); 0: configured, not from the registry"""
+    published_at: float = 0.0
+    """that publish's time: with `generation` it names one publish, even across a Redis that lost its data"""
+    state: str = "serving"
+    """serving | loading | failed (the last publish failed here; the old version still serves)"""
+    error: str = ""
+    last_update_id: str = ""
+    """the update log's last applied stream id (filled once the update log exists)"""
+
+
+@dataclass
+class ReplicaRow:
+    replica: str
+    state: str
+    """starting | ready | degraded (Redis was unreachable; serving what it has)"""
+    heartbeat: float
+    started_at: float
+    redis_error: str = ""
+    tables: dict[str, TableStatus] = field(default_factory=dict)
+
+    def to_hash(self) -> dict[str, str]:
+        fields = {
+            "state": self.state,
+            "heartbeat": repr(self.heartbeat),
+            "started_at": repr(self.started_at),
+            "redis_error": self.redis_error,
+        }
+        for name, status in self.tables.items():
+            fields[TABLE_FIELD + name] = json.dumps(asdict(status), sort_keys=True)
+        return fields
+
+    @classmethod
+    def from_hash(cls, replica: str, fields: dict[str, str]) -> ReplicaRow:
+        tables = {}
+        for name, value in fields.items():
+            if name.startswith(TABLE_FIELD):
+                try:
+                    raw = json.loads(value)
+                    known = {k: raw[k] for k in TableStatus.__dataclass_fields__ if k in raw}
+                    tables[name[len(TABLE_FIELD) :]] = TableStatus(**known)
+                except (ValueError, TypeError):
+                    tables[name[len(TABLE_FIELD) :]] = TableStatus(state="unreadable")
+        return cls(
+            replica=replica,
+            state=fields.get("state", "?"),
+            heartbeat=_float(fields.get("heartbeat")),
+            started_at=_float(fields.get("started_at")),
+            redis_error=fields.get("redis_error", ""),
+            tables=tables,
+        )
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+async def write(client: Any, row: ReplicaRow, ttl: float) -> None:
+    """Replace this replica's row and push its expiry `ttl` seconds ahead."""
+    key = keys.replica_key(row.replica)
+    async with client.pipeline(transaction=True) as pipe:  # one key: one slot
+        pipe.delete(key)
+        pipe.hset(key, mapping=row.to_hash())
+        pipe.pexpire(key, max(1, int(ttl * 1000)))
+        await pipe.execute()
+    await client.zadd(keys.REPLICAS, {row.replica: row.heartbeat})
+
+
+async def read_all(client: Any, ttl: float) -> list[ReplicaRow]:
+    """Every live replica's row, by id; ids whose heartbeat is older than `ttl` are pruned."""
+    await client.zremrangebyscore(keys.REPLICAS, "-inf", time.time() - ttl)
+    ids = await client.zrange(keys.REPLICAS, 0, -1)
+    rows = []
+    for replica in sorted(ids):
+        fields = await client.hgetall(keys.replica_key(replica))
+        if fields:
+            rows.append(ReplicaRow.from_hash(replica, fields))
+    return rows
+
+
+def lag(status: TableStatus, published: Published | None) -> str:
+    """How far a replica's table is from the registry: "-" when nothing is published for it,
+    "in sync" when it serves the published manifest, else what it is behind on."""
+    if published is None or published.withdrawn:
+        return "-"
+    if status.checksum == published.checksum and status.state == "serving":
+        return "in sync"
+    if status.state == "loading":
+        return f"loading {published.version or published.path}"
+    return f"behind: published {published.version or published.path}"
+
+
+def format_table(rows: list[ReplicaRow], published: dict[str, Published], now: float | None = None) -> str:
+    """The `embserve status` text: one line per replica and table."""
+    now = time.time() if now is None else now
+    header = ("REPLICA", "STATE", "TABLE", "VERSION", "TABLE STATE", "LAG", "HEARTBEAT AGE", "ERROR")
+    lines: list[tuple[str, ...]] = [header]
+    for row in rows:
+        age = f"{max(0.0, now - row.heartbeat):.1f}s"
+        names = sorted(set(row.tables) | {name for name, pub in published.items() if not pub.withdrawn})
+        if not names:
+            lines.append((row.replica, row.state, "-", "-", "-", "-", age, row.redis_error))
+        for name in names:
+            status = row.tables.get(name, TableStatus(state="absent"))
+            lines.append(
+                (
+                    row.replica,
+                    row.state,
+                    name,
+                    status.version or "-",
+                    status.state,
+                    lag(status, published.get(name)),
+                    age,
+                    status.error or row.redis_error,
+                )
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        ("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]).rstrip()
+        for line in lines
+    )

@@ -1,0 +1,130 @@
+"""The registry and replica rows against a real redis-server; the publish and status commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import runtime
+from service.cli import main
+from service.sync import keys, registry, status
+from service.sync.status import ReplicaRow, TableStatus
+from tests.conftest import low_rank_table
+from tests.service.sync.conftest import RedisServer
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "artifacts"
+    runtime.compress(low_rank_table(300, 16, seed=3), "int8", version="t-v1").save(root / "t" / "v1")
+    return root
+
+
+@pytest.mark.external
+async def test_publish_read_and_withdraw(redis_server: RedisServer, root: Path) -> None:
+    client = registry.connect(redis_server.url)
+    try:
+        checksum, version = registry.describe_artifact(root / "t" / "v1")
+        assert version == "t-v1" and checksum == registry.manifest_checksum(root / "t" / "v1")
+        first = await registry.publish(client, "t", "t/v1", checksum, version)
+        again = await registry.publish(client, "t", "t/v1", checksum, version)
+        assert (first.generation, again.generation) == (1, 2)
+        found = await registry.read_published(client)
+        assert found == {"t": again}
+        assert await client.hget(keys.version_key("t"), "path") == "t/v1"
+        gone = await registry.unpublish(client, "t")
+        found = await registry.read_published(client)
+        assert found["t"].withdrawn and gone.generation == 3
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.external
+async def test_replica_rows_expire(redis_server: RedisServer) -> None:
+    client = registry.connect(redis_server.url)
+    try:
+        now = time.time()
+        row = ReplicaRow("r1", "ready", now, now - 5, tables={"t": TableStatus("t-v1", "t/v1", "ab", 1)})
+        await status.write(client, row, ttl=0.3)
+        await status.write(client, ReplicaRow("r2", "degraded", now, now, "ConnectionError: x"), ttl=30)
+        rows = await status.read_all(client, ttl=30)
+        assert [r.replica for r in rows] == ["r1", "r2"]
+        assert rows[0].tables["t"] == TableStatus("t-v1", "t/v1", "ab", 1) and rows[1].redis_error
+        await asyncio.sleep(0.5)
+        assert [r.replica for r in await status.read_all(client, ttl=30)] == ["r2"]
+    finally:
+        await client.aclose()
+
+
+def test_lag_compares_with_the_registry() -> None:
+    pub = registry.Published("t", "t/v2", "cc", "t-v2", 0.0, 4)
+    assert status.lag(TableStatus("t-v2", "t/v2", "cc", 4), pub) == "in sync"
+    assert status.lag(TableStatus("t-v1", "t/v1", "ab", 3), pub) == "behind: published t-v2"
+    assert status.lag(TableStatus("t-v1", "t/v1", "ab", 3, state="loading"), pub) == "loading t-v2"
+    assert status.lag(TableStatus("t-v1", "t/v1", "ab", 0), None) == "-"
+    # serving the published manifest is in sync; a failed rollout of it is not
+    assert status.lag(TableStatus("t-v2", "t/v2", "cc", 4, state="failed"), pub) == "behind: published t-v2"
+    text = status.format_table(
+        [
+            ReplicaRow(
+                "r1",
+                "ready",
+                100.0,
+                0.0,
+                tables={"t": TableStatus("t-v1", "t/v1", "ab", 3, state="failed", error="bad")},
+            )
+        ],
+        {"t": pub},
+        now=102.5,
+    )
+    line = text.splitlines()[1].split()
+    assert line == ["r1", "ready", "t", "t-v1", "failed", "behind:", "published", "t-v2", "2.5s", "bad"]
+
+
+@pytest.mark.external
+def test_publish_and_status_commands(redis_server: RedisServer, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ["--redis-url", redis_server.url]
+    assert main(["publish", "t", str(root / "t" / "v1"), *url, "--artifact-root", str(root)]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published["path"] == "t/v1" and published["version"] == "t-v1" and published["generation"] == 1
+    # relative to the artifact root, as the admin API takes paths
+    assert main(["publish", "t", "t/v1", *url, "--artifact-root", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["generation"] == 2
+    # a corrupt artifact is refused before anything is published
+    bad = root / "t" / "bad"
+    runtime.compress(low_rank_table(300, 16, seed=4), "int8").save(bad)
+    codes = next(p for p in bad.glob("*.npy") if p.stat().st_size > 1000)
+    codes.write_bytes(codes.read_bytes()[:-7])
+    assert main(["publish", "t", str(bad), *url, "--artifact-root", str(root)]) == 2
+    assert "sha256" in capsys.readouterr().err
+    # outside the artifact root: refused
+    assert main(["publish", "t", str(root.parent), *url, "--artifact-root", str(root)]) == 2
+    assert "outside the artifact root" in capsys.readouterr().err
+    other = ReplicaRow("r9", "ready", time.time(), 0.0, tables={"t": TableStatus("old", "t/v0", "x", 1)})
+
+    async def write_other() -> None:
+        client = registry.connect(redis_server.url)
+        await status.write(client, other, ttl=30)
+        await client.aclose()
+
+    asyncio.run(write_other())
+    assert main(["status", *url]) == 0
+    out = capsys.readouterr().out
+    assert "r9" in out and "behind: published t-v1" in out
+    assert main(["status", *url, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["replicas"][0]["lag"] == {"t": "behind: published t-v1"}
+    assert payload["published"]["t"]["generation"] == 2
+    assert main(["status"]) == 2
+    assert "EMBSERVE_REDIS_URL" in capsys.readouterr().err
+
+
+def test_status_reports_an_unreachable_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.service.live import free_port
+
+    assert main(["status", "--redis-url", f"redis://127.0.0.1:{free_port()}"]) == 1
+    assert "failed" in capsys.readouterr().err
