@@ -71,6 +71,12 @@ def test_keys_over_rest_json_octet_and_oip(server: tuple[LiveServer, runtime.Tab
     assert r.json()["ids"] == ids.tolist() and r.json()["ids"][0][0] == keys[0]
     r = httpx.post(f"{live.http}/v1/tables/feat/search", json={"query_ids": keys[:1].tolist(), "k": 3})
     assert r.status_code == 200 and keys[0] not in r.json()["ids"][0]
+    with grpc.insecure_channel(live.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        got = stub.Lookup(pb.LookupRequest(table="feat", ids=array_to_tensor(keys)))
+        np.testing.assert_array_equal(arr(got.embeddings), want)
+        found = stub.Search(pb.SearchRequest(table="feat", queries=array_to_tensor(want[:2]), k=3, metric="l2"))
+        assert arr(found.ids).tolist() == ids.tolist()
     r = httpx.post(
         f"{live.http}/v1/tables/feat/score", json={"candidate_ids": [keys.tolist()], "query_ids": [int(keys[0])]}
     )
