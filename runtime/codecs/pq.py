@@ -60,11 +60,6 @@ class PqCodec(Codec):
         return params
 
     # ---- training and encoding ------------------------------------------------------------------
-    @staticmethod
-    def _subspace_views(x: np.ndarray, m: int) -> list[np.ndarray]:
-        sub = x.shape[1] // m
-        return [np.ascontiguousarray(x[:, i * sub : (i + 1) * sub]) for i in range(m)]
-
     @classmethod
     def _train_codebooks(
         cls,
@@ -75,25 +70,14 @@ class PqCodec(Codec):
         init: np.ndarray | None,
         progress: Progress | None,
     ) -> np.ndarray:
-        m, k = params["subspaces"], 1 << params["bits"]
-        books = []
-        for i, part in enumerate(cls._subspace_views(sample, m)):
-            if init is None:
-                books.append(training.kmeans(part, k, iterations, rng))
-            else:
-                books.append(training.lloyd(part, init[i], iterations))
-            if progress is not None:
-                progress("train", i + 1, m)
-        return np.stack(books)
+        return training.train_codebooks(
+            sample, params["subspaces"], 1 << params["bits"], iterations, rng, init, progress
+        )
 
     @staticmethod
     def _assign(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
         """x (n, d) float32 (rotated) -> codes (n, M) uint8, unpacked."""
-        m = codebooks.shape[0]
-        codes = np.empty((x.shape[0], m), dtype=np.uint8)
-        for i, part in enumerate(PqCodec._subspace_views(x, m)):
-            codes[:, i] = scan.nearest_centroid(part, codebooks[i])[0]
-        return codes
+        return training.encode(x, codebooks)
 
     @staticmethod
     def _reconstruct(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
@@ -124,14 +108,7 @@ class PqCodec(Codec):
             arrays["rotation"] = rotation
             sample = sample @ rotation
         codebooks = cls._train_codebooks(sample, params, rng, params["iterations"], None, progress)
-        codes = np.empty((n, params["subspaces"]), dtype=np.uint8)
-        step = 65536
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            part = x[start:stop] if rotation is None else x[start:stop] @ rotation
-            codes[start:stop] = cls._assign(np.ascontiguousarray(part, dtype=np.float32), codebooks)
-            if progress is not None:
-                progress("encode", stop, n)
+        codes = training.encode(x, codebooks, rotation, progress)
         if params["bits"] == 4:
             codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
         arrays["codes"] = codes
