@@ -8,6 +8,7 @@ import numba
 import numpy as np
 
 from runtime.codecs.base import Codec, Progress
+from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
 from runtime.kernels.rowwise import HALF_TABLE, use_parallel
@@ -47,3 +48,6 @@ class Fp16Codec(Codec):
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)
+
+    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        return quantized_search(self, self.arrays["values"].view(np.uint16), 16, queries, k, metric)

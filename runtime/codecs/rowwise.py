@@ -12,6 +12,7 @@ import numpy as np
 
 from runtime.codecs.base import Codec, Progress
 from runtime.codecs.fp16 import refuse_beyond_fp16
+from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
 from runtime.kernels.rowwise import HALF_TABLE
 
@@ -49,6 +50,11 @@ class RowwiseCodec(Codec):
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE)
+
+    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.bits == 2:  # no fused scan for 2-bit codes: decode blocks, then a matrix product
+            return super().search(queries, k, metric)
+        return quantized_search(self, self.arrays["rows"], self.bits, queries, k, metric)
 
 
 class Int8Codec(RowwiseCodec):
