@@ -169,8 +169,8 @@ def decoded_norms(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
         acc = np.float32(0.0)
         if bits == 16:
             for j in range(dim):
-                v = half_to_float(rows[i, j])
-                acc += v * v
+                half = half_to_float(rows[i, j])
+                acc += half * half
         else:
             width = rows.shape[1] - 4
             scale, bias = _scale_bias(rows, i, width)
