@@ -169,7 +169,7 @@ def decoded_norms(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
         acc = np.float32(0.0)
         if bits == 16:
             for j in range(dim):
-                half = half_to_float(rows[i, j])
+                half: float = half_to_float(rows[i, j])
                 acc += half * half
         else:
             width = rows.shape[1] - 4
