@@ -35,6 +35,7 @@ import numpy as np
 
 import runtime
 from runtime.codecs.binary import BinaryCodec, pack_signs
+from runtime.kernels import cpu
 
 
 def _optional(module: str) -> Any:
@@ -117,6 +118,8 @@ def machine() -> dict[str, Any]:
         "torch": getattr(torch, "__version__", None),
         "faiss": getattr(faiss, "__version__", None),
         "threading_layer": numba.threading_layer(),
+        # what the kernels were compiled for: LLVM's CPU name, the features used, the vector width
+        "kernels": cpu.describe(),
     }
 
 
@@ -681,6 +684,8 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, AVX2 {m['avx2']}, AVX-512 {m['avx512f']}; numpy {m['numpy']}, "
         f"numba {m['numba']} ({m['threading_layer']}), torch {m['torch']}, faiss {m['faiss']}.",
+        f"Kernels compiled for LLVM CPU {m['kernels']['llvm_cpu']} with {m['kernels']['vector_width']} vectors; "
+        f"features used: {', '.join(m['kernels']['features'])}.",
         f"Data: {cfg.rows:,} × {cfg.dim} float32; medians of {cfg.reps} alternated repetitions; k = {cfg.k}.",
         f"Memory copy bandwidth: {extra['copy_bandwidth_gbs']:.1f} GB/s (read + write).",
         "",
