@@ -6,7 +6,8 @@ key[c] = |c|^2 + sum_j x_j · (-2 C^T)[j, c]. The kernel computes one row of key
 codebook transposed (vector lanes run over centroids), then an exact argmin whose ties go to the
 lowest index: each float key is mapped to an int64 that orders like the float, shifted up 16 bits,
 with the centroid index in the low bits, so a plain integer min (which vectorizes) finds both.
-Two points share every codebook load, and four dimensions are added per pass over a row of keys.
+Two points share every codebook load, and eight (then four) dimensions are added per pass over
+a row of keys.
 """
 
 from __future__ import annotations
@@ -53,11 +54,24 @@ def nearest_codeword_into(
     while i < hi:
         # two points a pass, the second a repeat of the first at an odd end
         i2 = i + 1 if i + 1 < hi else i
-        for c in range(nc):
-            row_a[c] = norms[c]
-            row_b[c] = norms[c]
-        # four dimensions a pass over the keys: a quarter of the loads and stores of the rows
         j = 0
+        if s >= 8:
+            # the first pass starts from |c|^2 and adds eight dimensions (all of them at s = 8)
+            a0, a1, a2, a3 = points[i, 0], points[i, 1], points[i, 2], points[i, 3]
+            a4, a5, a6, a7 = points[i, 4], points[i, 5], points[i, 6], points[i, 7]
+            b0, b1, b2, b3 = points[i2, 0], points[i2, 1], points[i2, 2], points[i2, 3]
+            b4, b5, b6, b7 = points[i2, 4], points[i2, 5], points[i2, 6], points[i2, 7]
+            for c in range(nc):
+                w0, w1, w2, w3 = neg2_books_t[0, c], neg2_books_t[1, c], neg2_books_t[2, c], neg2_books_t[3, c]
+                w4, w5, w6, w7 = neg2_books_t[4, c], neg2_books_t[5, c], neg2_books_t[6, c], neg2_books_t[7, c]
+                row_a[c] = norms[c] + a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4 + a5 * w5 + a6 * w6 + a7 * w7
+                row_b[c] = norms[c] + b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4 + b5 * w5 + b6 * w6 + b7 * w7
+            j = 8
+        else:
+            for c in range(nc):
+                row_a[c] = norms[c]
+                row_b[c] = norms[c]
+        # then four dimensions a pass over the keys: a quarter of the loads and stores of the rows
         while j + 4 <= s:
             a0, a1, a2, a3 = points[i, j], points[i, j + 1], points[i, j + 2], points[i, j + 3]
             b0, b1, b2, b3 = points[i2, j], points[i2, j + 1], points[i2, j + 2], points[i2, j + 3]
@@ -95,6 +109,10 @@ def nearest_codeword_numpy(points: np.ndarray, books: np.ndarray) -> tuple[np.nd
     s = books.shape[1]
     x = [points[:, j : j + 1] for j in range(s)]
     j = 0
+    if s >= 8:
+        for t in range(8):  # left to right, as the kernel's one expression adds them
+            keys = keys + x[t] * neg2_t[t]
+        j = 8
     while j + 4 <= s:
         keys = keys + x[j] * neg2_t[j] + x[j + 1] * neg2_t[j + 1] + x[j + 2] * neg2_t[j + 2] + x[j + 3] * neg2_t[j + 3]
         j += 4
