@@ -598,6 +598,7 @@ def bench_compress(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
                 "recall_at_10_peer": recall(index.search(queries, 10)[1], truth),
                 "bytes_read": int(data.nbytes),
                 "train_rows": train,
+                "reps": reps,
             }
             peer = "Faiss OPQMatrix + IndexPQ" if opq else "Faiss IndexPQ"
             rows_out.append(
@@ -713,7 +714,7 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
                 # codes are read once per call, whatever the number of queries
                 notes.append(f"{r.extra['bytes_read'] * r.ours / r.extra['nq'] / 1e9:.1f} GB/s of codes")
             if "bytes_read" in r.extra and r.unit == "s":
-                notes.append(f"{r.extra['bytes_read'] / r.ours / 1e9:.2f} GB/s of input")
+                notes.append(f"{r.extra['bytes_read'] / r.ours / 1e9:.2f} GB/s of input; median of {r.extra['reps']}")
             theirs = "—" if r.theirs is None else f"{r.theirs:,.4g} {r.unit}"
             ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
             target = "—" if r.target is None else (f"≥ {r.target}" if r.higher_is_better else f"≤ {r.target}")
