@@ -5,8 +5,9 @@ The query stays float32 and each stored row is read once, as it is stored:
   <q, x> = scale · <q, codes> + bias · sum(q); the codes enter the dot product as small integers
   converted to float32, never dequantized into a float copy of the row;
 - fp16 rows: the half bits are widened in registers (`half_to_float`).
-For l2 the key is 2 <q, x> - |x|^2 with |x|^2 of each decoded row computed once per table
-(`row_norms`), so the squared distance is |q|^2 - key.
+For l2 the key is 2 <q, x> - |x|^2, with |x|^2 of each decoded row computed per block of rows
+(once for all queries) while the block is in cache, so nothing extra is stored; the squared
+distance is |q|^2 - key.
 
 Tasks are row chunks (as in `scan.py`): every chunk keeps a heap per query and scans its rows block
 by block for every query, so a block's codes stay in L1/L2 while all queries pass over them.
@@ -90,12 +91,14 @@ def _block_keys(
     q_even: np.ndarray,
     q_odd: np.ndarray,
     q_sum: np.float32,
-    row_norms: np.ndarray,
+    block_norms: np.ndarray,
+    l2: bool,
     start: int,
     stop: int,
     keys: np.ndarray,
 ) -> None:
-    """keys[i] for rows start..stop-1: <q, x> (ip), or 2 <q, x> - |x|^2 when row_norms is given."""
+    """keys[i] for rows start..stop-1: <q, x> (ip), or 2 <q, x> - |x|^2 with |x|^2 of row
+    start + i in block_norms[i] (l2)."""
     if bits == 16:
         _fp16_dots(rows, q, start, stop, keys)
     else:
@@ -107,9 +110,9 @@ def _block_keys(
         for i in range(stop - start):
             scale, bias = _scale_bias(rows, start + i, width)
             keys[i] = scale * keys[i] + bias * q_sum
-    if row_norms.shape[0] > 0:
+    if l2:
         for i in range(stop - start):
-            keys[i] = np.float32(2.0) * keys[i] - row_norms[start + i]
+            keys[i] = np.float32(2.0) * keys[i] - block_norms[i]
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -117,11 +120,11 @@ def quantized_topk(
     rows: np.ndarray,
     bits: int,
     queries: np.ndarray,
-    row_norms: np.ndarray,
+    l2: bool,
     k: int,
     nchunks: int,
 ):
-    """Top-k by inner product (or l2, when row_norms (n,) float32 is non-empty) over stored rows.
+    """Top-k by inner product (or, when l2, by 2 <q, x> - |x|^2) over stored rows.
 
     rows: int8 / int4 fused rows (n, P + 4) uint8 (bits 8 / 4), or fp16 bits (n, d) uint16
     (bits 16); queries (q, d) float32. -> keys (q, k') float32, ids (q, k') int64, best first,
@@ -148,11 +151,15 @@ def quantized_topk(
     for c in prange(nchunks):
         start, stop = _chunk_bounds(n, nchunks, c)
         keys = np.empty(SCAN_BLOCK, dtype=np.float32)
+        norms = np.empty(SCAN_BLOCK, dtype=np.float32)
         for block in range(start, stop, SCAN_BLOCK):
             block_stop = min(stop, block + SCAN_BLOCK)
+            if l2:
+                for i in range(block_stop - block):
+                    norms[i] = _decoded_norm(rows, bits, dim, block + i)
             for qi in range(nq):
                 _block_keys(
-                    rows, bits, queries[qi], q_even[qi], q_odd[qi], q_sums[qi], row_norms, block, block_stop, keys
+                    rows, bits, queries[qi], q_even[qi], q_odd[qi], q_sums[qi], norms, l2, block, block_stop, keys
                 )
                 part_sizes[qi, c] = _offer_block(
                     keys, no_rows, no_rows, block, block_stop, part_keys[qi, c], part_ids[qi, c], part_sizes[qi, c]
@@ -160,27 +167,31 @@ def quantized_topk(
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
+@njit(nogil=True, cache=True)
+def _decoded_norm(rows: np.ndarray, bits: int, dim: int, r: int) -> np.float32:
+    """|x|^2 of decoded row r: fused rows (bits 8 / 4 / 2) or fp16 bits (bits 16)."""
+    acc = np.float32(0.0)
+    if bits == 16:
+        for j in range(dim):
+            half: float = half_to_float(rows[r, j])
+            acc += half * half
+        return acc
+    scale, bias = _scale_bias(rows, r, rows.shape[1] - 4)
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    for j in range(dim):
+        code = (rows[r, j // per_byte] >> ((j % per_byte) * bits)) & mask
+        v = scale * np.float32(code) + bias
+        acc += v * v
+    return acc
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def decoded_norms(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
     """|x|^2 (n,) float32 of every decoded row: fused rows (bits 8 / 4 / 2) or fp16 bits (bits 16)."""
-    n = rows.shape[0]
-    out = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        acc = np.float32(0.0)
-        if bits == 16:
-            for j in range(dim):
-                half: float = half_to_float(rows[i, j])
-                acc += half * half
-        else:
-            width = rows.shape[1] - 4
-            scale, bias = _scale_bias(rows, i, width)
-            per_byte = 8 // bits
-            mask = (1 << bits) - 1
-            for j in range(dim):
-                code = (rows[i, j // per_byte] >> ((j % per_byte) * bits)) & mask
-                v = scale * np.float32(code) + bias
-                acc += v * v
-        out[i] = acc
+    out = np.empty(rows.shape[0], dtype=np.float32)
+    for i in prange(rows.shape[0]):
+        out[i] = _decoded_norm(rows, bits, dim, i)
     return out
 
 

@@ -48,8 +48,7 @@ def scans(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray, int, int, bool,
 def test_quantized_topk_matches_twin(case: tuple[np.ndarray, int, np.ndarray, int, int, bool, bool]) -> None:
     rows, bits, queries, k, nchunks, l2, exact = case
     dim = queries.shape[1]
-    norms = rowscan.decoded_norms(rows, bits, dim) if l2 else np.empty(0, np.float32)
-    keys, ids = rowscan.quantized_topk(rows, bits, queries, norms, k, nchunks)
+    keys, ids = rowscan.quantized_topk(rows, bits, queries, l2, k, nchunks)
     want = rowscan.quantized_keys_numpy(rows, bits, queries, dim, l2)
     want_keys, want_ids = topk.topk_numpy(want, k)
     assert keys.shape == ids.shape and keys.shape[0] == queries.shape[0]
