@@ -43,7 +43,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--rotate", action="store_const", const=True, help="binary: random rotation first")
     p.add_argument("--train-rows", type=int, help="pq: rows sampled for training (default 65536)")
     p.add_argument("--iterations", type=int, help="pq: Lloyd iterations (default 25)")
-    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 8)")
+    p.add_argument("--opq-iterations", type=int, help="pq: OPQ alternations (default 20)")
     p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label (default: creation time)")

@@ -33,7 +33,7 @@ class PqCodec(Codec):
         "opq": False,
         "train_rows": 65536,
         "iterations": 25,
-        "opq_iterations": 8,
+        "opq_iterations": 20,
     }
 
     @classmethod
