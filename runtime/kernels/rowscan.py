@@ -156,7 +156,7 @@ def quantized_topk(
             block_stop = min(stop, block + SCAN_BLOCK)
             if l2:
                 for i in range(block_stop - block):
-                    norms[i] = _decoded_norm(rows, bits, dim, block + i)
+                    norms[i] = decoded_norm(rows, bits, dim, block + i)
             for qi in range(nq):
                 _block_keys(
                     rows, bits, queries[qi], q_even[qi], q_odd[qi], q_sums[qi], norms, l2, block, block_stop, keys
@@ -168,7 +168,7 @@ def quantized_topk(
 
 
 @njit(nogil=True, cache=True)
-def _decoded_norm(rows: np.ndarray, bits: int, dim: int, r: int) -> np.float32:
+def decoded_norm(rows: np.ndarray, bits: int, dim: int, r: int) -> np.float32:
     """|x|^2 of decoded row r: fused rows (bits 8 / 4 / 2) or fp16 bits (bits 16)."""
     acc = np.float32(0.0)
     if bits == 16:
@@ -184,15 +184,6 @@ def _decoded_norm(rows: np.ndarray, bits: int, dim: int, r: int) -> np.float32:
         v = scale * np.float32(code) + bias
         acc += v * v
     return acc
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def decoded_norms(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
-    """|x|^2 (n,) float32 of every decoded row: fused rows (bits 8 / 4 / 2) or fp16 bits (bits 16)."""
-    out = np.empty(rows.shape[0], dtype=np.float32)
-    for i in prange(rows.shape[0]):
-        out[i] = _decoded_norm(rows, bits, dim, i)
-    return out
 
 
 # ---- numpy twins ------------------------------------------------------------------------------
@@ -220,7 +211,7 @@ def quantized_keys_numpy(rows: np.ndarray, bits: int, queries: np.ndarray, dim: 
 
 
 def decoded_norms_numpy(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
-    """Twin of `decoded_norms`."""
+    """Twin of `decoded_norm` for every row -> (n,) float32."""
     if bits == 16:
         decoded = rows.view(np.float16).astype(np.float32)
     else:
