@@ -33,6 +33,7 @@ from runtime.errors import (
     UnknownCodec,
     UnsupportedMetric,
 )
+from runtime.kernels import cpu  # noqa: F401  (sets the vector width before any kernel runs)
 from runtime.table import Table, __version__, compress, load_table
 
 __all__ = [

@@ -127,7 +127,11 @@ class _ProgressBar:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
+            # encoding counts rows, so the bar shows rows/s
+            unit = "rows" if stage == "encode" else "it"
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=stage, unit=unit, unit_scale=unit == "rows", file=sys.stderr, leave=True
+            )
         bar.update(done - bar.n)
 
     def close(self) -> None:

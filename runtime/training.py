@@ -1,46 +1,91 @@
-"""k-means (k-means++ seeding, Lloyd iterations) and OPQ rotation learning for product quantization."""
+"""k-means (k-means++ seeding, Lloyd iterations), PQ codebook training and encoding, and OPQ's
+rotation step.
+
+The distance work runs in `runtime.kernels.kmeans` (nogil numba kernels), fanned out over a thread
+pool: training over subspaces, encoding over row blocks, with as many workers as numba threads.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numba
 import numpy as np
 
-from runtime.kernels.scan import nearest_centroid
+from runtime.kernels.kmeans import (
+    MAX_CENTROIDS,
+    centroid_sums,
+    codeword_norms,
+    kmeans_pp_seeds,
+    nearest_codeword_into,
+)
+
+SEED_POINTS_PER_CENTROID = 32
+"""k-means++ seeds from a random subsample of this many points a centroid: the seeds' spread is
+what matters, and a full pass over n points for each of K seeds would cost more than Lloyd."""
+
+ENCODE_BLOCK_ROWS = 16384
+"""Rows a worker encodes at a time (every subspace): its slice stays in L2."""
+
+Progress = Callable[[str, int, int], None]
 
 
 def kmeans_plus_plus(points: np.ndarray, n_centroids: int, rng: np.random.Generator) -> np.ndarray:
     """points (n, s) float32 -> (n_centroids, s) float32 seeds, each drawn with probability
-    proportional to its squared distance from the seeds so far. Fewer points than centroids:
-    every point once, then repeats (a repeated centroid is never chosen by assignment)."""
+    proportional to its squared distance from the seeds so far (over a subsample of
+    SEED_POINTS_PER_CENTROID points a centroid). Fewer points than centroids: every point once,
+    then repeats (a repeated centroid is never chosen by assignment)."""
     n = points.shape[0]
     if n <= n_centroids:
         extra = rng.choice(n, n_centroids - n, replace=True)
         return np.ascontiguousarray(np.concatenate([points, points[extra]]), dtype=np.float32)
-    seeds = np.empty((n_centroids, points.shape[1]), dtype=np.float32)
-    seeds[0] = points[rng.integers(n)]
-    nearest = ((points - seeds[0]) ** 2).sum(axis=1, dtype=np.float64)
-    for c in range(1, n_centroids):
-        total = nearest.sum()
-        pick = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=nearest / total))
-        seeds[c] = points[pick]
-        np.minimum(nearest, ((points - seeds[c]) ** 2).sum(axis=1, dtype=np.float64), out=nearest)
-    return seeds
+    take = min(n, SEED_POINTS_PER_CENTROID * n_centroids)
+    pool = points[np.sort(rng.choice(n, take, replace=False))] if take < n else points
+    first = int(rng.integers(take))
+    return kmeans_pp_seeds(np.ascontiguousarray(pool, dtype=np.float32), first, rng.random(n_centroids))
+
+
+def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """points (n, s) float32, centroids (K, s) float32 -> nearest (n,) int64 (lowest index among
+    ties), squared distance (n,) float32."""
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    nearest = np.empty(points.shape[0], dtype=np.int64)
+    keys = np.empty(points.shape[0], dtype=np.float32)
+    neg2_t = np.ascontiguousarray(-2 * centroids.T)
+    nearest_codeword_into(points, neg2_t, codeword_norms(centroids), 0, points.shape[0], nearest, keys)
+    return nearest, np.maximum(keys + codeword_norms(points), 0)
 
 
 def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
     """Refine centroids (K, s) float32 on points (n, s) float32. An emptied cluster is re-seeded
-    with the point currently worst served (largest squared distance), as no cluster may idle."""
+    with the point currently worst served (largest squared distance), as no cluster may idle.
+    Stops early once an assignment repeats the previous one (the centroids would not move)."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32).copy()
-    n_centroids, dim = centroids.shape
+    n_centroids = centroids.shape[0]
+    if n_centroids > MAX_CENTROIDS:
+        raise ValueError(f"k-means supports at most {MAX_CENTROIDS} centroids, got {n_centroids}")
+    n = points.shape[0]
+    nearest = np.empty(n, dtype=np.int64)
+    previous = np.full(n, -1, dtype=np.int64)
+    keys = np.empty(n, dtype=np.float32)
+    point_norms: np.ndarray | None = None
     for _ in range(iterations):
-        assign, dist = nearest_centroid(points, centroids)
-        counts = np.bincount(assign, minlength=n_centroids)
-        sums = np.zeros((n_centroids, dim), dtype=np.float64)
-        np.add.at(sums, assign, points)
+        nearest_codeword_into(
+            points, np.ascontiguousarray(-2 * centroids.T), codeword_norms(centroids), 0, n, nearest, keys
+        )
+        if np.array_equal(nearest, previous):
+            break
+        previous[:] = nearest
+        sums, counts = centroid_sums(points, nearest, n_centroids)
         filled = counts > 0
         centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
         empty = np.flatnonzero(~filled)
-        if empty.size and points.shape[0] > n_centroids:
-            worst = np.argsort(-dist, kind="stable")[: empty.size]
+        if empty.size and n > n_centroids:
+            if point_norms is None:
+                point_norms = codeword_norms(points)
+            # keys lack |x|^2: add it back to rank the points by their squared distance
+            worst = np.argsort(-(keys + point_norms), kind="stable")[: empty.size]
             centroids[empty] = points[worst]
     return centroids
 
@@ -49,6 +94,76 @@ def kmeans(points: np.ndarray, n_centroids: int, iterations: int, rng: np.random
     """points (n, s) float32 -> centroids (n_centroids, s) float32."""
     points = np.ascontiguousarray(points, dtype=np.float32)
     return lloyd(points, kmeans_plus_plus(points, n_centroids, rng), iterations)
+
+
+def _workers() -> int:
+    return max(1, numba.get_num_threads())
+
+
+def train_codebooks(
+    sample: np.ndarray,
+    subspaces: int,
+    n_centroids: int,
+    iterations: int,
+    rng: np.random.Generator,
+    init: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """sample (n, d) float32 -> codebooks (M, K, d/M) float32, one k-means a subspace, subspaces
+    in parallel. Each subspace draws from its own generator spawned from `rng` in order, so the
+    result does not depend on the number of workers. init (M, K, d/M): refine these instead of
+    seeding."""
+    sub = sample.shape[1] // subspaces
+    parts = [np.ascontiguousarray(sample[:, m * sub : (m + 1) * sub], dtype=np.float32) for m in range(subspaces)]
+    child_rngs = rng.spawn(subspaces)
+
+    def one(m: int) -> np.ndarray:
+        if init is None:
+            return kmeans(parts[m], n_centroids, iterations, child_rngs[m])
+        return lloyd(parts[m], init[m], iterations)
+
+    books: list[np.ndarray | None] = [None] * subspaces
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        futures = {pool.submit(one, m): m for m in range(subspaces)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            books[futures[future]] = future.result()
+            if progress is not None:
+                progress("train", done, subspaces)
+    return np.stack([b for b in books if b is not None])
+
+
+def encode(
+    x: np.ndarray, codebooks: np.ndarray, rotation: np.ndarray | None = None, progress: Progress | None = None
+) -> np.ndarray:
+    """x (n, d) float32 -> codes (n, M) uint8: per row block (rotated first when `rotation`
+    (d, d) is given), the nearest codeword of every subspace; row blocks in parallel."""
+    n = x.shape[0]
+    m, n_centroids, sub = codebooks.shape
+    if n_centroids > 256:
+        raise ValueError(f"codes are uint8: at most 256 codewords, got {n_centroids}")
+    codes = np.empty((n, m), dtype=np.uint8)
+    neg2_t = [np.ascontiguousarray(-2 * codebooks[i].T, dtype=np.float32) for i in range(m)]
+    norms = [codeword_norms(codebooks[i]) for i in range(m)]
+    no_keys = np.empty(0, dtype=np.float32)
+
+    def one(start: int) -> int:
+        stop = min(n, start + ENCODE_BLOCK_ROWS)
+        block = x[start:stop] if rotation is None else x[start:stop] @ rotation
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        out = np.empty((m, stop - start), dtype=np.uint8)
+        for i in range(m):
+            part = np.ascontiguousarray(block[:, i * sub : (i + 1) * sub])
+            nearest_codeword_into(part, neg2_t[i], norms[i], 0, stop - start, out[i], no_keys)
+        codes[start:stop] = out.T
+        return stop - start
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        for rows in pool.map(one, range(0, n, ENCODE_BLOCK_ROWS)):
+            done += rows
+            if progress is not None:
+                progress("encode", done, n)
+    return codes
 
 
 def procrustes(source: np.ndarray, target: np.ndarray) -> np.ndarray:

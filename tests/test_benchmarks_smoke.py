@@ -24,7 +24,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
                 "--out",
                 str(tmp_path),
                 "--sections",
-                "lookup,pq,hamming,startup",
+                "lookup,pq,quantized,hamming,compress,startup",
             ]
         )
         == 0
@@ -32,7 +32,13 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "perf.json").read_text())
     assert payload["machine"]["cores"] >= 1 and payload["copy_bandwidth_gbs"] > 0
     sections = {row["section"] for row in payload["rows"]}
-    assert {"lookup", "pq adc top-100", "hamming top-100"} <= sections
+    assert {
+        "lookup",
+        "pq adc top-100",
+        "hamming top-100",
+        "pq compression (train + encode)",
+        "exact search on quantized rows, top-100",
+    } <= sections
     assert all(row["ours"] > 0 for row in payload["rows"])
     assert payload["startup"]["first_search_ms"] > 0
     assert "| op | threads |" in (tmp_path / "perf.md").read_text()

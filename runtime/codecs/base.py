@@ -87,7 +87,7 @@ class Prepared:
     data: Any = None
 
 
-def _vectors(prepared: Prepared) -> np.ndarray:
+def query_vectors(prepared: Prepared) -> np.ndarray:
     if prepared.queries is None:
         raise InvalidRequest(f"this scan needs query vectors; the prepared {prepared.metric} query has none")
     return prepared.queries
@@ -279,7 +279,7 @@ class Codec(ABC):
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top k (<= rows) over every row; the default decodes blocks and multiplies (Faiss
         IndexFlat's scheme: one GEMM for all queries a block, streamed into heaps)."""
-        queries = _vectors(prepared)
+        queries = query_vectors(prepared)
         top = BlockTopK(queries.shape[0], k)
         for start in range(0, self.rows, DENSE_BLOCK_ROWS):
             stop = min(self.rows, start + DENSE_BLOCK_ROWS)
@@ -293,7 +293,7 @@ class Codec(ABC):
 
     def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
         """candidates (q, c) int64 -> (q, c) float32 scores of each prepared query."""
-        queries = _vectors(prepared)
+        queries = query_vectors(prepared)
         nq, nc = candidates.shape
         rows = self.decode(candidates.reshape(-1)).reshape(nq, nc, self.dim)
         if prepared.metric == "ip":

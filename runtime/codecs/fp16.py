@@ -5,7 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from runtime.codecs.base import Codec, TrainedState
+from runtime.codecs.base import Codec, Prepared, TrainedState, query_vectors
+from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
 from runtime.kernels.rowwise import HALF_TABLE, use_parallel
@@ -44,3 +45,7 @@ class Fp16Codec(Codec):
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)
+
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
+        stored = self.arrays["values"].view(np.uint16)
+        return quantized_search(self, stored, 16, query_vectors(prepared), k, prepared.metric)

@@ -36,7 +36,7 @@ class PqCodec(Codec):
         Option("opq", bool, False, "learn an OPQ rotation"),
         Option("train_rows", int, 65536, "rows sampled for training"),
         Option("iterations", int, 25, "Lloyd iterations", quick=2),
-        Option("opq_iterations", int, 8, "OPQ alternations", quick=1),
+        Option("opq_iterations", int, 20, "OPQ alternations", quick=1),
     )
 
     @classmethod
@@ -63,11 +63,6 @@ class PqCodec(Codec):
         return params
 
     # ---- training and encoding ------------------------------------------------------------------
-    @staticmethod
-    def _subspace_views(x: np.ndarray, m: int) -> list[np.ndarray]:
-        sub = x.shape[1] // m
-        return [np.ascontiguousarray(x[:, i * sub : (i + 1) * sub]) for i in range(m)]
-
     @classmethod
     def _train_codebooks(
         cls,
@@ -78,25 +73,14 @@ class PqCodec(Codec):
         init: np.ndarray | None,
         progress: Progress | None,
     ) -> np.ndarray:
-        m, k = params["subspaces"], 1 << params["bits"]
-        books = []
-        for i, part in enumerate(cls._subspace_views(sample, m)):
-            if init is None:
-                books.append(training.kmeans(part, k, iterations, rng))
-            else:
-                books.append(training.lloyd(part, init[i], iterations))
-            if progress is not None:
-                progress("train", i + 1, m)
-        return np.stack(books)
+        return training.train_codebooks(
+            sample, params["subspaces"], 1 << params["bits"], iterations, rng, init, progress
+        )
 
     @staticmethod
     def _assign(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
         """x (n, d) float32 (rotated) -> codes (n, M) uint8, unpacked."""
-        m = codebooks.shape[0]
-        codes = np.empty((x.shape[0], m), dtype=np.uint8)
-        for i, part in enumerate(PqCodec._subspace_views(x, m)):
-            codes[:, i] = scan.nearest_centroid(part, codebooks[i])[0]
-        return codes
+        return training.encode(x, codebooks)
 
     @staticmethod
     def _reconstruct(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:

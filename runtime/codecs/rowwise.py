@@ -10,8 +10,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from runtime.codecs.base import Codec, TrainedState
+from runtime.codecs.base import Codec, Prepared, TrainedState, query_vectors
 from runtime.codecs.fp16 import refuse_beyond_fp16
+from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
 from runtime.kernels.rowwise import HALF_TABLE
 
@@ -41,6 +42,11 @@ class RowwiseCodec(Codec):
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE)
+
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.bits == 2:  # no fused scan for 2-bit codes: decode blocks, then a matrix product
+            return super()._scan(prepared, k)
+        return quantized_search(self, self.arrays["rows"], self.bits, query_vectors(prepared), k, prepared.metric)
 
 
 class Int8Codec(RowwiseCodec):

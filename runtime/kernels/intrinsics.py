@@ -49,3 +49,16 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
+    """The float32 value of fp16 bits held in a uint16: LLVM's `fpext half`, which the vectorizer
+    turns into the CPU's half-conversion instruction (F16C / AVX-512) where it exists."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        half = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+
+    return sig, codegen

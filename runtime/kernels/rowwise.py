@@ -117,28 +117,106 @@ def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int, h
     return out
 
 
+@njit(nogil=True, cache=True)
+def _bags_into(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    lo: int,
+    hi: int,
+    dim: int,
+    bits: int,
+    mean: bool,
+    half_table: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Pool bags lo..hi-1 into out[lo:hi] on this thread. Per bag, sum(scale · codes) goes into a
+    float32 accumulator (for int4 one for even and one for odd columns, so nibbles need no
+    shuffle) and sum(bias) into a scalar, added once at the end; ids are prefetched ahead across
+    bag boundaries, as in the gather."""
+    total = ids.shape[0]
+    nbags = offsets.shape[0]
+    row_bytes = rows.shape[1]
+    width = row_bytes - 4
+    half = (dim + 1) // 2
+    acc = np.empty(dim if bits != 4 else 2 * half, dtype=np.float32)
+    acc_even = acc[:half]
+    acc_odd = acc[half:]
+    for b in range(lo, hi):
+        start = offsets[b]
+        stop = offsets[b + 1] if b + 1 < nbags else total
+        acc[:] = 0.0
+        bias_sum = np.float32(0.0)
+        for t in range(start, stop):
+            if t + PREFETCH_DISTANCE < total:
+                for offset in range(0, row_bytes, 64):
+                    prefetch_row(rows, ids[t + PREFETCH_DISTANCE], offset)
+            row = rows[ids[t]]
+            scale = half_table[np.int64(row[width]) | (np.int64(row[width + 1]) << 8)]
+            bias_sum += half_table[np.int64(row[width + 2]) | (np.int64(row[width + 3]) << 8)]
+            if bits == 8:
+                for j in range(dim):
+                    acc[j] += scale * np.float32(row[j])
+            elif bits == 4:
+                for j in range(half):
+                    byte = row[j]
+                    acc_even[j] += scale * np.float32(byte & 15)
+                    acc_odd[j] += scale * np.float32(byte >> 4)
+            else:
+                for j in range(dim):
+                    acc[j] += scale * np.float32((row[j >> 2] >> ((j & 3) << 1)) & 3)
+        inv = np.float32(1.0) / np.float32(stop - start) if mean and stop > start else np.float32(1.0)
+        if bits == 4:
+            for j in range(dim):
+                value = acc_even[j >> 1] if j % 2 == 0 else acc_odd[j >> 1]
+                out[b, j] = (value + bias_sum) * inv
+        else:
+            for j in range(dim):
+                out[b, j] = (acc[j] + bias_sum) * inv
+
+
 @njit(parallel=True, nogil=True, cache=True)
+def bags_chunked(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    dim: int,
+    bits: int,
+    mean: bool,
+    half_table: np.ndarray,
+    nchunks: int,
+) -> np.ndarray:
+    """`bags` with one contiguous run of bags a task (`nchunks`, one a thread)."""
+    nbags = offsets.shape[0]
+    out = np.empty((nbags, dim), dtype=np.float32)
+    for c in prange(nchunks):
+        _bags_into(
+            rows, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, dim, bits, mean, half_table, out
+        )
+    return out
+
+
+@njit(nogil=True, cache=True)
+def bags_serial(
+    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool, half_table: np.ndarray
+) -> np.ndarray:
+    """`bags` on the calling thread, for small batches."""
+    out = np.empty((offsets.shape[0], dim), dtype=np.float32)
+    _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, half_table, out)
+    return out
+
+
 def bags(
     rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool, half_table: np.ndarray
 ) -> np.ndarray:
     """Pooled lookup as torch EmbeddingBag: bag b sums ids[offsets[b]:offsets[b+1]] (the last bag
     runs to the end). rows (n, P+4) uint8, ids (m,) int64, offsets (B,) int64 -> (B, dim) float32.
-    An empty bag is zeros; mode mean divides by the bag's size."""
-    nbags = offsets.shape[0]
-    out = np.zeros((nbags, dim), dtype=np.float32)
-    for b in prange(nbags):
-        start = offsets[b]
-        stop = offsets[b + 1] if b + 1 < nbags else ids.shape[0]
-        for t in range(start, stop):
-            if t + PREFETCH_DISTANCE < ids.shape[0]:
-                for offset in range(0, rows.shape[1], 64):
-                    prefetch_row(rows, ids[t + PREFETCH_DISTANCE], offset)
-            _dequant_row(rows[ids[t]], dim, bits, half_table, out[b], True)
-        if mean and stop > start:
-            inv = np.float32(1.0) / np.float32(stop - start)
-            for j in range(dim):
-                out[b, j] *= inv
-    return out
+    An empty bag is zeros; mode mean divides by the bag's size. Parallel over runs of bags where
+    the batch is large enough to pay for waking threads."""
+    if use_parallel(ids.shape[0]) and offsets.shape[0] > 1:
+        nchunks = min(numba.get_num_threads(), offsets.shape[0])
+        return bags_chunked(rows, ids, offsets, dim, bits, mean, half_table, nchunks)
+    return bags_serial(rows, ids, offsets, dim, bits, mean, half_table)
 
 
 def gather_rows(

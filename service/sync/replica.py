@@ -284,6 +284,9 @@ class ReplicaSync:
         while True:
             try:
                 await status.write(self.client, self.row(), self.ttl)
+                # a write that went through is news too: a failed one may have marked Redis down
+                # while the watcher waits out its poll period
+                self._mark_connected()
             except REDIS_FAILURES as exc:
                 self._mark_failed("heartbeat", exc)
             except Exception:

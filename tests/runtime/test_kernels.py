@@ -115,6 +115,13 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     got = rowwise.bags(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
     want = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # the serial kernel and the chunked one (more chunks than bags leaves some empty) agree exactly
+    serial = rowwise.bags_serial(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
+    np.testing.assert_allclose(serial, want, rtol=1e-5, atol=1e-4)
+    nchunks = data.draw(st.integers(1, 8))
+    np.testing.assert_array_equal(
+        rowwise.bags_chunked(rows, ids, offsets, dim, bits, mean, HALF_TABLE, nchunks), serial
+    )
     np.testing.assert_allclose(
         dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4
     )

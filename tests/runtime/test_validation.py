@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
+from runtime.kernels import checks
+from runtime.validation import check_ids
 from tests.conftest import low_rank_table
 
 
@@ -121,3 +125,16 @@ def test_score_needs_exactly_one_query_kind(table: runtime.Table) -> None:
         table.score([[1], [2]], query_ids=[0])
     with pytest.raises(InvalidRequest, match="2-D"):
         table.score([1, 2], query_ids=[0])
+
+
+@given(st.lists(st.integers(-3, 12), max_size=40), st.integers(0, 10))
+def test_first_out_of_range_matches_twin(values: list[int], rows: int) -> None:
+    ids = np.array(values, dtype=np.int64)
+    pos = checks.first_out_of_range(ids, rows)
+    assert pos == checks.first_out_of_range_numpy(ids, rows)
+    if pos >= 0:  # and check_ids names that id and that position
+        with pytest.raises(IdOutOfRange) as info:
+            check_ids(ids, rows)
+        assert info.value.position == pos and info.value.value == ids[pos]
+    else:
+        assert check_ids(ids, rows) is ids

@@ -1,0 +1,48 @@
+"""Which vector width the kernels are compiled for, chosen at run time from the CPU's features.
+
+LLVM tunes Intel server cores (Skylake-SP and later) to prefer 256-bit vectors even where
+AVX-512 exists, so numba's code never touches zmm registers there. Where the CPU has AVX-512
+(F, BW, VL) we lift that preference, so loops vectorize 512 bits wide (half-precision converts,
+byte-to-float widening, popcounts and FMAs on zmm). Never assumed: a CPU without AVX-512 keeps
+its own widths, and NUMBA_CPU_NAME / NUMBA_CPU_FEATURES set by the user (e.g. `generic` for a
+cache built elsewhere) are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+from llvmlite import binding
+
+WIDE = ("avx512f", "avx512bw", "avx512vl")
+REPORTED = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512vpopcntdq")
+
+
+def host_features() -> dict[str, bool]:
+    """The host CPU's features as LLVM sees them (name -> present)."""
+    return {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
+
+
+def choose_vector_width() -> str:
+    """Configure numba (before its first compile) and describe the choice."""
+    if "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ:
+        return "as NUMBA_CPU_NAME / NUMBA_CPU_FEATURES set"
+    features = host_features()
+    if all(features.get(name) for name in WIDE):
+        numba.config.CPU_FEATURES = binding.get_host_cpu_features().flatten() + ",-prefer-256-bit"  # type: ignore[attr-defined]
+        return "512-bit"
+    return "256-bit" if features.get("avx2") else "128-bit"
+
+
+def describe() -> dict[str, object]:
+    """For benchmarks and `inspect`: the CPU name LLVM sees, the features kernels may use, the width."""
+    features = host_features()
+    return {
+        "llvm_cpu": binding.get_host_cpu_name(),
+        "features": [name for name in REPORTED if features.get(name)],
+        "vector_width": VECTOR_WIDTH,
+    }
+
+
+VECTOR_WIDTH = choose_vector_width()

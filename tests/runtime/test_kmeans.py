@@ -1,0 +1,141 @@
+"""k-means kernels against their numpy twins, and the training built on them."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runtime import training
+from runtime.kernels import kmeans
+
+
+def _points(seed: int, n: int, s: int, ties: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if ties:  # few distinct values: equal keys that only the centroid index can break
+        return rng.integers(-2, 3, size=(n, s)).astype(np.float32)
+    return rng.standard_normal((n, s)).astype(np.float32)
+
+
+@given(
+    st.integers(0, 2**31),
+    st.integers(0, 70),
+    st.integers(1, 40),
+    st.integers(1, 11),
+    st.booleans(),
+    st.booleans(),
+)
+def test_nearest_codeword_matches_twin(seed: int, n: int, nc: int, s: int, ties: bool, duplicate: bool) -> None:
+    points = _points(seed, n, s, ties)
+    books = _points(seed + 1, nc, s, ties)
+    if duplicate and nc > 1:
+        books[-1] = books[0]  # a duplicate codeword: the lower index must win
+    assign = np.full(n, -1, dtype=np.int64)
+    keys = np.empty(n, dtype=np.float32)
+    neg2_t = np.ascontiguousarray(-2 * books.T)
+    kmeans.nearest_codeword_into(points, neg2_t, kmeans.codeword_norms(books), 0, n, assign, keys)
+    want_assign, want_keys = kmeans.nearest_codeword_numpy(points, books)
+    np.testing.assert_array_equal(assign, want_assign)
+    np.testing.assert_array_equal(keys, want_keys)
+    if duplicate and nc > 1:
+        assert (assign != nc - 1).all()
+    if n:  # and the key is the squared distance less |x|^2: the true nearest, up to rounding
+        exact = ((points[:, None, :] - books[None]) ** 2).sum(-1)
+        np.testing.assert_allclose(exact[np.arange(n), assign], exact.min(axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_codeword_partial_range_and_uint8_output() -> None:
+    points = _points(3, 9, 5, False)
+    books = _points(4, 256, 5, False)
+    out = np.zeros(9, dtype=np.uint8)
+    kmeans.nearest_codeword_into(
+        points, np.ascontiguousarray(-2 * books.T), kmeans.codeword_norms(books), 2, 7, out, np.empty(0, np.float32)
+    )
+    want, _ = kmeans.nearest_codeword_numpy(points, books)
+    assert out[:2].tolist() == [0, 0] and out[7:].tolist() == [0, 0]
+    np.testing.assert_array_equal(out[2:7], want[2:7])
+
+
+@given(st.integers(0, 2**31), st.integers(0, 60), st.integers(1, 12), st.integers(1, 6))
+def test_centroid_sums_match_twin(seed: int, n: int, nc: int, s: int) -> None:
+    points = _points(seed, n, s, False)
+    assign = np.random.default_rng(seed).integers(0, nc, n)
+    sums, counts = kmeans.centroid_sums(points, assign, nc)
+    want_sums, want_counts = kmeans.centroid_sums_numpy(points, assign, nc)
+    np.testing.assert_allclose(sums, want_sums, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
+@given(st.integers(0, 2**31), st.integers(1, 60), st.integers(0, 20), st.integers(1, 6), st.booleans())
+def test_kmeans_pp_seeds_match_twin(seed: int, n: int, count: int, s: int, ties: bool) -> None:
+    points = _points(seed, n, s, ties)
+    rng = np.random.default_rng(seed)
+    first = int(rng.integers(n))
+    uniforms = rng.random(count)
+    got = kmeans.kmeans_pp_seeds(points, first, uniforms)
+    np.testing.assert_array_equal(got, kmeans.kmeans_pp_seeds_numpy(points, first, uniforms))
+    if count:
+        np.testing.assert_array_equal(got[0], points[first])
+        # every seed is a row of the input
+        assert all((points == row).all(axis=1).any() for row in got)
+
+
+def test_kmeans_pp_spreads_seeds_over_separated_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((8, 4)).astype(np.float32) * 50
+    points = (centres[rng.integers(0, 8, 4000)] + rng.standard_normal((4000, 4))).astype(np.float32)
+    seeds = training.kmeans_plus_plus(points, 8, np.random.default_rng(1))
+    # one seed in each cluster: distance-weighted draws almost never land twice in one
+    nearest_centre = ((seeds[:, None, :] - centres[None]) ** 2).sum(-1).argmin(axis=1)
+    assert len(set(nearest_centre.tolist())) == 8
+
+
+def test_lloyd_reseeds_emptied_clusters() -> None:
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((6, 3)).astype(np.float32) * 20
+    points = (centres[rng.integers(0, 6, 3000)] + 0.1 * rng.standard_normal((3000, 3))).astype(np.float32)
+    # every start at one point: five clusters are empty after the first assignment
+    start = np.repeat(points[:1], 6, axis=0)
+    found = training.lloyd(points, start, 20)
+    nearest, dist = training.assign(points, found)
+    assert np.bincount(nearest, minlength=6).min() > 0  # no centroid idles
+    one_centroid = ((points - points.mean(axis=0)) ** 2).sum()
+    assert dist.sum() < 0.5 * one_centroid
+
+
+def test_lloyd_recovers_well_seeded_clusters() -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((6, 3)).astype(np.float32) * 20
+    points = (centres[rng.integers(0, 6, 3000)] + 0.1 * rng.standard_normal((3000, 3))).astype(np.float32)
+    found = training.kmeans(points, 6, 20, np.random.default_rng(0))
+    error = ((found[:, None, :] - centres[None]) ** 2).sum(-1).min(axis=0)
+    assert (error < 0.1).all(), error
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_and_encoding_do_not_depend_on_threads(threads: int) -> None:
+    x = _points(5, 3000, 16, False)
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        books_one = training.train_codebooks(x, 4, 16, 5, np.random.default_rng(0))
+        codes_one = training.encode(x, books_one)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+        books = training.train_codebooks(x, 4, 16, 5, np.random.default_rng(0))
+        codes = training.encode(x, books)
+    finally:
+        numba.set_num_threads(saved)
+    np.testing.assert_array_equal(books, books_one)
+    np.testing.assert_array_equal(codes, codes_one)
+    for m in range(4):
+        want, _ = kmeans.nearest_codeword_numpy(np.ascontiguousarray(x[:, 4 * m : 4 * m + 4]), books[m])
+        np.testing.assert_array_equal(codes[:, m], want)
+
+
+def test_encode_with_rotation_matches_rotating_first() -> None:
+    x = _points(6, 500, 8, False)
+    rotation = np.linalg.qr(np.random.default_rng(7).standard_normal((8, 8)))[0].astype(np.float32)
+    books = training.train_codebooks(x @ rotation, 2, 16, 3, np.random.default_rng(0))
+    np.testing.assert_array_equal(training.encode(x, books, rotation), training.encode(x @ rotation, books))

@@ -1,0 +1,93 @@
+"""The fused scan over int8 / int4 / fp16 rows against its numpy twin and the codecs' decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import runtime
+from runtime.kernels import rowscan, rowwise, topk
+
+
+def _stored(rng: np.random.Generator, n: int, dim: int, bits: int, exact: bool) -> np.ndarray:
+    """Rows as a codec stores them. exact: small integer codes, scale 1 and integer bias, so every
+    dot product with an integer query is exact in float32 and ties are real ties."""
+    if bits == 16:
+        values = rng.integers(-3, 4, (n, dim)) if exact else rng.standard_normal((n, dim))
+        return values.astype(np.float16).view(np.uint16)
+    if not exact:
+        return rowwise.quantize_numpy(rng.standard_normal((n, dim)).astype(np.float32), bits)
+    width = rowwise.packed_bytes(dim, bits)
+    rows = np.zeros((n, width + 4), dtype=np.uint8)
+    codes = rng.integers(0, 3, (n, width * (8 // bits))).astype(np.uint8)
+    codes[:, dim:] = 0
+    for s in range(8 // bits):
+        rows[:, :width] |= (codes[:, s :: 8 // bits] << (s * bits)).astype(np.uint8)
+    rows[:, width : width + 2] = np.full((n, 1), 1.0, np.float16).view(np.uint8)
+    rows[:, width + 2 :] = rng.integers(-2, 3, (n, 1)).astype(np.float16).view(np.uint8)
+    return rows
+
+
+@st.composite
+def scans(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray, int, int, bool, bool]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    bits = draw(st.sampled_from([8, 4, 16]))
+    dim = draw(st.integers(1, 40))
+    n = draw(st.integers(0, 700))
+    nq = draw(st.integers(0, 3))
+    exact = draw(st.booleans())
+    rows = _stored(rng, n, dim, bits, exact)
+    queries = (rng.integers(-2, 3, (nq, dim)) if exact else rng.standard_normal((nq, dim))).astype(np.float32)
+    k = draw(st.integers(1, 720))
+    return rows, bits, queries, k, draw(st.integers(1, 5)), draw(st.booleans()), exact
+
+
+@given(scans())
+def test_quantized_topk_matches_twin(case: tuple[np.ndarray, int, np.ndarray, int, int, bool, bool]) -> None:
+    rows, bits, queries, k, nchunks, l2, exact = case
+    dim = queries.shape[1]
+    keys, ids = rowscan.quantized_topk(rows, bits, queries, l2, k, nchunks)
+    want = rowscan.quantized_keys_numpy(rows, bits, queries, dim, l2)
+    want_keys, want_ids = topk.topk_numpy(want, k)
+    assert keys.shape == ids.shape and keys.shape[0] == queries.shape[0]
+    if not queries.shape[0]:  # no queries: (0, 0), as the other scans return
+        return
+    assert keys.shape[1] == min(k, rows.shape[0])
+    if exact:  # exact sums: the same ids in the same order, ties broken by the lower id
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(keys, want_keys)
+        return
+    np.testing.assert_allclose(keys, want_keys, rtol=1e-4, atol=1e-4)
+    for qi in range(queries.shape[0]):
+        assert len(set(ids[qi].tolist())) == ids.shape[1]
+        # each returned key is the row's own key, up to float32 rounding
+        np.testing.assert_allclose(keys[qi], want[qi, ids[qi]], rtol=1e-4, atol=1e-4)
+
+
+@given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16]), st.integers(0, 50), st.integers(1, 20))
+def test_decoded_norms_match_twin(seed: int, bits: int, n: int, dim: int) -> None:
+    rows = _stored(np.random.default_rng(seed), n, dim, bits, False)
+    got = np.array([rowscan.decoded_norm(rows, bits, dim, r) for r in range(n)], dtype=np.float32)
+    np.testing.assert_allclose(got, rowscan.decoded_norms_numpy(rows, bits, dim), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_codec_search_agrees_with_decoded_rows(codec: str, metric: str) -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3000, 24)).astype(np.float32)
+    table = runtime.compress(x, codec)
+    queries = rng.standard_normal((5, 24)).astype(np.float32)
+    ids, scores = table.search(queries, 20, metric=metric)
+    decoded = table.lookup(np.arange(3000))
+    if metric == "ip":
+        full = queries @ decoded.T
+        order = np.argsort(-full, axis=1, kind="stable")[:, :20]
+    else:
+        full = ((queries[:, None, :] - decoded[None]) ** 2).sum(-1)
+        order = np.argsort(full, axis=1, kind="stable")[:, :20]
+    np.testing.assert_allclose(scores, np.take_along_axis(full, order, axis=1), rtol=1e-3, atol=1e-3)
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids.tolist(), order.tolist(), strict=True)])
+    assert overlap >= 0.95
