@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from runtime.codecs import codec_class
@@ -41,7 +42,10 @@ BUDGET_STEPS = 4096
 TRAIN_ROWS = 2048
 EVAL_ROWS = 256
 """Rows of each range encoded to measure an entry's error there."""
-ESTIMATE_ITERATIONS = 6
+ESTIMATE_ITERATIONS = 5
+TIER_COST = 1e-6
+"""Objective charged for each tier (relative error): of two plans that differ less, the one of
+fewer tiers (fewer scans a search) wins, and noise between ranges does not split tiers."""
 UNWEIGHTED_SHARE = 1e-3
 """The objective adds this share of the unweighted error, so rows of zero frequency still prefer
 the more faithful of two entries of equal weighted error."""
@@ -115,15 +119,16 @@ class MenuEntry:
 
 
 def default_menu(dim: int) -> list[dict[str, Any]]:
-    """fp32, fp16, int8/4/2, binary, 8-bit PQ (4 and 8 dims a subspace), 4-bit PQ (2 and 4), each on
-    d, 3d/4, d/2 and d/4 dims; shared rows (16, 256, 4096 centroids) on d. Entries whose options do
-    not fit a dimension (PQ subspaces that do not divide it) are left out."""
+    """fp32 on d; fp16, int8/4/2 and binary on d, 3d/4, d/2 and d/4 dims; 8-bit PQ with 4 and 8
+    dims a subspace and 4-bit PQ with 2 and 4 on d, one of each on the reduced dimensions; shared
+    rows (16, 256, 4096 centroids) on d. Entries whose options do not fit a dimension (PQ subspaces
+    that do not divide it) are left out."""
     menu: list[dict[str, Any]] = [{"codec": "fp32"}]
     dims = sorted({dim, dim * 3 // 4, dim // 2, dim // 4} - {0}, reverse=True)
     for r in dims:
         reduced = {} if r == dim else {"dim": r}
         menu += [{"codec": name, **reduced} for name in ("fp16", "int8", "int4", "int2", "binary")]
-        for bits, widths in ((8, (4, 8)), (4, (2, 4))):
+        for bits, widths in ((8, (4, 8)), (4, (2, 4))) if r == dim else ((8, (4,)), (4, (2,))):
             for width in widths:
                 m = r // width
                 if m >= 1 and r % width == 0 and (bits == 8 or m % 2 == 0):
@@ -332,6 +337,19 @@ class _Measured:
 
 
 def _measure(x: np.ndarray, entries: list[MenuEntry], order: np.ndarray, weights: np.ndarray, seed: int) -> _Measured:
+    # measuring is many kernel calls on a few thousand rows, where a parallel region's start and
+    # join cost more than the work; numba's thread count is per calling thread, restored after
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return _measure_serial(x, entries, order, weights, seed)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _measure_serial(
+    x: np.ndarray, entries: list[MenuEntry], order: np.ndarray, weights: np.ndarray, seed: int
+) -> _Measured:
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     cuts = _cuts(weights[order])
@@ -401,7 +419,7 @@ def _dp(
 
     g = np.full((n_e, steps + 1), inf)
     for e in range(n_e):
-        g[e] = shifted(np.zeros(steps + 1), int(fixed[e] + per[e, 0])) + cost[e, 0]
+        g[e] = shifted(np.zeros(steps + 1), int(fixed[e] + per[e, 0])) + cost[e, 0] + TIER_COST
     started = np.zeros((n_g, n_e, steps + 1), dtype=bool)
     came_from = np.zeros((n_g, steps + 1), dtype=np.int32)
     started[0] = True
@@ -411,7 +429,7 @@ def _dp(
         nxt = np.empty_like(g)
         for e in range(n_e):
             cont = shifted(g[e], int(per[e, s]))
-            new = shifted(best, int(fixed[e] + per[e, s]))
+            new = shifted(best, int(fixed[e] + per[e, s])) + TIER_COST
             started[s, e] = new < cont
             nxt[e] = np.minimum(cont, new) + cost[e, s]
         g = nxt
@@ -451,7 +469,7 @@ def _plan_from_runs(
         share = float(cum[b] - cum[a])
         error = float(measured.weighted[e, first:stop].sum())
         tiers.append(PlannedTier(a, b, entries[e], entries[e].nbytes(b - a), share, error))
-        objective += float(cost[e, first:stop].sum())
+        objective += float(cost[e, first:stop].sum()) + TIER_COST
     plan = Plan(budget, order.shape[0], entries[0].table_dim, keyed, order, tuple(tiers), sum(t.error for t in tiers))
     return objective, plan
 

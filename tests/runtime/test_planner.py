@@ -154,7 +154,8 @@ def test_dp_finds_the_cheapest_feasible_runs(
                 for (a, b), e in zip(runs, choice, strict=True)
             )
             if spent <= available:
-                best = min(best, sum(cost[e, a:b].sum() for (a, b), e in zip(runs, choice, strict=True)))
+                total = sum(cost[e, a:b].sum() for (a, b), e in zip(runs, choice, strict=True))
+                best = min(best, total + planner.TIER_COST * len(runs))
     found = planner._dp(entries, cuts, cost, available)
     if best == math.inf:
         assert found is None
@@ -166,7 +167,8 @@ def test_dp_finds_the_cheapest_feasible_runs(
         for a, b, e in found
     )
     assert spent <= available
-    assert sum(cost[e, a:b].sum() for a, b, e in found) == pytest.approx(best, abs=1e-9)
+    total = sum(cost[e, a:b].sum() for a, b, e in found) + planner.TIER_COST * len(found)
+    assert total == pytest.approx(best, abs=1e-9)
 
 
 def test_hot_rows_get_the_richer_codec() -> None:
