@@ -1,4 +1,4 @@
-"""Offline commands of the `embserve` CLI: compress, inspect, eval.
+"""Offline commands of the `embserve` CLI: compress, plan, inspect, eval.
 
 `service.cli` adds `serve` and owns the entry point; these work without the service installed.
 """
@@ -17,6 +17,7 @@ import numpy as np
 from runtime import artifact
 from runtime.codecs import CODECS, codec_options
 from runtime.errors import EmbserveError, InvalidRequest
+from runtime.planner import compress_to_budget, plan
 from runtime.table import Table, compress, load_table
 
 # one flag an option name, derived from the options the codecs declare; a flag given for a codec
@@ -113,12 +114,13 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runtime.planner import plan
-
     x = _load_npy(args.input, "input")
     keys = _load_npy(args.keys, "keys") if args.keys is not None else None
     chosen = plan(x, args.budget, keys=keys, seed=args.seed, **_budget_inputs(args))
-    args.out.write_text(json.dumps(chosen.tier_specs()))
+    try:
+        args.out.write_text(json.dumps(chosen.tier_specs()))
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the plan to {str(args.out)!r}: {exc}") from None
     print(chosen.text())
     print(f"wrote {args.out}: embserve compress {args.input} --tiers {args.out} --out DIR")
     return 0
@@ -175,8 +177,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         if args.budget is not None:
-            from runtime.planner import compress_to_budget
-
             table = compress_to_budget(
                 x,
                 args.budget,

@@ -97,3 +97,6 @@ def test_budget_excludes_codec_flags(
     assert "--budget plans the tiers" in capsys.readouterr().err and not out.exists()
     assert main(["compress", str(files["x"]), "--freq", str(files["freq"]), "--codec", "int8", "--out", str(out)]) == 2
     assert "give --budget too" in capsys.readouterr().err and not out.exists()
+    missing_dir = tmp_path / "no" / "such" / "plan.json"
+    assert main(["plan", str(files["x"]), "--budget", "1MiB", "--out", str(missing_dir)]) == 2
+    assert "cannot write the plan" in capsys.readouterr().err
