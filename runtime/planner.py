@@ -523,6 +523,10 @@ def plan(
             f"{' (keyed)' if keyed else ''} takes {min(single_bytes):,} bytes "
             f"({entries[int(np.argmin(single_bytes))].label}); give a budget of at least that"
         )
+    # an entry whose trained state alone (codebooks, inner-product tables) is over the budget is
+    # in no plan: not worth training to measure
+    entries = [e for e in entries if e.fixed_bytes() + table_overhead(n, 1, keyed) <= budget]
+    single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     order = np.argsort(-weights, kind="stable").astype(np.int64)
     measured = _measure(data, entries, order, weights, seed)
     cost = measured.weighted + UNWEIGHTED_SHARE * measured.unweighted
