@@ -6,8 +6,10 @@ recommendation quality (Recall@20, NDCG@20; user table exact, item table compres
 excluded) against the uncompressed 0.2511 / 0.3552. Faiss IndexPQ with the same M and bits is
 measured beside our PQ on the same data when faiss is installed.
 
-    python -m benchmarks.quality [--data DIR] [--out benchmarks/results]
-Writes quality.json and quality.md into --out.
+    python -m benchmarks.quality [--data DIR] [--out benchmarks/results] [--section codecs|budget|all]
+Writes quality.json and quality.md into --out; the budget section (`benchmarks.budget_quality`:
+planned tables against the best single codec at 1/4 .. 1/32 of the float32 bytes) budget.json
+and budget.md.
 """
 
 from __future__ import annotations
@@ -105,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--section", choices=["codecs", "budget", "all"], default="all")
     args = parser.parse_args(argv)
     if not (args.data / "item_emb.npy").is_file():
         print(f"skip: dataset not found at {args.data}", file=sys.stderr)
+        return 0
+    if args.section in ("budget", "all"):
+        from benchmarks.budget_quality import run as run_budget
+
+        run_budget(args.data, args.out)
+    if args.section == "budget":
         return 0
     items = np.load(args.data / "item_emb.npy")
     users = np.load(args.data / "user_emb.npy")

@@ -2,6 +2,7 @@
 
 import runtime
 table = runtime.compress(x, codec="pq", subspaces=16, bits=8, rerank="int8")
+table = runtime.compress_to_budget(x, "512MiB", freq=lookups)   # runtime.plan(...) to only plan
 table.save("tables/items/v1"); table = runtime.load_table("tables/items/v1")
 ids, scores = table.search(queries, k=10, metric="ip", oversample=10)
 """
@@ -34,6 +35,7 @@ from runtime.errors import (
     UnsupportedMetric,
 )
 from runtime.kernels import cpu  # noqa: F401  (sets the vector width before any kernel runs)
+from runtime.planner import Plan, compress_to_budget, parse_size, plan
 from runtime.table import Table, __version__, compress, load_table
 
 __all__ = [
@@ -49,11 +51,15 @@ __all__ = [
     "IdOutOfRange",
     "InvalidRequest",
     "KeyNotFound",
+    "Plan",
     "Table",
     "UnknownCodec",
     "UnsupportedMetric",
     "__version__",
     "codec_class",
     "compress",
+    "compress_to_budget",
     "load_table",
+    "parse_size",
+    "plan",
 ]

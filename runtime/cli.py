@@ -1,4 +1,4 @@
-"""Offline commands of the `embserve` CLI: compress, import, inspect, eval.
+"""Offline commands of the `embserve` CLI: compress, plan, import, inspect, eval.
 
 `service.cli` adds `serve` and owns the entry point; these work without the service installed.
 """
@@ -18,6 +18,7 @@ from runtime import artifact
 from runtime.codecs import CODECS, codec_options
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.importer import check_output, import_tables
+from runtime.planner import compress_to_budget, plan
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
 
@@ -61,10 +62,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--keys", type=Path, help="(n,) .npy of distinct int64 keys: a keyed table")
     p.add_argument("--missing", choices=["error", "zeros"], default="error", help="lookup of an absent key")
     p.add_argument("--delta-capacity", type=int, help="rows the update delta holds before compaction")
+    _add_budget_flags(p, required=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", help="version label (default: creation time)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "plan", help="plan the best tiered table within a memory budget (prints it, writes --tiers JSON)"
+    )
+    p.add_argument("input", type=Path, help="(n, d) .npy file, float32 (other numeric dtypes are cast)")
+    _add_budget_flags(p, required=True)
+    p.add_argument("--keys", type=Path, help="(n,) .npy of int64 keys: plan a keyed table (the key map is counted)")
+    p.add_argument("--out", required=True, type=Path, help="the --tiers JSON file to write for compress")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "import",
@@ -111,6 +123,45 @@ def add_commands(sub: Any) -> None:
 
 def _codec_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in CODEC_FLAGS if getattr(args, name) is not None}
+
+
+def _add_budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--budget",
+        required=required,
+        help="memory budget of the whole table: 512MiB, 2GB, 1e9 (bytes); compress then plans the tiers",
+    )
+    parser.add_argument("--freq", type=Path, help="(n,) .npy lookup frequencies of the rows (default: all equal)")
+    parser.add_argument("--queries", type=Path, help="(q, d) .npy sample queries: recall@10 breaks near-ties")
+    parser.add_argument("--menu", type=Path, help="JSON list of menu entries {codec, dim, options} (default: all)")
+
+
+def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The planner's optional inputs named by the budget flags, loaded."""
+    menu = None
+    if args.menu is not None:
+        try:
+            menu = json.loads(args.menu.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"cannot read menu {str(args.menu)!r}: {exc}") from None
+    return {
+        "freq": _load_npy(args.freq, "freq") if args.freq is not None else None,
+        "queries": _load_npy(args.queries, "queries") if args.queries is not None else None,
+        "menu": menu,
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    x = _load_npy(args.input, "input")
+    keys = _load_npy(args.keys, "keys") if args.keys is not None else None
+    chosen = plan(x, args.budget, keys=keys, seed=args.seed, **_budget_inputs(args))
+    try:
+        args.out.write_text(json.dumps(chosen.tier_specs()))
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the plan to {str(args.out)!r}: {exc}") from None
+    print(chosen.text())
+    print(f"wrote {args.out}: embserve compress {args.input} --tiers {args.out} --out DIR")
+    return 0
 
 
 class _ProgressBar:
@@ -170,8 +221,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
     x, provenance = _read_input(open_source(args.input), args.tensor)
     options = _codec_options(args)
-    if (args.codec is None) == (args.tiers is None):
-        raise InvalidRequest("give exactly one of --codec or --tiers")
+    if args.budget is not None:
+        if args.codec is not None or args.tiers is not None or options or args.rerank:
+            raise InvalidRequest("--budget plans the tiers: give no --codec, --tiers, codec options or --rerank")
+    elif args.freq is not None or args.queries is not None or args.menu is not None:
+        raise InvalidRequest("--freq, --queries and --menu are for planning: give --budget too")
+    elif (args.codec is None) == (args.tiers is None):
+        raise InvalidRequest("give exactly one of --codec or --tiers (or --budget to plan the tiers)")
     tiers = _load_tiers(args.tiers) if args.tiers is not None else None
     if tiers is not None and (options or args.rerank):
         raise InvalidRequest("with --tiers, give codec options and rerank inside each tier")
@@ -183,18 +239,31 @@ def cmd_compress(args: argparse.Namespace) -> int:
     bar = _ProgressBar(not args.quiet)
     start = time.perf_counter()
     try:
-        table = compress(
-            x,
-            args.codec or "int8",
-            tiers=tiers,
-            rerank=args.rerank,
-            seed=args.seed,
-            version=args.version,
-            source=provenance,
-            progress=bar,
-            **extra,
-            **options,
-        )
+        if args.budget is not None:
+            table = compress_to_budget(
+                x,
+                args.budget,
+                keys=extra.pop("keys", None),
+                seed=args.seed,
+                version=args.version,
+                source=provenance,
+                progress=bar,
+                **_budget_inputs(args),
+                **extra,
+            )
+        else:
+            table = compress(
+                x,
+                args.codec or "int8",
+                tiers=tiers,
+                rerank=args.rerank,
+                seed=args.seed,
+                version=args.version,
+                source=provenance,
+                progress=bar,
+                **extra,
+                **options,
+            )
     finally:
         bar.close()
     table.save(args.out)
@@ -248,6 +317,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info["path"] = str(args.dir)
     info["format_version"] = manifest["format_version"]
     info["provenance"] = table.provenance
+    if "plan" in table.provenance:
+        info["plan"] = table.provenance["plan"]
     info["arrays"] = {
         name: {"dtype": e["dtype"], "shape": e["shape"], "sha256": e["sha256"]}
         for name, e in manifest["arrays"].items()

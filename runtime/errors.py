@@ -99,3 +99,11 @@ class KeyNotFound(EmbserveError, LookupError):
 
 class DeltaFull(EmbserveError):
     """An update batch would exceed the table's delta capacity; compact the table first."""
+
+
+class BudgetTooSmall(InvalidRequest):
+    """No table the planner's menu makes fits the memory budget; the message names the least that does."""
+
+
+class OverBudget(InvalidRequest):
+    """A table built to a budget holds more bytes than the budget: refused rather than returned."""

@@ -219,6 +219,12 @@ class Codec(ABC):
         return None
 
     # ---- size -----------------------------------------------------------------------------
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        """The `nbytes` a codec of `rows` rows of `dim` dims with these checked params will report,
+        known before training: what the budget planner counts (tests hold it equal to `nbytes`)."""
+        raise NotImplementedError(f"codec {cls.name!r} does not declare its byte count (held_bytes)")
+
     def held_arrays(self) -> dict[str, np.ndarray]:
         """The arrays requests read: persisted and derived, less any a derived layout replaces."""
         return {**self.arrays, **self.derived}

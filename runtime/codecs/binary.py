@@ -58,6 +58,12 @@ class BinaryCodec(Codec):
         return params
 
     @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        # codes, fp16 scales and their float32 copy; the rotation when asked for
+        rotation = dim * dim * 4 if params["rotate"] else 0
+        return rows * (-(-dim // 64) * 8 + 2 + 4) + rotation
+
+    @classmethod
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:

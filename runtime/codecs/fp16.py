@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -25,6 +27,10 @@ class Fp16Codec(Codec):
     name = "fp16"
     required_arrays = ("values",)
     row_arrays = ("values",)
+
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        return rows * dim * 2
 
     @classmethod
     def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from runtime.codecs.base import Codec, TrainedState
@@ -11,6 +13,10 @@ class Fp32Codec(Codec):
     name = "fp32"
     required_arrays = ("values",)
     row_arrays = ("values",)
+
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        return rows * dim * 4
 
     @classmethod
     def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:

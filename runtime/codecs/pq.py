@@ -62,6 +62,17 @@ class PqCodec(Codec):
             raise InvalidRequest(f"pq option opq must be true or false, got {params['opq']!r}")
         return params
 
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        m, k = params["subspaces"], 1 << params["bits"]
+        trained = m * k * (dim // m) * 4 + m * k * k * 4  # codebooks, inner-product tables
+        trained += dim * dim * 4 if params["opq"] else 0
+        if params["bits"] == 4:
+            # two codes a byte; the fast-scan layout pads the rows to whole blocks
+            held_rows = -(-rows // fastscan.BLOCK_ROWS) * fastscan.BLOCK_ROWS if fastscan.AVAILABLE else rows
+            return trained + held_rows * (m // 2)
+        return trained + rows * m
+
     # ---- training and encoding ------------------------------------------------------------------
     @classmethod
     def _train_codebooks(

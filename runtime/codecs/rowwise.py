@@ -6,7 +6,7 @@ Bytes a row: ceil(d * bits / 8) + 4.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,10 @@ class RowwiseCodec(Codec):
     bits: ClassVar[int]
     required_arrays = ("rows",)
     row_arrays = ("rows",)
+
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        return rows * (rowwise.packed_bytes(dim, cls.bits) + 4)
 
     @classmethod
     def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
