@@ -91,7 +91,9 @@ class Table:
             raise InvalidRequest(f"delta_capacity must be a non-negative integer, got {delta_capacity!r}")
         self.delta_capacity = int(delta_capacity)
         self._delta = DeltaStore(self.tiers, self._rows, self._locate_base)
-        self._dense_one_tier = len(self.tiers) == 1 and self.keys is None
+        # the format-1 shape: rows are the one codec's rows in the table's own dimension, so a
+        # lookup is the codec's decode with nothing to map or project back
+        self._dense_one_tier = len(self.tiers) == 1 and self.keys is None and self.tiers[0].projection is None
         self._richest = self.tiers[0].richest
         self._write_lock = threading.Lock()
         self.version = version
@@ -253,8 +255,9 @@ class Table:
 
     # ---- addressing ----------------------------------------------------------------------------
     def _one_base(self, view: DeltaView) -> bool:
-        """One tier and no delta: the paths of a format-1 table, unchanged (keys mapped around them)."""
-        return len(self.tiers) == 1 and view.empty
+        """One tier in the table's own dimension and no delta: the paths of a format-1 table,
+        unchanged (keys mapped around them)."""
+        return len(self.tiers) == 1 and self.tiers[0].projection is None and view.empty
 
     def _resolve(self, ids: Any, view: DeltaView, field: str = "ids") -> tuple[np.ndarray, int]:
         """ids or keys (b,) -> global rows (b,) int64, -1 where missing, and how many are."""

@@ -323,6 +323,8 @@ class Codec(ABC):
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
+        many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
+        self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)
         for metric in self.metrics:
             for prepared in (self.prepare(metric, queries=q), self.prepare(metric, ids=ids)):
                 self.scan(prepared, 1)

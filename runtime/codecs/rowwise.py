@@ -45,7 +45,9 @@ class RowwiseCodec(Codec):
         return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
-        return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE)
+        return rowwise.bags(
+            self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE, self.parallel_min_ids
+        )
 
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.bits == 2:  # no fused scan for 2-bit codes: decode blocks, then a matrix product

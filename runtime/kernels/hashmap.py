@@ -119,8 +119,17 @@ def lookup_numpy(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int((out == EMPTY).sum())
 
 
+SLOT_BYTES = 2 * 8
+"""One slot of the table `build` allocates: key and row, int64 each."""
+
+
 class KeyMap:
     """keys (n,) int64, distinct -> their positions 0..n-1; holds the slot table (counted in nbytes)."""
+
+    @staticmethod
+    def bytes_for(n: int) -> int:
+        """The bytes a map of n keys holds, without building it (the budget planner counts it)."""
+        return slot_count(n) * SLOT_BYTES
 
     def __init__(self, keys: np.ndarray) -> None:
         self.table, self.duplicate = build(np.ascontiguousarray(keys, dtype=np.int64), slot_count(keys.shape[0]))

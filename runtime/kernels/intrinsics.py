@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -58,7 +61,33 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
     sig = types.float32(types.uint16)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        if not _target_has_f16c(context):
+            # without F16C LLVM lowers `fpext half` to a compiler-rt call numba's JIT cannot link
+            # (e.g. a cache built for NUMBA_CPU_NAME=generic), so convert the bits arithmetically
+            return context.compile_internal(builder, _half_bits_to_float, signature, args)
         half = builder.bitcast(args[0], ir.HalfType())
         return builder.fpext(half, ir.FloatType())
 
     return sig, codegen
+
+
+def _target_has_f16c(context) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the machine code being generated may use F16C: the features numba compiles for
+    (the host's, or NUMBA_CPU_FEATURES; a bare NUMBA_CPU_NAME counts as none)."""
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return "+f16c" in features.split(",")
+
+
+def _half_bits_to_float(bits: int) -> np.float32:
+    """IEEE half bits (uint16) -> float32 by arithmetic: subnormals, infinities and NaN included."""
+    h = np.int32(bits)
+    sign = -1.0 if (h >> 15) & 1 else 1.0
+    exponent = (h >> 10) & 0x1F
+    mantissa = h & 0x3FF
+    if exponent == 0:
+        value = math.ldexp(float(mantissa), -24)
+    elif exponent == 31:
+        value = math.inf if mantissa == 0 else math.nan
+    else:
+        value = math.ldexp(float(mantissa + 1024), int(exponent) - 25)
+    return np.float32(sign * value)

@@ -207,13 +207,20 @@ def bags_serial(
 
 
 def bags(
-    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool, half_table: np.ndarray
+    rows: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    dim: int,
+    bits: int,
+    mean: bool,
+    half_table: np.ndarray,
+    min_ids: int = DEFAULT_PARALLEL_MIN_IDS,
 ) -> np.ndarray:
     """Pooled lookup as torch EmbeddingBag: bag b sums ids[offsets[b]:offsets[b+1]] (the last bag
     runs to the end). rows (n, P+4) uint8, ids (m,) int64, offsets (B,) int64 -> (B, dim) float32.
     An empty bag is zeros; mode mean divides by the bag's size. Parallel over runs of bags where
     the batch is large enough to pay for waking threads."""
-    if use_parallel(ids.shape[0]) and offsets.shape[0] > 1:
+    if use_parallel(ids.shape[0], min_ids) and offsets.shape[0] > 1:
         nchunks = min(numba.get_num_threads(), offsets.shape[0])
         return bags_chunked(rows, ids, offsets, dim, bits, mean, half_table, nchunks)
     return bags_serial(rows, ids, offsets, dim, bits, mean, half_table)

@@ -161,7 +161,9 @@ def test_dense_table_takes_upserts_of_its_ids_only(x: np.ndarray) -> None:
         t.delete([0])
     t.upsert([3], x[10:11])
     np.testing.assert_array_equal(t.lookup([3]), t.lookup([10]))
-    ids, _ = t.search(x[10:11], 2)
+    # by l2 the encoding of row 10 is the code nearest to x[10] in every subspace, so row 10 and
+    # its copy at 3 rank first whatever the codebooks (by ip a longer row may outrank them)
+    ids, _ = t.search(x[10:11], 2, "l2")
     assert set(ids[0].tolist()) == {3, 10}
 
 
@@ -331,3 +333,17 @@ def test_format2_consistency_checks(tmp_path: Path, x: np.ndarray, keys: np.ndar
     _rewrite_array(path, "keys", keys[:-1])
     with pytest.raises(ArtifactCorrupt, match="keys"):
         runtime.load_table(path)
+
+
+def test_a_one_tier_reduced_dimension_table_answers_in_the_full_dimension(x: np.ndarray) -> None:
+    tiers = [{"rows": {"start": 0, "stop": x.shape[0]}, "codec": "fp32", "dim": 4}]
+    t = runtime.compress(x, tiers=tiers)
+    got = t.lookup(np.arange(5))
+    assert got.shape == (5, x.shape[1])
+    bags = t.lookup_pooled(np.arange(4), np.array([0, 2]), mode="sum")
+    np.testing.assert_allclose(bags, got[:4].reshape(2, 2, -1).sum(axis=1), rtol=1e-5, atol=1e-6)
+    ids, scores = t.search(x[:3], 5, "ip")
+    assert ids.shape == (3, 5)
+    np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", x[:3], t.lookup(ids[:, 0])), rtol=1e-4, atol=1e-4)
+    by_id = t.score(np.arange(6).reshape(2, 3), query_ids=np.array([0, 1]))
+    assert by_id.shape == (2, 3)
