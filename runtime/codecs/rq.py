@@ -40,6 +40,8 @@ ENCODE_BLOCK = 4096
 ASSIGN_BLOCK = 16384
 """Rows a k-means assignment multiplies at once."""
 NORM_LEVELS = 255
+KMEANS_POINTS_PER_CENTROID = 256
+"""Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*$", re.IGNORECASE)
 
 
@@ -127,14 +129,19 @@ def train_codebooks(
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """sample (n, d) float32 -> codebooks (M, K, d) float32 and the sample's codes (n, M) uint8
-    under them. Stage m: k-means on the best beam entry's residuals, then the beam advances."""
+    under them. Stage m: k-means on the beam entries' residuals, then the beam advances."""
     n, dim = sample.shape
     codebooks = np.zeros((nbooks, ncode, dim), np.float32)
     steps = nbooks + refine
     res = sample[:, None, :].copy()
     paths = np.empty((n, 1, 0), np.uint8)
     for m in range(nbooks):
-        codebooks[m] = kmeans(res[:, 0, :], ncode, iterations, rng)
+        # k-means on the residuals of every beam entry, not only the best: the entries a row keeps
+        # are the residuals later stages will face, and at most KMEANS_POINTS_PER_CENTROID a codeword
+        points = res.reshape(-1, dim)
+        if points.shape[0] > KMEANS_POINTS_PER_CENTROID * ncode:
+            points = points[np.sort(rng.choice(points.shape[0], KMEANS_POINTS_PER_CENTROID * ncode, replace=False))]
+        codebooks[m] = kmeans(points, ncode, iterations, rng)
         code_norms = np.einsum("kd,kd->k", codebooks[m], codebooks[m]).astype(np.float32)
         parts_res, parts_paths = [], []
         for start in range(0, n, ENCODE_BLOCK):
