@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         return float(np.mean([len(set(f[:10]) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
     out: dict[str, Any] = {"threads": threads, "rows": args.rows, "dim": args.dim, "machine": machine(), "rq": []}
-    configs = [(16, 8)] if threads == 1 else [(16, 8), (32, 8)]
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     for m, bits in configs:
         start = time.perf_counter()
         state = RqCodec.train(sample, seed=0, codebooks=m, bits=bits, beam=args.beam, train_rows=len(sample))
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=16384)
     parser.add_argument("--beam", type=int, default=5, help="beam width for both (Faiss's default is 5)")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--configs", default="16x8,32x8", help="codebooks x bits, comma separated")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """rq: residual (additive) quantization with ADC search and cross-codebook inner-product tables.
 
 A row x is approximated by x̂ = sum_m C_m[a_m] over M codebooks C_m (K, d) in the full dimension,
-K = 2**bits. Training is greedy, stage by stage: C_m is k-means on the residuals left by stages
-< m, then optionally refined (`refine` rounds of exact least squares over one codebook at a time,
+K = 2**bits. Training is greedy, stage by stage: C_m is k-means (over a growing number of principal
+axes, as Faiss's progressive-dimension clustering) on the residuals of the beam entries stages < m
+leave, then optionally refined (`refine` rounds of exact least squares over one codebook at a time,
 the others fixed, each round followed by a fresh encoding). Encoding is a beam search over stages
 (`beam` partial codes a row kept; see `runtime.kernels.additive`).
 
@@ -83,7 +84,14 @@ def kmeans(points: np.ndarray, ncentroids: int, iterations: int, rng: np.random.
     """points (n, d) float32, n >= ncentroids -> centroids (ncentroids, d) float32. Seeds are
     distinct random points; an emptied cluster is re-seeded with the worst-served point."""
     points = np.ascontiguousarray(points, dtype=np.float32)
-    centroids = points[np.sort(rng.choice(points.shape[0], ncentroids, replace=False))].copy()
+    return lloyd(points, points[np.sort(rng.choice(points.shape[0], ncentroids, replace=False))], iterations)
+
+
+def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd iterations from centroids (K, d) float32 on points (n, d) float32; an emptied cluster
+    is re-seeded with the worst-served point."""
+    centroids = np.array(centroids, dtype=np.float32)
+    ncentroids = centroids.shape[0]
     for _ in range(iterations):
         assign, dist = nearest(points, centroids)
         sums, counts = additive.centroid_sums(points, assign, ncentroids)
@@ -93,6 +101,35 @@ def kmeans(points: np.ndarray, ncentroids: int, iterations: int, rng: np.random.
         if empty.size:
             centroids[empty] = points[np.argsort(-dist, kind="stable")[: empty.size]]
     return centroids
+
+
+def progressive_kmeans(
+    points: np.ndarray, ncentroids: int, iterations: int, rng: np.random.Generator, steps: int = 10
+) -> np.ndarray:
+    """k-means in the points' principal axes over a growing number of them, d^(s/steps) for
+    s = 1..steps, each step seeded with the last one's centroids (zero in the new axes): the
+    codewords fit the directions of most variance first, which generalizes better from a small
+    training sample than full-dimension k-means does (Faiss trains RQ stages the same way).
+    points (n, d) float32 -> (ncentroids, d) float32."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    dim = points.shape[1]
+    gram = points.astype(np.float64).T @ points.astype(np.float64)
+    _, vectors = np.linalg.eigh(gram)
+    basis = np.ascontiguousarray(vectors[:, ::-1], dtype=np.float32)
+    rotated = np.ascontiguousarray(points @ basis)
+    centroids = np.zeros((ncentroids, 0), np.float32)
+    for step in range(1, steps + 1):
+        width = dim if step == steps else max(1, min(dim, int(dim ** (step / steps))))
+        if width <= centroids.shape[1]:
+            continue
+        part = np.ascontiguousarray(rotated[:, :width])
+        if centroids.shape[1] == 0:
+            seed = part[np.sort(rng.choice(part.shape[0], ncentroids, replace=False))]
+        else:
+            seed = np.zeros((ncentroids, width), np.float32)
+            seed[:, : centroids.shape[1]] = centroids
+        centroids = lloyd(part, seed, iterations)
+    return np.ascontiguousarray(centroids @ basis.T, dtype=np.float32)
 
 
 def beam_encode(x: np.ndarray, codebooks: np.ndarray, beam: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +178,7 @@ def train_codebooks(
         points = res.reshape(-1, dim)
         if points.shape[0] > KMEANS_POINTS_PER_CENTROID * ncode:
             points = points[np.sort(rng.choice(points.shape[0], KMEANS_POINTS_PER_CENTROID * ncode, replace=False))]
-        codebooks[m] = kmeans(points, ncode, iterations, rng)
+        codebooks[m] = progressive_kmeans(points, ncode, iterations, rng)
         code_norms = np.einsum("kd,kd->k", codebooks[m], codebooks[m]).astype(np.float32)
         parts_res, parts_paths = [], []
         for start in range(0, n, ENCODE_BLOCK):
@@ -207,8 +244,8 @@ class RqCodec(Codec):
         Option("bits", int, 8, "bits a code, 8 or 4", choices=(8, 4)),
         Option("beam", int, 4, "partial codes kept a row while encoding (beam search width)", quick=2),
         Option("train_rows", int, 65536, "rows sampled for training"),
-        Option("iterations", int, 12, "Lloyd iterations a stage", quick=2),
-        Option("refine", int, 1, "rounds of codebook least squares after the greedy stages", quick=1),
+        Option("iterations", int, 6, "Lloyd iterations a stage at each of its growing dimensions", quick=2),
+        Option("refine", int, 0, "rounds of codebook least squares after the greedy stages", quick=1),
         Option(
             "table_limit",
             str,
