@@ -14,7 +14,17 @@ from hypothesis import strategies as st
 import runtime
 from runtime import InvalidRequest
 from runtime.codecs import TrainedState
-from runtime.codecs.rq import RqCodec, beam_encode, decode_codes, parse_size, quantize_norms, refine_codebooks
+from runtime.codecs.rq import (
+    RqCodec,
+    beam_encode,
+    decode_codes,
+    kmeans,
+    nearest,
+    parse_size,
+    progressive_kmeans,
+    quantize_norms,
+    refine_codebooks,
+)
 from runtime.kernels import additive
 from tests.conftest import low_rank_table
 
@@ -129,6 +139,23 @@ def test_more_codebooks_and_beam_lower_the_error() -> None:
 
     assert error(codebooks=8, beam=1) < error(codebooks=4, beam=1) * 0.9
     assert error(codebooks=8, beam=8) < error(codebooks=8, beam=1)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_kmeans_converges_to_a_lloyd_fixed_point(progressive: bool) -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((8, 12)).astype(np.float32) * 20
+    points = (centers[np.repeat(np.arange(8), 50)] + rng.standard_normal((400, 12))).astype(np.float32)
+    fit = progressive_kmeans if progressive else kmeans
+    found = fit(points, 8, 40, np.random.default_rng(0))
+    assert found.shape == (8, 12) and found.dtype == np.float32
+    assign, dist = nearest(points, found)
+    np.testing.assert_allclose(dist, ((points - found[assign]) ** 2).sum(1), rtol=1e-3, atol=1e-2)
+    # converged: every codeword is the mean of the points it serves
+    for c in np.unique(assign):
+        np.testing.assert_allclose(found[c], points[assign == c].mean(0), rtol=1e-4, atol=1e-4)
+    seeds = fit(points, 8, 0, np.random.default_rng(0))
+    assert dist.sum() < nearest(points, seeds)[1].sum()
 
 
 def test_norm_levels_span_the_range() -> None:
