@@ -7,9 +7,9 @@ excluded) against the uncompressed 0.2511 / 0.3552. Faiss IndexPQ with the same 
 measured beside our PQ on the same data when faiss is installed.
 
     python -m benchmarks.quality [--data DIR] [--out benchmarks/results] [--section codecs|budget|all]
-Writes quality.json and quality.md into --out; the budget section (`benchmarks.budget_quality`:
-planned tables against the best single codec at 1/4 .. 1/32 of the float32 bytes) budget.json
-and budget.md.
+Writes quality.json, quality_rq.json (rq against its peers) and quality.md into --out; the budget
+section (`benchmarks.budget_quality`: planned tables against the best single codec at 1/4 .. 1/32
+of the float32 bytes) budget.json and budget.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,16 @@ CONFIGS: list[tuple[str, dict[str, Any], int]] = [
     ("pq M=16 b=8 opq", {"codec": "pq", "subspaces": 16, "bits": 8, "opq": True}, 1),
     ("pq M=32 b=4", {"codec": "pq", "subspaces": 32, "bits": 4}, 1),
     ("pq M=16 b=8 + int8 rerank ×10", {"codec": "pq", "subspaces": 16, "bits": 8, "rerank": "int8"}, 10),
+    ("pq M=32 b=8", {"codec": "pq", "subspaces": 32, "bits": 8}, 1),
+    ("rq M=15 b=8", {"codec": "rq", "codebooks": 15, "bits": 8}, 1),
+    ("rq M=16 b=8", {"codec": "rq", "codebooks": 16, "bits": 8}, 1),
+    ("rq M=32 b=4", {"codec": "rq", "codebooks": 32, "bits": 4}, 1),
+    ("rq M=31 b=8", {"codec": "rq", "codebooks": 31, "bits": 8}, 1),
+    ("rq M=32 b=8", {"codec": "rq", "codebooks": 32, "bits": 8}, 1),
 ]
+# user->item recall@10 (the dataset's exact top-10 of user vectors over the items) at 16 and 32
+# code bytes a row: our rq, Faiss's IndexResidualQuantizer and our PQ with the same M and bits
+RQ_PEERS = [(16, 8), (32, 4), (32, 8)]
 
 
 def recommendation_quality(
@@ -94,6 +103,48 @@ def faiss_pq_recall(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, m
     _, found = index.search(items[queries], 11)
     found = [[i for i in row if i != q][:10] for row, q in zip(found, queries, strict=True)]
     return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+def faiss_rq_recall(
+    items: np.ndarray, users: np.ndarray, truth: np.ndarray, m: int, bits: int, beam: int
+) -> float | None:
+    """Faiss IndexResidualQuantizer (inner product, decoding search), trained on all items as ours
+    is (train_rows exceeds them), beam width as ours. One OpenMP thread: on a shared 2-core machine
+    its spinning threads slow it several-fold, and only its recall is reported here."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexResidualQuantizer(items.shape[1], m, bits, faiss.METRIC_INNER_PRODUCT)
+    index.rq.max_beam_size = beam
+    index.train(items)
+    index.add(items)
+    _, found = index.search(users, 10)
+    return user_recall(found, truth)
+
+
+def user_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+def rq_peers(items: np.ndarray, users: np.ndarray, truth: np.ndarray) -> list[dict[str, Any]]:
+    out = []
+    for m, bits in RQ_PEERS:
+        rq = runtime.compress(items, "rq", codebooks=m, bits=bits, seed=0)
+        pq = runtime.compress(items, "pq", subspaces=m, bits=bits, seed=0)
+        row = {
+            "codebooks": m,
+            "bits": bits,
+            "code_bytes": m * bits // 8,
+            "rq_bytes_per_row": rq.primary.arrays["codes"].shape[1],
+            "ours_rq": user_recall(rq.search(users, 10)[0], truth),
+            "faiss_rq": faiss_rq_recall(items, users, truth, m, bits, rq.primary.params["beam"]),
+            "ours_pq": user_recall(pq.search(users, 10)[0], truth),
+        }
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
 
 
 def our_pq_vector_recall(table: runtime.Table, items: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> float:
@@ -162,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    user_queries = users[np.load(args.data / "gt_user2item_queries.npy")].astype(np.float32)
+    peers = rq_peers(items, user_queries, np.load(args.data / "gt_user2item_top10_ids.npy"))
     (args.out / "quality.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "quality_rq.json").write_text(json.dumps(peers, indent=2))
     lines = [
         "| config | item→item recall@10 | user→item Recall@20 | NDCG@20 | rel. L2 error | code bytes/row "
         "| table bytes (ratio) |",
@@ -180,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             theirs = r["faiss_indexpq_recall_at_10"]
             faiss_text = "n/a" if theirs is None else f"{theirs:.4f}"
             lines.append(f"| {r['config']} | {r['vector_query_recall_at_10']:.4f} | {faiss_text} |")
+    lines += [
+        "",
+        "| user→item recall@10 | code bytes (rq incl. norm) | ours rq | Faiss IndexResidualQuantizer | ours pq |",
+        "|---|---|---|---|---|",
+    ]
+    for p in peers:
+        faiss_text = "n/a" if p["faiss_rq"] is None else f"{p['faiss_rq']:.4f}"
+        lines.append(
+            f"| M={p['codebooks']} b={p['bits']} | {p['code_bytes']} ({p['rq_bytes_per_row']}) | {p['ours_rq']:.4f} | "
+            f"{faiss_text} | {p['ours_pq']:.4f} |"
+        )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -10,11 +10,13 @@ from runtime.codecs.fp16 import Fp16Codec
 from runtime.codecs.fp32 import Fp32Codec
 from runtime.codecs.pq import PqCodec
 from runtime.codecs.rowwise import Int2Codec, Int4Codec, Int8Codec
+from runtime.codecs.rq import RqCodec
 from runtime.codecs.shared import SharedCodec
 from runtime.errors import UnknownCodec
 
 CODECS: dict[str, type[Codec]] = {
-    cls.name: cls for cls in (Fp32Codec, Fp16Codec, Int8Codec, Int4Codec, Int2Codec, BinaryCodec, PqCodec, SharedCodec)
+    cls.name: cls
+    for cls in (Fp32Codec, Fp16Codec, Int8Codec, Int4Codec, Int2Codec, BinaryCodec, PqCodec, RqCodec, SharedCodec)
 }
 
 
