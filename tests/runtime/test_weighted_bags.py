@@ -3,6 +3,7 @@ table shape against decode-then-weight, torch.nn.EmbeddingBag on fp32, and the r
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def x() -> np.ndarray:
 def _reference(table: runtime.Table, ids: np.ndarray, offsets: np.ndarray, w: np.ndarray) -> np.ndarray:
     rows = table.lookup(ids)
     bounds = [*offsets.tolist(), ids.shape[0]]
-    return np.stack([(rows[a:b] * w[a:b, None]).sum(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.stack([(rows[a:b] * w[a:b, None]).sum(0) for a, b in itertools.pairwise(bounds)])
 
 
 CASE_IDS = np.array([1, 2, 3, 4, 4, 9, 299])
