@@ -207,7 +207,7 @@ def test_a_racing_swap_never_mixes_versions(server: LiveServer, root: Path, tabl
 
     thread = threading.Thread(target=swapper)
     thread.start()
-    seen = set()
+    seen: set[str] = set()
     body = {"tables": [{"table": "users", "ids": [3]}, {"table": "items", "ids": [1]}, {"table": "users", "ids": [4]}]}
     with httpx.Client(timeout=30) as client:
         while not stop.is_set() or not seen:
