@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
 import runtime
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+from service.rpc.servicers import array_to_tensor
 from tests.conftest import low_rank_table
 from tests.service.live import LiveServer, start_server
 
@@ -219,3 +223,57 @@ def test_a_racing_swap_never_mixes_versions(server: LiveServer, root: Path, tabl
             seen.add(first)
     thread.join()
     assert seen <= {"users-1", "users-2"}
+
+
+def _tensor(values: Any, dtype: str) -> pb.Tensor:
+    return array_to_tensor(np.asarray(values, dtype=dtype))
+
+
+def _entry(table: str, ids: Any, **fields: Any) -> pb.MultiLookupEntry:
+    extra = {k: _tensor(v, "float32" if k == "weights" else "int64") for k, v in fields.items() if k != "mode"}
+    return pb.MultiLookupEntry(table=table, ids=_tensor(ids, "int64"), mode=fields.get("mode", ""), **extra)
+
+
+GRPC_ENTRIES = [
+    _entry("users", [1, 2, 3, 299, 7], lengths=[2, 0, 3]),
+    _entry("items", [5, 6, 7, 8], offsets=[0, 1, 1], weights=[0.5, 2, -1, 0]),
+    _entry("keyed", [KEYS[3], KEYS[119]]),
+    _entry("users", [4, 4, 9], lengths=[1, 1, 1], mode="mean"),
+]
+
+
+def _arr(t: pb.Tensor) -> np.ndarray:
+    return np.frombuffer(t.data, "<f4").reshape(list(t.shape))
+
+
+def test_grpc_multi_lookup(server: LiveServer, tables: dict[str, runtime.Table]) -> None:
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        reply = stub.MultiLookup(pb.MultiLookupRequest(tables=GRPC_ENTRIES))
+        assert [r.version for r in reply.results] == ["users-1", "items-1", "keyed-1", "users-1"]
+        for got, want in zip(reply.results, expected(tables), strict=True):
+            np.testing.assert_allclose(_arr(got.embeddings), want, rtol=1e-6, atol=1e-6)
+        joined = stub.MultiLookup(pb.MultiLookupRequest(tables=[GRPC_ENTRIES[1], GRPC_ENTRIES[0]], concat=True))
+        each = expected(tables)
+        np.testing.assert_allclose(
+            _arr(joined.concatenated), np.concatenate([each[1], each[0]], axis=1), rtol=1e-6, atol=1e-6
+        )
+        bad = [
+            ([GRPC_ENTRIES[0], _entry("nope", [1])], grpc.StatusCode.NOT_FOUND, "tables[1] ('nope')"),
+            ([_entry("users", [1, 2], lengths=[3, -1])], grpc.StatusCode.INVALID_ARGUMENT, "lengths[1] = -1"),
+            (
+                [_entry("items", [1, 2], lengths=[2], weights=[1])],
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "one weight per id (2)",
+            ),
+            ([pb.MultiLookupEntry(table="users")], grpc.StatusCode.INVALID_ARGUMENT, "tables[0] ('users'): ids are"),
+            (
+                [pb.MultiLookupEntry(table="users", ids=pb.Tensor(dtype="int64", shape=[3], data=b"x"))],
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "tables[0].ids: 1 bytes",
+            ),
+        ]
+        for entries, code, message in bad:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.MultiLookup(pb.MultiLookupRequest(tables=entries))
+            assert info.value.code() == code and message in (info.value.details() or ""), info.value.details()
