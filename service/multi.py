@@ -83,11 +83,16 @@ def _where(index: int, name: Any) -> str:
     return f"tables[{index}] ({name!r})"
 
 
-def _int_array(value: Any, field: str) -> np.ndarray:
+def _array(value: Any, field: str) -> np.ndarray:
+    """Any JSON value or ndarray -> ndarray; ragged input is refused naming `field`."""
     try:
-        arr = np.asarray(value)
+        return np.asarray(value)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequest(f"{field} must be a flat array of integers: {exc}") from None
+        raise InvalidRequest(f"{field} must be a flat array of numbers: {exc}") from None
+
+
+def _int_array(value: Any, field: str) -> np.ndarray:
+    arr = _array(value, field)
     if arr.size == 0:
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
@@ -114,7 +119,10 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
         raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {entry.mode!r}")
     if entry.ids is None:
         raise InvalidRequest("ids are required")
-    ids = check_keys(entry.ids, "ids") if table.keyed else check_ids(entry.ids, table.rows, "ids")
+    raw = _array(entry.ids, "ids")
+    if raw.ndim != 1:
+        raise InvalidRequest(f"ids must be a flat array, got shape {raw.shape}")
+    ids = check_keys(raw, "ids") if table.keyed else check_ids(raw, table.rows, "ids")
     if entry.lengths is not None and entry.offsets is not None:
         raise InvalidRequest("give lengths or offsets, not both")
     offsets = None
@@ -128,7 +136,7 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
             raise InvalidRequest("weights need bags (lengths or offsets)")
         if entry.mode != "sum":
             raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
-        weights = check_weights(entry.weights, ids.shape[0], "weights")
+        weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
     return _Checked(entry.table, table, ids, offsets, weights, entry.mode)
 
 
@@ -198,12 +206,14 @@ def from_jagged(
         raise InvalidRequest(
             f"lengths[{pos}] = {int(lens[pos])} is negative (feature {features[pos // batch]!r}, sample {pos % batch})"
         )
-    vals = np.asarray(values) if values is not None else None
-    if vals is None:
+    if values is None:
         raise InvalidRequest("values are required")
+    vals = _array(values, "values")
+    if vals.ndim != 1:
+        raise InvalidRequest(f"values must be a flat array of ids, got shape {vals.shape}")
     if int(lens.sum()) != vals.reshape(-1).shape[0]:
         raise InvalidRequest(f"lengths sum to {int(lens.sum())} but values has {vals.reshape(-1).shape[0]} entries")
-    w = None if weights is None else np.asarray(weights)
+    w = None if weights is None else _array(weights, "weights")
     if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
         raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")
     per_feature = lens.reshape(len(features), -1)

@@ -185,6 +185,11 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"features": ["users", "items"], "lengths": [1, 1, 1], "values": [1, 2, 3]}, 400, "not a multiple of the 2"),
     ({"features": ["users", "items"], "lengths": [1, 1, -1, 2], "values": [1, 2]}, 400, "feature 'items', sample 0"),
     ({"features": ["users"], "lengths": [2], "values": [1]}, 400, "lengths sum to 2 but values has 1"),
+    ({"features": ["users"], "lengths": [1], "values": [[1]]}, 400, "values must be a flat array"),
+    ({"tables": [{"table": "users", "ids": [[1, 2], [3]]}]}, 400, "tables[0] ('users'): ids must be a flat array"),
+    ({"tables": [{"table": "users", "ids": [1], "lengths": [1.0]}]}, 400, "lengths must be a flat array of integers"),
+    ({"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": [None]}]}, 400, "weights must be numbers"),
+    ({"tables": [{"table": "users", "ids": [1]}], "concat": "yes"}, 400, "concat must be true or false"),
 ]
 
 
