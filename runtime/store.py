@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from runtime.errors import TableNotFound
@@ -49,6 +50,11 @@ class TableStore:
             entry = tables.pop(name)
             self._tables = tables
         return entry
+
+    def snapshot(self) -> Mapping[str, LoadedTable]:
+        """Every active table at one instant: writers replace the dict, never change it, so the
+        mapping read once stays one consistent set of versions (treat it as read-only)."""
+        return self._tables
 
     def names(self) -> list[str]:
         return sorted(self._tables)

@@ -20,7 +20,7 @@ import numpy as np
 from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
-from runtime.kernels import dense
+from runtime.kernels import dense, weighted
 from runtime.kernels.hashmap import KeyMap
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
@@ -33,6 +33,7 @@ from runtime.validation import (
     check_offsets,
     check_queries,
     check_table_input,
+    check_weights,
 )
 
 __version__ = "0.1.0"
@@ -340,14 +341,19 @@ class Table:
             return np.zeros((0, self.dim), dtype=np.float32), 0
         return self._decode_rows(rows, view), missing
 
-    def lookup_pooled(self, ids: Any, offsets: Any, mode: str = "sum") -> np.ndarray:
+    def lookup_pooled(self, ids: Any, offsets: Any, mode: str = "sum", per_sample_weights: Any = None) -> np.ndarray:
         """torch.nn.EmbeddingBag semantics: ids (n,), offsets (B,) -> (B, dim) float32.
-        Bag b pools ids[offsets[b]:offsets[b+1]] (the last runs to n); an empty bag is zeros."""
-        return self.lookup_pooled_counted(ids, offsets, mode)[0]
+        Bag b pools ids[offsets[b]:offsets[b+1]] (the last runs to n); an empty bag is zeros.
+        per_sample_weights (n,) float32, mode "sum" only: bag b is sum of weights[t] * row(ids[t])."""
+        return self.lookup_pooled_counted(ids, offsets, mode, per_sample_weights)[0]
 
-    def lookup_pooled_counted(self, ids: Any, offsets: Any, mode: str = "sum") -> tuple[np.ndarray, int]:
+    def lookup_pooled_counted(
+        self, ids: Any, offsets: Any, mode: str = "sum", per_sample_weights: Any = None
+    ) -> tuple[np.ndarray, int]:
         if mode not in POOL_MODES:
             raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {mode!r}")
+        if per_sample_weights is not None and mode != "sum":
+            raise InvalidRequest(f'per_sample_weights are only supported with mode "sum", got {mode!r}')
         view = self._delta.view
         if self._dense_one_tier and view.empty:
             checked = check_ids(ids, self.rows)
@@ -357,10 +363,14 @@ class Table:
             return self._richest.decode_bags(checked, bounds, mode == "mean"), 0
         rows, missing = self._resolve(ids, view)
         bounds = check_offsets(offsets, rows.size)
+        weights = None if per_sample_weights is None else check_weights(per_sample_weights, rows.size)
         if missing and self.missing == "error":
             self._require(rows, ids, "keys" if self.keyed else "ids")
         if bounds.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32), missing
+        if weights is not None:
+            decoded = self._decode_rows(rows, view) if rows.size else np.zeros((0, self.dim), np.float32)
+            return weighted.pool_weighted(decoded, weights, bounds), missing
         if self._one_base(view) and not missing:
             return self.tiers[0].richest.decode_bags(rows, bounds, mode == "mean"), 0
         return dense.pool(self._decode_rows(rows, view), bounds, mode == "mean"), missing

@@ -169,3 +169,19 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
     if out[-1] > n_ids:
         raise InvalidRequest(f"offsets[-1] = {int(out[-1])} exceeds the number of ids ({n_ids})")
     return out
+
+
+def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -> np.ndarray:
+    """Return per-sample weights as C-contiguous float32 `(n_ids,)`, every one finite."""
+    arr = np.asarray(weights)
+    if arr.dtype.kind not in "iuf":
+        raise InvalidRequest(f"{field} must be numbers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != n_ids:
+        raise InvalidRequest(f"{field} must have one weight per id ({n_ids}), got shape {arr.shape}")
+    refuse_beyond_float32(arr.reshape(-1, 1), field)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        pos = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequest(f"{field}[{pos}] is NaN or Inf")
+    return out

@@ -36,6 +36,7 @@ from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
 from service.errors import status_label
 from service.metrics import Metrics
+from service.multi import MultiLookupRequest, MultiLookupResult, answer, check_request
 from service.settings import Settings
 from service.state import ActiveVersions
 from service.sync import SyncHooks
@@ -309,6 +310,20 @@ class EmbeddingService:
             if missing:
                 self.metrics.child(self.metrics.missing_keys, name).inc(missing)
             return rows
+
+    async def multi_lookup(self, transport: str, request: MultiLookupRequest) -> MultiLookupResult:
+        """Many tables in one request, answered from the table objects taken once at the start."""
+        with self.request(transport, "multi_lookup"):
+            checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
+            total = sum(item.ids.shape[0] for item in checked)
+            result = await self._compute(
+                "multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS
+            )
+            for item, answered in zip(checked, result.results, strict=True):
+                self.metrics.child(self.metrics.ids_per_request, item.name).observe(item.ids.shape[0])
+                if answered.missing:
+                    self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
+            return result
 
     async def search(
         self,

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import __version__
-from service import oip
+from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
 
@@ -333,6 +333,19 @@ def create_app(service: EmbeddingService) -> FastAPI:
             TRANSPORT, name, payload.get("ids"), payload.get("offsets"), payload.get("mode", "sum")
         )
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
+
+    @app.post("/v1/lookup", tags=["tables"])
+    async def multi_lookup(request: Request) -> Response:
+        """Many tables in one request (JSON, jagged JSON, or binary with X-Embserve-Tables)."""
+        body = await read_body(service, request)
+        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+            typed = multi_rest.parse_binary(request.headers.get(multi_rest.TABLES_HEADER), body)
+            result = await service.multi_lookup(TRANSPORT, typed)
+            payload, described = multi_rest.render_binary(result, typed.concat)
+            return Response(payload, media_type=OCTET, headers={multi_rest.RESULTS_HEADER: described})
+        typed = multi_rest.parse_json(parse_json_object(body))
+        result = await service.multi_lookup(TRANSPORT, typed)
+        return FastJSON(multi_rest.render_json(result, typed.concat))
 
     @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
     async def search(name: str, request: Request) -> Response:

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     artifact_root: Path | None = Field(None, description="admin loads are confined below this directory")
     admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
     max_ids: int = Field(100_000, ge=1, description="ids a lookup may carry")
+    max_tables_per_request: int = Field(64, ge=1, description="tables one multi-table lookup may name")
     max_queries: int = Field(1024, ge=1, description="queries a search or score may carry")
     max_k: int = Field(10_000, ge=1, description="largest k (and k × oversample) a search may ask")
     max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")

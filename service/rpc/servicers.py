@@ -22,6 +22,7 @@ from service import oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
+from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -155,6 +156,22 @@ def _required_tensor(request: Any, field: str) -> np.ndarray:
     return tensor_to_array(getattr(request, field), field)
 
 
+def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> TableLookup:
+    """One MultiLookup entry -> TableLookup; a tensor error names the entry (tables[i].field)."""
+
+    def tensor(field: str) -> np.ndarray | None:
+        if not entry.HasField(field):
+            return None
+        return tensor_to_array(getattr(entry, field), f"tables[{index}].{field}")
+
+    ids = tensor("ids")
+    if ids is None:
+        raise InvalidRequest(f"tables[{index}] ({entry.table!r}): ids are required")
+    return TableLookup(
+        entry.table, ids, tensor("lengths"), tensor("offsets"), tensor("weights"), entry.mode or DEFAULT_MODE
+    )
+
+
 def table_info(info: dict[str, Any]) -> pb.TableInfo:
     return pb.TableInfo(
         name=info["name"],
@@ -226,6 +243,24 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
         offsets = _optional_tensor(request, "offsets")
         rows = await self.service.lookup(TRANSPORT, request.table, ids, offsets, request.mode or "sum")
         return pb.LookupResponse(embeddings=array_to_tensor(rows))
+
+    @grpc_errors
+    async def MultiLookup(
+        self, request: pb.MultiLookupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MultiLookupResponse:
+        typed = MultiLookupRequest(tuple(_multi_entry(i, e) for i, e in enumerate(request.tables)), request.concat)
+        result = await self.service.multi_lookup(TRANSPORT, typed)
+        if typed.concat:
+            return pb.MultiLookupResponse(
+                results=[pb.TableEmbeddings(table=r.table, version=r.version) for r in result.results],
+                concatenated=array_to_tensor(result.concatenated()),
+            )
+        return pb.MultiLookupResponse(
+            results=[
+                pb.TableEmbeddings(table=r.table, version=r.version, embeddings=array_to_tensor(r.embeddings))
+                for r in result.results
+            ]
+        )
 
     @grpc_errors
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:

@@ -66,3 +66,36 @@ def test_native_http_examples_run_as_written(demo_server: LiveServer, tmp_path: 
             assert "x-embserve-shape: 3,64" in run.stderr.lower()
             assert run.stdout.count("[") == 4  # numpy's print of a (3, 64) array: [[...] [...] [...]]
     assert list(workdir.iterdir()) == []  # nothing left in the checkout
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_multi_table_examples_run_as_written(demo_server: LiveServer, tmp_path: Path) -> None:
+    require_binary("curl")
+    commands = readme_commands("### Multi-table lookups")
+    assert len(commands) == 4
+    for command in commands:
+        runnable = command.replace("localhost:8000", f"127.0.0.1:{demo_server.http_port}")
+        run = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", runnable], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, (command, run.stderr)
+        if "octet-stream" in command:
+            assert '"shape":[2,64]' in run.stderr and run.stdout.count("[") == 3
+            continue
+        body = json.loads(run.stdout)
+        assert "error" not in body, (command, body)
+        shapes = [r["shape"] for r in body["results"]] if "results" in body else [body["shape"]]
+        assert shapes in ([[2, 64], [2, 64]], [[2, 128]]), (command, shapes)
+    grpcurl = require_binary("grpcurl")
+    run = subprocess.run(
+        readme_commands("Over gRPC, `embserve.v1.EmbeddingService/MultiLookup`")[0]
+        .replace("grpcurl", grpcurl, 1)
+        .replace("localhost:8001", f"127.0.0.1:{demo_server.grpc_port}"),
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["results"][0]["embeddings"]["shape"] == ["1", "64"]

@@ -189,3 +189,45 @@ class UpdateResponse(_message.Message):
     delta_slots: int
     delta_capacity: int
     def __init__(self, applied: _Optional[int] = ..., sequence: _Optional[int] = ..., delta_rows: _Optional[int] = ..., delta_slots: _Optional[int] = ..., delta_capacity: _Optional[int] = ...) -> None: ...
+
+class MultiLookupEntry(_message.Message):
+    __slots__ = ("table", "ids", "lengths", "offsets", "weights", "mode")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    ids: Tensor
+    lengths: Tensor
+    offsets: Tensor
+    weights: Tensor
+    mode: str
+    def __init__(self, table: _Optional[str] = ..., ids: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Tensor, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ..., weights: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class MultiLookupRequest(_message.Message):
+    __slots__ = ("tables", "concat")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    CONCAT_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedCompositeFieldContainer[MultiLookupEntry]
+    concat: bool
+    def __init__(self, tables: _Optional[_Iterable[_Union[MultiLookupEntry, _Mapping]]] = ..., concat: _Optional[bool] = ...) -> None: ...
+
+class TableEmbeddings(_message.Message):
+    __slots__ = ("table", "version", "embeddings")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    version: str
+    embeddings: Tensor
+    def __init__(self, table: _Optional[str] = ..., version: _Optional[str] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class MultiLookupResponse(_message.Message):
+    __slots__ = ("results", "concatenated")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CONCATENATED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TableEmbeddings]
+    concatenated: Tensor
+    def __init__(self, results: _Optional[_Iterable[_Union[TableEmbeddings, _Mapping]]] = ..., concatenated: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

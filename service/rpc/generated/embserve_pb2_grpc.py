@@ -69,6 +69,11 @@ class EmbeddingServiceStub:
                 request_serializer=embserve__pb2.DeleteKeysRequest.SerializeToString,
                 response_deserializer=embserve__pb2.UpdateResponse.FromString,
                 _registered_method=True)
+        self.MultiLookup = channel.unary_unary(
+                '/embserve.v1.EmbeddingService/MultiLookup',
+                request_serializer=embserve__pb2.MultiLookupRequest.SerializeToString,
+                response_deserializer=embserve__pb2.MultiLookupResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -116,6 +121,12 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MultiLookup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.DeleteKeys,
                     request_deserializer=embserve__pb2.DeleteKeysRequest.FromString,
                     response_serializer=embserve__pb2.UpdateResponse.SerializeToString,
+            ),
+            'MultiLookup': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiLookup,
+                    request_deserializer=embserve__pb2.MultiLookupRequest.FromString,
+                    response_serializer=embserve__pb2.MultiLookupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class EmbeddingService:
             '/embserve.v1.EmbeddingService/DeleteKeys',
             embserve__pb2.DeleteKeysRequest.SerializeToString,
             embserve__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiLookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embserve.v1.EmbeddingService/MultiLookup',
+            embserve__pb2.MultiLookupRequest.SerializeToString,
+            embserve__pb2.MultiLookupResponse.FromString,
             options,
             channel_credentials,
             insecure,

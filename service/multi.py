@@ -1,0 +1,233 @@
+"""Multi-table lookups: one request, many tables, typed request and result objects.
+
+Transports build a `MultiLookupRequest` (plain values and ndarrays) and serialize the
+`MultiLookupResult`. Every entry is validated against one snapshot of the table store before any
+table is read, so a bad entry refuses the whole request and a swap mid-request never mixes
+versions: each entry is answered by the Table object taken from the store at the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InvalidRequest, KeyNotFound, PayloadTooLarge, TableNotFound
+from runtime.store import TableStore
+from runtime.table import POOL_MODES, Table
+from runtime.validation import check_ids, check_keys, check_offsets, check_weights
+
+DEFAULT_MODE = "sum"
+
+
+@dataclass(frozen=True)
+class TableLookup:
+    """One entry of a multi-table request.
+
+    ids: (n,) ids, or keys on keyed tables. Bags are given by exactly one of lengths (B,) or
+    offsets (B,) (neither: the rows come back unpooled); weights (n,) float32 only with mode sum."""
+
+    table: str
+    ids: Any
+    lengths: Any = None
+    offsets: Any = None
+    weights: Any = None
+    mode: str = DEFAULT_MODE
+
+
+@dataclass(frozen=True)
+class MultiLookupRequest:
+    tables: tuple[TableLookup, ...]
+    concat: bool = False
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """embeddings: (B, dim) float32 pooled, or (n, dim) float32 rows."""
+
+    table: str
+    version: str
+    embeddings: np.ndarray
+    missing: int = 0
+
+
+@dataclass(frozen=True)
+class MultiLookupResult:
+    results: tuple[TableResult, ...]
+
+    def concatenated(self) -> np.ndarray:
+        """(B, Σ dim) float32, the tables side by side in the order asked."""
+        if not self.results:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate([r.embeddings for r in self.results], axis=1)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An entry after validation: the table it reads and canonical arrays."""
+
+    name: str
+    table: Table
+    ids: np.ndarray
+    offsets: np.ndarray | None
+    weights: np.ndarray | None
+    mode: str
+
+    @property
+    def out_rows(self) -> int:
+        return self.ids.shape[0] if self.offsets is None else self.offsets.shape[0]
+
+
+def _where(index: int, name: Any) -> str:
+    return f"tables[{index}] ({name!r})"
+
+
+def _array(value: Any, field: str) -> np.ndarray:
+    """Any JSON value or ndarray -> ndarray; ragged input is refused naming `field`."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"{field} must be a flat array of numbers: {exc}") from None
+
+
+def _int_array(value: Any, field: str) -> np.ndarray:
+    arr = _array(value, field)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
+
+
+def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
+    """lengths (B,) non-negative, summing to n_ids -> offsets (B,) int64."""
+    arr = _int_array(lengths, "lengths")
+    if (arr < 0).any():
+        pos = int(np.flatnonzero(arr < 0)[0])
+        raise InvalidRequest(f"lengths[{pos}] = {int(arr[pos])} is negative")
+    total = int(arr.sum())
+    if total != n_ids:
+        raise InvalidRequest(f"lengths sum to {total} but {n_ids} ids were given")
+    offsets = np.zeros(arr.shape[0], np.int64)
+    np.cumsum(arr[:-1], out=offsets[1:])
+    return offsets
+
+
+def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
+    if entry.mode not in POOL_MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {entry.mode!r}")
+    if entry.ids is None:
+        raise InvalidRequest("ids are required")
+    raw = _array(entry.ids, "ids")
+    if raw.ndim != 1:
+        raise InvalidRequest(f"ids must be a flat array, got shape {raw.shape}")
+    ids = check_keys(raw, "ids") if table.keyed else check_ids(raw, table.rows, "ids")
+    if entry.lengths is not None and entry.offsets is not None:
+        raise InvalidRequest("give lengths or offsets, not both")
+    offsets = None
+    if entry.lengths is not None:
+        offsets = offsets_of_lengths(entry.lengths, ids.shape[0])
+    elif entry.offsets is not None:
+        offsets = check_offsets(_int_array(entry.offsets, "offsets"), ids.shape[0])
+    weights = None
+    if entry.weights is not None:
+        if offsets is None:
+            raise InvalidRequest("weights need bags (lengths or offsets)")
+        if entry.mode != "sum":
+            raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
+        weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
+    return _Checked(entry.table, table, ids, offsets, weights, entry.mode)
+
+
+def check_request(request: MultiLookupRequest, store: TableStore, max_tables: int, max_ids: int) -> list[_Checked]:
+    """Validate every entry against one snapshot of the store; raise naming the entry, else return
+    the entries with the tables that will answer them."""
+    if not request.tables:
+        raise InvalidRequest("tables must name at least one table")
+    if len(request.tables) > max_tables:
+        raise PayloadTooLarge(f"{len(request.tables)} tables exceed the limit of {max_tables} a request")
+    active = store.snapshot()
+    checked = []
+    total = 0
+    for index, entry in enumerate(request.tables):
+        loaded = active.get(entry.table)
+        if loaded is None:
+            unknown = TableNotFound(str(entry.table))
+            unknown.args = (f"{_where(index, entry.table)}: {unknown}",)
+            raise unknown
+        table = loaded.table
+        try:
+            item = _check_entry(index, entry, table)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{_where(index, entry.table)}: {exc}") from None
+        total += item.ids.shape[0]
+        if total > max_ids:
+            raise PayloadTooLarge(f"the request carries more than {max_ids} ids in total (limit {max_ids})")
+        checked.append(item)
+    if request.concat:
+        sizes = {c.out_rows for c in checked}
+        if len(sizes) > 1:
+            got = ", ".join(f"{_where(i, c.name)}: {c.out_rows}" for i, c in enumerate(checked))
+            raise InvalidRequest(f"concat needs the same number of rows (B) from every table; got {got}")
+    return checked
+
+
+def answer(checked: list[_Checked]) -> MultiLookupResult:
+    """Read every table (the objects taken at validation): (B, dim) or (n, dim) float32 each."""
+    results = []
+    for index, item in enumerate(checked):
+        try:
+            if item.offsets is None:
+                rows, missing = item.table.lookup_counted(item.ids)
+            else:
+                rows, missing = item.table.lookup_pooled_counted(item.ids, item.offsets, item.mode, item.weights)
+        except KeyNotFound as exc:
+            raise KeyNotFound(exc.key, exc.position, f"{_where(index, item.name)} ids") from None
+        results.append(TableResult(item.name, item.table.version, rows, missing))
+    return MultiLookupResult(tuple(results))
+
+
+def from_jagged(
+    features: Any, lengths: Any, values: Any, weights: Any = None, mode: str = DEFAULT_MODE, concat: bool = False
+) -> MultiLookupRequest:
+    """KeyedJaggedTensor layout -> request: features (F,) table names, lengths (F × B,) feature-major,
+    values (Σ lengths,) ids, weights (Σ lengths,) or None. Feature f reads the table named features[f]."""
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise InvalidRequest("features must be a non-empty list of table names")
+    lens = _int_array(lengths, "lengths")
+    if lens.shape[0] % len(features):
+        raise InvalidRequest(
+            f"lengths has {lens.shape[0]} entries, not a multiple of the {len(features)} features (F × B)"
+        )
+    if (lens < 0).any():
+        pos = int(np.flatnonzero(lens < 0)[0])
+        batch = lens.shape[0] // len(features)
+        raise InvalidRequest(
+            f"lengths[{pos}] = {int(lens[pos])} is negative (feature {features[pos // batch]!r}, sample {pos % batch})"
+        )
+    if values is None:
+        raise InvalidRequest("values are required")
+    vals = _array(values, "values")
+    if vals.ndim != 1:
+        raise InvalidRequest(f"values must be a flat array of ids, got shape {vals.shape}")
+    if int(lens.sum()) != vals.reshape(-1).shape[0]:
+        raise InvalidRequest(f"lengths sum to {int(lens.sum())} but values has {vals.reshape(-1).shape[0]} entries")
+    w = None if weights is None else _array(weights, "weights")
+    if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
+        raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")
+    per_feature = lens.reshape(len(features), -1)
+    bounds = np.concatenate([[0], np.cumsum(per_feature.sum(axis=1))])
+    entries = []
+    for f, name in enumerate(features):
+        a, b = int(bounds[f]), int(bounds[f + 1])
+        entries.append(
+            TableLookup(
+                table=name,
+                ids=vals.reshape(-1)[a:b],
+                lengths=per_feature[f],
+                weights=None if w is None else w.reshape(-1)[a:b],
+                mode=mode,
+            )
+        )
+    return MultiLookupRequest(tuple(entries), concat)
