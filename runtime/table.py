@@ -355,7 +355,7 @@ class Table:
         if per_sample_weights is not None and mode != "sum":
             raise InvalidRequest(f'per_sample_weights are only supported with mode "sum", got {mode!r}')
         view = self._delta.view
-        if self._dense_one_tier and view.empty:
+        if self._dense_one_tier and view.empty and per_sample_weights is None:
             checked = check_ids(ids, self.rows)
             bounds = check_offsets(offsets, checked.size)
             if bounds.size == 0:

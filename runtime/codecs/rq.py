@@ -320,6 +320,19 @@ class RqCodec(Codec):
         packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
         return {"codes": np.ascontiguousarray(np.concatenate([packed, levels[:, None]], axis=1))}
 
+    @classmethod
+    def held_bytes(cls, rows: int, dim: int, params: dict[str, Any]) -> int:
+        m, k = int(params["codebooks"]), 1 << int(params["bits"])
+        width = m + 1 if k == 256 else (m + 2) // 2
+        trained = m * k * dim * 4 + 2 * 4  # codebooks, norm range
+        trained += 256 * 4 if k == 256 else 2 * 16 * 4  # the norm column's lookup tables
+        if m * m * k * k * 4 <= int(params["table_limit"]):
+            trained += m * m * k * k * 4  # LISA cross-codebook tables
+        if k == 16 and fastscan.AVAILABLE:
+            # the fast-scan layout replaces the stored codes and pads the rows to whole blocks
+            return trained + -(-rows // fastscan.BLOCK_ROWS) * fastscan.BLOCK_ROWS * width
+        return trained + rows * width
+
     def check_arrays(self) -> str | None:
         m, bits = self.params["codebooks"], self.params["bits"]
         codes, books, norm_range = self.arrays["codes"], self.arrays["codebooks"], self.arrays["norm_range"]

@@ -43,13 +43,20 @@ def test_held_bytes_is_the_built_codecs_nbytes(rows: int, dim: int, seed: int) -
     configs = [dict(c) for c in example_configs()]
     configs += [{"codec": "pq", "subspaces": 2, "bits": b, "iterations": 1} for b in (4, 8)]
     configs += [{"codec": "shared", "centroids": c, "iterations": 1} for c in (1, 256, 257)]
-    seen = set()
+    configs += [
+        {"codec": "rq", "codebooks": 2, "bits": b, "iterations": 1, "table_limit": t}
+        for b in (4, 8)
+        for t in (0, 1 << 20)
+    ]
+    seen = {"rq"} if rows < 16 else set()
     for config in configs:
         name = str(config.pop("codec"))
         if name == "pq" and dim % int(config.get("subspaces", 16)):
             config["subspaces"] = 2
         cls = CODECS[name]
         params = cls.check_options(dim, config)
+        if name == "rq" and rows < 1 << int(params["bits"]):
+            continue  # too few rows to train K codewords a stage: refused, as tests/runtime/test_rq.py checks
         codec = cls.fit(x, **config)
         assert cls.held_bytes(rows, dim, params) == codec.nbytes, (name, config)
         seen.add(name)
