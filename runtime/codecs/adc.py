@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.kernels import scan
+from runtime.artifact import release_pages
+from runtime.kernels import fastscan, scan
 
 EMPTY = np.empty(0, np.float32)
 
@@ -62,3 +63,30 @@ def score_candidates(codes: np.ndarray, candidates: np.ndarray, query: LutQuery,
         if query.row_add.size:
             keys = keys + query.row_add[candidates]
     return query.scores(keys.astype(np.float32, copy=False))
+
+
+class BlockedCodes:
+    """Code storage shared by the additive-code codecs (PQ, RQ): rows of uint8 codes in
+    `arrays["codes"]`, which 4-bit codecs re-lay at load in fast-scan blocks where the CPU has the
+    kernel. Then the blocked layout is what requests read, and what `nbytes` counts."""
+
+    arrays: dict[str, np.ndarray]
+    derived: dict[str, np.ndarray]
+
+    def _block_codes(self) -> None:
+        """Build the fast-scan layout (4-bit codecs, at load); the row-major array stays the
+        persisted form and its mapped pages are released."""
+        if fastscan.AVAILABLE:
+            self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
+            release_pages(self.arrays["codes"])
+
+    def held_arrays(self) -> dict[str, np.ndarray]:
+        held: dict[str, np.ndarray] = super().held_arrays()  # type: ignore[misc]
+        if "blocked_codes" in held:
+            del held["codes"]
+        return held
+
+    def packed_codes(self, ids: np.ndarray) -> np.ndarray:
+        """ids (b,) int64 -> (b, W) uint8 codes as stored, from whichever layout is held."""
+        blocked = self.derived.get("blocked_codes")
+        return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)

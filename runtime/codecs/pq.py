@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime import training
-from runtime.artifact import release_pages
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
@@ -26,7 +25,7 @@ from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, scan
 
 
-class PqCodec(Codec):
+class PqCodec(adc.BlockedCodes, Codec):
     name = "pq"
     required_arrays = ("codes", "codebooks")
     row_arrays = ("codes",)
@@ -155,26 +154,13 @@ class PqCodec(Codec):
         self._diag = np.ascontiguousarray(np.einsum("mkk->mk", tables))
         self._four_bit = self.params["bits"] == 4
         self._m = int(self.params["subspaces"])
-        if self._four_bit and fastscan.AVAILABLE:
-            # 4-bit scans read the blocked layout only; the row-major array stays the persisted form
-            self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
-            release_pages(self.arrays["codes"])
+        if self._four_bit:
+            self._block_codes()
 
     def state_derived(self) -> dict[str, np.ndarray]:
         return {"ip_tables": self.derived["ip_tables"]}
 
-    def held_arrays(self) -> dict[str, np.ndarray]:
-        held = super().held_arrays()
-        if "blocked_codes" in held:
-            del held["codes"]
-        return held
-
     # ---- helpers ----------------------------------------------------------------------------------
-    def packed_codes(self, ids: np.ndarray) -> np.ndarray:
-        """ids (b,) int64 -> (b, M) or, for 4-bit, (b, M/2) uint8 codes as stored."""
-        blocked = self.derived.get("blocked_codes")
-        return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)
-
     def unpacked_codes(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, M) int64 codes."""
         return scan.unpack_codes_numpy(self.packed_codes(ids), self._four_bit)

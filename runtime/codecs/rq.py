@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.artifact import release_pages
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
@@ -235,7 +234,7 @@ def norm_values(norm_range: np.ndarray) -> np.ndarray:
     return (lo + np.arange(256, dtype=np.float64) * ((hi - lo) / NORM_LEVELS)).astype(np.float32)
 
 
-class RqCodec(Codec):
+class RqCodec(adc.BlockedCodes, Codec):
     name = "rq"
     required_arrays = ("codes", "codebooks", "norm_range")
     row_arrays = ("codes",)
@@ -364,22 +363,10 @@ class RqCodec(Codec):
             flat = books.reshape(self._m * self._k, self.dim)
             gram = (flat @ flat.T).reshape(self._m, self._k, self._m, self._k)
             self.derived["cross_tables"] = np.ascontiguousarray(gram.transpose(0, 2, 1, 3), dtype=np.float32)
-        if self._four_bit and fastscan.AVAILABLE:
-            self.derived["blocked_codes"] = fastscan.blocked_layout(self.arrays["codes"])
-            release_pages(self.arrays["codes"])
-
-    def held_arrays(self) -> dict[str, np.ndarray]:
-        held = super().held_arrays()
-        if "blocked_codes" in held:
-            del held["codes"]
-        return held
+        if self._four_bit:
+            self._block_codes()
 
     # ---- helpers ----------------------------------------------------------------------------------
-    def packed_codes(self, ids: np.ndarray) -> np.ndarray:
-        """ids (b,) int64 -> (b, W) uint8 codes as stored (the norm level last)."""
-        blocked = self.derived.get("blocked_codes")
-        return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)
-
     def unpacked_codes(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, M) uint8 codeword indices (the norm left out)."""
         packed = self.packed_codes(ids)
