@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.artifact import release_pages
+from runtime.codecs.base import Prepared, scan_chunks
 from runtime.kernels import fastscan, scan
 
 EMPTY = np.empty(0, np.float32)
@@ -72,6 +73,8 @@ class BlockedCodes:
 
     arrays: dict[str, np.ndarray]
     derived: dict[str, np.ndarray]
+    rows: int
+    _four_bit: bool
 
     def _block_codes(self) -> None:
         """Build the fast-scan layout (4-bit codecs, at load); the row-major array stays the
@@ -90,3 +93,18 @@ class BlockedCodes:
         """ids (b,) int64 -> (b, W) uint8 codes as stored, from whichever layout is held."""
         blocked = self.derived.get("blocked_codes")
         return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)
+
+    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """ADC top k over every row for a prepared `LutQuery`: the fast scan over the blocked
+        layout where it is held, else the scalar scan over the stored codes."""
+        query: LutQuery = prepared.data
+        blocked = self.derived.get("blocked_codes")
+        if blocked is None:
+            return scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
+        tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
+        # one chunk a thread: every chunk fills its own heap, and at this scan speed the
+        # heap pushes are a large share of the time
+        keys, ids = fastscan.fastscan_topk(
+            blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows, per_thread=1)
+        )
+        return ids, query.scores(keys)

@@ -20,7 +20,7 @@ import numpy as np
 from runtime import training
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
-from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, scan
 
@@ -186,27 +186,6 @@ class PqCodec(adc.BlockedCodes, Codec):
             return np.ascontiguousarray(rows)
         own = self._diag[np.arange(self._m)[None, :], a][:, :, None]
         return np.ascontiguousarray(-(own + self._diag[None] - 2 * rows), dtype=np.float32)
-
-    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
-        query: LutQuery = prepared.data
-        blocked = self.derived.get("blocked_codes")
-        if blocked is None:
-            return adc.scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
-        tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-        # one chunk a thread: every chunk fills its own heap, and at this scan speed the
-        # heap pushes are a large share of the time
-        keys, ids = fastscan.fastscan_topk(
-            blocked,
-            tables,
-            query.luts,
-            bias,
-            scale,
-            slack,
-            self.rows,
-            k,
-            scan_chunks(self.rows, per_thread=1),
-        )
-        return ids, query.scores(keys)
 
     # ---- codec protocol ---------------------------------------------------------------------------
     def decode(self, ids: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
-from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
 
@@ -423,17 +423,6 @@ class RqCodec(adc.BlockedCodes, Codec):
             dots = self._dots(decoded)
             norms = adc.l2_finish_norms(decoded)
         return Prepared(metric, dots.shape[0], None, self._lut_query(dots, metric, norms))
-
-    def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
-        query: LutQuery = prepared.data
-        blocked = self.derived.get("blocked_codes")
-        if blocked is None:
-            return adc.scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
-        tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-        keys, ids = fastscan.fastscan_topk(
-            blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows, per_thread=1)
-        )
-        return ids, query.scores(keys)
 
     def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
         query: LutQuery = prepared.data
