@@ -34,6 +34,7 @@ from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
+from runtime.kernels.kmeans import centroid_sums
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
@@ -93,7 +94,7 @@ def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndar
     ncentroids = centroids.shape[0]
     for _ in range(iterations):
         assign, dist = nearest(points, centroids)
-        sums, counts = additive.centroid_sums(points, assign, ncentroids)
+        sums, counts = centroid_sums(points, assign, ncentroids)
         filled = counts > 0
         centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
         empty = np.flatnonzero(~filled)
@@ -213,7 +214,7 @@ def refine_codebooks(codebooks: np.ndarray, codes: np.ndarray, residual: np.ndar
     for m in range(codebooks.shape[0]):
         assign = codes[:, m].astype(np.int64)
         target = residual + codebooks[m][assign]
-        sums, counts = additive.centroid_sums(target, assign, ncode)
+        sums, counts = centroid_sums(target, assign, ncode)
         used = counts > 0
         codebooks[m][used] = (sums[used] / counts[used, None]).astype(np.float32)
         np.subtract(target, codebooks[m][assign], out=residual)

@@ -95,28 +95,6 @@ def beam_advance_numpy(
     return out_res.reshape(n, keep, dim), out_paths.astype(np.uint8), np.take_along_axis(flat, order, axis=1)
 
 
-@njit(nogil=True, cache=True)
-def centroid_sums(points: np.ndarray, assign: np.ndarray, ncentroids: int):
-    """points (n, d) float32, assign (n,) int64 in 0..ncentroids-1 -> sums (ncentroids, d)
-    float64 of the points of each centroid, counts (ncentroids,) int64."""
-    n, dim = points.shape
-    sums = np.zeros((ncentroids, dim), dtype=np.float64)
-    counts = np.zeros(ncentroids, dtype=np.int64)
-    for i in range(n):
-        c = assign[i]
-        counts[c] += 1
-        for j in range(dim):
-            sums[c, j] += points[i, j]
-    return sums, counts
-
-
-def centroid_sums_numpy(points: np.ndarray, assign: np.ndarray, ncentroids: int) -> tuple[np.ndarray, np.ndarray]:
-    """Twin of `centroid_sums`."""
-    sums = np.zeros((ncentroids, points.shape[1]), dtype=np.float64)
-    np.add.at(sums, assign, points.astype(np.float64))
-    return sums, np.bincount(assign, minlength=ncentroids).astype(np.int64)
-
-
 @njit(parallel=True, nogil=True, cache=True)
 def cross_luts(codes: np.ndarray, tables: np.ndarray):
     """LUTs of stored rows as queries, from the cross-codebook inner-product tables.
