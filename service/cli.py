@@ -115,7 +115,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     busy = busy_port_message(settings.host, ports)
     if busy is None:
         try:
-            serve(settings)
+            if settings.workers > 1:
+                from service.workers import supervise
+
+                if supervise(settings) != 0:
+                    return 1  # the supervisor logged which worker failed and how
+            else:
+                serve(settings)
         except (OSError, RuntimeError) as exc:
             # lost a race for a port after the check: grpc raises RuntimeError, the HTTP bind OSError
             busy = busy_port_message(settings.host, ports)

@@ -1,14 +1,36 @@
 """Every Prometheus metric embserve exports, declared in one place.
 
 Names carry the `embserve_` prefix and base units; labels are bounded (transport, operation,
-table name, status class, codec), never ids."""
+table name, status class, codec), never ids.
+
+With several worker processes (service/workers.py) PROMETHEUS_MULTIPROC_DIR is set before
+prometheus_client is imported: counters and histograms then live in per-process files that any
+worker's /metrics sums; in-flight requests are summed over live workers, readiness is the minimum
+(1 only when every worker is ready). Per-table gauges and the build info come from the scraped
+worker itself: every worker serves the same tables (admin changes reach all of them), and a
+multiprocess file cannot forget a removed table's series. process_* metrics are left out there,
+since they would describe only whichever worker answered the scrape."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -35,7 +57,9 @@ class Metrics:
             ["transport", "operation", "table", "status"],
             registry=r,
         )
-        self.in_flight = Gauge("embserve_requests_in_flight", "Requests being processed now.", registry=r)
+        self.in_flight = Gauge(
+            "embserve_requests_in_flight", "Requests being processed now.", registry=r, multiprocess_mode="livesum"
+        )
         self.ids_per_request = Histogram(
             "embserve_ids_per_request", "Ids in a lookup request.", ["table"], buckets=SIZE_BUCKETS, registry=r
         )
@@ -108,11 +132,16 @@ class Metrics:
             ["transport"],
             registry=r,
         )
-        self.ready = Gauge("embserve_ready", "1 when the server accepts requests.", registry=r)
+        self.ready = Gauge(
+            "embserve_ready", "1 when the server accepts requests.", registry=r, multiprocess_mode="livemin"
+        )
         self.build = Info("embserve_build", "embserve version.", registry=r)
         # Redis synchronisation (present, and 0, when no Redis is configured)
         self.redis_connected = Gauge(
-            "embserve_redis_connected", "1 while the replica's Redis watcher is connected.", registry=r
+            "embserve_redis_connected",
+            "1 while the replica's Redis watcher is connected.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.redis_errors = Counter(
             "embserve_redis_errors",
@@ -133,6 +162,27 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        per_worker = (
+            self.table_rows,
+            self.table_bytes,
+            self.table_fp32_bytes,
+            self.table_info,
+            self.delta_rows,
+            self.delta_slots,
+            self.delta_capacity,
+            self.published_in_sync,
+            self.build,
+        )
+        self._own_families = {family.name for metric in per_worker for family in metric.describe()}
+        self._aggregate: CollectorRegistry | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._aggregate = CollectorRegistry()
+            self._aggregate.register(_WorkersCollector(self))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this process's registry, or with several workers
+        their sum (see the module docstring)."""
+        return generate_latest(self._aggregate if self._aggregate is not None else self.registry)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: the request path asks for the same few series on
@@ -159,9 +209,31 @@ class Metrics:
 
     def clear_table(self, name: str) -> None:
         gauges = (self.table_rows, self.table_bytes, self.table_fp32_bytes, self.delta_rows, self.delta_slots)
-        for gauge in (*gauges, self.delta_capacity):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name)
-        for labels in list(self.table_info._metrics):  # one table has one info series at a time
-            if labels[0] == name:
-                self.table_info.remove(*labels)
+        with warnings.catch_warnings():
+            # multiprocess mode warns that files keep removed series; these are rendered from this
+            # process's registry instead (see the module docstring), where removal works
+            warnings.simplefilter("ignore", UserWarning)
+            for gauge in (*gauges, self.delta_capacity):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+            for labels in list(self.table_info._metrics):  # one table has one info series at a time
+                if labels[0] == name:
+                    self.table_info.remove(*labels)
+
+
+class _WorkersCollector:
+    """Every worker's counters, histograms and live gauges from the multiprocess files, then this
+    worker's own per-table gauges and build info."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.files = MultiProcessCollector(None)
+
+    def collect(self) -> Iterator[Metric]:
+        own = self.metrics._own_families
+        for family in self.files.collect():
+            if family.name not in own:
+                yield family
+        for family in self.metrics.registry.collect():
+            if family.name in own:
+                yield family

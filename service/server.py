@@ -2,7 +2,11 @@
 
 SIGTERM / SIGINT: readiness goes false at once (HTTP /readyz 503, gRPC health NOT_SERVING), new
 requests get 503 / UNAVAILABLE, in-flight requests finish within `grace_seconds`, then both
-servers stop and the process exits 0."""
+servers stop and the process exits 0.
+
+As one of several worker processes (`--workers N`, service/workers.py) it binds both ports with
+SO_REUSEPORT, serves a private Unix socket for its siblings' replayed admin changes, and loads its
+tables before it binds the shared ports, so no connection lands on a worker that cannot answer yet."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvicorn
@@ -29,6 +33,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.sync.replica import ReplicaSync
+    from service.workers import WorkerRole
 
 log = logging.getLogger("embserve")
 HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceService")
@@ -49,14 +54,16 @@ class Bound:
 
 
 class EmbserveServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.role = role
         self.service = EmbeddingService(settings)
         self.health = health.aio.HealthServicer()
         self.stopping = asyncio.Event()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self.sync: ReplicaSync | None = None
+        self._control_socket: socket.socket | None = None
 
     async def _set_health(self) -> None:
         status = (
@@ -70,7 +77,8 @@ class EmbserveServer:
         limit = s.max_body_bytes
         self.grpc_server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                # several workers share the port; a lone server must not silently share it
+                ("grpc.so_reuseport", 1 if self.role is not None else 0),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 256 << 20)),
                 # a connection must complete its HTTP/2 handshake within the header timeout
@@ -109,11 +117,20 @@ class EmbserveServer:
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.role is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.http_port))
         http_port = sock.getsockname()[1]
         service = self.service
+        app: Any = create_asgi(self.service)
+        sockets = [sock]
+        if self.role is not None:
+            from service.workers import WorkerFront
+
+            app = WorkerFront(app, self.service, self.role)
+            sockets.append(self._control_socket or self.role.bind_control())
         config = uvicorn.Config(
-            create_asgi(self.service),
+            app,
             log_level=s.log_level,
             access_log=False,
             timeout_graceful_shutdown=max(1, int(s.grace_seconds)),
@@ -128,7 +145,7 @@ class EmbserveServer:
             ),
         )
         self.http_server = _Uvicorn(config)
-        self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]))
+        self._http_task = asyncio.create_task(self.http_server.serve(sockets=sockets))
         while not self.http_server.started:
             if self._http_task.done():
                 self._http_task.result()
@@ -171,19 +188,34 @@ class EmbserveServer:
             await self.sync.stop()
         self.service.close()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        bound = await self.start()
+    def _log_bound(self, bound: Bound) -> None:
+        worker = "" if self.role is None else f" (worker {self.role.index} of {self.role.count})"
         log.info(
-            "embserve listening: http://%s:%d  grpc %s:%d",
+            "embserve listening%s: http://%s:%d  grpc %s:%d",
+            worker,
             self.settings.host,
             bound.http_port,
             self.settings.host,
             bound.grpc_port,
         )
-        loader = asyncio.create_task(self.load())
+
+    async def _load_then_start(self) -> None:
+        """A worker: control socket first (siblings' replays queue there), then the tables, then
+        the shared ports."""
+        assert self.role is not None
+        self._control_socket = self.role.bind_control()
+        await self.load()
+        self._log_bound(await self.start())
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        if self.role is None:
+            self._log_bound(await self.start())
+            loader = asyncio.create_task(self.load())
+        else:
+            loader = asyncio.create_task(self._load_then_start())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
         if loader.done() and loader.exception() is not None:
@@ -198,6 +230,14 @@ class EmbserveServer:
             loader.cancel()
 
 
-def serve(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(EmbserveServer(settings).run())
+def serve(settings: Settings, role: WorkerRole | None = None) -> None:
+    """Run one server process until SIGTERM / SIGINT; `role` when it is one of several workers."""
+    worker = "" if role is None else f" [worker {role.index}]"
+    logging.basicConfig(
+        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s"
+    )
+    if role is None and settings.numba_threads is not None:
+        import numba
+
+        numba.set_num_threads(min(settings.numba_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    asyncio.run(EmbserveServer(settings, role).run())

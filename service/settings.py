@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     grpc_max_connection_idle_seconds: float = Field(
         300.0, gt=0, description="a gRPC connection with no call for this long is closed (GOAWAY)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="server processes sharing both ports (SO_REUSEPORT) and the tables' memory-mapped pages; "
+        "admin changes reach every one",
+    )
+    numba_threads: int | None = Field(
+        None, ge=1, description="numba threads per worker process (default: the CPUs available to the pod // workers)"
+    )
     worker_threads: int = Field(4, ge=1, description="threads running kernels off the event loop")
     parallel_min_ids: int = Field(
         4096, ge=1, le=4096, description="lookups of fewer ids gather on one thread (requests already run concurrently)"

@@ -1,0 +1,390 @@
+"""`embserve serve --workers N`: N server processes behind one pair of ports.
+
+The supervisor (the process started as `embserve serve`) resolves the ports, then starts N worker
+processes (`python -m service.workers`), each a full one-process server (service/server.py) whose
+HTTP and gRPC listeners bind the same ports with SO_REUSEPORT, so the kernel spreads connections
+over them. Tables are memory-mapped artifacts: the workers map the same files, so their pages sit
+once in the page cache, not N times.
+
+Admin changes (loads, deletes, upserts, key deletes) arrive at whichever worker the client's
+connection landed on. That worker takes a lock shared by all workers (flock on a file in the
+control directory, so two admin changes never interleave), applies the change, and replays the same
+HTTP request to every sibling over the sibling's private Unix socket; it answers only when every
+worker has applied it, so a read on any connection afterwards sees the change. With Redis configured
+loads and deletes already reach every worker through the registry (each worker is a replica), so
+only row updates are replayed.
+
+Metrics: every worker writes its counters, histograms and gauges to prometheus-client's
+multiprocess files (PROMETHEUS_MULTIPROC_DIR, a fresh directory each start) and any worker's
+/metrics sums them (service/metrics.py).
+
+SIGTERM / SIGINT to the supervisor: forwarded to every worker, each drains its in-flight requests
+(server.py), the supervisor exits 0 once all have exited 0. A worker that dies on its own makes the
+supervisor stop the others and exit 1: a restarted worker would come back without the row updates
+its siblings hold in memory, so the pod (and Kubernetes' restart) is the unit of recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.core import EmbeddingService
+    from service.settings import Settings
+
+log = logging.getLogger("embserve")
+WORKER_HEADER = b"x-embserve-worker"
+ADMIN_CHANGE = re.compile(r"/v1/tables/[^/]+(/upsert|/delete)?")
+ROW_UPDATE_SUFFIXES = ("/upsert", "/delete")
+RELAYED_HEADERS = (b"authorization", b"content-type", b"x-embserve-shape", b"x-embserve-sequence")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a pod's CPU
+    limit shows there, not in the affinity mask)."""
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return cpus
+
+
+def numba_threads_per_worker(settings: Settings) -> int:
+    """`numba_threads` when set, else the available CPUs split evenly over the workers (at least 1)."""
+    return settings.numba_threads or max(1, available_cpus() // settings.workers)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """Who a worker process is: its index among `count` workers and the supervisor's control directory."""
+
+    index: int
+    count: int
+    control_dir: Path
+
+    def control_path(self, index: int) -> Path:
+        return self.control_dir / f"worker-{index}.sock"
+
+    def siblings(self) -> list[int]:
+        return [i for i in range(self.count) if i != self.index]
+
+    def bind_control(self) -> socket.socket:
+        """This worker's private Unix socket, listening before the tables load, so a sibling's
+        replayed admin change waits in the backlog instead of being refused."""
+        path = self.control_path(self.index)
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen(64)
+        return sock
+
+
+def _admin_change(method: str, path: str, relay_loads: bool) -> bool:
+    match = ADMIN_CHANGE.fullmatch(path)
+    if match is None:
+        return False
+    if match.group(1) is not None:
+        return method == "POST"
+    return relay_loads and method in ("PUT", "DELETE")
+
+
+class WorkerFront:
+    """Outermost ASGI layer of a worker: stamps `x-embserve-worker` on every response and replays
+    successful admin changes to the sibling workers (see the module docstring)."""
+
+    def __init__(self, app: Any, service: EmbeddingService, role: WorkerRole) -> None:
+        self.app = app
+        self.service = service
+        self.role = role
+        self.worker_id = str(role.index).encode()
+        self.control_socket = str(role.control_path(role.index))
+        # with Redis the registry already carries loads and deletes to every worker
+        self.relay_loads = service.settings.redis_url is None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        stamp = self.worker_id
+
+        async def stamped(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (WORKER_HEADER, stamp)]
+            await send(message)
+
+        replay = _admin_change(scope["method"], scope["path"], self.relay_loads) and not self._from_sibling(scope)
+        if not replay:
+            await self.app(scope, receive, stamped)
+            return
+        await self._apply_everywhere(scope, receive, stamped)
+
+    def _from_sibling(self, scope: MutableMapping[str, Any]) -> bool:
+        # uvicorn gives a Unix socket's scope["server"] as (path, None)
+        server = scope.get("server")
+        return server is not None and server[1] is None and server[0] == self.control_socket
+
+    async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        body = await _read_all(receive, self.service)
+        if body is None:
+            self.service.client_disconnected("http")
+            return
+        lock = await asyncio.to_thread(_take_admin_lock, self.role.control_dir)
+        try:
+            status, headers, answer = await self._apply_here(scope, body)
+            if 200 <= status < 300:
+                failures = [
+                    f"worker {index}: {problem}"
+                    for index, problem in zip(
+                        self.role.siblings(),
+                        await asyncio.gather(*(self._replay(i, scope, body) for i in self.role.siblings())),
+                        strict=True,
+                    )
+                    if problem is not None
+                ]
+                if failures:
+                    log.error("admin change %s %s not applied everywhere: %s", scope["method"], scope["path"], failures)
+                    status, headers = 502, [(b"content-type", b"application/json")]
+                    answer = json.dumps(
+                        {"error": "applied by this worker but not by every worker: " + "; ".join(failures)}
+                    ).encode()
+        finally:
+            lock.close()
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(answer)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _apply_here(
+        self, scope: MutableMapping[str, Any], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        sent = False
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        parts: list[bytes] = []
+
+        async def replayed_receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # like a client that stays connected
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers", ()))
+            elif message["type"] == "http.response.body":
+                parts.append(bytes(message.get("body", b"")))
+
+        await self.app(scope, replayed_receive, capture)
+        return status, headers, b"".join(parts)
+
+    async def _replay(self, index: int, scope: MutableMapping[str, Any], body: bytes) -> str | None:
+        """Send the same request to sibling `index`; None when it answered 2xx, else what went wrong."""
+        target = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+        lines = [f"{scope['method']} {target} HTTP/1.1", "host: embserve-worker", "connection: close"]
+        for key, value in scope["headers"]:
+            if key in RELAYED_HEADERS:
+                lines.append(f"{key.decode()}: {value.decode('latin-1')}")
+        lines.append(f"content-length: {len(body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        timeout = self.service.settings.publish_wait_seconds
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.role.control_path(index))), timeout
+            )
+            try:
+                writer.write(request)
+                await writer.drain()
+                response = await asyncio.wait_for(reader.read(), timeout)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return f"not reachable ({exc.__class__.__name__}: {exc})"
+        head, _, answer = response.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split()
+        status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
+        if 200 <= status < 300:
+            return None
+        return f"HTTP {status or '?'} {answer[:300].decode(errors='replace')}"
+
+
+async def _read_all(receive: Any, service: EmbeddingService) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        service.check_body_size(size)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _take_admin_lock(control_dir: Path) -> Any:
+    """An exclusive flock shared by all workers (and by concurrent requests in one worker: each
+    call opens its own file description); released by closing the returned file."""
+    handle = (control_dir / "admin.lock").open("a")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
+# ---- supervisor ---------------------------------------------------------------------------------
+def _reserve_port(host: str, port: int) -> tuple[int, socket.socket | None]:
+    """A concrete port for `port` (0: a free one, held by a bound, never listening SO_REUSEPORT
+    socket until the supervisor exits, so no other program takes it while workers start)."""
+    if port != 0:
+        return port, None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, 0))
+    return int(holder.getsockname()[1]), holder
+
+
+def _metrics_dir(control_dir: Path) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR when the environment names one (emptied of an earlier run's files),
+    else a fresh directory under the control directory."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path
+    path = control_dir / "metrics"
+    path.mkdir()
+    return path
+
+
+def supervise(settings: Settings) -> int:
+    """Run `settings.workers` worker processes until SIGTERM / SIGINT (exit 0 when all drained
+    cleanly) or until one exits on its own (the others are stopped; exit 1)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    http_port, http_holder = _reserve_port(settings.host, settings.http_port)
+    grpc_port, grpc_holder = _reserve_port(settings.host, settings.grpc_port)
+    control_dir = Path(tempfile.mkdtemp(prefix="embserve-workers-"))
+    threads = numba_threads_per_worker(settings)
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(_metrics_dir(control_dir)),
+        "NUMBA_NUM_THREADS": str(threads),
+    }
+    worker_settings = settings.model_copy(update={"http_port": http_port, "grpc_port": grpc_port})
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for index in range(settings.workers):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.workers", str(index), str(settings.workers), str(control_dir)],
+                stdin=subprocess.PIPE,
+                env=env,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(worker_settings.model_dump_json().encode())
+            proc.stdin.close()
+            procs.append(proc)
+        log.info(
+            "supervisor: %d workers (pids %s), %d numba threads each, on http %s:%d and grpc %s:%d",
+            len(procs),
+            ", ".join(str(p.pid) for p in procs),
+            threads,
+            settings.host,
+            http_port,
+            settings.host,
+            grpc_port,
+        )
+        return _watch(procs, lambda: stopping, settings.grace_seconds)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for holder in (http_holder, grpc_holder):
+            if holder is not None:
+                holder.close()
+        shutil.rmtree(control_dir, ignore_errors=True)
+
+
+def _watch(procs: list[subprocess.Popen[bytes]], stopping: Any, grace_seconds: float) -> int:
+    while not stopping():
+        for index, proc in enumerate(procs):
+            code = proc.poll()
+            if code is not None:
+                log.error("worker %d (pid %d) exited with status %d: stopping the others", index, proc.pid, code)
+                _stop_all(procs, grace_seconds)
+                return 1
+        time.sleep(0.1)
+    log.info("supervisor: signal received, draining %d workers", len(procs))
+    codes = _stop_all(procs, grace_seconds)
+    if any(codes):
+        log.error("workers exited with statuses %s", codes)
+        return 1
+    return 0
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace_seconds: float) -> list[int]:
+    """SIGTERM every live worker, wait for their drains (grace + a margin), kill what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds + 10
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of one worker process: `python -m service.workers INDEX COUNT CONTROL_DIR`, the
+    supervisor's settings as JSON on stdin. PROMETHEUS_MULTIPROC_DIR and NUMBA_NUM_THREADS are in
+    the environment before prometheus_client or numba is imported."""
+    index, count, control_dir = int(argv[0]), int(argv[1]), Path(argv[2])
+    from service.server import serve
+    from service.settings import Settings
+
+    settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    if settings.replica_id:  # one registry row per worker process
+        settings = settings.model_copy(update={"replica_id": f"{settings.replica_id}-w{index}"})
+    serve(settings, WorkerRole(index, count, control_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

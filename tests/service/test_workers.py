@@ -1,0 +1,229 @@
+"""`embserve serve --workers 2`: two real worker processes behind one pair of ports.
+
+Connections are told apart by the `x-embserve-worker` header; a kept-alive connection stays with
+the worker that accepted it, so each check below is made once per worker."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+import runtime
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+from service.settings import Settings
+from service.workers import WorkerRole, _admin_change, numba_threads_per_worker
+from tests.conftest import low_rank_table
+from tests.service.live import LiveServer, start_server
+
+TOKEN = "s3cret"
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("workers-root")
+    x = low_rank_table(60_000, DIM, seed=5)
+    runtime.compress(x, "fp16").save(base / "v1")
+    runtime.compress(-x, "fp16").save(base / "v2")
+    return base
+
+
+def connect_to_every_worker(
+    server: LiveServer, workers: int, timeout: float = 60
+) -> dict[int, http.client.HTTPConnection]:
+    """One kept-alive connection per worker, each already answered ready by its worker."""
+    found: dict[int, http.client.HTTPConnection] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < workers:
+        assert time.monotonic() < deadline, f"saw only workers {sorted(found)}:\n{server.log()}"
+        conn = fresh(server)
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        response.read()
+        worker = int(response.headers["x-embserve-worker"])
+        if response.status == 200 and worker not in found:
+            found[worker] = conn
+        else:
+            conn.close()
+            time.sleep(0.02)
+    return found
+
+
+_opened: list[http.client.HTTPConnection] = []
+
+
+def fresh(server: LiveServer) -> http.client.HTTPConnection:
+    """A new connection (so a new pick by the kernel among the workers), closed after the test."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    _opened.append(conn)
+    return conn
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def call(
+    conn: http.client.HTTPConnection, method: str, path: str, body: object = None, token: bool = False
+) -> tuple[int, dict[str, str], Any]:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {TOKEN}"
+    conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+    response = conn.getresponse()
+    return response.status, dict(response.headers), json.loads(response.read())
+
+
+def scrape(conn: http.client.HTTPConnection, pattern: str) -> float:
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    found = [float(line.split()[-1]) for line in text.splitlines() if re.fullmatch(pattern, line.rsplit(" ", 1)[0])]
+    assert len(found) == 1, (pattern, text)
+    return found[0]
+
+
+def test_admin_changes_are_replayed_to_siblings_only_from_the_shared_port() -> None:
+    """Unit check of what gets replayed: loads and deletes only without Redis, row updates always."""
+    assert _admin_change("PUT", "/v1/tables/t", relay_loads=True)
+    assert _admin_change("DELETE", "/v1/tables/t", relay_loads=True)
+    assert not _admin_change("PUT", "/v1/tables/t", relay_loads=False)
+    assert _admin_change("POST", "/v1/tables/t/upsert", relay_loads=False)
+    assert _admin_change("POST", "/v1/tables/t/delete", relay_loads=False)
+    assert not _admin_change("POST", "/v1/tables/t/lookup", relay_loads=True)
+    assert not _admin_change("GET", "/v1/tables/t", relay_loads=True)
+    assert WorkerRole(1, 3, Path("/x")).siblings() == [0, 2]
+
+
+def test_numba_threads_split_the_cpus_unless_set() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert numba_threads_per_worker(Settings(workers=1)) <= cpus
+    assert numba_threads_per_worker(Settings(workers=cpus * 4)) == 1
+    assert numba_threads_per_worker(Settings(workers=2, numba_threads=3)) == 3
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path,
+        ["--workers", "2", "--table", f"t={root / 'v1'}", "--artifact-root", str(root), "--admin-token", TOKEN],
+    )
+    try:
+        conns = connect_to_every_worker(server, 2)
+        v1, v2 = runtime.load_table(root / "v1"), runtime.load_table(root / "v2")
+        ids = [3, 17, 59_999]
+        lookups = 0
+        for conn in conns.values():
+            status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": ids})
+            lookups += 1
+            assert status == 200
+            np.testing.assert_allclose(body["embeddings"], v1.lookup(np.array(ids)), rtol=1e-6)
+
+        # a swap sent on a fresh connection lands on one worker and reaches both
+        status, headers, body = call(fresh(server), "PUT", "/v1/tables/t", {"path": "v2"}, True)
+        assert status == 200, body
+        for worker, conn in conns.items():
+            status, headers, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": ids})
+            lookups += 1
+            assert status == 200 and int(headers["x-embserve-worker"]) == worker
+            np.testing.assert_allclose(body["embeddings"], v2.lookup(np.array(ids)), rtol=1e-6)
+
+        # a row update likewise, and a second one keeps both workers' sequences equal
+        new_row = np.full((1, DIM), 0.25, dtype=np.float32)
+        for _ in range(2):
+            status, _, body = call(
+                fresh(server),
+                "POST",
+                "/v1/tables/t/upsert",
+                {"keys": [17], "rows": new_row.tolist()},
+                True,
+            )
+            assert status == 200, body
+        for conn in conns.values():
+            status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": [17]})
+            lookups += 1
+            np.testing.assert_allclose(body["embeddings"], new_row, atol=2e-3)
+            assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 2
+
+        # gRPC listens on the shared port too: every new channel sees the updated row
+        for _ in range(4):
+            with grpc.insecure_channel(server.grpc, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                reply = pb_grpc.EmbeddingServiceStub(channel).Lookup(
+                    pb.LookupRequest(
+                        table="t", ids=pb.Tensor(dtype="int64", shape=[1], data=np.array([17], "<i8").tobytes())
+                    ),
+                    timeout=10,
+                )
+            np.testing.assert_allclose(np.frombuffer(reply.embeddings.data, "<f4"), new_row[0], atol=2e-3)
+
+        # one scrape, from either worker, counts both workers' requests
+        for conn in conns.values():
+            assert (
+                scrape(conn, r'embserve_requests_total\{operation="lookup",status="ok",table="t",transport="http"\}')
+                == lookups
+            )
+            assert scrape(conn, r"embserve_ready") == 1
+            assert scrape(conn, r'embserve_table_info\{codec="fp16",rerank="",table="t",version="[^"]*"\}') == 1
+    finally:
+        assert server.terminate() == 0, server.log()
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_sigterm_drains_every_worker_and_a_dead_worker_stops_the_pod(root: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    runtime.compress(low_rank_table(200_000, DIM, seed=6), "fp16").save(big)
+    server = start_server(tmp_path, ["--workers", "2", "--table", f"t={big}", "--grace-seconds", "20"])
+    try:
+        conns = connect_to_every_worker(server, 2)
+        queries = np.random.default_rng(0).standard_normal((1000, DIM)).tolist()
+        results: dict[int, int] = {}
+
+        def slow_search(worker: int, conn: http.client.HTTPConnection) -> None:
+            results[worker] = call(conn, "POST", "/v1/tables/t/search", {"queries": queries, "k": 200})[0]
+
+        threads = [threading.Thread(target=slow_search, args=item) for item in conns.items()]
+        for thread in threads:
+            thread.start()
+        probe = fresh(server)
+        deadline = time.monotonic() + 10
+        while (busy := scrape(probe, "embserve_requests_in_flight")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert busy == 2, "both searches should be running when SIGTERM arrives"
+        server.proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        assert results == {0: 200, 1: 200}
+        assert server.proc.wait(30) == 0, server.log()
+    finally:
+        server.terminate()
+
+    # a worker killed from outside: the supervisor stops its sibling and exits 1
+    server = start_server(tmp_path, ["--workers", "2", "--table", f"t={root / 'v1'}"])
+    try:
+        connect_to_every_worker(server, 2)
+        pids = [int(p) for p in re.findall(r"workers \(pids (\d+), (\d+)\)", server.log())[0]]
+        os.kill(pids[1], signal.SIGKILL)
+        assert server.proc.wait(30) == 1, server.log()
+        assert "worker 1" in server.log() and "exited" in server.log()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        server.terminate()
