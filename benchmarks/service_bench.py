@@ -74,7 +74,9 @@ def bare_http(port: int) -> None:
 
 
 # ---- load generators ---------------------------------------------------------------------------
-def grpc_load(target: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
+def grpc_load(target: str, concurrency: int, seconds: float, rows: int, channels: int = 1) -> dict[str, float]:
+    """`concurrency` coroutines over `channels` connections (each channel its own subchannel pool,
+    so they are distinct TCP connections, which SO_REUSEPORT can spread over worker processes)."""
     import grpc
 
     from service.rpc.generated import embserve_pb2 as pb
@@ -99,16 +101,76 @@ def grpc_load(target: str, concurrency: int, seconds: float, rows: int) -> dict[
             i += 1
 
     async def main() -> float:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            await stub.Lookup(requests[0])
+        opened = [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
+        ]
+        try:
+            stubs = [pb_grpc.EmbeddingServiceStub(channel) for channel in opened]
+            for stub in stubs:
+                await stub.Lookup(requests[0])
             started = time.perf_counter()
             deadline = started + seconds
-            await asyncio.gather(*(worker(stub, deadline, c) for c in range(concurrency)))
+            await asyncio.gather(*(worker(stubs[c % channels], deadline, c) for c in range(concurrency)))
             return time.perf_counter() - started
+        finally:
+            for channel in opened:
+                await channel.close()
 
     elapsed = asyncio.run(main())
     return summarize(latencies, elapsed)
+
+
+def h2load_grpc_load(target: str, concurrency: int, seconds: float, rows: int, channels: int = 1) -> dict[str, float]:
+    """gRPC Lookup load from h2load (nghttp2's C load generator): the same framed LookupRequest
+    over `channels` HTTP/2 connections with `concurrency` streams in flight in all. It costs the
+    client a fraction of the CPU grpcio's Python client does, so on a 2-core machine the server
+    keeps the cores. h2load does not read gRPC trailers: the byte count per answer is checked
+    instead (an error answer has no 128 KiB payload), and p99 is not available (mean only)."""
+    from service.rpc.generated import embserve_pb2 as pb
+
+    ids = np.random.default_rng(0).integers(0, rows, BATCH).astype("<i8").tobytes()
+    message = pb.LookupRequest(table="bench", ids=pb.Tensor(dtype="int64", shape=[BATCH], data=ids))
+    payload = message.SerializeToString()
+    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
+        body.write(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+        body.flush()
+        clients = max(1, min(channels, concurrency))
+        run = subprocess.run(
+            [
+                "h2load",
+                "-D",
+                str(max(1, round(seconds))),
+                "-c",
+                str(clients),
+                "-m",
+                str(max(1, concurrency // clients)),
+                "-t",
+                "1",
+                "-d",
+                body.name,
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"http://{target}/embserve.v1.EmbeddingService/Lookup",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+    text = run.stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
+    traffic = re.search(r"\((\d+)\) data", text)
+    finished = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text)
+    if not (done and traffic and finished and mean):
+        raise RuntimeError(f"h2load output not understood:\n{text}\n{run.stderr}")
+    succeeded = int(done.group(2))
+    data = int(traffic.group(1))
+    if succeeded == 0 or data / succeeded < BATCH * DIM * 4:
+        raise RuntimeError(f"h2load's answers are not lookups ({data / max(succeeded, 1):.0f} B each):\n{text}")
+    mean_ms = float(mean.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
+    return {"rps": float(finished.group(2)), "p50_ms": mean_ms, "p99_ms": float("nan")}
 
 
 def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
@@ -188,17 +250,28 @@ def median_load(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.median([r[key] for r in results])) for key in results[0]}
 
 
-def run_load(kind: str, target: str, concurrency: int, seconds: float, rows: int) -> dict[str, float]:
-    """Each load in its own process, so the client does not share the server's interpreter."""
+def run_load(kind: str, target: str, concurrency: int, seconds: float, rows: int, **extra: Any) -> dict[str, float]:
+    """Each load in its own process, so the client does not share the server's interpreter. The
+    result carries `client_cpu_s`, the CPU seconds the client process (and wrk under it) used."""
     code = (
-        "import json, sys; from benchmarks.service_bench import grpc_load, http_load; "
-        f"print(json.dumps({kind}_load({target!r}, {concurrency}, {seconds}, {rows})))"
+        "import json, sys; from benchmarks.service_bench import grpc_load, h2load_grpc_load, http_load; "
+        f"print(json.dumps({kind}_load({target!r}, {concurrency}, {seconds}, {rows}, **{extra!r})))"
     )
+    before = _children_cpu()
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120)
     if run.returncode != 0:
         raise RuntimeError(run.stderr)
     result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+    result["client_cpu_s"] = _children_cpu() - before
     return result
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children, grandchildren included."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,10 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if busy is None:
         try:
             if settings.workers > 1:
-                from service.workers import supervise
+                from service.workers import exec_supervisor
 
-                if supervise(settings) != 0:
-                    return 1  # the supervisor logged which worker failed and how
+                exec_supervisor(settings)  # does not return: the supervisor exits 0, or 1 naming the worker
             else:
                 serve(settings)
         except (OSError, RuntimeError) as exc:

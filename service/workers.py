@@ -371,10 +371,36 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], grace_seconds: float) -> lis
     return codes
 
 
+def exec_supervisor(settings: Settings) -> None:
+    """Replace this process (same pid: PID 1 in a container stays the supervisor) by a lean
+    `python -m service.workers supervise`, which imports no numpy, numba or server code, so the
+    supervisor holds tens of MiB, not a worker's worth. The settings travel in a 0600 file the
+    supervisor reads and deletes."""
+    fd, path = tempfile.mkstemp(prefix="embserve-settings-", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(settings.model_dump_json())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "service.workers", "supervise", path])
+
+
+def supervisor_main(settings_path: str) -> int:
+    from service.settings import Settings
+
+    path = Path(settings_path)
+    try:
+        settings = Settings.model_validate_json(path.read_bytes())
+    finally:
+        path.unlink(missing_ok=True)
+    return supervise(settings)
+
+
 def worker_main(argv: list[str]) -> int:
     """Entry of one worker process: `python -m service.workers INDEX COUNT CONTROL_DIR`, the
     supervisor's settings as JSON on stdin. PROMETHEUS_MULTIPROC_DIR and NUMBA_NUM_THREADS are in
     the environment before prometheus_client or numba is imported."""
+    if argv[0] == "supervise":
+        return supervisor_main(argv[1])
     index, count, control_dir = int(argv[0]), int(argv[1]), Path(argv[2])
     from service.server import serve
     from service.settings import Settings

@@ -61,3 +61,17 @@ def test_tables_bench_smoke(tmp_path: Path) -> None:
     ops = {row["op"].split(",")[0] for row in rows if row["section"] == "tables"}
     assert {"keyed lookup int8", "upsert throughput", "lookup p99 B=1024 while upserting 10000 rows/s"} <= ops
     assert all(row["ours"] > 0 for row in rows)
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_workers_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import workers_bench
+
+    args = ["--rows", "2000", "--seconds", "1", "--slices", "1", "--concurrency", "4", "--out", str(tmp_path)]
+    assert workers_bench.main(args) == 0
+    result = json.loads((tmp_path / "workers.json").read_text())
+    assert {row["transport"] for row in result["results"]} == {"grpc", "http"}
+    assert all(row[f"workers_{n}"]["rps"] > 0 for row in result["results"] for n in (1, 2))
+    # the two-worker server has a supervisor and two workers, each mapping the table
+    assert result["memory"]["2"]["supervisor_pss"] > 0 and result["memory"]["2"]["pss"] > result["memory"]["1"]["pss"]
