@@ -65,3 +65,28 @@ def memory_of(pids: list[int]) -> dict[str, int]:
         except OSError:
             continue
     return total
+
+
+def mapped(pid: int, prefix: str) -> dict[str, int]:
+    """Bytes of rss and pss of one process's mappings of files below `prefix` (e.g. an artifact
+    directory: the table's pages, as this process sees them)."""
+    total = {"rss": 0, "pss": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if head and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+            inside = len(head) == 6 and head[5].startswith(prefix)
+        elif inside and head and head[0] in ("Rss:", "Pss:"):
+            total[head[0][:-1].lower()] += int(head[1]) * 1024
+    return total
+
+
+def mapped_of(pids: list[int], prefix: str) -> dict[str, int]:
+    total = {"rss": 0, "pss": 0}
+    for pid in pids:
+        try:
+            for key, value in mapped(pid, prefix).items():
+                total[key] += value
+        except OSError:
+            continue
+    return total

@@ -9,9 +9,10 @@ hand them to both workers. Beside each figure: the CPU seconds the client used, 
 per request — on a 2-core machine the client competes with the server for the same cores, and the
 report says how much.
 
-Memory: RSS, PSS and USS (from /proc/<pid>/smaps_rollup) of each server's processes after the
-load: PSS sums to what the workers really take together, so two workers sharing the mapped table
-show about one copy of it.
+Memory: each server alone (the other stopped), after every row was read through every worker:
+RSS, PSS and USS (/proc/<pid>/smaps_rollup) summed over its processes, and the RSS and PSS of the
+table's own mappings (/proc/<pid>/smaps, the artifact's files). PSS divides a shared page among the
+processes mapping it, so the workers' table PSS sums to one copy when they share it.
 
     python -m benchmarks.workers_bench [--rows 200000] [--seconds 12] [--slices 4] [--concurrency 8]
 Writes workers.json and workers.md under --out (benchmarks/results)."""
@@ -19,6 +20,7 @@ Writes workers.json and workers.md under --out (benchmarks/results)."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -57,6 +59,48 @@ def wait_all_workers(http: str, workers: int, timeout: float = 120) -> None:
         if response.status_code == 200:
             seen.add(response.headers.get("x-embserve-worker", "0"))
         time.sleep(0.02)
+
+
+def touch_every_row(port: int, workers: int, rows: int, timeout: float = 60) -> None:
+    """Look every row up once through each worker (a connection per worker, told apart by the
+    x-embserve-worker header), so every worker has the whole table's pages mapped in."""
+    done: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(done) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"reached only workers {sorted(done)}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("GET", "/readyz")
+            response = conn.getresponse()
+            response.read()
+            worker = response.headers.get("x-embserve-worker", "0")
+            if worker in done:
+                continue
+            for start in range(0, rows, 4096):
+                ids = np.arange(start, min(rows, start + 4096), dtype="<i8").tobytes()
+                conn.request("POST", "/v1/tables/bench/lookup", ids, {"content-type": "application/octet-stream"})
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"lookup answered {answer.status}")
+            done.add(worker)
+        finally:
+            conn.close()
+
+
+def measure_memory(server: Any, workers: int, rows: int, artifact: Path) -> dict[str, int]:
+    """RSS / PSS / USS of the server's processes alone on the machine's embserve side, after every
+    row was read through every worker; the table's own mapped pages counted apart."""
+    touch_every_row(server.http_port, workers, rows)
+    pids = procstat.family(server.proc.pid)
+    table = procstat.mapped_of(pids, str(artifact))
+    return {
+        **procstat.memory_of(pids),
+        "supervisor_pss": procstat.memory(server.proc.pid)["pss"] if workers > 1 else 0,
+        "table_rss": table["rss"],
+        "table_pss": table["pss"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"transport": kind, "workers_1": one, "workers_2": two, "speedup": two["rps"] / one["rps"]}
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
-            for workers, server in servers.items():
-                memory[str(workers)] = {
-                    **procstat.memory_of(procstat.family(server.proc.pid)),
-                    "supervisor_pss": procstat.memory(server.proc.pid)["pss"] if workers > 1 else 0,
-                }
+            # memory: one server at a time, so no page is shared with the other server's processes
+            for server in servers.values():
+                server.terminate()
+            artifact = (Path(tmp) / "bench").resolve()
+            for workers in (1, 2):
+                servers[workers] = start_server(Path(tmp), ["--table", f"bench={artifact}", "--workers", str(workers)])
+                wait_all_workers(servers[workers].http, workers)
+                memory[str(workers)] = measure_memory(servers[workers], workers, args.rows, artifact)
+                servers[workers].terminate()
         finally:
             for server in servers.values():
                 server.terminate()
@@ -172,14 +220,13 @@ def render(result: dict[str, Any]) -> str:
         f"Memory after the load (table: {result['table_bytes'] / MIB:.1f} MiB, memory-mapped):",
         "",
         "| workers | RSS MiB (sum) | PSS MiB (sum) | of which the supervisor's PSS | USS MiB (sum) | "
-        "PSS of file pages MiB |",
+        "table pages: RSS (sum) / PSS (sum) MiB |",
         "|---|---|---|---|---|---|",
     ]
     for workers, m in result["memory"].items():
         lines.append(
             f"| {workers} | {m['rss'] / MIB:.1f} | {m['pss'] / MIB:.1f} | {m['supervisor_pss'] / MIB:.1f} | "
-            f"{m['uss'] / MIB:.1f} | "
-            f"{m['pss_file'] / MIB:.1f} |"
+            f"{m['uss'] / MIB:.1f} | {m['table_rss'] / MIB:.1f} / {m['table_pss'] / MIB:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

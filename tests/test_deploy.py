@@ -76,7 +76,10 @@ def test_deployment_contract(overlay: str) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     resources = container["resources"]
     assert resources["requests"]["memory"] == resources["limits"]["memory"]
-    assert int(resources["requests"]["cpu"]) == int(config["NUMBA_NUM_THREADS"])
+    # one worker process per requested core, one numba thread each
+    workers = next(e for e in container["env"] if e["name"] == "EMBSERVE_WORKERS")["valueFrom"]["resourceFieldRef"]
+    assert workers == {"containerName": "embserve", "resource": "requests.cpu", "divisor": "1"}
+    assert config["EMBSERVE_NUMBA_THREADS"] == "1" and "NUMBA_NUM_THREADS" not in config
     drain = container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(config["EMBSERVE_GRACE_SECONDS"])
     assert pod["spec"]["terminationGracePeriodSeconds"] > drain
     assert {p["name"] for p in container["ports"]} == {"http", "grpc"}
