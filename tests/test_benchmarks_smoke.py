@@ -75,3 +75,20 @@ def test_workers_bench_smoke(tmp_path: Path) -> None:
     assert all(row[f"workers_{n}"]["rps"] > 0 for row in result["results"] for n in (1, 2))
     # the two-worker server has a supervisor and two workers, each mapping the table
     assert result["memory"]["2"]["supervisor_pss"] > 0 and result["memory"]["2"]["pss"] > result["memory"]["1"]["pss"]
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_redis_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import redis_bench
+    from tests.service.conftest import require_binary
+
+    require_binary("redis-server")
+    args = ["--rows", "2000", "--seconds", "0.5", "--slices", "1", "--concurrency", "2", "--out", str(tmp_path)]
+    assert redis_bench.main(args) == 0
+    result = json.loads((tmp_path / "redis.json").read_text())
+    (row,) = result["results"]
+    assert all(row[side]["rps"] > 0 for side in ("redis", "http", "grpc", "bare_grpc"))
+    # Redis holds 2000 rows of 512 bytes; embserve's table is int8 (128 + 4 bytes a row)
+    assert result["memory"]["redis"]["used_memory"] > 2000 * 512
+    assert result["embserve_table_bytes"] < 2000 * 512 / 3
