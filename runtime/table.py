@@ -534,7 +534,8 @@ class Table:
                     "(compact the table)"
                 )
             new = np.flatnonzero(target < 0)
-            target[new] = view.total_rows + np.arange(new.size)
+            if new.size:  # only keyed tables add rows; a dense table's ids may be a read-only buffer
+                target[new] = view.total_rows + np.arange(new.size)
             tier_of = self._owning_tiers(target, view)
             encoded = {}
             for t in np.unique(tier_of).tolist():

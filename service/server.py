@@ -90,9 +90,12 @@ class EmbserveServer:
                 ("grpc.keepalive_timeout_ms", 20_000),
             ]
         )
-        add_servicer(
-            embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server, NativeServicer(self.service), self.grpc_server
-        )
+        native: NativeServicer = NativeServicer(self.service)
+        if self.role is not None:
+            from service.workers import replaying_servicer
+
+            native = replaying_servicer(self.service, self.role)
+        add_servicer(embserve_pb2_grpc.add_EmbeddingServiceServicer_to_server, native, self.grpc_server)
         add_servicer(
             oip_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
             InferenceServicer(self.service),

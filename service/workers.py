@@ -142,7 +142,23 @@ class WorkerFront:
         return server is not None and server[1] is None and server[0] == self.control_socket
 
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        body = await _read_all(receive, self.service)
+        from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime
+        from service.errors import public_message, status_for
+
+        try:
+            body = await _read_all(receive, self.service)
+        except EmbserveError as exc:
+            message = public_message(exc, self.service.settings.artifact_root)
+            answer = json.dumps({"error": message}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status_for(exc)[0],
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": answer})
+            return
         if body is None:
             self.service.client_disconnected("http")
             return
@@ -150,15 +166,12 @@ class WorkerFront:
         try:
             status, headers, answer = await self._apply_here(scope, body)
             if 200 <= status < 300:
-                failures = [
-                    f"worker {index}: {problem}"
-                    for index, problem in zip(
-                        self.role.siblings(),
-                        await asyncio.gather(*(self._replay(i, scope, body) for i in self.role.siblings())),
-                        strict=True,
-                    )
-                    if problem is not None
+                target = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+                headers_out = [
+                    (key.decode(), value.decode("latin-1")) for key, value in scope["headers"] if key in RELAYED_HEADERS
                 ]
+                timeout = self.service.settings.publish_wait_seconds
+                failures = await replay_to_siblings(self.role, timeout, scope["method"], target, headers_out, body)
                 if failures:
                     log.error("admin change %s %s not applied everywhere: %s", scope["method"], scope["path"], failures)
                     status, headers = 502, [(b"content-type", b"application/json")]
@@ -197,36 +210,121 @@ class WorkerFront:
         await self.app(scope, replayed_receive, capture)
         return status, headers, b"".join(parts)
 
-    async def _replay(self, index: int, scope: MutableMapping[str, Any], body: bytes) -> str | None:
-        """Send the same request to sibling `index`; None when it answered 2xx, else what went wrong."""
-        target = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
-        lines = [f"{scope['method']} {target} HTTP/1.1", "host: embserve-worker", "connection: close"]
-        for key, value in scope["headers"]:
-            if key in RELAYED_HEADERS:
-                lines.append(f"{key.decode()}: {value.decode('latin-1')}")
-        lines.append(f"content-length: {len(body)}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        timeout = self.service.settings.publish_wait_seconds
+
+async def replay_to_siblings(
+    role: WorkerRole, timeout: float, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+) -> list[str]:
+    """Send one HTTP request to every sibling's Unix socket at once; what went wrong where, if anything."""
+    problems = await asyncio.gather(
+        *(_replay(role.control_path(i), timeout, method, target, headers, body) for i in role.siblings())
+    )
+    return [f"worker {i}: {problem}" for i, problem in zip(role.siblings(), problems, strict=True) if problem]
+
+
+async def _replay(
+    path: Path, timeout: float, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+) -> str | None:
+    """None when the worker behind `path` answered 2xx, else what went wrong."""
+    lines = [f"{method} {target} HTTP/1.1", "host: embserve-worker", "connection: close"]
+    lines += [f"{key}: {value}" for key, value in headers]
+    lines.append(f"content-length: {len(body)}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.role.control_path(index))), timeout
+            writer.write(request)
+            await writer.drain()
+            response = await asyncio.wait_for(reader.read(), timeout)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        return f"not reachable ({exc.__class__.__name__}: {exc})"
+    head, _, answer = response.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
+    if 200 <= status < 300:
+        return None
+    return f"HTTP {status or '?'} {answer[:300].decode(errors='replace')}"
+
+
+class ReplayingServicer:
+    """Mixin over the native gRPC servicer: Upsert and DeleteKeys, once applied here, are replayed
+    to the siblings as the equivalent binary HTTP update (with the sequence this worker reached,
+    so every worker ends at the same one), under the shared admin lock."""
+
+    role: WorkerRole
+    service: EmbeddingService
+
+    async def _everywhere(self, context: Any, apply: Any, path: str, body: bytes, shape: str) -> Any:
+        lock = await asyncio.to_thread(_take_admin_lock, self.role.control_dir)
+        try:
+            reply = await apply()
+            headers = [
+                ("content-type", "application/octet-stream"),
+                ("x-embserve-shape", shape),
+                ("x-embserve-sequence", str(reply.sequence)),
+            ]
+            for key, value in context.invocation_metadata() or ():
+                if key == "authorization":
+                    headers.append(("authorization", str(value)))
+            timeout = self.service.settings.publish_wait_seconds
+            failures = await replay_to_siblings(self.role, timeout, "POST", path, headers, body)
+        finally:
+            lock.close()
+        if failures:
+            log.error("gRPC admin change on %s not applied everywhere: %s", path, failures)
+            import grpc
+
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "applied by this worker but not by every worker: " + "; ".join(failures)
             )
-            try:
-                writer.write(request)
-                await writer.drain()
-                response = await asyncio.wait_for(reader.read(), timeout)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-        except (OSError, TimeoutError) as exc:
-            return f"not reachable ({exc.__class__.__name__}: {exc})"
-        head, _, answer = response.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
-        if 200 <= status < 300:
-            return None
-        return f"HTTP {status or '?'} {answer[:300].decode(errors='replace')}"
+        return reply
+
+    async def Upsert(self, request: Any, context: Any) -> Any:  # noqa: N802
+        from service.rpc.servicers import tensor_to_array
+
+        parent: Any = super()
+        keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
+        rows = tensor_to_array(request.rows, "rows") if request.HasField("rows") else None
+        if keys is None or rows is None or rows.ndim != 2 or keys.ndim != 1:
+            return await parent.Upsert(request, context)  # its own error, nothing to replay
+        body = keys.astype("<i8").tobytes() + rows.astype("<f4").tobytes()
+        return await self._everywhere(
+            context,
+            lambda: parent.Upsert(request, context),
+            f"/v1/tables/{request.table}/upsert",
+            body,
+            f"{keys.shape[0]},{rows.shape[1]}",
+        )
+
+    async def DeleteKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
+        from service.rpc.servicers import tensor_to_array
+
+        parent: Any = super()
+        keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
+        if keys is None or keys.ndim != 1:
+            return await parent.DeleteKeys(request, context)
+        return await self._everywhere(
+            context,
+            lambda: parent.DeleteKeys(request, context),
+            f"/v1/tables/{request.table}/delete",
+            keys.astype("<i8").tobytes(),
+            str(keys.shape[0]),
+        )
+
+
+def replaying_servicer(service: EmbeddingService, role: WorkerRole) -> Any:
+    """The native gRPC servicer of a worker: NativeServicer with Upsert / DeleteKeys replayed."""
+    from service.rpc.servicers import NativeServicer
+
+    class WorkerNativeServicer(ReplayingServicer, NativeServicer):
+        pass
+
+    servicer = WorkerNativeServicer(service)
+    servicer.role = role
+    return servicer
 
 
 async def _read_all(receive: Any, service: EmbeddingService) -> bytes | None:

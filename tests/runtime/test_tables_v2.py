@@ -167,6 +167,16 @@ def test_dense_table_takes_upserts_of_its_ids_only(x: np.ndarray) -> None:
     assert set(ids[0].tolist()) == {3, 10}
 
 
+def test_dense_upsert_takes_read_only_ids(x: np.ndarray) -> None:
+    """Binary bodies arrive as read-only buffers (np.frombuffer): a dense table's upsert must not
+    write into its ids."""
+    t = runtime.compress(x, "int8")
+    ids = np.frombuffer(np.array([4, 9], "<i8").tobytes(), dtype="<i8")
+    rows = np.frombuffer(x[20:22].tobytes(), dtype="<f4").reshape(2, -1)
+    assert t.upsert(ids, rows) == 1
+    np.testing.assert_array_equal(t.lookup([4, 9]), t.lookup([20, 21]))
+
+
 def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
     t = runtime.compress(x[:100], "int8", keys=np.arange(100, dtype=np.int64) * 3)
     old = t.lookup(np.arange(100) * 3)

@@ -161,6 +161,26 @@ def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path:
             np.testing.assert_allclose(body["embeddings"], new_row, atol=2e-3)
             assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 2
 
+        # a gRPC upsert, too, reaches both workers
+        grpc_row = np.full((1, DIM), -0.5, dtype=np.float32)
+        with grpc.insecure_channel(server.grpc) as channel:
+            reply = pb_grpc.EmbeddingServiceStub(channel).Upsert(
+                pb.UpsertRequest(
+                    table="t",
+                    keys=pb.Tensor(dtype="int64", shape=[1], data=np.array([17], "<i8").tobytes()),
+                    rows=pb.Tensor(dtype="float32", shape=[1, DIM], data=grpc_row.tobytes()),
+                ),
+                metadata=[("authorization", f"Bearer {TOKEN}")],
+                timeout=30,
+            )
+        assert reply.sequence == 3
+        for conn in conns.values():
+            status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": [17]})
+            lookups += 1
+            np.testing.assert_allclose(body["embeddings"], grpc_row, atol=2e-3)
+            assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 3
+        new_row = grpc_row
+
         # gRPC listens on the shared port too: every new channel sees the updated row
         for _ in range(4):
             with grpc.insecure_channel(server.grpc, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
