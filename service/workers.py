@@ -170,6 +170,7 @@ class WorkerFront:
                 headers_out = [
                     (key.decode(), value.decode("latin-1")) for key, value in scope["headers"] if key in RELAYED_HEADERS
                 ]
+                headers_out, body = _pin_sequence(scope["path"], headers_out, body, answer)
                 timeout = self.service.settings.publish_wait_seconds
                 failures = await replay_to_siblings(self.role, timeout, scope["method"], target, headers_out, body)
                 if failures:
@@ -325,6 +326,32 @@ def replaying_servicer(service: EmbeddingService, role: WorkerRole) -> Any:
     servicer = WorkerNativeServicer(service)
     servicer.role = role
     return servicer
+
+
+def _pin_sequence(
+    path: str, headers: list[tuple[str, str]], body: bytes, answer: bytes
+) -> tuple[list[tuple[str, str]], bytes]:
+    """A row update replayed with the sequence this worker reached, so every worker ends at the
+    same one even where the client let it default to "one more": in the sequence header for a
+    binary body, in the JSON body's "sequence" otherwise."""
+    if not path.endswith(ROW_UPDATE_SUFFIXES):
+        return headers, body
+    try:
+        sequence = json.loads(answer)["sequence"]
+    except (ValueError, KeyError, TypeError):
+        return headers, body
+    content_type = next((value for key, value in headers if key == "content-type"), "")
+    if content_type.split(";")[0].strip() == "application/octet-stream":
+        kept = [(key, value) for key, value in headers if key != "x-embserve-sequence"]
+        return [*kept, ("x-embserve-sequence", str(sequence))], body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return headers, body
+    if not isinstance(payload, dict):
+        return headers, body
+    payload["sequence"] = sequence
+    return headers, json.dumps(payload).encode()
 
 
 async def _read_all(receive: Any, service: EmbeddingService) -> bytes | None:

@@ -24,7 +24,7 @@ import runtime
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.settings import Settings
-from service.workers import WorkerRole, _admin_change, numba_threads_per_worker
+from service.workers import WorkerRole, _admin_change, _pin_sequence, numba_threads_per_worker
 from tests.conftest import low_rank_table
 from tests.service.live import LiveServer, start_server
 
@@ -108,6 +108,19 @@ def test_admin_changes_are_replayed_to_siblings_only_from_the_shared_port() -> N
     assert not _admin_change("POST", "/v1/tables/t/lookup", relay_loads=True)
     assert not _admin_change("GET", "/v1/tables/t", relay_loads=True)
     assert WorkerRole(1, 3, Path("/x")).siblings() == [0, 2]
+
+
+def test_replayed_row_updates_carry_the_sequence_reached() -> None:
+    answer = json.dumps({"table": "t", "applied": 1, "sequence": 7}).encode()
+    json_body = json.dumps({"keys": [1], "rows": [[0.5]]}).encode()
+    headers, body = _pin_sequence("/v1/tables/t/upsert", [("content-type", "application/json")], json_body, answer)
+    assert json.loads(body) == {"keys": [1], "rows": [[0.5]], "sequence": 7}
+    octet = [("content-type", "application/octet-stream"), ("x-embserve-sequence", "3")]
+    headers, body = _pin_sequence("/v1/tables/t/delete", octet, b"\x01" * 8, answer)
+    assert ("x-embserve-sequence", "7") in headers and ("x-embserve-sequence", "3") not in headers
+    assert body == b"\x01" * 8
+    # loads are replayed as they came
+    assert _pin_sequence("/v1/tables/t", [], b'{"path": "v2"}', b"{}") == ([], b'{"path": "v2"}')
 
 
 def test_numba_threads_split_the_cpus_unless_set() -> None:
