@@ -31,7 +31,7 @@ import numpy as np
 from runtime.codecs import codec_class
 from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget
 from runtime.kernels.hashmap import KeyMap
-from runtime.table import Table, compress
+from runtime.table import Table, compress, tier_index_bytes
 from runtime.tiers import Projection
 from runtime.validation import check_keys, check_queries, check_table_input
 
@@ -75,9 +75,9 @@ def _sig(value: float) -> float:
 
 
 def table_overhead(rows: int, tiers: int, keyed: bool) -> int:
-    """Bytes a table holds beside its tiers: with several tiers the tier rows (int64), the per-row
-    tier (uint8) and position in it (int32); keyed, the keys (int64) and the key map's slots."""
-    index = rows * (8 + 1 + 4) if tiers > 1 else 0
+    """Bytes a table holds beside its tiers: with several tiers the tier index (`tier_index_bytes`);
+    keyed, the keys (int64) and the key map's slots."""
+    index = tier_index_bytes(rows, tiers)
     keys = rows * 8 + KeyMap.bytes_for(rows) if keyed else 0
     return index + keys
 

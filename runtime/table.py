@@ -42,6 +42,18 @@ MISSING_POLICIES = ("error", "zeros")
 DEFAULT_DELTA_CAPACITY = 1 << 20
 
 
+def index_dtype(rows: int) -> type[np.unsignedinteger[Any]] | type[np.int64]:
+    """The narrowest integer dtype that holds every row number 0..rows-1 (the tier index's)."""
+    if rows <= 1 << 16:
+        return np.uint16
+    return np.uint32 if rows <= 1 << 32 else np.int64
+
+
+def tier_index_bytes(rows: int, tiers: int) -> int:
+    """Bytes of a table's tier index: each tier's rows and each row's slot, one narrow int each."""
+    return 0 if tiers <= 1 else 2 * rows * np.dtype(index_dtype(rows)).itemsize
+
+
 class Table:
     """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped).
 
@@ -77,7 +89,7 @@ class Table:
         self._dim = self._check_dims(self.tiers)
         self._rows = sum(t.rows for t in self.tiers)
         self.tier_rows = None if len(self.tiers) == 1 else self._check_tier_rows(tier_rows)
-        self._tier_of, self._local_of = self._tier_index()
+        self._tier_starts, self._slot_of = self._tier_index()
         if missing not in MISSING_POLICIES:
             raise InvalidRequest(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
         self.missing = missing
@@ -95,6 +107,8 @@ class Table:
         # the format-1 shape: rows are the one codec's rows in the table's own dimension, so a
         # lookup is the codec's decode with nothing to map or project back
         self._dense_one_tier = len(self.tiers) == 1 and self.keys is None and self.tiers[0].projection is None
+        # the same with keys: the map's rows are the codec's rows, so a lookup is a probe then a decode
+        self._keyed_one_tier = len(self.tiers) == 1 and self.keymap is not None and self.tiers[0].projection is None
         self._richest = self.tiers[0].richest
         self._write_lock = threading.Lock()
         self.version = version
@@ -113,32 +127,37 @@ class Table:
         return dims.pop()
 
     def _check_tier_rows(self, tier_rows: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Each tier's global rows, validated, held in the narrowest dtype that numbers every row."""
         if tier_rows is None or len(tier_rows) != len(self.tiers):
             raise InvalidRequest("a table of several tiers needs the rows of each tier")
         seen = np.zeros(self._rows, dtype=bool)
+        narrow = index_dtype(self._rows)
         out = []
         for t, (tier, rows) in enumerate(zip(self.tiers, tier_rows, strict=True)):
             arr = np.asarray(rows)
-            if arr.dtype != np.int64 or arr.shape != (tier.rows,):
-                raise InvalidRequest(f"tier {t} rows must be int64 ({tier.rows},), got {arr.dtype} {arr.shape}")
-            if arr.size and (arr.min() < 0 or arr.max() >= self._rows or (np.diff(arr) <= 0).any()):
+            if arr.dtype.kind not in "iu" or arr.shape != (tier.rows,):
+                raise InvalidRequest(f"tier {t} rows must be integers ({tier.rows},), got {arr.dtype} {arr.shape}")
+            if arr.size and (arr.min() < 0 or arr.max() >= self._rows or (np.diff(arr.astype(np.int64)) <= 0).any()):
                 raise InvalidRequest(f"tier {t} rows must be ascending, distinct and in 0..{self._rows - 1}")
             if seen[arr].any():
                 raise InvalidRequest(f"row {int(arr[seen[arr]][0])} is in two tiers")
             seen[arr] = True
-            out.append(arr)
+            out.append(np.ascontiguousarray(arr, dtype=narrow))
         return out
 
     def _tier_index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Per-row tier (uint8) and position in it (int32); none for one tier."""
+        """Tier boundaries (tiers + 1,) int64 and each row's slot (rows,) in the tiers laid end to
+        end (tier t holds slots starts[t]..starts[t+1]-1); none for one tier. One narrow integer a
+        row, not a tier id and a position: at the small budgets the planner meets, the index is a
+        large share of the table."""
         if self.tier_rows is None:
             return None, None
-        tier_of = np.empty(self._rows, np.uint8)
-        local_of = np.empty(self._rows, np.int32)
+        starts = np.zeros(len(self.tiers) + 1, np.int64)
+        starts[1:] = np.cumsum([t.rows for t in self.tiers])
+        slot_of = np.empty(self._rows, index_dtype(self._rows))
         for t, rows in enumerate(self.tier_rows):
-            tier_of[rows] = t
-            local_of[rows] = np.arange(rows.size, dtype=np.int32)
-        return tier_of, local_of
+            slot_of[rows] = np.arange(starts[t], starts[t + 1], dtype=slot_of.dtype)
+        return starts, slot_of
 
     def _build_keymap(self) -> KeyMap:
         keys = self.keys
@@ -152,9 +171,11 @@ class Table:
 
     def _locate_base(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Base global rows (b,) -> tier (b,) int64, local (b,) int64."""
-        if self._tier_of is None or self._local_of is None:
+        if self._tier_starts is None or self._slot_of is None:
             return np.zeros(rows.shape[0], np.int64), rows
-        return self._tier_of[rows].astype(np.int64), self._local_of[rows].astype(np.int64)
+        slot = self._slot_of[rows].astype(np.int64)
+        tier = np.searchsorted(self._tier_starts, slot, side="right") - 1
+        return tier, slot - self._tier_starts[tier]
 
     # ---- description --------------------------------------------------------------------------
     @property
@@ -220,7 +241,7 @@ class Table:
     def nbytes(self) -> int:
         """Bytes of every array the table holds: tiers (codecs, projections), tier index, key map, delta."""
         total = sum(t.nbytes for t in self.tiers) + self._delta.nbytes
-        for extra in (self._tier_of, self._local_of, self.keys, *(self.tier_rows or [])):
+        for extra in (self._slot_of, self.keys, *(self.tier_rows or [])):
             total += 0 if extra is None else extra.nbytes
         return int(total + (self.keymap.nbytes if self.keymap is not None else 0))
 
@@ -334,6 +355,13 @@ class Table:
             if checked.size == 0:
                 return np.zeros((0, self.dim), dtype=np.float32), 0
             return self._richest.decode(checked), 0
+        if self._keyed_one_tier and view.empty and self.keymap is not None:
+            keys = check_keys(ids, "keys")
+            found, absent = self.keymap.rows(keys)
+            if not absent:
+                if found.size == 0:
+                    return np.zeros((0, self.dim), dtype=np.float32), 0
+                return self._richest.decode(found), 0
         rows, missing = self._resolve(ids, view)
         if missing and self.missing == "error":
             self._require(rows, ids, "keys" if self.keyed else "ids")
@@ -399,7 +427,7 @@ class Table:
             stale = view.stale_local[t]
             if tier.rows - stale.size > 0:
                 local, scores = tier.search(q, k, metric, oversample, stale)
-                ids_parts.append(local if self.tier_rows is None else self.tier_rows[t][local])
+                ids_parts.append(local if self.tier_rows is None else self.tier_rows[t][local].astype(np.int64))
                 score_parts.append(scores)
             segment = view.segments[t]
             if segment is not None and segment.rows - view.dead_slots[t].size > 0:
@@ -586,7 +614,7 @@ class Table:
         tiers, tier_rows = [], []
         for t, tier in enumerate(self.tiers):
             base_local = np.setdiff1d(np.arange(tier.rows, dtype=np.int64), view.stale_local[t].values)
-            base_global = base_local if self.tier_rows is None else self.tier_rows[t][base_local]
+            base_global = base_local if self.tier_rows is None else self.tier_rows[t][base_local].astype(np.int64)
             moved = (view.changed_tier == t) & (view.changed_slot >= 0)
             slots, delta_global = view.changed_slot[moved], view.changed[moved]
             order = np.argsort(np.concatenate([base_global, delta_global]), kind="stable")

@@ -38,7 +38,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> Path:
             arrays[f"{prefix}/projection.mean"] = tier.projection.mean
             arrays[f"{prefix}/projection.basis"] = tier.projection.basis
         if table.tier_rows is not None:
-            arrays[f"{prefix}.rows"] = table.tier_rows[t]
+            arrays[f"{prefix}.rows"] = table.tier_rows[t].astype(np.int64)
         specs.append(
             {
                 **(_codec_spec(tier.primary) or {}),

@@ -85,7 +85,8 @@ def test_tiered_table_dispatches_and_merges_one_top_k(x: np.ndarray) -> None:
         )
     hot_error = np.linalg.norm(rows[::5] - x[::5]) / np.linalg.norm(x[::5])
     assert hot_error < 0.02
-    assert t.nbytes == sum(tier.nbytes for tier in t.tiers) + N * (1 + 4) + N * 8
+    # the tier index: each row's slot and each tier's rows, uint16 for a table this small
+    assert t.nbytes == sum(tier.nbytes for tier in t.tiers) + N * 2 + N * 2
 
 
 def test_tier_specs_must_cover_every_row_once(x: np.ndarray) -> None:
@@ -357,3 +358,30 @@ def test_a_one_tier_reduced_dimension_table_answers_in_the_full_dimension(x: np.
     np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", x[:3], t.lookup(ids[:, 0])), rtol=1e-4, atol=1e-4)
     by_id = t.score(np.arange(6).reshape(2, 3), query_ids=np.array([0, 1]))
     assert by_id.shape == (2, 3)
+
+
+def test_tier_index_is_one_narrow_integer_per_row_and_addresses_past_uint16(tmp_path: Path) -> None:
+    from runtime.table import index_dtype, tier_index_bytes
+
+    assert index_dtype(1 << 16) is np.uint16 and index_dtype((1 << 16) + 1) is np.uint32
+    assert index_dtype((1 << 32) + 1) is np.int64 and tier_index_bytes(10, 1) == 0
+    n = (1 << 16) + 5
+    x = np.random.default_rng(3).standard_normal((n, 4)).astype(np.float32)
+    # interleaved tiers, so a slot differs from its row and every row past 65,535 goes through uint32
+    rows = np.arange(n)
+    t = runtime.compress(
+        x, tiers=[{"rows": rows[rows % 3 == 0], "codec": "fp16"}, {"rows": rows[rows % 3 != 0], "codec": "int8"}]
+    )
+    assert (
+        t.nbytes
+        == sum(tier.nbytes for tier in t.tiers) + tier_index_bytes(n, 2)
+        == sum(tier.nbytes for tier in t.tiers) + 2 * 4 * n
+    )
+    probe = np.array([0, 1, 2, 65535, 65536, n - 1, n - 2], np.int64)
+    got = t.lookup(probe)
+    np.testing.assert_allclose(got[probe % 3 == 0], x[probe[probe % 3 == 0]], atol=1e-2)
+    np.testing.assert_allclose(got, x[probe], atol=0.05)
+    ids, _ = t.search(x[[n - 1, 65536]], 1, "l2")
+    assert ids[:, 0].tolist() == [n - 1, 65536]
+    loaded = runtime.load_table(t.save(tmp_path / "t"))
+    np.testing.assert_array_equal(loaded.lookup(probe), got)
