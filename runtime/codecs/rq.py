@@ -3,7 +3,7 @@
 A row x is approximated by x̂ = sum_m C_m[a_m] over M codebooks C_m (K, d) in the full dimension,
 K = 2**bits. Training is greedy, stage by stage: C_m is k-means (over a growing number of principal
 axes, as Faiss's progressive-dimension clustering) on the residuals of the beam entries stages < m
-leave, then optionally refined (`refine` rounds of exact least squares over one codebook at a time,
+leave, then refined (`refine` rounds, 2 by default, of exact least squares over one codebook at a time,
 the others fixed, each round followed by a fresh encoding). Encoding is a beam search over stages
 (`beam` partial codes a row kept; see `runtime.kernels.additive`).
 
@@ -275,7 +275,7 @@ class RqCodec(adc.BlockedCodes, Codec):
         Option("beam", int, 4, "partial codes kept a row while encoding (beam search width)", quick=2),
         Option("train_rows", int, 65536, "rows sampled for training"),
         Option("iterations", int, 6, "Lloyd iterations a stage at each of its growing dimensions", quick=2),
-        Option("refine", int, 0, "rounds of codebook least squares after the greedy stages", quick=1),
+        Option("refine", int, 2, "rounds of codebook least squares after the greedy stages", quick=1),
         Option(
             "table_limit",
             str,
