@@ -783,6 +783,57 @@ def plot(cfg: Config, rows: list[Row]) -> None:
     plt.close(fig)
 
 
+RQ_AGAINST_PQ = ((15, 16, 8), (31, 32, 8), (30, 32, 4))
+"""(rq codebooks, pq subspaces, bits) with equal stored bytes a row: rq's norm code is a byte (two
+nibbles at 4 bits), so rq holds one codebook (two at 4 bits) fewer than PQ has subspaces."""
+
+
+def bench_rq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
+    """ADC top-k of residual quantization beside our PQ at equal bytes a row (issue 14: rq scans
+    at PQ speed, target <= 1.1x PQ's time). Both are trained briefly on the same sample size: scan
+    speed does not depend on codebook quality; recall@10 is reported beside each row all the same."""
+    rng = np.random.default_rng(4)
+    query_pool = [
+        x[rng.integers(0, cfg.rows, max(cfg.nqs))]
+        + 0.1 * rng.standard_normal((max(cfg.nqs), cfg.dim)).astype(np.float32)
+        for _ in range(cfg.pool)
+    ]
+    recall_queries = np.concatenate(query_pool)[:512]
+    truth = exact_topk(x, recall_queries, 10)
+    train = min(cfg.rows, 16384)
+    for rq_m, pq_m, bits in RQ_AGAINST_PQ[:1] + RQ_AGAINST_PQ[2:] if cfg.smoke else RQ_AGAINST_PQ:
+        rq = runtime.compress(x, "rq", codebooks=rq_m, bits=bits, beam=1, iterations=2, refine=0, train_rows=train)
+        pq = runtime.compress(x, "pq", subspaces=pq_m, bits=bits, iterations=4, train_rows=train)
+        extra = {
+            "bytes_per_row_rq": int(rq.primary.arrays["codes"].shape[1]),
+            "bytes_per_row_pq": int(pq.primary.arrays["codes"].shape[1]),
+            "recall_at_10_ours": recall(rq.search(recall_queries, 10)[0], truth),
+            "recall_at_10_peer": recall(pq.search(recall_queries, 10)[0], truth),
+        }
+        for nq in cfg.nqs:
+            fns: list[Callable[[int], object]] = [
+                partial(_ours_search, rq, query_pool, nq, cfg.k),
+                partial(_ours_search, pq, query_pool, nq, cfg.k),
+            ]
+            for threads in cfg.threads:
+                set_threads(threads)
+                medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
+                rows_out.append(
+                    Row(
+                        "rq adc top-100",
+                        f"rq M={rq_m} {bits}-bit + norm nq={nq}",
+                        threads,
+                        medians[0] * 1e3,
+                        f"our pq M={pq_m} {bits}-bit",
+                        medians[1] * 1e3,
+                        "ms",
+                        False,
+                        extra,
+                        1.1,
+                    )
+                )
+
+
 def _tables_section(cfg: Config, x: np.ndarray, rows: list[Row]) -> None:
     from benchmarks.tables_bench import bench_tables  # it imports this module
 
@@ -797,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument(
         "--sections",
-        default="lookup,pq,quantized,hamming,byid,compress,startup,tables",
+        default="lookup,pq,rq,quantized,hamming,byid,compress,startup,tables",
         help="comma-separated subset to run (results go to --out; keep the committed ones with a scratch --out)",
     )
     args = parser.parse_args(argv)
@@ -832,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     tables: dict[str, runtime.Table] = {}
     if "pq" in sections or "byid" in sections:
         steps.insert(1, ("pq", lambda: tables.update(bench_pq(cfg, x, rows))))
+    steps.append(("rq", lambda: bench_rq(cfg, x, rows)))
     steps.append(("byid", lambda: bench_by_id(cfg, tables["pq16x8"], rows)))
     steps.append(("compress", lambda: bench_compress(cfg, x, rows)))
     steps.append(("startup", lambda: extra.update(startup=bench_startup(cfg, x))))

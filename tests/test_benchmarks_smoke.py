@@ -25,7 +25,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
                 "--out",
                 str(tmp_path),
                 "--sections",
-                "lookup,pq,quantized,hamming,compress,startup",
+                "lookup,pq,rq,quantized,hamming,compress,startup",
             ]
         )
         == 0
@@ -33,13 +33,43 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "perf.json").read_text())
     assert payload["machine"]["cores"] >= 1 and payload["copy_bandwidth_gbs"] > 0
     sections = {row["section"] for row in payload["rows"]}
-    expected = {"lookup", "pq adc top-100", "hamming top-100", "exact search on quantized rows, top-100"}
+    expected = {
+        "lookup",
+        "pq adc top-100",
+        "rq adc top-100",
+        "hamming top-100",
+        "exact search on quantized rows, top-100",
+    }
     if importlib.util.find_spec("faiss") is not None:  # compression rows exist only beside their peer
         expected.add("pq compression (train + encode)")
     assert expected <= sections
     assert all(row["ours"] > 0 for row in payload["rows"])
     assert payload["startup"]["first_search_ms"] > 0
     assert "| op | threads |" in (tmp_path / "perf.md").read_text()
+
+
+@pytest.mark.slow
+def test_rq_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import rq_bench
+
+    args = ["--rows", "3000", "--dim", "32", "--queries", "40", "--train-rows", "1024", "--beam", "2"]
+    args += ["--threads", "1,2", "--configs", "4x8,4x4", "--out", str(tmp_path)]
+    assert rq_bench.main(args) == 0
+    runs = json.loads((tmp_path / "rq.json").read_text())
+    assert [run["threads"] for run in runs] == [1, 2]
+    has_faiss = importlib.util.find_spec("faiss") is not None
+    for run in runs:
+        assert [(r["codebooks"], r["bits"]) for r in run["rq"]] == [(4, 8), (4, 4)]
+        for r in run["rq"]:
+            assert r["ours_train_s"] > 0 and r["ours_encode_s"] > 0 and r["train_sample"] == 1024
+            assert (r["time_ratio"] is not None and r["time_ratio"] > 0) == has_faiss
+    two = runs[1]
+    # 4 codebooks of 256 codewords find some of the true top 10 among 3000 rows, not all of them
+    assert all(0.05 < r["ours_recall_at_10"] < 1.0 and 0 < r["pq_recall_at_10"] <= 1.0 for r in two["rq"])
+    adc = two["adc"]
+    assert [a["bytes_per_row"] for a in adc] == [16, 32, 16]
+    assert all(a["rq_ms"] > 0 and a["pq_ms"] > 0 for a in adc)
+    assert "| bytes/row | rq | pq |" in (tmp_path / "rq.md").read_text()
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 A row x is approximated by x̂ = sum_m C_m[a_m] over M codebooks C_m (K, d) in the full dimension,
 K = 2**bits. Training is greedy, stage by stage: C_m is k-means (over a growing number of principal
 axes, as Faiss's progressive-dimension clustering) on the residuals of the beam entries stages < m
-leave, then optionally refined (`refine` rounds of exact least squares over one codebook at a time,
+leave, then refined (`refine` rounds, 2 by default, of exact least squares over one codebook at a time,
 the others fixed, each round followed by a fresh encoding). Encoding is a beam search over stages
 (`beam` partial codes a row kept; see `runtime.kernels.additive`).
 
@@ -25,8 +25,10 @@ decoded and its tables computed as for a query vector.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
 
 from runtime.codecs import adc
@@ -34,12 +36,16 @@ from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
-from runtime.kernels.kmeans import centroid_sums
+from runtime.kernels.kmeans import centroid_sums, codeword_norms, nearest_codeword_into
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
-ASSIGN_BLOCK = 16384
-"""Rows a k-means assignment multiplies at once."""
+ASSIGN_BLOCK = 2048
+"""Rows a k-means assignment multiplies at once: their (rows, K) products stay in L2 for the argmin
+(a block of 16384 rows wrote and re-read 16 MiB from memory, about half the training time)."""
+NARROW = 32
+"""Below this many dimensions a k-means assignment is the fused distance + argmin kernel, not a
+matrix product: the products' (n, K) output would cost more memory traffic than the arithmetic."""
 NORM_LEVELS = 255
 KMEANS_POINTS_PER_CENTROID = 256
 """Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
@@ -67,17 +73,35 @@ def parse_size(value: Any) -> int | None:
 # ---- training and encoding (numpy GEMMs around the kernels) -------------------------------------
 def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """points (n, d) float32, centroids (K, d) float32 -> assign (n,) int64, squared distance
-    (n,) float32, by |p|^2 - 2 <p, c> + |c|^2 with one matrix product a block of rows."""
-    cn = np.einsum("kd,kd->k", centroids, centroids)
-    assign = np.empty(points.shape[0], np.int64)
-    dist = np.empty(points.shape[0], np.float32)
-    for start in range(0, points.shape[0], ASSIGN_BLOCK):
-        block = points[start : start + ASSIGN_BLOCK]
-        d = cn[None, :] - 2 * (block @ centroids.T)
-        a = np.argmin(d, axis=1)
-        assign[start : start + block.shape[0]] = a
-        dist[start : start + block.shape[0]] = d[np.arange(a.size), a] + np.einsum("nd,nd->n", block, block)
-    return assign, np.maximum(dist, 0)
+    (n,) float32 (lowest index among ties), by |p|^2 - 2 <p, c> + |c|^2: the fused kernel for
+    narrow points, else one matrix product a block of rows."""
+    n = points.shape[0]
+    assign = np.empty(n, np.int64)
+    keys = np.empty(n, np.float32)
+    neg2_t = np.ascontiguousarray(-2 * centroids.T, dtype=np.float32)
+    cn = codeword_norms(centroids)
+    if points.shape[1] < NARROW:
+        # the fused kernel is single-threaded (nogil): one row slice a numba thread
+        workers = max(1, min(numba.get_num_threads(), -(-n // ASSIGN_BLOCK)))
+        bounds = np.linspace(0, n, workers + 1).astype(np.int64)
+
+        def part(w: int) -> None:
+            nearest_codeword_into(points, neg2_t, cn, int(bounds[w]), int(bounds[w + 1]), assign, keys)
+
+        if workers == 1:
+            part(0)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(part, range(workers)))
+    else:
+        for start in range(0, n, ASSIGN_BLOCK):
+            block = points[start : start + ASSIGN_BLOCK]
+            d = block @ neg2_t
+            d += cn
+            a = np.argmin(d, axis=1)
+            assign[start : start + block.shape[0]] = a
+            keys[start : start + block.shape[0]] = d[np.arange(a.size), a]
+    return assign, np.maximum(keys + np.einsum("nd,nd->n", points, points), 0)
 
 
 def kmeans(points: np.ndarray, ncentroids: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,11 +113,16 @@ def kmeans(points: np.ndarray, ncentroids: int, iterations: int, rng: np.random.
 
 def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
     """Lloyd iterations from centroids (K, d) float32 on points (n, d) float32; an emptied cluster
-    is re-seeded with the worst-served point."""
+    is re-seeded with the worst-served point. Stops once an assignment repeats the last one (the
+    centroids would not move)."""
     centroids = np.array(centroids, dtype=np.float32)
     ncentroids = centroids.shape[0]
+    previous = np.empty(0, np.int64)
     for _ in range(iterations):
         assign, dist = nearest(points, centroids)
+        if np.array_equal(assign, previous):
+            break
+        previous = assign
         sums, counts = centroid_sums(points, assign, ncentroids)
         filled = counts > 0
         centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
@@ -113,7 +142,8 @@ def progressive_kmeans(
     points (n, d) float32 -> (ncentroids, d) float32."""
     points = np.ascontiguousarray(points, dtype=np.float32)
     dim = points.shape[1]
-    gram = points.astype(np.float64).T @ points.astype(np.float64)
+    # the principal axes need no float64 sums (a float32 product is a fifth of the time)
+    gram = (points.T @ points).astype(np.float64)
     _, vectors = np.linalg.eigh(gram)
     basis = np.ascontiguousarray(vectors[:, ::-1], dtype=np.float32)
     rotated = np.ascontiguousarray(points @ basis)
@@ -245,7 +275,7 @@ class RqCodec(adc.BlockedCodes, Codec):
         Option("beam", int, 4, "partial codes kept a row while encoding (beam search width)", quick=2),
         Option("train_rows", int, 65536, "rows sampled for training"),
         Option("iterations", int, 6, "Lloyd iterations a stage at each of its growing dimensions", quick=2),
-        Option("refine", int, 0, "rounds of codebook least squares after the greedy stages", quick=1),
+        Option("refine", int, 2, "rounds of codebook least squares after the greedy stages", quick=1),
         Option(
             "table_limit",
             str,
@@ -394,8 +424,7 @@ class RqCodec(adc.BlockedCodes, Codec):
         """queries (q, d) float32 -> (q, M, K) float32 = <q, C_m[k]> (one matrix product)."""
         books = self.arrays["codebooks"]
         flat = books.reshape(self._m * self._k, self.dim)
-        # codewords on the left: the wide operand streams once (half the time of queries @ flat.T)
-        dots = np.ascontiguousarray((flat @ queries.T).T, dtype=np.float32)
+        dots = additive.codeword_dots(flat, np.ascontiguousarray(queries, dtype=np.float32))
         return dots.reshape(queries.shape[0], self._m, self._k)
 
     def _lut_query(self, dots: np.ndarray, metric: str, query_norms: np.ndarray) -> LutQuery:

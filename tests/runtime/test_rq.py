@@ -95,6 +95,25 @@ def test_cross_luts_match_numpy(seed: int, nq: int, nbooks: int, ncode: int) -> 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@given(st.integers(0, 2**31), st.integers(0, 9), st.integers(0, 200), st.integers(1, 40), st.booleans())
+def test_codeword_dots_match_numpy(seed: int, nq: int, ncw: int, dim: int, integral: bool) -> None:
+    rng = np.random.default_rng(seed)
+    if integral:  # small integers: every sum is exact in float32, whatever the order
+        codewords = rng.integers(-3, 4, (ncw, dim)).astype(np.float32)
+        queries = rng.integers(-3, 4, (nq, dim)).astype(np.float32)
+    else:
+        codewords = rng.standard_normal((ncw, dim)).astype(np.float32)
+        queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    got = additive.codeword_dots(codewords, queries)
+    want = additive.codeword_dots_numpy(codewords, queries)
+    assert got.shape == (nq, ncw) and got.dtype == np.float32
+    if integral:
+        np.testing.assert_array_equal(got, want)
+    else:
+        scale = np.abs(queries).sum(1)[:, None] * np.abs(codewords).max(initial=0.0)
+        assert (np.abs(got - want) <= 1e-5 * (scale + 1)).all()
+
+
 # ---- the encoder ------------------------------------------------------------------------------------
 def _exhaustive(x: np.ndarray, books: np.ndarray) -> np.ndarray:
     """Every combination of codes -> the best (n,) error."""
