@@ -357,11 +357,12 @@ class Table:
             return self._richest.decode(checked), 0
         if self._keyed_one_tier and view.empty and self.keymap is not None:
             keys = check_keys(ids, "keys")
-            found, absent = self.keymap.rows(keys)
-            if not absent:
-                if found.size == 0:
-                    return np.zeros((0, self.dim), dtype=np.float32), 0
-                return self._richest.decode(found), 0
+            if keys.size == 0:
+                return np.zeros((0, self.dim), dtype=np.float32), 0
+            # with a key absent, the general path below applies the missing-key policy
+            found, _ = self._richest.decode_keys(self.keymap.table, keys)
+            if found is not None:
+                return found, 0
         rows, missing = self._resolve(ids, view)
         if missing and self.missing == "error":
             self._require(rows, ids, "keys" if self.keyed else "ids")

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidRequest
-from runtime.kernels import dense
+from runtime.kernels import dense, hashmap
 from runtime.kernels.hashmap import KeySet
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
@@ -238,6 +238,13 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, dim) float32 reconstructions."""
+
+    def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """keys (b,) int64 through a key map's slot table (`hashmap.build`) -> their rows (b, dim)
+        float32, None when some key is absent, and how many are. Codecs whose gather can probe
+        as it goes override this to do both in one pass."""
+        rows, absent = hashmap.lookup(slots, keys)
+        return (self.decode(rows) if absent == 0 else None), int(absent)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 reconstructed, (stop - start, dim) float32."""

@@ -41,6 +41,9 @@ class RowwiseCodec(Codec):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
 
+    def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
+        return rowwise.gather_key_rows(self.arrays["rows"], slots, keys, self.dim, self.bits, self.parallel_min_ids)
+
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)
 

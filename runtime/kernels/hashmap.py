@@ -58,16 +58,14 @@ cache on every key, and this keeps that many misses in flight instead of one."""
 
 
 @njit(nogil=True, cache=True)
-def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
-    """keys (b,) int64 -> rows (b,) int64 (-1 where absent) and how many were absent."""
+def probe_into(table: np.ndarray, keys: np.ndarray, lo: int, hi: int, out: np.ndarray) -> int:
+    """Rows of keys[lo:hi] into out[lo:hi] (-1 where absent); returns how many were absent."""
     mask = np.uint64(table.shape[0] - 1)
-    n = keys.shape[0]
-    out = np.empty(n, dtype=np.int64)
-    for i in range(min(PROBE_AHEAD, n)):
+    for i in range(lo, min(lo + PROBE_AHEAD, hi)):
         prefetch_row(table, np.int64(_home(keys[i], mask)), 0)
     missing = 0
-    for i in range(n):
-        if i + PROBE_AHEAD < n:
+    for i in range(lo, hi):
+        if i + PROBE_AHEAD < hi:
             prefetch_row(table, np.int64(_home(keys[i + PROBE_AHEAD], mask)), 0)
         key = keys[i]
         s = _home(key, mask)
@@ -80,6 +78,14 @@ def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
         out[i] = row
         if row == EMPTY:
             missing += 1
+    return missing
+
+
+@njit(nogil=True, cache=True)
+def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """keys (b,) int64 -> rows (b,) int64 (-1 where absent) and how many were absent."""
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    missing = probe_into(table, keys, 0, keys.shape[0], out)
     return out, missing
 
 

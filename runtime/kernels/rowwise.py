@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from runtime.kernels.hashmap import lookup, probe_into
 from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
 
 
@@ -97,6 +98,26 @@ def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: n
     for c in prange(nchunks):
         _gather_into(rows, ids, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, out)
     return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gather_keys(
+    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, half_table: np.ndarray, nchunks: int
+) -> tuple[np.ndarray, int]:
+    """`gather` of keyed rows: keys (b,) int64 go through a key map's slot table (hashmap.build)
+    and the rows found are dequantized, each thread probing and gathering its own run of keys
+    in one parallel region. Returns ((b, dim) float32, keys absent); the rows are only filled
+    when no key is absent."""
+    n = keys.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    ids = np.empty(n, dtype=np.int64)
+    absent = np.zeros(nchunks, dtype=np.int64)
+    for c in prange(nchunks):
+        lo, hi = c * n // nchunks, (c + 1) * n // nchunks
+        absent[c] = probe_into(slots, keys, lo, hi, ids)
+        if absent[c] == 0:
+            _gather_into(rows, ids, lo, hi, dim, bits, half_table, out)
+    return out, absent.sum()
 
 
 @njit(nogil=True, cache=True)
@@ -224,6 +245,18 @@ def bags(
         nchunks = min(numba.get_num_threads(), offsets.shape[0])
         return bags_chunked(rows, ids, offsets, dim, bits, mean, half_table, nchunks)
     return bags_serial(rows, ids, offsets, dim, bits, mean, half_table)
+
+
+def gather_key_rows(
+    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS
+) -> tuple[np.ndarray | None, int]:
+    """keys (b,) int64 -> their dequantized rows (b, dim) float32 (None when some key is absent),
+    and how many keys are absent."""
+    if use_parallel(keys.shape[0], min_ids):
+        out, absent = gather_keys(rows, slots, keys, dim, bits, HALF_TABLE, numba.get_num_threads())
+        return (out if absent == 0 else None), int(absent)
+    found, absent = lookup(slots, keys)
+    return (gather_serial(rows, found, dim, bits, HALF_TABLE) if absent == 0 else None), int(absent)
 
 
 def gather_rows(

@@ -252,3 +252,29 @@ def test_empty_and_single_row_scans(k: int) -> None:
         np.zeros((1, 2), np.uint8), luts, np.empty(0, np.float32), np.empty(0, np.float32), k, 4, False
     )
     assert ids.tolist() == [[0]] and keys.tolist() == [[2.0]]
+
+
+@given(quantized_rows(), st.integers(1, 9), st.integers(0, 3))
+def test_rowwise_gather_by_keys_matches_probe_then_numpy(
+    case: tuple[np.ndarray, np.ndarray, int, int], nchunks: int, absent: int
+) -> None:
+    from runtime.kernels import hashmap
+
+    rows, ids, dim, bits = case
+    n = rows.shape[0]
+    # keys at the int64 extremes and 0 among them; `absent` keys that are not in the map
+    keys = np.concatenate([[np.iinfo(np.int64).min, 0, np.iinfo(np.int64).max], np.arange(1, n) * -7919])[:n]
+    slots, _ = hashmap.build(keys.astype(np.int64), hashmap.slot_count(n))
+    wanted = keys[ids]
+    if absent and ids.size:
+        wanted = wanted.copy()
+        wanted[: min(absent, ids.size)] = 123_456_789_123  # never a key of this map
+    got, missing = rowwise.gather_keys(rows, slots, wanted, dim, bits, HALF_TABLE, nchunks)
+    found, want_missing = hashmap.lookup_numpy(slots, wanted)
+    assert missing == want_missing
+    if want_missing == 0:
+        np.testing.assert_allclose(got, rowwise.dequantize_numpy(rows, found, dim, bits), rtol=1e-6, atol=1e-6)
+    serial, serial_missing = rowwise.gather_key_rows(rows, slots, wanted, dim, bits, min_ids=1 << 30)
+    assert serial_missing == want_missing and (serial is None) == (want_missing > 0)
+    if serial is not None:
+        np.testing.assert_array_equal(serial, got)
