@@ -24,7 +24,7 @@ def slot_count(n: int) -> int:
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _home(key: np.int64, mask: np.uint64) -> np.uint64:
+def home_slot(key: np.int64, mask: np.uint64) -> np.uint64:
     """splitmix64's finalizer: every key bit moves every slot bit, so sequential or strided keys spread."""
     x = np.uint64(key)
     x = (x ^ (x >> np.uint64(30))) * _MUL1
@@ -42,7 +42,7 @@ def build(keys: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
     mask = np.uint64(slots - 1)
     for row in range(keys.shape[0]):
         key = keys[row]
-        s = _home(key, mask)
+        s = home_slot(key, mask)
         while table[s, 1] != EMPTY:
             if table[s, 0] == key:
                 return table, row
@@ -57,24 +57,28 @@ PROBE_AHEAD = 16
 cache on every key, and this keeps that many misses in flight instead of one."""
 
 
+@njit(inline="always", nogil=True, cache=True)
+def find(table: np.ndarray, key: np.int64, mask: np.uint64) -> np.int64:
+    """The row of one key (-1 when absent): its home slot, then linear probing."""
+    s = home_slot(key, mask)
+    while table[s, 1] != EMPTY:
+        if table[s, 0] == key:
+            return table[s, 1]
+        s = (s + np.uint64(1)) & mask
+    return np.int64(EMPTY)
+
+
 @njit(nogil=True, cache=True)
 def probe_into(table: np.ndarray, keys: np.ndarray, lo: int, hi: int, out: np.ndarray) -> int:
     """Rows of keys[lo:hi] into out[lo:hi] (-1 where absent); returns how many were absent."""
     mask = np.uint64(table.shape[0] - 1)
     for i in range(lo, min(lo + PROBE_AHEAD, hi)):
-        prefetch_row(table, np.int64(_home(keys[i], mask)), 0)
+        prefetch_row(table, np.int64(home_slot(keys[i], mask)), 0)
     missing = 0
     for i in range(lo, hi):
         if i + PROBE_AHEAD < hi:
-            prefetch_row(table, np.int64(_home(keys[i + PROBE_AHEAD], mask)), 0)
-        key = keys[i]
-        s = _home(key, mask)
-        row = np.int64(EMPTY)
-        while table[s, 1] != EMPTY:
-            if table[s, 0] == key:
-                row = table[s, 1]
-                break
-            s = (s + np.uint64(1)) & mask
+            prefetch_row(table, np.int64(home_slot(keys[i + PROBE_AHEAD], mask)), 0)
+        row = find(table, keys[i], mask)
         out[i] = row
         if row == EMPTY:
             missing += 1

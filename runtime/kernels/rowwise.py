@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.hashmap import lookup, probe_into
+from runtime.kernels.hashmap import PROBE_AHEAD, find, home_slot, probe_into
 from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
 
 
@@ -100,24 +100,74 @@ def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: n
     return out
 
 
+@njit(nogil=True, cache=True)
+def _gather_keys_into(
+    rows: np.ndarray,
+    slots: np.ndarray,
+    keys: np.ndarray,
+    lo: int,
+    hi: int,
+    dim: int,
+    bits: int,
+    half_table: np.ndarray,
+    ids: np.ndarray,
+    out: np.ndarray,
+) -> int:
+    """Rows of keys[lo:hi] into ids[lo:hi] and, dequantized, out[lo:hi]; returns how many keys are
+    absent (out is left unfinished when any is). One pipeline: the slot of key i + 24 is
+    prefetched, key i + 8 is probed and its row prefetched, row i is dequantized, so the map's
+    misses and the rows' misses overlap instead of following each other."""
+    mask = np.uint64(slots.shape[0] - 1)
+    row_bytes = rows.shape[1]
+    slot_ahead = PREFETCH_DISTANCE + PROBE_AHEAD
+    for i in range(lo, min(lo + slot_ahead, hi)):
+        prefetch_row(slots, np.int64(home_slot(keys[i], mask)), 0)
+    for i in range(lo, min(lo + PREFETCH_DISTANCE, hi)):
+        ids[i] = find(slots, keys[i], mask)
+        if ids[i] < 0:
+            return 1 + probe_into(slots, keys, i + 1, hi, ids)
+    for i in range(lo, hi):
+        if i + slot_ahead < hi:
+            prefetch_row(slots, np.int64(home_slot(keys[i + slot_ahead], mask)), 0)
+        j = i + PREFETCH_DISTANCE
+        if j < hi:
+            ids[j] = find(slots, keys[j], mask)
+            if ids[j] < 0:
+                return 1 + probe_into(slots, keys, j + 1, hi, ids)
+            for offset in range(0, row_bytes, 64):
+                prefetch_row(rows, ids[j], offset)
+        _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+    return 0
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def gather_keys(
     rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, half_table: np.ndarray, nchunks: int
 ) -> tuple[np.ndarray, int]:
     """`gather` of keyed rows: keys (b,) int64 go through a key map's slot table (hashmap.build)
-    and the rows found are dequantized, each thread probing and gathering its own run of keys
-    in one parallel region. Returns ((b, dim) float32, keys absent); the rows are only filled
-    when no key is absent."""
+    and the rows found are dequantized, each of `nchunks` tasks probing and gathering its own run
+    of keys. Returns ((b, dim) float32, keys absent); the rows are only filled when none is."""
     n = keys.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
     absent = np.zeros(nchunks, dtype=np.int64)
     for c in prange(nchunks):
-        lo, hi = c * n // nchunks, (c + 1) * n // nchunks
-        absent[c] = probe_into(slots, keys, lo, hi, ids)
-        if absent[c] == 0:
-            _gather_into(rows, ids, lo, hi, dim, bits, half_table, out)
+        absent[c] = _gather_keys_into(
+            rows, slots, keys, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, ids, out
+        )
     return out, absent.sum()
+
+
+@njit(nogil=True, cache=True)
+def gather_keys_serial(
+    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, half_table: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """`gather_keys` on the calling thread only."""
+    n = keys.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    ids = np.empty(n, dtype=np.int64)
+    absent = _gather_keys_into(rows, slots, keys, 0, n, dim, bits, half_table, ids, out)
+    return out, absent
 
 
 @njit(nogil=True, cache=True)
@@ -255,8 +305,8 @@ def gather_key_rows(
     if use_parallel(keys.shape[0], min_ids):
         out, absent = gather_keys(rows, slots, keys, dim, bits, HALF_TABLE, numba.get_num_threads())
         return (out if absent == 0 else None), int(absent)
-    found, absent = lookup(slots, keys)
-    return (gather_serial(rows, found, dim, bits, HALF_TABLE) if absent == 0 else None), int(absent)
+    out, absent = gather_keys_serial(rows, slots, keys, dim, bits, HALF_TABLE)
+    return (out if absent == 0 else None), int(absent)
 
 
 def gather_rows(
