@@ -77,6 +77,8 @@ class EmbeddingService:
         # with Redis the registry is the truth about active versions; the state file is the one-node record
         self.state = ActiveVersions(Path(root)) if root is not None and settings.redis_url is None else None
         self.sync: SyncHooks | None = None
+        self.catching_up = False
+        """True while a replica replays the update log at start (not ready until it has)"""
         """set when Redis is configured: admin PUT / DELETE then publish / withdraw for every replica"""
         self.metrics.build.info({"version": __version__})
         self._refresh_ready()
@@ -84,10 +86,13 @@ class EmbeddingService:
     # ---- lifecycle ------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and len(self.store) > 0
+        return self.started and not self.draining and not self.catching_up and len(self.store) > 0
 
     def _refresh_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
+
+    def refresh_ready(self) -> None:
+        self._refresh_ready()
 
     def load_configured(self, skip: Collection[str] = ()) -> None:
         """Load the tables the settings name (or the demo table), warmed; blocking, at start.
@@ -280,6 +285,8 @@ class EmbeddingService:
         info = entry.table.describe()
         info["name"] = entry.name
         info["loaded_at"] = entry.loaded_at.isoformat(timespec="seconds")
+        if self.sync is not None:
+            info["last_update_id"] = self.sync.last_update_id(entry.name)
         return info
 
     def list_tables(self) -> list[dict[str, Any]]:

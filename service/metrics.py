@@ -161,6 +161,36 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        # the update log (Redis streams)
+        self.updates_applied = Counter(
+            "embserve_updates_applied", "Rows upserted or deleted from the update log.", ["table"], registry=r
+        )
+        self.updates_refused = Counter(
+            "embserve_updates_refused",
+            "Update log entries refused whole (bad bytes, wrong dimension, NaN, unknown key) and dead-lettered.",
+            ["table"],
+            registry=r,
+        )
+        self.updates_stalled = Counter(
+            "embserve_updates_stalled",
+            "Times the update log stopped applying to a table because its delta was full (compact it).",
+            ["table"],
+            registry=r,
+        )
+        self.update_lag = Gauge(
+            "embserve_update_lag_seconds",
+            "Age of the last applied update log entry when applied; 0 once the replica has read the whole stream.",
+            ["table"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.update_last_applied = Gauge(
+            "embserve_update_last_applied_timestamp_seconds",
+            "Time (unix seconds, from its stream id) of the last update log entry applied.",
+            ["table"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         per_worker = (
             self.table_rows,

@@ -165,9 +165,14 @@ class EmbserveServer:
             self.sync = ReplicaSync(self.settings, self.service)
             self.service.sync = self.sync
             served_from_registry = await self.sync.load_published()
+        if self.sync is not None:
+            self.service.catching_up = True  # not ready until the update log is replayed
         await asyncio.get_running_loop().run_in_executor(None, self.service.load_configured, served_from_registry)
         if self.sync is not None:
             self.sync.note_configured()
+            await self.sync.catch_up()
+            self.service.catching_up = False
+            self.service.refresh_ready()
             self.sync.start()
         await self._set_health()
 

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         2.0, gt=0, description="replica status refresh; a row expires after 5 missed heartbeats"
     )
+    catch_up_seconds: float = Field(
+        120.0, gt=0, description="longest a replica replays the update log before serving (at start, after a publish)"
+    )
     redis_retry_max_seconds: float = Field(10.0, gt=0, description="longest back-off between Redis reconnects")
     publish_wait_seconds: float = Field(
         120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"

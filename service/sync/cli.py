@@ -1,6 +1,7 @@
-"""`embserve publish` and `embserve status`: the operator's side of the version registry.
+"""`embserve publish`, `embserve status` and `embserve push`: the operator's side of the version
+registry and the update log.
 
-Both take `--redis-url` (default: EMBSERVE_REDIS_URL). Redis is imported only when they run."""
+All take `--redis-url` (default: EMBSERVE_REDIS_URL). Redis is imported only when they run."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def add_commands(sub: Any) -> None:
         "--expiry-seconds", type=float, default=10.0, help="rows with an older heartbeat are dropped (default 10)"
     )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("push", help="append row upserts or deletes to a table's update log (Redis)")
+    p.add_argument("table")
+    _redis_flags(p)
+    p.add_argument("--keys", type=Path, help=".npy of int64 keys (keyed tables) or row ids (dense) to upsert")
+    p.add_argument("--rows", type=Path, help=".npy of float rows, one per key, in the table's dimension")
+    p.add_argument("--delete", type=Path, metavar="KEYS", help=".npy of int64 keys to delete instead")
+    p.add_argument("--base-version", default="", help="the table version the rows were computed against")
+    p.add_argument("--batch-rows", type=int, default=1000, help="keys an entry (default 1000)")
+    p.set_defaults(func=cmd_push)
 
 
 def _redis_flags(p: argparse.ArgumentParser) -> None:
@@ -118,4 +129,51 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(payload, sort_keys=True))
     else:
         print(status.format_table(rows, published))
+    return 0
+
+
+def _load_npy(path: Path, what: str) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"{what} {path}: not a readable .npy file ({exc})") from None
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import redis
+    from redis.exceptions import RedisError
+
+    from service.sync import registry, updates
+
+    url = _require_url(args)
+    if (args.delete is None) == (args.keys is None):
+        raise InvalidRequest("give --keys with --rows (upserts) or --delete (deletes)")
+    if args.delete is not None:
+        keys, rows = _load_npy(args.delete, "--delete"), None
+    else:
+        if args.rows is None:
+            raise InvalidRequest("--keys needs --rows")
+        keys, rows = _load_npy(args.keys, "--keys"), _load_npy(args.rows, "--rows")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
+    try:
+        ids = updates.push(client, args.table, keys, rows, base_version=args.base_version, batch_rows=args.batch_rows)
+    except (RedisError, OSError) as exc:
+        print(f"embserve push: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    op = "deletes" if rows is None else "upserts"
+    print(
+        json.dumps(
+            {
+                "table": args.table,
+                "op": op,
+                "keys": len(keys),
+                "entries": len(ids),
+                "last_id": ids[-1] if ids else "",
+            }
+        )
+    )
     return 0

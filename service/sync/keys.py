@@ -9,8 +9,8 @@ together therefore work on a cluster. A replica's status key is tagged by its re
 | key | type | holds |
 |---|---|---|
 | `embserve:{<table>}:version` | hash | the published version: path, checksum, version, published_at, generation |
-| `embserve:{<table>}:updates` | stream | (the update log, not built yet) |
-| `embserve:{<table>}:deadletter` | stream | (refused update entries, not built yet) |
+| `embserve:{<table>}:updates` | stream | the update log: row upserts and deletes (see `updates`) |
+| `embserve:{<table>}:deadletter` | stream | refused update entries: the original fields, `id`, `reason` |
 | `embserve:tables` | set | names of tables with a published version |
 | `embserve:replica:{<id>}` | hash | one replica's status row; expires when heartbeats stop |
 | `embserve:replicas` | sorted set | replica ids scored by their last heartbeat (unix seconds) |

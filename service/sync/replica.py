@@ -31,6 +31,7 @@ from service.settings import Settings
 from service.sync import keys, registry, status
 from service.sync.registry import Published
 from service.sync.status import ReplicaRow, TableStatus
+from service.sync.updates import UpdateApplier
 
 log = logging.getLogger("embserve.sync")
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)
@@ -62,6 +63,8 @@ class ReplicaSync:
         self.ttl = HEARTBEATS_TO_EXPIRY * settings.heartbeat_seconds
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.redis_connected.set(0)
+        self.failures_types = REDIS_FAILURES
+        self.updates = UpdateApplier(self)
 
     # ---- health --------------------------------------------------------------------------------
     @property
@@ -93,6 +96,33 @@ class ReplicaSync:
         self.connected = False
         self.redis_error = message
         self.metrics.redis_connected.set(0)
+
+    def mark_failed(self, operation: str, exc: BaseException) -> None:
+        self._mark_failed(operation, exc)
+
+    def note_update(self, name: str, stream_id: str) -> None:
+        """Record the update log's last applied id for `name` (status rows and describe)."""
+        known = self.tables.get(name)
+        if known is not None:
+            self.tables[name] = dataclasses.replace(known, last_update_id=stream_id)
+
+    def last_update_id(self, name: str) -> str:
+        return self.updates.last_applied(name)
+
+    async def catch_up(self) -> None:
+        """Before the replica reports ready: replay every served table's update log from the
+        sequence its artifact recorded. Redis unreachable: serve what is loaded, degraded; the
+        followers replay once it answers."""
+        for name in self.service.store.names():
+            try:
+                replayed = await asyncio.wait_for(
+                    self.updates.catch_up(name, self.service.get(name).table), self.settings.catch_up_seconds
+                )
+            except REDIS_FAILURES as exc:
+                self._mark_failed("updates", exc)
+                return
+            if replayed:
+                log.info("table %r: replayed %d update log entries before serving", name, replayed)
 
     def row(self) -> ReplicaRow:
         state = "degraded" if self.degraded else ("ready" if self.service.ready else "starting")
@@ -143,8 +173,10 @@ class ReplicaSync:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._heartbeat())]
+        self.updates.start()
 
     async def stop(self) -> None:
+        await self.updates.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -242,6 +274,11 @@ class ReplicaSync:
             self.metrics.rollouts.labels(name, "failed").inc()
             log.warning("table %r: version %s refused, the previous one keeps serving: %s", name, pub.path, message)
         else:
+            try:
+                # updates newer than the version's sequence, applied before it serves
+                await asyncio.wait_for(self.updates.catch_up(name, table), self.settings.catch_up_seconds)
+            except REDIS_FAILURES as exc:
+                self._mark_failed("updates", exc)  # its follower replays the rest once Redis answers
             self.service.install(name, table)
             self.tables[name] = TableStatus(
                 version=table.version,
@@ -250,7 +287,7 @@ class ReplicaSync:
                 generation=pub.generation,
                 published_at=pub.published_at,
                 state="serving",
-                last_update_id=before.last_update_id if before else "",
+                last_update_id=self.updates.last_applied(name),
             )
             self.from_registry.add(name)
             self.failures.pop(name, None)

@@ -21,13 +21,16 @@ class RedisServer:
     workdir: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
+    """AOF on with an fsync per write, as the deploy manifests configure Redis: a restart keeps every entry"""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         with (self.workdir / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -48,8 +51,8 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True)
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    server = RedisServer(require_binary("redis-server"), workdir, free_port())
+def start_redis(workdir: Path, appendonly: bool = False) -> RedisServer:
+    server = RedisServer(require_binary("redis-server"), workdir, free_port(), appendonly=appendonly)
     server.start()
     return server
 

@@ -1,0 +1,316 @@
+"""The update log: row upserts and deletes in one Redis stream a table, applied by every replica.
+
+A producer appends entries with `push` (or `embserve push`); every replica reads the stream itself
+with plain XREAD from its own position (every pod must apply every update, so no consumer group)
+and applies each entry with `table.upsert` / `table.delete`, recording the entry's stream id as the
+table's sequence. A table saved with that sequence (`compact`) tells a restarted replica where to
+resume: it replays the stream from there before it reports ready.
+
+An entry (`embserve:{<table>}:updates`, see `keys`) holds these fields, all bytes:
+
+| field | holds |
+|---|---|
+| `op` | `upsert` or `delete` |
+| `keys` | the keys (keyed tables) or row ids (dense tables), int64 little-endian |
+| `rows` | upserts: the rows, float32 little-endian, row-major (len(keys) × dim) |
+| `dim` | upserts: the row dimension, decimal |
+| `base_version` | the table version the producer computed the rows against (informational) |
+
+Stream ids `<ms>-<seq>` become sequences as `ms << 20 | seq` (order-preserving and exact while
+fewer than 2**20 entries share one millisecond, which XADD's own ids guarantee in practice); a
+sequence turns back into the id it came from, so a replica resumes exactly after it.
+
+Entries that fail validation (wrong dimension, NaN, bytes that are not whole int64 / float32, a
+delete of a key the table does not hold, ...) are refused whole, counted, logged, and appended to
+`embserve:{<table>}:deadletter` with the reason and the original fields; the replica goes on
+with the next entry. A full delta is not the entry's fault: the replica stops applying that table
+(retrying) until a compacted version is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
+from runtime.table import Table
+from service.sync import keys
+
+if TYPE_CHECKING:
+    from service.sync.replica import ReplicaSync
+
+log = logging.getLogger("embserve.sync.updates")
+
+SEQ_BITS = 20
+DEFAULT_BATCH_ROWS = 1000
+READ_COUNT = 64
+"""Entries one XREAD returns at most."""
+BLOCK_MS = 1000
+"""How long a caught-up replica's XREAD waits for a new entry before it looks again."""
+OPS = ("upsert", "delete")
+
+
+def id_to_sequence(stream_id: str | bytes) -> int:
+    """`<ms>-<seq>` -> ms << 20 | seq."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    if not ms.isdigit() or not seq.isdigit() or int(seq) >= 1 << SEQ_BITS:
+        raise InvalidRequest(f"stream id {text!r} is not <ms>-<seq> with seq < {1 << SEQ_BITS}")
+    return int(ms) << SEQ_BITS | int(seq)
+
+
+def sequence_to_id(sequence: int) -> str:
+    """The stream id a sequence came from; 0 (nothing applied) is `0-0`, before every entry."""
+    return f"{sequence >> SEQ_BITS}-{sequence & ((1 << SEQ_BITS) - 1)}"
+
+
+@dataclass(frozen=True)
+class Update:
+    """One decoded entry: keys (n,) int64 and rows (n, dim) float32 or None for a delete."""
+
+    op: str
+    keys: np.ndarray
+    rows: np.ndarray | None
+    base_version: str
+
+
+def encode_entry(op: str, entry_keys: np.ndarray, rows: np.ndarray | None, base_version: str = "") -> dict[str, bytes]:
+    """The stream fields of one entry (see the module docstring)."""
+    fields = {
+        "op": op.encode(),
+        "keys": np.ascontiguousarray(entry_keys, dtype="<i8").tobytes(),
+        "base_version": base_version.encode(),
+    }
+    if rows is not None:
+        fields["rows"] = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+        fields["dim"] = str(rows.shape[1]).encode()
+    return fields
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> bytes | None:
+    value = fields.get(name.encode(), fields.get(name))
+    return value.encode() if isinstance(value, str) else value
+
+
+def decode_entry(fields: Mapping[Any, Any], dim: int) -> Update:
+    """Stream fields -> Update, checked against the table's dimension; InvalidRequest names what
+    is wrong. Values are not checked here for what the table itself refuses (NaN, unknown keys)."""
+    op = (_field(fields, "op") or b"").decode(errors="replace")
+    if op not in OPS:
+        raise InvalidRequest(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    raw_keys = _field(fields, "keys")
+    if raw_keys is None or len(raw_keys) == 0 or len(raw_keys) % 8:
+        raise InvalidRequest(
+            f"keys must be a non-empty whole number of int64 (8 bytes), got {len(raw_keys or b'')} bytes"
+        )
+    entry_keys = np.frombuffer(raw_keys, dtype="<i8").astype(np.int64)
+    base = (_field(fields, "base_version") or b"").decode(errors="replace")
+    if op == "delete":
+        return Update(op, entry_keys, None, base)
+    raw_dim = (_field(fields, "dim") or b"").decode(errors="replace")
+    if not raw_dim.isdigit() or int(raw_dim) != dim:
+        raise InvalidRequest(f"dim must be the table's {dim}, got {raw_dim!r}")
+    raw_rows = _field(fields, "rows")
+    want = entry_keys.size * dim * 4
+    if raw_rows is None or len(raw_rows) != want:
+        raise InvalidRequest(
+            f"rows must be {entry_keys.size} x {dim} float32 ({want} bytes), got {len(raw_rows or b'')} bytes"
+        )
+    rows = np.frombuffer(raw_rows, dtype="<f4").astype(np.float32).reshape(entry_keys.size, dim)
+    return Update(op, entry_keys, rows, base)
+
+
+def _check_batch(entry_keys: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a producer can check before sending: shapes, dtypes, finite rows, distinct keys."""
+    arr = np.asarray(entry_keys)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise InvalidRequest(f"keys must be a 1-D integer array, got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.int64)
+    if np.unique(arr).size != arr.size:
+        raise InvalidRequest("keys repeat: one entry updates each key once")
+    if rows is None:
+        return arr, None
+    x = np.asarray(rows)
+    if x.ndim != 2 or x.shape[0] != arr.size or x.dtype.kind != "f":
+        raise InvalidRequest(f"rows must be a float ({arr.size}, dim) array, got {x.dtype} {x.shape}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidRequest("rows hold NaN or Inf")
+    return arr, x
+
+
+def push(
+    client: Any,
+    table: str,
+    entry_keys: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    base_version: str = "",
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> list[str]:
+    """Append upserts (rows given) or deletes (rows None) of `entry_keys` to the table's stream,
+    `batch_rows` keys an entry, with a synchronous redis-py client. Returns the entry ids."""
+    if batch_rows < 1:
+        raise InvalidRequest(f"batch_rows must be >= 1, got {batch_rows}")
+    checked_keys, checked_rows = _check_batch(entry_keys, rows)
+    op = "delete" if checked_rows is None else "upsert"
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, checked_keys.size, batch_rows):
+        part = slice(start, start + batch_rows)
+        fields = encode_entry(
+            op, checked_keys[part], None if checked_rows is None else checked_rows[part], base_version
+        )
+        pipe.xadd(keys.updates_key(table), fields)
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+
+
+def connect(url: str) -> Any:
+    """An asyncio client that keeps stream fields as bytes (the registry's client decodes text)."""
+    import redis.asyncio
+
+    return redis.asyncio.from_url(url, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=5.0)
+
+
+class UpdateApplier:
+    """Follows every served table's stream inside one replica (one task a table)."""
+
+    def __init__(self, sync: ReplicaSync) -> None:
+        self.sync = sync
+        self.service = sync.service
+        self.metrics = sync.metrics
+        self.client = connect(sync.settings.redis_url or "")
+        # one thread applies every entry: entries of a table apply in stream order
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-updates")
+        self.positions: dict[str, tuple[int, str]] = {}
+        """table -> (id of the Table object followed, last stream id applied to it)"""
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._manager: asyncio.Task[None] | None = None
+
+    # ---- positions -----------------------------------------------------------------------------
+    def position(self, name: str, table: Table) -> str:
+        """Where to read on: after the last entry applied to this very table object, else after
+        the sequence the table was saved with (a swapped-in version replays what is newer)."""
+        known = self.positions.get(name)
+        if known is not None and known[0] == id(table):
+            return known[1]
+        return sequence_to_id(table.sequence)
+
+    def last_applied(self, name: str) -> str:
+        known = self.positions.get(name)
+        return known[1] if known is not None else ""
+
+    # ---- applying ------------------------------------------------------------------------------
+    def _apply_one(self, name: str, table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
+        """Apply one entry to `table` (on the update thread): (rows applied, refusal reason or "")."""
+        sequence = id_to_sequence(stream_id)
+        try:
+            update = decode_entry(fields, table.dim)
+            if update.rows is not None:
+                table.upsert(update.keys, update.rows, sequence=sequence)
+            else:
+                table.delete(update.keys, sequence=sequence)
+        except DeltaFull:
+            raise
+        except EmbserveError as exc:
+            # refused whole: nothing of it applied; the position still moves past it
+            table.sequence = max(table.sequence, sequence)
+            return 0, str(exc)
+        return int(update.keys.size), ""
+
+    async def apply_entries(self, name: str, table: Table, entries: list[tuple[Any, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        for raw_id, fields in entries:
+            stream_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            applied, reason = await loop.run_in_executor(self.executor, self._apply_one, name, table, stream_id, fields)
+            self.positions[name] = (id(table), stream_id)
+            ms = int(stream_id.partition("-")[0])
+            self.metrics.update_lag.labels(name).set(max(0.0, time.time() - ms / 1000))
+            self.metrics.update_last_applied.labels(name).set(ms / 1000)
+            if reason:
+                self.metrics.updates_refused.labels(name).inc()
+                log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
+                dead = {**fields, b"id": stream_id.encode(), b"reason": reason.encode()}
+                await self.client.xadd(keys.deadletter_key(name), dead)
+            else:
+                self.metrics.updates_applied.labels(name).inc(applied)
+        self.sync.note_update(name, self.last_applied(name))
+        if name in self.service.store.names() and self.service.get(name).table is table:
+            self.metrics.set_delta(name, table.delta_rows, table.delta_slots, table.delta_capacity, table.nbytes)
+
+    async def read_batch(self, name: str, table: Table, block_ms: int | None) -> int:
+        """One XREAD from the table's position; applies what it returns. Returns entries read."""
+        stream = keys.updates_key(name)
+        reply = await self.client.xread({stream: self.position(name, table)}, count=READ_COUNT, block=block_ms)
+        entries = [e for _, batch in reply or [] for e in batch]
+        if entries:
+            await self.apply_entries(name, table, entries)
+        return len(entries)
+
+    async def catch_up(self, name: str, table: Table) -> int:
+        """Apply every entry after the table's position, until the stream has no more (before a
+        table serves: at start and before a published version is swapped in)."""
+        total = 0
+        while (read := await self.read_batch(name, table, None)) > 0:
+            total += read
+        self.metrics.update_lag.labels(name).set(0)
+        return total
+
+    # ---- following -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._manager = asyncio.create_task(self._manage())
+
+    async def _manage(self) -> None:
+        """One follower task for every served table; tasks of tables no longer served end."""
+        while True:
+            names = set(self.service.store.names())
+            for name in names - set(self.tasks):
+                self.tasks[name] = asyncio.create_task(self._follow(name))
+            for name in set(self.tasks) - names:
+                self.tasks.pop(name).cancel()
+            for name, task in list(self.tasks.items()):
+                if task.done():
+                    self.tasks.pop(name)
+            await asyncio.sleep(0.5)
+
+    async def _follow(self, name: str) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                table = self.service.get(name).table
+            except TableNotFound:
+                return
+            try:
+                read = await self.read_batch(name, table, BLOCK_MS)
+                backoff = 0.1
+                if read == 0:
+                    self.metrics.update_lag.labels(name).set(0)
+            except DeltaFull as exc:
+                log.error("table %r: %s; updates wait for a compacted version", name, exc)
+                self.metrics.updates_stalled.labels(name).inc()
+                await asyncio.sleep(self.sync.settings.redis_retry_max_seconds)
+            except self.sync.failures_types as exc:
+                self.sync.mark_failed("updates", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.sync.settings.redis_retry_max_seconds)
+            except Exception:
+                log.exception("table %r: update follower failed; retrying", name)
+                await asyncio.sleep(self.sync.settings.redis_retry_max_seconds)
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._manager, *self.tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)

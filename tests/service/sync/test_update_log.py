@@ -1,0 +1,222 @@
+"""The update log end to end: one real redis-server (AOF on, as deployed), two real `embserve
+serve` replicas of one keyed table, updates pushed through `service.sync.updates.push`.
+
+The tests run in order on one pair of replicas; every test compares both replicas with a local
+reference table that applied the same updates, so nothing lost and nothing applied twice shows
+as a difference in some row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis as redis_py
+
+import runtime
+from runtime.table import Table
+from service.cli import main
+from service.sync import keys, updates
+from tests.conftest import low_rank_table
+from tests.service.live import LiveServer, start_server
+from tests.service.sync.conftest import RedisServer, start_redis
+from tests.service.sync.test_rollout import SYNC_ENV, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.external]
+ROWS, DIM = 2000, 16
+KEYS = np.arange(ROWS, dtype=np.int64) * 7 + 3
+
+
+@dataclass
+class Replicas:
+    redis: RedisServer
+    root: Path
+    workdir: Path
+    reference: Table
+    servers: dict[str, LiveServer] = field(default_factory=dict)
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(5))
+    added: list[int] = field(default_factory=list)
+
+    def start(self, replica: str) -> LiveServer:
+        args = ["--table", f"items={self.root / 'items' / 'v0'}", "--artifact-root", str(self.root)]
+        args += ["--redis-url", self.redis.url, "--replica-id", replica]
+        self.servers[replica] = start_server(self.workdir, args, env=SYNC_ENV)
+        return self.servers[replica]
+
+    def client(self) -> Any:  # redis-py types every reply as a union; these tests know the shapes
+        return redis_py.Redis(port=self.redis.port)
+
+    def push(self, entry_keys: np.ndarray, rows: np.ndarray | None, batch_rows: int = 1000) -> str:
+        """Push to Redis and apply to the local reference the same way a replica does."""
+        client = self.client()
+        try:
+            ids = updates.push(client, "items", entry_keys, rows, batch_rows=batch_rows)
+        finally:
+            client.close()
+        for start in range(0, entry_keys.size, batch_rows):
+            part = slice(start, start + batch_rows)
+            if rows is None:
+                self.reference.delete(entry_keys[part])
+            else:
+                self.reference.upsert(entry_keys[part], rows[part].astype(np.float32))
+        return ids[-1]
+
+    def every_key(self) -> np.ndarray:
+        return np.concatenate([KEYS, np.array(self.added, np.int64)])
+
+    def lookup(self, replica: str, entry_keys: np.ndarray) -> np.ndarray:
+        r = httpx.post(
+            f"{self.servers[replica].http}/v1/tables/items/lookup", json={"ids": entry_keys.tolist()}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        return np.asarray(r.json()["embeddings"], dtype=np.float32)
+
+    def describe(self, replica: str) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.servers[replica].http}/v1/tables/items", timeout=5).json())
+
+    def wait_applied(self, last_id: str, replicas: tuple[str, ...] = ("a", "b")) -> None:
+        target = updates.id_to_sequence(last_id)
+        for replica in replicas:
+
+            def caught_up(r: str = replica) -> bool:
+                return updates.id_to_sequence(self.describe(r)["last_update_id"] or "0-0") >= target
+
+            wait_for(f"replica {replica} to apply {last_id}", caught_up)
+
+    def assert_both_match_reference(self) -> None:
+        every = self.every_key()
+        want = self.reference.lookup(every)
+        for replica in self.servers:
+            np.testing.assert_array_equal(self.lookup(replica, every), want, err_msg=f"replica {replica}")
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    root = tmp_path_factory.mktemp("update-artifacts")
+    runtime.compress(low_rank_table(ROWS, DIM, seed=3), "int8", keys=KEYS, missing="zeros", version="v0").save(
+        root / "items" / "v0"
+    )
+    server = start_redis(tmp_path_factory.mktemp("redis-aof"), appendonly=True)
+    found = Replicas(server, root, tmp_path_factory.mktemp("replicas"), runtime.load_table(root / "items" / "v0"))
+    try:
+        found.start("a")
+        found.start("b")
+        yield found
+    finally:
+        for live in found.servers.values():
+            live.terminate()
+        server.kill()
+
+
+def test_pushed_upserts_and_deletes_reach_both_replicas(replicas: Replicas) -> None:
+    new_keys = np.arange(50, dtype=np.int64) * -11 - 1  # keys the table does not hold yet
+    replicas.added += new_keys.tolist()
+    changed = np.concatenate([KEYS[:50], new_keys])
+    replicas.push(changed, replicas.rng.standard_normal((100, DIM)), batch_rows=30)
+    last = replicas.push(KEYS[100:110], None)
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
+    assert not replicas.lookup("a", KEYS[100:110]).any()  # deleted: zero rows under missing="zeros"
+    described = replicas.describe("b")
+    assert described["last_update_id"] == last and described["delta_rows"] > 0
+    metrics = httpx.get(f"{replicas.servers['a'].http}/metrics", timeout=5).text
+    assert 'embserve_updates_applied_total{table="items"} 110.0' in metrics
+    assert 'embserve_update_lag_seconds{table="items"}' in metrics
+
+
+def test_bad_entries_are_dead_lettered_and_the_good_ones_around_them_apply(replicas: Replicas) -> None:
+    before = replicas.push(KEYS[200:210], replicas.rng.standard_normal((10, DIM)))
+    client = replicas.client()
+    stream = keys.updates_key("items")
+    bad = [
+        updates.encode_entry("upsert", KEYS[:2], np.ones((2, DIM + 1), np.float32)),  # wrong dimension
+        updates.encode_entry("upsert", KEYS[:2], np.full((2, DIM), np.nan, np.float32)),  # NaN
+        {**updates.encode_entry("upsert", KEYS[:2], np.ones((2, DIM), np.float32)), "keys": b"\x01\x02\x03"},
+        updates.encode_entry("delete", np.array([123456789], np.int64), None),  # not in the table
+    ]
+    bad_ids = [client.xadd(stream, fields).decode() for fields in bad]
+    client.close()
+    after = replicas.push(KEYS[210:220], replicas.rng.standard_normal((10, DIM)))
+    replicas.wait_applied(after)
+    replicas.assert_both_match_reference()
+    assert before < bad_ids[0]
+    client = replicas.client()
+    dead = client.xrange(keys.deadletter_key("items"))
+    client.close()
+    # each replica dead-letters what it refused, with the original id and the reason
+    reasons = {(f[b"id"].decode(), f[b"reason"].decode()) for _, f in dead}
+    assert {i for i, _ in reasons} == set(bad_ids) and len(dead) == 2 * len(bad)
+    by_id = dict(reasons)
+    assert "dim must be the table's 16" in by_id[bad_ids[0]]
+    assert "NaN" in by_id[bad_ids[1]] or "finite" in by_id[bad_ids[1]]
+    assert "int64" in by_id[bad_ids[2]] and "123456789" in by_id[bad_ids[3]]
+    metrics = httpx.get(f"{replicas.servers['b'].http}/metrics", timeout=5).text
+    assert 'embserve_updates_refused_total{table="items"} 4.0' in metrics
+
+
+def test_a_replica_killed_mid_stream_replays_to_the_same_rows(replicas: Replicas) -> None:
+    rows = replicas.rng.standard_normal((20_000, DIM)).astype(np.float32)
+    # 20,000 row updates over the table's keys (each key several times), 100 rows an entry
+    targets = KEYS[replicas.rng.integers(0, ROWS, 20_000)]
+    last = ""
+    for start in range(0, 20_000, 2_000):
+        part = slice(start, start + 2_000)
+        block_keys, block_rows = targets[part], rows[part]
+        for lo in range(0, 2_000, 100):
+            sub = slice(lo, lo + 100)
+            uniq, first = np.unique(block_keys[sub], return_index=True)
+            last = replicas.push(uniq, block_rows[sub][first], batch_rows=100)
+        if start == 8_000:
+            # SIGKILL in the middle of the stream: nothing of its in-memory delta survives
+            os.kill(replicas.servers["b"].proc.pid, signal.SIGKILL)
+            replicas.servers["b"].proc.wait(10)
+    replicas.start("b")  # loads v0 (sequence 0) and replays the whole stream before it is ready
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
+
+
+def test_redis_restarted_mid_stream_loses_nothing(replicas: Replicas) -> None:
+    replicas.push(KEYS[300:400], replicas.rng.standard_normal((100, DIM)), batch_rows=10)
+    replicas.redis.kill()  # SIGKILL: only what AOF (fsync always) wrote survives
+    time.sleep(0.5)
+    replicas.redis.start()
+    last = replicas.push(KEYS[400:500], replicas.rng.standard_normal((100, DIM)), batch_rows=10)
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
+    for replica in replicas.servers:
+
+        def reconnected(r: str = replica) -> bool:
+            return not replicas_ready(replicas, r)["degraded"]
+
+        wait_for("redis reconnected", reconnected)
+
+
+def replicas_ready(replicas: Replicas, replica: str) -> dict[str, Any]:
+    r = httpx.get(f"{replicas.servers[replica].http}/readyz", timeout=5)
+    assert r.status_code == 200, r.text
+    body = dict(r.json())
+    return dict(body.get("sync", body))
+
+
+def test_push_command_appends_entries(replicas: Replicas, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "k.npy", KEYS[600:605])
+    rows = replicas.rng.standard_normal((5, DIM)).astype(np.float32)
+    np.save(tmp_path / "r.npy", rows)
+    url = replicas.redis.url
+    code = main(
+        ["push", "items", "--redis-url", url, "--keys", str(tmp_path / "k.npy"), "--rows", str(tmp_path / "r.npy")]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    replicas.reference.upsert(KEYS[600:605], rows)
+    last = out.split('"last_id": "')[1].split('"')[0]
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
+    assert main(["push", "items", "--redis-url", url, "--keys", str(tmp_path / "k.npy")]) == 2
