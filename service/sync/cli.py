@@ -49,6 +49,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--batch-rows", type=int, default=1000, help="keys an entry (default 1000)")
     p.set_defaults(func=cmd_push)
 
+    p = sub.add_parser(
+        "compact", help="fold a table's update log into a new published artifact version and trim the log (Redis)"
+    )
+    p.add_argument("table")
+    _redis_flags(p)
+    p.add_argument("--out", type=Path, required=True, help="the new artifact directory, below the artifact root")
+    p.add_argument(
+        "--artifact-root",
+        type=Path,
+        default=os.environ.get("EMBSERVE_ARTIFACT_ROOT"),
+        help="the replicas' artifact root as seen here (default: EMBSERVE_ARTIFACT_ROOT)",
+    )
+    p.add_argument("--version", default=None, help="the new version's label (default: <old>+<entries>)")
+    p.set_defaults(func=cmd_compact)
+
 
 def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -176,4 +191,23 @@ def cmd_push(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from service.sync import compaction, registry
+
+    url = _require_url(args)
+    if args.artifact_root is None:
+        raise InvalidRequest("--artifact-root (or EMBSERVE_ARTIFACT_ROOT) is required: published paths are below it")
+    root = Path(args.artifact_root)
+    out = args.out if args.out.is_absolute() else root / args.out
+    try:
+        done = compaction.compact(url, root, args.table, out, args.version)
+    except (RedisError, OSError) as exc:
+        print(f"embserve compact: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(done), sort_keys=True))
     return 0

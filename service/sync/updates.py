@@ -172,6 +172,25 @@ def push(
     return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
 
 
+def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
+    """Apply one entry to `table`: (rows applied, refusal reason or ""). A refused entry applies
+    nothing, and the table's sequence still moves past it. DeltaFull propagates (not the entry's
+    fault: retry after compaction)."""
+    sequence = id_to_sequence(stream_id)
+    try:
+        update = decode_entry(fields, table.dim)
+        if update.rows is not None:
+            table.upsert(update.keys, update.rows, sequence=sequence)
+        else:
+            table.delete(update.keys, sequence=sequence)
+    except DeltaFull:
+        raise
+    except EmbserveError as exc:
+        table.sequence = max(table.sequence, sequence)
+        return 0, str(exc)
+    return int(update.keys.size), ""
+
+
 def connect(url: str) -> Any:
     """An asyncio client that keeps stream fields as bytes (the registry's client decodes text)."""
     import redis.asyncio
@@ -209,21 +228,7 @@ class UpdateApplier:
 
     # ---- applying ------------------------------------------------------------------------------
     def _apply_one(self, name: str, table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
-        """Apply one entry to `table` (on the update thread): (rows applied, refusal reason or "")."""
-        sequence = id_to_sequence(stream_id)
-        try:
-            update = decode_entry(fields, table.dim)
-            if update.rows is not None:
-                table.upsert(update.keys, update.rows, sequence=sequence)
-            else:
-                table.delete(update.keys, sequence=sequence)
-        except DeltaFull:
-            raise
-        except EmbserveError as exc:
-            # refused whole: nothing of it applied; the position still moves past it
-            table.sequence = max(table.sequence, sequence)
-            return 0, str(exc)
-        return int(update.keys.size), ""
+        return apply_entry(table, stream_id, fields)
 
     async def apply_entries(self, name: str, table: Table, entries: list[tuple[Any, Any]]) -> None:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,8 @@ as a difference in some row."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
@@ -220,3 +222,44 @@ def test_push_command_appends_entries(replicas: Replicas, tmp_path: Path, capsys
     replicas.wait_applied(last)
     replicas.assert_both_match_reference()
     assert main(["push", "items", "--redis-url", url, "--keys", str(tmp_path / "k.npy")]) == 2
+
+
+def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.sync import registry
+
+    checksum, label = registry.describe_artifact(replicas.root / "items" / "v0")
+
+    async def publish_v0() -> None:
+        client = registry.connect(replicas.redis.url)
+        try:
+            await registry.publish(client, "items", "items/v0", checksum, label)
+        finally:
+            await client.aclose()
+
+    asyncio.run(publish_v0())  # the replicas already serve exactly v0: they keep their deltas
+    client = replicas.client()
+    length = client.xlen(keys.updates_key("items"))
+    client.close()
+    url, root = replicas.redis.url, str(replicas.root)
+    assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 4  # the four bad entries
+    assert runtime.load_table(replicas.root / "items" / "v1").sequence == updates.id_to_sequence(done["last_id"])
+    for replica in replicas.servers:
+
+        def on_v1(r: str = replica) -> bool:
+            return bool(replicas.describe(r)["version"] == done["version"])
+
+        wait_for(f"replica {replica} on the compacted version", on_v1)
+    replicas.assert_both_match_reference()
+    client = replicas.client()
+    assert done["trimmed"] > 0 and client.xlen(keys.updates_key("items")) == length - done["trimmed"]
+    client.close()
+    # updates after the compaction still apply, and a restarted replica (published v1 plus the
+    # rest of the log) ends on the same rows
+    last = replicas.push(KEYS[700:720], replicas.rng.standard_normal((20, DIM)))
+    replicas.servers["a"].terminate()
+    replicas.start("a")
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
+    assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 2
