@@ -122,3 +122,18 @@ def test_redis_bench_smoke(tmp_path: Path) -> None:
     # Redis holds 2000 rows of 512 bytes; embserve's table is int8 (128 + 4 bytes a row)
     assert result["memory"]["redis"]["used_memory"] > 2000 * 512
     assert result["embserve_table_bytes"] < 2000 * 512 / 3
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_update_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import update_bench
+    from tests.service.conftest import require_binary
+
+    require_binary("redis-server")
+    args = ["--rows", "3000", "--push-rows", "2000", "--seconds", "2", "--slices", "1", "--out", str(tmp_path)]
+    assert update_bench.main(args) == 0
+    report = json.loads((tmp_path / "update.json").read_text())
+    assert report["throughput"]["rows"] == 2000 and report["throughput"]["rows_per_s"] > 0
+    assert report["latency"]["quiet"]["requests"] > 0 and report["latency"]["updating"]["requests"] > 0
+    assert "update throughput end to end" in (tmp_path / "update.md").read_text()
