@@ -164,7 +164,8 @@ def render(report: dict[str, Any]) -> str:
             "# Update log benchmark",
             "",
             f"CPU: {report['cpu']} ({report['cores']} cores, shared by Redis, the replica and the client). "
-            f"Table: {report['rows']:,} × {DIM} int8, keyed; one replica following its update log.",
+            f"Table: {report['rows']:,} × {DIM} int8, keyed; one replica following its update log, "
+            f"applying it every {report['apply_interval_s']:g} s (EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS).",
             "",
             "| measure | value |",
             "|---|---|",
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     import runtime
+    from service.settings import Settings
     from tests.service.live import free_port, start_server
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": cpu_name(),
                 "cores": os.cpu_count(),
                 "rows": args.rows,
+                "apply_interval_s": Settings().update_apply_interval_seconds,
                 "throughput": throughput(redis_port, server.http, keys, args.push_rows, seed=3),
                 "latency": lookup_latencies(server.http_port, keys, redis_port, args.seconds, args.slices),
             }

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     catch_up_seconds: float = Field(
         120.0, gt=0, description="longest a replica replays the update log before serving (at start, after a publish)"
     )
+    update_apply_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="a replica applies the update log at most this often, entries meanwhile as one batch "
+        "(bounds the lag; fewer, larger applies keep lookup p99 flat)",
+    )
     redis_retry_max_seconds: float = Field(10.0, gt=0, description="longest back-off between Redis reconnects")
     publish_wait_seconds: float = Field(
         120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"

@@ -51,8 +51,9 @@ log = logging.getLogger("embserve.sync.updates")
 
 SEQ_BITS = 20
 DEFAULT_BATCH_ROWS = 1000
-READ_COUNT = 64
-"""Entries one XREAD returns at most."""
+READ_COUNT = 512
+"""Entries one XREAD returns at most (a replica that is behind reads on at once, without waiting
+for the apply interval)."""
 BLOCK_MS = 1000
 """How long a caught-up replica's XREAD waits for a new entry before it looks again."""
 OPS = ("upsert", "delete")
@@ -176,9 +177,17 @@ def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tupl
     """Apply one entry to `table`: (rows applied, refusal reason or ""). A refused entry applies
     nothing, and the table's sequence still moves past it. DeltaFull propagates (not the entry's
     fault: retry after compaction)."""
-    sequence = id_to_sequence(stream_id)
     try:
         update = decode_entry(fields, table.dim)
+    except EmbserveError as exc:
+        table.sequence = max(table.sequence, id_to_sequence(stream_id))
+        return 0, str(exc)
+    return _apply_decoded(table, stream_id, update)
+
+
+def _apply_decoded(table: Table, stream_id: str, update: Update) -> tuple[int, str]:
+    sequence = id_to_sequence(stream_id)
+    try:
         if update.rows is not None:
             table.upsert(update.keys, update.rows, sequence=sequence)
         else:
@@ -189,6 +198,62 @@ def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tupl
         table.sequence = max(table.sequence, sequence)
         return 0, str(exc)
     return int(update.keys.size), ""
+
+
+def _last_of_each(entry_keys: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of each key's last occurrence in entry_keys (n,) int64."""
+    _, first_from_end = np.unique(entry_keys[::-1], return_index=True)
+    return np.sort(entry_keys.size - 1 - first_from_end)
+
+
+def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> tuple[list[tuple[str, int, str]], str]:
+    """Apply entries in stream order: ([(stream id, rows applied, refusal reason or "")], and the
+    DeltaFull message that stopped it, or "").
+
+    Runs of consecutive upserts go to the table as one `upsert` (a key in several entries keeps
+    its last row): each apply rebuilds the delta's view, so a replica that has fallen behind, or
+    that reads every `update_apply_interval_seconds`, pays that once per run, not once per entry.
+    A run the table refuses is applied again entry by entry, so only the bad entries are refused."""
+    results: list[tuple[str, int, str]] = []
+    run: list[tuple[str, Update]] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            merged_keys = np.concatenate([u.keys for _, u in run])
+            merged_rows = np.concatenate([u.rows for _, u in run if u.rows is not None])
+            keep = _last_of_each(merged_keys)
+            try:
+                table.upsert(merged_keys[keep], merged_rows[keep], sequence=id_to_sequence(run[-1][0]))
+            except DeltaFull:
+                raise
+            except EmbserveError:
+                pass  # one of them is bad: entry by entry below
+            else:
+                results.extend((stream_id, int(u.keys.size), "") for stream_id, u in run)
+                run.clear()
+                return
+        for stream_id, update in run:
+            results.append((stream_id, *_apply_decoded(table, stream_id, update)))
+        run.clear()
+
+    try:
+        for stream_id, fields in entries:
+            try:
+                update = decode_entry(fields, table.dim)
+            except EmbserveError as exc:
+                flush()
+                table.sequence = max(table.sequence, id_to_sequence(stream_id))
+                results.append((stream_id, 0, str(exc)))
+                continue
+            if update.rows is None:
+                flush()
+                results.append((stream_id, *_apply_decoded(table, stream_id, update)))
+            else:
+                run.append((stream_id, update))
+        flush()
+    except DeltaFull as exc:
+        return results, str(exc)
+    return results, ""
 
 
 def connect(url: str) -> Any:
@@ -227,28 +292,29 @@ class UpdateApplier:
         return known[1] if known is not None else ""
 
     # ---- applying ------------------------------------------------------------------------------
-    def _apply_one(self, name: str, table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
-        return apply_entry(table, stream_id, fields)
-
     async def apply_entries(self, name: str, table: Table, entries: list[tuple[Any, Any]]) -> None:
+        decoded_ids = [(raw.decode() if isinstance(raw, bytes) else str(raw), fields) for raw, fields in entries]
         loop = asyncio.get_running_loop()
-        for raw_id, fields in entries:
-            stream_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            applied, reason = await loop.run_in_executor(self.executor, self._apply_one, name, table, stream_id, fields)
+        results, stalled = await loop.run_in_executor(self.executor, apply_batch, table, decoded_ids)
+        by_id = dict(decoded_ids)
+        for stream_id, applied, reason in results:
             self.positions[name] = (id(table), stream_id)
-            ms = int(stream_id.partition("-")[0])
-            self.metrics.update_lag.labels(name).set(max(0.0, time.time() - ms / 1000))
-            self.metrics.update_last_applied.labels(name).set(ms / 1000)
             if reason:
                 self.metrics.updates_refused.labels(name).inc()
                 log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
-                dead = {**fields, b"id": stream_id.encode(), b"reason": reason.encode()}
+                dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
                 await self.client.xadd(keys.deadletter_key(name), dead)
             else:
                 self.metrics.updates_applied.labels(name).inc(applied)
+        if results:
+            ms = int(results[-1][0].partition("-")[0])
+            self.metrics.update_lag.labels(name).set(max(0.0, time.time() - ms / 1000))
+            self.metrics.update_last_applied.labels(name).set(ms / 1000)
         self.sync.note_update(name, self.last_applied(name))
         if name in self.service.store.names() and self.service.get(name).table is table:
             self.metrics.set_delta(name, table.delta_rows, table.delta_slots, table.delta_capacity, table.nbytes)
+        if stalled:
+            raise DeltaFull(stalled)
 
     async def read_batch(self, name: str, table: Table, block_ms: int | None) -> int:
         """One XREAD from the table's position; applies what it returns. Returns entries read."""
@@ -297,6 +363,9 @@ class UpdateApplier:
                 backoff = 0.1
                 if read == 0:
                     self.metrics.update_lag.labels(name).set(0)
+                elif read < READ_COUNT:
+                    # entries that arrive meanwhile are applied as one batch (see apply_batch)
+                    await asyncio.sleep(self.sync.settings.update_apply_interval_seconds)
             except DeltaFull as exc:
                 log.error("table %r: %s; updates wait for a compacted version", name, exc)
                 self.metrics.updates_stalled.labels(name).inc()

@@ -49,7 +49,8 @@ class Replicas:
     def start(self, replica: str) -> LiveServer:
         args = ["--table", f"items={self.root / 'items' / 'v0'}", "--artifact-root", str(self.root)]
         args += ["--redis-url", self.redis.url, "--replica-id", replica]
-        self.servers[replica] = start_server(self.workdir, args, env=SYNC_ENV)
+        env = {**SYNC_ENV, "EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS": "0.05"}
+        self.servers[replica] = start_server(self.workdir, args, env=env)
         return self.servers[replica]
 
     def client(self) -> Any:  # redis-py types every reply as a union; these tests know the shapes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -75,3 +78,37 @@ def test_the_producer_refuses_what_no_replica_could_apply() -> None:
     ]:
         with pytest.raises(InvalidRequest, match=message):
             updates.push(NoRedis(), "t", keys, rows)
+
+
+def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_ones() -> None:
+    import runtime
+    from tests.conftest import low_rank_table
+
+    keys = np.arange(40, dtype=np.int64) * 3 + 1
+    x = low_rank_table(40, 8, seed=1)
+    rng = np.random.default_rng(2)
+
+    def entries() -> list[tuple[str, Mapping[Any, Any]]]:
+        r = rng.standard_normal((12, 8)).astype(np.float32)
+        return [
+            ("5-0", updates.encode_entry("upsert", keys[:4], r[:4])),
+            ("5-1", updates.encode_entry("upsert", keys[2:6], r[4:8])),  # keys 2, 3 again: the later row wins
+            ("6-0", updates.encode_entry("upsert", keys[:2], np.full((2, 8), np.nan, np.float32))),  # refused
+            ("6-1", {**updates.encode_entry("upsert", keys[:1], r[:1]), "dim": b"9"}),  # refused at decode
+            ("7-0", updates.encode_entry("delete", keys[10:12], None)),
+            ("7-1", updates.encode_entry("upsert", np.array([999], np.int64), r[8:9])),  # a new key
+            ("8-0", updates.encode_entry("delete", np.array([424242], np.int64), None)),  # refused: unknown
+            ("8-1", updates.encode_entry("upsert", keys[30:33], r[9:12])),
+        ]
+
+    batch = entries()
+    merged = runtime.compress(x, "int8", keys=keys, missing="zeros")
+    one_by_one = runtime.compress(x, "int8", keys=keys, missing="zeros")
+    results, stalled = updates.apply_batch(merged, batch)
+    singles = [(sid, *updates.apply_entry(one_by_one, sid, fields)) for sid, fields in batch]
+    assert stalled == "" and [(s, a, bool(r)) for s, a, r in results] == [(s, a, bool(r)) for s, a, r in singles]
+    assert [s for s, _, r in results if r] == ["6-0", "6-1", "8-0"]
+    every = np.concatenate([keys, [999]])
+    np.testing.assert_array_equal(merged.lookup(every), one_by_one.lookup(every))
+    assert merged.sequence == one_by_one.sequence == updates.id_to_sequence("8-1")
+    assert merged.delta_slots <= one_by_one.delta_slots  # the merged run wrote keys 2, 3 once
