@@ -120,8 +120,8 @@ class MenuEntry:
 
 def default_menu(dim: int) -> list[dict[str, Any]]:
     """fp32 on d; fp16, int8/4/2 and binary on d, 3d/4, d/2 and d/4 dims; 8-bit PQ with 4 and 8
-    dims a subspace and 4-bit PQ with 2 and 4 on d, one of each on the reduced dimensions; shared
-    rows (16, 256, 1024 centroids) on d. Entries whose options do not fit a dimension (PQ subspaces
+    dims a subspace and 4-bit PQ with 2 and 4 on d, one of each on the reduced dimensions; 8-bit RQ
+    with d/8 codebooks and 4-bit RQ with d/4 on d; shared rows (16, 256, 1024 centroids) on d. Entries whose options do not fit a dimension (PQ subspaces
     that do not divide it) are left out."""
     menu: list[dict[str, Any]] = [{"codec": "fp32"}]
     dims = sorted({dim, dim * 3 // 4, dim // 2, dim // 4} - {0}, reverse=True)
@@ -133,6 +133,12 @@ def default_menu(dim: int) -> list[dict[str, Any]]:
                 m = r // width
                 if m >= 1 and r % width == 0 and (bits == 8 or m % 2 == 0):
                     menu.append({"codec": "pq", "subspaces": m, "bits": bits, **reduced})
+    # residual quantization on d: 8-bit with d/8 codebooks, 4-bit with d/4; without LISA
+    # cross-codebook tables (table_limit 0: scoring by stored id decodes the query instead),
+    # whose M^2 K^2 floats would outweigh a small table's codes
+    for m, bits in ((dim // 8, 8), (dim // 4, 4)):
+        if m >= 1 and (bits == 8 or m % 2 == 0):
+            menu.append({"codec": "rq", "codebooks": m, "bits": bits, "table_limit": 0})
     menu += [{"codec": "shared", "centroids": c} for c in (16, 256, 1024)]
     return menu
 

@@ -32,6 +32,8 @@ POOL: list[dict[str, Any]] = [
     {"codec": "pq", "subspaces": 2, "bits": 8, "iterations": 2},
     {"codec": "shared", "centroids": 4, "iterations": 2},
     {"codec": "shared", "centroids": 300, "iterations": 1},
+    {"codec": "rq", "codebooks": 2, "bits": 4, "iterations": 1, "refine": 0, "table_limit": 0},
+    {"codec": "rq", "codebooks": 1, "bits": 8, "iterations": 1, "refine": 0, "table_limit": "1MiB"},
 ]
 
 
