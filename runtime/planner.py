@@ -121,8 +121,8 @@ class MenuEntry:
 def default_menu(dim: int) -> list[dict[str, Any]]:
     """fp32 on d; fp16, int8/4/2 and binary on d, 3d/4, d/2 and d/4 dims; 8-bit PQ with 4 and 8
     dims a subspace and 4-bit PQ with 2 and 4 on d, one of each on the reduced dimensions; 8-bit RQ
-    with d/8 codebooks and 4-bit RQ with d/4 on d; shared rows (16, 256, 1024 centroids) on d. Entries whose options do not fit a dimension (PQ subspaces
-    that do not divide it) are left out."""
+    with d/8 codebooks and 4-bit RQ with d/4 on d; shared rows (16, 256, 1024 centroids) on d.
+    Entries whose options do not fit a dimension (PQ subspaces that do not divide it) are left out."""
     menu: list[dict[str, Any]] = [{"codec": "fp32"}]
     dims = sorted({dim, dim * 3 // 4, dim // 2, dim // 4} - {0}, reverse=True)
     for r in dims:
