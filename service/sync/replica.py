@@ -121,6 +121,9 @@ class ReplicaSync:
             except REDIS_FAILURES as exc:
                 self._mark_failed("updates", exc)
                 return
+            except EmbserveError as exc:  # a full delta: serve what is applied; the follower waits
+                log.error("table %r: replaying the update log stopped: %s", name, exc)
+                continue
             if replayed:
                 log.info("table %r: replayed %d update log entries before serving", name, replayed)
 
@@ -279,6 +282,8 @@ class ReplicaSync:
                 await asyncio.wait_for(self.updates.catch_up(name, table), self.settings.catch_up_seconds)
             except REDIS_FAILURES as exc:
                 self._mark_failed("updates", exc)  # its follower replays the rest once Redis answers
+            except EmbserveError as exc:  # a full delta: the version serves, its follower waits
+                log.error("table %r: replaying the update log onto %s stopped: %s", name, pub.path, exc)
             self.service.install(name, table)
             self.tables[name] = TableStatus(
                 version=table.version,

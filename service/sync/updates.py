@@ -57,6 +57,8 @@ for the apply interval)."""
 BLOCK_MS = 1000
 """How long a caught-up replica's XREAD waits for a new entry before it looks again."""
 OPS = ("upsert", "delete")
+DEADLETTER_MAXLEN = 100_000
+"""The dead-letter stream keeps about this many refused entries (older ones are trimmed)."""
 
 
 def id_to_sequence(stream_id: str | bytes) -> int:
@@ -303,7 +305,7 @@ class UpdateApplier:
                 self.metrics.updates_refused.labels(name).inc()
                 log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
                 dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
-                await self.client.xadd(keys.deadletter_key(name), dead)
+                await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
             else:
                 self.metrics.updates_applied.labels(name).inc(applied)
         if results:

@@ -112,3 +112,21 @@ def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_on
     np.testing.assert_array_equal(merged.lookup(every), one_by_one.lookup(every))
     assert merged.sequence == one_by_one.sequence == updates.id_to_sequence("8-1")
     assert merged.delta_slots <= one_by_one.delta_slots  # the merged run wrote keys 2, 3 once
+
+
+def test_a_full_delta_stops_the_batch_where_it_is_and_says_so() -> None:
+    import runtime
+    from tests.conftest import low_rank_table
+
+    keys = np.arange(20, dtype=np.int64)
+    table = runtime.compress(low_rank_table(20, 4, seed=2), "int8", keys=keys, delta_capacity=5)
+    ones = np.ones((3, 4), np.float32)
+    batch: list[tuple[str, Mapping[Any, Any]]] = [
+        ("1-0", updates.encode_entry("upsert", keys[:3], ones)),
+        ("2-0", updates.encode_entry("delete", keys[5:6], None)),  # a delete ends the run of upserts
+        ("3-0", updates.encode_entry("upsert", keys[3:6], ones)),  # 3 more slots: over the capacity of 5
+        ("4-0", updates.encode_entry("upsert", keys[6:7], ones[:1])),
+    ]
+    results, stalled = updates.apply_batch(table, batch)
+    assert [r[0] for r in results] == ["1-0", "2-0"] and "delta" in stalled
+    assert table.sequence == updates.id_to_sequence("2-0")  # the next read starts at 3-0 again
