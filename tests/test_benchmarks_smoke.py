@@ -137,3 +137,12 @@ def test_update_bench_smoke(tmp_path: Path) -> None:
     assert report["throughput"]["rows"] == 2000 and report["throughput"]["rows_per_s"] > 0
     assert report["latency"]["quiet"]["requests"] > 0 and report["latency"]["updating"]["requests"] > 0
     assert "update throughput end to end" in (tmp_path / "update.md").read_text()
+
+
+@pytest.mark.slow
+def test_plan_speed_smoke(tmp_path: Path) -> None:
+    from benchmarks import plan_speed
+
+    assert plan_speed.main(["--rows", "3000", "--dim", "16", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "plan_speed.json").read_text())
+    assert report["plan_s"] > 0 and report["build_s"] > 0 and report["table_bytes"] <= report["budget_bytes"]
