@@ -69,6 +69,8 @@ class EmbeddingService:
         self.settings = settings
         self.store = store or TableStore()
         self.metrics = metrics or Metrics()
+        self.groups = settings.group_specs()
+        """Open Inference Protocol group models: {name: ((feature, table), ...)}"""
         self.executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="embserve-kernel")
         self.in_flight = 0
         self.draining = False

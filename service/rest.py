@@ -524,7 +524,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
             raise InvalidRequest("'outputs' must be a list of objects with a name")
         requested = [o["name"] for o in raw_outputs]
         binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
-    results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
+    version, results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
     if requested is None and all_binary:
         binary_out = {name for name, _ in results}
     outputs: list[dict[str, Any]] = []
@@ -538,7 +538,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
         else:
             entry["data"] = arr.reshape(-1)
         outputs.append(entry)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.entry.table.version, "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": version, "outputs": outputs}
     if isinstance(request.get("id"), str):
         answer["id"] = request["id"]
     header = orjson.dumps(answer, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)

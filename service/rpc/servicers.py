@@ -429,8 +429,8 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 values = list(getattr(tensor.contents, field))
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
-        results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
-        response = ipb.ModelInferResponse(model_name=model.name, model_version=model.entry.table.version, id=request.id)
+        version, results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
+        response = ipb.ModelInferResponse(model_name=model.name, model_version=version, id=request.id)
         for name, arr in results:
             response.outputs.add(name=name, datatype=oip.DATATYPE_OF[arr.dtype], shape=list(arr.shape))
             response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
