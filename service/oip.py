@@ -31,6 +31,7 @@ from runtime.store import LoadedTable
 from runtime.table import __version__
 from service.core import EmbeddingService
 from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
+from service.requests import search_request
 
 SEARCH_SUFFIX = ".search"
 BAG_SUFFIX = ".bag"
@@ -280,16 +281,8 @@ async def infer(
         query_ids = inputs.get("query_ids")
         if queries is not None and queries.ndim == 1:
             queries = queries.reshape(1, -1)
-        ids, scores = await service.search(
-            transport,
-            table_name,
-            queries=queries,
-            query_ids=None if query_ids is None else query_ids.reshape(-1),
-            k=_param(params, "k", 10),
-            metric=_param(params, "metric", "ip"),
-            oversample=_param(params, "oversample", 1),
-            exclude_self=_param(params, "exclude_self", True),
-        )
+        given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
+        ids, scores = await service.search(transport, search_request(table_name, given))
         outputs = {"ids": ids, "scores": scores}
     return version, _select(model, outputs, requested)
 
