@@ -10,7 +10,8 @@ Per codec and B ∈ --batches, each in its own client process, one at a time, co
   grpc multi     one `EmbeddingService/MultiLookup` (lengths, concat) -> (B, 26 × 64)
   http multi     one `POST /v1/lookup` binary form (X-Embserve-Tables, concat), urllib3 client
   grpc 26 singles  26 pooled `EmbeddingService/Lookup` calls issued at once (grpc.aio, one channel)
-and in process (no transport): the runtime's 26 `Table.lookup_pooled` calls, and, for int8, PyTorch's
+and in process (no transport, on --threads threads, default 1): the runtime's 26
+`Table.lookup_pooled` calls, and, for int8, PyTorch's
 FBGEMM kernel `torch.ops.quantized.embedding_bag_byte_rowwise_offsets` over the same float rows
 packed by `embedding_bag_byte_prepack` (the fbgemm_gpu package's `torch.ops.fbgemm` op is not
 installed here; this is the same FBGEMM CPU kernel as PyTorch's quantized backend ships it).
@@ -261,6 +262,19 @@ def expected(tables: dict[str, Any], codec: str, request: list[tuple[np.ndarray,
     )
 
 
+def set_threads(threads: int) -> None:
+    """Both in-process floors on `threads` threads (numba's pool and torch's intra-op pool)."""
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
 def in_process(tables: dict[str, Any], codec: str, requests: list[Any], seconds: float) -> dict[str, float]:
     return _timed(lambda req: expected(tables, codec, req), requests, seconds)
 
@@ -311,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,32,256")
     parser.add_argument("--codecs", default="int8,pq")
     parser.add_argument("--seconds", type=float, default=4, help="load seconds per transport, codec and B")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads of the in-process floors (the server's own pool is unchanged)"
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "embserve-dlrm-bench")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -350,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                         check = Path(tmp) / f"{kind}.npy"
                         row[kind] = run_load(kind, target, codec, batch, args.seconds, args.max_rows, check)
                         np.testing.assert_allclose(np.load(check), want, rtol=1e-5, atol=1e-5, err_msg=kind)
+                    set_threads(args.threads)
                     row["in_process"] = in_process(tables, codec, requests, args.seconds)
                     if codec == "int8":
                         row["fbgemm"] = fbgemm_floor(rows, DIM, requests, args.seconds)
@@ -375,6 +393,7 @@ def write_results(args: argparse.Namespace, rows: list[int], results: list[dict[
         "id_skew": ID_SKEW,
         "seconds": args.seconds,
         "concurrency": 1,
+        "in_process_threads": args.threads,
     }
     (args.out / "dlrm.json").write_text(json.dumps({**meta, "results": results}, indent=2))
 
@@ -387,7 +406,8 @@ def write_results(args: argparse.Namespace, rows: list[int], results: list[dict[
         f"DLRM-shaped request: 26 tables (Criteo Kaggle row counts capped at {args.max_rows:,}; "
         f"{sum(rows):,} rows in all), d={DIM}, Zipf pooling factors (mean {MEAN_POOL:g}), concurrency 1; "
         f"CPU: {meta['cpu']}, {meta['cores']} cores shared with other work (noisy).",
-        "Cells: requests/s (p50 / p99 ms). One request = all 26 features of B samples.",
+        "Cells: requests/s (p50 / p99 ms). One request = all 26 features of B samples. "
+        f"In-process floors on {args.threads} thread(s).",
         "",
         "| codec | B | ids | gRPC multi | HTTP binary multi | gRPC 26 singles | multi / singles (gRPC) "
         "| in process (runtime) | FBGEMM int8 in process |",
