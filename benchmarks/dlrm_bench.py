@@ -262,10 +262,12 @@ def expected(tables: dict[str, Any], codec: str, request: list[tuple[np.ndarray,
     )
 
 
-def set_threads(threads: int) -> None:
-    """Both in-process floors on `threads` threads (numba's pool and torch's intra-op pool)."""
+def set_threads(threads: int) -> int:
+    """Both in-process floors on `threads` threads (numba's pool and torch's intra-op pool);
+    returns the number before, to restore."""
     import numba
 
+    before = int(numba.get_num_threads())
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     try:
         import torch
@@ -273,6 +275,7 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
     except ImportError:
         pass
+    return before
 
 
 def in_process(tables: dict[str, Any], codec: str, requests: list[Any], seconds: float) -> dict[str, float]:
@@ -367,10 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                         check = Path(tmp) / f"{kind}.npy"
                         row[kind] = run_load(kind, target, codec, batch, args.seconds, args.max_rows, check)
                         np.testing.assert_allclose(np.load(check), want, rtol=1e-5, atol=1e-5, err_msg=kind)
-                    set_threads(args.threads)
+                    before = set_threads(args.threads)
                     row["in_process"] = in_process(tables, codec, requests, args.seconds)
                     if codec == "int8":
                         row["fbgemm"] = fbgemm_floor(rows, DIM, requests, args.seconds)
+                    set_threads(before)
                     singles = row["grpc_singles"]["rps"]
                     row["multi_over_singles"] = row["grpc_multi"]["rps"] / singles if singles else None
                     results.append(row)
