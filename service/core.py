@@ -37,6 +37,7 @@ from runtime.table import Table, __version__, load_table
 from service.errors import status_label
 from service.metrics import Metrics
 from service.multi import MultiLookupRequest, MultiLookupResult, answer, check_request
+from service.requests import ScoreRequest, SearchRequest
 from service.settings import Settings
 from service.state import ActiveVersions
 from service.sync import SyncHooks
@@ -69,6 +70,8 @@ class EmbeddingService:
         self.settings = settings
         self.store = store or TableStore()
         self.metrics = metrics or Metrics()
+        self.groups = settings.group_specs()
+        """Open Inference Protocol group models: {name: ((feature, table), ...)}"""
         self.executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="embserve-kernel")
         self.in_flight = 0
         self.draining = False
@@ -332,61 +335,47 @@ class EmbeddingService:
                     self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
             return result
 
-    async def search(
-        self,
-        transport: str,
-        name: str,
-        *,
-        queries: Any = None,
-        query_ids: Any = None,
-        k: Any = 10,
-        metric: str = "ip",
-        oversample: Any = 1,
-        exclude_self: Any = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    async def search(self, transport: str, request: SearchRequest) -> tuple[np.ndarray, np.ndarray]:
         """-> ids (q, k') int64, scores (q, k') float32, best first."""
+        name = request.table
         with self.request(transport, "search", name):
             entry = self.store.get(name)
-            if (queries is None) == (query_ids is None):
+            if (request.queries is None) == (request.query_ids is None):
                 raise InvalidRequest("give exactly one of queries or query_ids")
+            k, metric, oversample = request.k, request.metric, request.oversample
             self._check_k(k, oversample)
             table = entry.table
-            if query_ids is not None:
-                qids = as_array(query_ids, "query_ids")
+            if request.query_ids is not None:
+                qids = as_array(request.query_ids, "query_ids")
                 self._limit(qids.size, self.settings.max_queries, "queries")
                 self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
+                exclude_self = request.exclude_self
                 return await self._compute(
                     "search_by_id",
                     table.codec,
                     lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
                 )
-            q = as_array(queries, "queries")
+            q = as_array(request.queries, "queries")
             nq = q.shape[0] if q.ndim == 2 else 1
             self._limit(nq, self.settings.max_queries, "queries")
             self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
             return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
 
-    async def score(
-        self,
-        transport: str,
-        name: str,
-        *,
-        candidate_ids: Any,
-        queries: Any = None,
-        query_ids: Any = None,
-        metric: str = "ip",
-    ) -> np.ndarray:
+    async def score(self, transport: str, request: ScoreRequest) -> np.ndarray:
         """candidate_ids (q, c) with queries (q, dim) or query_ids (q,) -> (q, c) float32."""
+        name = request.table
         with self.request(transport, "score", name):
             entry = self.store.get(name)
-            cands = as_array(candidate_ids, "candidate_ids")
+            if request.candidate_ids is None:
+                raise InvalidRequest("candidate_ids are required")
+            cands = as_array(request.candidate_ids, "candidate_ids")
             self._limit(cands.size, self.settings.max_candidates, "candidate ids")
             nq = cands.shape[0] if cands.ndim >= 1 else 0
             self._limit(nq, self.settings.max_queries, "queries")
             self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
-            q = as_array(queries, "queries") if queries is not None else None
-            qids = as_array(query_ids, "query_ids") if query_ids is not None else None
-            table = entry.table
+            q = as_array(request.queries, "queries") if request.queries is not None else None
+            qids = as_array(request.query_ids, "query_ids") if request.query_ids is not None else None
+            table, metric = entry.table, request.metric
             return await self._compute(
                 "score", table.codec, lambda: table.score(cands, queries=q, query_ids=qids, metric=metric)
             )

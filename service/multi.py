@@ -34,6 +34,8 @@ class TableLookup:
     offsets: Any = None
     weights: Any = None
     mode: str = DEFAULT_MODE
+    label: str | None = None
+    """how errors name this entry (default `tables[i] ('table')`; a group model names the feature)"""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class _Checked:
     offsets: np.ndarray | None
     weights: np.ndarray | None
     mode: str
+    label: str
 
     @property
     def out_rows(self) -> int:
@@ -81,6 +84,10 @@ class _Checked:
 
 def _where(index: int, name: Any) -> str:
     return f"tables[{index}] ({name!r})"
+
+
+def _label(index: int, entry: TableLookup) -> str:
+    return entry.label or _where(index, entry.table)
 
 
 def _array(value: Any, field: str) -> np.ndarray:
@@ -137,7 +144,7 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
         if entry.mode != "sum":
             raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
         weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
-    return _Checked(entry.table, table, ids, offsets, weights, entry.mode)
+    return _Checked(entry.table, table, ids, offsets, weights, entry.mode, _label(index, entry))
 
 
 def check_request(request: MultiLookupRequest, store: TableStore, max_tables: int, max_ids: int) -> list[_Checked]:
@@ -154,13 +161,13 @@ def check_request(request: MultiLookupRequest, store: TableStore, max_tables: in
         loaded = active.get(entry.table)
         if loaded is None:
             unknown = TableNotFound(str(entry.table))
-            unknown.args = (f"{_where(index, entry.table)}: {unknown}",)
+            unknown.args = (f"{_label(index, entry)}: {unknown}",)
             raise unknown
         table = loaded.table
         try:
             item = _check_entry(index, entry, table)
         except InvalidRequest as exc:
-            raise InvalidRequest(f"{_where(index, entry.table)}: {exc}") from None
+            raise InvalidRequest(f"{_label(index, entry)}: {exc}") from None
         total += item.ids.shape[0]
         if total > max_ids:
             raise PayloadTooLarge(f"the request carries more than {max_ids} ids in total (limit {max_ids})")
@@ -168,7 +175,7 @@ def check_request(request: MultiLookupRequest, store: TableStore, max_tables: in
     if request.concat:
         sizes = {c.out_rows for c in checked}
         if len(sizes) > 1:
-            got = ", ".join(f"{_where(i, c.name)}: {c.out_rows}" for i, c in enumerate(checked))
+            got = ", ".join(f"{c.label}: {c.out_rows}" for c in checked)
             raise InvalidRequest(f"concat needs the same number of rows (B) from every table; got {got}")
     return checked
 
@@ -176,14 +183,14 @@ def check_request(request: MultiLookupRequest, store: TableStore, max_tables: in
 def answer(checked: list[_Checked]) -> MultiLookupResult:
     """Read every table (the objects taken at validation): (B, dim) or (n, dim) float32 each."""
     results = []
-    for index, item in enumerate(checked):
+    for item in checked:
         try:
             if item.offsets is None:
                 rows, missing = item.table.lookup_counted(item.ids)
             else:
                 rows, missing = item.table.lookup_pooled_counted(item.ids, item.offsets, item.mode, item.weights)
         except KeyNotFound as exc:
-            raise KeyNotFound(exc.key, exc.position, f"{_where(index, item.name)} ids") from None
+            raise KeyNotFound(exc.key, exc.position, f"{item.label} ids") from None
         results.append(TableResult(item.name, item.table.version, rows, missing))
     return MultiLookupResult(tuple(results))
 

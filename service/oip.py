@@ -7,12 +7,20 @@ Each table is three models:
   <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
                   `k` (default 10), `metric`, `oversample`, `exclude_self`
                   -> outputs `ids` INT64 [q, k], `scores` FP32 [q, k]
+and each configured group (setting `groups`, NAME=FEATURE[:TABLE]+...) is one model NAME:
+  inputs per feature f: `f__values` INT64|INT32 [n_f] ids, `f__lengths` INT64|INT32 [B] bag sizes,
+  optional `f__weights` FP32 [n_f] per-sample weights; parameter `mode` "sum"|"mean"
+  -> output `embeddings` FP32 [B, Σ dim], the features' pooled rows side by side in the configured
+  order (what a DLRM's dense part consumes). It is answered by the multi-table lookup (one
+  consistent set of table versions); its version is a digest of the versions of its tables.
 Parameters may be given on the request or on an input; unknown parameters are ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +30,8 @@ from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
 from service.core import EmbeddingService
+from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
+from service.requests import search_request
 
 SEARCH_SUFFIX = ".search"
 BAG_SUFFIX = ".bag"
@@ -48,30 +58,74 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 DATATYPE_OF = {dt: name for name, dt in DATATYPES.items()}
 
 
+VALUES_SUFFIX = "__values"
+LENGTHS_SUFFIX = "__lengths"
+WEIGHTS_SUFFIX = "__weights"
+GROUP_OUTPUT = "embeddings"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input feature of a group model: its name, the table it reads and that table's dim."""
+
+    name: str
+    table: str
+    dim: int
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
-    entry: LoadedTable
-    kind: str  # "lookup" | "bag" | "search"
+    kind: str  # "lookup" | "bag" | "search" | "group"
+    entry: LoadedTable | None = None
+    """the table of a one-table model"""
+    features: tuple[Feature, ...] = ()
+    """the features of a group model, in output order"""
+    versions: tuple[tuple[str, str], ...] = ()
+    """a group model's (table, version) pairs when it was resolved"""
+
+    @property
+    def version(self) -> str:
+        if self.entry is not None:
+            return self.entry.table.version
+        return group_version(self.versions)
+
+
+def group_version(versions: Iterable[tuple[str, str]]) -> str:
+    """A group model's version: a digest of its tables' (name, version) pairs, so it changes
+    whenever one of its tables is swapped."""
+    text = "\n".join(f"{table}={version}" for table, version in versions)
+    return "g" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def resolve(service: EmbeddingService, model: str, version: str | None = None) -> Model:
-    """A model name (and optional version) -> the table and operation it stands for; exact table
-    names win. A version other than the one served is not found."""
+    """A model name (and optional version) -> the table(s) and operation it stands for; exact table
+    names win over suffixed names and groups. A version other than the one served is not found."""
     found = _find(service, model)
-    if version and version != found.entry.table.version:
+    if version and version != found.version:
         raise TableNotFound(f"{model} version {version}")
     return found
 
 
 def _find(service: EmbeddingService, model: str) -> Model:
     if model in service.store:
-        return Model(model, service.store.get(model), "lookup")
+        return Model(model, "lookup", service.store.get(model))
     for suffix, kind in ((SEARCH_SUFFIX, "search"), (BAG_SUFFIX, "bag")):
         base = model.removesuffix(suffix)
         if base != model and base in service.store:
-            return Model(model, service.store.get(base), kind)
-    raise TableNotFound(model)
+            return Model(model, kind, service.store.get(base))
+    members = service.groups.get(model)
+    if members is None:
+        raise TableNotFound(model)
+    active = service.store.snapshot()
+    features, versions = [], []
+    for feature, table in members:
+        loaded = active.get(table)
+        if loaded is None:
+            raise TableNotFound(f"{table} (feature {feature!r} of model {model!r})")
+        features.append(Feature(feature, table, loaded.table.dim))
+        versions.append((table, loaded.table.version))
+    return Model(model, "group", features=tuple(features), versions=tuple(versions))
 
 
 def server_metadata() -> dict[str, Any]:
@@ -79,6 +133,17 @@ def server_metadata() -> dict[str, Any]:
 
 
 def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if model.kind == "group":
+        inputs = []
+        for f in model.features:
+            inputs += [
+                {"name": f.name + VALUES_SUFFIX, "datatype": "INT64", "shape": [-1], "optional": False},
+                {"name": f.name + LENGTHS_SUFFIX, "datatype": "INT64", "shape": [-1], "optional": False},
+                {"name": f.name + WEIGHTS_SUFFIX, "datatype": "FP32", "shape": [-1], "optional": True},
+            ]
+        width = sum(f.dim for f in model.features)
+        return inputs, [{"name": GROUP_OUTPUT, "datatype": "FP32", "shape": [-1, width]}]
+    assert model.entry is not None
     dim = model.entry.table.dim
     if model.kind in ("lookup", "bag"):
         inputs = [{"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False}]
@@ -101,7 +166,7 @@ def model_metadata(model: Model) -> dict[str, Any]:
     inputs, outputs = _io(model)
     return {
         "name": model.name,
-        "versions": [model.entry.table.version],
+        "versions": [model.version],
         "platform": PLATFORM,
         "inputs": [{k: v for k, v in i.items() if k != "optional"} for i in inputs],
         "outputs": outputs,
@@ -111,7 +176,19 @@ def model_metadata(model: Model) -> dict[str, Any]:
 def model_config(model: Model) -> dict[str, Any]:
     """Triton's model configuration, as its HTTP endpoint returns it (JSON names of model_config.proto)."""
     inputs, outputs = _io(model)
-    table = model.entry.table
+    if model.entry is None:
+        parameters = {
+            "features": {"string_value": ",".join(f.name for f in model.features)},
+            "tables": {"string_value": ",".join(f.table for f in model.features)},
+            "dims": {"string_value": ",".join(str(f.dim) for f in model.features)},
+        }
+    else:
+        table = model.entry.table
+        parameters = {
+            "codec": {"string_value": table.codec},
+            "rerank": {"string_value": table.rerank.name if table.rerank else ""},
+            "rows": {"string_value": str(table.rows)},
+        }
     return {
         "name": model.name,
         "platform": PLATFORM,
@@ -122,11 +199,7 @@ def model_config(model: Model) -> dict[str, Any]:
             for i in inputs
         ],
         "output": [{"name": o["name"], "data_type": f"TYPE_{o['datatype']}", "dims": o["shape"]} for o in outputs],
-        "parameters": {
-            "codec": {"string_value": table.codec},
-            "rerank": {"string_value": table.rerank.name if table.rerank else ""},
-            "rows": {"string_value": str(table.rows)},
-        },
+        "parameters": parameters,
     }
 
 
@@ -182,9 +255,16 @@ async def infer(
     inputs: dict[str, np.ndarray],
     params: dict[str, Any],
     requested: list[str] | None = None,
-) -> list[tuple[str, np.ndarray]]:
-    """Run one inference request; returns [(output name, array)] in the requested order."""
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """Run one inference request; returns the model version that answered it and
+    [(output name, array)] in the requested order."""
+    if model.kind == "group":
+        result = await service.multi_lookup(transport, group_request(model, inputs, params))
+        version = group_version((r.table, r.version) for r in result.results)
+        return version, _select(model, {GROUP_OUTPUT: result.concatenated()}, requested)
+    assert model.entry is not None
     table_name = model.entry.name
+    version = model.entry.table.version
     if model.kind in ("lookup", "bag"):
         if "ids" not in inputs:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
@@ -201,19 +281,50 @@ async def infer(
         query_ids = inputs.get("query_ids")
         if queries is not None and queries.ndim == 1:
             queries = queries.reshape(1, -1)
-        ids, scores = await service.search(
-            transport,
-            table_name,
-            queries=queries,
-            query_ids=None if query_ids is None else query_ids.reshape(-1),
-            k=_param(params, "k", 10),
-            metric=_param(params, "metric", "ip"),
-            oversample=_param(params, "oversample", 1),
-            exclude_self=_param(params, "exclude_self", True),
-        )
+        given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
+        ids, scores = await service.search(transport, search_request(table_name, given))
         outputs = {"ids": ids, "scores": scores}
+    return version, _select(model, outputs, requested)
+
+
+def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] | None) -> list[tuple[str, np.ndarray]]:
     names = requested or list(outputs)
     unknown = [n for n in names if n not in outputs]
     if unknown:
         raise InvalidRequest(f"model {model.name!r} has no output {unknown[0]!r} (outputs: {', '.join(outputs)})")
     return [(n, outputs[n]) for n in names]
+
+
+def _group_input(model: Model, inputs: dict[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
+    arr = inputs.get(name)
+    if arr is None:
+        return None
+    if arr.dtype.kind not in kinds:
+        raise InvalidRequest(f"model {model.name!r}: input {name!r} must be {what}, got {DATATYPE_OF[arr.dtype]}")
+    return arr.reshape(-1)
+
+
+def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str, Any]) -> MultiLookupRequest:
+    """A group model's inputs -> one concatenated multi-table request, every error naming the
+    feature (or the input) it is about."""
+    expected = {f.name + s for f in model.features for s in (VALUES_SUFFIX, LENGTHS_SUFFIX, WEIGHTS_SUFFIX)}
+    unknown = sorted(set(inputs) - expected)
+    if unknown:
+        features = ", ".join(f.name for f in model.features)
+        raise InvalidRequest(
+            f"model {model.name!r} has no input {unknown[0]!r} (inputs are <feature>__values, <feature>__lengths "
+            f"and optional <feature>__weights for the features {features})"
+        )
+    mode = params.get("mode", DEFAULT_MODE)
+    entries = []
+    for f in model.features:
+        values = _group_input(model, inputs, f.name + VALUES_SUFFIX, "iu", "INT64 or INT32 ids")
+        lengths = _group_input(model, inputs, f.name + LENGTHS_SUFFIX, "iu", "INT64 or INT32 bag sizes")
+        weights = _group_input(model, inputs, f.name + WEIGHTS_SUFFIX, "f", "FP32 weights")
+        for name, arr in ((VALUES_SUFFIX, values), (LENGTHS_SUFFIX, lengths)):
+            if arr is None:
+                raise InvalidRequest(f"model {model.name!r} needs input '{f.name}{name}' for feature {f.name!r}")
+        entries.append(
+            TableLookup(f.table, values, lengths=lengths, weights=weights, mode=str(mode), label=f"feature {f.name!r}")
+        )
+    return MultiLookupRequest(tuple(entries), concat=True)

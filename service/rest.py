@@ -25,6 +25,7 @@ from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
+from service.requests import score_request, search_request
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -350,29 +351,13 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
     async def search(name: str, request: Request) -> Response:
         payload = parse_json_object(await read_body(service, request))
-        ids, scores = await service.search(
-            TRANSPORT,
-            name,
-            queries=payload.get("queries"),
-            query_ids=payload.get("query_ids"),
-            k=payload.get("k", 10),
-            metric=payload.get("metric", "ip"),
-            oversample=payload.get("oversample", 1),
-            exclude_self=payload.get("exclude_self", True),
-        )
+        ids, scores = await service.search(TRANSPORT, search_request(name, payload))
         return FastJSON({"ids": ids, "scores": scores})
 
     @app.post("/v1/tables/{name}/score", tags=["tables"], openapi_extra=_body_doc(ScoreBody))
     async def score(name: str, request: Request) -> Response:
         payload = parse_json_object(await read_body(service, request))
-        scores = await service.score(
-            TRANSPORT,
-            name,
-            candidate_ids=payload.get("candidate_ids"),
-            queries=payload.get("queries"),
-            query_ids=payload.get("query_ids"),
-            metric=payload.get("metric", "ip"),
-        )
+        scores = await service.score(TRANSPORT, score_request(name, payload))
         return FastJSON({"scores": scores})
 
     # ---- health and metrics -------------------------------------------------------------------
@@ -524,7 +509,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
             raise InvalidRequest("'outputs' must be a list of objects with a name")
         requested = [o["name"] for o in raw_outputs]
         binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
-    results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
+    version, results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
     if requested is None and all_binary:
         binary_out = {name for name, _ in results}
     outputs: list[dict[str, Any]] = []
@@ -538,7 +523,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
         else:
             entry["data"] = arr.reshape(-1)
         outputs.append(entry)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.entry.table.version, "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": version, "outputs": outputs}
     if isinstance(request.get("id"), str):
         answer["id"] = request["id"]
     header = orjson.dumps(answer, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)

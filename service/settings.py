@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     tables_file: Path | None = Field(
         None, description="tables.json written by `embserve import`: every table it lists is served too"
     )
+    groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Open Inference Protocol group models, each NAME=FEATURE[:TABLE]+FEATURE[:TABLE]+... "
+        "(a feature without :TABLE reads the table of its name)",
+    )
     demo: bool = Field(True, description="serve the built-in demo table when no table is configured")
     demo_dir: Path = Field(
         Path.home() / ".cache" / "embserve" / "demo", description="where the demo artifact is cached"
@@ -98,7 +103,7 @@ class Settings(BaseSettings):
         120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"
     )
 
-    @field_validator("tables", mode="before")
+    @field_validator("tables", "groups", mode="before")
     @classmethod
     def _split_tables(cls, value: object) -> object:
         if isinstance(value, str):
@@ -114,6 +119,16 @@ class Settings(BaseSettings):
     def resolved_replica_id(self) -> str:
         """`replica_id`, else `<hostname>-<pid>` (unique per process on one host)."""
         return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, value: list[str]) -> list[str]:
+        parse_groups(value)  # a bad spec is a settings error at start, not a failure at first use
+        return value
+
+    def group_specs(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Parsed `groups`: {model name: ((feature, table), ...)} in the order given."""
+        return parse_groups(self.groups)
 
     def table_specs(self) -> list[tuple[str, Path]]:
         """Parsed `tables`, then the tables of `tables_file`: [(name, directory)], names unique."""
@@ -132,3 +147,28 @@ class Settings(BaseSettings):
         if duplicate is not None:
             raise ValueError(f"table {duplicate!r} is configured twice")
         return specs
+
+
+def parse_groups(specs: list[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """NAME=FEATURE[:TABLE]+... specs -> {name: ((feature, table), ...)}; a bad spec raises ValueError."""
+    groups: dict[str, tuple[tuple[str, str], ...]] = {}
+    for spec in specs:
+        name, sep, members = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not members.strip():
+            raise ValueError(f"group spec {spec!r} must be NAME=FEATURE[:TABLE]+...")
+        if name in groups:
+            raise ValueError(f"group {name!r} is configured twice")
+        features = []
+        for member in members.split("+"):
+            feature, _, table = member.strip().partition(":")
+            feature, table = feature.strip(), (table.strip() or feature.strip())
+            if not feature or "__" in feature:
+                raise ValueError(f"group {name!r}: feature {member.strip()!r} must be a non-empty name without '__'")
+            features.append((feature, table))
+        names = [f for f, _ in features]
+        duplicate = next((f for f in names if names.count(f) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"group {name!r}: feature {duplicate!r} is listed twice")
+        groups[name] = tuple(features)
+    return groups

@@ -146,3 +146,22 @@ def test_plan_speed_smoke(tmp_path: Path) -> None:
     assert plan_speed.main(["--rows", "3000", "--dim", "16", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "plan_speed.json").read_text())
     assert report["plan_s"] > 0 and report["build_s"] > 0 and report["table_bytes"] <= report["budget_bytes"]
+
+
+@pytest.mark.slow
+def test_dlrm_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import dlrm_bench
+
+    args = ["--max-rows", "500", "--batches", "2", "--seconds", "0.3", "--cache", str(tmp_path / "cache")]
+    assert dlrm_bench.main([*args, "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "dlrm.json").read_text())
+    assert len(payload["rows"]) == 26 and max(payload["rows"]) == 500
+    assert {(r["codec"], r["batch"]) for r in payload["results"]} == {("int8", 2), ("pq", 2)}
+    for r in payload["results"]:
+        assert all(r[k]["rps"] > 0 for k in ("grpc_multi", "http_multi", "grpc_singles", "in_process"))
+        assert r["ids_per_request"] > 26 * 2
+    assert "multi / singles" in (tmp_path / "dlrm.md").read_text()
+    # the artifacts are cached: a second build finds every one and writes nothing
+    built = sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json"))
+    dlrm_bench.build_tables(tmp_path / "cache" / "rows500-d64", dlrm_bench.table_rows(500), 64, ["int8", "pq"])
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json")) == built

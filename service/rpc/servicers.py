@@ -23,6 +23,7 @@ from service.core import EmbeddingService
 from service.errors import public_message, status_for
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
 from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
+from service.requests import score_request, search_request
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -264,28 +265,26 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        ids, scores = await self.service.search(
-            TRANSPORT,
-            request.table,
-            queries=_optional_tensor(request, "queries"),
-            query_ids=_optional_tensor(request, "query_ids"),
-            k=request.k,
-            metric=request.metric or "ip",
-            oversample=request.oversample or 1,
-            exclude_self=request.exclude_self if request.HasField("exclude_self") else True,
-        )
+        given = {
+            "queries": _optional_tensor(request, "queries"),
+            "query_ids": _optional_tensor(request, "query_ids"),
+            "k": request.k if request.HasField("k") else None,
+            "metric": request.metric or None,
+            "oversample": request.oversample or None,  # proto3: 0 is unset
+            "exclude_self": request.exclude_self if request.HasField("exclude_self") else None,
+        }
+        ids, scores = await self.service.search(TRANSPORT, search_request(request.table, given))
         return pb.SearchResponse(ids=array_to_tensor(ids), scores=array_to_tensor(scores))
 
     @grpc_errors
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        scores = await self.service.score(
-            TRANSPORT,
-            request.table,
-            candidate_ids=_required_tensor(request, "candidate_ids"),
-            queries=_optional_tensor(request, "queries"),
-            query_ids=_optional_tensor(request, "query_ids"),
-            metric=request.metric or "ip",
-        )
+        given = {
+            "candidate_ids": _required_tensor(request, "candidate_ids"),
+            "queries": _optional_tensor(request, "queries"),
+            "query_ids": _optional_tensor(request, "query_ids"),
+            "metric": request.metric or None,
+        }
+        scores = await self.service.score(TRANSPORT, score_request(request.table, given))
         return pb.ScoreResponse(scores=array_to_tensor(scores))
 
     @grpc_errors
@@ -429,8 +428,8 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 values = list(getattr(tensor.contents, field))
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
-        results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
-        response = ipb.ModelInferResponse(model_name=model.name, model_version=model.entry.table.version, id=request.id)
+        version, results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
+        response = ipb.ModelInferResponse(model_name=model.name, model_version=version, id=request.id)
         for name, arr in results:
             response.outputs.add(name=name, datatype=oip.DATATYPE_OF[arr.dtype], shape=list(arr.shape))
             response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
