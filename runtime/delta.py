@@ -3,8 +3,10 @@ and rows deleted since the memory-mapped base was written.
 
 Readers take one `DeltaView` (immutable) per call and read only through it. The writer appends
 encoded rows to per-tier arrays past every published view's end (slots are never rewritten; an
-update of a row already in the delta takes a new slot), then publishes a new view by one
-reference assignment; so a reader sees a batch entirely or not at all, and never a half-written row.
+update of a row already in the delta takes a new slot), and its keys into hash tables shared
+with earlier views, which read only the positions below their own counts; then it publishes a new
+view by one reference assignment. So a reader sees a batch entirely or not at all, and never a
+half-written row.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.kernels.hashmap import KeyMap, KeySet
+from runtime.kernels.hashmap import AppendOnlyKeys, KeyMap, KeySet
 from runtime.tiers import Tier
 
 EMPTY_I64 = np.zeros(0, np.int64)
@@ -27,8 +29,8 @@ class DeltaView:
     (m,) int64 locate the current value (slot -1: deleted). added_keys (p,) int64: keys of the new
     rows base_rows..base_rows+p-1, found through `added_map`. Per tier t: segments[t] is a Tier
     over its delta slots (None while empty), slot_rows[t] (s,) the global row of each slot,
-    slot_live[t] (s,) bool whether the slot is its row's current value, dead_slots[t] the slots
-    that are not, stale_local[t] the base-local ids (distinct) whose rows changed."""
+    dead_slots[t] the slots that are no longer their row's current value, stale_local[t] the
+    base-local ids (distinct) whose rows changed."""
 
     base_rows: int
     tiers: int
@@ -40,7 +42,6 @@ class DeltaView:
     added_map: KeyMap | None = None
     segments: tuple[Tier | None, ...] = ()
     slot_rows: tuple[np.ndarray, ...] = ()
-    slot_live: tuple[np.ndarray, ...] = ()
     dead_slots: tuple[KeySet, ...] = ()
     stale_local: tuple[KeySet, ...] = ()
     slots_used: int = 0
@@ -83,18 +84,19 @@ class DeltaView:
     @property
     def nbytes(self) -> int:
         arrays = [self.changed, self.changed_tier, self.changed_slot, self.added_keys]
-        arrays += [*self.slot_rows, *self.slot_live]
+        arrays += list(self.slot_rows)
         maps = [m.nbytes for m in (self.changed_map, self.added_map) if m is not None]
         sets = [s.nbytes for s in (*self.dead_slots, *self.stale_local)]
         return int(sum(a.nbytes for a in arrays) + sum(maps) + sum(sets))
 
 
 class DeltaStore:
-    """The writer's side: growing per-tier row arrays (only ever appended to) and the current view.
+    """The writer's side: growing per-tier row arrays and key indexes (only ever appended to) and
+    the current view.
 
     locate_base(rows) -> (tier (b,), local (b,)) places base rows in their tiers. A batch costs
-    time linear in the delta's size (copies of its index arrays and one hash-map build), never a
-    sort of it."""
+    hash-table work in its own size; what grows with the delta is copies of two (m,) int64 arrays
+    (the current tier and slot of every changed row), which do not hold the interpreter lock."""
 
     def __init__(
         self, base: list[Tier], base_rows: int, locate_base: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -103,14 +105,17 @@ class DeltaStore:
         self.locate_base = locate_base
         self.primary: list[dict[str, np.ndarray]] = [{} for _ in base]
         self.rerank: list[dict[str, np.ndarray]] = [{} for _ in base]
+        self.slot_rows: list[dict[str, np.ndarray]] = [{} for _ in base]
         self.counts = [0] * len(base)
-        none = (EMPTY_I64,) * len(base)
+        self.changed = AppendOnlyKeys()
+        self.added = AppendOnlyKeys()
+        self.dead = [AppendOnlyKeys() for _ in base]
+        self.stale = [AppendOnlyKeys() for _ in base]
         self.view = DeltaView(
             base_rows,
             len(base),
             segments=(None,) * len(base),
-            slot_rows=none,
-            slot_live=(np.zeros(0, bool),) * len(base),
+            slot_rows=(EMPTY_I64,) * len(base),
             dead_slots=(KeySet(EMPTY_I64),) * len(base),
             stale_local=(KeySet(EMPTY_I64),) * len(base),
         )
@@ -157,17 +162,17 @@ class DeltaStore:
         old = self.view
         tiers = len(self.base)
         slot_of = np.full(rows.shape[0], -1, np.int64)
-        segments, slot_rows, slot_live = list(old.segments), list(old.slot_rows), list(old.slot_live)
+        segments, slot_rows = list(old.segments), list(old.slot_rows)
         for t, (positions, primary, rerank) in encoded.items():
             start = self.counts[t]
             self._append(self.primary[t], start, primary)
             if rerank is not None:
                 self._append(self.rerank[t], start, rerank)
+            self._append(self.slot_rows[t], start, {"row": rows[positions]})
             stop = start + positions.size
             slot_of[positions] = np.arange(start, stop)
             self.counts[t] = stop
-            slot_rows[t] = np.concatenate([old.slot_rows[t], rows[positions]])
-            slot_live[t] = np.concatenate([old.slot_live[t], np.ones(positions.size, bool)])
+            slot_rows[t] = self.slot_rows[t]["row"][:stop]
             segments[t] = self.base[t].with_rows(
                 {n: a[:stop] for n, a in self.primary[t].items()},
                 {n: a[:stop] for n, a in self.rerank[t].items()} if rerank is not None else None,
@@ -179,14 +184,15 @@ class DeltaStore:
         changed_tier, changed_slot = old.changed_tier.copy(), old.changed_slot.copy()
         # the slots these rows held before are no longer current
         before_tier, before_slot = changed_tier[pos[hit]], changed_slot[pos[hit]]
+        dead = list(old.dead_slots)
         for t in range(tiers):
             gone = before_slot[(before_tier == t) & (before_slot >= 0)]
             if gone.size:
-                slot_live[t] = slot_live[t].copy() if slot_live[t] is old.slot_live[t] else slot_live[t]
-                slot_live[t][gone] = False
+                self.dead[t].append(gone)
+                dead[t] = self.dead[t].key_set()
         changed_tier[pos[hit]], changed_slot[pos[hit]] = new_tier[hit], new_slot[hit]
         fresh = touched[~hit]
-        changed = np.concatenate([old.changed, fresh])
+        self.changed.append(fresh)
         changed_tier = np.concatenate([changed_tier, new_tier[~hit]])
         changed_slot = np.concatenate([changed_slot, new_slot[~hit]])
         # base rows changing for the first time become stale in their tier
@@ -195,29 +201,26 @@ class DeltaStore:
         stale = list(old.stale_local)
         for t in range(tiers):
             if (base_tier == t).any():
-                stale[t] = KeySet(np.concatenate([old.stale_local[t].values, base_local[base_tier == t]]))
-        dead = [
-            KeySet(np.flatnonzero(~live_t)) if live_t is not old.slot_live[t] else old.dead_slots[t]
-            for t, live_t in enumerate(slot_live)
-        ]
-        keys = np.concatenate([old.added_keys, added_keys]) if added_keys.size else old.added_keys
-        live = int((changed_slot >= 0).sum())
+                self.stale[t].append(base_local[base_tier == t])
+                stale[t] = self.stale[t].key_set()
+        if added_keys.size:
+            self.added.append(added_keys)
+        live_change = int((new_slot >= 0).sum()) - int((before_slot >= 0).sum())
         self.view = DeltaView(
             base_rows=old.base_rows,
             tiers=old.tiers,
-            changed=changed,
+            changed=self.changed.values,
             changed_tier=changed_tier,
             changed_slot=changed_slot,
-            changed_map=KeyMap(changed),
-            added_keys=keys,
-            added_map=KeyMap(keys) if added_keys.size else old.added_map,
+            changed_map=self.changed.key_map(),
+            added_keys=self.added.values,
+            added_map=self.added.key_map(),
             segments=tuple(segments),
             slot_rows=tuple(slot_rows),
-            slot_live=tuple(slot_live),
             dead_slots=tuple(dead),
             stale_local=tuple(stale),
             slots_used=sum(self.counts),
-            live_delta_rows=live,
+            live_delta_rows=old.live_delta_rows + live_change,
             stale_base_rows=int(old.stale_base_rows + fresh_base.size),
         )
         return self.view

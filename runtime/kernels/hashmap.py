@@ -34,22 +34,32 @@ def home_slot(key: np.int64, mask: np.uint64) -> np.uint64:
 
 
 @njit(nogil=True, cache=True)
+def insert(table: np.ndarray, keys: np.ndarray, first_row: int) -> int:
+    """Insert keys (n,) int64 with rows first_row.. into the slot table in place; returns the
+    position in keys of the first key already present (-1 when none is; the keys before it are in).
+
+    Each slot's key is stored before its row: a reader probing concurrently (`lookup_below`) sees
+    a slot as taken only once its row is set, and skips rows at or past its limit."""
+    mask = np.uint64(table.shape[0] - 1)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        s = home_slot(key, mask)
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                return i
+            s = (s + np.uint64(1)) & mask
+        table[s, 0] = key
+        table[s, 1] = first_row + i
+    return -1
+
+
+@njit(nogil=True, cache=True)
 def build(keys: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
     """keys (n,) int64 -> the slot table (slots, 2) int64, and the position of the first key that
     repeats an earlier one (-1 when all are distinct)."""
     table = np.zeros((slots, 2), dtype=np.int64)
     table[:, 1] = EMPTY
-    mask = np.uint64(slots - 1)
-    for row in range(keys.shape[0]):
-        key = keys[row]
-        s = home_slot(key, mask)
-        while table[s, 1] != EMPTY:
-            if table[s, 0] == key:
-                return table, row
-            s = (s + np.uint64(1)) & mask
-        table[s, 0] = key
-        table[s, 1] = row
-    return table, -1
+    return table, insert(table, keys, 0)
 
 
 PROBE_AHEAD = 16
@@ -93,6 +103,27 @@ def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
     return out, missing
 
 
+@njit(nogil=True, cache=True)
+def lookup_below(table: np.ndarray, keys: np.ndarray, limit: int) -> np.ndarray:
+    """keys (b,) int64 -> rows (b,) int64, -1 where absent or where the key's row is >= limit
+    (inserted after the reader's snapshot). A slot whose row is past the limit is probed past,
+    not taken as the end of the chain: its key may not be visible yet (see `insert`)."""
+    mask = np.uint64(table.shape[0] - 1)
+    out = np.full(keys.shape[0], EMPTY, dtype=np.int64)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        s = home_slot(key, mask)
+        while True:
+            row = table[s, 1]
+            if row == EMPTY:
+                break
+            if row < limit and table[s, 0] == key:
+                out[i] = row
+                break
+            s = (s + np.uint64(1)) & mask
+    return out
+
+
 def home_numpy(keys: np.ndarray, slots: int) -> np.ndarray:
     """(n,) int64 -> (n,) int64 home slots; numpy integer arrays wrap on overflow like the kernel."""
     x = keys.astype(np.int64).view(np.uint64)
@@ -102,18 +133,23 @@ def home_numpy(keys: np.ndarray, slots: int) -> np.ndarray:
     return (x & np.uint64(slots - 1)).astype(np.int64)
 
 
+def insert_numpy(table: np.ndarray, keys: np.ndarray, first_row: int) -> int:
+    """The plain twin of `insert`."""
+    slots = table.shape[0]
+    for i, (key, s) in enumerate(zip(keys.tolist(), home_numpy(keys, slots).tolist(), strict=True)):
+        while table[s, 1] != EMPTY:
+            if table[s, 0] == key:
+                return i
+            s = (s + 1) % slots
+        table[s] = key, first_row + i
+    return -1
+
+
 def build_numpy(keys: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
     """The plain twin of `build`."""
     table = np.zeros((slots, 2), dtype=np.int64)
     table[:, 1] = EMPTY
-    homes = home_numpy(keys, slots)
-    for row, (key, s) in enumerate(zip(keys.tolist(), homes.tolist(), strict=True)):
-        while table[s, 1] != EMPTY:
-            if table[s, 0] == key:
-                return table, row
-            s = (s + 1) % slots
-        table[s] = key, row
-    return table, -1
+    return table, insert_numpy(table, keys, 0)
 
 
 def lookup_numpy(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -129,12 +165,28 @@ def lookup_numpy(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int((out == EMPTY).sum())
 
 
+def lookup_below_numpy(table: np.ndarray, keys: np.ndarray, limit: int) -> np.ndarray:
+    """The plain twin of `lookup_below`."""
+    slots = table.shape[0]
+    out = np.full(keys.shape[0], EMPTY, dtype=np.int64)
+    for i, (key, s) in enumerate(zip(keys.tolist(), home_numpy(keys, slots).tolist(), strict=True)):
+        while table[s, 1] != EMPTY:
+            if table[s, 1] < limit and table[s, 0] == key:
+                out[i] = table[s, 1]
+                break
+            s = (s + 1) % slots
+    return out
+
+
 SLOT_BYTES = 2 * 8
 """One slot of the table `build` allocates: key and row, int64 each."""
 
 
 class KeyMap:
-    """keys (n,) int64, distinct -> their positions 0..n-1; holds the slot table (counted in nbytes)."""
+    """keys (n,) int64, distinct -> their positions 0..n-1; holds the slot table (counted in nbytes).
+
+    A map over a table that is still being appended to (`AppendOnlyKeys.key_map`) has a limit:
+    rows at or past it were added after it was taken and read as absent."""
 
     @staticmethod
     def bytes_for(n: int) -> int:
@@ -143,6 +195,14 @@ class KeyMap:
 
     def __init__(self, keys: np.ndarray) -> None:
         self.table, self.duplicate = build(np.ascontiguousarray(keys, dtype=np.int64), slot_count(keys.shape[0]))
+        self.limit: int | None = None
+
+    @classmethod
+    def over(cls, table: np.ndarray, limit: int) -> KeyMap:
+        """A map reading `table` (shared, appended to by its owner) up to row `limit`."""
+        keymap = cls.__new__(cls)
+        keymap.table, keymap.duplicate, keymap.limit = table, -1, limit
+        return keymap
 
     @property
     def nbytes(self) -> int:
@@ -150,16 +210,21 @@ class KeyMap:
 
     def rows(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
         """keys (b,) int64 -> rows (b,) int64 (-1 where absent), number absent."""
-        rows, missing = lookup(self.table, keys)
-        return rows, int(missing)
+        if self.limit is None:
+            rows, missing = lookup(self.table, keys)
+            return rows, int(missing)
+        rows = lookup_below(self.table, keys, self.limit)
+        return rows, int((rows < 0).sum())
 
 
 class KeySet:
     """A set of int64 values (rows left out of a scan) with a vectorized membership test."""
 
-    def __init__(self, values: np.ndarray) -> None:
+    def __init__(self, values: np.ndarray, keymap: KeyMap | None = None) -> None:
         self.values = np.ascontiguousarray(values, dtype=np.int64)
-        self.map = KeyMap(self.values) if self.values.size else None
+        if keymap is None and self.values.size:
+            keymap = KeyMap(self.values)
+        self.map = keymap
 
     @property
     def size(self) -> int:
@@ -175,3 +240,54 @@ class KeySet:
             return np.zeros(ids.shape, bool)
         found, _ = self.map.rows(np.ascontiguousarray(ids, dtype=np.int64).reshape(-1))
         return (found >= 0).reshape(ids.shape)
+
+
+class AppendOnlyKeys:
+    """Distinct int64 keys appended in batches, each mapped to its position, with snapshots that
+    later appends leave as they were: the writer side of a table's delta index.
+
+    An append costs time in the batch's size, not the total's: keys go past the end of a buffer
+    readers hold only a prefix of, and into the shared slot table in place (readers skip positions
+    past their snapshot's count). When the table would pass half full it is rebuilt at twice the
+    size in a new array, so snapshots holding the old one are never written again. One writer at
+    a time (the caller serializes appends)."""
+
+    def __init__(self) -> None:
+        self._keys = np.zeros(0, np.int64)
+        self._table = np.zeros((0, 2), np.int64)
+        self.count = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        """The keys appended so far, (count,) int64, in order (a read-only view)."""
+        view = self._keys[: self.count]
+        view.flags.writeable = False
+        return view
+
+    def append(self, new: np.ndarray) -> None:
+        """Append new (m,) int64 keys, distinct and none present yet (ValueError otherwise, and
+        nothing is appended)."""
+        new = np.ascontiguousarray(new, dtype=np.int64)
+        start, stop = self.count, self.count + new.shape[0]
+        if new.shape[0] == 0:
+            return
+        if np.unique(new).shape[0] != new.shape[0] or (start and (lookup_below(self._table, new, start) >= 0).any()):
+            raise ValueError("appended keys must be distinct and new")
+        if self._keys.shape[0] < stop:
+            grown = np.empty(max(stop, 2 * self._keys.shape[0], 64), np.int64)
+            grown[:start] = self._keys[:start]
+            self._keys = grown
+        self._keys[start:stop] = new
+        if self._table.shape[0] < slot_count(stop):
+            self._table = build(self._keys[:stop], slot_count(2 * stop))[0]
+        else:
+            insert(self._table, new, start)
+        self.count = stop
+
+    def key_map(self) -> KeyMap | None:
+        """The keys so far -> their positions; None while there are none."""
+        return KeyMap.over(self._table, self.count) if self.count else None
+
+    def key_set(self) -> KeySet:
+        """The keys so far as a set."""
+        return KeySet(self.values, self.key_map()) if self.count else KeySet(np.zeros(0, np.int64))

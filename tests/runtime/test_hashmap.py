@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,3 +56,73 @@ def test_empty_map_answers_missing() -> None:
     rows, missing = keymap.rows(np.array([0, 7], np.int64))
     assert rows.tolist() == [-1, -1] and missing == 2
     assert keymap.nbytes == 8 * 16
+
+
+@given(key_sets(), st.integers(0, 3), st.lists(st.one_of(INT64, st.sampled_from(EXTREMES)), max_size=50))
+def test_insert_and_lookup_below_match_their_twins(keys: np.ndarray, cut: int, probes: list[int]) -> None:
+    distinct = np.array(list(dict.fromkeys(keys.tolist())), dtype=np.int64)
+    slots = hashmap.slot_count(2 * max(distinct.size, 1))
+    split = distinct.size * cut // 3
+    table = np.zeros((slots, 2), np.int64)
+    table[:, 1] = hashmap.EMPTY
+    twin = table.copy()
+    for part, first in ((distinct[:split], 0), (distinct[split:], split)):
+        assert hashmap.insert(table, part, first) == hashmap.insert_numpy(twin, part, first) == -1
+    np.testing.assert_array_equal(table, twin)
+    queries = np.array([*distinct.tolist(), *probes], dtype=np.int64)
+    position = {k: i for i, k in enumerate(distinct.tolist())}
+    for limit in sorted({0, split, distinct.size}):
+        got = hashmap.lookup_below(table, queries, limit)
+        np.testing.assert_array_equal(got, hashmap.lookup_below_numpy(table, queries, limit))
+        want = [position[k] if position.get(k, limit) < limit else -1 for k in queries.tolist()]
+        assert got.tolist() == want
+    if distinct.size:  # inserting a present key reports it and stops there
+        again = np.array([distinct[-1]], np.int64)
+        assert hashmap.insert(table.copy(), again, 0) == hashmap.insert_numpy(twin.copy(), again, 0) == 0
+
+
+def test_lookup_below_probes_past_a_slot_whose_key_is_not_visible_yet() -> None:
+    # a concurrent reader may see a slot's row before its key: such a slot (row past the limit,
+    # key still the zeroed 0) must not hide key 0 stored further along the chain
+    candidates = np.arange(-5000, 5000, dtype=np.int64)
+    homes = hashmap.home_numpy(candidates, 8)
+    zero_home = homes[candidates == 0][0]
+    table = np.zeros((8, 2), np.int64)
+    table[:, 1] = hashmap.EMPTY
+    table[zero_home] = 0, 5  # torn: row 5 written, key not yet (reads as 0)
+    table[(zero_home + 1) % 8] = 0, 1  # key 0 at row 1, visible below the limit
+    assert hashmap.lookup_below(table, np.array([0], np.int64), 3).tolist() == [1]
+    assert hashmap.lookup_below_numpy(table, np.array([0], np.int64), 3).tolist() == [1]
+
+
+@given(st.lists(key_sets(), min_size=1, max_size=6))
+def test_append_only_keys_snapshots_stay_as_taken(batches: list[np.ndarray]) -> None:
+    keys = hashmap.AppendOnlyKeys()
+    seen: list[int] = []
+    snapshots = []
+    for batch in batches:
+        new = [k for k in dict.fromkeys(batch.tolist()) if k not in seen]
+        keys.append(np.array(new, np.int64))
+        seen += new
+        snapshots.append((keys.key_map(), keys.key_set(), list(seen)))
+    probe = np.array([*seen, *EXTREMES, 12345], np.int64)
+    for keymap, keyset, held in snapshots:  # every snapshot answers for the keys it was taken with
+        position = {k: i for i, k in enumerate(held)}
+        want = [position.get(k, -1) for k in probe.tolist()]
+        got = [-1] * probe.size if keymap is None else keymap.rows(probe)[0].tolist()
+        assert got == want
+        assert keyset.contains(probe).tolist() == [k in position for k in probe.tolist()]
+        assert keyset.values.tolist() == held and keyset.size == len(held)
+    assert keys.values.tolist() == seen
+
+
+def test_append_only_keys_refuse_repeats_and_keep_what_they_hold() -> None:
+    keys = hashmap.AppendOnlyKeys()
+    keys.append(np.array([3, 7], np.int64))
+    with pytest.raises(ValueError, match="distinct and new"):
+        keys.append(np.array([9, 7], np.int64))
+    with pytest.raises(ValueError, match="distinct and new"):
+        keys.append(np.array([9, 9], np.int64))
+    assert keys.values.tolist() == [3, 7]
+    keymap = keys.key_map()
+    assert keymap is not None and keymap.rows(np.array([7, 9], np.int64))[0].tolist() == [1, -1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,6 +215,42 @@ def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
         th.join()
     assert not errors, errors[:3]
     np.testing.assert_array_equal(t.lookup(np.arange(100) * 3), new)
+
+
+def test_a_delta_view_answers_as_it_did_when_taken_after_later_batches(x: np.ndarray, keys: np.ndarray) -> None:
+    """The delta's indexes are appended to in place; a view taken earlier must not see later batches
+    (rows changed again, deleted, new keys, the index tables rebuilt larger)."""
+    tiers = [{"rows": np.arange(0, N, 2), "codec": "int8"}, {"rows": np.arange(1, N, 2), "codec": "fp16"}]
+    t = runtime.compress(x, tiers=tiers, keys=keys)
+    t.upsert(keys[:40], -x[:40])
+    t.upsert(np.array([7, 9], np.int64) * 10**13, x[:2])
+    t.delete(keys[40:50])
+    taken = t._delta.view
+    looked_up = t.lookup(keys[:40])
+    before: dict[str, Any] = {
+        "locate": taken.locate(np.arange(N + 2, dtype=np.int64)),
+        "added": taken.added_row_of(np.array([7, 9, 11], np.int64) * 10**13),
+        "dead": [taken.dead_slots[i].contains(np.arange(400)) for i in range(2)],
+        "stale": [taken.stale_local[i].contains(np.arange(N // 2)) for i in range(2)],
+    }
+    for round_ in range(6):  # the same rows again, more rows, more new keys: indexes grow past doubling
+        t.upsert(keys[: 60 + 40 * round_], x[: 60 + 40 * round_] * (round_ + 2))
+        t.upsert(np.arange(11 + 100 * round_, 111 + 100 * round_, dtype=np.int64) * 10**13, x[:100])
+    after: dict[str, Any] = {
+        "locate": taken.locate(np.arange(N + 2, dtype=np.int64)),
+        "added": taken.added_row_of(np.array([7, 9, 11], np.int64) * 10**13),
+        "dead": [taken.dead_slots[i].contains(np.arange(400)) for i in range(2)],
+        "stale": [taken.stale_local[i].contains(np.arange(N // 2)) for i in range(2)],
+    }
+    for name in ("locate", "added", "dead", "stale"):
+        for was, now in zip(before[name], after[name], strict=True):
+            np.testing.assert_array_equal(was, now, err_msg=name)
+    assert taken.changed.size == 52 and taken.added_keys.tolist() == [7 * 10**13, 9 * 10**13]
+    assert t._delta.view.added_keys.size == 2 + 600 and t._delta.view.changed.size > 52
+    # the current view answers with the newest rows, and a compacted table agrees
+    np.testing.assert_allclose(t.lookup(keys[:40]), x[:40] * 7, atol=0.02 * float(np.abs(x[:40] * 7).max()))
+    assert not np.allclose(looked_up, t.lookup(keys[:40]))
+    np.testing.assert_array_equal(t.compact().lookup(keys[:300]), t.lookup(keys[:300]))
 
 
 @st.composite
