@@ -204,6 +204,7 @@ def table_info(info: dict[str, Any]) -> pb.TableInfo:
         delta_slots=info["delta_slots"],
         delta_capacity=info["delta_capacity"],
         sequence=info["sequence"],
+        last_update_id=info.get("last_update_id", ""),
     )
 
 

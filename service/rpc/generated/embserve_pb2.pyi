@@ -21,7 +21,7 @@ class ListTablesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "rows", "dim", "codec", "params_json", "rerank_codec", "nbytes", "fp32_nbytes", "compression_ratio", "version", "loaded_at", "metrics", "keyed", "missing", "tiers", "delta_rows", "delta_slots", "delta_capacity", "sequence")
+    __slots__ = ("name", "rows", "dim", "codec", "params_json", "rerank_codec", "nbytes", "fp32_nbytes", "compression_ratio", "version", "loaded_at", "metrics", "keyed", "missing", "tiers", "delta_rows", "delta_slots", "delta_capacity", "sequence", "last_update_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class TableInfo(_message.Message):
     DELTA_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DELTA_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     rows: int
     dim: int
@@ -60,7 +61,8 @@ class TableInfo(_message.Message):
     delta_slots: int
     delta_capacity: int
     sequence: int
-    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., codec: _Optional[str] = ..., params_json: _Optional[str] = ..., rerank_codec: _Optional[str] = ..., nbytes: _Optional[int] = ..., fp32_nbytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., keyed: _Optional[bool] = ..., missing: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ..., delta_rows: _Optional[int] = ..., delta_slots: _Optional[int] = ..., delta_capacity: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    last_update_id: str
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., codec: _Optional[str] = ..., params_json: _Optional[str] = ..., rerank_codec: _Optional[str] = ..., nbytes: _Optional[int] = ..., fp32_nbytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., keyed: _Optional[bool] = ..., missing: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ..., delta_rows: _Optional[int] = ..., delta_slots: _Optional[int] = ..., delta_capacity: _Optional[int] = ..., sequence: _Optional[int] = ..., last_update_id: _Optional[str] = ...) -> None: ...
 
 class TierInfo(_message.Message):
     __slots__ = ("rows", "codec", "params_json", "rerank_codec", "dim", "nbytes")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ import redis as redis_py
 import runtime
 from runtime.table import Table
 from service.cli import main
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.sync import keys, updates
 from tests.conftest import low_rank_table
 from tests.service.live import LiveServer, start_server
@@ -129,6 +132,9 @@ def test_pushed_upserts_and_deletes_reach_both_replicas(replicas: Replicas) -> N
     assert not replicas.lookup("a", KEYS[100:110]).any()  # deleted: zero rows under missing="zeros"
     described = replicas.describe("b")
     assert described["last_update_id"] == last and described["delta_rows"] > 0
+    with grpc.insecure_channel(replicas.servers["b"].grpc) as channel:
+        info = pb_grpc.EmbeddingServiceStub(channel).DescribeTable(pb.DescribeTableRequest(table="items"), timeout=5)
+    assert info.last_update_id == last and info.delta_rows == described["delta_rows"]
     metrics = httpx.get(f"{replicas.servers['a'].http}/metrics", timeout=5).text
     assert 'embserve_updates_applied_total{table="items"} 110.0' in metrics
     assert 'embserve_update_lag_seconds{table="items"}' in metrics
