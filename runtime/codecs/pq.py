@@ -22,7 +22,7 @@ from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
-from runtime.kernels import fastscan, scan
+from runtime.kernels import fastscan, pqdecode, scan
 
 
 class PqCodec(adc.BlockedCodes, Codec):
@@ -189,9 +189,29 @@ class PqCodec(adc.BlockedCodes, Codec):
 
     # ---- codec protocol ---------------------------------------------------------------------------
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        out = self._reconstruct(self.unpacked_codes(ids), self.arrays["codebooks"])
+        codes, rows_of = self._code_rows(ids)
+        out = pqdecode.rows(codes, rows_of, self.arrays["codebooks"], self._four_bit, self.parallel_min_ids)
+        return self._unrotate(out)
+
+    def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+        if "rotation" in self.arrays:
+            # rotating the pooled rows would be cheaper but rounds differently from rotating each
+            # row; rotated tables' bags stay what they were
+            return super().decode_bags(ids, offsets, mean)
+        codes, rows_of = self._code_rows(ids)
+        books = self.arrays["codebooks"]
+        return pqdecode.bags(codes, rows_of, offsets, books, self._four_bit, mean, self.parallel_min_ids)
+
+    def _code_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The codes to read ids (b,) from and the rows there: the stored codes themselves, or,
+        where the fast-scan layout replaced them, the ids' codes gathered from it."""
+        if "blocked_codes" not in self.derived:
+            return self.arrays["codes"], ids
+        return self.packed_codes(ids), np.arange(ids.shape[0], dtype=np.int64)
+
+    def _unrotate(self, out: np.ndarray) -> np.ndarray:
         rotation = self.arrays.get("rotation")
-        return np.ascontiguousarray(out if rotation is None else out @ rotation.T, dtype=np.float32)
+        return out if rotation is None else np.ascontiguousarray(out @ rotation.T, dtype=np.float32)
 
     def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
         # by a stored id, the query's rows of the inner-product tables are its lookup tables
