@@ -34,15 +34,17 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
 
     import runtime
     from benchmarks.perf import alternate, machine, make_table, set_threads
-    from runtime.codecs.rq import RqCodec
+    from runtime.codecs.rq import RqCodec, training_rows
 
     # Faiss is the peer, optional (the smoke test runs without it): its columns are then empty
     faiss: Any = importlib.import_module("faiss") if importlib.util.find_spec("faiss") is not None else None
     set_threads(threads)
-    rng = np.random.default_rng(0)
     data = make_table(args.rows + args.queries, args.dim, seed=3)
     x, queries = data[: args.rows], data[args.rows :]
-    sample = x[np.sort(rng.choice(args.rows, min(args.rows, args.train_rows), replace=False))]
+    # the rows our rq trains on when given every row and train_rows (its own draw, reproduced here
+    # so Faiss trains on exactly these); the rows it holds out to judge refinement are not trained on
+    picked, _ = training_rows(args.rows, min(args.rows, args.train_rows), np.random.default_rng(0))
+    sample = x[picked]
     truth = np.concatenate(
         [np.argsort(-(queries[i : i + 100] @ x.T), axis=1)[:, :10] for i in range(0, len(queries), 100)]
     )
@@ -54,7 +56,7 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     for m, bits in configs:
         start = time.perf_counter()
-        state = RqCodec.train(sample, seed=0, codebooks=m, bits=bits, beam=args.beam, train_rows=len(sample))
+        state = RqCodec.train(x, seed=0, codebooks=m, bits=bits, beam=args.beam, train_rows=len(sample))
         trained = time.perf_counter()
         codec = RqCodec.from_parts(state, RqCodec.encode(state, x), args.dim)
         ours_train, ours_encode = trained - start, time.perf_counter() - trained

@@ -4,7 +4,10 @@ A row x is approximated by x̂ = sum_m C_m[a_m] over M codebooks C_m (K, d) in t
 K = 2**bits. Training is greedy, stage by stage: C_m is k-means (over a growing number of principal
 axes, as Faiss's progressive-dimension clustering) on the residuals of the beam entries stages < m
 leave, then refined (`refine` rounds, 2 by default, of exact least squares over one codebook at a time,
-the others fixed, each round followed by a fresh encoding). Encoding is a beam search over stages
+the others fixed, each round followed by a fresh encoding). When the training sample is drawn from
+more rows than it holds, a round is kept only if it lowers the error of rows outside the sample: on a
+sample small against M K d codeword floats, least squares fits the sample and loses on the rest.
+Encoding is a beam search over stages
 (`beam` partial codes a row kept; see `runtime.kernels.additive`).
 
 Stored per row: codes (n, W) uint8 = the M codes, then the squared reconstruction norm |x̂|^2
@@ -48,6 +51,9 @@ NARROW = 32
 matrix product: the products' (n, K) output would cost more memory traffic than the arithmetic."""
 NORM_LEVELS = 255
 KMEANS_POINTS_PER_CENTROID = 256
+VALIDATION_ROWS = 2048
+"""Rows outside the training sample (at most; an eighth of the sample if that is more) that judge
+each refinement round."""
 """Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*$", re.IGNORECASE)
 
@@ -194,9 +200,12 @@ def train_codebooks(
     refine: int,
     rng: np.random.Generator,
     progress: Progress | None = None,
+    validation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """sample (n, d) float32 -> codebooks (M, K, d) float32 and the sample's codes (n, M) uint8
-    under them. Stage m: k-means on the beam entries' residuals, then the beam advances."""
+    under them. Stage m: k-means on the beam entries' residuals, then the beam advances. With
+    validation (v, d) float32 rows, refinement stops at the first round that does not lower their
+    squared error (that round undone)."""
     n, dim = sample.shape
     codebooks = np.zeros((nbooks, ncode, dim), np.float32)
     steps = nbooks + refine
@@ -228,12 +237,37 @@ def train_codebooks(
     codes = np.ascontiguousarray(paths[:, 0, :])
     residual = np.ascontiguousarray(res[:, 0, :])
     del res, paths
+    held_error = np.inf if validation is None else squared_error(validation, codebooks, beam)
     for r in range(refine):
+        kept = codebooks.copy()
         refine_codebooks(codebooks, codes, residual)
+        if validation is not None:
+            error = squared_error(validation, codebooks, beam)
+            if error >= held_error:
+                codebooks[:] = kept  # `codes` are still the sample's codes under these
+                break
+            held_error = error
         codes, residual = beam_encode(sample, codebooks, beam)
         if progress is not None:
             progress("train", nbooks + r + 1, steps)
     return codebooks, codes
+
+
+def squared_error(x: np.ndarray, codebooks: np.ndarray, beam: int) -> float:
+    """Mean squared reconstruction error of x (n, d) float32 beam-encoded under codebooks."""
+    _, residual = beam_encode(x, codebooks, beam)
+    return float(np.einsum("nd,nd->", residual, residual, dtype=np.float64) / x.shape[0])
+
+
+def training_rows(n: int, take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The rows rq trains on out of n (take of them, sorted) and the rows that judge refinement
+    (sorted, none when the sample is every row). (take,) and (v,) int64."""
+    if take >= n:
+        return np.arange(n, dtype=np.int64), np.zeros(0, np.int64)
+    sample = np.sort(rng.choice(n, take, replace=False))
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), sample, assume_unique=True)
+    held = rng.choice(rest.shape[0], min(rest.shape[0], max(VALIDATION_ROWS, take // 8)), replace=False)
+    return sample, np.sort(rest[held])
 
 
 def refine_codebooks(codebooks: np.ndarray, codes: np.ndarray, residual: np.ndarray) -> None:
@@ -323,8 +357,9 @@ class RqCodec(adc.BlockedCodes, Codec):
         take = min(n, params["train_rows"])
         if take < ncode:
             raise InvalidRequest(f"rq option train_rows={take} is below the {ncode} codewords a codebook")
-        sample = sample[np.sort(rng.choice(n, take, replace=False))] if take < n else sample
-        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        picked, held = training_rows(n, take, rng)
+        validation = np.ascontiguousarray(sample[held], dtype=np.float32) if held.size else None
+        sample = np.ascontiguousarray(sample[picked] if take < n else sample, dtype=np.float32)
         codebooks, codes = train_codebooks(
             sample,
             params["codebooks"],
@@ -334,6 +369,7 @@ class RqCodec(adc.BlockedCodes, Codec):
             params["refine"],
             rng,
             progress,
+            validation,
         )
         recon = decode_codes(codes, codebooks)
         norms = np.einsum("nd,nd->n", recon, recon)

@@ -24,6 +24,9 @@ from runtime.codecs.rq import (
     progressive_kmeans,
     quantize_norms,
     refine_codebooks,
+    squared_error,
+    train_codebooks,
+    training_rows,
 )
 from runtime.kernels import additive
 from runtime.kernels import kmeans as kmeans_kernels
@@ -148,6 +151,29 @@ def test_refine_round_never_increases_the_error() -> None:
     refine_codebooks(books, codes, residual)
     np.testing.assert_allclose(residual, x - decode_codes(codes, books), rtol=1e-4, atol=1e-4)
     assert float((residual.astype(np.float64) ** 2).sum()) < before * 0.99
+
+
+def test_training_rows_hold_out_rows_outside_the_sample_only_when_there_are_some() -> None:
+    picked, held = training_rows(50_000, 4096, np.random.default_rng(3))
+    assert picked.size == 4096 and held.size == 2048 and not np.intersect1d(picked, held).size
+    assert (np.diff(picked) > 0).all() and (np.diff(held) > 0).all() and held.max() < 50_000
+    assert training_rows(5000, 4900, np.random.default_rng(3))[1].size == 100  # all the rest
+    every, none = training_rows(300, 300, np.random.default_rng(3))
+    assert every.tolist() == list(range(300)) and none.size == 0
+
+
+def test_refinement_judged_by_held_out_rows_never_loses_on_them() -> None:
+    # 8 codebooks of 16 codewords in 16 dims fitted on 200 rows: least squares can fit the sample
+    # at the expense of other rows; a validated round is kept only when those gain
+    x = low_rank_table(2200, 16, seed=9)
+    sample, held = x[:200], x[200:]
+    greedy, _ = train_codebooks(sample, 8, 16, 2, 3, 0, np.random.default_rng(1))
+    judged, codes = train_codebooks(sample, 8, 16, 2, 3, 3, np.random.default_rng(1), validation=held)
+    free, _ = train_codebooks(sample, 8, 16, 2, 3, 3, np.random.default_rng(1))
+    assert squared_error(held, free, 2) > squared_error(held, greedy, 2)  # unjudged rounds overfit here
+    np.testing.assert_array_equal(judged, greedy)  # so the first round is undone
+    # the codes returned are the sample's codes under the codebooks returned
+    np.testing.assert_array_equal(codes, beam_encode(sample, judged, 2)[0])
 
 
 def test_more_codebooks_and_beam_lower_the_error() -> None:
