@@ -5,7 +5,8 @@ serve --redis-cluster` replica, the operator commands with `--redis-cluster`: pu
 replica (a publish hint included: the registry poll is set far longer than the test waits),
 pushed upserts and deletes of every table are applied (lookups equal a local reference that
 applied the same updates), a replica killed with SIGKILL replays every table's stream from the
-cluster, and `embserve status` / `embserve compact` work against the cluster."""
+cluster, and `embserve status` / `embserve compact` work against the cluster. A replica started
+before its cluster is up serves degraded and follows the cluster once it answers."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from runtime.table import Table
 from service.cli import main
 from service.sync import connection, keys, updates
 from tests.conftest import low_rank_table
-from tests.service.live import LiveServer, start_server
+from tests.service.conftest import require_binary
+from tests.service.live import LiveServer, free_port, start_server
 from tests.service.sync.conftest import RedisClusterNodes, start_redis_cluster
 from tests.service.sync.test_rollout import SYNC_ENV, wait_for
 
@@ -238,3 +240,39 @@ def status_row_ids(deployment: ClusterDeployment) -> dict[str, str]:
     assert code == 0, out
     (row,) = json.loads(out)["replicas"]
     return {table: served["last_update_id"] for table, served in row["tables"].items()}
+
+
+def test_a_replica_started_before_the_cluster_is_up_serves_degraded_then_follows_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The cluster client's own errors (no reachable node) count as Redis being down: the replica
+    serves its configured table, degraded, and once the cluster answers it reconnects and applies
+    the update log."""
+    workdir = tmp_path_factory.mktemp("cluster-late")
+    cluster = RedisClusterNodes(workdir, [free_port() for _ in range(3)])
+    deployment = ClusterDeployment(cluster, tmp_path_factory.mktemp("late-artifacts"), workdir)
+    path = deployment.save_version("ads", "v0", seed=4)
+    deployment.references["ads"] = runtime.load_table(path)
+    try:
+        replica = start_server(
+            workdir,
+            ["--table", f"ads={path}", "--artifact-root", str(deployment.root), *deployment.flags()],
+            env={**SYNC_ENV, "EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS": "0.05"},
+        )
+        deployment.replica = replica
+        ready = httpx.get(f"{replica.http}/readyz", timeout=5).json()
+        assert ready["ready"] is True and ready["degraded"] is True and "Redis Cluster" in ready["redis_error"]
+        assert deployment.describe("ads")["version"] == "ads-v0"
+        cluster.start(require_binary("redis-server"), require_binary("redis-cli"))
+        wait_for(
+            "the replica to reconnect",
+            lambda: httpx.get(f"{replica.http}/readyz", timeout=5).json()["degraded"] is False,
+            timeout=20,
+        )
+        last = deployment.push("ads", KEYS[:30], deployment.rng.standard_normal((30, TABLES["ads"])))
+        deployment.wait_applied("ads", last)
+        deployment.assert_matches_references({})
+    finally:
+        if deployment.replica is not None:
+            deployment.replica.terminate()
+        cluster.kill()
