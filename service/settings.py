@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="Redis for the version registry and replica status (redis:// or rediss://, password in the URL); "
         "unset: one node, no Redis",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names one node of a Redis Cluster: talk to the cluster (every key of a table "
+        "shares one slot through its {table} hash tag)",
+    )
     replica_id: str | None = Field(
         None, description="this replica's name in the registry (default: hostname-pid; on Kubernetes the pod name)"
     )
@@ -115,6 +120,10 @@ class Settings(BaseSettings):
         the URL and its password."""
         if self.redis_url and self.artifact_root is None:
             raise ValueError("redis_url needs artifact_root: published versions are paths below it")
+        if self.redis_url and self.redis_cluster:
+            from service.sync.connection import check_url  # imports redis: only when it is configured
+
+            check_url(self.redis_url, cluster=True)  # InvalidRequest is a ValueError
 
     def resolved_replica_id(self) -> str:
         """`replica_id`, else `<hostname>-<pid>` (unique per process on one host)."""

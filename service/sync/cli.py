@@ -1,7 +1,8 @@
 """`embserve publish`, `embserve status` and `embserve push`: the operator's side of the version
 registry and the update log.
 
-All take `--redis-url` (default: EMBSERVE_REDIS_URL). Redis is imported only when they run."""
+All take `--redis-url` (default: EMBSERVE_REDIS_URL) and `--redis-cluster` (default:
+EMBSERVE_REDIS_CLUSTER). Redis is imported only when they run."""
 
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("EMBSERVE_REDIS_URL"),
         help="redis:// or rediss:// URL, password in it (default: EMBSERVE_REDIS_URL)",
     )
+    p.add_argument(
+        "--redis-cluster",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag("EMBSERVE_REDIS_CLUSTER"),
+        help="the URL names one node of a Redis Cluster (default: EMBSERVE_REDIS_CLUSTER)",
+    )
+
+
+def _env_flag(name: str) -> bool:
+    """A boolean environment variable as the settings read it (1/true/yes/on, any case)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _require_url(args: argparse.Namespace) -> str:
@@ -86,9 +98,7 @@ def _resolve_artifact(root: Path, directory: Path) -> Path:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
-    from service.sync import registry
+    from service.sync import connection, registry
 
     url = _require_url(args)
     if args.artifact_root is None:
@@ -99,7 +109,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     checksum, version = registry.describe_artifact(directory, verify=not args.no_verify)
 
     async def run() -> registry.Published:
-        client = registry.connect(url)
+        client = registry.connect(url, args.redis_cluster)
         try:
             return await registry.publish(client, args.table, relative, checksum, version)
         finally:
@@ -107,7 +117,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     try:
         published = asyncio.run(run())
-    except (RedisError, OSError) as exc:
+    except connection.FAILURES as exc:
         print(f"embserve publish: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(published), sort_keys=True))
@@ -115,14 +125,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
-    from service.sync import registry, status
+    from service.sync import connection, registry, status
 
     url = _require_url(args)
 
     async def run() -> tuple[list[status.ReplicaRow], dict[str, registry.Published]]:
-        client = registry.connect(url)
+        client = registry.connect(url, args.redis_cluster)
         try:
             return await status.read_all(client, args.expiry_seconds), await registry.read_published(client)
         finally:
@@ -130,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         rows, published = asyncio.run(run())
-    except (RedisError, OSError) as exc:
+    except connection.FAILURES as exc:
         print(f"embserve status: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -157,10 +165,7 @@ def _load_npy(path: Path, what: str) -> Any:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    import redis
-    from redis.exceptions import RedisError
-
-    from service.sync import registry, updates
+    from service.sync import connection, registry, updates
 
     url = _require_url(args)
     if (args.delete is None) == (args.keys is None):
@@ -171,10 +176,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         if args.rows is None:
             raise InvalidRequest("--keys needs --rows")
         keys, rows = _load_npy(args.keys, "--keys"), _load_npy(args.rows, "--rows")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
+    client = connection.sync_client(url, args.redis_cluster)
     try:
         ids = updates.push(client, args.table, keys, rows, base_version=args.base_version, batch_rows=args.batch_rows)
-    except (RedisError, OSError) as exc:
+    except connection.FAILURES as exc:
         print(f"embserve push: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -195,9 +200,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
-    from service.sync import compaction, registry
+    from service.sync import compaction, connection, registry
 
     url = _require_url(args)
     if args.artifact_root is None:
@@ -205,8 +208,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     root = Path(args.artifact_root)
     out = args.out if args.out.is_absolute() else root / args.out
     try:
-        done = compaction.compact(url, root, args.table, out, args.version)
-    except (RedisError, OSError) as exc:
+        done = compaction.compact(url, root, args.table, out, args.version, cluster=args.redis_cluster)
+    except connection.FAILURES as exc:
         print(f"embserve compact: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(done), sort_keys=True))

@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.errors import InvalidRequest
 from runtime.table import load_table
-from service.sync import keys, registry, status, updates
+from service.sync import connection, keys, registry, status, updates
 
 READ_COUNT = 1000
 
@@ -48,15 +48,15 @@ def _read_after(client: Any, table: str, after: str) -> list[tuple[str, dict[Any
         start = f"({found[-1][0]}"
 
 
-def compact(url: str, root: Path, table: str, out: Path, version: str | None = None) -> Compacted:
-    import redis
-
+def compact(
+    url: str, root: Path, table: str, out: Path, version: str | None = None, cluster: bool = False
+) -> Compacted:
     root = Path(root)
     if out.exists():
         raise InvalidRequest(f"{out} exists: compact writes a new artifact version (choose another --out)")
 
     async def published() -> registry.Published | None:
-        client = registry.connect(url)
+        client = registry.connect(url, cluster)
         try:
             return (await registry.read_published(client)).get(table)
         finally:
@@ -66,7 +66,7 @@ def compact(url: str, root: Path, table: str, out: Path, version: str | None = N
     if pub is None or pub.withdrawn:
         raise InvalidRequest(f"table {table!r} has no published version to compact (embserve publish one first)")
     base = load_table(root / pub.path)
-    sync_client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=30.0)
+    sync_client = connection.sync_client(url, cluster, socket_timeout=30.0)
     try:
         entries = _read_after(sync_client, table, updates.sequence_to_id(base.sequence))
         refused = sum(1 for stream_id, fields in entries if updates.apply_entry(base, stream_id, fields)[1])
@@ -76,7 +76,7 @@ def compact(url: str, root: Path, table: str, out: Path, version: str | None = N
         checksum, label = registry.describe_artifact(out, verify=True)
 
         async def publish_and_read_replicas() -> tuple[registry.Published, list[status.ReplicaRow]]:
-            client = registry.connect(url)
+            client = registry.connect(url, cluster)
             try:
                 done = await registry.publish(client, table, relative, checksum, label)
                 return done, await status.read_all(client, ttl=30)

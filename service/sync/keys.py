@@ -5,6 +5,7 @@ they all hash to one slot (the slot is computed from the text between the first 
 first `}` after it; since every key of a table starts with the same `embserve:{<table>`, they
 agree on that text whatever characters the name holds). Commands that touch one table's keys
 together therefore work on a cluster. A replica's status key is tagged by its replica id.
+`connection` makes the cluster clients and lists why every command embserve sends is cluster-safe.
 
 | key | type | holds |
 |---|---|---|

@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime import artifact
 from runtime.errors import Forbidden, InvalidRequest
-from service.sync import keys
+from service.sync import connection, keys
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,9 @@ def check_table_name(name: str) -> None:
         raise InvalidRequest("table name must be 1-128 characters without '/'")
 
 
-def connect(url: str) -> Any:
-    """An asyncio Redis client for `url` (redis:// or rediss://, password in the URL), with short
-    timeouts so an unreachable Redis is noticed in seconds, never hangs a caller."""
-    import redis.asyncio
-
-    return redis.asyncio.from_url(
-        url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10
-    )
+def connect(url: str, cluster: bool = False) -> Any:
+    """The registry's asyncio client for `url` (one node, or a Redis Cluster), replies as text."""
+    return connection.async_client(url, cluster, decode_responses=True)
 
 
 def redact(url: str) -> str:

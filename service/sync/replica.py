@@ -21,20 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from runtime import artifact
 from runtime.errors import ArtifactCorrupt, ArtifactError, EmbserveError, NotReady, TableNotFound
 from runtime.table import Table, load_table
 from service.core import EmbeddingService
 from service.settings import Settings
-from service.sync import keys, registry, status
+from service.sync import connection, keys, registry, status
 from service.sync.registry import Published
 from service.sync.status import ReplicaRow, TableStatus
 from service.sync.updates import UpdateApplier
 
 log = logging.getLogger("embserve.sync")
-REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+REDIS_FAILURES = connection.FAILURES
 HEARTBEATS_TO_EXPIRY = 5
 STARTUP_READ_SECONDS = 5.0
 
@@ -50,7 +48,7 @@ class ReplicaSync:
         self.metrics = service.metrics
         self.root = Path(settings.artifact_root).resolve()
         self.replica_id = settings.resolved_replica_id()
-        self.client = registry.connect(settings.redis_url)
+        self.client = registry.connect(settings.redis_url, settings.redis_cluster)
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-rollout")
         self.tables: dict[str, TableStatus] = {}
         self.failures: dict[str, EmbserveError] = {}
@@ -197,9 +195,9 @@ class ReplicaSync:
     async def _watch(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self.client.pubsub()
+            pubsub = None
             try:
-                await pubsub.subscribe(keys.PUBLISHED_CHANNEL)
+                pubsub = await connection.subscribe(self.client, keys.PUBLISHED_CHANNEL)
                 while True:
                     published = await registry.read_published(self.client)
                     self._mark_connected()
@@ -216,8 +214,9 @@ class ReplicaSync:
                 log.exception("registry watcher: unexpected error; retrying")
                 await asyncio.sleep(self.settings.redis_retry_max_seconds)
             finally:
-                with contextlib.suppress(*REDIS_FAILURES):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(*REDIS_FAILURES):
+                        await pubsub.aclose()
 
     async def _reconcile(self, published: dict[str, Published]) -> None:
         for name, pub in published.items():

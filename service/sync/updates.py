@@ -42,7 +42,7 @@ import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
 from runtime.table import Table
-from service.sync import keys
+from service.sync import connection, keys
 
 if TYPE_CHECKING:
     from service.sync.replica import ReplicaSync
@@ -258,11 +258,9 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
     return results, ""
 
 
-def connect(url: str) -> Any:
+def connect(url: str, cluster: bool = False) -> Any:
     """An asyncio client that keeps stream fields as bytes (the registry's client decodes text)."""
-    import redis.asyncio
-
-    return redis.asyncio.from_url(url, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=5.0)
+    return connection.async_client(url, cluster, decode_responses=False)
 
 
 class UpdateApplier:
@@ -272,7 +270,7 @@ class UpdateApplier:
         self.sync = sync
         self.service = sync.service
         self.metrics = sync.metrics
-        self.client = connect(sync.settings.redis_url or "")
+        self.client = connect(sync.settings.redis_url or "", sync.settings.redis_cluster)
         # one thread applies every entry: entries of a table apply in stream order
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-updates")
         self.positions: dict[str, tuple[int, str]] = {}

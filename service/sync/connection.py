@@ -1,0 +1,85 @@
+"""Every Redis client embserve opens is made here: one Redis node, or a Redis Cluster.
+
+`redis_cluster` (`EMBSERVE_REDIS_CLUSTER`, `--redis-cluster`) picks redis-py's cluster clients,
+which learn the slot map from the node in the URL and send each command to the node owning its
+key. The commands embserve issues are cluster-safe by construction (see `keys`): every command
+and every transaction touches the keys of one table (one slot through the `{<table>}` hash tag) or
+one single-key structure; the non-transactional pipeline that reads every table's version is
+split per node by the cluster client; XREAD reads one table's stream at a time; tables and
+replicas are found through a set and a sorted set, never SCAN or KEYS. Pub/sub hints use the
+cluster's pub/sub (a published message reaches subscribers on every node).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from runtime.errors import InvalidRequest
+
+FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, TimeoutError)
+"""What a Redis call raises when Redis (or the cluster) is unreachable or refuses: callers retry or
+report these; redis-py's cluster errors are not all RedisError subclasses."""
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def check_url(url: str, cluster: bool) -> None:
+    """A Redis Cluster has database 0 only and no unix sockets: refused here with a clear message
+    rather than deep inside redis-py."""
+    if not cluster:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise InvalidRequest(f"a Redis Cluster URL is redis:// or rediss://, got {parts.scheme or '(none)'}://")
+    database = parts.path.strip("/")
+    if database not in ("", "0"):
+        raise InvalidRequest(f"a Redis Cluster has database 0 only, the URL names database {database}")
+
+
+def async_client(url: str, cluster: bool, *, decode_responses: bool, socket_timeout: float = 5.0) -> Any:
+    """An asyncio client for `url` (redis:// or rediss://, password in the URL) with short
+    timeouts, so an unreachable Redis is noticed in seconds and never hangs a caller.
+    `decode_responses`: replies as str (registry, status) or bytes (update log fields)."""
+    check_url(url, cluster)
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 10,
+    }
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **options)
+    import redis.asyncio
+
+    return redis.asyncio.from_url(url, **options)
+
+
+def sync_client(url: str, cluster: bool, *, socket_timeout: float = 10.0) -> Any:
+    """A synchronous client for `url` (bytes replies): the producer (`push`) and compaction."""
+    check_url(url, cluster)
+    options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT_SECONDS, "socket_timeout": socket_timeout}
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **options)
+    import redis
+
+    return redis.Redis.from_url(url, **options)
+
+
+async def subscribe(client: Any, channel: str) -> Any:
+    """A pub/sub object of `client` subscribed to `channel`. A cluster client learns the slot map
+    first: its pub/sub picks the node to listen on from the channel's slot (a message published on
+    any node reaches it)."""
+    await client.initialize()
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(channel)
+    except BaseException:
+        await pubsub.aclose()
+        raise
+    return pubsub
