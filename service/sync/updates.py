@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -271,6 +272,11 @@ class UpdateApplier:
         self.service = sync.service
         self.metrics = sync.metrics
         self.client = connect(sync.settings.redis_url or "", sync.settings.redis_cluster)
+        # the stream is read off the event loop: a batch of entries is megabytes of rows, and
+        # receiving and parsing it on the loop would hold up the requests it serves meanwhile
+        # (made on first read, in its thread: a cluster client connects as it is made)
+        self.reader: Any = None
+        self.read_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embserve-update-reads")
         # one thread applies every entry: entries of a table apply in stream order
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-updates")
         self.positions: dict[str, tuple[int, str]] = {}
@@ -319,11 +325,18 @@ class UpdateApplier:
     async def read_batch(self, name: str, table: Table, block_ms: int | None) -> int:
         """One XREAD from the table's position; applies what it returns. Returns entries read."""
         stream = keys.updates_key(name)
-        reply = await self.client.xread({stream: self.position(name, table)}, count=READ_COUNT, block=block_ms)
+        read = functools.partial(self._xread, stream, self.position(name, table), block_ms)
+        reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, read)
         entries = [e for _, batch in reply or [] for e in batch]
         if entries:
             await self.apply_entries(name, table, entries)
         return len(entries)
+
+    def _xread(self, stream: str, position: str, block_ms: int | None) -> Any:
+        if self.reader is None:
+            settings = self.sync.settings
+            self.reader = connection.sync_client(settings.redis_url or "", settings.redis_cluster)
+        return self.reader.xread({stream: position}, count=READ_COUNT, block=block_ms)
 
     async def catch_up(self, name: str, table: Table) -> int:
         """Apply every entry after the table's position, until the stream has no more (before a
@@ -387,4 +400,8 @@ class UpdateApplier:
                 await task
         with contextlib.suppress(Exception):
             await self.client.aclose()
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                self.reader.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.read_executor.shutdown(wait=False, cancel_futures=True)
