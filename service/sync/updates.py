@@ -33,6 +33,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -264,6 +266,18 @@ def connect(url: str, cluster: bool = False) -> Any:
     return connection.async_client(url, cluster, decode_responses=False)
 
 
+UPDATE_THREAD_NICENESS = 10
+"""Niceness added to the threads that read and apply updates: where they compete with requests for
+a core, the scheduler gives requests the larger share, and updates use what requests leave."""
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is its own scheduling
+    entity; elsewhere, or where refused, nothing changes)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPDATE_THREAD_NICENESS)
+
+
 class UpdateApplier:
     """Follows every served table's stream inside one replica (one task a table)."""
 
@@ -276,9 +290,13 @@ class UpdateApplier:
         # receiving and parsing it on the loop would hold up the requests it serves meanwhile
         # (made on first read, in its thread: a cluster client connects as it is made)
         self.reader: Any = None
-        self.read_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embserve-update-reads")
+        self.read_executor = ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="embserve-update-reads", initializer=lower_thread_priority
+        )
         # one thread applies every entry: entries of a table apply in stream order
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embserve-updates")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="embserve-updates", initializer=lower_thread_priority
+        )
         self.positions: dict[str, tuple[int, str]] = {}
         """table -> (id of the Table object followed, last stream id applied to it)"""
         self.tasks: dict[str, asyncio.Task[None]] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,3 +132,19 @@ def test_a_full_delta_stops_the_batch_where_it_is_and_says_so() -> None:
     results, stalled = updates.apply_batch(table, batch)
     assert [r[0] for r in results] == ["1-0", "2-0"] and "delta" in stalled
     assert table.sequence == updates.id_to_sequence("2-0")  # the next read starts at 3-0 again
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a POSIX facility")
+def test_update_threads_run_at_a_lower_priority_than_the_threads_serving_requests() -> None:
+    seen: dict[str, int] = {}
+
+    def in_update_thread() -> None:
+        updates.lower_thread_priority()
+        seen["update"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    worker = threading.Thread(target=in_update_thread)
+    worker.start()
+    worker.join()
+    serving = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen["update"] == min(19, serving + updates.UPDATE_THREAD_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == serving  # the caller's is untouched
