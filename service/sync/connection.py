@@ -59,7 +59,8 @@ def async_client(url: str, cluster: bool, *, decode_responses: bool, socket_time
 
 
 def sync_client(url: str, cluster: bool, *, socket_timeout: float = 10.0) -> Any:
-    """A synchronous client for `url` (bytes replies): the producer (`push`) and compaction."""
+    """A synchronous client for `url` (bytes replies): the producer (`push`), compaction, and a
+    replica's update-log reads (made in the threads that read, off the event loop)."""
     check_url(url, cluster)
     options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT_SECONDS, "socket_timeout": socket_timeout}
     if cluster:
