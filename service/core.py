@@ -36,8 +36,15 @@ from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
 from service.errors import status_label
 from service.metrics import Metrics
-from service.multi import MultiLookupRequest, MultiLookupResult, answer, check_request
-from service.requests import ScoreRequest, SearchRequest
+from service.multi import (
+    LENGTHS_OR_OFFSETS,
+    WEIGHTS_NEED_BAGS,
+    MultiLookupResult,
+    answer,
+    check_request,
+    offsets_of_lengths,
+)
+from service.requests import LookupRequest, MultiLookupRequest, ScoreRequest, SearchRequest
 from service.settings import Settings
 from service.state import ActiveVersions
 from service.sync import SyncHooks
@@ -298,28 +305,44 @@ class EmbeddingService:
     def get(self, name: str) -> LoadedTable:
         return self.store.get(name)
 
-    async def lookup(self, transport: str, name: str, ids: Any, offsets: Any = None, mode: str = "sum") -> np.ndarray:
-        """ids (n,) -> (n, dim) float32; with offsets (B,) -> pooled (B, dim) float32."""
-        with self.request(transport, "lookup" if offsets is None else "lookup_pooled", name):
-            entry = self.store.get(name)
-            ids_arr = as_array(ids, "ids")
-            self._limit(ids_arr.size, self.settings.max_ids, "ids")
-            self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
-            table = entry.table
-            small = ids_arr.size <= INLINE_MAX_IDS
-            if offsets is None:
-                rows, missing = await self._compute(
-                    "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
-                )
+    async def lookup(self, transport: str, request: LookupRequest) -> np.ndarray:
+        """ids (n,) -> (n, dim) float32; with bags (lengths or offsets (B,)) -> pooled (B, dim) float32."""
+        name = request.table
+        with self.request(transport, "lookup_pooled" if request.pooled else "lookup", name):
+            return await self._lookup(self.store.get(name), request)
+
+    async def _lookup(self, entry: LoadedTable, request: LookupRequest) -> np.ndarray:
+        """A lookup answered by `entry`'s table (taken from the store by the caller)."""
+        name = entry.name
+        ids_arr = as_array(request.ids, "ids")
+        self._limit(ids_arr.size, self.settings.max_ids, "ids")
+        self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
+        table = entry.table
+        small = ids_arr.size <= INLINE_MAX_IDS
+        if not request.pooled:
+            if request.weights is not None:
+                raise InvalidRequest(WEIGHTS_NEED_BAGS)
+            rows, missing = await self._compute(
+                "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
+            )
+        else:
+            if request.lengths is not None and request.offsets is not None:
+                raise InvalidRequest(LENGTHS_OR_OFFSETS)
+            if request.lengths is not None:
+                offsets_arr = offsets_of_lengths(as_array(request.lengths, "lengths"), ids_arr.size)
             else:
-                offsets_arr = as_array(offsets, "offsets")
-                self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
-                rows, missing = await self._compute(
-                    "lookup_pooled", table.codec, lambda: table.lookup_pooled_counted(ids_arr, offsets_arr, mode)
-                )
-            if missing:
-                self.metrics.child(self.metrics.missing_keys, name).inc(missing)
-            return rows
+                offsets_arr = as_array(request.offsets, "offsets")
+            self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
+            weights = None if request.weights is None else as_array(request.weights, "weights")
+            mode = request.mode
+            rows, missing = await self._compute(
+                "lookup_pooled",
+                table.codec,
+                lambda: table.lookup_pooled_counted(ids_arr, offsets_arr, mode, weights),
+            )
+        if missing:
+            self.metrics.child(self.metrics.missing_keys, name).inc(missing)
+        return rows
 
     async def multi_lookup(self, transport: str, request: MultiLookupRequest) -> MultiLookupResult:
         """Many tables in one request, answered from the table objects taken once at the start."""

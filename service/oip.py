@@ -2,7 +2,8 @@
 
 Each table is three models:
   <table>         lookup: input `ids` INT64 [n] -> output `embeddings` FP32 [n, dim]
-  <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], `offsets` INT64 [bags];
+  <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], and `offsets` INT64 [bags]
+                  or `lengths` INT64 [bags], optional `per_sample_weights` FP32 [n];
                   parameter `mode` "sum"|"mean" -> output `embeddings` FP32 [bags, dim]
   <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
                   `k` (default 10), `metric`, `oversample`, `exclude_self`
@@ -30,8 +31,7 @@ from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
 from service.core import EmbeddingService
-from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
-from service.requests import search_request
+from service.requests import MultiLookupRequest, lookup_request, search_request
 
 SEARCH_SUFFIX = ".search"
 BAG_SUFFIX = ".bag"
@@ -148,7 +148,11 @@ def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if model.kind in ("lookup", "bag"):
         inputs = [{"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False}]
         if model.kind == "bag":
-            inputs.append({"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": False})
+            inputs += [
+                {"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": True},
+                {"name": "lengths", "datatype": "INT64", "shape": [-1], "optional": True},
+                {"name": "per_sample_weights", "datatype": "FP32", "shape": [-1], "optional": True},
+            ]
         outputs = [{"name": "embeddings", "datatype": "FP32", "shape": [-1, dim]}]
     else:
         inputs = [
@@ -244,10 +248,6 @@ def _shape(name: str, shape: Any) -> list[int]:
     return [int(d) for d in shape]
 
 
-def _param(params: dict[str, Any], key: str, default: Any) -> Any:
-    return params.get(key, default)
-
-
 async def infer(
     service: EmbeddingService,
     transport: str,
@@ -268,14 +268,14 @@ async def infer(
     if model.kind in ("lookup", "bag"):
         if "ids" not in inputs:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
-        ids = inputs["ids"].reshape(-1)
-        offsets = None
+        given: dict[str, Any] = {"ids": inputs["ids"].reshape(-1)}
         if model.kind == "bag":
-            if "offsets" not in inputs:
-                raise InvalidRequest(f"model {model.name!r} needs input 'offsets' (INT64 [bags])")
-            offsets = inputs["offsets"].reshape(-1)
-        mode = str(_param(params, "mode", "sum"))
-        outputs = {"embeddings": await service.lookup(transport, table_name, ids, offsets, mode)}
+            if "offsets" not in inputs and "lengths" not in inputs:
+                raise InvalidRequest(f"model {model.name!r} needs input 'offsets' or 'lengths' (INT64 [bags])")
+            for name in ("offsets", "lengths", "per_sample_weights"):
+                given[name] = inputs[name].reshape(-1) if name in inputs else None
+            given["mode"] = params.get("mode")
+        outputs = {"embeddings": await service.lookup(transport, lookup_request(table_name, given))}
     else:
         queries = inputs.get("queries")
         query_ids = inputs.get("query_ids")
@@ -315,7 +315,6 @@ def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str,
             f"model {model.name!r} has no input {unknown[0]!r} (inputs are <feature>__values, <feature>__lengths "
             f"and optional <feature>__weights for the features {features})"
         )
-    mode = params.get("mode", DEFAULT_MODE)
     entries = []
     for f in model.features:
         values = _group_input(model, inputs, f.name + VALUES_SUFFIX, "iu", "INT64 or INT32 ids")
@@ -324,7 +323,6 @@ def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str,
         for name, arr in ((VALUES_SUFFIX, values), (LENGTHS_SUFFIX, lengths)):
             if arr is None:
                 raise InvalidRequest(f"model {model.name!r} needs input '{f.name}{name}' for feature {f.name!r}")
-        entries.append(
-            TableLookup(f.table, values, lengths=lengths, weights=weights, mode=str(mode), label=f"feature {f.name!r}")
-        )
+        given = {"ids": values, "lengths": lengths, "weights": weights, "mode": params.get("mode")}
+        entries.append(lookup_request(f.table, given, label=f"feature {f.name!r}"))
     return MultiLookupRequest(tuple(entries), concat=True)

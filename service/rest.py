@@ -25,7 +25,7 @@ from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
-from service.requests import score_request, search_request
+from service.requests import DEFAULT_MODE, LookupRequest, lookup_request, score_request, search_request
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -54,9 +54,13 @@ def _json_default(value: Any) -> Any:
 # Request bodies, for the OpenAPI document; handlers parse the body themselves so array checks
 # (and their messages naming the offending id) stay in the runtime.
 class LookupBody(BaseModel):
-    ids: list[int] = Field(description="row ids, int64")
+    ids: list[int] = Field(description="row ids (keys on keyed tables; `keys` is accepted too), int64")
     offsets: list[int] | None = Field(None, description="EmbeddingBag offsets; when given the result is pooled")
-    mode: Literal["sum", "mean"] = "sum"
+    lengths: list[int] | None = Field(None, description="bag sizes (B,), instead of offsets; pooled result")
+    per_sample_weights: list[float] | None = Field(
+        None, description="(n,) weights of a weighted sum (mode sum, with bags); `weights` is accepted too"
+    )
+    mode: Literal["sum", "mean"] = DEFAULT_MODE
 
 
 class SearchBody(BaseModel):
@@ -122,7 +126,7 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
         raise InvalidRequest(
             f"octet-stream body must be little-endian int64 ids; {len(body)} bytes is not a multiple of 8"
         )
-    rows = await service.lookup(TRANSPORT, name, np.frombuffer(body, dtype="<i8"))
+    rows = await service.lookup(TRANSPORT, LookupRequest(name, np.frombuffer(body, dtype="<i8")))
     # a flat byte view of the gathered rows, not a copy of them
     flat = np.ascontiguousarray(rows, dtype="<f4").reshape(-1).view(np.uint8)
     return flat.data, f"{rows.shape[0]},{rows.shape[1]}"
@@ -330,9 +334,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
             )
         payload = parse_json_object(body)
-        rows = await service.lookup(
-            TRANSPORT, name, payload.get("ids"), payload.get("offsets"), payload.get("mode", "sum")
-        )
+        rows = await service.lookup(TRANSPORT, lookup_request(name, payload))
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
 
     @app.post("/v1/lookup", tags=["tables"])

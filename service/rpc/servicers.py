@@ -22,8 +22,7 @@ from service import oip
 from service.core import EmbeddingService
 from service.errors import public_message, status_for
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
-from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
-from service.requests import score_request, search_request
+from service.requests import LookupRequest, MultiLookupRequest, lookup_request, score_request, search_request
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -157,8 +156,8 @@ def _required_tensor(request: Any, field: str) -> np.ndarray:
     return tensor_to_array(getattr(request, field), field)
 
 
-def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> TableLookup:
-    """One MultiLookup entry -> TableLookup; a tensor error names the entry (tables[i].field)."""
+def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> LookupRequest:
+    """One MultiLookup entry -> LookupRequest; a tensor error names the entry (tables[i].field)."""
 
     def tensor(field: str) -> np.ndarray | None:
         if not entry.HasField(field):
@@ -168,9 +167,14 @@ def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> TableLookup:
     ids = tensor("ids")
     if ids is None:
         raise InvalidRequest(f"tables[{index}] ({entry.table!r}): ids are required")
-    return TableLookup(
-        entry.table, ids, tensor("lengths"), tensor("offsets"), tensor("weights"), entry.mode or DEFAULT_MODE
-    )
+    given = {
+        "ids": ids,
+        "lengths": tensor("lengths"),
+        "offsets": tensor("offsets"),
+        "weights": tensor("weights"),
+        "mode": entry.mode or None,  # proto3: "" is unset
+    }
+    return lookup_request(entry.table, given)
 
 
 def table_info(info: dict[str, Any]) -> pb.TableInfo:
@@ -241,9 +245,14 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
-        ids = _required_tensor(request, "ids")
-        offsets = _optional_tensor(request, "offsets")
-        rows = await self.service.lookup(TRANSPORT, request.table, ids, offsets, request.mode or "sum")
+        given = {
+            "ids": _required_tensor(request, "ids"),
+            "offsets": _optional_tensor(request, "offsets"),
+            "lengths": _optional_tensor(request, "lengths"),
+            "per_sample_weights": _optional_tensor(request, "per_sample_weights"),
+            "mode": request.mode or None,  # proto3: "" is unset
+        }
+        rows = await self.service.lookup(TRANSPORT, lookup_request(request.table, given))
         return pb.LookupResponse(embeddings=array_to_tensor(rows))
 
     @grpc_errors
