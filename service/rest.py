@@ -1,7 +1,7 @@
 """HTTP transport (FastAPI): native /v1 API, Open Inference Protocol /v2, health, metrics, admin.
 
-Handlers parse, call `EmbeddingService`, and serialize. Errors are typed and turned into
-`{"error": "..."}` with the status from `service.errors` by one exception handler."""
+Handlers parse, call `EmbeddingService`, and serialize. Errors are typed; `service.errors` renders
+them (status and `{"error": "..."}` body) for the exception handler and the ASGI fronts alike."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
-from service.errors import public_message, status_for
+from service.errors import render_error, send_http_error
 from service.requests import DEFAULT_MODE, LookupRequest, lookup_request, score_request, search_request
 
 log = logging.getLogger("embserve")
@@ -194,12 +194,10 @@ class OctetLookupFastPath:
                 self.service.client_disconnected(TRANSPORT)
                 return
             payload_view, shape = await octet_lookup(self.service, match.group(1), body)
-        except EmbserveError as exc:
-            message = public_message(exc, self.service.settings.artifact_root)
-            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": message}))
         except Exception as exc:
-            log.exception("unexpected error", exc_info=exc)
-            await self._send(send, 500, b"application/json", b'{"error":"internal server error"}')
+            if not isinstance(exc, EmbserveError):
+                log.exception("unexpected error", exc_info=exc)
+            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
         else:
             extra = ((b"x-embserve-shape", shape.encode()), (b"x-embserve-dtype", b"float32"))
             await self._send(send, 200, OCTET.encode(), payload_view, extra)
@@ -266,8 +264,7 @@ class AdmissionFront:
         try:
             slot.__enter__()
         except EmbserveError as exc:
-            body = orjson.dumps({"error": public_message(exc, self.service.settings.artifact_root)})
-            await OctetLookupFastPath._send(send, status_for(exc)[0], b"application/json", body)
+            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
         try:
             await self.app(scope, receive, send)
@@ -281,7 +278,13 @@ def create_asgi(service: EmbeddingService) -> AdmissionFront:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
+    """An error the HTTP layer finds itself (validation, routing); typed errors go through render_error."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def typed_error_response(exc: BaseException, service: EmbeddingService) -> Response:
+    error = render_error(exc, service.settings.artifact_root)
+    return Response(error.json_body(), status_code=error.http_status, media_type="application/json")
 
 
 def create_app(service: EmbeddingService) -> FastAPI:
@@ -292,8 +295,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
     )
 
     @app.exception_handler(EmbserveError)
-    async def _typed(_: Request, exc: EmbserveError) -> JSONResponse:
-        return error_response(status_for(exc)[0], public_message(exc, service.settings.artifact_root))
+    async def _typed(_: Request, exc: EmbserveError) -> Response:
+        return typed_error_response(exc, service)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -311,9 +314,9 @@ def create_app(service: EmbeddingService) -> FastAPI:
         return Response(status_code=400)  # nobody reads it: uvicorn drops a response to a closed connection
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "internal server error")
+        return typed_error_response(exc, service)
 
     # ---- native API ---------------------------------------------------------------------------
     # registered first: routes are matched in order, and these carry the traffic

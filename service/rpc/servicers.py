@@ -1,7 +1,7 @@
 """gRPC transport: embserve.v1.EmbeddingService and inference.GRPCInferenceService (OIP).
 
 Servicers parse protobuf messages into numpy arrays, call `EmbeddingService`, and build replies.
-`grpc_errors` maps typed errors to status codes through `service.errors`, once for every method."""
+`grpc_errors` ends a failed call with the code and text `service.errors` renders, once for every method."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from runtime.errors import EmbserveError, InvalidRequest
 from service import oip
 from service.core import EmbeddingService
-from service.errors import public_message, status_for
+from service.errors import render_error
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
 from service.requests import LookupRequest, MultiLookupRequest, lookup_request, score_request, search_request
 from service.rpc.generated import embserve_pb2 as pb
@@ -51,19 +51,18 @@ def grpc_errors(method: Handler[R]) -> Handler[R]:
             if isinstance(request, Undecodable):
                 raise InvalidRequest(request.message)
             return await method(self, request, context)
-        except EmbserveError as exc:
-            code, message = status_for(exc)[1], public_message(exc, self.service.settings.artifact_root)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, "internal server error"
+        except Exception as exc:
+            if not isinstance(exc, EmbserveError):
+                log.exception("unexpected error in %s", method.__name__)
+            error = render_error(exc, self.service.settings.artifact_root)
         del request
         # status set and no response, rather than `context.abort`: grpcio keeps the AbortError that
         # abort raises on the call's state, and its traceback holds this frame and the context, a
         # cycle that outlives the call until a gc pass
-        context.set_code(code)
-        context.set_details(message)
+        context.set_code(error.grpc_code)
+        context.set_details(error.message)
         return None  # type: ignore[return-value]
 
     return wrapper
