@@ -34,6 +34,7 @@ from runtime.errors import (
 )
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
+from service import oip
 from service.errors import status_label
 from service.metrics import Metrics
 from service.multi import (
@@ -44,7 +45,14 @@ from service.multi import (
     check_request,
     offsets_of_lengths,
 )
-from service.requests import LookupRequest, MultiLookupRequest, ScoreRequest, SearchRequest
+from service.requests import (
+    InferRequest,
+    InferResult,
+    LookupRequest,
+    MultiLookupRequest,
+    ScoreRequest,
+    SearchRequest,
+)
 from service.settings import Settings
 from service.state import ActiveVersions
 from service.sync import SyncHooks
@@ -195,8 +203,8 @@ class EmbeddingService:
 
     # ---- request plumbing -----------------------------------------------------------------------
     def _table_label(self, name: str) -> str:
-        # labels stay bounded: a name that is not served is counted as "unknown"
-        return name if name in self.store else "unknown"
+        # labels stay bounded: a name that is neither served nor a configured group is "unknown"
+        return name if name in self.store or name in self.groups else "unknown"
 
     def _admit(self, transport: str, operation: str, table: str) -> None:
         if self.draining or not self.started:
@@ -347,42 +355,71 @@ class EmbeddingService:
     async def multi_lookup(self, transport: str, request: MultiLookupRequest) -> MultiLookupResult:
         """Many tables in one request, answered from the table objects taken once at the start."""
         with self.request(transport, "multi_lookup"):
-            checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
-            total = sum(item.ids.shape[0] for item in checked)
-            result = await self._compute(
-                "multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS
-            )
-            for item, answered in zip(checked, result.results, strict=True):
-                self.metrics.child(self.metrics.ids_per_request, item.name).observe(item.ids.shape[0])
-                if answered.missing:
-                    self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
-            return result
+            return await self._multi_lookup(request)
+
+    async def _multi_lookup(self, request: MultiLookupRequest) -> MultiLookupResult:
+        checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
+        total = sum(item.ids.shape[0] for item in checked)
+        result = await self._compute("multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS)
+        for item, answered in zip(checked, result.results, strict=True):
+            self.metrics.child(self.metrics.ids_per_request, item.name).observe(item.ids.shape[0])
+            if answered.missing:
+                self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
+        return result
 
     async def search(self, transport: str, request: SearchRequest) -> tuple[np.ndarray, np.ndarray]:
         """-> ids (q, k') int64, scores (q, k') float32, best first."""
-        name = request.table
-        with self.request(transport, "search", name):
-            entry = self.store.get(name)
-            if (request.queries is None) == (request.query_ids is None):
-                raise InvalidRequest("give exactly one of queries or query_ids")
-            k, metric, oversample = request.k, request.metric, request.oversample
-            self._check_k(k, oversample)
-            table = entry.table
-            if request.query_ids is not None:
-                qids = as_array(request.query_ids, "query_ids")
-                self._limit(qids.size, self.settings.max_queries, "queries")
-                self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
-                exclude_self = request.exclude_self
-                return await self._compute(
-                    "search_by_id",
-                    table.codec,
-                    lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
-                )
-            q = as_array(request.queries, "queries")
-            nq = q.shape[0] if q.ndim == 2 else 1
-            self._limit(nq, self.settings.max_queries, "queries")
-            self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
-            return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+        with self.request(transport, "search", request.table):
+            return await self._search(self.store.get(request.table), request)
+
+    async def _search(self, entry: LoadedTable, request: SearchRequest) -> tuple[np.ndarray, np.ndarray]:
+        """A search answered by `entry`'s table (taken from the store by the caller)."""
+        name = entry.name
+        if (request.queries is None) == (request.query_ids is None):
+            raise InvalidRequest("give exactly one of queries or query_ids")
+        k, metric, oversample = request.k, request.metric, request.oversample
+        self._check_k(k, oversample)
+        table = entry.table
+        if request.query_ids is not None:
+            qids = as_array(request.query_ids, "query_ids")
+            self._limit(qids.size, self.settings.max_queries, "queries")
+            self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
+            exclude_self = request.exclude_self
+            return await self._compute(
+                "search_by_id",
+                table.codec,
+                lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
+            )
+        q = as_array(request.queries, "queries")
+        nq = q.shape[0] if q.ndim == 2 else 1
+        self._limit(nq, self.settings.max_queries, "queries")
+        self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
+        return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+
+    # ---- Open Inference Protocol ----------------------------------------------------------------
+    def resolve_model(self, name: str, version: str | None = None) -> oip.Model:
+        """An OIP model name (and optional version) -> its table(s), from one snapshot of the store."""
+        return oip.resolve(self.store.snapshot(), self.groups, name, version)
+
+    async def infer(self, transport: str, request: InferRequest) -> InferResult:
+        """One OIP inference, accounted as one request (operation "infer", the model's table or
+        group as its label) under the same admission and limits as a native one. The model is
+        resolved inside it, and a one-table model is answered by the very table object it resolved
+        to, so the version reported is the version that answered."""
+        with self.request(transport, "infer", oip.model_table(request.model)):
+            model = self.resolve_model(request.model, request.version)
+            typed = oip.core_request(model, request.inputs, request.parameters)
+            answered: np.ndarray | tuple[np.ndarray, np.ndarray] | MultiLookupResult
+            if isinstance(typed, MultiLookupRequest):
+                answered = await self._multi_lookup(typed)
+            else:
+                assert model.entry is not None
+                if isinstance(typed, LookupRequest):
+                    answered = await self._lookup(model.entry, typed)
+                else:
+                    answered = await self._search(model.entry, typed)
+            version, outputs = oip.answer_outputs(model, answered, request.outputs)
+            return InferResult(model.name, version, outputs)
 
     async def score(self, transport: str, request: ScoreRequest) -> np.ndarray:
         """candidate_ids (q, c) with queries (q, dim) or query_ids (q,) -> (q, c) float32."""

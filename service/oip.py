@@ -15,13 +15,17 @@ and each configured group (setting `groups`, NAME=FEATURE[:TABLE]+...) is one mo
   order (what a DLRM's dense part consumes). It is answered by the multi-table lookup (one
   consistent set of table versions); its version is a digest of the versions of its tables.
 Parameters may be given on the request or on an input; unknown parameters are ignored.
+
+Here are the protocol's semantics only: which tables a model name stands for, the typed core
+request its inputs make, and the outputs of the answer. The core (`EmbeddingService.infer`) runs
+an inference inside the request accounting, as it runs every native request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +34,8 @@ import numpy as np
 from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
-from service.core import EmbeddingService
-from service.requests import MultiLookupRequest, lookup_request, search_request
+from service.multi import MultiLookupResult
+from service.requests import LookupRequest, MultiLookupRequest, SearchRequest, lookup_request, search_request
 
 SEARCH_SUFFIX = ".search"
 BAG_SUFFIX = ".bag"
@@ -98,26 +102,36 @@ def group_version(versions: Iterable[tuple[str, str]]) -> str:
     return "g" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve(service: EmbeddingService, model: str, version: str | None = None) -> Model:
-    """A model name (and optional version) -> the table(s) and operation it stands for; exact table
-    names win over suffixed names and groups. A version other than the one served is not found."""
-    found = _find(service, model)
+def model_table(model: str) -> str:
+    """The table (or group) a model name is about, for bounded metric labels: the suffix dropped."""
+    return model.removesuffix(SEARCH_SUFFIX).removesuffix(BAG_SUFFIX)
+
+
+def resolve(
+    active: Mapping[str, LoadedTable],
+    groups: Mapping[str, tuple[tuple[str, str], ...]],
+    model: str,
+    version: str | None = None,
+) -> Model:
+    """A model name (and optional version) -> the table(s) and operation it stands for, from one
+    snapshot of the active tables; exact table names win over suffixed names and groups. A version
+    other than the one served is not found."""
+    found = _find(active, groups, model)
     if version and version != found.version:
         raise TableNotFound(f"{model} version {version}")
     return found
 
 
-def _find(service: EmbeddingService, model: str) -> Model:
-    if model in service.store:
-        return Model(model, "lookup", service.store.get(model))
+def _find(active: Mapping[str, LoadedTable], groups: Mapping[str, tuple[tuple[str, str], ...]], model: str) -> Model:
+    if model in active:
+        return Model(model, "lookup", active[model])
     for suffix, kind in ((SEARCH_SUFFIX, "search"), (BAG_SUFFIX, "bag")):
         base = model.removesuffix(suffix)
-        if base != model and base in service.store:
-            return Model(model, kind, service.store.get(base))
-    members = service.groups.get(model)
+        if base != model and base in active:
+            return Model(model, kind, active[base])
+    members = groups.get(model)
     if members is None:
         raise TableNotFound(model)
-    active = service.store.snapshot()
     features, versions = [], []
     for feature, table in members:
         loaded = active.get(table)
@@ -248,23 +262,15 @@ def _shape(name: str, shape: Any) -> list[int]:
     return [int(d) for d in shape]
 
 
-async def infer(
-    service: EmbeddingService,
-    transport: str,
-    model: Model,
-    inputs: dict[str, np.ndarray],
-    params: dict[str, Any],
-    requested: list[str] | None = None,
-) -> tuple[str, list[tuple[str, np.ndarray]]]:
-    """Run one inference request; returns the model version that answered it and
-    [(output name, array)] in the requested order."""
+CoreRequest = LookupRequest | SearchRequest | MultiLookupRequest
+
+
+def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> CoreRequest:
+    """A model's inputs and parameters -> the typed core request that answers it."""
     if model.kind == "group":
-        result = await service.multi_lookup(transport, group_request(model, inputs, params))
-        version = group_version((r.table, r.version) for r in result.results)
-        return version, _select(model, {GROUP_OUTPUT: result.concatenated()}, requested)
+        return group_request(model, inputs, params)
     assert model.entry is not None
     table_name = model.entry.name
-    version = model.entry.table.version
     if model.kind in ("lookup", "bag"):
         if "ids" not in inputs:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
@@ -275,16 +281,28 @@ async def infer(
             for name in ("offsets", "lengths", "per_sample_weights"):
                 given[name] = inputs[name].reshape(-1) if name in inputs else None
             given["mode"] = params.get("mode")
-        outputs = {"embeddings": await service.lookup(transport, lookup_request(table_name, given))}
-    else:
-        queries = inputs.get("queries")
-        query_ids = inputs.get("query_ids")
-        if queries is not None and queries.ndim == 1:
-            queries = queries.reshape(1, -1)
-        given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
-        ids, scores = await service.search(transport, search_request(table_name, given))
-        outputs = {"ids": ids, "scores": scores}
-    return version, _select(model, outputs, requested)
+        return lookup_request(table_name, given)
+    queries = inputs.get("queries")
+    query_ids = inputs.get("query_ids")
+    if queries is not None and queries.ndim == 1:
+        queries = queries.reshape(1, -1)
+    given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
+    return search_request(table_name, given)
+
+
+def answer_outputs(
+    model: Model, answered: np.ndarray | tuple[np.ndarray, np.ndarray] | MultiLookupResult, requested: list[str] | None
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """What the core answered -> (the version that answered, [(output name, array)] in the order
+    requested). A one-table model's version is that of the table object that answered."""
+    if isinstance(answered, MultiLookupResult):
+        version = group_version((r.table, r.version) for r in answered.results)
+        return version, _select(model, {GROUP_OUTPUT: answered.concatenated()}, requested)
+    assert model.entry is not None
+    if isinstance(answered, tuple):
+        ids, scores = answered
+        return model.entry.table.version, _select(model, {"ids": ids, "scores": scores}, requested)
+    return model.entry.table.version, _select(model, {"embeddings": answered}, requested)
 
 
 def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] | None) -> list[tuple[str, np.ndarray]]:
@@ -295,7 +313,7 @@ def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] |
     return [(n, outputs[n]) for n in names]
 
 
-def _group_input(model: Model, inputs: dict[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
+def _group_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
     arr = inputs.get(name)
     if arr is None:
         return None
@@ -304,7 +322,7 @@ def _group_input(model: Model, inputs: dict[str, np.ndarray], name: str, kinds: 
     return arr.reshape(-1)
 
 
-def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str, Any]) -> MultiLookupRequest:
+def group_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> MultiLookupRequest:
     """A group model's inputs -> one concatenated multi-table request, every error naming the
     feature (or the input) it is about."""
     expected = {f.name + s for f in model.features for s in (VALUES_SUFFIX, LENGTHS_SUFFIX, WEIGHTS_SUFFIX)}

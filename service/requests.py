@@ -102,3 +102,25 @@ def score_request(table: str, given: Mapping[str, Any]) -> ScoreRequest:
 def _given(kind: type, given: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(kind)} - {"table", "label"}
     return {name: value for name, value in given.items() if name in names and value is not None}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """An Open Inference Protocol inference: the model (and optional version) by name, its input
+    tensors by name, the request's parameters (an input's own parameters merged in by the
+    transport), and the outputs asked for in order (None: every output)."""
+
+    model: str
+    inputs: Mapping[str, Any]
+    parameters: Mapping[str, Any]
+    version: str | None = None
+    outputs: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """The model that answered, its version at that moment, and [(output name, array)] in order."""
+
+    model: str
+    version: str
+    outputs: list[tuple[str, Any]]

@@ -25,7 +25,7 @@ from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import render_error, send_http_error
-from service.requests import DEFAULT_MODE, LookupRequest, lookup_request, score_request, search_request
+from service.requests import DEFAULT_MODE, InferRequest, LookupRequest, lookup_request, score_request, search_request
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -239,7 +239,7 @@ def admitted_route(method: str, path: str) -> tuple[str, str] | None:
     if method == "POST" and (match := DATA_PLANE_PATH.fullmatch(path)) is not None:
         if match.group(3) is not None:
             model = match.group(3)
-            return "infer", model.removesuffix(oip.SEARCH_SUFFIX).removesuffix(oip.BAG_SUFFIX)
+            return "infer", oip.model_table(model)
         return match.group(2), match.group(1)
     if method == "PUT" and (match := ADMIN_PATH.fullmatch(path)) is not None:
         return "admin_load", match.group(1)
@@ -437,32 +437,33 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.get("/v2/models/{model}", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}", tags=["inference"])
     async def model_metadata(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
+        resolved = service.resolve_model(model, version)
         return FastJSON(oip.model_metadata(resolved))
 
     @app.get("/v2/models/{model}/ready", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"])
     async def model_ready(model: str, version: str | None = None) -> Response:
-        oip.resolve(service, model, version)  # 404 for an unknown model or version
+        service.resolve_model(model, version)  # 404 for an unknown model or version
         return JSONResponse({"name": model, "ready": service.ready}, status_code=200 if service.ready else 503)
 
     @app.get("/v2/models/{model}/config", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["inference"])
     async def model_config(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
+        resolved = service.resolve_model(model, version)
         return FastJSON(oip.model_config(resolved))
 
     @app.post("/v2/models/{model}/infer", tags=["inference"])
     @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"])
     async def model_infer(model: str, request: Request, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
         body = await read_body(service, request)
-        return await _infer_http(service, resolved, body, request.headers.get(OIP_HEADER_LENGTH))
+        return await _infer_http(service, model, version, body, request.headers.get(OIP_HEADER_LENGTH))
 
     return app
 
 
-async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, header_length: str | None) -> Response:
+async def _infer_http(
+    service: EmbeddingService, model: str, version: str | None, body: bytes, header_length: str | None
+) -> Response:
     """One OIP infer over HTTP, with Triton's binary tensor extension on inputs and outputs."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -514,7 +515,9 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
             raise InvalidRequest("'outputs' must be a list of objects with a name")
         requested = [o["name"] for o in raw_outputs]
         binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
-    version, results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
+    typed = InferRequest(model, inputs, params, version or None, requested)
+    result = await service.infer(TRANSPORT, typed)
+    results = result.outputs
     if requested is None and all_binary:
         binary_out = {name for name, _ in results}
     outputs: list[dict[str, Any]] = []
@@ -528,7 +531,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
         else:
             entry["data"] = arr.reshape(-1)
         outputs.append(entry)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": version, "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": outputs}
     if isinstance(request.get("id"), str):
         answer["id"] = request["id"]
     header = orjson.dumps(answer, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -22,7 +22,14 @@ from service import oip
 from service.core import EmbeddingService
 from service.errors import render_error
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
-from service.requests import LookupRequest, MultiLookupRequest, lookup_request, score_request, search_request
+from service.requests import (
+    InferRequest,
+    LookupRequest,
+    MultiLookupRequest,
+    lookup_request,
+    score_request,
+    search_request,
+)
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -360,7 +367,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: ipb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelReadyResponse:
-        oip.resolve(self.service, request.name, request.version)  # NOT_FOUND for an unknown model
+        self.service.resolve_model(request.name, request.version)  # NOT_FOUND for an unknown model
         return ipb.ModelReadyResponse(ready=self.service.ready)
 
     @grpc_errors
@@ -373,7 +380,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: ipb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelMetadataResponse:
-        model = oip.resolve(self.service, request.name, request.version)
+        model = self.service.resolve_model(request.name, request.version)
         meta = oip.model_metadata(model)
         tensor = ipb.ModelMetadataResponse.TensorMetadata
         return ipb.ModelMetadataResponse(
@@ -388,7 +395,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: ipb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelConfigResponse:
-        model = oip.resolve(self.service, request.name, request.version)
+        model = self.service.resolve_model(request.name, request.version)
         config = oip.model_config(model)
         return ipb.ModelConfigResponse(
             config=ipb.ModelConfig(
@@ -419,7 +426,6 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: ipb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelInferResponse:
-        model = oip.resolve(self.service, request.model_name, request.model_version)
         params = {k: _param_value(v) for k, v in request.parameters.items()}
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
@@ -437,9 +443,10 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 values = list(getattr(tensor.contents, field))
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
-        version, results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
-        response = ipb.ModelInferResponse(model_name=model.name, model_version=version, id=request.id)
-        for name, arr in results:
+        typed = InferRequest(request.model_name, inputs, params, request.model_version or None, requested)
+        result = await self.service.infer(TRANSPORT, typed)
+        response = ipb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
+        for name, arr in result.outputs:
             response.outputs.add(name=name, datatype=oip.DATATYPE_OF[arr.dtype], shape=list(arr.shape))
             response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
         return response
