@@ -46,12 +46,15 @@ from service.multi import (
     offsets_of_lengths,
 )
 from service.requests import (
+    DeleteKeysRequest,
     InferRequest,
     InferResult,
+    LoadRequest,
     LookupRequest,
     MultiLookupRequest,
     ScoreRequest,
     SearchRequest,
+    UpsertRequest,
 )
 from service.settings import Settings
 from service.state import ActiveVersions
@@ -467,13 +470,14 @@ class EmbeddingService:
             raise ArtifactNotFound(f"artifact directory {path!r} does not exist under the artifact root")
         return resolved
 
-    async def admin_load(self, transport: str, authorization: str | None, name: str, path: Any) -> dict[str, Any]:
-        """Load a new version of `name` and swap it in atomically; a failed load changes nothing."""
+    async def admin_load(self, transport: str, authorization: str | None, request: LoadRequest) -> dict[str, Any]:
+        """Load a new version of the table and swap it in atomically; a failed load changes nothing."""
+        name = request.table
         with self.request(transport, "admin_load", name):
             self.authorize(authorization)
             if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
                 raise InvalidRequest("table name must be 1-128 characters without '/'")
-            directory = self.confine(path)
+            directory = self.confine(request.path)
             if self.sync is not None:
                 return await self.sync.publish_and_wait(name, directory)
 
@@ -494,30 +498,30 @@ class EmbeddingService:
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
 
-    async def admin_upsert(
-        self, transport: str, authorization: str | None, name: str, keys: Any, rows: Any, sequence: Any = None
-    ) -> dict[str, Any]:
+    async def admin_upsert(self, transport: str, authorization: str | None, request: UpsertRequest) -> dict[str, Any]:
         """Apply one batch of row updates to the served table: all of it or, on error, none."""
+        name = request.table
         with self.request(transport, "admin_upsert", name):
             self.authorize(authorization)
             table = self.store.get(name).table
-            keys_arr, rows_arr = as_array(keys, "keys"), as_array(rows, "rows")
+            keys_arr, rows_arr = as_array(request.keys, "keys"), as_array(request.rows, "rows")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            applied = await self._compute(
-                "upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, _sequence(sequence))
-            )
+            sequence = _sequence(request.sequence)
+            applied = await self._compute("upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, sequence))
             return self._updated(name, table, int(keys_arr.size), applied)
 
     async def admin_delete_keys(
-        self, transport: str, authorization: str | None, name: str, keys: Any, sequence: Any = None
+        self, transport: str, authorization: str | None, request: DeleteKeysRequest
     ) -> dict[str, Any]:
         """Delete keys from a served keyed table: all of them or, on error, none."""
+        name = request.table
         with self.request(transport, "admin_delete_keys", name):
             self.authorize(authorization)
             table = self.store.get(name).table
-            keys_arr = as_array(keys, "keys")
+            keys_arr = as_array(request.keys, "keys")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, _sequence(sequence)))
+            sequence = _sequence(request.sequence)
+            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, sequence))
             return self._updated(name, table, int(keys_arr.size), applied)
 
     def _updated(self, name: str, table: Table, count: int, sequence: int) -> dict[str, Any]:

@@ -80,6 +80,46 @@ class ScoreRequest:
     metric: Any = DEFAULT_METRIC
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """Admin: serve the artifact directory `path` (inside the artifact root) as `table`."""
+
+    table: str
+    path: Any = None
+
+
+@dataclass(frozen=True)
+class UpsertRequest:
+    """Admin: keys (n,) int64 (row ids on dense tables) get rows (n, dim) float32; sequence: the
+    table's update sequence after this batch (None: one past the current)."""
+
+    table: str
+    keys: Any = None
+    rows: Any = None
+    sequence: Any = None
+
+
+@dataclass(frozen=True)
+class DeleteKeysRequest:
+    """Admin: delete keys (n,) int64 from a keyed table; sequence as for UpsertRequest."""
+
+    table: str
+    keys: Any = None
+    sequence: Any = None
+
+
+def load_request(table: str, given: Mapping[str, Any]) -> LoadRequest:
+    return LoadRequest(table, **_given(LoadRequest, given))
+
+
+def upsert_request(table: str, given: Mapping[str, Any]) -> UpsertRequest:
+    return UpsertRequest(table, **_given(UpsertRequest, given))
+
+
+def delete_keys_request(table: str, given: Mapping[str, Any]) -> DeleteKeysRequest:
+    return DeleteKeysRequest(table, **_given(DeleteKeysRequest, given))
+
+
 def lookup_request(table: str, given: Mapping[str, Any], label: str | None = None) -> LookupRequest:
     """The fields a caller gave, by their names or `LOOKUP_ALIASES` (None or absent: the default;
     a field's own name wins over its alias; unknown names ignored) -> request."""

@@ -25,7 +25,19 @@ from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import render_error, send_http_error
-from service.requests import DEFAULT_MODE, InferRequest, LookupRequest, lookup_request, score_request, search_request
+from service.requests import (
+    DEFAULT_MODE,
+    DeleteKeysRequest,
+    InferRequest,
+    LookupRequest,
+    UpsertRequest,
+    delete_keys_request,
+    load_request,
+    lookup_request,
+    score_request,
+    search_request,
+    upsert_request,
+)
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -386,7 +398,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.put("/v1/tables/{name}", tags=["admin"], openapi_extra=_body_doc(LoadBody))
     async def load(name: str, request: Request) -> Response:
         payload = parse_json_object(await read_body(service, request))
-        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), name, payload.get("path"))
+        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), load_request(name, payload))
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/upsert", tags=["admin"], openapi_extra=_body_doc(UpsertBody, octet=True))
@@ -397,11 +409,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
             service.authorize(auth)  # before parsing: an unauthorized caller learns nothing of the format
             keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
-            return FastJSON(await service.admin_upsert(TRANSPORT, auth, name, keys, rows, sequence))
-        payload = parse_json_object(body)
-        info = await service.admin_upsert(
-            TRANSPORT, auth, name, payload.get("keys"), payload.get("rows"), payload.get("sequence")
-        )
+            return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
+        info = await service.admin_upsert(TRANSPORT, auth, upsert_request(name, parse_json_object(body)))
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/delete", tags=["admin"], openapi_extra=_body_doc(DeleteKeysBody, octet=True))
@@ -412,9 +421,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
             service.authorize(auth)
             keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
-            return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, name, keys, sequence))
-        payload = parse_json_object(body)
-        info = await service.admin_delete_keys(TRANSPORT, auth, name, payload.get("keys"), payload.get("sequence"))
+            return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))
+        info = await service.admin_delete_keys(TRANSPORT, auth, delete_keys_request(name, parse_json_object(body)))
         return FastJSON(info)
 
     @app.delete("/v1/tables/{name}", tags=["admin"])

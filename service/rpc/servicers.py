@@ -26,9 +26,11 @@ from service.requests import (
     InferRequest,
     LookupRequest,
     MultiLookupRequest,
+    delete_keys_request,
     lookup_request,
     score_request,
     search_request,
+    upsert_request,
 )
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
@@ -305,26 +307,22 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
-        info = await self.service.admin_upsert(
-            TRANSPORT,
-            _authorization(context),
-            request.table,
-            tensor_to_array(request.keys, "keys"),
-            tensor_to_array(request.rows, "rows"),
-            request.sequence if request.HasField("sequence") else None,
-        )
+        given = {
+            "keys": _optional_tensor(request, "keys"),  # unset: the core says keys are required
+            "rows": _optional_tensor(request, "rows"),
+            "sequence": request.sequence if request.HasField("sequence") else None,
+        }
+        info = await self.service.admin_upsert(TRANSPORT, _authorization(context), upsert_request(request.table, given))
         return update_response(info)
 
     @grpc_errors
     async def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
-        info = await self.service.admin_delete_keys(
-            TRANSPORT,
-            _authorization(context),
-            request.table,
-            tensor_to_array(request.keys, "keys"),
-            request.sequence if request.HasField("sequence") else None,
-        )
-        return update_response(info)
+        given = {
+            "keys": _optional_tensor(request, "keys"),
+            "sequence": request.sequence if request.HasField("sequence") else None,
+        }
+        typed = delete_keys_request(request.table, given)
+        return update_response(await self.service.admin_delete_keys(TRANSPORT, _authorization(context), typed))
 
 
 CONTENT_FIELDS = {
