@@ -34,10 +34,28 @@ from runtime.errors import (
 )
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
+from service import oip
 from service.errors import status_label
 from service.metrics import Metrics
-from service.multi import MultiLookupRequest, MultiLookupResult, answer, check_request
-from service.requests import ScoreRequest, SearchRequest
+from service.multi import (
+    LENGTHS_OR_OFFSETS,
+    WEIGHTS_NEED_BAGS,
+    MultiLookupResult,
+    answer,
+    check_request,
+    offsets_of_lengths,
+)
+from service.requests import (
+    DeleteKeysRequest,
+    InferRequest,
+    InferResult,
+    LoadRequest,
+    LookupRequest,
+    MultiLookupRequest,
+    ScoreRequest,
+    SearchRequest,
+    UpsertRequest,
+)
 from service.settings import Settings
 from service.state import ActiveVersions
 from service.sync import SyncHooks
@@ -188,8 +206,8 @@ class EmbeddingService:
 
     # ---- request plumbing -----------------------------------------------------------------------
     def _table_label(self, name: str) -> str:
-        # labels stay bounded: a name that is not served is counted as "unknown"
-        return name if name in self.store else "unknown"
+        # labels stay bounded: a name that is neither served nor a configured group is "unknown"
+        return name if name in self.store or name in self.groups else "unknown"
 
     def _admit(self, transport: str, operation: str, table: str) -> None:
         if self.draining or not self.started:
@@ -298,68 +316,113 @@ class EmbeddingService:
     def get(self, name: str) -> LoadedTable:
         return self.store.get(name)
 
-    async def lookup(self, transport: str, name: str, ids: Any, offsets: Any = None, mode: str = "sum") -> np.ndarray:
-        """ids (n,) -> (n, dim) float32; with offsets (B,) -> pooled (B, dim) float32."""
-        with self.request(transport, "lookup" if offsets is None else "lookup_pooled", name):
-            entry = self.store.get(name)
-            ids_arr = as_array(ids, "ids")
-            self._limit(ids_arr.size, self.settings.max_ids, "ids")
-            self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
-            table = entry.table
-            small = ids_arr.size <= INLINE_MAX_IDS
-            if offsets is None:
-                rows, missing = await self._compute(
-                    "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
-                )
+    async def lookup(self, transport: str, request: LookupRequest) -> np.ndarray:
+        """ids (n,) -> (n, dim) float32; with bags (lengths or offsets (B,)) -> pooled (B, dim) float32."""
+        name = request.table
+        with self.request(transport, "lookup_pooled" if request.pooled else "lookup", name):
+            return await self._lookup(self.store.get(name), request)
+
+    async def _lookup(self, entry: LoadedTable, request: LookupRequest) -> np.ndarray:
+        """A lookup answered by `entry`'s table (taken from the store by the caller)."""
+        name = entry.name
+        ids_arr = as_array(request.ids, "ids")
+        self._limit(ids_arr.size, self.settings.max_ids, "ids")
+        self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
+        table = entry.table
+        small = ids_arr.size <= INLINE_MAX_IDS
+        if not request.pooled:
+            if request.weights is not None:
+                raise InvalidRequest(WEIGHTS_NEED_BAGS)
+            rows, missing = await self._compute(
+                "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
+            )
+        else:
+            if request.lengths is not None and request.offsets is not None:
+                raise InvalidRequest(LENGTHS_OR_OFFSETS)
+            if request.lengths is not None:
+                offsets_arr = offsets_of_lengths(as_array(request.lengths, "lengths"), ids_arr.size)
             else:
-                offsets_arr = as_array(offsets, "offsets")
-                self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
-                rows, missing = await self._compute(
-                    "lookup_pooled", table.codec, lambda: table.lookup_pooled_counted(ids_arr, offsets_arr, mode)
-                )
-            if missing:
-                self.metrics.child(self.metrics.missing_keys, name).inc(missing)
-            return rows
+                offsets_arr = as_array(request.offsets, "offsets")
+            self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
+            weights = None if request.weights is None else as_array(request.weights, "weights")
+            mode = request.mode
+            rows, missing = await self._compute(
+                "lookup_pooled",
+                table.codec,
+                lambda: table.lookup_pooled_counted(ids_arr, offsets_arr, mode, weights),
+            )
+        if missing:
+            self.metrics.child(self.metrics.missing_keys, name).inc(missing)
+        return rows
 
     async def multi_lookup(self, transport: str, request: MultiLookupRequest) -> MultiLookupResult:
         """Many tables in one request, answered from the table objects taken once at the start."""
         with self.request(transport, "multi_lookup"):
-            checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
-            total = sum(item.ids.shape[0] for item in checked)
-            result = await self._compute(
-                "multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS
-            )
-            for item, answered in zip(checked, result.results, strict=True):
-                self.metrics.child(self.metrics.ids_per_request, item.name).observe(item.ids.shape[0])
-                if answered.missing:
-                    self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
-            return result
+            return await self._multi_lookup(request)
+
+    async def _multi_lookup(self, request: MultiLookupRequest) -> MultiLookupResult:
+        checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
+        total = sum(item.ids.shape[0] for item in checked)
+        result = await self._compute("multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS)
+        for item, answered in zip(checked, result.results, strict=True):
+            self.metrics.child(self.metrics.ids_per_request, item.name).observe(item.ids.shape[0])
+            if answered.missing:
+                self.metrics.child(self.metrics.missing_keys, item.name).inc(answered.missing)
+        return result
 
     async def search(self, transport: str, request: SearchRequest) -> tuple[np.ndarray, np.ndarray]:
         """-> ids (q, k') int64, scores (q, k') float32, best first."""
-        name = request.table
-        with self.request(transport, "search", name):
-            entry = self.store.get(name)
-            if (request.queries is None) == (request.query_ids is None):
-                raise InvalidRequest("give exactly one of queries or query_ids")
-            k, metric, oversample = request.k, request.metric, request.oversample
-            self._check_k(k, oversample)
-            table = entry.table
-            if request.query_ids is not None:
-                qids = as_array(request.query_ids, "query_ids")
-                self._limit(qids.size, self.settings.max_queries, "queries")
-                self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
-                exclude_self = request.exclude_self
-                return await self._compute(
-                    "search_by_id",
-                    table.codec,
-                    lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
-                )
-            q = as_array(request.queries, "queries")
-            nq = q.shape[0] if q.ndim == 2 else 1
-            self._limit(nq, self.settings.max_queries, "queries")
-            self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
-            return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+        with self.request(transport, "search", request.table):
+            return await self._search(self.store.get(request.table), request)
+
+    async def _search(self, entry: LoadedTable, request: SearchRequest) -> tuple[np.ndarray, np.ndarray]:
+        """A search answered by `entry`'s table (taken from the store by the caller)."""
+        name = entry.name
+        if (request.queries is None) == (request.query_ids is None):
+            raise InvalidRequest("give exactly one of queries or query_ids")
+        k, metric, oversample = request.k, request.metric, request.oversample
+        self._check_k(k, oversample)
+        table = entry.table
+        if request.query_ids is not None:
+            qids = as_array(request.query_ids, "query_ids")
+            self._limit(qids.size, self.settings.max_queries, "queries")
+            self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
+            exclude_self = request.exclude_self
+            return await self._compute(
+                "search_by_id",
+                table.codec,
+                lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
+            )
+        q = as_array(request.queries, "queries")
+        nq = q.shape[0] if q.ndim == 2 else 1
+        self._limit(nq, self.settings.max_queries, "queries")
+        self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
+        return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+
+    # ---- Open Inference Protocol ----------------------------------------------------------------
+    def resolve_model(self, name: str, version: str | None = None) -> oip.Model:
+        """An OIP model name (and optional version) -> its table(s), from one snapshot of the store."""
+        return oip.resolve(self.store.snapshot(), self.groups, name, version)
+
+    async def infer(self, transport: str, request: InferRequest) -> InferResult:
+        """One OIP inference, accounted as one request (operation "infer", the model's table or
+        group as its label) under the same admission and limits as a native one. The model is
+        resolved inside it, and a one-table model is answered by the very table object it resolved
+        to, so the version reported is the version that answered."""
+        with self.request(transport, "infer", oip.model_table(request.model)):
+            model = self.resolve_model(request.model, request.version)
+            typed = oip.core_request(model, request.inputs, request.parameters)
+            answered: np.ndarray | tuple[np.ndarray, np.ndarray] | MultiLookupResult
+            if isinstance(typed, MultiLookupRequest):
+                answered = await self._multi_lookup(typed)
+            else:
+                assert model.entry is not None
+                if isinstance(typed, LookupRequest):
+                    answered = await self._lookup(model.entry, typed)
+                else:
+                    answered = await self._search(model.entry, typed)
+            version, outputs = oip.answer_outputs(model, answered, request.outputs)
+            return InferResult(model.name, version, outputs)
 
     async def score(self, transport: str, request: ScoreRequest) -> np.ndarray:
         """candidate_ids (q, c) with queries (q, dim) or query_ids (q,) -> (q, c) float32."""
@@ -407,13 +470,14 @@ class EmbeddingService:
             raise ArtifactNotFound(f"artifact directory {path!r} does not exist under the artifact root")
         return resolved
 
-    async def admin_load(self, transport: str, authorization: str | None, name: str, path: Any) -> dict[str, Any]:
-        """Load a new version of `name` and swap it in atomically; a failed load changes nothing."""
+    async def admin_load(self, transport: str, authorization: str | None, request: LoadRequest) -> dict[str, Any]:
+        """Load a new version of the table and swap it in atomically; a failed load changes nothing."""
+        name = request.table
         with self.request(transport, "admin_load", name):
             self.authorize(authorization)
             if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
                 raise InvalidRequest("table name must be 1-128 characters without '/'")
-            directory = self.confine(path)
+            directory = self.confine(request.path)
             if self.sync is not None:
                 return await self.sync.publish_and_wait(name, directory)
 
@@ -434,30 +498,30 @@ class EmbeddingService:
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
 
-    async def admin_upsert(
-        self, transport: str, authorization: str | None, name: str, keys: Any, rows: Any, sequence: Any = None
-    ) -> dict[str, Any]:
+    async def admin_upsert(self, transport: str, authorization: str | None, request: UpsertRequest) -> dict[str, Any]:
         """Apply one batch of row updates to the served table: all of it or, on error, none."""
+        name = request.table
         with self.request(transport, "admin_upsert", name):
             self.authorize(authorization)
             table = self.store.get(name).table
-            keys_arr, rows_arr = as_array(keys, "keys"), as_array(rows, "rows")
+            keys_arr, rows_arr = as_array(request.keys, "keys"), as_array(request.rows, "rows")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            applied = await self._compute(
-                "upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, _sequence(sequence))
-            )
+            sequence = _sequence(request.sequence)
+            applied = await self._compute("upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, sequence))
             return self._updated(name, table, int(keys_arr.size), applied)
 
     async def admin_delete_keys(
-        self, transport: str, authorization: str | None, name: str, keys: Any, sequence: Any = None
+        self, transport: str, authorization: str | None, request: DeleteKeysRequest
     ) -> dict[str, Any]:
         """Delete keys from a served keyed table: all of them or, on error, none."""
+        name = request.table
         with self.request(transport, "admin_delete_keys", name):
             self.authorize(authorization)
             table = self.store.get(name).table
-            keys_arr = as_array(keys, "keys")
+            keys_arr = as_array(request.keys, "keys")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, _sequence(sequence)))
+            sequence = _sequence(request.sequence)
+            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, sequence))
             return self._updated(name, table, int(keys_arr.size), applied)
 
     def _updated(self, name: str, table: Table, count: int, sequence: int) -> dict[str, Any]:

@@ -1,13 +1,19 @@
-"""The one table mapping typed errors to an HTTP status and a gRPC code; both transports read it.
+"""The one place a failed request is rendered for a client: the table mapping typed errors to an
+HTTP status and a gRPC code, and the public text of the error. Every transport (REST, its ASGI
+fronts, the worker relay, gRPC, the Open Inference Protocol on both) calls `render_error` and only
+writes the result out in its own framing.
 
 Lookup walks the exception's MRO, so a subclass inherits its parent's mapping unless listed."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import orjson
 
 from runtime.errors import (
     ArtifactError,
@@ -25,7 +31,14 @@ from runtime.errors import (
     Unauthorized,
 )
 
+
+class NotAppliedEverywhere(EmbserveError):
+    """An admin change one worker applied that a sibling worker did not (service-level: only a
+    server of several worker processes relays changes)."""
+
+
 ERROR_STATUS: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
+    NotAppliedEverywhere: (502, grpc.StatusCode.UNAVAILABLE),
     TableNotFound: (404, grpc.StatusCode.NOT_FOUND),
     KeyNotFound: (404, grpc.StatusCode.NOT_FOUND),
     DeltaFull: (409, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -73,3 +86,41 @@ def public_message(exc: BaseException, artifact_root: Path | None) -> str:
     if len(text) > MAX_MESSAGE:
         text = f"{text[:MAX_MESSAGE]}…({len(text)} chars)"
     return text
+
+
+@dataclass(frozen=True)
+class PublicError:
+    """What a client is told about a failed request, on whichever transport carries it."""
+
+    http_status: int
+    grpc_code: grpc.StatusCode
+    message: str
+
+    def json_body(self) -> bytes:
+        """The HTTP body: `{"error": message}`."""
+        return orjson.dumps({"error": self.message})
+
+
+INTERNAL_ERROR = PublicError(500, grpc.StatusCode.INTERNAL, "internal server error")
+"""An untyped exception is a bug: its text stays in the server log, the client gets this."""
+
+
+def render_error(exc: BaseException, artifact_root: Path | None) -> PublicError:
+    """A typed error -> its statuses and public message; anything else -> INTERNAL_ERROR (the
+    caller logs it)."""
+    if not isinstance(exc, EmbserveError):
+        return INTERNAL_ERROR
+    http_status, grpc_code = status_for(exc)
+    return PublicError(http_status, grpc_code, public_message(exc, artifact_root))
+
+
+async def send_http_error(send: Any, error: PublicError) -> None:
+    """Answer an ASGI request with `error` (for the ASGI layers in front of the FastAPI app)."""
+    body = error.json_body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def not_applied_everywhere(failures: list[str]) -> NotAppliedEverywhere:
+    return NotAppliedEverywhere("applied by this worker but not by every worker: " + "; ".join(failures))

@@ -1,6 +1,6 @@
 """Multi-table lookups: one request, many tables, typed request and result objects.
 
-Transports build a `MultiLookupRequest` (plain values and ndarrays) and serialize the
+Transports build a `MultiLookupRequest` (service.requests: plain values and ndarrays) and serialize the
 `MultiLookupResult`. Every entry is validated against one snapshot of the table store before any
 table is read, so a bad entry refuses the whole request and a swap mid-request never mixes
 versions: each entry is answered by the Table object taken from the store at the start.
@@ -17,31 +17,10 @@ from runtime.errors import InvalidRequest, KeyNotFound, PayloadTooLarge, TableNo
 from runtime.store import TableStore
 from runtime.table import POOL_MODES, Table
 from runtime.validation import check_ids, check_keys, check_offsets, check_weights
+from service.requests import DEFAULT_MODE, LookupRequest, MultiLookupRequest, TableLookup, lookup_request
 
-DEFAULT_MODE = "sum"
-
-
-@dataclass(frozen=True)
-class TableLookup:
-    """One entry of a multi-table request.
-
-    ids: (n,) ids, or keys on keyed tables. Bags are given by exactly one of lengths (B,) or
-    offsets (B,) (neither: the rows come back unpooled); weights (n,) float32 only with mode sum."""
-
-    table: str
-    ids: Any
-    lengths: Any = None
-    offsets: Any = None
-    weights: Any = None
-    mode: str = DEFAULT_MODE
-    label: str | None = None
-    """how errors name this entry (default `tables[i] ('table')`; a group model names the feature)"""
-
-
-@dataclass(frozen=True)
-class MultiLookupRequest:
-    tables: tuple[TableLookup, ...]
-    concat: bool = False
+LENGTHS_OR_OFFSETS = "give lengths or offsets, not both"
+WEIGHTS_NEED_BAGS = "weights need bags (lengths or offsets)"
 
 
 @dataclass(frozen=True)
@@ -131,7 +110,7 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
         raise InvalidRequest(f"ids must be a flat array, got shape {raw.shape}")
     ids = check_keys(raw, "ids") if table.keyed else check_ids(raw, table.rows, "ids")
     if entry.lengths is not None and entry.offsets is not None:
-        raise InvalidRequest("give lengths or offsets, not both")
+        raise InvalidRequest(LENGTHS_OR_OFFSETS)
     offsets = None
     if entry.lengths is not None:
         offsets = offsets_of_lengths(entry.lengths, ids.shape[0])
@@ -140,7 +119,7 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
     weights = None
     if entry.weights is not None:
         if offsets is None:
-            raise InvalidRequest("weights need bags (lengths or offsets)")
+            raise InvalidRequest(WEIGHTS_NEED_BAGS)
         if entry.mode != "sum":
             raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
         weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
@@ -196,7 +175,7 @@ def answer(checked: list[_Checked]) -> MultiLookupResult:
 
 
 def from_jagged(
-    features: Any, lengths: Any, values: Any, weights: Any = None, mode: str = DEFAULT_MODE, concat: bool = False
+    features: Any, lengths: Any, values: Any, weights: Any = None, mode: Any = None, concat: bool = False
 ) -> MultiLookupRequest:
     """KeyedJaggedTensor layout -> request: features (F,) table names, lengths (F × B,) feature-major,
     values (Σ lengths,) ids, weights (Σ lengths,) or None. Feature f reads the table named features[f]."""
@@ -228,13 +207,21 @@ def from_jagged(
     entries = []
     for f, name in enumerate(features):
         a, b = int(bounds[f]), int(bounds[f + 1])
-        entries.append(
-            TableLookup(
-                table=name,
-                ids=vals.reshape(-1)[a:b],
-                lengths=per_feature[f],
-                weights=None if w is None else w.reshape(-1)[a:b],
-                mode=mode,
-            )
-        )
+        weights_f = None if w is None else w.reshape(-1)[a:b]
+        given = {"ids": vals.reshape(-1)[a:b], "lengths": per_feature[f], "weights": weights_f, "mode": mode}
+        entries.append(lookup_request(name, given))
     return MultiLookupRequest(tuple(entries), concat)
+
+
+__all__ = [
+    "DEFAULT_MODE",
+    "LookupRequest",
+    "MultiLookupRequest",
+    "MultiLookupResult",
+    "TableLookup",
+    "TableResult",
+    "answer",
+    "check_request",
+    "from_jagged",
+    "offsets_of_lengths",
+]

@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 
 from runtime.errors import InvalidRequest
-from service.multi import DEFAULT_MODE, MultiLookupRequest, MultiLookupResult, TableLookup, from_jagged
+from service.multi import MultiLookupResult, from_jagged
+from service.requests import MultiLookupRequest, lookup_request
 
 TABLES_HEADER = "X-Embserve-Tables"
 RESULTS_HEADER = "X-Embserve-Results"
@@ -23,8 +24,9 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
-def _mode(value: Any, where: str) -> str:
-    if not isinstance(value, str):
+def _mode(value: Any, where: str) -> Any:
+    """A mode as given (None: absent, the request's default applies), refused unless a string."""
+    if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"{where}: mode must be a string")
     return value
 
@@ -36,7 +38,7 @@ def parse_json(payload: dict[str, Any]) -> MultiLookupRequest:
     if "features" in payload:
         if "tables" in payload:
             raise InvalidRequest("give tables or features (the jagged layout), not both")
-        mode = _mode(payload.get("mode", DEFAULT_MODE), "request")
+        mode = _mode(payload.get("mode"), "request")
         return from_jagged(
             payload["features"], payload.get("lengths"), payload.get("values"), payload.get("weights"), mode, concat
         )
@@ -53,10 +55,8 @@ def parse_json(payload: dict[str, Any]) -> MultiLookupRequest:
         name = entry.get("table")
         if not isinstance(name, str):
             raise InvalidRequest(f"tables[{index}]: table must be a table name")
-        ids = entry.get("ids", entry.get("keys"))
-        weights = entry.get("weights", entry.get("per_sample_weights"))
-        mode = _mode(entry.get("mode", DEFAULT_MODE), f"tables[{index}] ({name!r})")
-        tables.append(TableLookup(name, ids, entry.get("lengths"), entry.get("offsets"), weights, mode))
+        _mode(entry.get("mode"), f"tables[{index}] ({name!r})")
+        tables.append(lookup_request(name, entry))
     return MultiLookupRequest(tuple(tables), concat)
 
 
@@ -120,8 +120,9 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
             offsets, at = _take(body, at, n_offsets, "<i8", f"{where} offsets")
         if _flag(entry.get("weights", False), f"{where}: weights"):
             weights, at = _take(body, at, n, "<f4", f"{where} weights")
-        mode = _mode(entry.get("mode", DEFAULT_MODE), where)
-        tables.append(TableLookup(entry["table"], ids, lengths, offsets, weights, mode))
+        _mode(entry.get("mode"), where)
+        given = {"ids": ids, "lengths": lengths, "offsets": offsets, "weights": weights, "mode": entry.get("mode")}
+        tables.append(lookup_request(entry["table"], given))
     if at != len(body):
         raise InvalidRequest(f"body has {len(body)} bytes but {TABLES_HEADER} describes {at}")
     return MultiLookupRequest(tuple(tables), concat)

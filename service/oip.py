@@ -2,7 +2,8 @@
 
 Each table is three models:
   <table>         lookup: input `ids` INT64 [n] -> output `embeddings` FP32 [n, dim]
-  <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], `offsets` INT64 [bags];
+  <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], and `offsets` INT64 [bags]
+                  or `lengths` INT64 [bags], optional `per_sample_weights` FP32 [n];
                   parameter `mode` "sum"|"mean" -> output `embeddings` FP32 [bags, dim]
   <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
                   `k` (default 10), `metric`, `oversample`, `exclude_self`
@@ -14,13 +15,17 @@ and each configured group (setting `groups`, NAME=FEATURE[:TABLE]+...) is one mo
   order (what a DLRM's dense part consumes). It is answered by the multi-table lookup (one
   consistent set of table versions); its version is a digest of the versions of its tables.
 Parameters may be given on the request or on an input; unknown parameters are ignored.
+
+Here are the protocol's semantics only: which tables a model name stands for, the typed core
+request its inputs make, and the outputs of the answer. The core (`EmbeddingService.infer`) runs
+an inference inside the request accounting, as it runs every native request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +34,8 @@ import numpy as np
 from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
-from service.core import EmbeddingService
-from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
-from service.requests import search_request
+from service.multi import MultiLookupResult
+from service.requests import LookupRequest, MultiLookupRequest, SearchRequest, lookup_request, search_request
 
 SEARCH_SUFFIX = ".search"
 BAG_SUFFIX = ".bag"
@@ -98,26 +102,36 @@ def group_version(versions: Iterable[tuple[str, str]]) -> str:
     return "g" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve(service: EmbeddingService, model: str, version: str | None = None) -> Model:
-    """A model name (and optional version) -> the table(s) and operation it stands for; exact table
-    names win over suffixed names and groups. A version other than the one served is not found."""
-    found = _find(service, model)
+def model_table(model: str) -> str:
+    """The table (or group) a model name is about, for bounded metric labels: the suffix dropped."""
+    return model.removesuffix(SEARCH_SUFFIX).removesuffix(BAG_SUFFIX)
+
+
+def resolve(
+    active: Mapping[str, LoadedTable],
+    groups: Mapping[str, tuple[tuple[str, str], ...]],
+    model: str,
+    version: str | None = None,
+) -> Model:
+    """A model name (and optional version) -> the table(s) and operation it stands for, from one
+    snapshot of the active tables; exact table names win over suffixed names and groups. A version
+    other than the one served is not found."""
+    found = _find(active, groups, model)
     if version and version != found.version:
         raise TableNotFound(f"{model} version {version}")
     return found
 
 
-def _find(service: EmbeddingService, model: str) -> Model:
-    if model in service.store:
-        return Model(model, "lookup", service.store.get(model))
+def _find(active: Mapping[str, LoadedTable], groups: Mapping[str, tuple[tuple[str, str], ...]], model: str) -> Model:
+    if model in active:
+        return Model(model, "lookup", active[model])
     for suffix, kind in ((SEARCH_SUFFIX, "search"), (BAG_SUFFIX, "bag")):
         base = model.removesuffix(suffix)
-        if base != model and base in service.store:
-            return Model(model, kind, service.store.get(base))
-    members = service.groups.get(model)
+        if base != model and base in active:
+            return Model(model, kind, active[base])
+    members = groups.get(model)
     if members is None:
         raise TableNotFound(model)
-    active = service.store.snapshot()
     features, versions = [], []
     for feature, table in members:
         loaded = active.get(table)
@@ -148,7 +162,11 @@ def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if model.kind in ("lookup", "bag"):
         inputs = [{"name": "ids", "datatype": "INT64", "shape": [-1], "optional": False}]
         if model.kind == "bag":
-            inputs.append({"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": False})
+            inputs += [
+                {"name": "offsets", "datatype": "INT64", "shape": [-1], "optional": True},
+                {"name": "lengths", "datatype": "INT64", "shape": [-1], "optional": True},
+                {"name": "per_sample_weights", "datatype": "FP32", "shape": [-1], "optional": True},
+            ]
         outputs = [{"name": "embeddings", "datatype": "FP32", "shape": [-1, dim]}]
     else:
         inputs = [
@@ -244,47 +262,47 @@ def _shape(name: str, shape: Any) -> list[int]:
     return [int(d) for d in shape]
 
 
-def _param(params: dict[str, Any], key: str, default: Any) -> Any:
-    return params.get(key, default)
+CoreRequest = LookupRequest | SearchRequest | MultiLookupRequest
 
 
-async def infer(
-    service: EmbeddingService,
-    transport: str,
-    model: Model,
-    inputs: dict[str, np.ndarray],
-    params: dict[str, Any],
-    requested: list[str] | None = None,
-) -> tuple[str, list[tuple[str, np.ndarray]]]:
-    """Run one inference request; returns the model version that answered it and
-    [(output name, array)] in the requested order."""
+def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> CoreRequest:
+    """A model's inputs and parameters -> the typed core request that answers it."""
     if model.kind == "group":
-        result = await service.multi_lookup(transport, group_request(model, inputs, params))
-        version = group_version((r.table, r.version) for r in result.results)
-        return version, _select(model, {GROUP_OUTPUT: result.concatenated()}, requested)
+        return group_request(model, inputs, params)
     assert model.entry is not None
     table_name = model.entry.name
-    version = model.entry.table.version
     if model.kind in ("lookup", "bag"):
         if "ids" not in inputs:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
-        ids = inputs["ids"].reshape(-1)
-        offsets = None
+        given: dict[str, Any] = {"ids": inputs["ids"].reshape(-1)}
         if model.kind == "bag":
-            if "offsets" not in inputs:
-                raise InvalidRequest(f"model {model.name!r} needs input 'offsets' (INT64 [bags])")
-            offsets = inputs["offsets"].reshape(-1)
-        mode = str(_param(params, "mode", "sum"))
-        outputs = {"embeddings": await service.lookup(transport, table_name, ids, offsets, mode)}
-    else:
-        queries = inputs.get("queries")
-        query_ids = inputs.get("query_ids")
-        if queries is not None and queries.ndim == 1:
-            queries = queries.reshape(1, -1)
-        given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
-        ids, scores = await service.search(transport, search_request(table_name, given))
-        outputs = {"ids": ids, "scores": scores}
-    return version, _select(model, outputs, requested)
+            if "offsets" not in inputs and "lengths" not in inputs:
+                raise InvalidRequest(f"model {model.name!r} needs input 'offsets' or 'lengths' (INT64 [bags])")
+            for name in ("offsets", "lengths", "per_sample_weights"):
+                given[name] = inputs[name].reshape(-1) if name in inputs else None
+            given["mode"] = params.get("mode")
+        return lookup_request(table_name, given)
+    queries = inputs.get("queries")
+    query_ids = inputs.get("query_ids")
+    if queries is not None and queries.ndim == 1:
+        queries = queries.reshape(1, -1)
+    given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
+    return search_request(table_name, given)
+
+
+def answer_outputs(
+    model: Model, answered: np.ndarray | tuple[np.ndarray, np.ndarray] | MultiLookupResult, requested: list[str] | None
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """What the core answered -> (the version that answered, [(output name, array)] in the order
+    requested). A one-table model's version is that of the table object that answered."""
+    if isinstance(answered, MultiLookupResult):
+        version = group_version((r.table, r.version) for r in answered.results)
+        return version, _select(model, {GROUP_OUTPUT: answered.concatenated()}, requested)
+    assert model.entry is not None
+    if isinstance(answered, tuple):
+        ids, scores = answered
+        return model.entry.table.version, _select(model, {"ids": ids, "scores": scores}, requested)
+    return model.entry.table.version, _select(model, {"embeddings": answered}, requested)
 
 
 def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] | None) -> list[tuple[str, np.ndarray]]:
@@ -295,7 +313,7 @@ def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] |
     return [(n, outputs[n]) for n in names]
 
 
-def _group_input(model: Model, inputs: dict[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
+def _group_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
     arr = inputs.get(name)
     if arr is None:
         return None
@@ -304,7 +322,7 @@ def _group_input(model: Model, inputs: dict[str, np.ndarray], name: str, kinds: 
     return arr.reshape(-1)
 
 
-def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str, Any]) -> MultiLookupRequest:
+def group_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> MultiLookupRequest:
     """A group model's inputs -> one concatenated multi-table request, every error naming the
     feature (or the input) it is about."""
     expected = {f.name + s for f in model.features for s in (VALUES_SUFFIX, LENGTHS_SUFFIX, WEIGHTS_SUFFIX)}
@@ -315,7 +333,6 @@ def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str,
             f"model {model.name!r} has no input {unknown[0]!r} (inputs are <feature>__values, <feature>__lengths "
             f"and optional <feature>__weights for the features {features})"
         )
-    mode = params.get("mode", DEFAULT_MODE)
     entries = []
     for f in model.features:
         values = _group_input(model, inputs, f.name + VALUES_SUFFIX, "iu", "INT64 or INT32 ids")
@@ -324,7 +341,6 @@ def group_request(model: Model, inputs: dict[str, np.ndarray], params: dict[str,
         for name, arr in ((VALUES_SUFFIX, values), (LENGTHS_SUFFIX, lengths)):
             if arr is None:
                 raise InvalidRequest(f"model {model.name!r} needs input '{f.name}{name}' for feature {f.name!r}")
-        entries.append(
-            TableLookup(f.table, values, lengths=lengths, weights=weights, mode=str(mode), label=f"feature {f.name!r}")
-        )
+        given = {"ids": values, "lengths": lengths, "weights": weights, "mode": params.get("mode")}
+        entries.append(lookup_request(f.table, given, label=f"feature {f.name!r}"))
     return MultiLookupRequest(tuple(entries), concat=True)

@@ -1,6 +1,6 @@
 """Typed requests of the core API: every default is written here once, and every transport (REST
-JSON, gRPC, Open Inference Protocol) builds these from the fields its caller actually gave, so an
-omitted field means the same thing on every transport.
+JSON and octet-stream, gRPC, Open Inference Protocol) builds these from the fields its caller
+actually gave, so an omitted field means the same thing on every transport.
 
 Array fields hold whatever the transport decoded (ndarrays or JSON lists); the core validates them.
 """
@@ -9,11 +9,48 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Final
 
 DEFAULT_K = 10
 DEFAULT_METRIC = "ip"
 DEFAULT_OVERSAMPLE = 1
+DEFAULT_MODE: Final = "sum"
+LOOKUP_ALIASES = {"keys": "ids", "per_sample_weights": "weights"}
+"""Other names a caller may give lookup fields by (keyed tables take keys; torch says per_sample_weights)."""
+
+
+@dataclass(frozen=True)
+class LookupRequest:
+    """One table's lookup, alone or as one entry of a multi-table request.
+
+    ids: (n,) int64 row ids, or keys on keyed tables. Bags are given by at most one of lengths (B,)
+    or offsets (B,) int64 (neither: the n rows come back unpooled); weights (n,) float32, the
+    per-sample weights of a weighted sum (mode "sum" only, as torch.nn.EmbeddingBag)."""
+
+    table: str
+    ids: Any = None
+    lengths: Any = None
+    offsets: Any = None
+    weights: Any = None
+    mode: Any = DEFAULT_MODE
+    label: str | None = None
+    """how errors name this entry of a multi-table request (default `tables[i] ('table')`)"""
+
+    @property
+    def pooled(self) -> bool:
+        return self.lengths is not None or self.offsets is not None
+
+
+TableLookup = LookupRequest
+"""An entry of a multi-table request is a one-table lookup."""
+
+
+@dataclass(frozen=True)
+class MultiLookupRequest:
+    """Many tables in one request; concat: one (B, Σ dim) array instead of one array a table."""
+
+    tables: tuple[LookupRequest, ...]
+    concat: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +80,56 @@ class ScoreRequest:
     metric: Any = DEFAULT_METRIC
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """Admin: serve the artifact directory `path` (inside the artifact root) as `table`."""
+
+    table: str
+    path: Any = None
+
+
+@dataclass(frozen=True)
+class UpsertRequest:
+    """Admin: keys (n,) int64 (row ids on dense tables) get rows (n, dim) float32; sequence: the
+    table's update sequence after this batch (None: one past the current)."""
+
+    table: str
+    keys: Any = None
+    rows: Any = None
+    sequence: Any = None
+
+
+@dataclass(frozen=True)
+class DeleteKeysRequest:
+    """Admin: delete keys (n,) int64 from a keyed table; sequence as for UpsertRequest."""
+
+    table: str
+    keys: Any = None
+    sequence: Any = None
+
+
+def load_request(table: str, given: Mapping[str, Any]) -> LoadRequest:
+    return LoadRequest(table, **_given(LoadRequest, given))
+
+
+def upsert_request(table: str, given: Mapping[str, Any]) -> UpsertRequest:
+    return UpsertRequest(table, **_given(UpsertRequest, given))
+
+
+def delete_keys_request(table: str, given: Mapping[str, Any]) -> DeleteKeysRequest:
+    return DeleteKeysRequest(table, **_given(DeleteKeysRequest, given))
+
+
+def lookup_request(table: str, given: Mapping[str, Any], label: str | None = None) -> LookupRequest:
+    """The fields a caller gave, by their names or `LOOKUP_ALIASES` (None or absent: the default;
+    a field's own name wins over its alias; unknown names ignored) -> request."""
+    canonical = dict(given)
+    for alias, name in LOOKUP_ALIASES.items():
+        if canonical.get(name) is None and alias in canonical:
+            canonical[name] = canonical[alias]
+    return LookupRequest(table, **_given(LookupRequest, canonical), label=label)
+
+
 def search_request(table: str, given: Mapping[str, Any]) -> SearchRequest:
     """The fields a caller gave (None or absent: the default; unknown names ignored) -> request."""
     return SearchRequest(table, **_given(SearchRequest, given))
@@ -53,5 +140,27 @@ def score_request(table: str, given: Mapping[str, Any]) -> ScoreRequest:
 
 
 def _given(kind: type, given: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(kind)} - {"table"}
+    names = {f.name for f in fields(kind)} - {"table", "label"}
     return {name: value for name, value in given.items() if name in names and value is not None}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """An Open Inference Protocol inference: the model (and optional version) by name, its input
+    tensors by name, the request's parameters (an input's own parameters merged in by the
+    transport), and the outputs asked for in order (None: every output)."""
+
+    model: str
+    inputs: Mapping[str, Any]
+    parameters: Mapping[str, Any]
+    version: str | None = None
+    outputs: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """The model that answered, its version at that moment, and [(output name, array)] in order."""
+
+    model: str
+    version: str
+    outputs: list[tuple[str, Any]]

@@ -1,7 +1,7 @@
 """HTTP transport (FastAPI): native /v1 API, Open Inference Protocol /v2, health, metrics, admin.
 
-Handlers parse, call `EmbeddingService`, and serialize. Errors are typed and turned into
-`{"error": "..."}` with the status from `service.errors` by one exception handler."""
+Handlers parse, call `EmbeddingService`, and serialize. Errors are typed; `service.errors` renders
+them (status and `{"error": "..."}` body) for the exception handler and the ASGI fronts alike."""
 
 from __future__ import annotations
 
@@ -24,8 +24,20 @@ from runtime.errors import EmbserveError, InvalidRequest
 from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
-from service.errors import public_message, status_for
-from service.requests import score_request, search_request
+from service.errors import render_error, send_http_error
+from service.requests import (
+    DEFAULT_MODE,
+    DeleteKeysRequest,
+    InferRequest,
+    LookupRequest,
+    UpsertRequest,
+    delete_keys_request,
+    load_request,
+    lookup_request,
+    score_request,
+    search_request,
+    upsert_request,
+)
 
 log = logging.getLogger("embserve")
 OCTET = "application/octet-stream"
@@ -54,9 +66,13 @@ def _json_default(value: Any) -> Any:
 # Request bodies, for the OpenAPI document; handlers parse the body themselves so array checks
 # (and their messages naming the offending id) stay in the runtime.
 class LookupBody(BaseModel):
-    ids: list[int] = Field(description="row ids, int64")
+    ids: list[int] = Field(description="row ids (keys on keyed tables; `keys` is accepted too), int64")
     offsets: list[int] | None = Field(None, description="EmbeddingBag offsets; when given the result is pooled")
-    mode: Literal["sum", "mean"] = "sum"
+    lengths: list[int] | None = Field(None, description="bag sizes (B,), instead of offsets; pooled result")
+    per_sample_weights: list[float] | None = Field(
+        None, description="(n,) weights of a weighted sum (mode sum, with bags); `weights` is accepted too"
+    )
+    mode: Literal["sum", "mean"] = DEFAULT_MODE
 
 
 class SearchBody(BaseModel):
@@ -122,7 +138,7 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
         raise InvalidRequest(
             f"octet-stream body must be little-endian int64 ids; {len(body)} bytes is not a multiple of 8"
         )
-    rows = await service.lookup(TRANSPORT, name, np.frombuffer(body, dtype="<i8"))
+    rows = await service.lookup(TRANSPORT, LookupRequest(name, np.frombuffer(body, dtype="<i8")))
     # a flat byte view of the gathered rows, not a copy of them
     flat = np.ascontiguousarray(rows, dtype="<f4").reshape(-1).view(np.uint8)
     return flat.data, f"{rows.shape[0]},{rows.shape[1]}"
@@ -190,12 +206,10 @@ class OctetLookupFastPath:
                 self.service.client_disconnected(TRANSPORT)
                 return
             payload_view, shape = await octet_lookup(self.service, match.group(1), body)
-        except EmbserveError as exc:
-            message = public_message(exc, self.service.settings.artifact_root)
-            await self._send(send, status_for(exc)[0], b"application/json", orjson.dumps({"error": message}))
         except Exception as exc:
-            log.exception("unexpected error", exc_info=exc)
-            await self._send(send, 500, b"application/json", b'{"error":"internal server error"}')
+            if not isinstance(exc, EmbserveError):
+                log.exception("unexpected error", exc_info=exc)
+            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
         else:
             extra = ((b"x-embserve-shape", shape.encode()), (b"x-embserve-dtype", b"float32"))
             await self._send(send, 200, OCTET.encode(), payload_view, extra)
@@ -237,7 +251,7 @@ def admitted_route(method: str, path: str) -> tuple[str, str] | None:
     if method == "POST" and (match := DATA_PLANE_PATH.fullmatch(path)) is not None:
         if match.group(3) is not None:
             model = match.group(3)
-            return "infer", model.removesuffix(oip.SEARCH_SUFFIX).removesuffix(oip.BAG_SUFFIX)
+            return "infer", oip.model_table(model)
         return match.group(2), match.group(1)
     if method == "PUT" and (match := ADMIN_PATH.fullmatch(path)) is not None:
         return "admin_load", match.group(1)
@@ -262,8 +276,7 @@ class AdmissionFront:
         try:
             slot.__enter__()
         except EmbserveError as exc:
-            body = orjson.dumps({"error": public_message(exc, self.service.settings.artifact_root)})
-            await OctetLookupFastPath._send(send, status_for(exc)[0], b"application/json", body)
+            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
         try:
             await self.app(scope, receive, send)
@@ -277,7 +290,13 @@ def create_asgi(service: EmbeddingService) -> AdmissionFront:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
+    """An error the HTTP layer finds itself (validation, routing); typed errors go through render_error."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def typed_error_response(exc: BaseException, service: EmbeddingService) -> Response:
+    error = render_error(exc, service.settings.artifact_root)
+    return Response(error.json_body(), status_code=error.http_status, media_type="application/json")
 
 
 def create_app(service: EmbeddingService) -> FastAPI:
@@ -288,8 +307,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
     )
 
     @app.exception_handler(EmbserveError)
-    async def _typed(_: Request, exc: EmbserveError) -> JSONResponse:
-        return error_response(status_for(exc)[0], public_message(exc, service.settings.artifact_root))
+    async def _typed(_: Request, exc: EmbserveError) -> Response:
+        return typed_error_response(exc, service)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -307,9 +326,9 @@ def create_app(service: EmbeddingService) -> FastAPI:
         return Response(status_code=400)  # nobody reads it: uvicorn drops a response to a closed connection
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "internal server error")
+        return typed_error_response(exc, service)
 
     # ---- native API ---------------------------------------------------------------------------
     # registered first: routes are matched in order, and these carry the traffic
@@ -330,9 +349,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
             )
         payload = parse_json_object(body)
-        rows = await service.lookup(
-            TRANSPORT, name, payload.get("ids"), payload.get("offsets"), payload.get("mode", "sum")
-        )
+        rows = await service.lookup(TRANSPORT, lookup_request(name, payload))
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
 
     @app.post("/v1/lookup", tags=["tables"])
@@ -381,7 +398,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.put("/v1/tables/{name}", tags=["admin"], openapi_extra=_body_doc(LoadBody))
     async def load(name: str, request: Request) -> Response:
         payload = parse_json_object(await read_body(service, request))
-        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), name, payload.get("path"))
+        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), load_request(name, payload))
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/upsert", tags=["admin"], openapi_extra=_body_doc(UpsertBody, octet=True))
@@ -392,11 +409,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
             service.authorize(auth)  # before parsing: an unauthorized caller learns nothing of the format
             keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
-            return FastJSON(await service.admin_upsert(TRANSPORT, auth, name, keys, rows, sequence))
-        payload = parse_json_object(body)
-        info = await service.admin_upsert(
-            TRANSPORT, auth, name, payload.get("keys"), payload.get("rows"), payload.get("sequence")
-        )
+            return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
+        info = await service.admin_upsert(TRANSPORT, auth, upsert_request(name, parse_json_object(body)))
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/delete", tags=["admin"], openapi_extra=_body_doc(DeleteKeysBody, octet=True))
@@ -407,9 +421,8 @@ def create_app(service: EmbeddingService) -> FastAPI:
             service.authorize(auth)
             keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
-            return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, name, keys, sequence))
-        payload = parse_json_object(body)
-        info = await service.admin_delete_keys(TRANSPORT, auth, name, payload.get("keys"), payload.get("sequence"))
+            return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))
+        info = await service.admin_delete_keys(TRANSPORT, auth, delete_keys_request(name, parse_json_object(body)))
         return FastJSON(info)
 
     @app.delete("/v1/tables/{name}", tags=["admin"])
@@ -432,32 +445,33 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.get("/v2/models/{model}", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}", tags=["inference"])
     async def model_metadata(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
+        resolved = service.resolve_model(model, version)
         return FastJSON(oip.model_metadata(resolved))
 
     @app.get("/v2/models/{model}/ready", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"])
     async def model_ready(model: str, version: str | None = None) -> Response:
-        oip.resolve(service, model, version)  # 404 for an unknown model or version
+        service.resolve_model(model, version)  # 404 for an unknown model or version
         return JSONResponse({"name": model, "ready": service.ready}, status_code=200 if service.ready else 503)
 
     @app.get("/v2/models/{model}/config", tags=["inference"])
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["inference"])
     async def model_config(model: str, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
+        resolved = service.resolve_model(model, version)
         return FastJSON(oip.model_config(resolved))
 
     @app.post("/v2/models/{model}/infer", tags=["inference"])
     @app.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"])
     async def model_infer(model: str, request: Request, version: str | None = None) -> Response:
-        resolved = oip.resolve(service, model, version)
         body = await read_body(service, request)
-        return await _infer_http(service, resolved, body, request.headers.get(OIP_HEADER_LENGTH))
+        return await _infer_http(service, model, version, body, request.headers.get(OIP_HEADER_LENGTH))
 
     return app
 
 
-async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, header_length: str | None) -> Response:
+async def _infer_http(
+    service: EmbeddingService, model: str, version: str | None, body: bytes, header_length: str | None
+) -> Response:
     """One OIP infer over HTTP, with Triton's binary tensor extension on inputs and outputs."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -509,7 +523,9 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
             raise InvalidRequest("'outputs' must be a list of objects with a name")
         requested = [o["name"] for o in raw_outputs]
         binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
-    version, results = await oip.infer(service, TRANSPORT, model, inputs, params, requested)
+    typed = InferRequest(model, inputs, params, version or None, requested)
+    result = await service.infer(TRANSPORT, typed)
+    results = result.outputs
     if requested is None and all_binary:
         binary_out = {name for name, _ in results}
     outputs: list[dict[str, Any]] = []
@@ -523,7 +539,7 @@ async def _infer_http(service: EmbeddingService, model: oip.Model, body: bytes, 
         else:
             entry["data"] = arr.reshape(-1)
         outputs.append(entry)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": version, "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": outputs}
     if isinstance(request.get("id"), str):
         answer["id"] = request["id"]
     header = orjson.dumps(answer, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)

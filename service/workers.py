@@ -143,21 +143,12 @@ class WorkerFront:
 
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime
-        from service.errors import public_message, status_for
+        from service.errors import not_applied_everywhere, render_error, send_http_error
 
         try:
             body = await _read_all(receive, self.service)
         except EmbserveError as exc:
-            message = public_message(exc, self.service.settings.artifact_root)
-            answer = json.dumps({"error": message}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status_for(exc)[0],
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": answer})
+            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
         if body is None:
             self.service.client_disconnected("http")
@@ -175,10 +166,9 @@ class WorkerFront:
                 failures = await replay_to_siblings(self.role, timeout, scope["method"], target, headers_out, body)
                 if failures:
                     log.error("admin change %s %s not applied everywhere: %s", scope["method"], scope["path"], failures)
-                    status, headers = 502, [(b"content-type", b"application/json")]
-                    answer = json.dumps(
-                        {"error": "applied by this worker but not by every worker: " + "; ".join(failures)}
-                    ).encode()
+                    error = render_error(not_applied_everywhere(failures), self.service.settings.artifact_root)
+                    status, headers = error.http_status, [(b"content-type", b"application/json")]
+                    answer = error.json_body()
         finally:
             lock.close()
         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
@@ -276,11 +266,10 @@ class ReplayingServicer:
             lock.close()
         if failures:
             log.error("gRPC admin change on %s not applied everywhere: %s", path, failures)
-            import grpc
+            from service.errors import not_applied_everywhere, render_error
 
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "applied by this worker but not by every worker: " + "; ".join(failures)
-            )
+            error = render_error(not_applied_everywhere(failures), self.service.settings.artifact_root)
+            await context.abort(error.grpc_code, error.message)
         return reply
 
     async def Upsert(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -1,7 +1,7 @@
 """gRPC transport: embserve.v1.EmbeddingService and inference.GRPCInferenceService (OIP).
 
 Servicers parse protobuf messages into numpy arrays, call `EmbeddingService`, and build replies.
-`grpc_errors` maps typed errors to status codes through `service.errors`, once for every method."""
+`grpc_errors` ends a failed call with the code and text `service.errors` renders, once for every method."""
 
 from __future__ import annotations
 
@@ -20,10 +20,18 @@ from google.protobuf.message import DecodeError
 from runtime.errors import EmbserveError, InvalidRequest
 from service import oip
 from service.core import EmbeddingService
-from service.errors import public_message, status_for
+from service.errors import render_error
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
-from service.multi import DEFAULT_MODE, MultiLookupRequest, TableLookup
-from service.requests import score_request, search_request
+from service.requests import (
+    InferRequest,
+    LookupRequest,
+    MultiLookupRequest,
+    delete_keys_request,
+    lookup_request,
+    score_request,
+    search_request,
+    upsert_request,
+)
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.generated import oip_v2_pb2 as ipb
@@ -52,19 +60,18 @@ def grpc_errors(method: Handler[R]) -> Handler[R]:
             if isinstance(request, Undecodable):
                 raise InvalidRequest(request.message)
             return await method(self, request, context)
-        except EmbserveError as exc:
-            code, message = status_for(exc)[1], public_message(exc, self.service.settings.artifact_root)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, "internal server error"
+        except Exception as exc:
+            if not isinstance(exc, EmbserveError):
+                log.exception("unexpected error in %s", method.__name__)
+            error = render_error(exc, self.service.settings.artifact_root)
         del request
         # status set and no response, rather than `context.abort`: grpcio keeps the AbortError that
         # abort raises on the call's state, and its traceback holds this frame and the context, a
         # cycle that outlives the call until a gc pass
-        context.set_code(code)
-        context.set_details(message)
+        context.set_code(error.grpc_code)
+        context.set_details(error.message)
         return None  # type: ignore[return-value]
 
     return wrapper
@@ -157,8 +164,8 @@ def _required_tensor(request: Any, field: str) -> np.ndarray:
     return tensor_to_array(getattr(request, field), field)
 
 
-def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> TableLookup:
-    """One MultiLookup entry -> TableLookup; a tensor error names the entry (tables[i].field)."""
+def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> LookupRequest:
+    """One MultiLookup entry -> LookupRequest; a tensor error names the entry (tables[i].field)."""
 
     def tensor(field: str) -> np.ndarray | None:
         if not entry.HasField(field):
@@ -168,9 +175,14 @@ def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> TableLookup:
     ids = tensor("ids")
     if ids is None:
         raise InvalidRequest(f"tables[{index}] ({entry.table!r}): ids are required")
-    return TableLookup(
-        entry.table, ids, tensor("lengths"), tensor("offsets"), tensor("weights"), entry.mode or DEFAULT_MODE
-    )
+    given = {
+        "ids": ids,
+        "lengths": tensor("lengths"),
+        "offsets": tensor("offsets"),
+        "weights": tensor("weights"),
+        "mode": entry.mode or None,  # proto3: "" is unset
+    }
+    return lookup_request(entry.table, given)
 
 
 def table_info(info: dict[str, Any]) -> pb.TableInfo:
@@ -241,9 +253,14 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
-        ids = _required_tensor(request, "ids")
-        offsets = _optional_tensor(request, "offsets")
-        rows = await self.service.lookup(TRANSPORT, request.table, ids, offsets, request.mode or "sum")
+        given = {
+            "ids": _required_tensor(request, "ids"),
+            "offsets": _optional_tensor(request, "offsets"),
+            "lengths": _optional_tensor(request, "lengths"),
+            "per_sample_weights": _optional_tensor(request, "per_sample_weights"),
+            "mode": request.mode or None,  # proto3: "" is unset
+        }
+        rows = await self.service.lookup(TRANSPORT, lookup_request(request.table, given))
         return pb.LookupResponse(embeddings=array_to_tensor(rows))
 
     @grpc_errors
@@ -290,26 +307,22 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
-        info = await self.service.admin_upsert(
-            TRANSPORT,
-            _authorization(context),
-            request.table,
-            tensor_to_array(request.keys, "keys"),
-            tensor_to_array(request.rows, "rows"),
-            request.sequence if request.HasField("sequence") else None,
-        )
+        given = {
+            "keys": _optional_tensor(request, "keys"),  # unset: the core says keys are required
+            "rows": _optional_tensor(request, "rows"),
+            "sequence": request.sequence if request.HasField("sequence") else None,
+        }
+        info = await self.service.admin_upsert(TRANSPORT, _authorization(context), upsert_request(request.table, given))
         return update_response(info)
 
     @grpc_errors
     async def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
-        info = await self.service.admin_delete_keys(
-            TRANSPORT,
-            _authorization(context),
-            request.table,
-            tensor_to_array(request.keys, "keys"),
-            request.sequence if request.HasField("sequence") else None,
-        )
-        return update_response(info)
+        given = {
+            "keys": _optional_tensor(request, "keys"),
+            "sequence": request.sequence if request.HasField("sequence") else None,
+        }
+        typed = delete_keys_request(request.table, given)
+        return update_response(await self.service.admin_delete_keys(TRANSPORT, _authorization(context), typed))
 
 
 CONTENT_FIELDS = {
@@ -352,7 +365,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: ipb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelReadyResponse:
-        oip.resolve(self.service, request.name, request.version)  # NOT_FOUND for an unknown model
+        self.service.resolve_model(request.name, request.version)  # NOT_FOUND for an unknown model
         return ipb.ModelReadyResponse(ready=self.service.ready)
 
     @grpc_errors
@@ -365,7 +378,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: ipb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelMetadataResponse:
-        model = oip.resolve(self.service, request.name, request.version)
+        model = self.service.resolve_model(request.name, request.version)
         meta = oip.model_metadata(model)
         tensor = ipb.ModelMetadataResponse.TensorMetadata
         return ipb.ModelMetadataResponse(
@@ -380,7 +393,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: ipb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelConfigResponse:
-        model = oip.resolve(self.service, request.name, request.version)
+        model = self.service.resolve_model(request.name, request.version)
         config = oip.model_config(model)
         return ipb.ModelConfigResponse(
             config=ipb.ModelConfig(
@@ -411,7 +424,6 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: ipb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> ipb.ModelInferResponse:
-        model = oip.resolve(self.service, request.model_name, request.model_version)
         params = {k: _param_value(v) for k, v in request.parameters.items()}
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
@@ -429,9 +441,10 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 values = list(getattr(tensor.contents, field))
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
-        version, results = await oip.infer(self.service, TRANSPORT, model, inputs, params, requested)
-        response = ipb.ModelInferResponse(model_name=model.name, model_version=version, id=request.id)
-        for name, arr in results:
+        typed = InferRequest(request.model_name, inputs, params, request.model_version or None, requested)
+        result = await self.service.infer(TRANSPORT, typed)
+        response = ipb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
+        for name, arr in result.outputs:
             response.outputs.add(name=name, datatype=oip.DATATYPE_OF[arr.dtype], shape=list(arr.shape))
             response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
         return response

@@ -20,6 +20,7 @@ import runtime
 from runtime.errors import InvalidRequest, TableNotFound
 from service import oip
 from service.core import EmbeddingService
+from service.requests import InferRequest
 from service.rpc.generated import oip_v2_pb2 as ipb
 from service.rpc.generated import oip_v2_pb2_grpc as ipb_grpc
 from service.settings import Settings, parse_groups
@@ -64,6 +65,14 @@ def test_group_specs_parse_and_refuse() -> None:
             parse_groups([bad])
 
 
+async def infer(
+    service: EmbeddingService, model: oip.Model, inputs: dict[str, np.ndarray], params: dict[str, Any]
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """One inference through the core, as both transports run it: (version, outputs)."""
+    result = await service.infer("test", InferRequest(model.name, inputs, params))
+    return result.version, result.outputs
+
+
 @pytest.fixture
 async def service() -> AsyncIterator[EmbeddingService]:
     svc = EmbeddingService(Settings(demo=False, groups=[GROUP, "broken=user:users+gone"]))
@@ -76,35 +85,35 @@ async def service() -> AsyncIterator[EmbeddingService]:
 
 async def test_group_model_in_process_matches_runtime_and_torch(service: EmbeddingService) -> None:
     tables = {name: service.store.get(name).table for name in ("users", "items")}
-    model = oip.resolve(service, "ranker")
+    model = service.resolve_model("ranker")
     assert [f.dim for f in model.features] == [8, 4, 4]
-    version, outputs = await oip.infer(service, "test", model, oip_inputs(lengths_dtype=np.int32), {})
+    version, outputs = await infer(service, model, oip_inputs(lengths_dtype=np.int32), {})
     assert [name for name, _ in outputs] == ["embeddings"]
     np.testing.assert_array_equal(outputs[0][1], expected(tables))
     assert outputs[0][1].shape == (3, 16) and outputs[0][1].dtype == np.float32
     assert version == model.version == oip.group_version([("users", "u1"), ("items", "i1"), ("items", "i1")])
-    _, weighted = await oip.infer(service, "test", model, oip_inputs(weights=True), {})
+    _, weighted = await infer(service, model, oip_inputs(weights=True), {})
     np.testing.assert_allclose(weighted[0][1], expected(tables, WEIGHTS), rtol=1e-6)
     torch = pytest.importorskip("torch")
     bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(X["users"]), mode="mean")
-    _, mean = await oip.infer(service, "test", model, oip_inputs(), {"mode": "mean"})
+    _, mean = await infer(service, model, oip_inputs(), {"mode": "mean"})
     want = bag(torch.tensor(VALUES["user"]), torch.tensor([0, 1, 4])).numpy()
     np.testing.assert_allclose(mean[0][1][:, :8], want, rtol=1e-6, atol=1e-6)
 
 
 async def test_group_version_follows_a_swap(service: EmbeddingService) -> None:
-    before = oip.resolve(service, "ranker").version
+    before = service.resolve_model("ranker").version
     service.store.put("items", runtime.compress(X["items"], "int8", version="i2"))
-    after = oip.resolve(service, "ranker")
+    after = service.resolve_model("ranker")
     assert after.version != before
     with pytest.raises(TableNotFound):
-        oip.resolve(service, "ranker", before)
-    version, _ = await oip.infer(service, "test", after, oip_inputs(), {})
+        service.resolve_model("ranker", before)
+    version, _ = await infer(service, after, oip_inputs(), {})
     assert version == after.version
 
 
 async def test_group_errors_name_the_feature(service: EmbeddingService) -> None:
-    model = oip.resolve(service, "ranker")
+    model = service.resolve_model("ranker")
     cases: list[tuple[dict[str, np.ndarray], str]] = [
         ({**oip_inputs(), "item__lengths": np.array([1, -1, 3])}, "feature 'item': lengths[1] = -1 is negative"),
         ({**oip_inputs(), "item__lengths": np.array([1, 1, 2])}, "feature 'item': lengths sum to 4 but 3 ids"),
@@ -118,9 +127,9 @@ async def test_group_errors_name_the_feature(service: EmbeddingService) -> None:
     ]
     for inputs, message in cases:
         with pytest.raises(InvalidRequest, match=message.replace("[", r"\[")):
-            await oip.infer(service, "test", model, inputs, {})
+            await infer(service, model, inputs, {})
     with pytest.raises(TableNotFound, match="gone"):
-        oip.resolve(service, "broken")
+        service.resolve_model("broken")
 
 
 # ---- live: REST and gRPC -----------------------------------------------------------------------

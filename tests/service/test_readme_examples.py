@@ -47,7 +47,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 def test_native_http_examples_run_as_written(demo_server: LiveServer, tmp_path: Path) -> None:
     require_binary("curl")
     commands = readme_commands("### Native HTTP API")
-    assert len(commands) == 8
+    assert len(commands) == 9
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     for command in commands:

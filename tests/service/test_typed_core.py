@@ -11,11 +11,25 @@ import httpx
 import numpy as np
 import pytest
 
-from service.requests import DEFAULT_K, SearchRequest, score_request, search_request
+from service.requests import (
+    DEFAULT_K,
+    DEFAULT_MODE,
+    DeleteKeysRequest,
+    LoadRequest,
+    LookupRequest,
+    SearchRequest,
+    UpsertRequest,
+    delete_keys_request,
+    load_request,
+    lookup_request,
+    score_request,
+    search_request,
+    upsert_request,
+)
 from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.servicers import array_to_tensor
-from tests.service.conftest import Served
+from tests.service.conftest import ADMIN_TOKEN, Served
 
 QUERY_IDS = np.array([5, 17, 300], np.int64)
 
@@ -76,3 +90,118 @@ def test_oip_search_takes_the_same_defaults(served: Served) -> None:
     assert ids["shape"] == [3, DEFAULT_K]
     want = np.array(rest_search(served, {"query_ids": QUERY_IDS.tolist()}).json()["ids"])
     np.testing.assert_array_equal(np.array(ids["data"]).reshape(3, DEFAULT_K), want)
+
+
+def test_lookup_defaults_and_aliases_are_written_once() -> None:
+    assert lookup_request("t", {}) == LookupRequest("t")
+    assert LookupRequest("t").mode == DEFAULT_MODE == "sum" and not LookupRequest("t").pooled
+    given = lookup_request("t", {"keys": [7], "per_sample_weights": [0.5], "lengths": [1], "mode": None})
+    assert (given.ids, given.weights, given.lengths, given.mode, given.pooled) == ([7], [0.5], [1], "sum", True)
+    # a field's own name wins over its alias; a multi-table entry keeps the label errors name it by
+    both = lookup_request("t", {"ids": [1], "keys": [2], "weights": [3.0], "per_sample_weights": [4.0]}, label="f")
+    assert (both.ids, both.weights, both.label) == ([1], [3.0], "f")
+
+
+BAG_IDS = np.array([3, 9, 9, 41, 7, 0], np.int64)
+BAG_LENGTHS = np.array([2, 0, 4], np.int64)
+BAG_WEIGHTS = np.array([0.5, -1.0, 2.0, 0.25, 1.5, 3.0], np.float32)
+
+
+def test_weighted_bags_by_lengths_agree_over_every_transport(served: Served) -> None:
+    """lengths + per_sample_weights over REST JSON, gRPC and the OIP bag model, mode left out
+    everywhere: the weighted sum (the one default), equal to the runtime's own pooled lookup."""
+    offsets = np.array([0, 2, 2], np.int64)
+    want = served.tables["items"].lookup_pooled(BAG_IDS, offsets, "sum", BAG_WEIGHTS)
+    unweighted = served.tables["items"].lookup_pooled(BAG_IDS, offsets, "sum")
+    assert not np.allclose(want, unweighted)  # the weights must matter for this test to mean anything
+    body = {"ids": BAG_IDS.tolist(), "lengths": BAG_LENGTHS.tolist(), "per_sample_weights": BAG_WEIGHTS.tolist()}
+    r = httpx.post(f"{served.server.http}/v1/tables/items/lookup", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["embeddings"]), want, rtol=1e-5, atol=1e-5)
+    with grpc.insecure_channel(served.server.grpc) as channel:
+        reply = pb_grpc.EmbeddingServiceStub(channel).Lookup(
+            pb.LookupRequest(
+                table="items",
+                ids=array_to_tensor(BAG_IDS),
+                lengths=array_to_tensor(BAG_LENGTHS),
+                per_sample_weights=array_to_tensor(BAG_WEIGHTS),
+            )
+        )
+    np.testing.assert_allclose(as_array(reply.embeddings), want, rtol=1e-5, atol=1e-5)
+    inputs = [
+        {"name": "ids", "datatype": "INT64", "shape": [6], "data": BAG_IDS.tolist()},
+        {"name": "lengths", "datatype": "INT64", "shape": [3], "data": BAG_LENGTHS.tolist()},
+        {"name": "per_sample_weights", "datatype": "FP32", "shape": [6], "data": BAG_WEIGHTS.tolist()},
+    ]
+    r = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": inputs}, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"per_sample_weights": BAG_WEIGHTS}, "weights need bags"),
+        ({"lengths": BAG_LENGTHS, "offsets": np.array([0, 2, 2])}, "not both"),
+        ({"lengths": np.array([2, 0, 3])}, "lengths sum to 5 but 6 ids"),
+        ({"lengths": BAG_LENGTHS, "per_sample_weights": BAG_WEIGHTS, "mode": "mean"}, 'only supported with mode "sum"'),
+    ],
+)
+def test_rest_and_grpc_refuse_bad_bags_alike(served: Served, fields: dict[str, Any], message: str) -> None:
+    body = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()}
+    r = httpx.post(f"{served.server.http}/v1/tables/items/lookup", json={"ids": BAG_IDS.tolist(), **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    tensors = {k: array_to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in fields.items()}
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.EmbeddingServiceStub(channel).Lookup(
+            pb.LookupRequest(table="items", ids=array_to_tensor(BAG_IDS), **tensors)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == r.json()["error"] and message in r.json()["error"], r.json()
+
+
+def test_admin_requests_take_their_defaults_once() -> None:
+    assert upsert_request("t", {"keys": [1], "rows": [[0.5]], "sequence": None}) == UpsertRequest("t", [1], [[0.5]])
+    assert delete_keys_request("t", {"keys": [1], "unknown": 2}) == DeleteKeysRequest("t", [1])
+    assert load_request("t", {}) == LoadRequest("t") and LoadRequest("t").path is None
+
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "fields", "message"),
+    [
+        ("upsert", {}, "keys is required"),
+        ("upsert", {"keys": np.array([1], np.int64)}, "rows is required"),
+        ("delete", {}, "keys is required"),
+        ("delete", {"keys": np.array([1], np.int64), "sequence": -3}, "sequence must be a non-negative integer"),
+    ],
+)
+def test_rest_and_grpc_admin_updates_refuse_alike(
+    served: Served, operation: str, fields: dict[str, Any], message: str
+) -> None:
+    """A field left out of an update is the same error on both transports (over gRPC an unset
+    Tensor used to be parsed into a complaint about its empty dtype)."""
+    body = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()}
+    r = httpx.post(f"{served.server.http}/v1/tables/items/{operation}", json=body, headers=ADMIN, timeout=30)
+    assert r.status_code == 400, r.text
+    given = {k: array_to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in fields.items()}
+    with grpc.insecure_channel(served.server.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        # sequence is int64 in the proto: -3 reaches the core, which refuses it as for REST
+        call = (
+            (lambda: stub.Upsert(pb.UpsertRequest(table="items", **given), metadata=tuple(ADMIN.items())))
+            if operation == "upsert"
+            else (lambda: stub.DeleteKeys(pb.DeleteKeysRequest(table="items", **given), metadata=tuple(ADMIN.items())))
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == r.json()["error"] and message in r.json()["error"], r.json()
+
+
+def test_an_admin_load_without_a_path_is_refused(served: Served) -> None:
+    r = httpx.put(f"{served.server.http}/v1/tables/items", json={}, headers=ADMIN, timeout=30)
+    assert r.status_code == 400 and "path must be a non-empty string" in r.json()["error"], r.text

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x65mbserve.proto\x12\x0b\x65mbserve.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x13\n\x11ListTablesRequest\"\x94\x03\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0b\n\x03\x64im\x18\x03 \x01(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x14\n\x0crerank_codec\x18\x06 \x01(\t\x12\x0e\n\x06nbytes\x18\x07 \x01(\x03\x12\x13\n\x0b\x66p32_nbytes\x18\x08 \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\t\x12\x11\n\tloaded_at\x18\x0b \x01(\t\x12\x0f\n\x07metrics\x18\x0c \x03(\t\x12\r\n\x05keyed\x18\r \x01(\x08\x12\x0f\n\x07missing\x18\x0e \x01(\t\x12$\n\x05tiers\x18\x0f \x03(\x0b\x32\x15.embserve.v1.TierInfo\x12\x12\n\ndelta_rows\x18\x10 \x01(\x03\x12\x13\n\x0b\x64\x65lta_slots\x18\x11 \x01(\x03\x12\x16\n\x0e\x64\x65lta_capacity\x18\x12 \x01(\x03\x12\x10\n\x08sequence\x18\x13 \x01(\x03\x12\x16\n\x0elast_update_id\x18\x14 \x01(\t\"o\n\x08TierInfo\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x14\n\x0crerank_codec\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06nbytes\x18\x06 \x01(\x03\"<\n\x12ListTablesResponse\x12&\n\x06tables\x18\x01 \x03(\x0b\x32\x16.embserve.v1.TableInfo\"%\n\x14\x44\x65scribeTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"t\n\rLookupRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x03ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07offsets\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0c\n\x04mode\x18\x04 \x01(\t\"9\n\x0eLookupResponse\x12\'\n\nembeddings\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\xd2\x01\n\rSearchRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12&\n\tquery_ids\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0e\n\x01k\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x12\n\noversample\x18\x06 \x01(\x03\x12\x19\n\x0c\x65xclude_self\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x04\n\x02_kB\x0f\n\r_exclude_self\"W\n\x0eSearchResponse\x12 \n\x03ids\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12#\n\x06scores\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\xa7\x01\n\x0cScoreRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12*\n\rcandidate_ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07queries\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12&\n\tquery_ids\x18\x04 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0e\n\x06metric\x18\x05 \x01(\t\"4\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\x88\x01\n\rUpsertRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12!\n\x04keys\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12!\n\x04rows\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x15\n\x08sequence\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_sequence\"i\n\x11\x44\x65leteKeysRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12!\n\x04keys\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x15\n\x08sequence\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_sequence\"t\n\x0eUpdateResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x03\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\ndelta_rows\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65lta_slots\x18\x04 \x01(\x03\x12\x16\n\x0e\x64\x65lta_capacity\x18\x05 \x01(\x03\"\xc3\x01\n\x10MultiLookupEntry\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x03ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07lengths\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07offsets\x18\x04 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07weights\x18\x05 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0c\n\x04mode\x18\x06 \x01(\t\"S\n\x12MultiLookupRequest\x12-\n\x06tables\x18\x01 \x03(\x0b\x32\x1d.embserve.v1.MultiLookupEntry\x12\x0e\n\x06\x63oncat\x18\x02 \x01(\x08\"Z\n\x0fTableEmbeddings\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\nembeddings\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\"o\n\x13MultiLookupResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.embserve.v1.TableEmbeddings\x12)\n\x0c\x63oncatenated\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor2\xd3\x04\n\x10\x45mbeddingService\x12M\n\nListTables\x12\x1e.embserve.v1.ListTablesRequest\x1a\x1f.embserve.v1.ListTablesResponse\x12J\n\rDescribeTable\x12!.embserve.v1.DescribeTableRequest\x1a\x16.embserve.v1.TableInfo\x12\x41\n\x06Lookup\x12\x1a.embserve.v1.LookupRequest\x1a\x1b.embserve.v1.LookupResponse\x12\x41\n\x06Search\x12\x1a.embserve.v1.SearchRequest\x1a\x1b.embserve.v1.SearchResponse\x12>\n\x05Score\x12\x19.embserve.v1.ScoreRequest\x1a\x1a.embserve.v1.ScoreResponse\x12\x41\n\x06Upsert\x12\x1a.embserve.v1.UpsertRequest\x1a\x1b.embserve.v1.UpdateResponse\x12I\n\nDeleteKeys\x12\x1e.embserve.v1.DeleteKeysRequest\x1a\x1b.embserve.v1.UpdateResponse\x12P\n\x0bMultiLookup\x12\x1f.embserve.v1.MultiLookupRequest\x1a .embserve.v1.MultiLookupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x65mbserve.proto\x12\x0b\x65mbserve.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x13\n\x11ListTablesRequest\"\x94\x03\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0b\n\x03\x64im\x18\x03 \x01(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x14\n\x0crerank_codec\x18\x06 \x01(\t\x12\x0e\n\x06nbytes\x18\x07 \x01(\x03\x12\x13\n\x0b\x66p32_nbytes\x18\x08 \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\t\x12\x11\n\tloaded_at\x18\x0b \x01(\t\x12\x0f\n\x07metrics\x18\x0c \x03(\t\x12\r\n\x05keyed\x18\r \x01(\x08\x12\x0f\n\x07missing\x18\x0e \x01(\t\x12$\n\x05tiers\x18\x0f \x03(\x0b\x32\x15.embserve.v1.TierInfo\x12\x12\n\ndelta_rows\x18\x10 \x01(\x03\x12\x13\n\x0b\x64\x65lta_slots\x18\x11 \x01(\x03\x12\x16\n\x0e\x64\x65lta_capacity\x18\x12 \x01(\x03\x12\x10\n\x08sequence\x18\x13 \x01(\x03\x12\x16\n\x0elast_update_id\x18\x14 \x01(\t\"o\n\x08TierInfo\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x14\n\x0crerank_codec\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12\x0e\n\x06nbytes\x18\x06 \x01(\x03\"<\n\x12ListTablesResponse\x12&\n\x06tables\x18\x01 \x03(\x0b\x32\x16.embserve.v1.TableInfo\"%\n\x14\x44\x65scribeTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"\xcb\x01\n\rLookupRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x03ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07offsets\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12$\n\x07lengths\x18\x05 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12/\n\x12per_sample_weights\x18\x06 \x01(\x0b\x32\x13.embserve.v1.Tensor\"9\n\x0eLookupResponse\x12\'\n\nembeddings\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\xd2\x01\n\rSearchRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12&\n\tquery_ids\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0e\n\x01k\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x12\n\noversample\x18\x06 \x01(\x03\x12\x19\n\x0c\x65xclude_self\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x04\n\x02_kB\x0f\n\r_exclude_self\"W\n\x0eSearchResponse\x12 \n\x03ids\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12#\n\x06scores\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\xa7\x01\n\x0cScoreRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12*\n\rcandidate_ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07queries\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12&\n\tquery_ids\x18\x04 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0e\n\x06metric\x18\x05 \x01(\t\"4\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x01(\x0b\x32\x13.embserve.v1.Tensor\"\x88\x01\n\rUpsertRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12!\n\x04keys\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12!\n\x04rows\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x15\n\x08sequence\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_sequence\"i\n\x11\x44\x65leteKeysRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12!\n\x04keys\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x15\n\x08sequence\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_sequence\"t\n\x0eUpdateResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x03\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\ndelta_rows\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65lta_slots\x18\x04 \x01(\x03\x12\x16\n\x0e\x64\x65lta_capacity\x18\x05 \x01(\x03\"\xc3\x01\n\x10MultiLookupEntry\x12\r\n\x05table\x18\x01 \x01(\t\x12 \n\x03ids\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07lengths\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07offsets\x18\x04 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12$\n\x07weights\x18\x05 \x01(\x0b\x32\x13.embserve.v1.Tensor\x12\x0c\n\x04mode\x18\x06 \x01(\t\"S\n\x12MultiLookupRequest\x12-\n\x06tables\x18\x01 \x03(\x0b\x32\x1d.embserve.v1.MultiLookupEntry\x12\x0e\n\x06\x63oncat\x18\x02 \x01(\x08\"Z\n\x0fTableEmbeddings\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\nembeddings\x18\x03 \x01(\x0b\x32\x13.embserve.v1.Tensor\"o\n\x13MultiLookupResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.embserve.v1.TableEmbeddings\x12)\n\x0c\x63oncatenated\x18\x02 \x01(\x0b\x32\x13.embserve.v1.Tensor2\xd3\x04\n\x10\x45mbeddingService\x12M\n\nListTables\x12\x1e.embserve.v1.ListTablesRequest\x1a\x1f.embserve.v1.ListTablesResponse\x12J\n\rDescribeTable\x12!.embserve.v1.DescribeTableRequest\x1a\x16.embserve.v1.TableInfo\x12\x41\n\x06Lookup\x12\x1a.embserve.v1.LookupRequest\x1a\x1b.embserve.v1.LookupResponse\x12\x41\n\x06Search\x12\x1a.embserve.v1.SearchRequest\x1a\x1b.embserve.v1.SearchResponse\x12>\n\x05Score\x12\x19.embserve.v1.ScoreRequest\x1a\x1a.embserve.v1.ScoreResponse\x12\x41\n\x06Upsert\x12\x1a.embserve.v1.UpsertRequest\x1a\x1b.embserve.v1.UpdateResponse\x12I\n\nDeleteKeys\x12\x1e.embserve.v1.DeleteKeysRequest\x1a\x1b.embserve.v1.UpdateResponse\x12P\n\x0bMultiLookup\x12\x1f.embserve.v1.MultiLookupRequest\x1a .embserve.v1.MultiLookupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,32 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTABLESRESPONSE']._serialized_end=686
   _globals['_DESCRIBETABLEREQUEST']._serialized_start=688
   _globals['_DESCRIBETABLEREQUEST']._serialized_end=725
-  _globals['_LOOKUPREQUEST']._serialized_start=727
-  _globals['_LOOKUPREQUEST']._serialized_end=843
-  _globals['_LOOKUPRESPONSE']._serialized_start=845
-  _globals['_LOOKUPRESPONSE']._serialized_end=902
-  _globals['_SEARCHREQUEST']._serialized_start=905
-  _globals['_SEARCHREQUEST']._serialized_end=1115
-  _globals['_SEARCHRESPONSE']._serialized_start=1117
-  _globals['_SEARCHRESPONSE']._serialized_end=1204
-  _globals['_SCOREREQUEST']._serialized_start=1207
-  _globals['_SCOREREQUEST']._serialized_end=1374
-  _globals['_SCORERESPONSE']._serialized_start=1376
-  _globals['_SCORERESPONSE']._serialized_end=1428
-  _globals['_UPSERTREQUEST']._serialized_start=1431
-  _globals['_UPSERTREQUEST']._serialized_end=1567
-  _globals['_DELETEKEYSREQUEST']._serialized_start=1569
-  _globals['_DELETEKEYSREQUEST']._serialized_end=1674
-  _globals['_UPDATERESPONSE']._serialized_start=1676
-  _globals['_UPDATERESPONSE']._serialized_end=1792
-  _globals['_MULTILOOKUPENTRY']._serialized_start=1795
-  _globals['_MULTILOOKUPENTRY']._serialized_end=1990
-  _globals['_MULTILOOKUPREQUEST']._serialized_start=1992
-  _globals['_MULTILOOKUPREQUEST']._serialized_end=2075
-  _globals['_TABLEEMBEDDINGS']._serialized_start=2077
-  _globals['_TABLEEMBEDDINGS']._serialized_end=2167
-  _globals['_MULTILOOKUPRESPONSE']._serialized_start=2169
-  _globals['_MULTILOOKUPRESPONSE']._serialized_end=2280
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2283
-  _globals['_EMBEDDINGSERVICE']._serialized_end=2878
+  _globals['_LOOKUPREQUEST']._serialized_start=728
+  _globals['_LOOKUPREQUEST']._serialized_end=931
+  _globals['_LOOKUPRESPONSE']._serialized_start=933
+  _globals['_LOOKUPRESPONSE']._serialized_end=990
+  _globals['_SEARCHREQUEST']._serialized_start=993
+  _globals['_SEARCHREQUEST']._serialized_end=1203
+  _globals['_SEARCHRESPONSE']._serialized_start=1205
+  _globals['_SEARCHRESPONSE']._serialized_end=1292
+  _globals['_SCOREREQUEST']._serialized_start=1295
+  _globals['_SCOREREQUEST']._serialized_end=1462
+  _globals['_SCORERESPONSE']._serialized_start=1464
+  _globals['_SCORERESPONSE']._serialized_end=1516
+  _globals['_UPSERTREQUEST']._serialized_start=1519
+  _globals['_UPSERTREQUEST']._serialized_end=1655
+  _globals['_DELETEKEYSREQUEST']._serialized_start=1657
+  _globals['_DELETEKEYSREQUEST']._serialized_end=1762
+  _globals['_UPDATERESPONSE']._serialized_start=1764
+  _globals['_UPDATERESPONSE']._serialized_end=1880
+  _globals['_MULTILOOKUPENTRY']._serialized_start=1883
+  _globals['_MULTILOOKUPENTRY']._serialized_end=2078
+  _globals['_MULTILOOKUPREQUEST']._serialized_start=2080
+  _globals['_MULTILOOKUPREQUEST']._serialized_end=2163
+  _globals['_TABLEEMBEDDINGS']._serialized_start=2165
+  _globals['_TABLEEMBEDDINGS']._serialized_end=2255
+  _globals['_MULTILOOKUPRESPONSE']._serialized_start=2257
+  _globals['_MULTILOOKUPRESPONSE']._serialized_end=2368
+  _globals['_EMBEDDINGSERVICE']._serialized_start=2371
+  _globals['_EMBEDDINGSERVICE']._serialized_end=2966
 # @@protoc_insertion_point(module_scope)

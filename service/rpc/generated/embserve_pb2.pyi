@@ -93,16 +93,20 @@ class DescribeTableRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "ids", "offsets", "mode")
+    __slots__ = ("table", "ids", "offsets", "mode", "lengths", "per_sample_weights")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    PER_SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     table: str
     ids: Tensor
     offsets: Tensor
     mode: str
-    def __init__(self, table: _Optional[str] = ..., ids: _Optional[_Union[Tensor, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+    lengths: Tensor
+    per_sample_weights: Tensor
+    def __init__(self, table: _Optional[str] = ..., ids: _Optional[_Union[Tensor, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[str] = ..., lengths: _Optional[_Union[Tensor, _Mapping]] = ..., per_sample_weights: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("embeddings",)
