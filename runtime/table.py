@@ -659,6 +659,9 @@ class Table:
         self.tiers[0].search(probe, 1, metric, 2)
         if len(self.tiers) > 1 or self.keys is not None:
             self._search_rows(probe, 1, metric, 2, view)
+        # what a request adds around the codecs' kernels: the id check's and weighted pooling's
+        check_ids(np.zeros(1, np.int64), self.rows)
+        weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))
 
 
 def _merge_rows(

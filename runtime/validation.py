@@ -16,6 +16,14 @@ INT64_MAX = int(np.iinfo(np.int64).max)
 INT64_LIMIT_FLOAT = 2.0**63  # the first float past int64's range
 
 
+def writable(arr: np.ndarray) -> np.ndarray:
+    """arr itself, or a copy where it is read-only. numba compiles a read-only array as another
+    type: a request body's `np.frombuffer` view would compile each kernel it reaches once more
+    (seconds, on the request) beside the variants warm-up built, so request arrays reach the
+    kernels writable. Request arrays are small; a copy is the price of a read-only one only."""
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def check_table_input(x: Any) -> np.ndarray:
     """Return the training table as C-contiguous float32 `(n, d)`.
 
@@ -55,6 +63,7 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     """Return ids as a C-contiguous int64 `(n,)` array, every one in `[0, rows)`."""
     if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1 and ids.flags.c_contiguous:
         # the hot path of a lookup (a few µs a call matter): the bounds in one kernel pass
+        ids = writable(ids)
         pos = first_out_of_range(ids, rows)
         if pos >= 0:
             raise IdOutOfRange(int(ids[pos]), pos, rows, field)
@@ -85,7 +94,7 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     if out.min() < 0 or out.max() >= rows:
         pos = int(np.flatnonzero((out < 0) | (out >= rows))[0])
         raise IdOutOfRange(int(out[pos]), pos, rows, field)
-    return out
+    return writable(out)
 
 
 def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
@@ -99,7 +108,7 @@ def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
         raise InvalidRequest(f"{field} hold a value too large for int64")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return writable(np.ascontiguousarray(arr, dtype=np.int64))
 
 
 def check_id_matrix(ids: Any, rows: int, field: str = "candidate_ids") -> np.ndarray:
@@ -128,7 +137,7 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"{field}[{row}] contains NaN or Inf")
-    return out
+    return writable(out)
 
 
 def check_k(k: Any, field: str = "k") -> int:
@@ -157,7 +166,7 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
         raise InvalidRequest(f"offsets must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"offsets must be 1-D, got shape {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=np.int64)
+    out = writable(np.ascontiguousarray(arr, dtype=np.int64))
     if out.size == 0:
         return out
     if out[0] != 0:
@@ -184,4 +193,4 @@ def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -
     if not finite.all():
         pos = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"{field}[{pos}] is NaN or Inf")
-    return out
+    return writable(out)
