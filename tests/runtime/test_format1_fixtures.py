@@ -24,8 +24,11 @@ def test_format1_fixture_answers_identically(name: str) -> None:
         expected = {key: stored[key] for key in stored.files}
     got = answers(table, {key: expected[key] for key in INPUTS})
     assert set(got) == set(expected) - set(INPUTS)
+    # an OPQ table's rows are rotated back by a BLAS product, whose summation order is the CPU's
+    # (OpenBLAS picks its kernel by instruction set): exact only on the CPU family that wrote them
+    rotated = bool(FIXTURES[name][1].get("opq"))
     for key, value in got.items():
-        if key.endswith("_ids") or key.startswith(("lookup", "bags")):
+        if key.endswith("_ids") or (key.startswith(("lookup", "bags")) and not rotated):
             np.testing.assert_array_equal(value, expected[key], err_msg=f"{name}: {key}")
         else:
             # scan kernels may sum in another order on another CPU: scores agree to float32 rounding
