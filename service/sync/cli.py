@@ -176,14 +176,17 @@ def cmd_push(args: argparse.Namespace) -> int:
         if args.rows is None:
             raise InvalidRequest("--keys needs --rows")
         keys, rows = _load_npy(args.keys, "--keys"), _load_npy(args.rows, "--rows")
-    client = connection.sync_client(url, args.redis_cluster)
+    client = None
     try:
+        # inside the try: a cluster client connects as it is made
+        client = connection.sync_client(url, args.redis_cluster)
         ids = updates.push(client, args.table, keys, rows, base_version=args.base_version, batch_rows=args.batch_rows)
     except connection.FAILURES as exc:
         print(f"embserve push: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     op = "deletes" if rows is None else "upserts"
     print(
         json.dumps(

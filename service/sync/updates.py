@@ -59,6 +59,10 @@ READ_COUNT = 512
 for the apply interval)."""
 BLOCK_MS = 1000
 """How long a caught-up replica's XREAD waits for a new entry before it looks again."""
+MAX_READ_THREADS = 256
+"""Update-log reads in flight at once. Every followed table keeps one read blocked for up to
+BLOCK_MS, so a pool smaller than the tables served would queue a busy table's read behind idle
+ones; the pool starts a thread only when reads overlap, so a few tables cost a few threads."""
 OPS = ("upsert", "delete")
 DEADLETTER_MAXLEN = 100_000
 """The dead-letter stream keeps about this many refused entries (older ones are trimmed)."""
@@ -290,8 +294,10 @@ class UpdateApplier:
         # receiving and parsing it on the loop would hold up the requests it serves meanwhile
         # (made on first read, in its thread: a cluster client connects as it is made)
         self.reader: Any = None
+        self._reader_lock = threading.Lock()
+        self._closed = False
         self.read_executor = ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="embserve-update-reads", initializer=lower_thread_priority
+            max_workers=MAX_READ_THREADS, thread_name_prefix="embserve-update-reads", initializer=lower_thread_priority
         )
         # one thread applies every entry: entries of a table apply in stream order
         self.executor = ThreadPoolExecutor(
@@ -351,10 +357,19 @@ class UpdateApplier:
         return len(entries)
 
     def _xread(self, stream: str, position: str, block_ms: int | None) -> Any:
-        if self.reader is None:
-            settings = self.sync.settings
-            self.reader = connection.sync_client(settings.redis_url or "", settings.redis_cluster)
-        return self.reader.xread({stream: position}, count=READ_COUNT, block=block_ms)
+        return self._reader().xread({stream: position}, count=READ_COUNT, block=block_ms)
+
+    def _reader(self) -> Any:
+        """The one sync client every read thread shares, made by the first read that needs it
+        (under a lock: reads of several tables start together, and a client made after `stop`
+        would never be closed)."""
+        with self._reader_lock:
+            if self._closed:
+                raise RuntimeError("the update applier is stopped")
+            if self.reader is None:
+                settings = self.sync.settings
+                self.reader = connection.sync_client(settings.redis_url or "", settings.redis_cluster)
+            return self.reader
 
     async def catch_up(self, name: str, table: Table) -> int:
         """Apply every entry after the table's position, until the stream has no more (before a
@@ -418,8 +433,11 @@ class UpdateApplier:
                 await task
         with contextlib.suppress(Exception):
             await self.client.aclose()
-        if self.reader is not None:
+        with self._reader_lock:
+            self._closed = True
+            reader, self.reader = self.reader, None
+        if reader is not None:
             with contextlib.suppress(Exception):
-                self.reader.close()
+                reader.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.read_executor.shutdown(wait=False, cancel_futures=True)
