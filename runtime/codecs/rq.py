@@ -51,10 +51,10 @@ NARROW = 32
 matrix product: the products' (n, K) output would cost more memory traffic than the arithmetic."""
 NORM_LEVELS = 255
 KMEANS_POINTS_PER_CENTROID = 256
+"""Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
 VALIDATION_ROWS = 2048
 """Rows outside the training sample (at most; an eighth of the sample if that is more) that judge
 each refinement round."""
-"""Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*$", re.IGNORECASE)
 
 
@@ -264,10 +264,10 @@ def training_rows(n: int, take: int, rng: np.random.Generator) -> tuple[np.ndarr
     (sorted, none when the sample is every row). (take,) and (v,) int64."""
     if take >= n:
         return np.arange(n, dtype=np.int64), np.zeros(0, np.int64)
-    sample = np.sort(rng.choice(n, take, replace=False))
-    rest = np.setdiff1d(np.arange(n, dtype=np.int64), sample, assume_unique=True)
-    held = rng.choice(rest.shape[0], min(rest.shape[0], max(VALIDATION_ROWS, take // 8)), replace=False)
-    return sample, np.sort(rest[held])
+    held = min(n - take, max(VALIDATION_ROWS, take // 8))
+    # one draw of distinct rows, split: memory in the rows drawn, not in the table's n
+    drawn = rng.choice(n, take + held, replace=False).astype(np.int64)
+    return np.sort(drawn[:take]), np.sort(drawn[take:])
 
 
 def refine_codebooks(codebooks: np.ndarray, codes: np.ndarray, residual: np.ndarray) -> None:
