@@ -20,7 +20,7 @@ import numpy as np
 from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
-from runtime.kernels import dense, weighted
+from runtime.kernels import checks, dense, weighted
 from runtime.kernels.hashmap import KeyMap
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
@@ -661,6 +661,8 @@ class Table:
             self._search_rows(probe, 1, metric, 2, view)
         # what a request adds around the codecs' kernels: the id check's and weighted pooling's
         check_ids(np.zeros(1, np.int64), self.rows)
+        check_offsets(np.zeros(1, np.int64), 1)
+        checks.offsets_of_lengths(np.zeros(1, np.int64))
         weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import InvalidRequest, KeyNotFound, PayloadTooLarge, TableNotFound
+from runtime.kernels import checks
 from runtime.store import TableStore
 from runtime.table import POOL_MODES, Table
-from runtime.validation import check_ids, check_keys, check_offsets, check_weights
+from runtime.validation import check_ids, check_keys, check_offsets, check_weights, writable
 from service.requests import DEFAULT_MODE, LookupRequest, MultiLookupRequest, TableLookup, lookup_request
 
 LENGTHS_OR_OFFSETS = "give lengths or offsets, not both"
@@ -88,15 +89,13 @@ def _int_array(value: Any, field: str) -> np.ndarray:
 
 def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
     """lengths (B,) non-negative, summing to n_ids -> offsets (B,) int64."""
-    arr = _int_array(lengths, "lengths")
-    if (arr < 0).any():
-        pos = int(np.flatnonzero(arr < 0)[0])
-        raise InvalidRequest(f"lengths[{pos}] = {int(arr[pos])} is negative")
-    total = int(arr.sum())
+    arr = writable(np.ascontiguousarray(_int_array(lengths, "lengths")))
+    # one kernel pass (a request carries lengths for every table it reads)
+    offsets, negative, total = checks.offsets_of_lengths(arr)
+    if negative >= 0:
+        raise InvalidRequest(f"lengths[{negative}] = {int(arr[negative])} is negative")
     if total != n_ids:
         raise InvalidRequest(f"lengths sum to {total} but {n_ids} ids were given")
-    offsets = np.zeros(arr.shape[0], np.int64)
-    np.cumsum(arr[:-1], out=offsets[1:])
     return offsets
 
 

@@ -19,3 +19,57 @@ def first_out_of_range_numpy(ids: np.ndarray, rows: int) -> int:
     """Twin of `first_out_of_range`."""
     bad = np.flatnonzero((ids < 0) | (ids >= rows))
     return int(bad[0]) if bad.size else -1
+
+
+@njit(nogil=True, cache=True)
+def first_bad_offset(offsets: np.ndarray, n_ids: int) -> int:
+    """offsets (B,) int64 -> -1 when they are EmbeddingBag offsets of n_ids ids (offsets[0] == 0,
+    non-decreasing, offsets[-1] <= n_ids), else the first position that breaks that: 0 for a
+    first offset that is not 0, i for offsets[i] < offsets[i - 1], B - 1 for a last one past n_ids."""
+    nbags = offsets.shape[0]
+    if nbags == 0:
+        return -1
+    if offsets[0] != 0:
+        return 0
+    for i in range(1, nbags):
+        if offsets[i] < offsets[i - 1]:
+            return i
+    if offsets[nbags - 1] > n_ids:
+        return nbags - 1
+    return -1
+
+
+def first_bad_offset_numpy(offsets: np.ndarray, n_ids: int) -> int:
+    """Twin of `first_bad_offset`."""
+    if offsets.size == 0:
+        return -1
+    if offsets[0] != 0:
+        return 0
+    down = np.flatnonzero(np.diff(offsets) < 0)
+    if down.size:
+        return int(down[0]) + 1
+    return offsets.size - 1 if offsets[-1] > n_ids else -1
+
+
+@njit(nogil=True, cache=True)
+def offsets_of_lengths(lengths: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """lengths (B,) int64 bag sizes -> offsets (B,) int64 (exclusive prefix sums), the position of
+    the first negative length (-1 when none is) and the sum of the lengths."""
+    nbags = lengths.shape[0]
+    offsets = np.empty(nbags, dtype=np.int64)
+    negative = -1
+    total = 0
+    for i in range(nbags):
+        offsets[i] = total
+        if lengths[i] < 0 and negative < 0:
+            negative = i
+        total += lengths[i]
+    return offsets, negative, total
+
+
+def offsets_of_lengths_numpy(lengths: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Twin of `offsets_of_lengths`."""
+    offsets = np.zeros(lengths.shape[0], np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    negative = np.flatnonzero(lengths < 0)
+    return offsets, int(negative[0]) if negative.size else -1, int(lengths.sum())

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
 from runtime.kernels import checks
-from runtime.validation import check_ids
+from runtime.validation import check_ids, check_offsets
 from tests.conftest import low_rank_table
 
 
@@ -138,3 +138,24 @@ def test_first_out_of_range_matches_twin(values: list[int], rows: int) -> None:
         assert info.value.position == pos and info.value.value == ids[pos]
     else:
         assert check_ids(ids, rows) is ids
+
+
+@given(st.lists(st.integers(-2, 12), max_size=12), st.integers(0, 10))
+def test_first_bad_offset_matches_twin(values: list[int], n_ids: int) -> None:
+    offsets = np.array(values, dtype=np.int64)
+    pos = checks.first_bad_offset(offsets, n_ids)
+    assert pos == checks.first_bad_offset_numpy(offsets, n_ids)
+    if pos >= 0:  # and check_offsets refuses them, for the reason at that position
+        with pytest.raises(InvalidRequest, match=rf"offsets(\[0\]|\[{pos}\]|\[-1\])"):
+            check_offsets(offsets, n_ids)
+    else:
+        assert check_offsets(offsets, n_ids) is offsets
+
+
+@given(st.lists(st.integers(-3, 9), max_size=12))
+def test_offsets_of_lengths_matches_twin(values: list[int]) -> None:
+    lengths = np.array(values, dtype=np.int64)
+    offsets, negative, total = checks.offsets_of_lengths(lengths)
+    want_offsets, want_negative, want_total = checks.offsets_of_lengths_numpy(lengths)
+    np.testing.assert_array_equal(offsets, want_offsets)
+    assert offsets.dtype == np.int64 and (negative, total) == (want_negative, want_total)
