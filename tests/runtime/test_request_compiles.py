@@ -4,33 +4,19 @@ request; a cold server's first binary multi-table lookup timed out that way)."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 import numpy as np
-from numba.core.registry import CPUDispatcher
 
 import runtime
-import runtime.kernels
 from runtime.validation import check_ids, check_keys, check_offsets, check_queries, check_weights
-from tests.conftest import low_rank_table
+from tests.conftest import compiled_signatures, low_rank_table
 
 
 def read_only(values: list[float] | list[int], dtype: str) -> np.ndarray:
     arr = np.frombuffer(np.array(values, dtype).tobytes(), dtype)
     assert not arr.flags.writeable
     return arr
-
-
-def compiled_signatures() -> dict[str, int]:
-    counts = {}
-    for info in pkgutil.iter_modules(runtime.kernels.__path__):
-        module = importlib.import_module(f"runtime.kernels.{info.name}")
-        for name, value in vars(module).items():
-            if isinstance(value, CPUDispatcher):
-                counts[f"{info.name}.{name}"] = len(value.signatures)
-    return counts
 
 
 def test_checked_request_arrays_are_writable() -> None:

@@ -11,7 +11,7 @@ import pytest
 import runtime
 from runtime import CODECS
 from runtime.kernels import fastscan
-from tests.conftest import low_rank_table
+from tests.conftest import compiled_signatures, low_rank_table
 
 # one entry a configuration; a new codec is tested by adding it here
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -217,30 +217,12 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
     assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
 
 
-def _compiled_signatures() -> dict[str, int]:
-    """Compiled specializations of every numba kernel, by name."""
-    import importlib
-    import pkgutil
-
-    from numba.core.dispatcher import Dispatcher
-
-    import runtime.kernels
-
-    counts = {}
-    for info in pkgutil.iter_modules(runtime.kernels.__path__):
-        module = importlib.import_module(f"runtime.kernels.{info.name}")
-        for name, value in vars(module).items():
-            if isinstance(value, Dispatcher):
-                counts[f"{info.name}.{name}"] = len(value.signatures)
-    return counts
-
-
 def test_warmup_leaves_nothing_for_requests_to_compile(table: tuple[str, runtime.Table], tmp_path: Path) -> None:
     name, built = table
     built.save(tmp_path / "t")
     loaded = runtime.load_table(tmp_path / "t")  # memory-mapped, read-only arrays: what a server serves
     loaded.warmup()
-    before = _compiled_signatures()
+    before = compiled_signatures()
     few, many = np.array([3, 1]), np.arange(5000) % loaded.rows
     loaded.lookup(few)
     loaded.lookup(many)
@@ -251,7 +233,7 @@ def test_warmup_leaves_nothing_for_requests_to_compile(table: tuple[str, runtime
         loaded.search_by_id(few, 5, metric, oversample=3)
         loaded.score([[0, 1], [2, 3]], queries=q, metric=metric)
         loaded.score([[0, 1], [2, 3]], query_ids=few, metric=metric)
-    after = _compiled_signatures()
+    after = compiled_signatures()
     assert {k: after[k] - before[k] for k in after if after[k] != before.get(k, 0)} == {}, name
 
 
