@@ -24,6 +24,12 @@ def writable(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.writeable else arr.copy()
 
 
+def _flat_int64(arr: Any) -> bool:
+    """Whether arr is already what a kernel takes: a plain C-contiguous (n,) int64 ndarray (the
+    hot paths' test; anything else goes through the general conversion)."""
+    return type(arr) is np.ndarray and arr.dtype == np.int64 and arr.ndim == 1 and arr.flags.c_contiguous
+
+
 def check_table_input(x: Any) -> np.ndarray:
     """Return the training table as C-contiguous float32 `(n, d)`.
 
@@ -61,7 +67,7 @@ def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
 
 def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     """Return ids as a C-contiguous int64 `(n,)` array, every one in `[0, rows)`."""
-    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1 and ids.flags.c_contiguous:
+    if _flat_int64(ids):
         # the hot path of a lookup (a few µs a call matter): the bounds in one kernel pass
         ids = writable(ids)
         pos = first_out_of_range(ids, rows)
@@ -159,7 +165,7 @@ def check_metric(metric: Any, supported: tuple[str, ...]) -> str:
 
 def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
     """Return EmbeddingBag offsets as int64 `(bags,)`: non-decreasing, starting at 0, <= n_ids."""
-    if type(offsets) is np.ndarray and offsets.dtype == np.int64 and offsets.ndim == 1 and offsets.flags.c_contiguous:
+    if _flat_int64(offsets):
         # a bag lookup's hot path: one kernel pass (numpy's diff and reductions cost ~15 µs a call);
         # the checks below run only to name what is wrong
         offsets = writable(offsets)
