@@ -37,14 +37,7 @@ from runtime.table import Table, __version__, load_table
 from service import oip
 from service.errors import status_label
 from service.metrics import Metrics
-from service.multi import (
-    LENGTHS_OR_OFFSETS,
-    WEIGHTS_NEED_BAGS,
-    MultiLookupResult,
-    answer,
-    check_request,
-    offsets_of_lengths,
-)
+from service.multi import MultiLookupResult, answer, bag_offsets, check_request
 from service.requests import (
     DeleteKeysRequest,
     InferRequest,
@@ -330,19 +323,12 @@ class EmbeddingService:
         self.metrics.child(self.metrics.ids_per_request, name).observe(ids_arr.size)
         table = entry.table
         small = ids_arr.size <= INLINE_MAX_IDS
-        if not request.pooled:
-            if request.weights is not None:
-                raise InvalidRequest(WEIGHTS_NEED_BAGS)
+        offsets_arr = bag_offsets(request, ids_arr.size)
+        if offsets_arr is None:
             rows, missing = await self._compute(
                 "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
             )
         else:
-            if request.lengths is not None and request.offsets is not None:
-                raise InvalidRequest(LENGTHS_OR_OFFSETS)
-            if request.lengths is not None:
-                offsets_arr = offsets_of_lengths(as_array(request.lengths, "lengths"), ids_arr.size)
-            else:
-                offsets_arr = as_array(request.offsets, "offsets")
             self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
             weights = None if request.weights is None else as_array(request.weights, "weights")
             mode = request.mode
@@ -429,8 +415,6 @@ class EmbeddingService:
         name = request.table
         with self.request(transport, "score", name):
             entry = self.store.get(name)
-            if request.candidate_ids is None:
-                raise InvalidRequest("candidate_ids are required")
             cands = as_array(request.candidate_ids, "candidate_ids")
             self._limit(cands.size, self.settings.max_candidates, "candidate ids")
             nq = cands.shape[0] if cands.ndim >= 1 else 0

@@ -99,6 +99,21 @@ def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
     return offsets
 
 
+def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:
+    """The bags a lookup pools, offsets (B,) int64 from its lengths or offsets (the offsets' order and
+    range are the table's to check), or None when the n rows come back unpooled. Both given, or
+    weights with neither, are refused."""
+    if entry.lengths is not None and entry.offsets is not None:
+        raise InvalidRequest(LENGTHS_OR_OFFSETS)
+    if entry.lengths is not None:
+        return offsets_of_lengths(entry.lengths, n_ids)
+    if entry.offsets is not None:
+        return _int_array(entry.offsets, "offsets")
+    if entry.weights is not None:
+        raise InvalidRequest(WEIGHTS_NEED_BAGS)
+    return None
+
+
 def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
     if entry.mode not in POOL_MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {entry.mode!r}")
@@ -108,17 +123,11 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
     if raw.ndim != 1:
         raise InvalidRequest(f"ids must be a flat array, got shape {raw.shape}")
     ids = check_keys(raw, "ids") if table.keyed else check_ids(raw, table.rows, "ids")
-    if entry.lengths is not None and entry.offsets is not None:
-        raise InvalidRequest(LENGTHS_OR_OFFSETS)
-    offsets = None
-    if entry.lengths is not None:
-        offsets = offsets_of_lengths(entry.lengths, ids.shape[0])
-    elif entry.offsets is not None:
-        offsets = check_offsets(_int_array(entry.offsets, "offsets"), ids.shape[0])
+    offsets = bag_offsets(entry, ids.shape[0])
+    if offsets is not None and entry.lengths is None:  # offsets made from lengths are valid as made
+        offsets = check_offsets(offsets, ids.shape[0])
     weights = None
     if entry.weights is not None:
-        if offsets is None:
-            raise InvalidRequest(WEIGHTS_NEED_BAGS)
         if entry.mode != "sum":
             raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
         weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
