@@ -66,6 +66,8 @@ def test_rq_bench_smoke(tmp_path: Path) -> None:
     two = runs[1]
     # 4 codebooks of 256 codewords find some of the true top 10 among 3000 rows, not all of them
     assert all(0.05 < r["ours_recall_at_10"] < 1.0 and 0 < r["pq_recall_at_10"] <= 1.0 for r in two["rq"])
+    assert all(r["ours_squared_error"] > 0 for r in two["rq"])
+    assert all((r["faiss_squared_error"] is not None) == has_faiss for r in two["rq"])
     adc = two["adc"]
     assert [a["bytes_per_row"] for a in adc] == [16, 32, 16]
     assert all(a["rq_ms"] > 0 and a["pq_ms"] > 0 for a in adc)
