@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.kernels.hashmap import AppendOnlyKeys, KeyMap, KeySet
+from runtime.kernels.hashmap import BASE, AppendOnlyKeys, KeyMap, KeySet, delta_slots
 from runtime.tiers import Tier
 
 EMPTY_I64 = np.zeros(0, np.int64)
+NO_LIMIT = int(np.iinfo(np.int64).max)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ class DeltaView:
         pos, _ = self.changed_map.rows(rows)
         hit = pos >= 0
         return hit, np.where(hit, pos, 0)
+
+    def slots_of(self, rows: np.ndarray) -> np.ndarray:
+        """Global rows (b,) int64 (-1: missing) -> where each row's current value lives, (b,)
+        int64: its delta slot (>= 0), hashmap.BASE or hashmap.DELETED. One kernel pass: what
+        `locate` and a lookup of `changed_slot` give in several numpy passes."""
+        if self.changed_map is None:
+            return np.full(rows.shape[0], BASE, np.int64)
+        limit = self.changed_map.limit
+        return delta_slots(self.changed_map.table, NO_LIMIT if limit is None else limit, self.changed_slot, rows)
 
     def added_row_of(self, keys: np.ndarray) -> np.ndarray:
         """keys (b,) int64 -> rows of added keys (b,) int64, -1 where not added."""

@@ -21,7 +21,7 @@ from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
 from runtime.kernels import checks, dense, weighted
-from runtime.kernels.hashmap import KeyMap
+from runtime.kernels.hashmap import DELETED, KeyMap, build, delta_slots
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
@@ -283,6 +283,14 @@ class Table:
 
     def _resolve(self, ids: Any, view: DeltaView, field: str = "ids") -> tuple[np.ndarray, int]:
         """ids or keys (b,) -> global rows (b,) int64, -1 where missing, and how many are."""
+        rows, _, missing = self._resolve_slots(ids, view, field)
+        return rows, missing
+
+    def _resolve_slots(
+        self, ids: Any, view: DeltaView, field: str = "ids"
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """`_resolve`, and where each row's current value lives (`DeltaView.slots_of`, (b,) int64;
+        None when the delta is empty), for `_decode_rows` to use rather than look up again."""
         if self.keymap is None:
             rows = check_ids(ids, self.rows, field)
         else:
@@ -291,10 +299,11 @@ class Table:
             absent = rows < 0
             if absent.any() and view.added_keys.size:
                 rows[absent] = view.added_row_of(keys[absent])
+        slots = None
         if not view.empty and rows.size:
-            hit, pos = view.locate(rows)
-            rows = np.where(hit & (view.changed_slot[pos] < 0), -1, rows)
-        return rows, int((rows < 0).sum())
+            slots = view.slots_of(rows)
+            rows = np.where(slots == DELETED, -1, rows)
+        return rows, slots, int((rows < 0).sum())
 
     def _require(self, rows: np.ndarray, ids: Any, field: str) -> np.ndarray:
         """Refuse a missing key whatever the policy (search and score need real rows)."""
@@ -303,19 +312,25 @@ class Table:
             raise KeyNotFound(int(np.asarray(ids).reshape(-1)[pos]), pos, field)
         return rows
 
-    def _decode_rows(self, rows: np.ndarray, view: DeltaView) -> np.ndarray:
-        """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32."""
+    def _decode_rows(self, rows: np.ndarray, view: DeltaView, slots: np.ndarray | None = None) -> np.ndarray:
+        """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32. slots: `_resolve_slots`'
+        answer for these rows, when the caller has it."""
         if len(self.tiers) == 1 and view.empty and (rows.size == 0 or rows.min() >= 0):
             return self.tiers[0].decode(rows)
         if len(self.tiers) == 1:
             # one gather for every row (row 0 standing in for the others), then the few rows
             # that live in the delta or are missing overwritten: cheaper than scattering the many
-            hit, pos = view.locate(rows)
-            absent = rows < 0
-            out = self.tiers[0].decode(np.where(hit | absent, 0, rows))
+            where = view.slots_of(rows) if slots is None else slots
+            in_delta = np.flatnonzero(where >= 0)
+            absent = np.flatnonzero(rows < 0)
+            if in_delta.size or absent.size:
+                rows = rows.copy()
+                rows[in_delta] = 0
+                rows[absent] = 0
+            out = self.tiers[0].decode(rows)
             segment = view.segments[0]
-            if segment is not None and hit.any():
-                out[hit] = segment.decode(view.changed_slot[pos[hit]])
+            if segment is not None and in_delta.size:
+                out[in_delta] = segment.decode(where[in_delta])
             out[absent] = 0
             return out
         out = np.zeros((rows.shape[0], self.dim), np.float32)
@@ -363,12 +378,12 @@ class Table:
             found, _ = self._richest.decode_keys(self.keymap.table, keys)
             if found is not None:
                 return found, 0
-        rows, missing = self._resolve(ids, view)
+        rows, slots, missing = self._resolve_slots(ids, view)
         if missing and self.missing == "error":
             self._require(rows, ids, "keys" if self.keyed else "ids")
         if rows.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32), 0
-        return self._decode_rows(rows, view), missing
+        return self._decode_rows(rows, view, slots), missing
 
     def lookup_pooled(self, ids: Any, offsets: Any, mode: str = "sum", per_sample_weights: Any = None) -> np.ndarray:
         """torch.nn.EmbeddingBag semantics: ids (n,), offsets (B,) -> (B, dim) float32.
@@ -390,7 +405,7 @@ class Table:
             if bounds.size == 0:
                 return np.zeros((0, self.dim), dtype=np.float32), 0
             return self._richest.decode_bags(checked, bounds, mode == "mean"), 0
-        rows, missing = self._resolve(ids, view)
+        rows, slots, missing = self._resolve_slots(ids, view)
         bounds = check_offsets(offsets, rows.size)
         weights = None if per_sample_weights is None else check_weights(per_sample_weights, rows.size)
         if missing and self.missing == "error":
@@ -398,11 +413,11 @@ class Table:
         if bounds.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32), missing
         if weights is not None:
-            decoded = self._decode_rows(rows, view) if rows.size else np.zeros((0, self.dim), np.float32)
+            decoded = self._decode_rows(rows, view, slots) if rows.size else np.zeros((0, self.dim), np.float32)
             return weighted.pool_weighted(decoded, weights, bounds), missing
         if self._one_base(view) and not missing:
             return self.tiers[0].richest.decode_bags(rows, bounds, mode == "mean"), 0
-        return dense.pool(self._decode_rows(rows, view), bounds, mode == "mean"), missing
+        return dense.pool(self._decode_rows(rows, view, slots), bounds, mode == "mean"), missing
 
     # ---- search -------------------------------------------------------------------------------
     def _check_search(self, k: Any, metric: Any, oversample: Any) -> tuple[int, str, int]:
@@ -665,6 +680,8 @@ class Table:
         check_offsets(np.zeros(1, np.int64), 1)
         checks.offsets_of_lengths(np.zeros(1, np.int64))
         weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))
+        # and, once updates arrive, where each row's current value lives
+        delta_slots(build(np.zeros(1, np.int64), 8)[0], 1, np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
 def _merge_rows(

@@ -126,3 +126,38 @@ def test_append_only_keys_refuse_repeats_and_keep_what_they_hold() -> None:
     assert keys.values.tolist() == [3, 7]
     keymap = keys.key_map()
     assert keymap is not None and keymap.rows(np.array([7, 9], np.int64))[0].tolist() == [1, -1]
+
+
+@given(
+    st.lists(st.integers(0, 400), max_size=120, unique=True),
+    st.integers(0, 3),
+    st.lists(st.integers(-3, 420), max_size=80),
+    st.data(),
+)
+def test_delta_slots_match_their_twin(changed: list[int], cut: int, probes: list[int], data: st.DataObject) -> None:
+    # changed rows (distinct global rows, in the order they were changed) -> their current slot,
+    # -1 for the deleted ones; a reader sees only the first `limit` of them
+    rows = np.array(changed, np.int64)
+    current = np.array([data.draw(st.integers(-1, 50)) for _ in changed], np.int64)
+    table, repeat = hashmap.build(rows, hashmap.slot_count(rows.size))
+    assert repeat == -1
+    queries = np.array([*changed, *probes], np.int64)
+    for limit in sorted({0, rows.size * cut // 3, rows.size}):
+        got = hashmap.delta_slots(table, limit, current, queries)
+        np.testing.assert_array_equal(got, hashmap.delta_slots_numpy(table, limit, current, queries))
+        visible = {r: int(s) for r, s in zip(changed[:limit], current[:limit].tolist(), strict=True)}
+        want = [
+            hashmap.BASE if q < 0 or q not in visible else (visible[q] if visible[q] >= 0 else hashmap.DELETED)
+            for q in queries.tolist()
+        ]
+        assert got.tolist() == want
+
+
+def test_delta_slots_of_nothing() -> None:
+    table, _ = hashmap.build(np.zeros(0, np.int64), 8)
+    empty = np.zeros(0, np.int64)
+    assert hashmap.delta_slots(table, 0, empty, empty).shape == (0,)
+    assert hashmap.delta_slots_numpy(table, 0, empty, empty).shape == (0,)
+    one = np.array([5], np.int64)
+    assert hashmap.delta_slots(table, 0, empty, one).tolist() == [hashmap.BASE]
+    assert hashmap.delta_slots_numpy(table, 0, empty, one).tolist() == [hashmap.BASE]
