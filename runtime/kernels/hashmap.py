@@ -103,24 +103,28 @@ def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
     return out, missing
 
 
+@njit(inline="always", nogil=True, cache=True)
+def find_below(table: np.ndarray, key: np.int64, mask: np.uint64, limit: int) -> np.int64:
+    """The row of one key if it is below limit, else -1. A slot whose row is past the limit is
+    probed past, not taken as the end of the chain: its key may not be visible yet (see `insert`)."""
+    s = home_slot(key, mask)
+    while True:
+        row = table[s, 1]
+        if row == EMPTY:
+            return np.int64(EMPTY)
+        if row < limit and table[s, 0] == key:
+            return row
+        s = (s + np.uint64(1)) & mask
+
+
 @njit(nogil=True, cache=True)
 def lookup_below(table: np.ndarray, keys: np.ndarray, limit: int) -> np.ndarray:
     """keys (b,) int64 -> rows (b,) int64, -1 where absent or where the key's row is >= limit
-    (inserted after the reader's snapshot). A slot whose row is past the limit is probed past,
-    not taken as the end of the chain: its key may not be visible yet (see `insert`)."""
+    (inserted after the reader's snapshot)."""
     mask = np.uint64(table.shape[0] - 1)
-    out = np.full(keys.shape[0], EMPTY, dtype=np.int64)
+    out = np.empty(keys.shape[0], dtype=np.int64)
     for i in range(keys.shape[0]):
-        key = keys[i]
-        s = home_slot(key, mask)
-        while True:
-            row = table[s, 1]
-            if row == EMPTY:
-                break
-            if row < limit and table[s, 0] == key:
-                out[i] = row
-                break
-            s = (s + np.uint64(1)) & mask
+        out[i] = find_below(table, keys[i], mask, limit)
     return out
 
 
@@ -136,7 +140,7 @@ def delta_slots(table: np.ndarray, limit: int, changed_slot: np.ndarray, rows: n
     int64, the delta slot holding it, BASE, or DELETED. table: the slot table of the changed rows
     (row -> position in changed_slot; positions >= limit not visible to this reader);
     changed_slot (m,) int64: position -> slot, -1 for a deleted row. One pass, the delta's map
-    probed once a row (`lookup_below`'s probing, home slots prefetched as in `probe_into`: the
+    probed once a row (`find_below`, home slots prefetched as in `probe_into`: the
     map of a delta of 10k rows is already past L2)."""
     mask = np.uint64(table.shape[0] - 1)
     n = rows.shape[0]
@@ -146,19 +150,12 @@ def delta_slots(table: np.ndarray, limit: int, changed_slot: np.ndarray, rows: n
     for i in range(n):
         if i + PROBE_AHEAD < n:
             prefetch_row(table, np.int64(home_slot(rows[i + PROBE_AHEAD], mask)), 0)
-        row = rows[i]
-        if row < 0:
+        if rows[i] < 0:
             continue
-        s = home_slot(row, mask)
-        while True:
-            position = table[s, 1]
-            if position == EMPTY:
-                break
-            if position < limit and table[s, 0] == row:
-                slot = changed_slot[position]
-                out[i] = slot if slot >= 0 else DELETED
-                break
-            s = (s + np.uint64(1)) & mask
+        position = find_below(table, rows[i], mask, limit)
+        if position >= 0:
+            slot = changed_slot[position]
+            out[i] = slot if slot >= 0 else DELETED
     return out
 
 
