@@ -125,6 +125,21 @@ def bench_updates(cfg: Config, x: np.ndarray, keys: np.ndarray, rows_out: list[R
     # lookup p99 with and without a writer upserting UPDATE_RATE rows/s in batches of 100
     lookups = [keys[rng.integers(0, n, 1024)] for _ in range(16)]
     served = runtime.compress(x, "int8", keys=keys)
+    # what a delta costs a read: the table just upserted into against a fresh copy of it
+    with_delta, without = alternate(
+        [lambda i: table.lookup(lookups[i]), lambda i: served.lookup(lookups[i])], cfg.reps, len(lookups)
+    )
+    rows_out.append(
+        Row(
+            "tables",
+            f"keyed lookup int8, B=1024, {table.delta_rows:,} rows in the delta",
+            max(cfg.threads),
+            with_delta * 1e6,
+            "no delta",
+            without * 1e6,
+            "µs",
+        )
+    )
     reps = 200 if cfg.smoke else 3000
     quiet = _p99(lambda i: served.lookup(lookups[i % 16]), reps)
     stop = threading.Event()

@@ -92,6 +92,7 @@ def test_tables_bench_smoke(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "perf.json").read_text())["rows"]
     ops = {row["op"].split(",")[0] for row in rows if row["section"] == "tables"}
     assert {"keyed lookup int8", "upsert throughput", "lookup p99 B=1024 while upserting 10000 rows/s"} <= ops
+    assert any(row["op"].endswith("rows in the delta") and row["peer"] == "no delta" for row in rows)
     assert all(row["ours"] > 0 for row in rows)
 
 
