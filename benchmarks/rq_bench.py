@@ -115,10 +115,10 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
 
 
 def top10(scores: Any) -> Any:
-    """scores (q, n) float32 -> (q, 10) int64: each row's ten largest, best first."""
+    """scores (q, n) float32 -> (q, min(10, n)) int64: each row's ten largest, best first."""
     import numpy as np
 
-    part = np.argpartition(-scores, 9, axis=1)[:, :10]
+    part = np.argpartition(-scores, min(9, scores.shape[1] - 1), axis=1)[:, :10]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
 

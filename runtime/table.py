@@ -21,7 +21,7 @@ from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
 from runtime.kernels import checks, dense, weighted
-from runtime.kernels.hashmap import DELETED, KeyMap, build, delta_slots
+from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
@@ -681,7 +681,7 @@ class Table:
         checks.offsets_of_lengths(np.zeros(1, np.int64))
         weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))
         # and, once updates arrive, where each row's current value lives
-        delta_slots(build(np.zeros(1, np.int64), 8)[0], 1, np.zeros(1, np.int64), np.zeros(1, np.int64))
+        delta_slots(np.full((8, 2), EMPTY, np.int64), 1, np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
 def _merge_rows(
