@@ -36,30 +36,37 @@ def test_sigterm_drains_in_flight_requests(big_table: Path, tmp_path: Path) -> N
             httpx.post(f"{server.http}/v1/tables/big/search", json={"queries": queries, "k": 100}, timeout=60)
         )
 
-    workers = [threading.Thread(target=slow_search) for _ in range(3)]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # wait until the server is busy with them
-        metrics = httpx.get(f"{server.http}/metrics").text
-        busy = [line for line in metrics.splitlines() if line.startswith("embserve_requests_in_flight ")]
-        if busy and float(busy[0].split()[1]) >= 2:
-            break
-        time.sleep(0.02)
-    server.proc.send_signal(15)
-    time.sleep(0.3)
-    ready = httpx.get(f"{server.http}/readyz")
-    assert ready.status_code == 503 and ready.json()["draining"] is True
-    refused = httpx.post(f"{server.http}/v1/tables/big/lookup", json={"ids": [1]})
-    assert refused.status_code == 503 and "draining" in refused.json()["error"]
-    with grpc.insecure_channel(server.grpc) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    for w in workers:
-        w.join(60)
-    assert [r.status_code for r in results] == [200, 200, 200]
-    assert all(np.array(r.json()["ids"]).shape == (1000, 100) for r in results)
-    assert server.proc.wait(30) == 0, server.log()
+    try:
+        workers = [threading.Thread(target=slow_search) for _ in range(3)]
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 10
+        # every search admitted (or already answered) before the signal: one still being received and
+        # parsed when it lands is a new request, and draining rightly refuses it
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"{server.http}/metrics").text
+            busy = [line for line in metrics.splitlines() if line.startswith("embserve_requests_in_flight ")]
+            if busy and float(busy[0].split()[1]) + len(results) >= 3:
+                break
+            time.sleep(0.02)
+        server.proc.send_signal(15)
+        time.sleep(0.3)
+        ready = httpx.get(f"{server.http}/readyz")
+        assert ready.status_code == 503 and ready.json()["draining"] is True
+        refused = httpx.post(f"{server.http}/v1/tables/big/lookup", json={"ids": [1]})
+        assert refused.status_code == 503 and "draining" in refused.json()["error"]
+        with grpc.insecure_channel(server.grpc) as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            )
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        for w in workers:
+            w.join(60)
+        assert [r.status_code for r in results] == [200, 200, 200]
+        assert all(np.array(r.json()["ids"]).shape == (1000, 100) for r in results)
+        assert server.proc.wait(30) == 0, server.log()
+    finally:
+        server.terminate()  # a failed assertion leaves no server running into the next test
 
 
 @pytest.mark.slow
