@@ -7,6 +7,7 @@ Array fields hold whatever the transport decoded (ndarrays or JSON lists); the c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
@@ -139,8 +140,15 @@ def score_request(table: str, given: Mapping[str, Any]) -> ScoreRequest:
     return ScoreRequest(table, **_given(ScoreRequest, given))
 
 
+@functools.cache
+def _field_names(kind: type) -> frozenset[str]:
+    """The fields a caller may give a request kind (a multi-table request builds one a table, so
+    this runs per entry)."""
+    return frozenset(f.name for f in fields(kind)) - {"table", "label"}
+
+
 def _given(kind: type, given: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(kind)} - {"table", "label"}
+    names = _field_names(kind)
     return {name: value for name, value in given.items() if name in names and value is not None}
 
 

@@ -136,15 +136,20 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     dtype = NATIVE_DTYPES.get(tensor.dtype)
     if dtype is None:
         raise InvalidRequest(f"{field}.dtype must be one of {', '.join(NATIVE_DTYPES)}, got {tensor.dtype!r}")
-    shape = list(tensor.shape)
+    data = tensor.data  # each read of a bytes field makes a new bytes object: read it once
+    dims = tensor.shape
+    if len(dims) == 1 and len(data) == dims[0] * dtype.itemsize and dims[0] >= 0:
+        # the usual flat tensor (ids, lengths, weights): a multi-table request has a few a table
+        return np.frombuffer(data, dtype=dtype)
+    shape = list(dims)
     if any(d < 0 for d in shape):
         raise InvalidRequest(f"{field}.shape must be non-negative, got {shape}")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: an element count never wraps
-    if len(tensor.data) != expected:
+    if len(data) != expected:
         raise InvalidRequest(
-            f"{field}: {len(tensor.data)} bytes of data, but shape {shape} of {tensor.dtype} needs {expected}"
+            f"{field}: {len(data)} bytes of data, but shape {shape} of {tensor.dtype} needs {expected}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def array_to_tensor(arr: np.ndarray) -> pb.Tensor:
