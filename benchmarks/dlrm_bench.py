@@ -6,7 +6,9 @@ each capped at --max-rows so the whole set fits this machine; d=64; every table 
 once as PQ. A request carries, for each of B samples and each feature, a bag of ids whose size is
 drawn from a power law (Zipf) on 1..200 with mean 20; ids are Zipf-skewed over the rows (s=1.05).
 
-Per codec and B ∈ --batches, each in its own client process, one at a time, concurrency 1:
+Per codec and B ∈ --batches, one client process drives three transports at concurrency 1, each
+for --seconds, alternating in --rounds slices (so load from elsewhere on a shared machine falls on
+all three alike and the ratio between them holds):
   grpc multi     one `EmbeddingService/MultiLookup` (lengths, concat) -> (B, 26 × 64)
   http multi     one `POST /v1/lookup` binary form (X-Embserve-Tables, concat), urllib3 client
   grpc 26 singles  26 pooled `EmbeddingService/Lookup` calls issued at once (grpc.aio, one channel)
@@ -18,7 +20,7 @@ installed here; this is the same FBGEMM CPU kernel as PyTorch's quantized backen
 The first answer of every transport is checked against the runtime before it is timed.
 
     python -m benchmarks.dlrm_bench [--max-rows 200000] [--batches 1,32,256] [--codecs int8,pq]
-        [--seconds 4] [--cache DIR] [--out benchmarks/results]
+        [--seconds 4] [--rounds 8] [--cache DIR] [--out benchmarks/results]
 Built artifacts are cached under --cache (default: a directory in the system temp dir).
 Writes dlrm.json and dlrm.md.
 """
@@ -131,7 +133,7 @@ def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-# ---- loads (each runs in its own process: `python -m benchmarks.dlrm_bench load ...`) ----------
+# ---- loads (in a process of their own: `python -m benchmarks.dlrm_bench load ...`) ---------------
 def _timed(call: Any, requests: list[Any], seconds: float) -> dict[str, float]:
     call(requests[-1])  # untimed: first-call costs (compilation, connection) are not the steady state
     latencies: list[float] = []
@@ -146,107 +148,142 @@ def _timed(call: Any, requests: list[Any], seconds: float) -> dict[str, float]:
     return summarize(latencies, time.perf_counter() - started)
 
 
-def load(kind: str, target: str, codec: str, batch: int, seconds: float, max_rows: int, check: str) -> dict[str, Any]:
-    """One load at concurrency 1; the first answer is written to `check` (.npy) for verification."""
+TRANSPORTS = ("grpc_multi", "http_multi", "grpc_singles")
+
+
+def _clients(grpc_target: str, http_target: str, codec: str, batch: int, max_rows: int) -> dict[str, Any]:
+    """For every transport, a call that sends one prepared request (by index) and returns the
+    answer as (B, 26 × dim) float32, and a close; the requests are serialized up front."""
+    import grpc
+    import urllib3
+
+    from service.rpc.generated import embserve_pb2 as pb
+    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+    from service.rpc.servicers import array_to_tensor
+
     rows = table_rows(max_rows)
     names = [table_name(f, codec) for f in range(len(rows))]
     requests = make_requests(rows, batch, 8)
-    if kind == "grpc_multi":
-        import grpc
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
-        from service.rpc.generated import embserve_pb2 as pb
-        from service.rpc.generated import embserve_pb2_grpc as pb_grpc
-        from service.rpc.servicers import array_to_tensor
-
-        messages = [
-            pb.MultiLookupRequest(
-                tables=[
-                    pb.MultiLookupEntry(table=t, ids=array_to_tensor(ids), lengths=array_to_tensor(lengths))
-                    for t, (ids, lengths) in zip(names, req, strict=True)
-                ],
-                concat=True,
-            )
-            for req in requests
-        ]
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        with grpc.insecure_channel(target, options=options) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            first = stub.MultiLookup(messages[0]).concatenated
-            np.save(check, np.frombuffer(first.data, "<f4").reshape(list(first.shape)))
-            return _timed(stub.MultiLookup, messages, seconds)
-    if kind == "http_multi":
-        import urllib3
-
-        host, port = target.removeprefix("http://").split(":")
-        pool = urllib3.HTTPConnectionPool(host, int(port), maxsize=1)
-        prepared = []
-        for req in requests:
-            described = [
-                {"table": t, "ids": ids.shape[0], "lengths": batch} for t, (ids, _) in zip(names, req, strict=True)
-            ]
-            header = {"tables": described, "concat": True}
-            body = b"".join(ids.astype("<i8").tobytes() + lengths.astype("<i8").tobytes() for ids, lengths in req)
-            headers = {"content-type": "application/octet-stream", "X-Embserve-Tables": json.dumps(header)}
-            prepared.append((body, headers))
-
-        def post(item: tuple[bytes, dict[str, str]]) -> bytes:
-            r = pool.urlopen("POST", "/v1/lookup", body=item[0], headers=item[1])
-            if r.status != 200:
-                raise RuntimeError(f"HTTP {r.status}: {r.data[:300]!r}")
-            return bytes(r.data)
-
-        np.save(check, np.frombuffer(post(prepared[0]), "<f4").reshape(batch, -1))
-        return _timed(post, prepared, seconds)
-    if kind == "grpc_singles":
-        import grpc
-
-        from service.rpc.generated import embserve_pb2 as pb
-        from service.rpc.generated import embserve_pb2_grpc as pb_grpc
-        from service.rpc.servicers import array_to_tensor
-
-        singles = [
-            [
-                pb.LookupRequest(table=t, ids=array_to_tensor(ids), offsets=array_to_tensor(offsets_of(lengths)))
+    multi = [
+        pb.MultiLookupRequest(
+            tables=[
+                pb.MultiLookupEntry(table=t, ids=array_to_tensor(ids), lengths=array_to_tensor(lengths))
                 for t, (ids, lengths) in zip(names, req, strict=True)
-            ]
-            for req in requests
+            ],
+            concat=True,
+        )
+        for req in requests
+    ]
+    channel = grpc.insecure_channel(grpc_target, options=options)
+    stub = pb_grpc.EmbeddingServiceStub(channel)
+
+    def grpc_multi(i: int) -> np.ndarray:
+        answer = stub.MultiLookup(multi[i]).concatenated
+        return np.frombuffer(answer.data, "<f4").reshape(list(answer.shape))
+
+    host, port = http_target.removeprefix("http://").split(":")
+    pool = urllib3.HTTPConnectionPool(host, int(port), maxsize=1)
+    posts = []
+    for req in requests:
+        described = [
+            {"table": t, "ids": ids.shape[0], "lengths": batch} for t, (ids, _) in zip(names, req, strict=True)
         ]
+        body = b"".join(ids.astype("<i8").tobytes() + lengths.astype("<i8").tobytes() for ids, lengths in req)
+        headers = {
+            "content-type": "application/octet-stream",
+            "X-Embserve-Tables": json.dumps({"tables": described, "concat": True}),
+        }
+        posts.append((body, headers))
 
-        async def main() -> dict[str, Any]:
-            async with grpc.aio.insecure_channel(target) as channel:
-                stub = pb_grpc.EmbeddingServiceStub(channel)
+    def http_multi(i: int) -> np.ndarray:
+        r = pool.urlopen("POST", "/v1/lookup", body=posts[i][0], headers=posts[i][1])
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {r.data[:300]!r}")
+        return np.frombuffer(bytes(r.data), "<f4").reshape(batch, -1)
 
-                async def one(calls: list[Any]) -> list[Any]:
-                    return list(await asyncio.gather(*(stub.Lookup(c) for c in calls)))
+    singles = [
+        [
+            pb.LookupRequest(table=t, ids=array_to_tensor(ids), offsets=array_to_tensor(offsets_of(lengths)))
+            for t, (ids, lengths) in zip(names, req, strict=True)
+        ]
+        for req in requests
+    ]
+    # the 26 calls go out at once on one grpc.aio channel, from an event loop kept for the run
+    loop = asyncio.new_event_loop()
+    aio_channel = loop.run_until_complete(_open_aio_channel(grpc_target))
+    aio_stub = pb_grpc.EmbeddingServiceStub(aio_channel)
 
-                first = await one(singles[0])
-                parts = [np.frombuffer(r.embeddings.data, "<f4").reshape(list(r.embeddings.shape)) for r in first]
-                np.save(check, np.concatenate(parts, axis=1))
-                latencies: list[float] = []
+    async def all_singles(calls: list[Any]) -> list[Any]:
+        return list(await asyncio.gather(*(aio_stub.Lookup(c) for c in calls)))
+
+    def grpc_singles(i: int) -> np.ndarray:
+        answers = loop.run_until_complete(all_singles(singles[i]))
+        parts = [np.frombuffer(r.embeddings.data, "<f4").reshape(list(r.embeddings.shape)) for r in answers]
+        return np.concatenate(parts, axis=1)
+
+    def close() -> None:
+        channel.close()
+        loop.run_until_complete(aio_channel.close())
+        loop.close()
+        pool.close()
+
+    calls = {"grpc_multi": grpc_multi, "http_multi": http_multi, "grpc_singles": grpc_singles}
+    return {"calls": calls, "count": len(requests), "close": close}
+
+
+async def _open_aio_channel(target: str) -> Any:
+    import grpc
+
+    return grpc.aio.insecure_channel(target)
+
+
+def load(
+    grpc_target: str, http_target: str, codec: str, batch: int, seconds: float, max_rows: int, check: str, rounds: int
+) -> dict[str, Any]:
+    """Every transport at concurrency 1, `seconds` each, taken in `rounds` alternating slices (the
+    order turning each round) so a burst of load from elsewhere on a shared machine falls on all
+    of them alike; each one's first answer is written to `check`/<transport>.npy for verification."""
+    clients = _clients(grpc_target, http_target, codec, batch, max_rows)
+    calls: dict[str, Any] = clients["calls"]
+    count: int = clients["count"]
+    try:
+        for kind, call in calls.items():
+            np.save(Path(check) / f"{kind}.npy", call(0))
+            call(count - 1)  # untimed: first-call costs (connection, compilation) are not the steady state
+        latencies: dict[str, list[float]] = {kind: [] for kind in calls}
+        spent = dict.fromkeys(calls, 0.0)
+        done = dict.fromkeys(calls, 0)
+        for round_ in range(rounds):
+            for kind in TRANSPORTS[round_ % 3 :] + TRANSPORTS[: round_ % 3]:
+                call = calls[kind]
                 started = time.perf_counter()
-                i = 0
-                while time.perf_counter() < started + seconds:
+                deadline = started + seconds / rounds
+                while time.perf_counter() < deadline:
                     start = time.perf_counter()
-                    await one(singles[i % len(singles)])
-                    latencies.append(time.perf_counter() - start)
-                    i += 1
-                return summarize(latencies, time.perf_counter() - started)
+                    call(done[kind] % count)
+                    latencies[kind].append(time.perf_counter() - start)
+                    done[kind] += 1
+                spent[kind] += time.perf_counter() - started
+        return {kind: summarize(latencies[kind], spent[kind]) for kind in calls}
+    finally:
+        clients["close"]()
 
-        return asyncio.run(main())
-    raise ValueError(f"unknown load {kind!r}")
 
-
-def run_load(kind: str, target: str, codec: str, batch: int, seconds: float, max_rows: int, check: Path) -> Any:
-    numbers = [str(batch), str(seconds), str(max_rows), str(check)]
+def run_load(
+    grpc_target: str, http_target: str, codec: str, batch: int, seconds: float, max_rows: int, check: Path, rounds: int
+) -> Any:
+    numbers = [str(batch), str(seconds), str(max_rows), str(check), str(rounds)]
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dlrm_bench", "load", kind, target, codec, *numbers],
+        [sys.executable, "-m", "benchmarks.dlrm_bench", "load", grpc_target, http_target, codec, *numbers],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=seconds + 180,
+        timeout=3 * seconds + 180,
     )
     if run.returncode != 0:
-        raise RuntimeError(f"{kind} load failed:\n{run.stderr[-3000:]}")
+        raise RuntimeError(f"load failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -320,14 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "load":
-        given = argv[1:8]
-        print(json.dumps(load(given[0], given[1], given[2], int(given[3]), float(given[4]), int(given[5]), given[6])))
+        grpc_target, http_target, codec_name, batch_size, seconds, max_rows, check_dir, rounds = argv[1:9]
+        answer = load(
+            grpc_target, http_target, codec_name, int(batch_size), float(seconds), int(max_rows), check_dir, int(rounds)
+        )
+        print(json.dumps(answer))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-rows", type=int, default=200_000, help="cap on every table's rows")
     parser.add_argument("--batches", default="1,32,256")
     parser.add_argument("--codecs", default="int8,pq")
     parser.add_argument("--seconds", type=float, default=4, help="load seconds per transport, codec and B")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating slices the transports' seconds are taken in")
     parser.add_argument(
         "--threads", type=int, default=1, help="threads of the in-process floors (the server's own pool is unchanged)"
     )
@@ -362,14 +403,13 @@ def main(argv: list[str] | None = None) -> int:
                         "batch": batch,
                         "ids_per_request": int(sum(ids.shape[0] for ids, _ in requests[0])),
                     }
-                    for kind, target in (
-                        ("grpc_multi", server.grpc),
-                        ("http_multi", server.http),
-                        ("grpc_singles", server.grpc),
-                    ):
+                    loads = run_load(
+                        server.grpc, server.http, codec, batch, args.seconds, args.max_rows, Path(tmp), args.rounds
+                    )
+                    for kind in TRANSPORTS:
                         check = Path(tmp) / f"{kind}.npy"
-                        row[kind] = run_load(kind, target, codec, batch, args.seconds, args.max_rows, check)
                         np.testing.assert_allclose(np.load(check), want, rtol=1e-5, atol=1e-5, err_msg=kind)
+                        row[kind] = loads[kind]
                     before = set_threads(args.threads)
                     row["in_process"] = in_process(tables, codec, requests, args.seconds)
                     if codec == "int8":
@@ -396,6 +436,7 @@ def write_results(args: argparse.Namespace, rows: list[int], results: list[dict[
         "max_pooling": MAX_POOL,
         "id_skew": ID_SKEW,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "concurrency": 1,
         "in_process_threads": args.threads,
     }
