@@ -134,18 +134,25 @@ def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
 
 
 # ---- loads (in a process of their own: `python -m benchmarks.dlrm_bench load ...`) ---------------
+def _time_for(call: Any, first: int, seconds: float, latencies: list[float]) -> tuple[int, float]:
+    """call(first), call(first + 1), ... one at a time for `seconds`, each one's seconds appended
+    to latencies; returns how many calls were made and the seconds they took in all."""
+    started = time.perf_counter()
+    deadline = started + seconds
+    made = 0
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        call(first + made)
+        latencies.append(time.perf_counter() - start)
+        made += 1
+    return made, time.perf_counter() - started
+
+
 def _timed(call: Any, requests: list[Any], seconds: float) -> dict[str, float]:
     call(requests[-1])  # untimed: first-call costs (compilation, connection) are not the steady state
     latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + seconds
-    i = 0
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        call(requests[i % len(requests)])
-        latencies.append(time.perf_counter() - start)
-        i += 1
-    return summarize(latencies, time.perf_counter() - started)
+    _, elapsed = _time_for(lambda i: call(requests[i % len(requests)]), 0, seconds, latencies)
+    return summarize(latencies, elapsed)
 
 
 TRANSPORTS = ("grpc_multi", "http_multi", "grpc_singles")
@@ -258,14 +265,9 @@ def load(
         for round_ in range(rounds):
             for kind in TRANSPORTS[round_ % 3 :] + TRANSPORTS[: round_ % 3]:
                 call = calls[kind]
-                started = time.perf_counter()
-                deadline = started + seconds / rounds
-                while time.perf_counter() < deadline:
-                    start = time.perf_counter()
-                    call(done[kind] % count)
-                    latencies[kind].append(time.perf_counter() - start)
-                    done[kind] += 1
-                spent[kind] += time.perf_counter() - started
+                made, elapsed = _time_for(lambda i, c=call: c(i % count), done[kind], seconds / rounds, latencies[kind])
+                done[kind] += made
+                spent[kind] += elapsed
         return {kind: summarize(latencies[kind], spent[kind]) for kind in calls}
     finally:
         clients["close"]()
