@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.kernels.hashmap import BASE, AppendOnlyKeys, KeyMap, KeySet, delta_slots
+from runtime.kernels.hashmap import BASE, NO_KEYS, AppendOnlyKeys, KeyMap, KeySet, delta_slots, resolve_keys
 from runtime.tiers import Tier
 
 EMPTY_I64 = np.zeros(0, np.int64)
@@ -74,6 +74,25 @@ class DeltaView:
             return np.full(rows.shape[0], BASE, np.int64)
         limit = self.changed_map.limit
         return delta_slots(self.changed_map.table, NO_LIMIT if limit is None else limit, self.changed_slot, rows)
+
+    def resolve_keys(self, base_map: KeyMap, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """keys (b,) int64 of a keyed table, base_map its key map -> (global rows (b,) int64, -1
+        where absent or deleted; where each row's value lives (`slots_of`), (b,) int64; how many
+        are absent or deleted), in one kernel call (`hashmap.resolve_keys`)."""
+        if self.changed_map is None:
+            rows, missing = base_map.rows(keys)
+            return rows, np.full(keys.shape[0], BASE, np.int64), missing
+        added = self.added_map
+        return resolve_keys(
+            base_map.table,
+            NO_KEYS if added is None else added.table,
+            NO_LIMIT if added is None or added.limit is None else added.limit,
+            self.base_rows,
+            self.changed_map.table,
+            NO_LIMIT if self.changed_map.limit is None else self.changed_map.limit,
+            self.changed_slot,
+            keys,
+        )
 
     def added_row_of(self, keys: np.ndarray) -> np.ndarray:
         """keys (b,) int64 -> rows of added keys (b,) int64, -1 where not added."""

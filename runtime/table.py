@@ -291,14 +291,13 @@ class Table:
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """`_resolve`, and where each row's current value lives (`DeltaView.slots_of`, (b,) int64;
         None when the delta is empty), for `_decode_rows` to use rather than look up again."""
-        if self.keymap is None:
-            rows = check_ids(ids, self.rows, field)
-        else:
+        if self.keymap is not None:
             keys = check_keys(ids, field)
-            rows, _ = self.keymap.rows(keys)
-            absent = rows < 0
-            if absent.any() and view.added_keys.size:
-                rows[absent] = view.added_row_of(keys[absent])
+            if view.empty:
+                rows, missing = self.keymap.rows(keys)
+                return rows, None, missing
+            return view.resolve_keys(self.keymap, keys)
+        rows = check_ids(ids, self.rows, field)
         slots = None
         if not view.empty and rows.size:
             slots = view.slots_of(rows)
@@ -318,21 +317,8 @@ class Table:
         if len(self.tiers) == 1 and view.empty and (rows.size == 0 or rows.min() >= 0):
             return self.tiers[0].decode(rows)
         if len(self.tiers) == 1:
-            # one gather for every row (row 0 standing in for the others), then the few rows
-            # that live in the delta or are missing overwritten: cheaper than scattering the many
             where = view.slots_of(rows) if slots is None else slots
-            in_delta = np.flatnonzero(where >= 0)
-            absent = np.flatnonzero(rows < 0)
-            if in_delta.size or absent.size:
-                rows = rows.copy()
-                rows[in_delta] = 0
-                rows[absent] = 0
-            out = self.tiers[0].decode(rows)
-            segment = view.segments[0]
-            if segment is not None and in_delta.size:
-                out[in_delta] = segment.decode(where[in_delta])
-            out[absent] = 0
-            return out
+            return self.tiers[0].decode_merged(rows, where, view.segments[0])
         out = np.zeros((rows.shape[0], self.dim), np.float32)
         present = np.flatnonzero(rows >= 0)
         live = rows[present]

@@ -148,6 +148,17 @@ class Tier:
         out = self.richest.decode(local)
         return out if self.projection is None else self.projection.from_tier(out)
 
+    def decode_merged(self, local: np.ndarray, slots: np.ndarray, delta: Tier | None) -> np.ndarray:
+        """Rows of this tier and of `delta` (a tier over its delta's rows, `with_rows`): local (b,)
+        int64, slots (b,) int64 -> (b, d) float32, delta's slot where slots[i] >= 0, else this
+        tier's local row where local[i] >= 0, else zeros."""
+        out = self.richest.decode_merged(local, slots, None if delta is None else delta.richest)
+        if self.projection is None:
+            return out
+        out = self.projection.from_tier(out)
+        out[(local < 0) & (slots < 0)] = 0
+        return out
+
     def _queries(self, q: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray | None]:
         if self.projection is None:
             return q, None

@@ -246,6 +246,23 @@ class Codec(ABC):
         rows, absent = hashmap.lookup(slots, keys)
         return (self.decode(rows) if absent == 0 else None), int(absent)
 
+    def decode_merged(self, rows: np.ndarray, slots: np.ndarray, delta: Codec | None) -> np.ndarray:
+        """Rows from this codec's rows and from `delta`'s (the same trained state over a delta's
+        rows): rows (b,) int64, slots (b,) int64 -> (b, dim) float32. Position i is
+        delta.decode(slots[i]) where slots[i] >= 0, else decode(rows[i]) where rows[i] >= 0, else
+        zeros. Codecs that can gather from both in one pass override this."""
+        from_delta = np.flatnonzero(slots >= 0) if delta is not None else np.zeros(0, np.int64)
+        absent = np.flatnonzero((rows < 0) & (slots < 0))
+        if from_delta.size or absent.size:
+            rows = rows.copy()
+            rows[from_delta] = 0
+            rows[absent] = 0
+        out = self.decode(rows)
+        if delta is not None and from_delta.size:
+            out[from_delta] = delta.decode(slots[from_delta])
+        out[absent] = 0
+        return out
+
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 reconstructed, (stop - start, dim) float32."""
         return self.decode(np.arange(start, stop, dtype=np.int64))

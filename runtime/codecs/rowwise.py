@@ -44,6 +44,13 @@ class RowwiseCodec(Codec):
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         return rowwise.gather_key_rows(self.arrays["rows"], slots, keys, self.dim, self.bits, self.parallel_min_ids)
 
+    def decode_merged(self, rows: np.ndarray, slots: np.ndarray, delta: Codec | None) -> np.ndarray:
+        if not isinstance(delta, RowwiseCodec) or delta.bits != self.bits:
+            return super().decode_merged(rows, slots, delta)
+        return rowwise.gather_merged_rows(
+            self.arrays["rows"], delta.arrays["rows"], rows, slots, self.dim, self.bits, self.parallel_min_ids
+        )
+
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)
 

@@ -114,7 +114,12 @@ def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
 def find_below(table: np.ndarray, key: np.int64, mask: np.uint64, limit: int) -> np.int64:
     """The row of one key if it is below limit, else -1. A slot whose row is past the limit is
     probed past, not taken as the end of the chain: its key may not be visible yet (see `insert`)."""
-    s = home_slot(key, mask)
+    return find_below_from(table, key, home_slot(key, mask), mask, limit)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def find_below_from(table: np.ndarray, key: np.int64, s: np.uint64, mask: np.uint64, limit: int) -> np.int64:
+    """`find_below`, probing linearly from the key's home slot s."""
     while True:
         row = table[s, 1]
         if row == EMPTY:
@@ -164,6 +169,85 @@ def delta_slots(table: np.ndarray, limit: int, changed_slot: np.ndarray, rows: n
             slot = changed_slot[position]
             out[i] = slot if slot >= 0 else DELETED
     return out
+
+
+NO_KEYS = np.full((1, 2), EMPTY, np.int64)
+"""A slot table holding no key (for `resolve_keys` when nothing was added)."""
+
+
+@njit(nogil=True, cache=True)
+def resolve_keys(
+    base: np.ndarray,
+    added: np.ndarray,
+    added_limit: int,
+    base_rows: int,
+    changed: np.ndarray,
+    changed_limit: int,
+    changed_slot: np.ndarray,
+    keys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """keys (b,) int64 of a keyed table with a delta -> (rows (b,) int64: global rows, -1 where the
+    key is absent or deleted; slots (b,) int64: where each row's value lives, as `delta_slots`
+    answers, BASE for an absent key; how many keys are absent or deleted).
+
+    base: the table's key map (key -> base row); added: the keys the delta added (key -> index
+    below added_limit, row base_rows + index; `NO_KEYS` when none); changed, changed_limit and
+    changed_slot as in `delta_slots`. One call for what the key map, the added keys' map and
+    `delta_slots` gave in three, with numpy passes between them."""
+    n = keys.shape[0]
+    rows = np.empty(n, dtype=np.int64)
+    probe_into(base, keys, 0, n, rows)
+    added_mask = np.uint64(added.shape[0] - 1)
+    changed_mask = np.uint64(changed.shape[0] - 1)
+    # the changed rows' map is probed as `probe_into` probes: homes first, then prefetched ahead
+    homes = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        if rows[i] == EMPTY:
+            index = find_below(added, keys[i], added_mask, added_limit)
+            if index != EMPTY:
+                rows[i] = base_rows + index
+        homes[i] = np.int64(home_slot(rows[i], changed_mask))
+    for i in range(min(PROBE_AHEAD, n)):
+        prefetch_row(changed, homes[i], 0)
+    slots = np.full(n, BASE, dtype=np.int64)
+    missing = 0
+    for i in range(n):
+        if i + PROBE_AHEAD < n:
+            prefetch_row(changed, homes[i + PROBE_AHEAD], 0)
+        row = rows[i]
+        if row == EMPTY:
+            missing += 1
+            continue
+        position = find_below_from(changed, row, np.uint64(homes[i]), changed_mask, changed_limit)
+        if position >= 0:
+            slot = changed_slot[position]
+            if slot < 0:
+                slots[i] = DELETED
+                row = EMPTY
+                missing += 1
+            else:
+                slots[i] = slot
+        rows[i] = row
+    return rows, slots, missing
+
+
+def resolve_keys_numpy(
+    base: np.ndarray,
+    added: np.ndarray,
+    added_limit: int,
+    base_rows: int,
+    changed: np.ndarray,
+    changed_limit: int,
+    changed_slot: np.ndarray,
+    keys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The plain twin of `resolve_keys`."""
+    rows, _ = lookup_numpy(base, keys)
+    index = lookup_below_numpy(added, keys, added_limit)
+    rows = np.where((rows == EMPTY) & (index != EMPTY), base_rows + index, rows)
+    slots = delta_slots_numpy(changed, changed_limit, changed_slot, rows)
+    rows = np.where(slots == DELETED, EMPTY, rows)
+    return rows, slots, int((rows == EMPTY).sum())
 
 
 def delta_slots_numpy(table: np.ndarray, limit: int, changed_slot: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -162,6 +162,107 @@ def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_t
     return out
 
 
+@njit(nogil=True, cache=True)
+def _gather_merged_into(
+    base: np.ndarray,
+    delta: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    lo: int,
+    hi: int,
+    dim: int,
+    bits: int,
+    half_table: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """`gather_merged` of positions lo..hi-1 on this thread."""
+    row_bytes = base.shape[1]
+    for i in range(lo, hi):
+        ahead = i + PREFETCH_DISTANCE
+        if ahead < hi:
+            if slots[ahead] >= 0:
+                for offset in range(0, row_bytes, 64):
+                    prefetch_row(delta, slots[ahead], offset)
+            elif rows[ahead] >= 0:
+                for offset in range(0, row_bytes, 64):
+                    prefetch_row(base, rows[ahead], offset)
+        if slots[i] >= 0:
+            _dequant_row(delta[slots[i]], dim, bits, half_table, out[i], False)
+        elif rows[i] >= 0:
+            _dequant_row(base[rows[i]], dim, bits, half_table, out[i], False)
+        else:
+            out[i, :] = 0.0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def gather_merged(
+    base: np.ndarray,
+    delta: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    dim: int,
+    bits: int,
+    half_table: np.ndarray,
+    nchunks: int,
+) -> np.ndarray:
+    """Rows from a table's base and its delta in one gather: base (n, P+4) and delta (s, P+4)
+    uint8 fused rows; rows (b,) int64 base rows, slots (b,) int64 delta slots. Position i takes
+    delta[slots[i]] where slots[i] >= 0, else base[rows[i]] where rows[i] >= 0, else a zero row.
+    -> (b, dim) float32, each of `nchunks` tasks gathering its own run."""
+    n = rows.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    for c in prange(nchunks):
+        _gather_merged_into(
+            base, delta, rows, slots, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, out
+        )
+    return out
+
+
+@njit(nogil=True, cache=True)
+def gather_merged_serial(
+    base: np.ndarray,
+    delta: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    dim: int,
+    bits: int,
+    half_table: np.ndarray,
+) -> np.ndarray:
+    """`gather_merged` on the calling thread only."""
+    out = np.empty((rows.shape[0], dim), dtype=np.float32)
+    _gather_merged_into(base, delta, rows, slots, 0, rows.shape[0], dim, bits, half_table, out)
+    return out
+
+
+def gather_merged_rows(
+    base: np.ndarray,
+    delta: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    dim: int,
+    bits: int,
+    min_ids: int = DEFAULT_PARALLEL_MIN_IDS,
+) -> np.ndarray:
+    """`gather_merged`, parallel only for batches of at least `min_ids` ids."""
+    if use_parallel(rows.shape[0], min_ids):
+        return gather_merged(base, delta, rows, slots, dim, bits, HALF_TABLE, numba.get_num_threads())
+    return gather_merged_serial(base, delta, rows, slots, dim, bits, HALF_TABLE)
+
+
+def gather_merged_numpy(
+    base: np.ndarray, delta: np.ndarray, rows: np.ndarray, slots: np.ndarray, dim: int, bits: int
+) -> np.ndarray:
+    """The plain twin of `gather_merged`."""
+    out = np.zeros((rows.shape[0], dim), dtype=np.float32)
+    from_delta = slots >= 0
+    from_base = ~from_delta & (rows >= 0)
+    if from_delta.any():
+        out[from_delta] = dequantize_numpy(delta, slots[from_delta], dim, bits)
+    if from_base.any():
+        out[from_base] = dequantize_numpy(base, rows[from_base], dim, bits)
+    return out
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
     """rows (n, P+4) uint8 -> (stop - start, dim) float32 rows start..stop-1 dequantized."""

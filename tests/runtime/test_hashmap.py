@@ -161,3 +161,53 @@ def test_delta_slots_of_nothing() -> None:
     one = np.array([5], np.int64)
     assert hashmap.delta_slots(table, 0, empty, one).tolist() == [hashmap.BASE]
     assert hashmap.delta_slots_numpy(table, 0, empty, one).tolist() == [hashmap.BASE]
+
+
+@given(
+    st.lists(st.one_of(INT64, st.sampled_from(EXTREMES)), max_size=60, unique=True),
+    st.data(),
+)
+def test_resolve_keys_matches_its_twin_and_the_three_maps(base_list: list[int], data: st.DataObject) -> None:
+    # a keyed table of len(base_list) rows, a delta that added keys (rows base_rows..) and changed
+    # some rows (to a slot, or deleted: -1); the reader sees prefixes `added_limit`, `changed_limit`
+    base_keys = np.array(base_list, np.int64)
+    others = data.draw(st.lists(INT64.filter(lambda k: k not in set(base_list)), max_size=20, unique=True))
+    added_keys = np.array(others, np.int64)
+    base_rows = base_keys.size
+    total = base_rows + added_keys.size
+    changed_list = data.draw(st.lists(st.integers(0, max(total - 1, 0)), max_size=total, unique=True)) if total else []
+    changed = np.array(changed_list, np.int64)
+    current = np.array([data.draw(st.integers(-1, 30)) for _ in changed_list], np.int64)
+    base_table, _ = hashmap.build(base_keys, hashmap.slot_count(base_keys.size))
+    added_table = (
+        hashmap.build(added_keys, hashmap.slot_count(added_keys.size))[0] if added_keys.size else hashmap.NO_KEYS
+    )
+    changed_table, _ = hashmap.build(changed, hashmap.slot_count(changed.size))
+    added_limit = data.draw(st.integers(0, added_keys.size))
+    changed_limit = data.draw(st.integers(0, changed.size))
+    strangers = data.draw(st.lists(st.one_of(INT64, st.sampled_from(EXTREMES)), max_size=10))
+    keys = np.array([*base_list, *others, *strangers], np.int64)
+    keys = keys[np.random.default_rng(data.draw(st.integers(0, 99))).permutation(keys.size)]
+    args = (base_table, added_table, added_limit, base_rows, changed_table, changed_limit, current, keys)
+    rows, slots, missing = hashmap.resolve_keys(*args)
+    twin_rows, twin_slots, twin_missing = hashmap.resolve_keys_numpy(*args)
+    np.testing.assert_array_equal(rows, twin_rows)
+    np.testing.assert_array_equal(slots, twin_slots)
+    assert missing == twin_missing
+    row_of = {k: r for r, k in enumerate(base_list)}
+    row_of.update({k: base_rows + i for i, k in enumerate(others[:added_limit])})
+    slot_of = dict(zip(changed_list[:changed_limit], current[:changed_limit].tolist(), strict=True))
+    for key, row, slot in zip(keys.tolist(), rows.tolist(), slots.tolist(), strict=True):
+        want_row = row_of.get(key, -1)
+        want_slot = slot_of.get(want_row, hashmap.BASE) if want_row >= 0 else hashmap.BASE
+        if want_slot == -1 and want_row in slot_of:
+            want_row, want_slot = -1, hashmap.DELETED
+        assert (row, slot) == (want_row, want_slot)
+    assert missing == int((rows < 0).sum())
+
+
+def test_resolve_keys_of_no_keys() -> None:
+    table, _ = hashmap.build(np.array([4], np.int64), 8)
+    empty = np.zeros(0, np.int64)
+    rows, slots, missing = hashmap.resolve_keys(table, hashmap.NO_KEYS, 0, 1, table, 1, empty, empty)
+    assert rows.shape == slots.shape == (0,) and missing == 0

@@ -105,6 +105,24 @@ def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, i
         )
 
 
+@given(quantized_rows(), st.integers(1, 9), st.data())
+def test_rowwise_merged_gather_matches_numpy(
+    case: tuple[np.ndarray, np.ndarray, int, int], nchunks: int, data: st.DataObject
+) -> None:
+    # a base and a delta of the same codec; each position reads the delta, the base or nothing
+    base, ids, dim, bits = case
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    delta = rowwise.quantize_numpy(rng.standard_normal((data.draw(st.integers(1, 9)), dim)).astype(np.float32), bits)
+    source = rng.integers(0, 3, ids.size)  # 0 base, 1 delta, 2 neither (missing or deleted)
+    rows = np.where(source == 0, ids, -1).astype(np.int64)
+    slots = np.where(source == 1, rng.integers(0, delta.shape[0], ids.size), rng.integers(-2, 0, ids.size))
+    want = rowwise.gather_merged_numpy(base, delta, rows, slots, dim, bits)
+    got = rowwise.gather_merged(base, delta, rows, slots, dim, bits, HALF_TABLE, nchunks)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rowwise.gather_merged_serial(base, delta, rows, slots, dim, bits, HALF_TABLE), got)
+    assert not want[source == 2].any()
+
+
 @given(quantized_rows(), st.data())
 def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
     rows, ids, dim, bits = case
