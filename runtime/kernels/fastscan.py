@@ -129,7 +129,14 @@ def _block_sums_avx2(typingctx, blocked, block, tables, threshold, sums):  # typ
         def load_vec(address):  # type: ignore[no-untyped-def]
             return builder.load(builder.inttoptr(address, vec_ptr), align=1, typ=v32i8)
 
-        acc = cgutils.alloca_once_value(builder, ir.Constant(v32i16, [0] * 32))
+        # The looked-up bytes are added as 16-bit lanes without widening them: lane j of `mixed`
+        # gathers row 2j's bytes plus 256 times row 2j+1's (carries included, modulo 2^16), and
+        # lane j of `odd` row 2j+1's alone; row 2j's sum is then mixed - 256 odd. Fewer
+        # instructions a subspace pair than widening each byte to 16 bits, as Faiss does too.
+        v16i16 = ir.VectorType(i16, 16)
+        eight = ir.Constant(v16i16, [8] * 16)
+        mixed_acc = cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
+        odd_acc = cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
         with cgutils.for_range(builder, pairs) as loop:
             p = loop.index
             codes = load_vec(builder.add(codes_addr, builder.mul(p, ir.Constant(i64, 32))))
@@ -139,11 +146,16 @@ def _block_sums_avx2(typingctx, blocked, block, tables, threshold, sums):  # typ
             table_high = load_vec(
                 builder.add(tables_addr, builder.add(builder.mul(p, ir.Constant(i64, 64)), ir.Constant(i64, 32)))
             )
-            found_low = builder.zext(builder.call(shuffle, [table_low, low]), v32i16)
-            found_high = builder.zext(builder.call(shuffle, [table_high, high]), v32i16)
-            total = builder.add(builder.load(acc, typ=v32i16), builder.add(found_low, found_high))
-            builder.store(total, acc)
-        result = builder.load(acc, typ=v32i16)
+            found_low = builder.bitcast(builder.call(shuffle, [table_low, low]), v16i16)
+            found_high = builder.bitcast(builder.call(shuffle, [table_high, high]), v16i16)
+            mixed = builder.add(builder.load(mixed_acc, typ=v16i16), builder.add(found_low, found_high))
+            builder.store(mixed, mixed_acc)
+            odd = builder.add(builder.lshr(found_low, eight), builder.lshr(found_high, eight))
+            builder.store(builder.add(builder.load(odd_acc, typ=v16i16), odd), odd_acc)
+        odd_sums = builder.load(odd_acc, typ=v16i16)
+        even_sums = builder.sub(builder.load(mixed_acc, typ=v16i16), builder.shl(odd_sums, eight))
+        interleave = ir.Constant(ir.VectorType(i32, 32), [j // 2 + 16 * (j % 2) for j in range(32)])
+        result = builder.shuffle_vector(even_sums, odd_sums, interleave)
         builder.store(result, builder.inttoptr(builder.ptrtoint(sums_ary.data, i64), v32i16.as_pointer()), align=1)
         limit = builder.trunc(context.cast(builder, args[3], signature.args[3], types.int64), i16)
         splat = builder.shuffle_vector(
