@@ -251,6 +251,8 @@ class Codec(ABC):
         rows): rows (b,) int64, slots (b,) int64 -> (b, dim) float32. Position i is
         delta.decode(slots[i]) where slots[i] >= 0, else decode(rows[i]) where rows[i] >= 0, else
         zeros. Codecs that can gather from both in one pass override this."""
+        # one gather for every position (row 0 standing in for the others), then the few that
+        # live in the delta or are missing overwritten: cheaper than scattering the many
         from_delta = np.flatnonzero(slots >= 0) if delta is not None else np.zeros(0, np.int64)
         absent = np.flatnonzero((rows < 0) & (slots < 0))
         if from_delta.size or absent.size:
