@@ -63,13 +63,53 @@ def row_codes(blocked: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return blocked[ids // BLOCK_ROWS, :, ids % BLOCK_ROWS]
 
 
+@njit(nogil=True, cache=True)
 def quantize_luts(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """luts (q, M, 16) float32 -> (tables (q, M, 32) uint8, each 16-byte table twice, one copy a
     register lane; bias (q,) float64; scale (q,) float64; slack (q,) float64).
 
     For every row, |sum_m tables[m, c_m] - (sum_m luts[m, c_m] - bias) · scale| <= slack, counting
-    the rounding of each entry (1/2 a subspace) and float32 accumulation of the float sum.
+    the rounding of each entry (1/2 a subspace) and float32 accumulation of the float sum. A
+    kernel because every 4-bit search pays it: numpy's dozen small passes took ~75 µs a query.
     """
+    nq, nm, ksub = luts.shape
+    top = float(min(255, 65535 // max(nm, 1)))
+    tables = np.empty((nq, nm, 2 * ksub), dtype=np.uint8)
+    bias = np.zeros(nq)
+    scale = np.ones(nq)
+    slack = np.empty(nq)
+    mins = np.zeros(nm)
+    for q in range(nq):
+        span = 0.0
+        largest = 0.0
+        for m in range(nm):
+            lo = np.inf
+            hi = -np.inf
+            biggest = 0.0
+            for k in range(ksub):
+                v = np.float64(luts[q, m, k])
+                lo = min(lo, v)
+                hi = max(hi, v)
+                biggest = max(biggest, abs(v))
+            mins[m] = lo if ksub else 0.0
+            span = max(span, hi - mins[m])
+            bias[q] += mins[m]
+            largest += biggest
+        if span > 0:
+            scale[q] = top / span
+        for m in range(nm):
+            for k in range(ksub):
+                level = min(max(np.rint((np.float64(luts[q, m, k]) - mins[m]) * scale[q]), 0.0), top)
+                tables[q, m, k] = np.uint8(level)
+                tables[q, m, k + ksub] = np.uint8(level)
+        # float32 sums of nm terms are off by at most nm · 2^-24 · sum |terms|; doubled for safety
+        float_error = 2.0 * nm * 2.0**-24 * largest
+        slack[q] = 0.5 * nm + float_error * scale[q] + 1.0
+    return tables, bias, scale, slack
+
+
+def quantize_luts_numpy(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of `quantize_luts` (sums over subspaces taken in order, as the kernel takes them)."""
     nq, nm, ksub = luts.shape
     lut64 = luts.astype(np.float64)
     mins = lut64.min(axis=2, initial=np.inf) if ksub else np.zeros((nq, nm))
@@ -79,9 +119,13 @@ def quantize_luts(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     levels = np.rint((lut64 - mins[:, :, None]) * scale[:, None, None])
     q8 = np.clip(levels, 0, top).astype(np.uint8)
     tables = np.ascontiguousarray(np.concatenate([q8, q8], axis=2))
-    bias = mins.sum(axis=1)
-    # float32 sums of nm terms are off by at most nm · 2^-24 · sum |terms|; doubled for safety
-    float_error = 2.0 * nm * 2.0**-24 * np.abs(lut64).max(axis=2, initial=0.0).sum(axis=1)
+    largest = np.abs(lut64).max(axis=2, initial=0.0)
+    bias = np.zeros(nq)
+    largest_sum = np.zeros(nq)
+    for m in range(nm):
+        bias = bias + mins[:, m]
+        largest_sum = largest_sum + largest[:, m]
+    float_error = 2.0 * nm * 2.0**-24 * largest_sum
     slack = 0.5 * nm + float_error * scale + 1.0
     return tables, bias, scale, slack
 

@@ -62,6 +62,20 @@ def test_quantized_sums_stay_within_the_slack(case) -> None:  # type: ignore[no-
         assert np.all(gap <= slack[qi])
 
 
+@given(four_bit_tables())
+def test_quantize_luts_matches_its_twin(case) -> None:  # type: ignore[no-untyped-def]
+    luts = case[2]
+    for got, want in zip(fastscan.quantize_luts(luts), fastscan.quantize_luts_numpy(luts), strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_quantize_luts_of_constant_and_empty_tables() -> None:
+    for luts in (np.zeros((2, 3, 16), np.float32), np.zeros((1, 0, 16), np.float32), np.zeros((0, 4, 16), np.float32)):
+        for got, want in zip(fastscan.quantize_luts(luts), fastscan.quantize_luts_numpy(luts), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 @needs_avx2
 @given(four_bit_tables())
 def test_shuffle_kernel_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
