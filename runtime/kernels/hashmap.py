@@ -151,20 +151,23 @@ def delta_slots(table: np.ndarray, limit: int, changed_slot: np.ndarray, rows: n
     """Where each row's current value lives: rows (b,) int64 global rows (-1: missing) -> (b,)
     int64, the delta slot holding it, BASE, or DELETED. table: the slot table of the changed rows
     (row -> position in changed_slot; positions >= limit not visible to this reader);
-    changed_slot (m,) int64: position -> slot, -1 for a deleted row. One pass, the delta's map
-    probed once a row (`find_below`, home slots prefetched as in `probe_into`: the
+    changed_slot (m,) int64: position -> slot, -1 for a deleted row. The delta's map is probed
+    once a row as `probe_into` probes: every home slot hashed first, then prefetched ahead (the
     map of a delta of 10k rows is already past L2)."""
     mask = np.uint64(table.shape[0] - 1)
     n = rows.shape[0]
-    out = np.full(n, BASE, dtype=np.int64)
+    homes = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        homes[i] = np.int64(home_slot(rows[i], mask))
     for i in range(min(PROBE_AHEAD, n)):
-        prefetch_row(table, np.int64(home_slot(rows[i], mask)), 0)
+        prefetch_row(table, homes[i], 0)
+    out = np.full(n, BASE, dtype=np.int64)
     for i in range(n):
         if i + PROBE_AHEAD < n:
-            prefetch_row(table, np.int64(home_slot(rows[i + PROBE_AHEAD], mask)), 0)
+            prefetch_row(table, homes[i + PROBE_AHEAD], 0)
         if rows[i] < 0:
             continue
-        position = find_below(table, rows[i], mask, limit)
+        position = find_below_from(table, rows[i], np.uint64(homes[i]), mask, limit)
         if position >= 0:
             slot = changed_slot[position]
             out[i] = slot if slot >= 0 else DELETED
@@ -198,36 +201,18 @@ def resolve_keys(
     rows = np.empty(n, dtype=np.int64)
     probe_into(base, keys, 0, n, rows)
     added_mask = np.uint64(added.shape[0] - 1)
-    changed_mask = np.uint64(changed.shape[0] - 1)
-    # the changed rows' map is probed as `probe_into` probes: homes first, then prefetched ahead
-    homes = np.empty(n, dtype=np.int64)
     for i in range(n):
         if rows[i] == EMPTY:
             index = find_below(added, keys[i], added_mask, added_limit)
             if index != EMPTY:
                 rows[i] = base_rows + index
-        homes[i] = np.int64(home_slot(rows[i], changed_mask))
-    for i in range(min(PROBE_AHEAD, n)):
-        prefetch_row(changed, homes[i], 0)
-    slots = np.full(n, BASE, dtype=np.int64)
+    slots = delta_slots(changed, changed_limit, changed_slot, rows)
     missing = 0
     for i in range(n):
-        if i + PROBE_AHEAD < n:
-            prefetch_row(changed, homes[i + PROBE_AHEAD], 0)
-        row = rows[i]
-        if row == EMPTY:
+        if slots[i] == DELETED:
+            rows[i] = EMPTY
+        if rows[i] == EMPTY:
             missing += 1
-            continue
-        position = find_below_from(changed, row, np.uint64(homes[i]), changed_mask, changed_limit)
-        if position >= 0:
-            slot = changed_slot[position]
-            if slot < 0:
-                slots[i] = DELETED
-                row = EMPTY
-                missing += 1
-            else:
-                slots[i] = slot
-        rows[i] = row
     return rows, slots, missing
 
 
