@@ -24,10 +24,29 @@ def writable(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.writeable else arr.copy()
 
 
+_INT64 = np.dtype(np.int64)
+FLOAT32 = np.dtype(np.float32)
+"""The float32 dtype object: np.empty(shape, FLOAT32) skips resolving a dtype argument on hot paths."""
+
+
 def _flat_int64(arr: Any) -> bool:
     """Whether arr is already what a kernel takes: a plain C-contiguous (n,) int64 ndarray (the
-    hot paths' test; anything else goes through the general conversion)."""
-    return type(arr) is np.ndarray and arr.dtype == np.int64 and arr.ndim == 1 and arr.flags.c_contiguous
+    hot paths' test; anything else goes through the general conversion). The dtype is compared by
+    identity first: `==` against a type costs ~0.2 µs, a sizeable part of a one-id lookup."""
+    return (
+        type(arr) is np.ndarray
+        and (arr.dtype is _INT64 or arr.dtype == _INT64)
+        and arr.ndim == 1
+        and arr.flags.c_contiguous
+    )
+
+
+def kernel_ready_ids(arr: Any) -> bool:
+    """Whether arr is a non-empty, writable `_flat_int64` array: ids a lookup may hand its kernels
+    unconverted, uncopied and unchecked (the kernels check the bounds themselves). A False only
+    means the general path (`check_ids`) runs."""
+    # flags.carray: C-contiguous, aligned and writable, read from one flags object
+    return type(arr) is np.ndarray and arr.dtype is _INT64 and arr.ndim == 1 and arr.shape[0] > 0 and arr.flags.carray
 
 
 def check_table_input(x: Any) -> np.ndarray:

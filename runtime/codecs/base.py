@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense, hashmap
+from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import KeySet
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
@@ -239,6 +240,14 @@ class Codec(ABC):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, dim) float32 reconstructions."""
 
+    def decode_checked(self, ids: np.ndarray) -> np.ndarray | None:
+        """`decode` of ids (b,) int64 (C-contiguous, writable) not yet checked: None when some id is
+        outside [0, rows) (the caller finds and names it). Codecs whose small gathers can check
+        the bounds as they go override this."""
+        if first_out_of_range(ids, self.rows) >= 0:
+            return None
+        return self.decode(ids)
+
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         """keys (b,) int64 through a key map's slot table (`hashmap.build`) -> their rows (b, dim)
         float32, None when some key is absent, and how many are. Codecs whose gather can probe
@@ -271,7 +280,7 @@ class Codec(ABC):
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         """EmbeddingBag pooling: ids (m,) int64, offsets (B,) int64 -> (B, dim) float32."""
-        return dense.pool(self.decode(ids), offsets, mean)
+        return dense.pool(self.decode(ids), offsets, mean, self.parallel_min_ids)
 
     # ---- search: prepare once, scan and score many times -------------------------------------
     def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
@@ -348,6 +357,8 @@ class Codec(ABC):
         q = self.decode(ids)
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
+        self.decode_checked(ids)
+        self.decode_checked(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
         self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)

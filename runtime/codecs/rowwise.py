@@ -14,7 +14,7 @@ from runtime.codecs.base import Codec, Prepared, TrainedState, query_vectors
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
-from runtime.kernels.rowwise import HALF_TABLE
+from runtime.validation import FLOAT32
 
 
 class RowwiseCodec(Codec):
@@ -41,6 +41,12 @@ class RowwiseCodec(Codec):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
 
+    def decode_checked(self, ids: np.ndarray) -> np.ndarray | None:
+        if rowwise.use_parallel(ids.shape[0], self.parallel_min_ids):
+            return super().decode_checked(ids)
+        out = np.empty((ids.shape[0], self.dim), FLOAT32)
+        return out if rowwise.gather_checked_into(self.arrays["rows"], ids, self.dim, self.bits, out) < 0 else None
+
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         return rowwise.gather_key_rows(self.arrays["rows"], slots, keys, self.dim, self.bits, self.parallel_min_ids)
 
@@ -52,12 +58,10 @@ class RowwiseCodec(Codec):
         )
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
-        return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits, HALF_TABLE)
+        return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits)
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
-        return rowwise.bags(
-            self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, HALF_TABLE, self.parallel_min_ids
-        )
+        return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, self.parallel_min_ids)
 
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.bits == 2:  # no fused scan for 2-bit codes: decode blocks, then a matrix product

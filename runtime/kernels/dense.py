@@ -1,17 +1,18 @@
-"""Kernels over dense rows: fp16 gather and EmbeddingBag pooling of decoded rows."""
+"""Kernels over dense rows: fp16 gather and pooling, and EmbeddingBag pooling of decoded rows."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
+from runtime.kernels.checks import first_out_of_range
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bags_numpy
 
 
 @njit(nogil=True, cache=True)
-def _fp16_gather_into(
-    bits16: np.ndarray, ids: np.ndarray, lo: int, hi: int, half_table: np.ndarray, out: np.ndarray
-) -> None:
+def _fp16_gather_into(bits16: np.ndarray, ids: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     """Convert rows ids[lo:hi] into out[lo:hi], one after another on this thread."""
     dim = bits16.shape[1]
     for i in range(lo, hi):
@@ -20,26 +21,36 @@ def _fp16_gather_into(
                 prefetch_row(bits16, ids[i + PREFETCH_DISTANCE], offset)
         src = bits16[ids[i]]
         for j in range(dim):
-            out[i, j] = half_table[src[j]]
+            out[i, j] = half_to_float(src[j])
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fp16_gather(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray, nchunks: int) -> np.ndarray:
+def fp16_gather(bits16: np.ndarray, ids: np.ndarray, nchunks: int) -> np.ndarray:
     """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32; one contiguous
     run of ids a task (`nchunks`, one a thread), as `rowwise.gather` does."""
     n = ids.shape[0]
     out = np.empty((n, bits16.shape[1]), dtype=np.float32)
     for c in prange(nchunks):
-        _fp16_gather_into(bits16, ids, c * n // nchunks, (c + 1) * n // nchunks, half_table, out)
+        _fp16_gather_into(bits16, ids, c * n // nchunks, (c + 1) * n // nchunks, out)
     return out
 
 
 @njit(nogil=True, cache=True)
-def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray, half_table: np.ndarray) -> np.ndarray:
+def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """`fp16_gather` on the calling thread, for small batches."""
     out = np.empty((ids.shape[0], bits16.shape[1]), dtype=np.float32)
-    _fp16_gather_into(bits16, ids, 0, ids.shape[0], half_table, out)
+    _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
     return out
+
+
+@njit(nogil=True, cache=True)
+def fp16_gather_checked_into(bits16: np.ndarray, ids: np.ndarray, out: np.ndarray) -> int:
+    """`fp16_gather_serial` into out (b, d) float32 with the ids' bounds checked in the same call:
+    -> the position of the first id outside [0, n), out left as it was, or -1 when all were gathered."""
+    bad = first_out_of_range(ids, bits16.shape[0])
+    if bad < 0:
+        _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
+    return bad
 
 
 def fp16_gather_numpy(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -47,17 +58,64 @@ def fp16_gather_numpy(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return values[ids].astype(np.float32)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def pool(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
-    """EmbeddingBag pooling. decoded (m, d) float32, offsets (B,) int64 -> (B, d) float32.
+@njit(nogil=True, cache=True)
+def _fp16_bags_into(
+    bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, lo: int, hi: int, mean: bool, out: np.ndarray
+) -> None:
+    """Pool bags lo..hi-1 into out[lo:hi] on this thread, widening each half in registers as it is
+    added (no decoded copy of the rows); ids are prefetched ahead across bag boundaries."""
+    total = ids.shape[0]
+    nbags = offsets.shape[0]
+    dim = bits16.shape[1]
+    for b in range(lo, hi):
+        start = offsets[b]
+        stop = offsets[b + 1] if b + 1 < nbags else total
+        out[b, :] = 0.0
+        for t in range(start, stop):
+            if t + PREFETCH_DISTANCE < total:
+                for offset in range(0, dim * 2, 64):
+                    prefetch_row(bits16, ids[t + PREFETCH_DISTANCE], offset)
+            src = bits16[ids[t]]
+            for j in range(dim):
+                out[b, j] += half_to_float(src[j])
+        if mean and stop > start:
+            inv = np.float32(1.0) / np.float32(stop - start)
+            for j in range(dim):
+                out[b, j] *= inv
 
-    Bag b is rows offsets[b]..offsets[b+1]-1 (the last bag runs to m); empty bags are zeros."""
+
+@njit(parallel=True, nogil=True, cache=True)
+def fp16_bags_chunked(bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool, nchunks: int) -> np.ndarray:
+    """EmbeddingBag pooling straight from fp16 rows: bits16 (n, d) uint16 (raw fp16 bits), ids (m,)
+    int64, offsets (B,) int64 -> (B, d) float32, one contiguous run of bags a task (`nchunks`)."""
+    nbags = offsets.shape[0]
+    out = np.empty((nbags, bits16.shape[1]), dtype=np.float32)
+    for c in prange(nchunks):
+        _fp16_bags_into(bits16, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, mean, out)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def fp16_bags_serial(bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+    """`fp16_bags_chunked` on the calling thread, for small batches."""
+    out = np.empty((offsets.shape[0], bits16.shape[1]), dtype=np.float32)
+    _fp16_bags_into(bits16, ids, offsets, 0, offsets.shape[0], mean, out)
+    return out
+
+
+def fp16_bags_numpy(values: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+    """Twin of `fp16_bags_chunked`: values (n, d) float16 -> (B, d) float32."""
+    return bags_numpy(fp16_gather_numpy(values, ids), offsets, mean)
+
+
+@njit(nogil=True, cache=True)
+def _pool_into(decoded: np.ndarray, offsets: np.ndarray, lo: int, hi: int, mean: bool, out: np.ndarray) -> None:
     nbags = offsets.shape[0]
     dim = decoded.shape[1]
-    out = np.zeros((nbags, dim), dtype=np.float32)
-    for b in prange(nbags):
+    for b in range(lo, hi):
         start = offsets[b]
         stop = offsets[b + 1] if b + 1 < nbags else decoded.shape[0]
+        out[b, :] = 0.0
         for t in range(start, stop):
             for j in range(dim):
                 out[b, j] += decoded[t, j]
@@ -65,4 +123,50 @@ def pool(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
             inv = np.float32(1.0) / np.float32(stop - start)
             for j in range(dim):
                 out[b, j] *= inv
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def pool_chunked(decoded: np.ndarray, offsets: np.ndarray, mean: bool, nchunks: int) -> np.ndarray:
+    """EmbeddingBag pooling. decoded (m, d) float32, offsets (B,) int64 -> (B, d) float32, one
+    contiguous run of bags a task (`nchunks`).
+
+    Bag b is rows offsets[b]..offsets[b+1]-1 (the last bag runs to m); empty bags are zeros."""
+    nbags = offsets.shape[0]
+    out = np.empty((nbags, decoded.shape[1]), dtype=np.float32)
+    for c in prange(nchunks):
+        _pool_into(decoded, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, mean, out)
     return out
+
+
+@njit(nogil=True, cache=True)
+def pool_serial(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
+    """`pool_chunked` on the calling thread, for small batches."""
+    out = np.empty((offsets.shape[0], decoded.shape[1]), dtype=np.float32)
+    _pool_into(decoded, offsets, 0, offsets.shape[0], mean, out)
+    return out
+
+
+def _bag_tasks(n_ids: int, nbags: int, min_ids: int) -> int:
+    """How many tasks to pool a batch with: 1 (the calling thread) below `min_ids` ids."""
+    if nbags < 2 or n_ids < min_ids:
+        return 1
+    return min(numba.get_num_threads(), nbags)
+
+
+def pool(decoded: np.ndarray, offsets: np.ndarray, mean: bool, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> np.ndarray:
+    """EmbeddingBag pooling of decoded rows (m, d) float32 by offsets (B,) int64 -> (B, d) float32;
+    parallel over runs of bags only for batches of at least `min_ids` rows."""
+    tasks = _bag_tasks(decoded.shape[0], offsets.shape[0], min_ids)
+    if tasks == 1:
+        return pool_serial(decoded, offsets, mean)
+    return pool_chunked(decoded, offsets, mean, tasks)
+
+
+def fp16_bags(
+    bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool, min_ids: int = DEFAULT_PARALLEL_MIN_IDS
+) -> np.ndarray:
+    """`fp16_bags_chunked`, parallel only for batches of at least `min_ids` ids."""
+    tasks = _bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    if tasks == 1:
+        return fp16_bags_serial(bits16, ids, offsets, mean)
+    return fp16_bags_chunked(bits16, ids, offsets, mean, tasks)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -69,6 +69,12 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
         return builder.fpext(half, ir.FloatType())
 
     return sig, codegen
+
+
+@njit(inline="always", nogil=True, cache=True)
+def half_from_bytes(lo: np.uint8, hi: np.uint8) -> np.float32:
+    """The float32 value of the little-endian fp16 held in two bytes (a fused row's scale or bias)."""
+    return half_to_float(np.uint16(lo) | (np.uint16(hi) << np.uint16(8)))
 
 
 def _target_has_f16c(context) -> bool:  # type: ignore[no-untyped-def]

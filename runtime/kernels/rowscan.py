@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.intrinsics import half_to_float
+from runtime.kernels.intrinsics import half_from_bytes, half_to_float
 from runtime.kernels.scan import _chunk_bounds, _offer_block
 from runtime.kernels.topk import merge_partials
 
@@ -32,16 +32,9 @@ REORDERABLE = {"reassoc", "contract"}
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _half_from_bytes(lo: np.uint8, hi: np.uint8) -> np.float32:
-    return half_to_float(np.uint16(lo) | (np.uint16(hi) << np.uint16(8)))
-
-
-@njit(inline="always", nogil=True, cache=True)
 def _scale_bias(rows: np.ndarray, r: int, width: int) -> tuple[np.float32, np.float32]:
     """The fp16 scale and bias stored after the `width` code bytes of fused row r."""
-    return _half_from_bytes(rows[r, width], rows[r, width + 1]), _half_from_bytes(
-        rows[r, width + 2], rows[r, width + 3]
-    )
+    return half_from_bytes(rows[r, width], rows[r, width + 1]), half_from_bytes(rows[r, width + 2], rows[r, width + 3])
 
 
 @njit(nogil=True, cache=True, fastmath=REORDERABLE)

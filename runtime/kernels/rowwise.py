@@ -4,8 +4,9 @@ A row of `rows` (n, packed + 4) uint8 holds the packed codes of `dim` values, th
 and the fp16 bias (little-endian). value[j] = scale * code[j] + bias. Codes are packed low bits
 first: for int4 column 2i sits in the low nibble of byte i, for int2 column 4i in bits 0-1.
 
-numba has no float16 on the CPU, so fp16 bits are turned into float32 through `half_table`
-(65536,) float32, indexed by the raw uint16 bits.
+numba has no float16 on the CPU: scale and bias are widened from their fp16 bits in registers
+(`half_from_bytes`, the CPU's F16C instruction where it has one). A 256 KiB table indexed by the bits
+did the same, but a cold batch missed cache on it twice a row.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import probe_into
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_from_bytes, prefetch_row
 
-
-def make_half_table() -> np.ndarray:
-    """(65536,) float32: value of every fp16 bit pattern."""
-    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
-HALF_TABLE = make_half_table()
 PARALLEL_MIN_IDS = 4096
 """Size of the batch warm-up compiles the parallel kernels with (the largest threshold used)."""
 DEFAULT_PARALLEL_MIN_IDS = 512
@@ -42,42 +37,61 @@ def packed_bytes(dim: int, bits: int) -> int:
     return (dim + per_byte - 1) // per_byte
 
 
+FLOAT_FLAGS = {"contract"}
+"""Float flags of every kernel that dequantizes: scale · code + bias becomes one FMA. All of them
+(gathers, bags, ranges) use the same flags, so a row decodes to the same bits whichever path reads it."""
+
+
 @njit(inline="always", nogil=True, cache=True)
-def _dequant_row(
-    row: np.ndarray, dim: int, bits: int, half_table: np.ndarray, out: np.ndarray, accumulate: bool
-) -> None:
+def _code(row: np.ndarray, column: int, bits: int) -> np.uint8:
+    """The code of one column of a packed int4 / int2 row (the tail that fills no whole byte)."""
+    per_byte = 8 // bits
+    shift = np.uint8((column % per_byte) * bits)
+    return np.uint8((row[column // per_byte] >> shift) & np.uint8((1 << bits) - 1))
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _low(byte: np.uint8) -> np.float32:
+    """The low nibble of a byte as a float; uint8 all the way, see `_dequant_row`."""
+    return np.float32(np.uint8(byte & np.uint8(15)))
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _high(byte: np.uint8) -> np.float32:
+    return np.float32(np.uint8(byte >> np.uint8(4)))
+
+
+@njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _dequant_row(row: np.ndarray, dim: int, bits: int, out: np.ndarray) -> None:
+    """One fused row (P+4,) uint8 -> out (dim,) float32. Codes are widened as uint8 (masks and
+    shifts typed uint8 too): integer arithmetic of numba's default width would make the codes
+    int64, which AVX2 cannot convert to float in vectors, and the loops would run one value at a time."""
     nbytes = row.shape[0] - 4
-    scale = half_table[np.int64(row[nbytes]) | (np.int64(row[nbytes + 1]) << 8)]
-    bias = half_table[np.int64(row[nbytes + 2]) | (np.int64(row[nbytes + 3]) << 8)]
+    scale = half_from_bytes(row[nbytes], row[nbytes + 1])
+    bias = half_from_bytes(row[nbytes + 2], row[nbytes + 3])
     if bits == 8:
-        if accumulate:
-            for j in range(dim):
-                out[j] += scale * np.float32(row[j]) + bias
-        else:
-            for j in range(dim):
-                out[j] = scale * np.float32(row[j]) + bias
-    elif bits == 4:
         for j in range(dim):
-            code = (row[j >> 1] >> ((j & 1) << 2)) & 15
-            v = scale * np.float32(code) + bias
-            if accumulate:
-                out[j] += v
-            else:
-                out[j] = v
+            out[j] = scale * np.float32(row[j]) + bias
+        return
+    whole = dim // 2 if bits == 4 else dim // 4
+    if bits == 4:
+        for j in range(whole):
+            byte = row[j]
+            out[2 * j] = scale * _low(byte) + bias
+            out[2 * j + 1] = scale * _high(byte) + bias
     else:
-        for j in range(dim):
-            code = (row[j >> 2] >> ((j & 3) << 1)) & 3
-            v = scale * np.float32(code) + bias
-            if accumulate:
-                out[j] += v
-            else:
-                out[j] = v
+        for j in range(whole):
+            byte = row[j]
+            out[4 * j] = scale * np.float32(np.uint8(byte & np.uint8(3))) + bias
+            out[4 * j + 1] = scale * np.float32(np.uint8((byte >> np.uint8(2)) & np.uint8(3))) + bias
+            out[4 * j + 2] = scale * np.float32(np.uint8((byte >> np.uint8(4)) & np.uint8(3))) + bias
+            out[4 * j + 3] = scale * np.float32(np.uint8(byte >> np.uint8(6))) + bias
+    for column in range(whole * (8 // bits), dim):
+        out[column] = scale * np.float32(_code(row, column, bits)) + bias
 
 
-@njit(nogil=True, cache=True)
-def _gather_into(
-    rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, half_table: np.ndarray, out: np.ndarray
-) -> None:
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _gather_into(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, out: np.ndarray) -> None:
     """Dequantize rows ids[lo:hi] into out[lo:hi], one after another on this thread."""
     row_bytes = rows.shape[1]
     for i in range(lo, hi):
@@ -85,22 +99,22 @@ def _gather_into(
         if i + PREFETCH_DISTANCE < hi:
             for offset in range(0, row_bytes, 64):
                 prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
-        _dequant_row(rows[ids[i]], dim, bits, half_table, out[i], False)
+        _dequant_row(rows[ids[i]], dim, bits, out[i])
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray, nchunks: int) -> np.ndarray:
+@njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int) -> np.ndarray:
     """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows. One contiguous
     run of ids a task (`nchunks`, one a thread), each a plain serial loop with its own prefetch
     stream: measured 15-20% faster than a prange over single ids."""
     n = ids.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
     for c in prange(nchunks):
-        _gather_into(rows, ids, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, out)
+        _gather_into(rows, ids, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, out)
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_keys_into(
     rows: np.ndarray,
     slots: np.ndarray,
@@ -109,7 +123,6 @@ def _gather_keys_into(
     hi: int,
     dim: int,
     bits: int,
-    half_table: np.ndarray,
     ids: np.ndarray,
     out: np.ndarray,
 ) -> int:
@@ -119,13 +132,13 @@ def _gather_keys_into(
     probed key i + 8, prefetched its row and dequantized row i in step."""
     absent = probe_into(slots, keys, lo, hi, ids)
     if absent == 0:
-        _gather_into(rows, ids, lo, hi, dim, bits, half_table, out)
+        _gather_into(rows, ids, lo, hi, dim, bits, out)
     return absent
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def gather_keys(
-    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, half_table: np.ndarray, nchunks: int
+    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, nchunks: int
 ) -> tuple[np.ndarray, int]:
     """`gather` of keyed rows: keys (b,) int64 go through a key map's slot table (hashmap.build)
     and the rows found are dequantized, each of `nchunks` tasks probing and gathering its own run
@@ -135,34 +148,43 @@ def gather_keys(
     ids = np.empty(n, dtype=np.int64)
     absent = np.zeros(nchunks, dtype=np.int64)
     for c in prange(nchunks):
-        absent[c] = _gather_keys_into(
-            rows, slots, keys, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, ids, out
-        )
+        absent[c] = _gather_keys_into(rows, slots, keys, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, ids, out)
     return out, absent.sum()
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def gather_keys_serial(
-    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, half_table: np.ndarray
+    rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int
 ) -> tuple[np.ndarray, int]:
     """`gather_keys` on the calling thread only."""
     n = keys.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
-    absent = _gather_keys_into(rows, slots, keys, 0, n, dim, bits, half_table, ids, out)
+    absent = _gather_keys_into(rows, slots, keys, 0, n, dim, bits, ids, out)
     return out, absent
 
 
-@njit(nogil=True, cache=True)
-def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
     """`gather` on the calling thread only: for small batches waking a thread team
     costs more than the work (and a server calls kernels from several threads at once)."""
     out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    _gather_into(rows, ids, 0, ids.shape[0], dim, bits, half_table, out)
+    _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def gather_checked_into(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, out: np.ndarray) -> int:
+    """`gather_serial` into out (b, dim) float32, with the ids' bounds checked in the same call (a
+    small lookup pays one kernel call, not two): -> the position of the first id outside
+    [0, n), out left as it was, or -1 when every row was gathered."""
+    bad = first_out_of_range(ids, rows.shape[0])
+    if bad < 0:
+        _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
+    return bad
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_merged_into(
     base: np.ndarray,
     delta: np.ndarray,
@@ -172,7 +194,6 @@ def _gather_merged_into(
     hi: int,
     dim: int,
     bits: int,
-    half_table: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """`gather_merged` of positions lo..hi-1 on this thread."""
@@ -187,14 +208,14 @@ def _gather_merged_into(
                 for offset in range(0, row_bytes, 64):
                     prefetch_row(base, rows[ahead], offset)
         if slots[i] >= 0:
-            _dequant_row(delta[slots[i]], dim, bits, half_table, out[i], False)
+            _dequant_row(delta[slots[i]], dim, bits, out[i])
         elif rows[i] >= 0:
-            _dequant_row(base[rows[i]], dim, bits, half_table, out[i], False)
+            _dequant_row(base[rows[i]], dim, bits, out[i])
         else:
             out[i, :] = 0.0
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def gather_merged(
     base: np.ndarray,
     delta: np.ndarray,
@@ -202,7 +223,6 @@ def gather_merged(
     slots: np.ndarray,
     dim: int,
     bits: int,
-    half_table: np.ndarray,
     nchunks: int,
 ) -> np.ndarray:
     """Rows from a table's base and its delta in one gather: base (n, P+4) and delta (s, P+4)
@@ -212,13 +232,11 @@ def gather_merged(
     n = rows.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
     for c in prange(nchunks):
-        _gather_merged_into(
-            base, delta, rows, slots, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, half_table, out
-        )
+        _gather_merged_into(base, delta, rows, slots, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, out)
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def gather_merged_serial(
     base: np.ndarray,
     delta: np.ndarray,
@@ -226,11 +244,10 @@ def gather_merged_serial(
     slots: np.ndarray,
     dim: int,
     bits: int,
-    half_table: np.ndarray,
 ) -> np.ndarray:
     """`gather_merged` on the calling thread only."""
     out = np.empty((rows.shape[0], dim), dtype=np.float32)
-    _gather_merged_into(base, delta, rows, slots, 0, rows.shape[0], dim, bits, half_table, out)
+    _gather_merged_into(base, delta, rows, slots, 0, rows.shape[0], dim, bits, out)
     return out
 
 
@@ -245,8 +262,8 @@ def gather_merged_rows(
 ) -> np.ndarray:
     """`gather_merged`, parallel only for batches of at least `min_ids` ids."""
     if use_parallel(rows.shape[0], min_ids):
-        return gather_merged(base, delta, rows, slots, dim, bits, HALF_TABLE, numba.get_num_threads())
-    return gather_merged_serial(base, delta, rows, slots, dim, bits, HALF_TABLE)
+        return gather_merged(base, delta, rows, slots, dim, bits, numba.get_num_threads())
+    return gather_merged_serial(base, delta, rows, slots, dim, bits)
 
 
 def gather_merged_numpy(
@@ -263,13 +280,128 @@ def gather_merged_numpy(
     return out
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int, half_table: np.ndarray) -> np.ndarray:
+@njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int) -> np.ndarray:
     """rows (n, P+4) uint8 -> (stop - start, dim) float32 rows start..stop-1 dequantized."""
     out = np.empty((stop - start, dim), dtype=np.float32)
     for i in prange(stop - start):
-        _dequant_row(rows[start + i], dim, bits, half_table, out[i], False)
+        _dequant_row(rows[start + i], dim, bits, out[i])
     return out
+
+
+BAG_PREFETCH_DISTANCE = 16
+"""Ids ahead the bag kernels prefetch. They take four rows a pass, so they look further ahead than
+a gather: measured on an AMD EPYC, 16 beat 8 by 5-10% and 32 by 2-5%."""
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
+    """Ask for the lines of the row BAG_PREFETCH_DISTANCE ids after position t, across bag boundaries."""
+    if t + BAG_PREFETCH_DISTANCE < ids.shape[0]:
+        for offset in range(0, rows.shape[1], 64):
+            prefetch_row(rows, ids[t + BAG_PREFETCH_DISTANCE], offset)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _bag_bounds(offsets: np.ndarray, b: int, total: int, mean: bool) -> tuple[int, int, np.float32]:
+    """Bag b's first and past-the-last id positions, and the factor its sum is scaled by."""
+    start = offsets[b]
+    stop = offsets[b + 1] if b + 1 < offsets.shape[0] else total
+    inv = np.float32(1.0) / np.float32(stop - start) if mean and stop > start else np.float32(1.0)
+    return start, stop, inv
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _scale_bias(row: np.ndarray, weight: np.float32) -> tuple[np.float32, np.float32]:
+    """A fused row's scale and bias, times weight (0 or 1)."""
+    width = row.shape[0] - 4
+    return (
+        weight * half_from_bytes(row[width], row[width + 1]),
+        weight * half_from_bytes(row[width + 2], row[width + 3]),
+    )
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _quad(
+    rows: np.ndarray, ids: np.ndarray, t: int, stop: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.float32, np.float32, np.float32, np.float32, np.float32]:
+    """Rows t..t+3 of a bag that ends at stop, their scales and the sum of their biases. Past the
+    end a row repeats the bag's last one with scale and bias 0, so a bag needs no separate tail."""
+    last = stop - 1
+    for u in range(4):
+        _prefetch_ahead(rows, ids, t + u)
+    r0, r1, r2, r3 = rows[ids[t]], rows[ids[min(t + 1, last)]], rows[ids[min(t + 2, last)]], rows[ids[min(t + 3, last)]]
+    s0, b0 = _scale_bias(r0, np.float32(1.0))
+    s1, b1 = _scale_bias(r1, np.float32(1.0 if t + 1 < stop else 0.0))
+    s2, b2 = _scale_bias(r2, np.float32(1.0 if t + 2 < stop else 0.0))
+    s3, b3 = _scale_bias(r3, np.float32(1.0 if t + 3 < stop else 0.0))
+    return r0, r1, r2, r3, s0, s1, s2, s3, (b0 + b1) + (b2 + b3)
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _bags8_into(
+    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, lo: int, hi: int, dim: int, mean: bool, out: np.ndarray
+) -> None:
+    """`_bags_into` of int8 rows, four rows a pass: a quarter of the accumulator's loads and stores
+    (on an AMD EPYC, cold rows: 1.3-1.6x faster than two rows a pass with 8 ids of prefetch)."""
+    acc = np.empty(dim, dtype=np.float32)
+    for b in range(lo, hi):
+        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        acc[:] = 0.0
+        bias_sum = np.float32(0.0)
+        for t in range(start, stop, 4):
+            r0, r1, r2, r3, s0, s1, s2, s3, bias = _quad(rows, ids, t, stop)
+            bias_sum += bias
+            for j in range(dim):
+                acc[j] += (s0 * np.float32(r0[j]) + s1 * np.float32(r1[j])) + (
+                    s2 * np.float32(r2[j]) + s3 * np.float32(r3[j])
+                )
+        for j in range(dim):
+            out[b, j] = (acc[j] + bias_sum) * inv
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _bags4_into(
+    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, lo: int, hi: int, dim: int, mean: bool, out: np.ndarray
+) -> None:
+    """`_bags_into` of int4 rows, four rows a pass: one accumulator for the low nibbles (even
+    columns) and one for the high nibbles (odd columns), so no nibble is shuffled until the bag
+    is done."""
+    width = rows.shape[1] - 4
+    acc_even = np.empty(width, dtype=np.float32)
+    acc_odd = np.empty(width, dtype=np.float32)
+    for b in range(lo, hi):
+        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        acc_even[:] = 0.0
+        acc_odd[:] = 0.0
+        bias_sum = np.float32(0.0)
+        for t in range(start, stop, 4):
+            r0, r1, r2, r3, s0, s1, s2, s3, bias = _quad(rows, ids, t, stop)
+            bias_sum += bias
+            for j in range(width):
+                acc_even[j] += (s0 * _low(r0[j]) + s1 * _low(r1[j])) + (s2 * _low(r2[j]) + s3 * _low(r3[j]))
+                acc_odd[j] += (s0 * _high(r0[j]) + s1 * _high(r1[j])) + (s2 * _high(r2[j]) + s3 * _high(r3[j]))
+        for j in range(dim):
+            value = acc_even[j >> 1] if j % 2 == 0 else acc_odd[j >> 1]
+            out[b, j] = (value + bias_sum) * inv
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _bags2_into(
+    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, lo: int, hi: int, dim: int, mean: bool, out: np.ndarray
+) -> None:
+    """`_bags_into` of int2 rows: each row dequantized whole, then added."""
+    decoded = np.empty(dim, dtype=np.float32)
+    for b in range(lo, hi):
+        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        out[b, :] = 0.0
+        for t in range(start, stop):
+            _prefetch_ahead(rows, ids, t)
+            _dequant_row(rows[ids[t]], dim, 2, decoded)
+            for j in range(dim):
+                out[b, j] += decoded[j]
+        for j in range(dim):
+            out[b, j] *= inv
 
 
 @njit(nogil=True, cache=True)
@@ -282,55 +414,21 @@ def _bags_into(
     dim: int,
     bits: int,
     mean: bool,
-    half_table: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Pool bags lo..hi-1 into out[lo:hi] on this thread. Per bag, sum(scale · codes) goes into a
-    float32 accumulator (for int4 one for even and one for odd columns, so nibbles need no
-    shuffle) and sum(bias) into a scalar, added once at the end; ids are prefetched ahead across
-    bag boundaries, as in the gather."""
-    total = ids.shape[0]
-    nbags = offsets.shape[0]
-    row_bytes = rows.shape[1]
-    width = row_bytes - 4
-    half = (dim + 1) // 2
-    acc = np.empty(dim if bits != 4 else 2 * half, dtype=np.float32)
-    acc_even = acc[:half]
-    acc_odd = acc[half:]
-    for b in range(lo, hi):
-        start = offsets[b]
-        stop = offsets[b + 1] if b + 1 < nbags else total
-        acc[:] = 0.0
-        bias_sum = np.float32(0.0)
-        for t in range(start, stop):
-            if t + PREFETCH_DISTANCE < total:
-                for offset in range(0, row_bytes, 64):
-                    prefetch_row(rows, ids[t + PREFETCH_DISTANCE], offset)
-            row = rows[ids[t]]
-            scale = half_table[np.int64(row[width]) | (np.int64(row[width + 1]) << 8)]
-            bias_sum += half_table[np.int64(row[width + 2]) | (np.int64(row[width + 3]) << 8)]
-            if bits == 8:
-                for j in range(dim):
-                    acc[j] += scale * np.float32(row[j])
-            elif bits == 4:
-                for j in range(half):
-                    byte = row[j]
-                    acc_even[j] += scale * np.float32(byte & 15)
-                    acc_odd[j] += scale * np.float32(byte >> 4)
-            else:
-                for j in range(dim):
-                    acc[j] += scale * np.float32((row[j >> 2] >> ((j & 3) << 1)) & 3)
-        inv = np.float32(1.0) / np.float32(stop - start) if mean and stop > start else np.float32(1.0)
-        if bits == 4:
-            for j in range(dim):
-                value = acc_even[j >> 1] if j % 2 == 0 else acc_odd[j >> 1]
-                out[b, j] = (value + bias_sum) * inv
-        else:
-            for j in range(dim):
-                out[b, j] = (acc[j] + bias_sum) * inv
+    """Pool bags lo..hi-1 into out[lo:hi] on this thread. Per bag, sum(scale · codes) goes into
+    float32 accumulators and sum(bias) into a scalar, added once at the end (int2: whole decoded
+    rows are added). One kernel a code width: with all three in one loop nest the compiler kept
+    the int8 and int4 sums out of vector registers (measured 2x slower)."""
+    if bits == 8:
+        _bags8_into(rows, ids, offsets, lo, hi, dim, mean, out)
+    elif bits == 4:
+        _bags4_into(rows, ids, offsets, lo, hi, dim, mean, out)
+    else:
+        _bags2_into(rows, ids, offsets, lo, hi, dim, mean, out)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def bags_chunked(
     rows: np.ndarray,
     ids: np.ndarray,
@@ -338,26 +436,21 @@ def bags_chunked(
     dim: int,
     bits: int,
     mean: bool,
-    half_table: np.ndarray,
     nchunks: int,
 ) -> np.ndarray:
     """`bags` with one contiguous run of bags a task (`nchunks`, one a thread)."""
     nbags = offsets.shape[0]
     out = np.empty((nbags, dim), dtype=np.float32)
     for c in prange(nchunks):
-        _bags_into(
-            rows, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, dim, bits, mean, half_table, out
-        )
+        _bags_into(rows, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, dim, bits, mean, out)
     return out
 
 
-@njit(nogil=True, cache=True)
-def bags_serial(
-    rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool, half_table: np.ndarray
-) -> np.ndarray:
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def bags_serial(rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool) -> np.ndarray:
     """`bags` on the calling thread, for small batches."""
     out = np.empty((offsets.shape[0], dim), dtype=np.float32)
-    _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, half_table, out)
+    _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, out)
     return out
 
 
@@ -368,7 +461,6 @@ def bags(
     dim: int,
     bits: int,
     mean: bool,
-    half_table: np.ndarray,
     min_ids: int = DEFAULT_PARALLEL_MIN_IDS,
 ) -> np.ndarray:
     """Pooled lookup as torch EmbeddingBag: bag b sums ids[offsets[b]:offsets[b+1]] (the last bag
@@ -377,8 +469,8 @@ def bags(
     the batch is large enough to pay for waking threads."""
     if use_parallel(ids.shape[0], min_ids) and offsets.shape[0] > 1:
         nchunks = min(numba.get_num_threads(), offsets.shape[0])
-        return bags_chunked(rows, ids, offsets, dim, bits, mean, half_table, nchunks)
-    return bags_serial(rows, ids, offsets, dim, bits, mean, half_table)
+        return bags_chunked(rows, ids, offsets, dim, bits, mean, nchunks)
+    return bags_serial(rows, ids, offsets, dim, bits, mean)
 
 
 def gather_key_rows(
@@ -387,9 +479,9 @@ def gather_key_rows(
     """keys (b,) int64 -> their dequantized rows (b, dim) float32 (None when some key is absent),
     and how many keys are absent."""
     if use_parallel(keys.shape[0], min_ids):
-        out, absent = gather_keys(rows, slots, keys, dim, bits, HALF_TABLE, numba.get_num_threads())
+        out, absent = gather_keys(rows, slots, keys, dim, bits, numba.get_num_threads())
         return (out if absent == 0 else None), int(absent)
-    out, absent = gather_keys_serial(rows, slots, keys, dim, bits, HALF_TABLE)
+    out, absent = gather_keys_serial(rows, slots, keys, dim, bits)
     return (out if absent == 0 else None), int(absent)
 
 
@@ -398,8 +490,8 @@ def gather_rows(
 ) -> np.ndarray:
     """Dequantizing gather, parallel only for batches of at least `min_ids` ids."""
     if use_parallel(ids.shape[0], min_ids):
-        return gather(rows, ids, dim, bits, HALF_TABLE, numba.get_num_threads())
-    return gather_serial(rows, ids, dim, bits, HALF_TABLE)
+        return gather(rows, ids, dim, bits, numba.get_num_threads())
+    return gather_serial(rows, ids, dim, bits)
 
 
 def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:

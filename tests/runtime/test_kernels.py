@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.kernels import dense, rowwise, scan, topk
-from runtime.kernels.rowwise import HALF_TABLE
+from runtime.kernels import checks, dense, rowwise, scan, topk
 
 
 def _keys(draw: st.DrawFn, nq: int, n: int, ties: bool) -> np.ndarray:
@@ -93,16 +92,41 @@ def quantized_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
 @given(quantized_rows(), st.integers(1, 9))
 def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, int], nchunks: int) -> None:
     rows, ids, dim, bits = case  # more chunks than ids leaves some empty
-    got = rowwise.gather(rows, ids, dim, bits, HALF_TABLE, nchunks)
+    got = rowwise.gather(rows, ids, dim, bits, nchunks)
     np.testing.assert_allclose(got, rowwise.dequantize_numpy(rows, ids, dim, bits), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(rowwise.gather_serial(rows, ids, dim, bits, HALF_TABLE), got)
+    np.testing.assert_array_equal(rowwise.gather_serial(rows, ids, dim, bits), got)
     if ids.size:
         start, stop = int(ids.min()), int(ids.max()) + 1
         rng_ids = np.arange(start, stop, dtype=np.int64)
         np.testing.assert_array_equal(
-            rowwise.gather_range(rows, start, stop, dim, bits, HALF_TABLE),
-            rowwise.gather(rows, rng_ids, dim, bits, HALF_TABLE, 3),
+            rowwise.gather_range(rows, start, stop, dim, bits),
+            rowwise.gather(rows, rng_ids, dim, bits, 3),
         )
+
+
+@given(quantized_rows(), st.data())
+def test_checked_gathers_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
+    # the bounds are checked inside the gather: every row or, for an id outside [0, n), its
+    # position and an untouched output (ids at both edges and one past them are drawn)
+    rows, ids, dim, bits = case
+    n = rows.shape[0]
+    if ids.size and data.draw(st.booleans()):
+        ids = ids.copy()
+        ids[data.draw(st.integers(0, ids.size - 1))] = data.draw(st.sampled_from([-1, n, n + 7, -(2**63), 2**63 - 1]))
+    want = checks.first_out_of_range_numpy(ids, n)
+    out = np.full((ids.size, dim), 7.0, np.float32)
+    assert rowwise.gather_checked_into(rows, ids, dim, bits, out) == want
+    if want < 0:
+        np.testing.assert_array_equal(out, rowwise.gather_serial(rows, ids, dim, bits))
+    else:
+        assert (out == 7.0).all()
+    values = rowwise.dequantize_numpy(rows, np.arange(n), dim, bits).astype(np.float16)
+    half_out = np.full((ids.size, dim), 7.0, np.float32)
+    assert dense.fp16_gather_checked_into(values.view(np.uint16), ids, half_out) == want
+    if want < 0:
+        np.testing.assert_array_equal(half_out, dense.fp16_gather_numpy(values, ids))
+    else:
+        assert (half_out == 7.0).all()
 
 
 @given(quantized_rows(), st.integers(1, 9), st.data())
@@ -117,9 +141,9 @@ def test_rowwise_merged_gather_matches_numpy(
     rows = np.where(source == 0, ids, -1).astype(np.int64)
     slots = np.where(source == 1, rng.integers(0, delta.shape[0], ids.size), rng.integers(-2, 0, ids.size))
     want = rowwise.gather_merged_numpy(base, delta, rows, slots, dim, bits)
-    got = rowwise.gather_merged(base, delta, rows, slots, dim, bits, HALF_TABLE, nchunks)
+    got = rowwise.gather_merged(base, delta, rows, slots, dim, bits, nchunks)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(rowwise.gather_merged_serial(base, delta, rows, slots, dim, bits, HALF_TABLE), got)
+    np.testing.assert_array_equal(rowwise.gather_merged_serial(base, delta, rows, slots, dim, bits), got)
     assert not want[source == 2].any()
 
 
@@ -130,16 +154,14 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     if offsets.size:
         offsets[0] = 0
     mean = data.draw(st.booleans())
-    got = rowwise.bags(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
+    got = rowwise.bags(rows, ids, offsets, dim, bits, mean)
     want = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     # the serial kernel and the chunked one (more chunks than bags leaves some empty) agree exactly
-    serial = rowwise.bags_serial(rows, ids, offsets, dim, bits, mean, HALF_TABLE)
+    serial = rowwise.bags_serial(rows, ids, offsets, dim, bits, mean)
     np.testing.assert_allclose(serial, want, rtol=1e-5, atol=1e-4)
     nchunks = data.draw(st.integers(1, 8))
-    np.testing.assert_array_equal(
-        rowwise.bags_chunked(rows, ids, offsets, dim, bits, mean, HALF_TABLE, nchunks), serial
-    )
+    np.testing.assert_array_equal(rowwise.bags_chunked(rows, ids, offsets, dim, bits, mean, nchunks), serial)
     np.testing.assert_allclose(
         dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4
     )
@@ -160,15 +182,30 @@ def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int, nchun
     rng = np.random.default_rng(seed)
     values = (rng.standard_normal((max(n, 1), dim)) * 1000).astype(np.float16)
     ids = rng.integers(0, values.shape[0], nids).astype(np.int64)
-    got = dense.fp16_gather(values.view(np.uint16), ids, HALF_TABLE, nchunks)
+    got = dense.fp16_gather(values.view(np.uint16), ids, nchunks)
     np.testing.assert_array_equal(got, dense.fp16_gather_numpy(values, ids))
-    np.testing.assert_array_equal(dense.fp16_gather_serial(values.view(np.uint16), ids, HALF_TABLE), got)
+    np.testing.assert_array_equal(dense.fp16_gather_serial(values.view(np.uint16), ids), got)
 
 
-def test_half_table_covers_every_pattern() -> None:
-    patterns = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    finite = np.isfinite(patterns.view(np.float16))
-    np.testing.assert_array_equal(HALF_TABLE[finite], patterns.view(np.float16)[finite].astype(np.float32))
+@given(st.integers(0, 2**31), st.integers(1, 40), st.integers(1, 20), st.integers(0, 60), st.data())
+def test_fp16_bags_match_numpy(seed: int, n: int, dim: int, nids: int, data: st.DataObject) -> None:
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal((n, dim)) * 1000).astype(np.float16)
+    ids = rng.integers(0, n, nids).astype(np.int64)
+    offsets = np.array(sorted(data.draw(st.lists(st.integers(0, nids), max_size=6))), dtype=np.int64)
+    if offsets.size:
+        offsets[0] = 0
+    mean = data.draw(st.booleans())
+    want = dense.fp16_bags_numpy(values, ids, offsets, mean)
+    serial = dense.fp16_bags_serial(values.view(np.uint16), ids, offsets, mean)
+    np.testing.assert_allclose(serial, want, rtol=1e-5, atol=1e-2)
+    # more chunks than bags leaves some empty; every split sums each bag in the same order
+    nchunks = data.draw(st.integers(1, 8))
+    np.testing.assert_array_equal(dense.fp16_bags_chunked(values.view(np.uint16), ids, offsets, mean, nchunks), serial)
+    np.testing.assert_array_equal(dense.fp16_bags(values.view(np.uint16), ids, offsets, mean, min_ids=1), serial)
+    decoded = dense.fp16_gather_numpy(values, ids)
+    np.testing.assert_array_equal(dense.pool_chunked(decoded, offsets, mean, nchunks), serial)
+    np.testing.assert_array_equal(dense.pool(decoded, offsets, mean, min_ids=1), serial)
 
 
 @st.composite
@@ -287,7 +324,7 @@ def test_rowwise_gather_by_keys_matches_probe_then_numpy(
     if absent and ids.size:
         wanted = wanted.copy()
         wanted[: min(absent, ids.size)] = 123_456_789_123  # never a key of this map
-    got, missing = rowwise.gather_keys(rows, slots, wanted, dim, bits, HALF_TABLE, nchunks)
+    got, missing = rowwise.gather_keys(rows, slots, wanted, dim, bits, nchunks)
     found, want_missing = hashmap.lookup_numpy(slots, wanted)
     assert missing == want_missing
     if want_missing == 0:
