@@ -25,6 +25,7 @@ from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
+    FLOAT32,
     check_id_matrix,
     check_ids,
     check_k,
@@ -111,6 +112,7 @@ class Table:
         # the same with keys: the map's rows are the codec's rows, so a lookup is a probe then a decode
         self._keyed_one_tier = len(self.tiers) == 1 and self.keymap is not None and self.tiers[0].projection is None
         self._richest = self.tiers[0].richest
+        self._small_gather = self._richest.small_gather() if self._dense_one_tier else None
         self._write_lock = threading.Lock()
         self.version = version
         self.provenance = dict(provenance or {})
@@ -346,23 +348,31 @@ class Table:
     # ---- lookup -------------------------------------------------------------------------------
     def lookup(self, ids: Any) -> np.ndarray:
         """ids or keys (n,) -> (n, dim) float32 reconstructed rows (by the richest codec)."""
-        if self._dense_one_tier and kernel_ready_ids(ids) and self._delta.view.empty:
-            # lookup_counted's first path, one call shorter: a one-id lookup is a few µs in all
-            found = self._richest.decode_checked(ids)
+        if self._small_gather is not None and self._delta.view.empty:
+            found = self._small_lookup(ids)
             if found is not None:
                 return found
         return self.lookup_counted(ids)[0]
+
+    def _small_lookup(self, ids: Any) -> np.ndarray | None:
+        """A dense one-tier table's lookup of a small batch in one kernel call, the bounds checked
+        inside it (a one-id lookup costs about what numpy's indexing of a float32 array does).
+        None where that does not apply or an id is out of range: the general path then converts,
+        checks and names what is wrong."""
+        gather = self._small_gather
+        if gather is None or not kernel_ready_ids(ids) or ids.shape[0] >= self._richest.parallel_min_ids:
+            return None
+        out = np.empty((ids.shape[0], self._dim), FLOAT32)
+        return out if gather(ids, out) < 0 else None
 
     def lookup_counted(self, ids: Any) -> tuple[np.ndarray, int]:
         """lookup, and how many keys were missing (answered as zero rows under missing="zeros")."""
         view = self._delta.view
         if self._dense_one_tier and view.empty:
-            # a format-1 table's path, with nothing added: lookups of a few ids cost microseconds,
-            # the bounds checked inside the gather; an id out of range is named by check_ids below
-            if kernel_ready_ids(ids):
-                found = self._richest.decode_checked(ids)
-                if found is not None:
-                    return found, 0
+            # a format-1 table's path, with nothing added: lookups of a few ids cost microseconds
+            found = self._small_lookup(ids)
+            if found is not None:
+                return found, 0
             checked = check_ids(ids, self.rows)
             if checked.size == 0:
                 return np.zeros((0, self.dim), dtype=np.float32), 0

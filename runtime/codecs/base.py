@@ -23,7 +23,6 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense, hashmap
-from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import KeySet
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
@@ -240,13 +239,13 @@ class Codec(ABC):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, dim) float32 reconstructions."""
 
-    def decode_checked(self, ids: np.ndarray) -> np.ndarray | None:
-        """`decode` of ids (b,) int64 (C-contiguous, writable) not yet checked: None when some id is
-        outside [0, rows) (the caller finds and names it). Codecs whose small gathers can check
-        the bounds as they go override this."""
-        if first_out_of_range(ids, self.rows) >= 0:
-            return None
-        return self.decode(ids)
+    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        """A kernel that decodes a small batch of ids (b,) int64 (C-contiguous, writable, not yet
+        checked) into out (b, dim) float32 in one call, checking the bounds as it goes: -> the
+        position of the first id outside [0, rows) (out untouched), or -1. The table's own arrays
+        are bound once here, so a one-id lookup pays one kernel call and little else; None where
+        the codec has no such kernel (lookups then check the ids first and decode)."""
+        return None
 
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         """keys (b,) int64 through a key map's slot table (`hashmap.build`) -> their rows (b, dim)
@@ -357,8 +356,9 @@ class Codec(ABC):
         q = self.decode(ids)
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
-        self.decode_checked(ids)
-        self.decode_checked(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
+        small = self.small_gather()
+        if small is not None:
+            small(ids, np.empty((ids.shape[0], self.dim), np.float32))
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
         self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)

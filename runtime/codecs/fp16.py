@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numba
@@ -12,7 +14,7 @@ from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
 from runtime.kernels.rowwise import use_parallel
-from runtime.validation import FLOAT32, FP16_MAX
+from runtime.validation import FP16_MAX
 
 
 def refuse_beyond_fp16(x: np.ndarray, codec: str) -> None:
@@ -52,14 +54,8 @@ class Fp16Codec(Codec):
             return dense.fp16_gather(self._bits16, ids, numba.get_num_threads())
         return dense.fp16_gather_serial(self._bits16, ids)
 
-    def decode_checked(self, ids: np.ndarray) -> np.ndarray | None:
-        if use_parallel(ids.shape[0], self.parallel_min_ids):
-            return super().decode_checked(ids)
-        out = np.empty((ids.shape[0], self.dim), FLOAT32)
-        return out if dense.fp16_gather_checked_into(self._bits16, ids, out) < 0 else None
-
-    def decode_range(self, start: int, stop: int) -> np.ndarray:
-        return self.arrays["values"][start:stop].astype(np.float32)
+    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        return partial(dense.fp16_gather_checked_into, self._bits16)
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         return dense.fp16_bags(self._bits16, ids, offsets, mean, self.parallel_min_ids)

@@ -6,6 +6,8 @@ Bytes a row: ceil(d * bits / 8) + 4.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +16,6 @@ from runtime.codecs.base import Codec, Prepared, TrainedState, query_vectors
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
-from runtime.validation import FLOAT32
 
 
 class RowwiseCodec(Codec):
@@ -41,11 +42,8 @@ class RowwiseCodec(Codec):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
 
-    def decode_checked(self, ids: np.ndarray) -> np.ndarray | None:
-        if rowwise.use_parallel(ids.shape[0], self.parallel_min_ids):
-            return super().decode_checked(ids)
-        out = np.empty((ids.shape[0], self.dim), FLOAT32)
-        return out if rowwise.gather_checked_into(self.arrays["rows"], ids, self.dim, self.bits, out) < 0 else None
+    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        return partial(rowwise.gather_checked_into, self.arrays["rows"], self.dim, self.bits)
 
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         return rowwise.gather_key_rows(self.arrays["rows"], slots, keys, self.dim, self.bits, self.parallel_min_ids)

@@ -174,10 +174,11 @@ def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.
 
 
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
-def gather_checked_into(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, out: np.ndarray) -> int:
-    """`gather_serial` into out (b, dim) float32, with the ids' bounds checked in the same call (a
-    small lookup pays one kernel call, not two): -> the position of the first id outside
-    [0, n), out left as it was, or -1 when every row was gathered."""
+def gather_checked_into(rows: np.ndarray, dim: int, bits: int, ids: np.ndarray, out: np.ndarray) -> int:
+    """`gather_serial` of ids (b,) int64 into out (b, dim) float32, with the ids' bounds checked in
+    the same call (a small lookup pays one kernel call, not two): -> the position of the first id
+    outside [0, n), out left as it was, or -1 when every row was gathered. The table's own
+    arguments come first, so a codec binds them once (`Codec.small_gather`)."""
     bad = first_out_of_range(ids, rows.shape[0])
     if bad < 0:
         _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)

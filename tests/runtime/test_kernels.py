@@ -115,7 +115,7 @@ def test_checked_gathers_match_numpy(case: tuple[np.ndarray, np.ndarray, int, in
         ids[data.draw(st.integers(0, ids.size - 1))] = data.draw(st.sampled_from([-1, n, n + 7, -(2**63), 2**63 - 1]))
     want = checks.first_out_of_range_numpy(ids, n)
     out = np.full((ids.size, dim), 7.0, np.float32)
-    assert rowwise.gather_checked_into(rows, ids, dim, bits, out) == want
+    assert rowwise.gather_checked_into(rows, dim, bits, ids, out) == want
     if want < 0:
         np.testing.assert_array_equal(out, rowwise.gather_serial(rows, ids, dim, bits))
     else:

@@ -55,6 +55,32 @@ def test_ids_out_of_range_name_the_id_and_position(table: runtime.Table) -> None
         table.score([[1, 200]], query_ids=[0])
 
 
+@pytest.mark.parametrize("codec", ["int8", "int4", "int2", "fp16", "pq"])
+def test_small_lookups_check_bounds_in_the_kernel_and_name_the_bad_id(codec: str) -> None:
+    # int64 arrays take the one-call path (bounds checked inside the gather); what it answers and
+    # what it refuses must be what the general path answers and refuses
+    x = low_rank_table(300, 16)
+    table = runtime.compress(x, codec, **({"subspaces": 4} if codec == "pq" else {}))
+    threshold = table.tiers[0].richest.parallel_min_ids
+    for n in (1, 2, 63, threshold - 1, threshold):
+        ids = np.random.default_rng(n).integers(0, 300, n)
+        want = table.tiers[0].richest.decode(ids)
+        np.testing.assert_array_equal(table.lookup(ids), want)
+        np.testing.assert_array_equal(table.lookup_counted(ids)[0], want)
+        read_only = np.frombuffer(ids.tobytes(), dtype=np.int64)
+        np.testing.assert_array_equal(table.lookup(read_only), want)
+        np.testing.assert_array_equal(table.lookup(ids.tolist()), want)
+        for bad, position in ((300, n - 1), (-1, 0), (np.iinfo(np.int64).max, n // 2)):
+            wrong = ids.copy()
+            wrong[position] = bad
+            with pytest.raises(IdOutOfRange, match=rf"ids\[{position}\] = {bad}") as info:
+                table.lookup(wrong)
+            assert info.value.position == position
+            with pytest.raises(IdOutOfRange):
+                table.lookup_counted(wrong)
+    assert table.lookup(np.zeros(0, np.int64)).shape == (0, 16)
+
+
 def test_ids_past_int64_are_refused_not_wrapped(table: runtime.Table) -> None:
     # what a JSON parser makes of 99999999999999999999 and of 10**19: float64 and uint64; the
     # cast to int64 used to give -9223372036854775808 and a numpy RuntimeWarning (an error here)
