@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -60,7 +62,8 @@ def test_small_lookups_check_bounds_in_the_kernel_and_name_the_bad_id(codec: str
     # int64 arrays take the one-call path (bounds checked inside the gather); what it answers and
     # what it refuses must be what the general path answers and refuses
     x = low_rank_table(300, 16)
-    table = runtime.compress(x, codec, **({"subspaces": 4} if codec == "pq" else {}))
+    options: dict[str, Any] = {"subspaces": 4} if codec == "pq" else {}
+    table = runtime.compress(x, codec, **options)
     threshold = table.tiers[0].richest.parallel_min_ids
     for n in (1, 2, 63, threshold - 1, threshold):
         ids = np.random.default_rng(n).integers(0, 300, n)
