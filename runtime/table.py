@@ -424,7 +424,8 @@ class Table:
             return weighted.pool_weighted(decoded, weights, bounds), missing
         if self._one_base(view) and not missing:
             return self.tiers[0].richest.decode_bags(rows, bounds, mode == "mean"), 0
-        return dense.pool(self._decode_rows(rows, view, slots), bounds, mode == "mean"), missing
+        decoded = self._decode_rows(rows, view, slots)
+        return dense.pool(decoded, bounds, mode == "mean", self._richest.parallel_min_ids), missing
 
     # ---- search -------------------------------------------------------------------------------
     def _check_search(self, k: Any, metric: Any, oversample: Any) -> tuple[int, str, int]:

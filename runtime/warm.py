@@ -1,8 +1,11 @@
 """Compile (and cache) every kernel the server can call, for every codec.
 
-Run at image build time with NUMBA_CACHE_DIR and NUMBA_CPU_NAME=generic set, so containers start
-with a cache that matches any x86-64 CPU. Tables are saved and loaded back first: memory-mapped
-arrays are read-only, which numba compiles separately from writable ones.
+Run at image build time with NUMBA_CACHE_DIR and a fixed target set, so containers start with a
+cache that matches any CPU of that level: the Dockerfile sets NUMBA_CPU_NAME=x86-64-v3 and that
+level's features (F16C and FMA among them). NUMBA_CPU_NAME=generic works on any x86-64 CPU, but
+without F16C the half-float conversions fall back to arithmetic, slower in fp16 and row-wise kernels.
+Tables are saved and loaded back first: memory-mapped arrays are read-only, which numba compiles
+separately from writable ones.
 
     python -m runtime.warm
 """

@@ -138,7 +138,10 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
         raise InvalidRequest(
             f"octet-stream body must be little-endian int64 ids; {len(body)} bytes is not a multiple of 8"
         )
-    rows = await service.lookup(TRANSPORT, LookupRequest(name, np.frombuffer(body, dtype="<i8")))
+    # a writable copy (a view of the body would be read-only): small lookups then take the table's
+    # one-call path, and the general path would have copied it anyway
+    ids = np.frombuffer(bytearray(body), dtype="<i8")
+    rows = await service.lookup(TRANSPORT, LookupRequest(name, ids))
     # a flat byte view of the gathered rows, not a copy of them
     flat = np.ascontiguousarray(rows, dtype="<f4").reshape(-1).view(np.uint8)
     return flat.data, f"{rows.shape[0]},{rows.shape[1]}"

@@ -139,8 +139,10 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     data = tensor.data  # each read of a bytes field makes a new bytes object: read it once
     dims = tensor.shape
     if len(dims) == 1 and len(data) == dims[0] * dtype.itemsize and dims[0] >= 0:
-        # the usual flat tensor (ids, lengths, weights): a multi-table request has a few a table
-        return np.frombuffer(data, dtype=dtype)
+        # the usual flat tensor (ids, lengths, weights): a multi-table request has a few a table. A
+        # writable copy: a view of the bytes is read-only, which the tables' one-call lookup path
+        # does not take (and the general path copies anyway)
+        return np.frombuffer(bytearray(data), dtype=dtype)
     shape = list(dims)
     if any(d < 0 for d in shape):
         raise InvalidRequest(f"{field}.shape must be non-negative, got {shape}")
