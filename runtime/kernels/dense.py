@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row
-from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bags_numpy
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_bounds, bag_tasks, bags_numpy
 
 
 @njit(nogil=True, cache=True)
@@ -65,11 +64,9 @@ def _fp16_bags_into(
     """Pool bags lo..hi-1 into out[lo:hi] on this thread, widening each half in registers as it is
     added (no decoded copy of the rows); ids are prefetched ahead across bag boundaries."""
     total = ids.shape[0]
-    nbags = offsets.shape[0]
     dim = bits16.shape[1]
     for b in range(lo, hi):
-        start = offsets[b]
-        stop = offsets[b + 1] if b + 1 < nbags else total
+        start, stop, inv = bag_bounds(offsets, b, total, mean)
         out[b, :] = 0.0
         for t in range(start, stop):
             if t + PREFETCH_DISTANCE < total:
@@ -78,8 +75,7 @@ def _fp16_bags_into(
             src = bits16[ids[t]]
             for j in range(dim):
                 out[b, j] += half_to_float(src[j])
-        if mean and stop > start:
-            inv = np.float32(1.0) / np.float32(stop - start)
+        if mean:
             for j in range(dim):
                 out[b, j] *= inv
 
@@ -110,17 +106,14 @@ def fp16_bags_numpy(values: np.ndarray, ids: np.ndarray, offsets: np.ndarray, me
 
 @njit(nogil=True, cache=True)
 def _pool_into(decoded: np.ndarray, offsets: np.ndarray, lo: int, hi: int, mean: bool, out: np.ndarray) -> None:
-    nbags = offsets.shape[0]
     dim = decoded.shape[1]
     for b in range(lo, hi):
-        start = offsets[b]
-        stop = offsets[b + 1] if b + 1 < nbags else decoded.shape[0]
+        start, stop, inv = bag_bounds(offsets, b, decoded.shape[0], mean)
         out[b, :] = 0.0
         for t in range(start, stop):
             for j in range(dim):
                 out[b, j] += decoded[t, j]
-        if mean and stop > start:
-            inv = np.float32(1.0) / np.float32(stop - start)
+        if mean:
             for j in range(dim):
                 out[b, j] *= inv
 
@@ -146,17 +139,10 @@ def pool_serial(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndar
     return out
 
 
-def _bag_tasks(n_ids: int, nbags: int, min_ids: int) -> int:
-    """How many tasks to pool a batch with: 1 (the calling thread) below `min_ids` ids."""
-    if nbags < 2 or n_ids < min_ids:
-        return 1
-    return min(numba.get_num_threads(), nbags)
-
-
 def pool(decoded: np.ndarray, offsets: np.ndarray, mean: bool, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> np.ndarray:
     """EmbeddingBag pooling of decoded rows (m, d) float32 by offsets (B,) int64 -> (B, d) float32;
     parallel over runs of bags only for batches of at least `min_ids` rows."""
-    tasks = _bag_tasks(decoded.shape[0], offsets.shape[0], min_ids)
+    tasks = bag_tasks(decoded.shape[0], offsets.shape[0], min_ids)
     if tasks == 1:
         return pool_serial(decoded, offsets, mean)
     return pool_chunked(decoded, offsets, mean, tasks)
@@ -166,7 +152,7 @@ def fp16_bags(
     bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool, min_ids: int = DEFAULT_PARALLEL_MIN_IDS
 ) -> np.ndarray:
     """`fp16_bags_chunked`, parallel only for batches of at least `min_ids` ids."""
-    tasks = _bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    tasks = bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
     if tasks == 1:
         return fp16_bags_serial(bits16, ids, offsets, mean)
     return fp16_bags_chunked(bits16, ids, offsets, mean, tasks)

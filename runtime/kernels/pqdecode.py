@@ -9,12 +9,11 @@ agree bit for bit.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.intrinsics import PREFETCH_DISTANCE, prefetch_row
-from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, use_parallel
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_tasks
 from runtime.kernels.scan import unpack_codes_numpy
 
 
@@ -133,10 +132,10 @@ def bags(
     nibble first), ids (t,) int64 rows of codes, offsets (B,) int64 bag starts (the last bag runs to
     t), codebooks (M, K, s) float32 -> (B, M*s) float32 in the codebooks' (rotated) space. An empty
     bag is zeros; mean divides by the bag's size. Parallel over runs of bags for large batches."""
-    if use_parallel(ids.shape[0], min_ids) and offsets.shape[0] > 1:
-        nchunks = min(numba.get_num_threads(), offsets.shape[0])
-        return bags_chunked(codes, ids, offsets, codebooks, four_bit, mean, nchunks)
-    return bags_serial(codes, ids, offsets, codebooks, four_bit, mean)
+    tasks = bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    if tasks == 1:
+        return bags_serial(codes, ids, offsets, codebooks, four_bit, mean)
+    return bags_chunked(codes, ids, offsets, codebooks, four_bit, mean, tasks)
 
 
 def rows(

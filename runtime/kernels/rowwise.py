@@ -32,6 +32,14 @@ def use_parallel(n_ids: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> bool:
     return n_ids >= min_ids and numba.get_num_threads() > 1
 
 
+def bag_tasks(n_ids: int, nbags: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> int:
+    """How many tasks pool a batch of bags (one contiguous run of bags each): 1, the calling
+    thread, unless the batch is large enough for `use_parallel` and has more than one bag."""
+    if nbags < 2 or not use_parallel(n_ids, min_ids):
+        return 1
+    return min(numba.get_num_threads(), nbags)
+
+
 def packed_bytes(dim: int, bits: int) -> int:
     per_byte = 8 // bits
     return (dim + per_byte - 1) // per_byte
@@ -304,8 +312,9 @@ def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _bag_bounds(offsets: np.ndarray, b: int, total: int, mean: bool) -> tuple[int, int, np.float32]:
-    """Bag b's first and past-the-last id positions, and the factor its sum is scaled by."""
+def bag_bounds(offsets: np.ndarray, b: int, total: int, mean: bool) -> tuple[int, int, np.float32]:
+    """Bag b's first and past-the-last id positions (EmbeddingBag offsets (B,) int64: the last bag
+    runs to total), and the factor its sum is scaled by (1 unless mean and the bag has ids)."""
     start = offsets[b]
     stop = offsets[b + 1] if b + 1 < offsets.shape[0] else total
     inv = np.float32(1.0) / np.float32(stop - start) if mean and stop > start else np.float32(1.0)
@@ -347,7 +356,7 @@ def _bags8_into(
     (on an AMD EPYC, cold rows: 1.3-1.6x faster than two rows a pass with 8 ids of prefetch)."""
     acc = np.empty(dim, dtype=np.float32)
     for b in range(lo, hi):
-        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        start, stop, inv = bag_bounds(offsets, b, ids.shape[0], mean)
         acc[:] = 0.0
         bias_sum = np.float32(0.0)
         for t in range(start, stop, 4):
@@ -372,7 +381,7 @@ def _bags4_into(
     acc_even = np.empty(width, dtype=np.float32)
     acc_odd = np.empty(width, dtype=np.float32)
     for b in range(lo, hi):
-        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        start, stop, inv = bag_bounds(offsets, b, ids.shape[0], mean)
         acc_even[:] = 0.0
         acc_odd[:] = 0.0
         bias_sum = np.float32(0.0)
@@ -394,15 +403,16 @@ def _bags2_into(
     """`_bags_into` of int2 rows: each row dequantized whole, then added."""
     decoded = np.empty(dim, dtype=np.float32)
     for b in range(lo, hi):
-        start, stop, inv = _bag_bounds(offsets, b, ids.shape[0], mean)
+        start, stop, inv = bag_bounds(offsets, b, ids.shape[0], mean)
         out[b, :] = 0.0
         for t in range(start, stop):
             _prefetch_ahead(rows, ids, t)
             _dequant_row(rows[ids[t]], dim, 2, decoded)
             for j in range(dim):
                 out[b, j] += decoded[j]
-        for j in range(dim):
-            out[b, j] *= inv
+        if mean:
+            for j in range(dim):
+                out[b, j] *= inv
 
 
 @njit(nogil=True, cache=True)
@@ -468,10 +478,10 @@ def bags(
     runs to the end). rows (n, P+4) uint8, ids (m,) int64, offsets (B,) int64 -> (B, dim) float32.
     An empty bag is zeros; mode mean divides by the bag's size. Parallel over runs of bags where
     the batch is large enough to pay for waking threads."""
-    if use_parallel(ids.shape[0], min_ids) and offsets.shape[0] > 1:
-        nchunks = min(numba.get_num_threads(), offsets.shape[0])
-        return bags_chunked(rows, ids, offsets, dim, bits, mean, nchunks)
-    return bags_serial(rows, ids, offsets, dim, bits, mean)
+    tasks = bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    if tasks == 1:
+        return bags_serial(rows, ids, offsets, dim, bits, mean)
+    return bags_chunked(rows, ids, offsets, dim, bits, mean, tasks)
 
 
 def gather_key_rows(
