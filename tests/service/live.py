@@ -20,6 +20,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are chosen (two calls of
+    free_port can be handed the same port, and a server given it twice cannot start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass
 class LiveServer:
     proc: subprocess.Popen[bytes]
@@ -54,7 +67,23 @@ class LiveServer:
 def start_server(
     workdir: Path, args: list[str], env: dict[str, str] | None = None, ready_timeout: float = 120
 ) -> LiveServer:
-    http_port, grpc_port = free_port(), free_port()
+    for attempt in range(3):
+        try:
+            return _start_server_once(workdir, args, env, ready_timeout)
+        except PortTaken:
+            # the port was free when chosen and taken before the server bound it (another
+            # process's connection can be handed it in between): choose again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The server exited because a chosen port was in use by the time it bound it."""
+
+
+def _start_server_once(workdir: Path, args: list[str], env: dict[str, str] | None, ready_timeout: float) -> LiveServer:
+    http_port, grpc_port = free_ports(2)
     log_path = workdir / f"server-{http_port}.log"
     full_env = {**os.environ, "EMBSERVE_DEMO_DIR": str(workdir / "demo"), **(env or {})}
     cmd = [
@@ -74,7 +103,9 @@ def start_server(
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+            log = server.log()
+            error = PortTaken if "is already in use" in log else RuntimeError
+            raise error(f"server exited with {proc.returncode}:\n{log}")
         try:
             if httpx.get(f"{server.http}/readyz", timeout=1).status_code == 200:
                 return server
