@@ -103,9 +103,9 @@ def _start_server_once(workdir: Path, args: list[str], env: dict[str, str] | Non
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log = server.log()
-            error = PortTaken if "is already in use" in log else RuntimeError
-            raise error(f"server exited with {proc.returncode}:\n{log}")
+            output = server.log()
+            error = PortTaken if "is already in use" in output else RuntimeError
+            raise error(f"server exited with {proc.returncode}:\n{output}")
         try:
             if httpx.get(f"{server.http}/readyz", timeout=1).status_code == 200:
                 return server
