@@ -24,6 +24,14 @@ from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, pqdecode, scan
 
+OPQ_FIRST_ITERATIONS = 40
+"""Lloyd iterations of the codebooks trained in OPQ's first alternation, from k-means++ seeds.
+With the refinement count below and 50 alternations (`opq_iterations`) this is Faiss OPQMatrix's
+default schedule (niter_pq_0, niter_pq, niter). On 1M x 128, M = 16, 8 bits (1,024 queries) it
+gave recall@10 0.588 against 0.557 for the 8 / 4 / 20 schedule used before, in about 2x the time."""
+OPQ_REFINE_ITERATIONS = 4
+"""Lloyd iterations of each later alternation, refining the previous alternation's codebooks."""
+
 
 class PqCodec(adc.BlockedCodes, Codec):
     name = "pq"
@@ -35,7 +43,7 @@ class PqCodec(adc.BlockedCodes, Codec):
         Option("opq", bool, False, "learn an OPQ rotation"),
         Option("train_rows", int, 65536, "rows sampled for training"),
         Option("iterations", int, 25, "Lloyd iterations", quick=2),
-        Option("opq_iterations", int, 20, "OPQ alternations", quick=1),
+        Option("opq_iterations", int, 50, "OPQ alternations", quick=1),
     )
 
     @classmethod
@@ -112,7 +120,8 @@ class PqCodec(adc.BlockedCodes, Codec):
             books = None
             for step in range(params["opq_iterations"]):
                 rotated = sample @ rotation
-                books = cls._train_codebooks(rotated, params, rng, 4 if books is not None else 8, books, None)
+                iterations = OPQ_REFINE_ITERATIONS if books is not None else OPQ_FIRST_ITERATIONS
+                books = cls._train_codebooks(rotated, params, rng, iterations, books, None)
                 approx = cls._reconstruct(cls._assign(rotated, books), books)
                 rotation = training.procrustes(sample, approx)
                 if progress is not None:

@@ -22,8 +22,8 @@ def _points(seed: int, n: int, s: int, ties: bool) -> np.ndarray:
 @given(
     st.integers(0, 2**31),
     st.integers(0, 70),
-    st.integers(1, 40),
-    st.integers(1, 11),
+    st.sampled_from([1, 2, 7, 8, 9, 15, 16, 17, 40, 257]),
+    st.integers(1, 17),
     st.booleans(),
     st.booleans(),
 )
@@ -46,9 +46,10 @@ def test_nearest_codeword_matches_twin(seed: int, n: int, nc: int, s: int, ties:
         np.testing.assert_allclose(exact[np.arange(n), assign], exact.min(axis=1), rtol=1e-4, atol=1e-4)
 
 
-def test_nearest_codeword_partial_range_and_uint8_output() -> None:
-    points = _points(3, 9, 5, False)
-    books = _points(4, 256, 5, False)
+@pytest.mark.parametrize("s", [5, 8])  # 8: the fused path, on points that are a strided view
+def test_nearest_codeword_partial_range_and_uint8_output(s: int) -> None:
+    points = _points(3, 9, 2 * s, False)[:, ::2]
+    books = _points(4, 256, s, False)
     out = np.zeros(9, dtype=np.uint8)
     kmeans.nearest_codeword_into(
         points, np.ascontiguousarray(-2 * books.T), kmeans.codeword_norms(books), 2, 7, out, np.empty(0, np.float32)
