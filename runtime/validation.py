@@ -46,7 +46,7 @@ def kernel_ready_ids(arr: Any) -> bool:
     unconverted, uncopied and unchecked (the kernels check the bounds themselves). A False only
     means the general path (`check_ids`) runs."""
     # flags.carray: C-contiguous, aligned and writable, read from one flags object
-    return type(arr) is np.ndarray and arr.dtype is _INT64 and arr.ndim == 1 and arr.shape[0] > 0 and arr.flags.carray
+    return type(arr) is np.ndarray and arr.dtype is _INT64 and arr.ndim == 1 and len(arr) > 0 and arr.flags.carray
 
 
 def check_table_input(x: Any) -> np.ndarray:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numba
 import numpy as np
 
-from runtime.codecs.base import Codec, Prepared, TrainedState, query_vectors
+from runtime.codecs.base import Codec, Prepared, TrainedState, bind_small_gather, query_vectors
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
@@ -55,7 +54,7 @@ class Fp16Codec(Codec):
         return dense.fp16_gather_serial(self._bits16, ids)
 
     def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
-        return partial(dense.fp16_gather_checked_into, self._bits16)
+        return bind_small_gather(dense.fp16_gather_checked_into, self.dim, self._bits16)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)

@@ -179,6 +179,22 @@ def test_dense_upsert_takes_read_only_ids(x: np.ndarray) -> None:
     np.testing.assert_array_equal(t.lookup([4, 9]), t.lookup([20, 21]))
 
 
+@pytest.mark.parametrize("codec", ["int8", "fp16"])
+def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
+    """A dense table answers small lookups of int64 arrays in one kernel call on the base rows;
+    from the first upsert on they must go where the delta is read."""
+    t = runtime.compress(x, codec)
+    four = np.array([4], dtype=np.int64)
+    before = t.lookup(four)
+    np.testing.assert_array_equal(before, t.lookup([4]))
+    t.upsert(four, x[20:21])
+    want = t.lookup([20])
+    assert not np.array_equal(before, want)
+    np.testing.assert_array_equal(t.lookup(four), want)
+    np.testing.assert_array_equal(t.lookup_counted(four)[0], want)
+    np.testing.assert_array_equal(t.lookup(np.array([4, 5], dtype=np.int64))[0], want[0])
+
+
 def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
     t = runtime.compress(x[:100], "int8", keys=np.arange(100, dtype=np.int64) * 3)
     old = t.lookup(np.arange(100) * 3)
