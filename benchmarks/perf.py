@@ -1,6 +1,7 @@
 """Side-by-side kernel benchmarks: embserve against FBGEMM (PyTorch), numpy and Faiss.
 
-Every figure is the median of `--reps` timed repetitions after warm-up; ours and the peer's are
+Every figure is the median of `--reps` timed repetitions after warm-up (lookups of at most 64
+ids: of 101, a call taking microseconds); ours and the peer's are
 timed alternately in this one process and reported as a ratio, at 1 and 2 threads (numba, torch
 and Faiss all set to the same count). Data: a low-rank Gaussian signal plus full-rank noise,
 float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation from a pool
@@ -225,6 +226,12 @@ def lookup_target(codec: str, batch: int, pooled: bool, peer: str) -> float | No
     return 1.0 if (codec, batch, peer) == ("int8", 1024, "FBGEMM") else None
 
 
+SMALL_BATCH_REPS = 101
+"""Timed calls of each lookup of at most 64 ids (at least; --reps may ask more). Such a call takes
+a few µs, so a median of 9 moved by 20 % between runs with single interrupts; each call still has
+a batch of its own, so every one meets a cold cache as the larger batches' do."""
+
+
 def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     rng = np.random.default_rng(1)
     tables = {codec: runtime.compress(x, codec) for codec in ("int8", "int4", "fp16")}
@@ -235,7 +242,9 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
         packed["int4"] = torch.ops.quantized.embedding_bag_4bit_prepack(xt)
     for dist in ("uniform", "zipf"):
         for batch in cfg.batches:
-            pool = id_pool(cfg.rows, batch, cfg.pool, dist, rng)
+            reps = max(cfg.reps, SMALL_BATCH_REPS) if batch <= 64 and not cfg.smoke else cfg.reps
+            pool_size = max(cfg.pool, reps + 2)
+            pool = id_pool(cfg.rows, batch, pool_size, dist, rng)
             for pooled in (False, True):
                 if pooled and batch < 32:
                     continue
@@ -256,7 +265,7 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
                         peers.insert(0, ("FBGEMM", partial(_fbgemm_lookup, op, packed[codec], torch_ids, torch_off)))
                     for threads in cfg.threads:
                         set_threads(threads)
-                        medians = alternate([ours] + [fn for _, fn in peers], cfg.reps, cfg.pool)
+                        medians = alternate([ours] + [fn for _, fn in peers], reps, pool_size)
                         for (peer, _), theirs in zip(peers, medians[1:], strict=True):
                             target = lookup_target(codec, batch, pooled, peer)
                             rows_out.append(
@@ -269,7 +278,7 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
                                     batch / theirs,
                                     "rows/s",
                                     True,
-                                    {"bytes_read": int(batch * (table.nbytes / table.rows))},
+                                    {"bytes_read": int(batch * (table.nbytes / table.rows)), "reps": reps},
                                     target,
                                 )
                             )
@@ -738,6 +747,8 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
             if "bytes_read" in r.extra and "nq" in r.extra and r.unit == "queries/s":
                 # codes are read once per call, whatever the number of queries
                 notes.append(f"{r.extra['bytes_read'] * r.ours / r.extra['nq'] / 1e9:.1f} GB/s of codes")
+            if r.section == "lookup" and r.extra.get("reps", cfg.reps) != cfg.reps:
+                notes.append(f"median of {r.extra['reps']}")
             if "bytes_read" in r.extra and r.unit == "s":
                 notes.append(f"{r.extra['bytes_read'] / r.ours / 1e9:.2f} GB/s of input; median of {r.extra['reps']}")
             theirs = "—" if r.theirs is None else f"{r.theirs:,.4g} {r.unit}"

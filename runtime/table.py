@@ -56,6 +56,10 @@ def tier_index_bytes(rows: int, tiers: int) -> int:
     return 0 if tiers <= 1 else 2 * rows * np.dtype(index_dtype(rows)).itemsize
 
 
+_EMPTY = np.empty
+"""np.empty bound once: a lookup of one id spends ~4 % of its time finding it through the module."""
+
+
 class Table:
     """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped).
 
@@ -113,6 +117,7 @@ class Table:
         self._keyed_one_tier = len(self.tiers) == 1 and self.keymap is not None and self.tiers[0].projection is None
         self._richest = self.tiers[0].richest
         self._small_gather = self._richest.small_gather() if self._dense_one_tier else None
+        self._small_below = self._richest.parallel_min_ids  # see set_parallel_min_ids
         self._write_lock = threading.Lock()
         self.version = version
         self.provenance = dict(provenance or {})
@@ -353,8 +358,8 @@ class Table:
         gather = self._small_gather
         if gather is not None and kernel_ready_ids(ids):
             n = len(ids)  # len, not shape[0]: no shape tuple built
-            if n < self._richest.parallel_min_ids:
-                out = np.empty((n, self._dim), FLOAT32)
+            if n < self._small_below:
+                out = _EMPTY((n, self._dim), FLOAT32)
                 if gather(ids, out) < 0:
                     return out
         return self.lookup_counted(ids)[0]
@@ -365,7 +370,7 @@ class Table:
         ~3 µs as separate steps). None where that does not apply or an id is out of range: the
         general path then converts, checks and names what is wrong."""
         gather = self._small_gather
-        if gather is None or not kernel_ready_ids(ids) or len(ids) >= self._richest.parallel_min_ids:
+        if gather is None or not kernel_ready_ids(ids) or len(ids) >= self._small_below:
             return None
         out = np.empty((len(ids), self._dim), FLOAT32)
         return out if gather(ids, out) < 0 else None
@@ -565,6 +570,15 @@ class Table:
                 slots = np.where(moved, view.changed_slot[pos], 0)
                 out[moved] = segment.score(slots, q, metric)[moved]
         return out
+
+    def set_parallel_min_ids(self, count: int) -> None:
+        """Lookups and bags of fewer than `count` ids run on the calling thread (every codec's
+        `parallel_min_ids`, and the table's own copy its small-lookup path reads)."""
+        for tier in self.tiers:
+            for codec in (tier.primary, tier.rerank):
+                if codec is not None:
+                    codec.parallel_min_ids = count
+        self._small_below = self._richest.parallel_min_ids
 
     # ---- updates -------------------------------------------------------------------------------
     def upsert(self, ids: Any, rows: Any, sequence: int | None = None) -> int:
@@ -850,8 +864,5 @@ def load_table(path: str | os.PathLike[str], verify: bool = True, *, parallel_mi
         raise InvalidRequest(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {parallel_min_ids}")
     table = read_table(path, verify)
     if parallel_min_ids is not None:
-        for tier in table.tiers:
-            for codec in (tier.primary, tier.rerank):
-                if codec is not None:
-                    codec.parallel_min_ids = int(parallel_min_ids)
+        table.set_parallel_min_ids(int(parallel_min_ids))
     return table
