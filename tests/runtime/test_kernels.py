@@ -277,6 +277,23 @@ def test_adc_topk_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.mark.parametrize("levels", [3, 256])
+@pytest.mark.parametrize("k", [1, 7, 600])
+def test_adc_topk_over_many_blocks_matches_numpy(levels: int, k: int) -> None:
+    """Rows past the first ROW_BLOCK of a chunk meet a full heap, where whole blocks are skipped
+    when no key beats the worst kept one; few LUT levels make many keys equal to it (they lose)."""
+    rng = np.random.default_rng(levels + k)
+    n = 5 * scan.ROW_BLOCK + 37
+    codes = rng.integers(0, 256, (n, 16)).astype(np.uint8)
+    luts = (rng.integers(0, levels, (2, 16, 256)) / 4).astype(np.float32)
+    empty = np.empty(0, np.float32)
+    for nchunks in (1, 2):
+        keys, ids = scan.adc_topk(codes, luts, empty, empty, k, nchunks, False)
+        want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts, False), k)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(keys, want_keys)
+
+
 @given(st.integers(0, 2**31), st.integers(0, 200), st.integers(1, 40), st.integers(1, 8))
 def test_nearest_centroid_matches_numpy(seed: int, n: int, nc: int, dim: int) -> None:
     rng = np.random.default_rng(seed)
