@@ -29,7 +29,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from runtime.kernels.intrinsics import popcount64
-from runtime.kernels.scan import _chunk_bounds
+from runtime.kernels.scan import _chunk_bounds, _code_row_sum
 from runtime.kernels.topk import heap_push, merge_partials
 
 BLOCK_ROWS = 32
@@ -243,7 +243,6 @@ def _scan_group(
     """Offer the rows of blocks first_block..stop_block-1 to one query's heap; returns its size.
     flat_lut (M * 16,) float32 is the query's float table, tables (M, 32) uint8 its quantized one."""
     kk = heap_keys.shape[0]
-    pairs = blocked.shape[1]
     worst = heap_keys[0] if size == kk else -np.inf
     limit = _threshold(worst, bias, scale, slack) if size == kk else 0
     for b in range(first_block, stop_block):
@@ -259,11 +258,7 @@ def _scan_group(
             pending ^= lowest
             j = np.int64(popcount64(np.uint64(lowest - 1)))
             # the float scan's exact sum, in its order
-            s = np.float32(0.0)
-            for p in range(pairs):
-                byte = blocked[b, p, j]
-                s += flat_lut[(2 * p) * 16 + (byte & 15)]
-                s += flat_lut[(2 * p + 1) * 16 + (byte >> 4)]
+            s = _code_row_sum(blocked[b, :, j], flat_lut, True)
             if s > worst:
                 size = heap_push(heap_keys, heap_ids, size, s, base + j)
                 if size == kk:

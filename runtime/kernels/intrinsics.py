@@ -1,4 +1,5 @@
-"""LLVM intrinsics numba does not expose: population count and software prefetch."""
+"""LLVM intrinsics numba does not expose: population count, software prefetch, half-float
+conversion and opaque word loads."""
 
 from __future__ import annotations
 
@@ -50,6 +51,29 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
             fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
         )
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def load_word(typingctx, flat, offset):  # type: ignore[no-untyped-def]
+    """The 8 bytes of a 1-D uint8 array at byte `offset` (unaligned is fine) as one little-endian
+    uint64, which the compiler cannot split again.
+
+    LLVM narrows a wide load whose bytes are then shifted out back into one byte load each (its
+    load-width reduction), which defeats the point: one load port instead of eight. An empty
+    inline-asm copy hides where the value came from. Callers keep offset + 8 <= flat.size."""
+    if not (isinstance(flat, types.Array) and flat.dtype == types.uint8 and flat.ndim == 1 and flat.layout == "C"):
+        return None
+    sig = types.uint64(flat, types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i64 = ir.IntType(64)
+        address = builder.gep(ary.data, [args[1]])
+        word = builder.load(builder.bitcast(address, i64.as_pointer()), align=1)
+        barrier = ir.InlineAsm(ir.FunctionType(i64, [i64]), "", "=r,0", side_effect=False)
+        return builder.call(barrier, [word])
 
     return sig, codegen
 

@@ -242,18 +242,29 @@ def test_hamming_topk_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, int
     np.testing.assert_array_equal(scan.hamming_distances(codes, cands, queries), np.take_along_axis(dist, cands, 1))
 
 
+def _adc_luts(rng: np.random.Generator, shape: tuple[int, ...], levels: int) -> np.ndarray:
+    """Few levels (multiples of 1/4) give many tied sums; levels 0 gives random floats, whose
+    float32 sums depend on the order they are added in, so kernels must add in the twin's."""
+    if levels == 0:
+        return rng.standard_normal(shape).astype(np.float32)
+    return (rng.integers(0, levels, shape) / 4).astype(np.float32)
+
+
 @st.composite
 def pq_codes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, bool]:
     four_bit = draw(st.booleans())
-    m = draw(st.sampled_from([2, 4, 8]))
+    # 8-bit widths that are whole words (8, 16, 24, 32) take the word-load path, the rest bytes
+    # (every remainder mod 4); 4-bit codes pack two subspaces a byte, so their M is even
+    m = draw(st.sampled_from([1, 2, 3, 4, 6, 7, 8, 16, 24, 32]))
+    if four_bit and m % 2:
+        m += 1
     ksub = 16 if four_bit else 256
     n = draw(st.integers(1, 300))
     nq = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    levels = draw(st.sampled_from([3, ksub]))  # few LUT values -> many tied sums
     unpacked = rng.integers(0, ksub, (n, m)).astype(np.uint8)
     codes = (unpacked[:, 0::2] | (unpacked[:, 1::2] << 4)).astype(np.uint8) if four_bit else unpacked
-    luts = rng.integers(0, levels, (nq, m, ksub)).astype(np.float32) / 4
+    luts = _adc_luts(rng, (nq, m, ksub), draw(st.sampled_from([3, ksub, 0])))
     mul = rng.random(n).astype(np.float32) if draw(st.booleans()) else np.empty(0, np.float32)
     add = rng.random(n).astype(np.float32) if draw(st.booleans()) else np.empty(0, np.float32)
     return np.ascontiguousarray(codes), luts, mul, add, draw(st.integers(1, 320)), draw(st.integers(1, 6)), four_bit
@@ -277,21 +288,27 @@ def test_adc_topk_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.mark.parametrize("levels", [3, 256])
+@pytest.mark.parametrize("levels", [3, 256, 0])
 @pytest.mark.parametrize("k", [1, 7, 600])
 def test_adc_topk_over_many_blocks_matches_numpy(levels: int, k: int) -> None:
     """Rows past the first ROW_BLOCK of a chunk meet a full heap, where whole blocks are skipped
-    when no key beats the worst kept one; few LUT levels make many keys equal to it (they lose)."""
+    when no key beats the worst kept one; few LUT levels make many keys equal to it (they lose),
+    random floats hold the word-load path to the twin's order of additions."""
     rng = np.random.default_rng(levels + k)
     n = 5 * scan.ROW_BLOCK + 37
     codes = rng.integers(0, 256, (n, 16)).astype(np.uint8)
-    luts = (rng.integers(0, levels, (2, 16, 256)) / 4).astype(np.float32)
+    # the same codes at an odd address: word loads must not assume alignment
+    unaligned = np.empty(codes.size + 1, np.uint8)[1:].reshape(codes.shape)
+    unaligned[:] = codes
+    luts = _adc_luts(rng, (2, 16, 256), levels)
     empty = np.empty(0, np.float32)
-    for nchunks in (1, 2):
-        keys, ids = scan.adc_topk(codes, luts, empty, empty, k, nchunks, False)
-        want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts, False), k)
-        np.testing.assert_array_equal(ids, want_ids)
-        np.testing.assert_array_equal(keys, want_keys)
+    for nq in (1, 2):
+        want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts[:nq], False), k)
+        for nchunks in (1, 2):
+            for stored in (codes, unaligned):
+                keys, ids = scan.adc_topk(stored, luts[:nq], empty, empty, k, nchunks, False)
+                np.testing.assert_array_equal(ids, want_ids)
+                np.testing.assert_array_equal(keys, want_keys)
 
 
 @given(st.integers(0, 2**31), st.integers(0, 200), st.integers(1, 40), st.integers(1, 8))
