@@ -28,7 +28,7 @@ from numba import njit, prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from runtime.kernels.intrinsics import popcount64
+from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, popcount64, prefetch_row
 from runtime.kernels.scan import _chunk_bounds, _code_row_sum
 from runtime.kernels.topk import heap_push, merge_partials
 
@@ -245,7 +245,11 @@ def _scan_group(
     kk = heap_keys.shape[0]
     worst = heap_keys[0] if size == kk else -np.inf
     limit = _threshold(worst, bias, scale, slack) if size == kk else 0
+    block_bytes = blocked.shape[1] * BLOCK_ROWS
+    ahead = max(1, STREAM_PREFETCH_BYTES // block_bytes)
     for b in range(first_block, stop_block):
+        for line in range(0, block_bytes, 64):
+            prefetch_row(blocked, b + ahead, line)
         mask: int = _block_sums_avx2(blocked, b, tables, limit, sums)
         if mask == 0:
             continue
