@@ -107,10 +107,28 @@ def half_from_bytes(lo: np.uint8, hi: np.uint8) -> np.float32:
 
 
 def _target_has_f16c(context) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the machine code being generated may use F16C: the features numba compiles for
-    (the host's, or NUMBA_CPU_FEATURES; a bare NUMBA_CPU_NAME counts as none)."""
+    """Whether the machine code being generated may use F16C."""
+    return _target_has(context, "f16c")
+
+
+def _target_has(context, feature: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the machine code being generated may use a CPU feature: the features numba compiles
+    for (the host's, or NUMBA_CPU_FEATURES; a bare NUMBA_CPU_NAME counts as none). Numba's cache is
+    keyed by the same features, so code chosen by them never runs on a CPU it was not built for."""
     features = getattr(context.codegen(), "_tm_features", "") or ""
-    return "+f16c" in features.split(",")
+    return "+" + feature in features.split(",")
+
+
+@intrinsic
+def target_has_vector_popcount(typingctx):  # type: ignore[no-untyped-def]
+    """Whether the code being generated has a vector popcount (AVX-512 VPOPCNTDQ), as a constant
+    the compiler folds: kernels pick their loop by it at compile time."""
+    sig = types.boolean()
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(ir.IntType(1), int(_target_has(context, "avx512vpopcntdq")))
+
+    return sig, codegen
 
 
 def _half_bits_to_float(bits: int) -> np.float32:
