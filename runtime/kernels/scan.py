@@ -40,24 +40,18 @@ HAMMING_BLOCK = 256
 when the block's best can enter."""
 
 
-@njit(nogil=True, cache=True)
-def _hamming_block_distances(
-    flat: np.ndarray, words: int, start: int, stop: int, query: np.ndarray, dist: np.ndarray
+@njit(inline="always", nogil=True, cache=True)
+def _block_distances(
+    flat: np.ndarray, words: int, start: int, stop: int, query: np.ndarray, dist: np.ndarray, prefetch: bool
 ) -> int:
     """dist[i] = Hamming distance of row start + i to query (W,) uint64, for rows start..stop-1 of
     codes flattened to (n * W,) uint64; returns the smallest. Offsets are unsigned so no index
-    wrap-around code keeps the loop from vectorizing.
-
-    With a vector popcount (AVX-512 VPOPCNTDQ) the compiler vectorizes the loop. Without one its
-    vectorized popcount (byte shuffles) was slower than scalar popcounts with each row's line
-    prefetched `STREAM_PREFETCH_BYTES` ahead: 256-bit codes, one query, 1M rows, one thread on an
-    AMD EPYC, 2.3-2.6 ms -> 2.1-2.5 ms. A prefetch in the loop stops the vectorizer, and prefetching
-    a few lines a group of rows instead did not help, so the loop is chosen by the CPU."""
+    wrap-around code keeps the loop from vectorizing; `prefetch` (a literal at each call site)
+    prefetches each row's line `STREAM_PREFETCH_BYTES` ahead, which stops the vectorizer."""
     best = np.int64(words * 64 + 1)
     count = np.uint64(stop - start)
     w = np.uint64(words)
     base = np.uint64(start) * w
-    prefetch = not target_has_vector_popcount()
     ahead = np.uint64(STREAM_PREFETCH_BYTES // 8)
     if words == 4:
         q0, q1, q2, q3 = query[0], query[1], query[2], query[3]
@@ -96,6 +90,24 @@ def _hamming_block_distances(
 
 
 @njit(nogil=True, cache=True)
+def _hamming_block_distances(
+    flat: np.ndarray, words: int, start: int, stop: int, query: np.ndarray, dist: np.ndarray, stream: bool
+) -> int:
+    """`_block_distances` for the first query to read a block (`stream`: its rows come from
+    memory) or a later one (they are in cache).
+
+    With a vector popcount (AVX-512 VPOPCNTDQ) the compiler vectorizes the loop. Without one its
+    vectorized popcount (byte shuffles) waits on memory, and scalar popcounts with each row's line
+    prefetched ahead are faster for the streaming query: 256-bit codes, one query, 1M rows, one
+    thread on an AMD EPYC, 2.55-2.64 -> 2.15-2.17 ms. For the queries after it the rows are in
+    cache and the vectorized loop is the faster one (64 queries: 0.76-0.96x Faiss with scalar
+    popcounts for all, against 1.2x). Prefetching a few lines a group of rows instead did not help."""
+    if stream and not target_has_vector_popcount():
+        return _block_distances(flat, words, start, stop, query, dist, True)
+    return _block_distances(flat, words, start, stop, query, dist, False)
+
+
+@njit(nogil=True, cache=True)
 def _hamming_scan_chunk(
     codes: np.ndarray,
     queries: np.ndarray,
@@ -115,7 +127,7 @@ def _hamming_scan_chunk(
     for block in range(start, stop, HAMMING_BLOCK):
         block_stop = min(stop, block + HAMMING_BLOCK)
         for qi in range(queries.shape[0]):
-            if _hamming_block_distances(flat, words, block, block_stop, queries[qi], dist) >= worst[qi]:
+            if _hamming_block_distances(flat, words, block, block_stop, queries[qi], dist, qi == 0) >= worst[qi]:
                 continue
             heap_keys = part_keys[qi, chunk]
             heap_ids = part_ids[qi, chunk]
