@@ -16,7 +16,7 @@ PREFETCH_DISTANCE = 8
 
 STREAM_PREFETCH_BYTES = 4096
 """Bytes ahead a sequential scan prefetches. The hardware's stream prefetcher alone left one thread
-of the 4-bit fast scan waiting on DRAM: 4 KiB ahead took it from 1.45-1.57 to 1.12-1.25 ms over
+of the 4-bit fast scan waiting on DRAM: 4 KiB ahead took it from 1.44-1.57 to 1.12-1.25 ms over
 1M x 32 codes out of cache on an AMD EPYC (2-8 KiB ahead did about as well)."""
 
 
