@@ -239,16 +239,19 @@ def _scan_group(
     heap_ids: np.ndarray,
     size: int,
     sums: np.ndarray,
+    stream: bool,
 ) -> int:
     """Offer the rows of blocks first_block..stop_block-1 to one query's heap; returns its size.
-    flat_lut (M * 16,) float32 is the query's float table, tables (M, 32) uint8 its quantized one."""
+    flat_lut (M * 16,) float32 is the query's float table, tables (M, 32) uint8 its quantized one;
+    `stream`: the blocks come from memory (the first query of a group), so prefetch ahead."""
     kk = heap_keys.shape[0]
     worst = heap_keys[0] if size == kk else -np.inf
     limit = _threshold(worst, bias, scale, slack) if size == kk else 0
     block_bytes = blocked.shape[1] * BLOCK_ROWS
     ahead = max(1, STREAM_PREFETCH_BYTES // block_bytes)
     for b in range(first_block, stop_block):
-        for line in range(0, block_bytes, 64):
+        # the first query to scan a group reads it from memory; the later ones find it in cache
+        for line in range(0, block_bytes if stream else 0, 64):
             prefetch_row(blocked, b + ahead, line)
         mask: int = _block_sums_avx2(blocked, b, tables, limit, sums)
         if mask == 0:
@@ -317,6 +320,7 @@ def fastscan_topk(
                     part_ids[qi, c],
                     part_sizes[qi, c],
                     sums,
+                    qi == 0,
                 )
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
