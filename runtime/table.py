@@ -35,7 +35,7 @@ from runtime.validation import (
     check_queries,
     check_table_input,
     check_weights,
-    kernel_ready_ids,
+    small_gather_ids,
 )
 
 __version__ = "0.1.0"
@@ -58,6 +58,8 @@ def tier_index_bytes(rows: int, tiers: int) -> int:
 
 _EMPTY = np.empty
 """np.empty bound once: a lookup of one id spends ~4 % of its time finding it through the module."""
+_NDARRAY = np.ndarray
+_INT64 = np.dtype(np.int64)
 
 
 class Table:
@@ -353,10 +355,11 @@ class Table:
     # ---- lookup -------------------------------------------------------------------------------
     def lookup(self, ids: Any) -> np.ndarray:
         """ids or keys (n,) -> (n, dim) float32 reconstructed rows (by the richest codec)."""
-        # `_small_lookup` written out: at one id, each Python call and attribute read is ~3 % of
-        # the lookup. `_small_gather` is None from the first upsert on (the delta then applies).
+        # `_small_lookup` written out, `small_gather_ids` too: at one id, each Python call and
+        # attribute read is ~3 % of the lookup. `_small_gather` is None from the first upsert on
+        # (the delta then applies).
         gather = self._small_gather
-        if gather is not None and kernel_ready_ids(ids):
+        if gather is not None and type(ids) is _NDARRAY and ids.dtype is _INT64 and ids.ndim == 1:
             n = len(ids)  # len, not shape[0]: no shape tuple built
             if n < self._small_below:
                 out = _EMPTY((n, self._dim), FLOAT32)
@@ -371,7 +374,7 @@ class Table:
         the general path then converts, checks and names what is wrong. `lookup` repeats these
         lines rather than calling this: the call is ~5 % of a one-id lookup."""
         gather = self._small_gather
-        if gather is None or not kernel_ready_ids(ids):
+        if gather is None or not small_gather_ids(ids):
             return None
         n = len(ids)
         if n >= self._small_below:

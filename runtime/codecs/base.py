@@ -96,13 +96,14 @@ def query_vectors(prepared: Prepared) -> np.ndarray:
 
 def bind_small_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray], int]:
     """`Codec.small_gather` of a numba kernel(*bound, ids, out): bound are the codec's own arrays
-    and values. Calls the kernel's compiled entry point for the one type its ids and out ever have
-    (C-contiguous writable int64, as `kernel_ready_ids` admits; a fresh C-contiguous float32 (b,
-    dim)) rather than its dispatcher, which resolves every argument's type on every call: 0.2 µs of
-    a 2 µs one-id lookup. Compiles (or loads from numba's cache) that overload now; falls back to
-    the dispatcher where numba keeps no entry point."""
-    ids = np.zeros(0, dtype=np.int64)
-    out = np.empty((0, dim), dtype=np.float32)
+    and values. Calls the kernel's compiled entry point rather than its dispatcher, which resolves
+    every argument's type on every call (0.2 µs of a 2 µs one-id lookup). The entry point is the
+    one for ids of any layout (numba's 'A'), so callers need not read the ids' flags to prove them
+    contiguous (`validation.small_gather_ids`); out is a fresh C-contiguous float32 (b, dim).
+    Compiles (or loads from numba's cache) that overload now; falls back to the dispatcher where
+    numba keeps no entry point."""
+    ids = np.full(4, -1, dtype=np.int64)[::2]  # two strided ids, typed as an array of any layout
+    out = np.empty((2, dim), dtype=np.float32)  # (out of range: the kernel writes nothing)
     kernel(*bound, ids, out)
     compiled = kernel.overloads.get(tuple(numba.typeof(value) for value in (*bound, ids, out)))
     entry = getattr(compiled, "entry_point", None)

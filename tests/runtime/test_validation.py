@@ -73,6 +73,11 @@ def test_small_lookups_check_bounds_in_the_kernel_and_name_the_bad_id(codec: str
         read_only = np.frombuffer(ids.tobytes(), dtype=np.int64)
         np.testing.assert_array_equal(table.lookup(read_only), want)
         np.testing.assert_array_equal(table.lookup(ids.tolist()), want)
+        # the small gather is compiled for ids of any layout: strided and reversed views too
+        spread = np.zeros(2 * n, np.int64)
+        spread[::2] = ids
+        np.testing.assert_array_equal(table.lookup(spread[::2]), want)
+        np.testing.assert_array_equal(table.lookup(ids[::-1]), want[::-1])
         for bad, position in ((300, n - 1), (-1, 0), (np.iinfo(np.int64).max, n // 2)):
             wrong = ids.copy()
             wrong[position] = bad
