@@ -78,6 +78,8 @@ def test_small_lookups_check_bounds_in_the_kernel_and_name_the_bad_id(codec: str
         spread[::2] = ids
         np.testing.assert_array_equal(table.lookup(spread[::2]), want)
         np.testing.assert_array_equal(table.lookup(ids[::-1]), want[::-1])
+        unaligned = np.frombuffer(b"\0" + ids.tobytes(), dtype=np.int64, offset=1)
+        np.testing.assert_array_equal(table.lookup(unaligned), want)
         for bad, position in ((300, n - 1), (-1, 0), (np.iinfo(np.int64).max, n // 2)):
             wrong = ids.copy()
             wrong[position] = bad
