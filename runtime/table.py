@@ -26,6 +26,7 @@ from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
     FLOAT32,
+    INT64,
     check_id_matrix,
     check_ids,
     check_k,
@@ -59,7 +60,6 @@ def tier_index_bytes(rows: int, tiers: int) -> int:
 _EMPTY = np.empty
 """np.empty bound once: a lookup of one id spends ~4 % of its time finding it through the module."""
 _NDARRAY = np.ndarray
-_INT64 = np.dtype(np.int64)
 
 
 class Table:
@@ -359,7 +359,7 @@ class Table:
         # attribute read is ~3 % of the lookup. `_small_gather` is None from the first upsert on
         # (the delta then applies).
         gather = self._small_gather
-        if gather is not None and type(ids) is _NDARRAY and ids.dtype is _INT64 and ids.ndim == 1:
+        if gather is not None and type(ids) is _NDARRAY and ids.dtype is INT64 and ids.ndim == 1:
             n = len(ids)  # len, not shape[0]: no shape tuple built
             if n < self._small_below:
                 out = _EMPTY((n, self._dim), FLOAT32)

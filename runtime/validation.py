@@ -24,7 +24,7 @@ def writable(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.writeable else arr.copy()
 
 
-_INT64 = np.dtype(np.int64)
+INT64 = np.dtype(np.int64)
 FLOAT32 = np.dtype(np.float32)
 """The float32 dtype object: np.empty(shape, FLOAT32) skips resolving a dtype argument on hot paths."""
 
@@ -35,7 +35,7 @@ def _flat_int64(arr: Any) -> bool:
     identity first: `==` against a type costs ~0.2 µs, a sizeable part of a one-id lookup."""
     return (
         type(arr) is np.ndarray
-        and (arr.dtype is _INT64 or arr.dtype == _INT64)
+        and (arr.dtype is INT64 or arr.dtype == INT64)
         and arr.ndim == 1
         and arr.flags.c_contiguous
     )
@@ -46,7 +46,7 @@ def small_gather_ids(arr: Any) -> bool:
     (`Codec.small_gather`, compiled for ids of any layout) unconverted, uncopied and unchecked (the
     gather checks the bounds itself). A False only means the general path (`check_ids`) runs. No
     flags are read: building the flags object was ~7 % of a one-id lookup."""
-    return type(arr) is np.ndarray and arr.dtype is _INT64 and arr.ndim == 1
+    return type(arr) is np.ndarray and arr.dtype is INT64 and arr.ndim == 1
 
 
 def check_table_input(x: Any) -> np.ndarray:

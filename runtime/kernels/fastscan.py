@@ -250,9 +250,9 @@ def _scan_group(
     block_bytes = blocked.shape[1] * BLOCK_ROWS
     ahead = max(1, STREAM_PREFETCH_BYTES // block_bytes)
     for b in range(first_block, stop_block):
-        # the first query to scan a group reads it from memory; the later ones find it in cache
-        for line in range(0, block_bytes if stream else 0, 64):
-            prefetch_row(blocked, b + ahead, line)
+        if stream:  # the first query to scan a group reads it from memory; later ones find it in cache
+            for line in range(0, block_bytes, 64):
+                prefetch_row(blocked, b + ahead, line)
         mask: int = _block_sums_avx2(blocked, b, tables, limit, sums)
         if mask == 0:
             continue

@@ -90,7 +90,7 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
     sig = types.float32(types.uint16)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        if not _target_has_f16c(context):
+        if not _target_has(context, "f16c"):
             # without F16C LLVM lowers `fpext half` to a compiler-rt call numba's JIT cannot link
             # (e.g. a cache built for NUMBA_CPU_NAME=generic), so convert the bits arithmetically
             return context.compile_internal(builder, _half_bits_to_float, signature, args)
@@ -104,11 +104,6 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
 def half_from_bytes(lo: np.uint8, hi: np.uint8) -> np.float32:
     """The float32 value of the little-endian fp16 held in two bytes (a fused row's scale or bias)."""
     return half_to_float(np.uint16(lo) | (np.uint16(hi) << np.uint16(8)))
-
-
-def _target_has_f16c(context) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the machine code being generated may use F16C."""
-    return _target_has(context, "f16c")
 
 
 def _target_has(context, feature: str) -> bool:  # type: ignore[no-untyped-def]
