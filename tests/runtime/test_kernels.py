@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.kernels import checks, dense, rowwise, scan, topk
@@ -165,6 +165,28 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     np.testing.assert_allclose(
         dense.pool(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean), want, rtol=1e-5, atol=1e-4
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([8, 4]),
+    st.sampled_from([8, 15, 16, 17, 31, 32, 48, 63, 64, 72, 96, 127, 128, 130, 144, 200, 255, 256, 264, 384]),
+    st.integers(0, 2**31),
+)
+def test_rowwise_bags_of_wide_rows_match_numpy(bits: int, dim: int, seed: int) -> None:
+    # rows wide enough for every block the bag kernels sum in registers, and each narrower block
+    # and the columns left over after them; bags from empty to longer than the prefetch distance
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((40, dim)).astype(np.float32) * np.float32(rng.choice([1e-3, 1.0, 100.0]))
+    rows = rowwise.quantize_numpy(x, bits)
+    ids = rng.integers(0, 40, int(rng.integers(0, 120))).astype(np.int64)
+    cuts = np.sort(rng.integers(0, ids.size + 1, int(rng.integers(0, 6))))
+    offsets = np.concatenate([[0], cuts]).astype(np.int64) if ids.size else cuts.astype(np.int64)
+    mean = bool(rng.integers(0, 2))
+    want = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
+    serial = rowwise.bags_serial(rows, ids, offsets, dim, bits, mean)
+    np.testing.assert_allclose(serial, want, rtol=1e-5, atol=1e-4 * float(np.abs(x).max() + 1))
+    np.testing.assert_array_equal(rowwise.bags_chunked(rows, ids, offsets, dim, bits, mean, 3), serial)
 
 
 def test_rowwise_quantization_error_is_bounded() -> None:
