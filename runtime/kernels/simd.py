@@ -7,8 +7,9 @@ value, not memory: a loop carries it in registers, as FBGEMM's generated bag ker
 accumulators. The backend splits a long vector into the CPU's own registers (eight floats each
 with AVX2, sixteen with AVX-512), so one kernel source serves both.
 
-The intrinsics read and write arrays through their data pointers without bounds checks: callers
-keep every offset + lanes within the row they pass.
+The intrinsics read and write arrays without bounds checks: callers keep every offset + lanes
+within the row they pass. Contiguous rows are read and written a whole vector at a time; rows of
+any other layout one element at a time through their stride, so every layout gives the same values.
 """
 
 from __future__ import annotations
@@ -56,18 +57,64 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, lanes: int) -> ir.Value:
     )
 
 
-def _is_contiguous_1d(array: types.Type, dtype: types.Type) -> bool:
-    return isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C" and array.dtype == dtype
+def _is_1d(array: types.Type, dtype: types.Type) -> bool:
+    return isinstance(array, types.Array) and array.ndim == 1 and array.dtype == dtype
 
 
-def _element_pointer(context: Any, builder: ir.IRBuilder, array_type: types.Array, array: Any, offset: Any) -> Any:
-    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
+def _element_pointer(context: Any, builder: ir.IRBuilder, array_type: types.Array, array: Any, index: Any) -> Any:
+    """A pointer to array[index] (1-D, any layout)."""
+    ary = context.make_array(array_type)(context, builder, array)
+    if array_type.layout == "C":
+        return builder.gep(ary.data, [index])
+    stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+    address = builder.add(builder.ptrtoint(ary.data, ir.IntType(64)), builder.mul(index, stride))
+    return builder.inttoptr(address, ary.data.type)
 
 
 def _load_bytes(context: Any, builder: ir.IRBuilder, row_type: types.Array, row: Any, offset: Any, lanes: int) -> Any:
-    """row[offset : offset + lanes] as one `<lanes x i8>` load (unaligned)."""
-    pointer = _element_pointer(context, builder, row_type, row, offset)
-    return builder.load(builder.bitcast(pointer, ir.VectorType(ir.IntType(8), lanes).as_pointer()), align=1)
+    """row[offset : offset + lanes] as `<lanes x i8>`: one unaligned load where the row is
+    contiguous, one byte at a time through its stride where it is not."""
+    byte_vector = ir.VectorType(ir.IntType(8), lanes)
+    if row_type.layout == "C":
+        pointer = _element_pointer(context, builder, row_type, row, offset)
+        return builder.load(builder.bitcast(pointer, byte_vector.as_pointer()), align=1)
+    value = ir.Constant(byte_vector, None)
+    for lane in range(lanes):
+        index = builder.add(offset, ir.Constant(offset.type, lane))
+        byte = builder.load(_element_pointer(context, builder, row_type, row, index))
+        value = builder.insert_element(value, byte, ir.Constant(ir.IntType(32), lane))
+    return value
+
+
+def _store_floats(
+    context: Any, builder: ir.IRBuilder, out_type: types.Array, out: Any, offset: Any, value: Any
+) -> None:
+    """out[offset : offset + lanes] = value (`<lanes x float>`), in one store where out is contiguous."""
+    lanes = value.type.count
+    if out_type.layout == "C":
+        pointer = _element_pointer(context, builder, out_type, out, offset)
+        builder.store(value, builder.bitcast(pointer, _float_vector(lanes).as_pointer()), align=4)
+        return
+    for lane in range(lanes):
+        index = builder.add(offset, ir.Constant(offset.type, lane))
+        element = builder.extract_element(value, ir.Constant(ir.IntType(32), lane))
+        builder.store(element, _element_pointer(context, builder, out_type, out, index))
+
+
+def _fused(builder: ir.IRBuilder, values: Any, scale: Any, add: Any) -> Any:
+    """values * scale + add (vectors), one fused multiply-add a lane where the CPU has FMA."""
+    floats = values.type
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(floats, [floats, floats, floats]), f"llvm.fmuladd.v{floats.count}f32"
+    )
+    return builder.call(fn, [values, scale, add])
+
+
+def _interleaved(builder: ir.IRBuilder, even: Any, odd: Any) -> Any:
+    """even[0], odd[0], even[1], odd[1], ...: twice the lanes."""
+    lanes = even.type.count
+    order = [lane for i in range(lanes) for lane in (i, lanes + i)]
+    return builder.shuffle_vector(even, odd, ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), order))
 
 
 @intrinsic
@@ -86,8 +133,8 @@ def zeros(typingctx, lanes):  # type: ignore[no-untyped-def]
 
 @intrinsic
 def widen_bytes(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
-    """row[offset : offset + like.lanes] (1-D C uint8) as floats: the values of int8 codes."""
-    if not (isinstance(like, F32Vector) and _is_contiguous_1d(row, types.uint8)):
+    """row[offset : offset + like.lanes] (1-D uint8) as floats: the values of int8 codes."""
+    if not (isinstance(like, F32Vector) and _is_1d(row, types.uint8)):
         return None
     lanes = like.lanes
     sig = like(like, row, types.int64)
@@ -101,7 +148,7 @@ def widen_bytes(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
 
 def _widen_nibbles(like: Any, row: Any, high: bool) -> Any:
     """Typing and code of `low_nibbles` / `high_nibbles`."""
-    if not (isinstance(like, F32Vector) and _is_contiguous_1d(row, types.uint8)):
+    if not (isinstance(like, F32Vector) and _is_1d(row, types.uint8)):
         return None
     lanes = like.lanes
     sig = like(like, row, types.int64)
@@ -120,7 +167,7 @@ def _widen_nibbles(like: Any, row: Any, high: bool) -> Any:
 
 @intrinsic
 def low_nibbles(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
-    """The low nibbles of row[offset : offset + like.lanes] (1-D C uint8) as floats: the even
+    """The low nibbles of row[offset : offset + like.lanes] (1-D uint8) as floats: the even
     columns of int4 codes. With `high_nibbles` of the same bytes the compiler loads them once."""
     return _widen_nibbles(like, row, high=False)
 
@@ -133,56 +180,65 @@ def high_nibbles(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
 
 @intrinsic
 def fmadd(typingctx, values, scale, acc):  # type: ignore[no-untyped-def]
-    """acc + values * scale, one fused multiply-add a lane where the CPU has FMA."""
+    """acc + values * scale."""
     if not (isinstance(values, F32Vector) and acc == values and isinstance(scale, types.Float)):
         return None
-    lanes = values.lanes
     sig = values(values, types.float32, values)
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        floats = _float_vector(lanes)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(floats, [floats, floats, floats]), f"llvm.fmuladd.v{lanes}f32"
-        )
-        return builder.call(fn, [args[0], _splat(builder, args[1], lanes), args[2]])
+        return _fused(builder, args[0], _splat(builder, args[1], values.lanes), args[2])
 
     return sig, codegen
+
+
+def _typed_store(out: Any, vectors: tuple[Any, ...]) -> Any:
+    """The signature of a store of F32Vectors of one width into a 1-D float32 array, or None."""
+    first = vectors[0]
+    if not (isinstance(first, F32Vector) and all(v == first for v in vectors) and _is_1d(out, types.float32)):
+        return None
+    return types.void(out, types.int64, *vectors, types.float32, types.float32)
+
+
+@intrinsic
+def store_interleaved_fma(typingctx, out, offset, even, odd, scale, add):  # type: ignore[no-untyped-def]
+    """out[offset + 2i] = even[i] * scale + add and out[offset + 2i + 1] = odd[i] * scale + add:
+    the even and odd columns of int4 codes decoded, back in column order."""
+    sig = _typed_store(out, (even, odd))
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        lanes = 2 * even.lanes
+        both = _interleaved(builder, args[2], args[3])
+        result = _fused(builder, both, _splat(builder, args[4], lanes), _splat(builder, args[5], lanes))
+        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
+        return context.get_dummy_value()
+
+    return (sig, codegen) if sig is not None else None
 
 
 @intrinsic
 def store_affine(typingctx, out, offset, values, add, scale):  # type: ignore[no-untyped-def]
-    """out[offset : offset + lanes] = (values + add) * scale, for out a 1-D C float32 array."""
-    if not (isinstance(values, F32Vector) and _is_contiguous_1d(out, types.float32)):
-        return None
-    lanes = values.lanes
-    sig = types.void(out, types.int64, values, types.float32, types.float32)
+    """out[offset : offset + lanes] = (values + add) * scale (1-D float32 out): bags summed."""
+    sig = _typed_store(out, (values,))
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        lanes = values.lanes
         result = builder.fmul(builder.fadd(args[2], _splat(builder, args[3], lanes)), _splat(builder, args[4], lanes))
-        builder.store(result, builder.bitcast(pointer, _float_vector(lanes).as_pointer()), align=4)
+        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return (sig, codegen) if sig is not None else None
 
 
 @intrinsic
 def store_interleaved_affine(typingctx, out, offset, even, odd, add, scale):  # type: ignore[no-untyped-def]
-    """out[offset + 2i] = (even[i] + add) * scale and out[offset + 2i + 1] = (odd[i] + add) * scale,
-    for i < lanes: the even and odd columns of int4 codes back in column order."""
-    if not (isinstance(even, F32Vector) and odd == even and _is_contiguous_1d(out, types.float32)):
-        return None
-    lanes = even.lanes
-    sig = types.void(out, types.int64, even, even, types.float32, types.float32)
+    """out[offset + 2i] = (even[i] + add) * scale and out[offset + 2i + 1] = (odd[i] + add) * scale."""
+    sig = _typed_store(out, (even, odd))
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        order = [lane for i in range(lanes) for lane in (i, lanes + i)]
-        both = builder.shuffle_vector(args[2], args[3], ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), order))
-        result = builder.fmul(
-            builder.fadd(both, _splat(builder, args[4], 2 * lanes)), _splat(builder, args[5], 2 * lanes)
-        )
-        builder.store(result, builder.bitcast(pointer, _float_vector(2 * lanes).as_pointer()), align=4)
+        lanes = 2 * even.lanes
+        both = _interleaved(builder, args[2], args[3])
+        result = builder.fmul(builder.fadd(both, _splat(builder, args[4], lanes)), _splat(builder, args[5], lanes))
+        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return (sig, codegen) if sig is not None else None

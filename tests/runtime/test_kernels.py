@@ -189,6 +189,57 @@ def test_rowwise_bags_of_wide_rows_match_numpy(bits: int, dim: int, seed: int) -
     np.testing.assert_array_equal(rowwise.bags_chunked(rows, ids, offsets, dim, bits, mean, 3), serial)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([8, 4, 2]),
+    st.sampled_from([8, 15, 16, 17, 31, 32, 48, 63, 64, 72, 96, 127, 128, 130, 144, 200, 255, 256, 264, 384]),
+    st.integers(0, 2**31),
+)
+def test_rowwise_gather_of_wide_rows_matches_numpy(bits: int, dim: int, seed: int) -> None:
+    # every block a row is decoded in, its halves and the columns left over; the serial and
+    # parallel gathers and the checked small-lookup kernel decode each row to the same bits
+    rng = np.random.default_rng(seed)
+    rows = rowwise.quantize_numpy(rng.standard_normal((30, dim)).astype(np.float32), bits)
+    ids = rng.integers(0, 30, int(rng.integers(0, 50))).astype(np.int64)
+    want = rowwise.dequantize_numpy(rows, ids, dim, bits)
+    serial = rowwise.gather_serial(rows, ids, dim, bits)
+    np.testing.assert_allclose(serial, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rowwise.gather(rows, ids, dim, bits, 3), serial)
+    checked = np.empty((ids.size, dim), dtype=np.float32)
+    assert rowwise.gather_checked_into(rows, dim, bits, ids, checked) == -1
+    np.testing.assert_array_equal(checked, serial)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dim", [13, 64, 128, 200])
+def test_rowwise_rows_of_any_layout_decode_and_pool_alike(bits: int, dim: int) -> None:
+    # rows inside a wider buffer (numba types them as 'A' layout: the vector loads go through the
+    # stride) and the same rows contiguous give the same bits
+    rng = np.random.default_rng(dim)
+    packed = rowwise.quantize_numpy(rng.standard_normal((50, dim)).astype(np.float32), bits)
+    wide = np.zeros((50, packed.shape[1] + 12), dtype=np.uint8)
+    wide[:, 5 : 5 + packed.shape[1]] = packed
+    strided = wide[:, 5 : 5 + packed.shape[1]]
+    spread = np.zeros((50, 2 * packed.shape[1]), dtype=np.uint8)
+    spread[:, ::2] = packed
+    every_other = spread[:, ::2]  # a byte's neighbour two bytes on
+    assert not strided.flags.c_contiguous and not every_other.flags.c_contiguous
+    ids = rng.integers(0, 50, 96).astype(np.int64)
+    offsets = np.array([0, 7, 40, 40, 90], dtype=np.int64)
+    for rows in (strided, every_other):
+        np.testing.assert_array_equal(
+            rowwise.gather_serial(rows, ids, dim, bits), rowwise.gather_serial(packed, ids, dim, bits)
+        )
+        np.testing.assert_array_equal(
+            rowwise.bags_serial(rows, ids, offsets, dim, bits, False),
+            rowwise.bags_serial(packed, ids, offsets, dim, bits, False),
+        )
+    out = np.zeros((5, dim + 3), dtype=np.float32)[:, 1 : dim + 1]  # rows of out strided too
+    pool_into = rowwise._bags8_into if bits == 8 else rowwise._bags4_into
+    pool_into(packed, ids, offsets, 0, 5, dim, True, out)
+    np.testing.assert_array_equal(out, rowwise.bags_serial(packed, ids, offsets, dim, bits, True))
+
+
 def test_rowwise_quantization_error_is_bounded() -> None:
     x = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
     for bits in (8, 4, 2):
