@@ -131,23 +131,8 @@ def zeros(typingctx, lanes):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@intrinsic
-def widen_bytes(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
-    """row[offset : offset + like.lanes] (1-D uint8) as floats: the values of int8 codes."""
-    if not (isinstance(like, F32Vector) and _is_1d(row, types.uint8)):
-        return None
-    lanes = like.lanes
-    sig = like(like, row, types.int64)
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        codes = _load_bytes(context, builder, signature.args[1], args[1], args[2], lanes)
-        return builder.uitofp(codes, _float_vector(lanes))
-
-    return sig, codegen
-
-
-def _widen_nibbles(like: Any, row: Any, high: bool) -> Any:
-    """Typing and code of `low_nibbles` / `high_nibbles`."""
+def _widen(like: Any, row: Any, part: str) -> Any:
+    """Typing and code of `widen_bytes` (part "bytes"), `low_nibbles` ("low"), `high_nibbles` ("high")."""
     if not (isinstance(like, F32Vector) and _is_1d(row, types.uint8)):
         return None
     lanes = like.lanes
@@ -156,26 +141,32 @@ def _widen_nibbles(like: Any, row: Any, high: bool) -> Any:
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
         codes = _load_bytes(context, builder, signature.args[1], args[1], args[2], lanes)
         byte_vector = ir.VectorType(ir.IntType(8), lanes)
-        if high:
-            nibbles = builder.lshr(codes, ir.Constant(byte_vector, [4] * lanes))
-        else:
-            nibbles = builder.and_(codes, ir.Constant(byte_vector, [15] * lanes))
-        return builder.uitofp(nibbles, _float_vector(lanes))
+        if part == "high":
+            codes = builder.lshr(codes, ir.Constant(byte_vector, [4] * lanes))
+        elif part == "low":
+            codes = builder.and_(codes, ir.Constant(byte_vector, [15] * lanes))
+        return builder.uitofp(codes, _float_vector(lanes))
 
     return sig, codegen
+
+
+@intrinsic
+def widen_bytes(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
+    """row[offset : offset + like.lanes] (1-D uint8) as floats: the values of int8 codes."""
+    return _widen(like, row, "bytes")
 
 
 @intrinsic
 def low_nibbles(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
     """The low nibbles of row[offset : offset + like.lanes] (1-D uint8) as floats: the even
     columns of int4 codes. With `high_nibbles` of the same bytes the compiler loads them once."""
-    return _widen_nibbles(like, row, high=False)
+    return _widen(like, row, "low")
 
 
 @intrinsic
 def high_nibbles(typingctx, like, row, offset):  # type: ignore[no-untyped-def]
     """The high nibbles of row[offset : offset + like.lanes]: the odd columns of int4 codes."""
-    return _widen_nibbles(like, row, high=True)
+    return _widen(like, row, "high")
 
 
 @intrinsic
