@@ -14,6 +14,7 @@ from runtime.kernels.simd import (
     low_nibbles,
     store_affine,
     store_interleaved_affine,
+    store_interleaved_fma,
     widen_bytes,
     zeros,
 )
@@ -30,6 +31,11 @@ def _nibbles_times(row: np.ndarray, offset: int, scale: np.float32, out: np.ndar
     even = fmadd(low_nibbles(zeros(8), row, offset), scale, zeros(8))
     odd = fmadd(high_nibbles(zeros(8), row, offset), scale, zeros(8))
     store_interleaved_affine(out, 1, even, odd, np.float32(1.0), np.float32(2.0))
+
+
+@njit
+def _nibbles_decoded(row: np.ndarray, offset: int, scale: np.float32, add: np.float32, out: np.ndarray) -> None:
+    store_interleaved_fma(out, 0, low_nibbles(zeros(16), row, offset), high_nibbles(zeros(16), row, offset), scale, add)
 
 
 @njit
@@ -58,6 +64,14 @@ def test_nibbles_are_the_even_and_odd_columns_back_in_order() -> None:
     codes = np.stack([row[2:10] & 15, row[2:10] >> 4], axis=1).reshape(-1).astype(np.float32)
     np.testing.assert_array_equal(out[1:17], (codes * np.float32(1.5) + np.float32(1.0)) * np.float32(2.0))
     assert out[0] == -1.0 and (out[17:] == -1.0).all()
+
+
+def test_nibbles_decode_as_scale_times_code_plus_bias() -> None:
+    row = np.random.default_rng(2).integers(0, 256, 40).astype(np.uint8)
+    out = np.zeros(32, np.float32)
+    _nibbles_decoded(row, 5, np.float32(0.75), np.float32(-2.0), out)
+    codes = np.stack([row[5:21] & 15, row[5:21] >> 4], axis=1).reshape(-1).astype(np.float32)
+    np.testing.assert_array_equal(out, codes * np.float32(0.75) + np.float32(-2.0))
 
 
 def test_a_vector_longer_than_a_register_carried_through_a_loop() -> None:
