@@ -2,7 +2,9 @@
 
 SIGTERM / SIGINT: readiness goes false at once (HTTP /readyz 503, gRPC health NOT_SERVING), new
 requests get 503 / UNAVAILABLE, in-flight requests finish within `grace_seconds`, then both
-servers stop and the process exits 0.
+servers stop and the process exits 0. Stopping after the drain is bounded too: past STOP_SECONDS
+(a worker thread stuck in a blocking call would otherwise hold the interpreter's exit) the process
+writes every thread's stack to stderr and exits 1.
 
 As one of several worker processes (`--workers N`, service/workers.py) it binds both ports with
 SO_REUSEPORT, serves a private Unix socket for its siblings' replayed admin changes, and loads its
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import socket
@@ -37,6 +40,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embserve")
 HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceService")
+STOP_SECONDS = 10.0
+"""How long stopping may take once requests have drained: the servers, the Redis sync, the
+executors' threads and the interpreter's exit together."""
+
+
+def arm_exit_watchdog(seconds: float) -> None:
+    """Exit with status 1, after writing every thread's stack to stderr, unless the process has
+    exited within `seconds`. Python joins worker threads at exit (asyncio's default executor,
+    concurrent.futures' pools) with no time limit, so one thread blocked on a socket would keep a
+    terminated server alive until it is killed; the stacks name that thread."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -187,6 +201,7 @@ class EmbserveServer:
         finished = await self.service.wait_idle(self.settings.grace_seconds)
         if not finished:
             log.warning("grace period over with %d requests still running", self.service.in_flight)
+        arm_exit_watchdog(STOP_SECONDS)
         if self.http_server is not None:
             self.http_server.should_exit = True
             await self._http_task

@@ -7,6 +7,7 @@ publish, Redis killed and restarted, a replica restarted, a replica started whil
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -119,9 +120,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         found.start("b")
         yield found
     finally:
-        for server in found.replicas.values():
-            server.terminate()
-        redis.kill()
+        try:
+            # every replica is stopped even when one will not stop: a live one would outlast the module
+            failures = []
+            for server in found.replicas.values():
+                try:
+                    server.terminate()
+                except subprocess.TimeoutExpired as exc:
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
+        finally:
+            redis.kill()
 
 
 def test_replicas_start_on_the_published_version(cluster: Cluster) -> None:
