@@ -81,6 +81,20 @@ def _high(byte: np.uint8) -> np.float32:
     return np.float32(np.uint8(byte >> np.uint8(4)))
 
 
+@njit(inline="always", nogil=True, cache=True)
+def _row_scale(row: np.ndarray) -> np.float32:
+    """A fused row's (P+4,) uint8 scale, from its fp16 bytes."""
+    width = row.shape[0] - 4
+    return half_from_bytes(row[width], row[width + 1])
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _row_bias(row: np.ndarray) -> np.float32:
+    """A fused row's (P+4,) uint8 bias, from its fp16 bytes."""
+    width = row.shape[0] - 4
+    return half_from_bytes(row[width + 2], row[width + 3])
+
+
 ROW_BLOCK4 = 8 * REGISTER_LANES
 """int4 columns a row is decoded in at once: eight vector registers (64 columns with AVX2)."""
 ROW_LANES4 = ROW_BLOCK4 // 2
@@ -94,9 +108,8 @@ def _dequant_row(row: np.ndarray, dim: int, bits: int, out: np.ndarray) -> None:
     explicit vectors, the even and odd columns apart, then interleaved: 1.0-1.25x the speed of the
     plain loop over 64 to 16,384 random rows on an AMD EPYC. The same change made int8 rows
     0.76-0.99x as fast, so they keep their loop."""
-    nbytes = row.shape[0] - 4
-    scale = half_from_bytes(row[nbytes], row[nbytes + 1])
-    bias = half_from_bytes(row[nbytes + 2], row[nbytes + 3])
+    scale = _row_scale(row)
+    bias = _row_bias(row)
     if bits == 8:
         for j in range(dim):
             out[j] = scale * np.float32(row[j]) + bias
@@ -348,14 +361,6 @@ EPYC, 8 to 32 all did within a few percent of each other."""
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
-    """Ask for the lines of the row BAG_PREFETCH_DISTANCE ids after position t, across bag boundaries."""
-    if t + BAG_PREFETCH_DISTANCE < ids.shape[0]:
-        for offset in range(0, rows.shape[1], 64):
-            prefetch_row(rows, ids[t + BAG_PREFETCH_DISTANCE], offset)
-
-
-@njit(inline="always", nogil=True, cache=True)
 def _prefetch_lines(rows: np.ndarray, row: int) -> None:
     """Ask for every line of one row. The first two lines and the last byte are asked for without a
     loop: with a loop around all of them bags took 0.98-1.09x as long (a row of 132 bytes spans three lines,
@@ -366,6 +371,13 @@ def _prefetch_lines(rows: np.ndarray, row: int) -> None:
     for offset in range(128, stride - 1, 64):
         prefetch_row(rows, row, offset)
     prefetch_row(rows, row, stride - 1)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
+    """Ask for the lines of the row BAG_PREFETCH_DISTANCE ids after position t, across bag boundaries."""
+    if t + BAG_PREFETCH_DISTANCE < ids.shape[0]:
+        _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -395,9 +407,10 @@ BAG_QUARTER_LANES4 = BAG_BLOCK4 // 8
 """Rows narrower than a block, and what is left of a row after its blocks, are summed half a block,
 a quarter block, then eight lanes at a time, then column by column. Not every power of two from
 the block down: each width is a loop the compiler builds for every kernel that pools bags. On an
-AMD EPYC the first compile of the two bag entry points took 28 s with six widths, 21 s with these
-four, 17 s without the half block (which cost rows of 64 and 200 columns 2-15 %); the kernels that
-added four rows at a time took 12 s. int8 rows of 16 columns take two eight-lane passes, 5-17 %
+AMD EPYC the first compile of the two bag entry points took 28 s with six widths, 21-22 s with
+these four, 17 s without the half block (which cost rows of 64 and 200 columns 2-15 %); the kernels
+that added four rows at a time took 12 s. Writing each row's body once, as the helpers above that
+the compiler inlines, added 2-3 s. int8 rows of 16 columns take two eight-lane passes, 5-17 %
 slower than one of sixteen lanes."""
 
 
@@ -405,14 +418,26 @@ slower than one of sixteen lanes."""
 def _bias_pass(rows: np.ndarray, ids: np.ndarray, start: int, stop: int) -> np.float32:
     """The sum of the biases of rows ids[start:stop], prefetching the rows further ahead: a bag's
     first pass where its rows are too short for a vector pass."""
-    width = rows.shape[1] - 4
     bias = np.float32(0.0)
     for t in range(start, stop):
-        if t + BAG_PREFETCH_DISTANCE < ids.shape[0]:
-            _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
-        row = rows[ids[t]]
-        bias += half_from_bytes(row[width + 2], row[width + 3])
+        _prefetch_ahead(rows, ids, t)
+        bias += _row_bias(rows[ids[t]])
     return bias
+
+
+@njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _add_row8(row: np.ndarray, column: int, acc: F32Vector) -> F32Vector:
+    """acc + scale * codes[column : column + lanes] of one int8 row."""
+    return fmadd(widen_bytes(acc, row, column), _row_scale(row), acc)
+
+
+@njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _add_row4(row: np.ndarray, column: int, even: F32Vector, odd: F32Vector) -> tuple[F32Vector, F32Vector]:
+    """even and odd + scale * the int4 codes of columns [column, column + 2 * lanes) of one row,
+    the low nibbles (even columns) and the high (odd); column is even."""
+    scale = _row_scale(row)
+    byte = column >> 1
+    return fmadd(low_nibbles(even, row, byte), scale, even), fmadd(high_nibbles(even, row, byte), scale, odd)
 
 
 @njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
@@ -422,19 +447,19 @@ def _first_pass8(
     """Columns [0, lanes) of a bag of int8 rows ids[start:stop] into out_row (F32Vector zero sets
     the lanes), prefetching rows further ahead; returns the bag's sum of biases. Only a bag's first
     pass prefetches: its later passes find the same rows in cache."""
-    width = rows.shape[1] - 4
     acc = zero
     bias = np.float32(0.0)
+    # two loops rather than a branch on every row: the ids ahead run out only in a batch's last bags
     ahead = min(stop, ids.shape[0] - BAG_PREFETCH_DISTANCE)
     for t in range(start, ahead):
         _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
         row = rows[ids[t]]
-        bias += half_from_bytes(row[width + 2], row[width + 3])
-        acc = fmadd(widen_bytes(acc, row, 0), half_from_bytes(row[width], row[width + 1]), acc)
+        bias += _row_bias(row)
+        acc = _add_row8(row, 0, acc)
     for t in range(max(start, ahead), stop):
         row = rows[ids[t]]
-        bias += half_from_bytes(row[width + 2], row[width + 3])
-        acc = fmadd(widen_bytes(acc, row, 0), half_from_bytes(row[width], row[width + 1]), acc)
+        bias += _row_bias(row)
+        acc = _add_row8(row, 0, acc)
     store_affine(out_row, 0, acc, bias, inv)
     return bias
 
@@ -452,11 +477,9 @@ def _next_pass8(
     out_row: np.ndarray,
 ) -> None:
     """Columns [column, column + lanes) of the bag's int8 rows into out_row."""
-    width = rows.shape[1] - 4
     acc = zero
     for t in range(start, stop):
-        row = rows[ids[t]]
-        acc = fmadd(widen_bytes(acc, row, column), half_from_bytes(row[width], row[width + 1]), acc)
+        acc = _add_row8(rows[ids[t]], column, acc)
     store_affine(out_row, column, acc, bias, inv)
 
 
@@ -474,14 +497,11 @@ def _tail_columns(
     out_row: np.ndarray,
 ) -> None:
     """Columns [column, dim) of the bag's int8 / int4 rows one at a time: the few that fill no vector."""
-    width = rows.shape[1] - 4
     for j in range(column, dim):
         total = np.float32(0.0)
         for t in range(start, stop):
             row = rows[ids[t]]
-            total += half_from_bytes(row[width], row[width + 1]) * np.float32(
-                _code(row, j, bits) if bits == 4 else row[j]
-            )
+            total += _row_scale(row) * np.float32(_code(row, j, bits) if bits == 4 else row[j])
         out_row[j] = (total + bias) * inv
 
 
@@ -535,7 +555,6 @@ def _first_pass4(
 ) -> np.float32:
     """`_first_pass8` of int4 rows: columns [0, 2 * lanes), even and odd columns in vectors of their
     own, interleaved once at the store."""
-    width = rows.shape[1] - 4
     even = zero
     odd = zero
     bias = np.float32(0.0)
@@ -543,16 +562,12 @@ def _first_pass4(
     for t in range(start, ahead):
         _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
         row = rows[ids[t]]
-        bias += half_from_bytes(row[width + 2], row[width + 3])
-        scale = half_from_bytes(row[width], row[width + 1])
-        even = fmadd(low_nibbles(zero, row, 0), scale, even)
-        odd = fmadd(high_nibbles(zero, row, 0), scale, odd)
+        bias += _row_bias(row)
+        even, odd = _add_row4(row, 0, even, odd)
     for t in range(max(start, ahead), stop):
         row = rows[ids[t]]
-        bias += half_from_bytes(row[width + 2], row[width + 3])
-        scale = half_from_bytes(row[width], row[width + 1])
-        even = fmadd(low_nibbles(zero, row, 0), scale, even)
-        odd = fmadd(high_nibbles(zero, row, 0), scale, odd)
+        bias += _row_bias(row)
+        even, odd = _add_row4(row, 0, even, odd)
     store_interleaved_affine(out_row, 0, even, odd, bias, inv)
     return bias
 
@@ -570,14 +585,10 @@ def _next_pass4(
     out_row: np.ndarray,
 ) -> None:
     """Columns [column, column + 2 * lanes) of the bag's int4 rows into out_row (column even)."""
-    width = rows.shape[1] - 4
     even = zero
     odd = zero
     for t in range(start, stop):
-        row = rows[ids[t]]
-        scale = half_from_bytes(row[width], row[width + 1])
-        even = fmadd(low_nibbles(zero, row, column >> 1), scale, even)
-        odd = fmadd(high_nibbles(zero, row, column >> 1), scale, odd)
+        even, odd = _add_row4(rows[ids[t]], column, even, odd)
     store_interleaved_affine(out_row, column, even, odd, bias, inv)
 
 

@@ -190,46 +190,38 @@ def _typed_store(out: Any, vectors: tuple[Any, ...]) -> Any:
     return types.void(out, types.int64, *vectors, types.float32, types.float32)
 
 
+def _store(vectors: tuple[Any, ...], out: Any, fused: bool) -> Any:
+    """Typing and code of the stores: out[offset:] = one vector, or two interleaved, then either
+    `* first + second` (fused) or `(+ first) * second` of the two float arguments."""
+    sig = _typed_store(out, vectors)
+    if sig is None:
+        return None
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        values = args[2] if len(vectors) == 1 else _interleaved(builder, args[2], args[3])
+        lanes = values.type.count
+        first, second = (_splat(builder, arg, lanes) for arg in args[-2:])
+        result = _fused(builder, values, first, second) if fused else builder.fmul(builder.fadd(values, first), second)
+        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @intrinsic
 def store_interleaved_fma(typingctx, out, offset, even, odd, scale, add):  # type: ignore[no-untyped-def]
     """out[offset + 2i] = even[i] * scale + add and out[offset + 2i + 1] = odd[i] * scale + add:
     the even and odd columns of int4 codes decoded, back in column order."""
-    sig = _typed_store(out, (even, odd))
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        lanes = 2 * even.lanes
-        both = _interleaved(builder, args[2], args[3])
-        result = _fused(builder, both, _splat(builder, args[4], lanes), _splat(builder, args[5], lanes))
-        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
-        return context.get_dummy_value()
-
-    return (sig, codegen) if sig is not None else None
+    return _store((even, odd), out, fused=True)
 
 
 @intrinsic
 def store_affine(typingctx, out, offset, values, add, scale):  # type: ignore[no-untyped-def]
     """out[offset : offset + lanes] = (values + add) * scale (1-D float32 out): bags summed."""
-    sig = _typed_store(out, (values,))
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        lanes = values.lanes
-        result = builder.fmul(builder.fadd(args[2], _splat(builder, args[3], lanes)), _splat(builder, args[4], lanes))
-        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
-        return context.get_dummy_value()
-
-    return (sig, codegen) if sig is not None else None
+    return _store((values,), out, fused=False)
 
 
 @intrinsic
 def store_interleaved_affine(typingctx, out, offset, even, odd, add, scale):  # type: ignore[no-untyped-def]
     """out[offset + 2i] = (even[i] + add) * scale and out[offset + 2i + 1] = (odd[i] + add) * scale."""
-    sig = _typed_store(out, (even, odd))
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        lanes = 2 * even.lanes
-        both = _interleaved(builder, args[2], args[3])
-        result = builder.fmul(builder.fadd(both, _splat(builder, args[4], lanes)), _splat(builder, args[5], lanes))
-        _store_floats(context, builder, signature.args[0], args[0], args[1], result)
-        return context.get_dummy_value()
-
-    return (sig, codegen) if sig is not None else None
+    return _store((even, odd), out, fused=False)
