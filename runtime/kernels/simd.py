@@ -14,6 +14,7 @@ any other layout one element at a time through their stride, so every layout giv
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numba
@@ -24,7 +25,24 @@ from numba.extending import intrinsic, models, register_model
 
 import runtime.kernels.cpu  # noqa: F401  (sets the features numba compiles for, read below)
 
-REGISTER_LANES = 16 if "+avx512f" in (numba.config.CPU_FEATURES or "").split(",") else 8  # type: ignore[attr-defined]
+LANES_VARIABLE = "EMBSERVE_VECTOR_LANES"
+"""Environment variable that sets REGISTER_LANES (8 or 16) whatever the CPU: a machine without
+AVX-512 then runs the block layout the kernels use on one with it (LLVM splits each 16-lane vector
+in two), so tests check that layout on any CPU. numba's on-disk cache is not keyed by it: give a
+run that sets it a NUMBA_CACHE_DIR of its own."""
+
+
+def register_lanes(forced: str | None, cpu_features: str) -> int:
+    """float32 lanes a vector register holds: `forced` ("8" or "16") when set, else 16 where the
+    comma-separated LLVM `cpu_features` include +avx512f, else 8."""
+    if forced:
+        if forced.strip() not in ("8", "16"):
+            raise ValueError(f"{LANES_VARIABLE} must be 8 or 16, got {forced!r}")
+        return int(forced)
+    return 16 if "+avx512f" in cpu_features.split(",") else 8
+
+
+REGISTER_LANES = register_lanes(os.environ.get(LANES_VARIABLE), numba.config.CPU_FEATURES or "")  # type: ignore[attr-defined]
 """float32 lanes in one vector register of the code numba generates: 16 where it compiles for
 AVX-512 (`runtime.kernels.cpu` turns that on where the CPU has it), else 8. Kernels size their
 blocks of accumulators by it; their results do not depend on it."""

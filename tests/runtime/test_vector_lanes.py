@@ -1,0 +1,47 @@
+"""The row-wise kernels' AVX-512 block layout (sixteen lanes a register, 256-column bag passes),
+checked on whatever CPU runs the suite: a subprocess forces sixteen lanes, compiles the kernels
+into a cache of its own, and runs the row-wise kernel tests against their numpy twins there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.kernels.simd import LANES_VARIABLE, register_lanes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SIXTEEN_LANES = """
+import sys
+import pytest
+from runtime.kernels import rowwise, simd
+assert simd.REGISTER_LANES == 16, simd.REGISTER_LANES
+assert (rowwise.BAG_BLOCK8, rowwise.BAG_BLOCK4, rowwise.ROW_BLOCK4) == (256, 256, 128)
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/runtime/test_kernels.py", "-k", "rowwise",
+                      "tests/runtime/test_format1_fixtures.py"]))
+"""
+
+
+def test_register_lanes_follow_the_cpu_features_unless_forced() -> None:
+    assert register_lanes(None, "+avx2,+fma,+avx512f,+avx512bw") == 16
+    assert register_lanes(None, "+avx2,+fma,-avx512f") == 8
+    assert register_lanes("", "") == 8
+    assert register_lanes("16", "+avx2") == 16
+    assert register_lanes("8", "+avx512f") == 8
+    with pytest.raises(ValueError, match=f"{LANES_VARIABLE} must be 8 or 16, got '32'"):
+        register_lanes("32", "+avx512f")
+
+
+def test_row_kernels_with_sixteen_lanes_match_their_numpy_twins(tmp_path: Path) -> None:
+    # a cache of its own: numba's cache key is the CPU, not the lane count, so a shared cache would
+    # hand back the eight-lane kernels and this would test nothing
+    env = {**os.environ, LANES_VARIABLE: "16", "NUMBA_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-c", SIXTEEN_LANES], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
