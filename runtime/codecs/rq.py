@@ -79,7 +79,7 @@ def parse_size(value: Any) -> int | None:
 # ---- training and encoding (numpy GEMMs around the kernels) -------------------------------------
 def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """points (n, d) float32, centroids (K, d) float32 -> assign (n,) int64, squared distance
-    (n,) float32 (lowest index among ties), by |p|^2 - 2 <p, c> + |c|^2: the fused kernel for
+    (n,) float32 (lowest index among ties), by |p|^2 - 2 <p, c> + |c|^2: `nearest_codeword_into` for
     narrow points, else one matrix product a block of rows."""
     n = points.shape[0]
     assign = np.empty(n, np.int64)
@@ -87,7 +87,7 @@ def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
     neg2_t = np.ascontiguousarray(-2 * centroids.T, dtype=np.float32)
     cn = codeword_norms(centroids)
     if points.shape[1] < NARROW:
-        # the fused kernel is single-threaded (nogil): one row slice a numba thread
+        # the kernel is single-threaded (nogil): one row slice a numba thread
         workers = max(1, min(numba.get_num_threads(), -(-n // ASSIGN_BLOCK)))
         bounds = np.linspace(0, n, workers + 1).astype(np.int64)
 

@@ -9,13 +9,16 @@ with the centroid index in the low bits, so a plain integer min (which vectorize
 Two points share every codebook load, and eight (then four) dimensions are added per pass over
 a row of keys.
 
-Subspaces of 4, 8 or 16 dimensions (nearly every PQ setting: d / M) with 32 or more codewords
-take a fused path instead: an LLVM vector kernel computes eight codewords' keys at a time for two
-points and keeps, per vector lane, the smallest key so far and its index, so a key is never
-stored, reloaded and converted to an integer for the argmin. It adds the products in the same
-order, without contraction, so both paths (and the numpy twin) agree on every key and every
-choice, ties going to the lowest index. On an AMD EPYC (AVX2) it assigns 65,536 points of 8
-dimensions to 256 codewords in 6.2 ms against 9.1 ms (Faiss's exhaustive search: 6.8-7.3 ms).
+Subspaces of 4, 8 or 16 dimensions (nearly every PQ setting: d / M) take a lane-wise path
+instead: an LLVM vector kernel holds one point a lane (eight with AVX2, sixteen with AVX-512),
+multiplies by each codeword's coordinates broadcast to every lane, and keeps, per lane, the
+smallest key so far and its index. A key is never stored, reloaded and converted to an integer
+for the argmin, and no lane's result waits on the others. It adds the products in the same order,
+without contraction, so both paths (and the numpy twin) agree on every key and every choice, ties
+going to the lowest index. On an AMD EPYC (AVX2, one thread, 65,536 points) it replaced a kernel
+that held eight codewords a vector and two points a pass, with the same keys and choices: 0.41x
+the time at s = 4 and 16 codewords (4-bit PQ), 0.56-0.69x at s = 8 and 16; at 256 codewords 0.80-0.86x
+at s = 4, 0.91-0.95x at s = 8 (6.0 ms; Faiss's exhaustive search: 6.8-7.3 ms), 0.93-1.05x at s = 16.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from runtime.kernels.simd import REGISTER_LANES
 
 MAX_CENTROIDS = 1 << 16
 """The argmin packs a centroid index into 16 bits."""
@@ -43,115 +48,106 @@ def _argmin_low_index(keys: np.ndarray) -> int:
     return int(best & 0xFFFF)
 
 
-FUSED_LANES = 8
-"""Codewords a vector of the fused path holds: eight float32 lanes (one AVX register; LLVM splits
-or joins vectors for narrower and wider CPUs)."""
+LANES = REGISTER_LANES
+"""Points a vector of the lane-wise path holds: one float32 lane each (8 with AVX2, 16 with
+AVX-512)."""
+
+LANE_UNROLL = 2
+"""Codewords the lane-wise kernel computes keys for at once, their sums interleaved dimension by
+dimension: two independent chains of adds. On an AMD EPYC (65,536 points, one thread) one at a
+time took 1.07-1.12x as long at K = 256, four 1.04-1.28x (more live vectors than registers)."""
 
 
-def _fused_pair_kernel(dims: int):  # type: ignore[no-untyped-def]
-    """The fused nearest-codeword step for subspaces of `dims` dimensions, as a numba intrinsic:
-    (pair (2, dims) float32 C-contiguous: two points; neg2_books_t (dims, K) float32, inner stride
-    4 bytes; norms (K,) float32 contiguous; head: a multiple of 8, <= K) -> (c_a, c_b) int64, each
-    point's nearest among codewords 0..head-1, the lowest index among equal keys."""
+def _lanes_kernel(dims: int):  # type: ignore[no-untyped-def]
+    """The lane-wise nearest-codeword step for subspaces of `dims` dimensions, as a numba
+    intrinsic: (block (dims, LANES) float32 C-contiguous: LANES points, one a lane, dimension-major;
+    neg2_books_t (dims, K) float32, strides multiples of 4 bytes; norms (K,) float32, stride a
+    multiple of 4; best_index (LANES,) int32 C; best_key (LANES,) float32 C) -> 0. Writes each
+    lane's nearest codeword (the lowest index among equal keys; 0 when every key is NaN or +inf)
+    and its key."""
 
     @intrinsic
-    def nearest_pair(typingctx, pair, books_t, norms, head):  # type: ignore[no-untyped-def]
-        if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (pair, books_t, norms)):
+    def nearest_block(typingctx, block, books_t, norms, best_index, best_key):  # type: ignore[no-untyped-def]
+        floats = (block, books_t, norms, best_key)
+        if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in floats):
             return None  # the kernel reads float32 only: anything else is a typing error, not a misread
-        sig = types.UniTuple(types.int64, 2)(pair, books_t, norms, types.int64)
+        if not (isinstance(best_index, types.Array) and best_index.dtype == types.int32):
+            return None
+        sig = types.int64(block, books_t, norms, best_index, best_key)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-            vf, vi = ir.VectorType(f32, FUSED_LANES), ir.VectorType(i32, FUSED_LANES)
-            pair_ary = context.make_array(signature.args[0])(context, builder, args[0])
-            books_ary = context.make_array(signature.args[1])(context, builder, args[1])
-            norms_ary = context.make_array(signature.args[2])(context, builder, args[2])
-            row_step = builder.sdiv(cgutils.unpack_tuple(builder, books_ary.strides)[0], ir.Constant(i64, 4))
-            pair_ptr = builder.bitcast(pair_ary.data, f32.as_pointer())
+            vf, vi = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES)
+            block_ary, books_ary, norms_ary, index_ary, key_ary = (
+                context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args, strict=True)
+            )
+            four = ir.Constant(i64, 4)
+            dim_step, codeword_step = (builder.sdiv(x, four) for x in cgutils.unpack_tuple(builder, books_ary.strides))
+            norm_step = builder.sdiv(cgutils.unpack_tuple(builder, norms_ary.strides)[0], four)
+            n_codewords = cgutils.unpack_tuple(builder, books_ary.shape)[1]
+            block_ptr = builder.bitcast(block_ary.data, f32.as_pointer())
             books_ptr = builder.bitcast(books_ary.data, f32.as_pointer())
             norms_ptr = builder.bitcast(norms_ary.data, f32.as_pointer())
-            lane_zeros = ir.Constant(vi, [0] * FUSED_LANES)
+            lane_zeros = ir.Constant(vi, [0] * LANES)
 
-            def splat(value, vtype):  # type: ignore[no-untyped-def]
-                one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), lane_zeros)
+            def splat(value):  # type: ignore[no-untyped-def]
+                one = builder.insert_element(ir.Constant(vf, ir.Undefined), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(vf, ir.Undefined), lane_zeros)
 
-            def load_vector(ptr, offset):  # type: ignore[no-untyped-def]
-                address = builder.bitcast(builder.gep(ptr, [offset]), vf.as_pointer())
-                return builder.load(address, align=4, typ=vf)
+            def vector_at(ptr, offset, vtype):  # type: ignore[no-untyped-def]
+                return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, offset)]), vtype.as_pointer())
 
-            points = [
-                [splat(builder.load(builder.gep(pair_ptr, [ir.Constant(i64, p * dims + j)])), vf) for j in range(dims)]
-                for p in range(2)
-            ]
-            lanes = ir.Constant(vi, list(range(FUSED_LANES)))
-            best = [cgutils.alloca_once_value(builder, ir.Constant(vf, [float("inf")] * FUSED_LANES)) for _ in range(2)]
-            best_index = [cgutils.alloca_once_value(builder, lane_zeros) for _ in range(2)]
-            with cgutils.for_range_slice(builder, ir.Constant(i64, 0), args[3], ir.Constant(i64, FUSED_LANES)) as (
-                c,
-                _,
-            ):
-                keys = [load_vector(norms_ptr, c)] * 2
+            points = [builder.load(vector_at(block_ptr, j * LANES, vf), align=4) for j in range(dims)]
+            best = cgutils.alloca_once_value(builder, ir.Constant(vf, [float("inf")] * LANES))
+            best_at = cgutils.alloca_once_value(builder, lane_zeros)
+            index = cgutils.alloca_once_value(builder, lane_zeros)  # the codeword in hand, in every lane
+
+            def keys_from(first, count):  # type: ignore[no-untyped-def]
+                codewords = [builder.add(first, ir.Constant(i64, u)) for u in range(count)]
+                columns = [builder.mul(c, codeword_step) for c in codewords]
+                keys = [splat(builder.load(builder.gep(norms_ptr, [builder.mul(c, norm_step)]))) for c in codewords]
                 for j in range(dims):
-                    w = load_vector(books_ptr, builder.add(builder.mul(ir.Constant(i64, j), row_step), c))
-                    # fmul then fadd, no fast-math flags: never contracted, so rounded as the twin rounds
-                    keys = [builder.fadd(keys[p], builder.fmul(points[p][j], w)) for p in range(2)]
-                indices = builder.add(splat(builder.trunc(c, i32), vi), lanes)
-                for p in range(2):
-                    kept = builder.load(best[p], typ=vf)
-                    # strictly smaller: a lane keeps its earlier (lower) index among equal keys
-                    smaller = builder.fcmp_ordered("<", keys[p], kept)
-                    builder.store(builder.select(smaller, keys[p], kept), best[p])
-                    builder.store(builder.select(smaller, indices, builder.load(best_index[p], typ=vi)), best_index[p])
+                    row = builder.mul(ir.Constant(i64, j), dim_step)
+                    for u in range(count):
+                        w = splat(builder.load(builder.gep(books_ptr, [builder.add(row, columns[u])])))
+                        # fmul then fadd, no fast-math flags: never contracted, so rounded as the twin rounds
+                        keys[u] = builder.fadd(keys[u], builder.fmul(points[j], w))
+                for key in keys:  # in codeword order, strictly smaller: a lane keeps the lower index
+                    kept = builder.load(best)
+                    at = builder.load(index)
+                    smaller = builder.fcmp_ordered("<", key, kept)
+                    builder.store(builder.select(smaller, key, kept), best)
+                    builder.store(builder.select(smaller, at, builder.load(best_at)), best_at)
+                    builder.store(builder.add(at, ir.Constant(vi, [1] * LANES)), index)
 
-            def lowest(p: int):  # type: ignore[no-untyped-def]
-                key = builder.load(best[p], typ=vf)
-                index = builder.load(best_index[p], typ=vi)
-                width = FUSED_LANES
-                while width > 1:  # fold the upper half of the lanes onto the lower half
-                    width //= 2
-                    upper = ir.Constant(vi, [width + j if j < width else j for j in range(FUSED_LANES)])
-                    other_key = builder.shuffle_vector(key, ir.Constant(vf, ir.Undefined), upper)
-                    other_index = builder.shuffle_vector(index, ir.Constant(vi, ir.Undefined), upper)
-                    take = builder.or_(
-                        builder.fcmp_ordered("<", other_key, key),
-                        builder.and_(
-                            builder.fcmp_ordered("==", other_key, key), builder.icmp_signed("<", other_index, index)
-                        ),
-                    )
-                    key = builder.select(take, other_key, key)
-                    index = builder.select(take, other_index, index)
-                return builder.sext(builder.extract_element(index, ir.Constant(i32, 0)), i64)
-
-            return context.make_tuple(builder, signature.return_type, [lowest(0), lowest(1)])
+            unroll = ir.Constant(i64, LANE_UNROLL)
+            whole = builder.mul(builder.sdiv(n_codewords, unroll), unroll)
+            with cgutils.for_range_slice(builder, ir.Constant(i64, 0), whole, unroll) as (c, _):
+                keys_from(c, LANE_UNROLL)
+            with cgutils.for_range_slice(builder, whole, n_codewords, ir.Constant(i64, 1)) as (c, _):
+                keys_from(c, 1)
+            builder.store(
+                builder.load(best), vector_at(builder.bitcast(key_ary.data, f32.as_pointer()), 0, vf), align=4
+            )
+            builder.store(
+                builder.load(best_at), vector_at(builder.bitcast(index_ary.data, i32.as_pointer()), 0, vi), align=4
+            )
+            return ir.Constant(i64, 0)
 
         return sig, codegen
 
-    return nearest_pair
+    return nearest_block
 
 
-_nearest_pair_4 = _fused_pair_kernel(4)
-_nearest_pair_8 = _fused_pair_kernel(8)
-_nearest_pair_16 = _fused_pair_kernel(16)
-FUSED_DIMS = (4, 8, 16)
-"""Subspace dimensions with a fused kernel."""
-FUSED_MIN_CODEWORDS = 32
-"""Fewer codewords take the general path: the fused path's fixed cost a pair of points (the vector
-reduction, the winners' keys) outweighs its gain; on an AMD EPYC, s = 8: 1.4x slower at K = 16, even
-at 32, 1.3x faster at 64 and 1.4x at 256."""
-
-
-@njit(inline="always", nogil=True, cache=True)
-def _codeword_key(x: np.ndarray, neg2_books_t: np.ndarray, norms: np.ndarray, c: int) -> np.float32:
-    """The key of codeword c for one point x (s,) float32, its products added in dimension order."""
-    key = norms[c]
-    for j in range(x.shape[0]):
-        key = key + x[j] * neg2_books_t[j, c]
-    return key
+_nearest_block_4 = _lanes_kernel(4)
+_nearest_block_8 = _lanes_kernel(8)
+_nearest_block_16 = _lanes_kernel(16)
+LANE_DIMS = (4, 8, 16)
+"""Subspace dimensions with a lane-wise kernel."""
 
 
 @njit(nogil=True, cache=True)
-def _nearest_codeword_fused(
+def _nearest_codeword_lanes(
     points: np.ndarray,
     neg2_books_t: np.ndarray,
     norms: np.ndarray,
@@ -160,40 +156,29 @@ def _nearest_codeword_fused(
     assign: np.ndarray,
     keys_out: np.ndarray,
 ) -> None:
-    """`nearest_codeword_into` for s in FUSED_DIMS and K >= FUSED_MIN_CODEWORDS: the vector kernel
-    over the first K - K % 8 codewords, then the rest one by one (a later index wins only when
-    strictly smaller)."""
-    s, nc = neg2_books_t.shape
-    head = nc - nc % FUSED_LANES
-    pair = np.empty((2, s), dtype=np.float32)
+    """`nearest_codeword_into` for s in LANE_DIMS: LANES points at a time, copied dimension-major
+    into a block (the last point repeated to fill it), each against every codeword."""
+    s = neg2_books_t.shape[0]
+    block = np.empty((s, LANES), dtype=np.float32)
+    best_index = np.empty(LANES, dtype=np.int32)
+    best_key = np.empty(LANES, dtype=np.float32)
     want_keys = keys_out.shape[0] > 0
-    i = lo
-    while i < hi:
-        i2 = i + 1 if i + 1 < hi else i
-        for j in range(s):
-            pair[0, j] = points[i, j]
-            pair[1, j] = points[i2, j]
+    for first in range(lo, hi, LANES):
+        count = min(LANES, hi - first)
+        for lane in range(LANES):
+            i = first + min(lane, count - 1)
+            for j in range(s):
+                block[j, lane] = points[i, j]
         if s == 4:
-            ca, cb = _nearest_pair_4(pair, neg2_books_t, norms, head)
+            _nearest_block_4(block, neg2_books_t, norms, best_index, best_key)
         elif s == 8:
-            ca, cb = _nearest_pair_8(pair, neg2_books_t, norms, head)
+            _nearest_block_8(block, neg2_books_t, norms, best_index, best_key)
         else:
-            ca, cb = _nearest_pair_16(pair, neg2_books_t, norms, head)
-        key_a = _codeword_key(pair[0], neg2_books_t, norms, ca)
-        key_b = _codeword_key(pair[1], neg2_books_t, norms, cb)
-        for c in range(head, nc):
-            tail_a = _codeword_key(pair[0], neg2_books_t, norms, c)
-            tail_b = _codeword_key(pair[1], neg2_books_t, norms, c)
-            if tail_a < key_a:
-                key_a, ca = tail_a, c
-            if tail_b < key_b:
-                key_b, cb = tail_b, c
-        assign[i] = ca
-        assign[i2] = cb
-        if want_keys:
-            keys_out[i] = key_a
-            keys_out[i2] = key_b
-        i += 2
+            _nearest_block_16(block, neg2_books_t, norms, best_index, best_key)
+        for lane in range(count):
+            assign[first + lane] = best_index[lane]
+            if want_keys:
+                keys_out[first + lane] = best_key[lane]
 
 
 @njit(nogil=True, cache=True)
@@ -212,13 +197,13 @@ def nearest_codeword_into(
     assign (n,) any integer dtype wide enough for K, keys_out (n,) float32 or empty."""
     s, nc = neg2_books_t.shape
     if (
-        nc >= FUSED_MIN_CODEWORDS
+        nc >= 1
         and (s == 4 or s == 8 or s == 16)
-        and neg2_books_t.strides[1] == 4
         and neg2_books_t.strides[0] % 4 == 0
-        and norms.strides[0] == 4
+        and neg2_books_t.strides[1] % 4 == 0
+        and norms.strides[0] % 4 == 0
     ):
-        _nearest_codeword_fused(points, neg2_books_t, norms, lo, hi, assign, keys_out)
+        _nearest_codeword_lanes(points, neg2_books_t, norms, lo, hi, assign, keys_out)
         return
     row_a = np.empty(nc, dtype=np.float32)
     row_b = np.empty(nc, dtype=np.float32)

@@ -46,7 +46,7 @@ def test_nearest_codeword_matches_twin(seed: int, n: int, nc: int, s: int, ties:
         np.testing.assert_allclose(exact[np.arange(n), assign], exact.min(axis=1), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("s", [5, 8])  # 8: the fused path, on points that are a strided view
+@pytest.mark.parametrize("s", [5, 8])  # 8: the lane-wise path, on points that are a strided view
 def test_nearest_codeword_partial_range_and_uint8_output(s: int) -> None:
     points = _points(3, 9, 2 * s, False)[:, ::2]
     books = _points(4, 256, s, False)
@@ -57,6 +57,47 @@ def test_nearest_codeword_partial_range_and_uint8_output(s: int) -> None:
     want, _ = kmeans.nearest_codeword_numpy(points, books)
     assert out[:2].tolist() == [0, 0] and out[7:].tolist() == [0, 0]
     np.testing.assert_array_equal(out[2:7], want[2:7])
+
+
+@pytest.mark.parametrize("s", [1, 4, 8, 16])
+@pytest.mark.parametrize("nc", [2, 16, 17, 256])
+def test_nearest_codeword_ties_go_to_the_lowest_index(s: int, nc: int) -> None:
+    points = _points(7, 45, s, False)
+    books = _points(8, nc, s, False)
+    books[1::2] = books[0 : nc - nc % 2 : 2]  # every codeword at an odd index repeats the one before
+    assign = np.empty(points.shape[0], dtype=np.int64)
+    keys = np.empty(points.shape[0], dtype=np.float32)
+    kmeans.nearest_codeword_into(
+        points, np.ascontiguousarray(-2 * books.T), kmeans.codeword_norms(books), 0, points.shape[0], assign, keys
+    )
+    assert (assign % 2 == 0).all()
+    np.testing.assert_array_equal(assign, kmeans.nearest_codeword_numpy(points, books)[0])
+    same = np.repeat(books[:1], nc, axis=0)  # all equal: codeword 0 for every point
+    kmeans.nearest_codeword_into(
+        points, np.ascontiguousarray(-2 * same.T), kmeans.codeword_norms(same), 0, points.shape[0], assign, keys
+    )
+    assert (assign == 0).all()
+
+
+@pytest.mark.parametrize("s", [4, 8, 16])
+def test_nearest_codeword_reads_codebooks_of_any_layout(s: int) -> None:
+    # the lane-wise kernel reads each codeword's coordinates and norm through their strides
+    points = _points(5, 37, s, False)
+    books = _points(6, 40, s, False)
+    want_assign, want_keys = kmeans.nearest_codeword_numpy(points, books)
+    norms = kmeans.codeword_norms(books)
+    spread_norms = np.repeat(norms, 2)[::2]  # a view with a stride of 8 bytes
+    spread_books = np.zeros((s, 2 * books.shape[0]), dtype=np.float32)
+    spread_books[:, ::2] = -2 * books.T
+    layouts = [np.ascontiguousarray(-2 * books.T), (-2 * books).T, spread_books[:, ::2]]
+    assert not layouts[1].flags.c_contiguous and not layouts[2].flags.c_contiguous
+    for neg2_t in layouts:
+        for codeword_norms in (norms, spread_norms):
+            assign = np.empty(points.shape[0], dtype=np.int64)
+            keys = np.empty(points.shape[0], dtype=np.float32)
+            kmeans.nearest_codeword_into(points, neg2_t, codeword_norms, 0, points.shape[0], assign, keys)
+            np.testing.assert_array_equal(assign, want_assign)
+            np.testing.assert_array_equal(keys, want_keys)
 
 
 @given(st.integers(0, 2**31), st.integers(0, 60), st.integers(1, 12), st.integers(1, 6))
