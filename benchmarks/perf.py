@@ -592,6 +592,8 @@ def bench_compress(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     cases: list[tuple[str, np.ndarray, int, int, bool, float | None]] = [
         (f"{cfg.rows:,}×{cfg.dim} M=16 8-bit", x, 16, 8, False, 1.0),
         (f"{cfg.rows:,}×{cfg.dim} M=16 8-bit OPQ", x, 16, 8, True, 1.5),
+        # 16 codewords a subspace (the fast-scan codec): no issue target, the peer is Faiss IndexPQ nbits=4
+        (f"{cfg.rows:,}×{cfg.dim} M=32 4-bit", x, 32, 4, False, None),
     ]
     # the shape of the sentence-embedding table the issue measured (86,537 × 384, M=48), synthetic
     sentence_rows = 86_537

@@ -181,3 +181,25 @@ def test_encode_with_rotation_matches_rotating_first() -> None:
     rotation = np.linalg.qr(np.random.default_rng(7).standard_normal((8, 8)))[0].astype(np.float32)
     books = training.train_codebooks(x @ rotation, 2, 16, 3, np.random.default_rng(0))
     np.testing.assert_array_equal(training.encode(x, books, rotation), training.encode(x @ rotation, books))
+
+
+@pytest.mark.parametrize(("n", "n_centroids", "trained_on"), [(5000, 16, 4096), (4096, 16, 4096), (5000, 32, 5000)])
+def test_codebooks_train_on_at_most_256_rows_a_centroid(
+    monkeypatch: pytest.MonkeyPatch, n: int, n_centroids: int, trained_on: int
+) -> None:
+    seen: list[int] = []
+    real_kmeans = training.kmeans
+
+    def counting_kmeans(points: np.ndarray, count: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+        seen.append(points.shape[0])
+        return real_kmeans(points, count, iterations, rng)
+
+    monkeypatch.setattr(training, "kmeans", counting_kmeans)
+    x = _points(9, n, 8, False)
+    books = training.train_codebooks(x, 2, n_centroids, 3, np.random.default_rng(0))
+    assert seen == [trained_on, trained_on] and books.shape == (2, n_centroids, 4)
+    if trained_on == n:  # no subset drawn: the generator is left as it was, the codebooks as before
+        parts = [np.ascontiguousarray(x[:, 4 * m : 4 * m + 4]) for m in range(2)]
+        children = np.random.default_rng(0).spawn(2)
+        for m in range(2):
+            np.testing.assert_array_equal(books[m], real_kmeans(parts[m], n_centroids, 3, children[m]))
