@@ -18,6 +18,7 @@ from runtime.kernels.kmeans import (
     centroid_sums,
     codeword_norms,
     kmeans_pp_seeds,
+    nearest_codes_into,
     nearest_codeword_into,
 )
 
@@ -33,7 +34,8 @@ train + encode from 1.26 to 0.69 s with recall@10 0.257 -> 0.253 (256 queries, +
 IndexPQ, which subsamples the same way: 0.89 s, 0.250."""
 
 ENCODE_BLOCK_ROWS = 16384
-"""Rows a worker encodes at a time (every subspace): its slice stays in L2."""
+"""Rows a worker encodes at a time (every subspace), the unit of parallel work and of progress;
+inside it the kernel keeps tiles of rows in cache (`kmeans.ENCODE_TILE_ROWS`)."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -149,23 +151,18 @@ def encode(
     """x (n, d) float32 -> codes (n, M) uint8: per row block (rotated first when `rotation`
     (d, d) is given), the nearest codeword of every subspace; row blocks in parallel."""
     n = x.shape[0]
-    m, n_centroids, sub = codebooks.shape
+    m, n_centroids, _ = codebooks.shape
     if n_centroids > 256:
         raise ValueError(f"codes are uint8: at most 256 codewords, got {n_centroids}")
     codes = np.empty((n, m), dtype=np.uint8)
-    neg2_t = [np.ascontiguousarray(-2 * codebooks[i].T, dtype=np.float32) for i in range(m)]
-    norms = [codeword_norms(codebooks[i]) for i in range(m)]
-    no_keys = np.empty(0, dtype=np.float32)
+    neg2_t = np.ascontiguousarray(-2 * codebooks.transpose(0, 2, 1), dtype=np.float32)
+    norms = np.stack([codeword_norms(codebooks[i]) for i in range(m)])
 
     def one(start: int) -> int:
         stop = min(n, start + ENCODE_BLOCK_ROWS)
         block = x[start:stop] if rotation is None else x[start:stop] @ rotation
         block = np.ascontiguousarray(block, dtype=np.float32)
-        out = np.empty((m, stop - start), dtype=np.uint8)
-        for i in range(m):
-            part = np.ascontiguousarray(block[:, i * sub : (i + 1) * sub])
-            nearest_codeword_into(part, neg2_t[i], norms[i], 0, stop - start, out[i], no_keys)
-        codes[start:stop] = out.T
+        nearest_codes_into(block, neg2_t, norms, 0, stop - start, codes[start:stop])
         return stop - start
 
     done = 0

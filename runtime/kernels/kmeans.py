@@ -259,6 +259,40 @@ def nearest_codeword_into(
         i += 2
 
 
+ENCODE_TILE_ROWS = 512
+"""Rows `nearest_codes_into` takes through every subspace before the next rows: 256 KiB of 128-d
+float32 rows, which stay in L2 while each subspace reads its few columns of them."""
+
+
+@njit(nogil=True, cache=True)
+def nearest_codes_into(
+    x: np.ndarray, neg2_books_t: np.ndarray, norms: np.ndarray, lo: int, hi: int, codes: np.ndarray
+) -> None:
+    """PQ encoding of rows lo..hi-1: x (n, M*s) float32 (any strides), neg2_books_t (M, s, K)
+    float32 (each subspace's -2 C^T), norms (M, K) float32, codes (n, M) any integer dtype wide
+    enough for K: codes[i, m] = the nearest codeword of x[i, m*s:(m+1)*s] (lowest index among
+    ties). A tile of ENCODE_TILE_ROWS rows goes through every subspace before the next tile."""
+    m_count, s, _ = neg2_books_t.shape
+    no_keys = np.empty(0, dtype=np.float32)
+    for first in range(lo, hi, ENCODE_TILE_ROWS):
+        last = min(hi, first + ENCODE_TILE_ROWS)
+        for m in range(m_count):
+            column = m * s
+            nearest_codeword_into(
+                x[:, column : column + s], neg2_books_t[m], norms[m], first, last, codes[:, m], no_keys
+            )
+
+
+def nearest_codes_numpy(x: np.ndarray, books: np.ndarray) -> np.ndarray:
+    """Twin of `nearest_codes_into` over all rows: x (n, M*s) float32, books (M, K, s) float32 ->
+    codes (n, M) int64."""
+    m_count, _, s = books.shape
+    codes = np.zeros((x.shape[0], m_count), dtype=np.int64)
+    for m in range(m_count):
+        codes[:, m] = nearest_codeword_numpy(np.ascontiguousarray(x[:, m * s : (m + 1) * s]), books[m])[0]
+    return codes
+
+
 def nearest_codeword_numpy(points: np.ndarray, books: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Twin of `nearest_codeword_into` over all rows: points (n, s) float32, books (K, s) float32
     -> assign (n,) int64, keys (n,) float32, computed in the kernel's order of float32 operations."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import training
@@ -98,6 +98,35 @@ def test_nearest_codeword_reads_codebooks_of_any_layout(s: int) -> None:
             kmeans.nearest_codeword_into(points, neg2_t, codeword_norms, 0, points.shape[0], assign, keys)
             np.testing.assert_array_equal(assign, want_assign)
             np.testing.assert_array_equal(keys, want_keys)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31),
+    st.sampled_from([0, 1, 7, 511, 512, 513, 1100]),
+    st.integers(1, 4),
+    st.sampled_from([1, 3, 4, 8, 16]),
+    st.sampled_from([1, 2, 16, 17, 256]),
+    st.booleans(),
+)
+def test_nearest_codes_match_twin(seed: int, n: int, m: int, s: int, nc: int, ties: bool) -> None:
+    # PQ encoding a tile of rows at a time through every subspace: rows past a tile, a partial
+    # range, rows inside a wider buffer and uint8 codes
+    rng = np.random.default_rng(seed)
+    wide = _points(seed, n, m * s + 3, ties)
+    x = wide[:, 2 : 2 + m * s]
+    books = np.stack([_points(seed + 1 + i, nc, s, ties) for i in range(m)])
+    neg2_t = np.ascontiguousarray(-2 * books.transpose(0, 2, 1))
+    norms = np.stack([kmeans.codeword_norms(books[i]) for i in range(m)])
+    lo = int(rng.integers(0, min(n, 40) + 1))  # a range that leaves out a few rows at each end
+    hi = n - int(rng.integers(0, min(n - lo, 40) + 1))
+    codes = np.full((n, m), 255 if nc < 255 else 0, dtype=np.uint8)
+    before = codes.copy()
+    kmeans.nearest_codes_into(x, neg2_t, norms, lo, hi, codes)
+    want = kmeans.nearest_codes_numpy(x, books)
+    np.testing.assert_array_equal(codes[lo:hi], want[lo:hi])
+    np.testing.assert_array_equal(codes[:lo], before[:lo])
+    np.testing.assert_array_equal(codes[hi:], before[hi:])
 
 
 @given(st.integers(0, 2**31), st.integers(0, 60), st.integers(1, 12), st.integers(1, 6))

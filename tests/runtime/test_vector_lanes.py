@@ -1,6 +1,7 @@
-"""The row-wise kernels' AVX-512 block layout (sixteen lanes a register, 256-column bag passes),
-checked on whatever CPU runs the suite: a subprocess forces sixteen lanes, compiles the kernels
-into a cache of its own, and runs the row-wise kernel tests against their numpy twins there."""
+"""The kernels' AVX-512 layouts (sixteen lanes a register: 256-column bag passes, sixteen points a
+k-means block), checked on whatever CPU runs the suite: a subprocess forces sixteen lanes, compiles
+the kernels into a cache of its own, and runs the row-wise and k-means kernel tests against their
+numpy twins there."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SIXTEEN_LANES = """
 import sys
 import pytest
-from runtime.kernels import rowwise, simd
-assert simd.REGISTER_LANES == 16, simd.REGISTER_LANES
+from runtime.kernels import kmeans, rowwise, simd
+assert simd.REGISTER_LANES == 16 and kmeans.LANES == 16, simd.REGISTER_LANES
 assert (rowwise.BAG_BLOCK8, rowwise.BAG_BLOCK4, rowwise.ROW_BLOCK4) == (256, 256, 128)
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/runtime/test_kernels.py", "-k", "rowwise",
-                      "tests/runtime/test_format1_fixtures.py"]))
+                      "tests/runtime/test_kmeans.py", "tests/runtime/test_format1_fixtures.py"]))
 """
 
 
@@ -36,7 +37,7 @@ def test_register_lanes_follow_the_cpu_features_unless_forced() -> None:
         register_lanes("32", "+avx512f")
 
 
-def test_row_kernels_with_sixteen_lanes_match_their_numpy_twins(tmp_path: Path) -> None:
+def test_kernels_with_sixteen_lanes_match_their_numpy_twins(tmp_path: Path) -> None:
     # a cache of its own: numba's cache key is the CPU, not the lane count, so a shared cache would
     # hand back the eight-lane kernels and this would test nothing
     env = {**os.environ, LANES_VARIABLE: "16", "NUMBA_CACHE_DIR": str(tmp_path)}
