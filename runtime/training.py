@@ -27,17 +27,26 @@ SEED_POINTS_PER_CENTROID = 32
 what matters, and a full pass over n points for each of K seeds would cost more than Lloyd."""
 
 MAX_POINTS_PER_CENTROID = 256
-"""Codebook training runs k-means on at most this many sample rows a centroid, a random subset of
-the rest, as Faiss's Clustering does by default: all of the default 65,536-row sample for 256
-codewords, 4,096 rows for 16 (4-bit PQ). On 1M x 128, M=32 4-bit, 2 threads (AMD EPYC), that took
-train + encode from 1.26 to 0.69 s with recall@10 0.257 -> 0.253 (256 queries, +-0.02); Faiss
-IndexPQ, which subsamples the same way: 0.89 s, 0.250."""
+"""k-means (PQ codebooks, RQ stages) runs on at most this many points a centroid, a random subset of
+the rest, as Faiss's Clustering does by default (`max_points_per_centroid`). For PQ: all of the
+default 65,536-row sample for 256 codewords, 4,096 rows for 16 (4-bit PQ). On 1M x 128, M=32 4-bit,
+2 threads (AMD EPYC), that took train + encode from 1.26 to 0.69 s with recall@10 0.257 -> 0.253
+(256 queries, +-0.02); Faiss IndexPQ, which subsamples the same way: 0.89 s, 0.250."""
 
 ENCODE_BLOCK_ROWS = 16384
 """Rows a worker encodes at a time (every subspace), the unit of parallel work and of progress;
 inside it the kernel keeps tiles of rows in cache (`kmeans.ENCODE_TILE_ROWS`)."""
 
 Progress = Callable[[str, int, int], None]
+
+
+def at_most_per_centroid(points: np.ndarray, n_centroids: int, rng: np.random.Generator) -> np.ndarray:
+    """points (n, s) -> at most MAX_POINTS_PER_CENTROID * n_centroids of them, a random subset in
+    row order; the points themselves, and `rng` untouched, when there are no more than that."""
+    most = MAX_POINTS_PER_CENTROID * n_centroids
+    if points.shape[0] <= most:
+        return points
+    return points[np.sort(rng.choice(points.shape[0], most, replace=False))]
 
 
 def kmeans_plus_plus(points: np.ndarray, n_centroids: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,9 +132,7 @@ def train_codebooks(
     when there are more). Each subspace draws from its own generator spawned from `rng` in order,
     so the result does not depend on the number of workers. init (M, K, d/M): refine these instead
     of seeding."""
-    most = MAX_POINTS_PER_CENTROID * n_centroids
-    if sample.shape[0] > most:
-        sample = sample[np.sort(rng.choice(sample.shape[0], most, replace=False))]
+    sample = at_most_per_centroid(sample, n_centroids, rng)
     sub = sample.shape[1] // subspaces
     parts = [np.ascontiguousarray(sample[:, m * sub : (m + 1) * sub], dtype=np.float32) for m in range(subspaces)]
     child_rngs = rng.spawn(subspaces)

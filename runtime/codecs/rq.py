@@ -40,6 +40,7 @@ from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
 from runtime.kernels.kmeans import centroid_sums, codeword_norms, nearest_codeword_into
+from runtime.training import at_most_per_centroid
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
@@ -47,11 +48,10 @@ ASSIGN_BLOCK = 2048
 """Rows a k-means assignment multiplies at once: their (rows, K) products stay in L2 for the argmin
 (a block of 16384 rows wrote and re-read 16 MiB from memory, about half the training time)."""
 NARROW = 32
-"""Below this many dimensions a k-means assignment is the fused distance + argmin kernel, not a
-matrix product: the products' (n, K) output would cost more memory traffic than the arithmetic."""
+"""Below this many dimensions a k-means assignment is PQ's distance + argmin kernel
+(`kmeans.nearest_codeword_into`), not a matrix product: the products' (n, K) output would cost more
+memory traffic than the arithmetic."""
 NORM_LEVELS = 255
-KMEANS_POINTS_PER_CENTROID = 256
-"""Residuals a stage's k-means sees at most, a codeword (Faiss's default cap too)."""
 VALIDATION_ROWS = 2048
 """Rows outside the training sample (at most; an eighth of the sample if that is more) that judge
 each refinement round."""
@@ -213,10 +213,8 @@ def train_codebooks(
     paths = np.empty((n, 1, 0), np.uint8)
     for m in range(nbooks):
         # k-means on the residuals of every beam entry, not only the best: the entries a row keeps
-        # are the residuals later stages will face, and at most KMEANS_POINTS_PER_CENTROID a codeword
-        points = res.reshape(-1, dim)
-        if points.shape[0] > KMEANS_POINTS_PER_CENTROID * ncode:
-            points = points[np.sort(rng.choice(points.shape[0], KMEANS_POINTS_PER_CENTROID * ncode, replace=False))]
+        # are the residuals later stages will face, and at most training.MAX_POINTS_PER_CENTROID a codeword
+        points = at_most_per_centroid(res.reshape(-1, dim), ncode, rng)
         codebooks[m] = progressive_kmeans(points, ncode, iterations, rng)
         code_norms = np.einsum("kd,kd->k", codebooks[m], codebooks[m]).astype(np.float32)
         parts_res, parts_paths = [], []

@@ -9,16 +9,18 @@ with the centroid index in the low bits, so a plain integer min (which vectorize
 Two points share every codebook load, and eight (then four) dimensions are added per pass over
 a row of keys.
 
-Subspaces of 4, 8 or 16 dimensions (nearly every PQ setting: d / M) take a lane-wise path
-instead: an LLVM vector kernel holds one point a lane (eight with AVX2, sixteen with AVX-512),
-multiplies by each codeword's coordinates broadcast to every lane, and keeps, per lane, the
-smallest key so far and its index. A key is never stored, reloaded and converted to an integer
-for the argmin, and no lane's result waits on the others. It adds the products in the same order,
-without contraction, so both paths (and the numpy twin) agree on every key and every choice, ties
-going to the lowest index. On an AMD EPYC (AVX2, one thread, 65,536 points) it replaced a kernel
-that held eight codewords a vector and two points a pass, with the same keys and choices: 0.41x
-the time at s = 4 and 16 codewords (4-bit PQ), 0.56-0.69x at s = 8 and 16; at 256 codewords 0.80-0.86x
-at s = 4, 0.91-0.95x at s = 8 (6.0 ms; Faiss's exhaustive search: 6.8-7.3 ms), 0.93-1.05x at s = 16.
+Subspaces of 4, 8 or 16 dimensions (nearly every PQ setting: d / M) take a lane-wise path instead:
+an LLVM vector kernel holds one point a lane (eight with AVX2, sixteen with AVX-512), multiplies by
+each codeword's coordinates broadcast to every lane, and keeps, per lane, the smallest key so far
+and its index. A key is never stored, reloaded and converted to an integer for the argmin, and no
+lane's result waits on the others. It adds the products in the same order, without contraction, so
+both paths (and the numpy twin) agree on every key and every choice, ties going to the lowest index,
+wherever the keys are finite (inputs are checked finite; a key overflows only for coordinates near
+1e19, and a NaN key is never chosen here). On an AMD EPYC (AVX2, one thread, 65,536 points) it
+replaced a kernel that held eight codewords a vector and two points a pass, with the same keys and
+choices: 0.41x the time at s = 4 and 16 codewords (4-bit PQ), 0.56-0.69x at s = 8 and 16; at 256
+codewords 0.80-0.86x at s = 4, 0.91-0.95x at s = 8 (6.0 ms; Faiss's exhaustive search: 6.8-7.3 ms),
+0.93-1.05x at s = 16.
 """
 
 from __future__ import annotations
