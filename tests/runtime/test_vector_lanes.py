@@ -33,9 +33,8 @@ class PassedFiles:
 
 passed = PassedFiles()
 # -k filters every file named: each keeps its own tests by its module's or tests' names
-code = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "rowwise or kmeans or format1",
-                    "tests/runtime/test_kernels.py", "tests/runtime/test_kmeans.py",
-                    "tests/runtime/test_format1_fixtures.py"], plugins=[passed])
+code = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "rowwise or nearest_code",
+                    "tests/runtime/test_kernels.py", "tests/runtime/test_kmeans.py"], plugins=[passed])
 print("passed in:", " ".join(sorted(passed.files)))
 sys.exit(code)
 """
@@ -60,7 +59,4 @@ def test_kernels_with_sixteen_lanes_match_their_numpy_twins(tmp_path: Path) -> N
         [sys.executable, "-c", SIXTEEN_LANES], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert (
-        "passed in: tests/runtime/test_format1_fixtures.py tests/runtime/test_kernels.py tests/runtime/test_kmeans.py"
-        in run.stdout
-    ), run.stdout[-4000:]
+    assert "passed in: tests/runtime/test_kernels.py tests/runtime/test_kmeans.py" in run.stdout, run.stdout[-4000:]
