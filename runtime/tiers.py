@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import training
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import InvalidRequest
 from runtime.kernels.hashmap import KeySet
@@ -39,7 +40,7 @@ class Projection:
         """PCA of x (n, d) float32 onto its top `dim` principal directions."""
         if not 1 <= dim <= x.shape[1]:
             raise InvalidRequest(f"tier dim must be between 1 and the table's dimension {x.shape[1]}, got {dim}")
-        sample = x[np.sort(rng.choice(x.shape[0], sample_rows, replace=False))] if x.shape[0] > sample_rows else x
+        sample = training.random_rows(x, sample_rows, rng)
         mean = sample.mean(axis=0)
         _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
         basis = np.zeros((x.shape[1], dim), np.float32)

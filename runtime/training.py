@@ -40,10 +40,9 @@ inside it the kernel keeps tiles of rows in cache (`kmeans.ENCODE_TILE_ROWS`).""
 Progress = Callable[[str, int, int], None]
 
 
-def at_most_per_centroid(points: np.ndarray, n_centroids: int, rng: np.random.Generator) -> np.ndarray:
-    """points (n, s) -> at most MAX_POINTS_PER_CENTROID * n_centroids of them, a random subset in
-    row order; the points themselves, and `rng` untouched, when there are no more than that."""
-    most = MAX_POINTS_PER_CENTROID * n_centroids
+def random_rows(points: np.ndarray, most: int, rng: np.random.Generator) -> np.ndarray:
+    """points (n, ...) -> at most `most` of its rows, a random subset kept in row order; the points
+    themselves, and `rng` untouched, when there are no more than that."""
     if points.shape[0] <= most:
         return points
     return points[np.sort(rng.choice(points.shape[0], most, replace=False))]
@@ -58,9 +57,8 @@ def kmeans_plus_plus(points: np.ndarray, n_centroids: int, rng: np.random.Genera
     if n <= n_centroids:
         extra = rng.choice(n, n_centroids - n, replace=True)
         return np.ascontiguousarray(np.concatenate([points, points[extra]]), dtype=np.float32)
-    take = min(n, SEED_POINTS_PER_CENTROID * n_centroids)
-    pool = points[np.sort(rng.choice(n, take, replace=False))] if take < n else points
-    first = int(rng.integers(take))
+    pool = random_rows(points, SEED_POINTS_PER_CENTROID * n_centroids, rng)
+    first = int(rng.integers(pool.shape[0]))
     return kmeans_pp_seeds(np.ascontiguousarray(pool, dtype=np.float32), first, rng.random(n_centroids))
 
 
@@ -132,7 +130,7 @@ def train_codebooks(
     when there are more). Each subspace draws from its own generator spawned from `rng` in order,
     so the result does not depend on the number of workers. init (M, K, d/M): refine these instead
     of seeding."""
-    sample = at_most_per_centroid(sample, n_centroids, rng)
+    sample = random_rows(sample, MAX_POINTS_PER_CENTROID * n_centroids, rng)
     sub = sample.shape[1] // subspaces
     parts = [np.ascontiguousarray(sample[:, m * sub : (m + 1) * sub], dtype=np.float32) for m in range(subspaces)]
     child_rngs = rng.spawn(subspaces)

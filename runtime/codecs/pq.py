@@ -110,9 +110,7 @@ class PqCodec(adc.BlockedCodes, Codec):
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        n = sample.shape[0]
-        take = min(n, params["train_rows"])
-        sample = sample[np.sort(rng.choice(n, take, replace=False))] if take < n else sample
+        sample = training.random_rows(sample, params["train_rows"], rng)
         arrays: dict[str, np.ndarray] = {}
         if params["opq"]:
             # OPQ (non-parametric): alternate codebooks for fixed R, then R by Procrustes for fixed codes

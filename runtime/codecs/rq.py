@@ -40,7 +40,7 @@ from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
 from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
 from runtime.kernels.kmeans import centroid_sums, codeword_norms, nearest_codeword_into
-from runtime.training import at_most_per_centroid
+from runtime.training import MAX_POINTS_PER_CENTROID, random_rows
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
@@ -213,8 +213,8 @@ def train_codebooks(
     paths = np.empty((n, 1, 0), np.uint8)
     for m in range(nbooks):
         # k-means on the residuals of every beam entry, not only the best: the entries a row keeps
-        # are the residuals later stages will face, and at most training.MAX_POINTS_PER_CENTROID a codeword
-        points = at_most_per_centroid(res.reshape(-1, dim), ncode, rng)
+        # are the residuals later stages will face, and at most MAX_POINTS_PER_CENTROID a codeword
+        points = random_rows(res.reshape(-1, dim), MAX_POINTS_PER_CENTROID * ncode, rng)
         codebooks[m] = progressive_kmeans(points, ncode, iterations, rng)
         code_norms = np.einsum("kd,kd->k", codebooks[m], codebooks[m]).astype(np.float32)
         parts_res, parts_paths = [], []

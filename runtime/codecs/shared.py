@@ -73,9 +73,7 @@ class SharedCodec(Codec):
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        n = sample.shape[0]
-        take = min(n, params["train_rows"])
-        sample = sample[np.sort(rng.choice(n, take, replace=False))] if take < n else sample
+        sample = training.random_rows(sample, params["train_rows"], rng)
         # fewer rows than centroids: k-means++ repeats rows, so C is always what was asked (and counted)
         centroids = training.kmeans(sample, params["centroids"], params["iterations"], rng)
         if progress is not None:

@@ -144,8 +144,6 @@ def _lanes_kernel(dims: int):  # type: ignore[no-untyped-def]
 _nearest_block_4 = _lanes_kernel(4)
 _nearest_block_8 = _lanes_kernel(8)
 _nearest_block_16 = _lanes_kernel(16)
-LANE_DIMS = (4, 8, 16)
-"""Subspace dimensions with a lane-wise kernel."""
 
 
 @njit(nogil=True, cache=True)
@@ -158,7 +156,7 @@ def _nearest_codeword_lanes(
     assign: np.ndarray,
     keys_out: np.ndarray,
 ) -> None:
-    """`nearest_codeword_into` for s in LANE_DIMS: LANES points at a time, copied dimension-major
+    """`nearest_codeword_into` for s of 4, 8 or 16: LANES points at a time, copied dimension-major
     into a block (the last point repeated to fill it), each against every codeword."""
     s = neg2_books_t.shape[0]
     block = np.empty((s, LANES), dtype=np.float32)

@@ -45,8 +45,7 @@ def register_lanes(forced: str | None, cpu_features: str) -> int:
 REGISTER_LANES = register_lanes(os.environ.get(LANES_VARIABLE), numba.config.CPU_FEATURES or "")  # type: ignore[attr-defined]
 """float32 lanes in one vector register of the code numba generates: 16 where it compiles for
 AVX-512 (`runtime.kernels.cpu` turns that on where the CPU has it), else 8, unless LANES_VARIABLE
-sets it. Kernels size their
-blocks of accumulators by it; their results do not depend on it."""
+sets it. Kernels size their blocks of accumulators by it; their results do not depend on it."""
 
 
 class F32Vector(types.Type):
