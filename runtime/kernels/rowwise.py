@@ -158,13 +158,30 @@ def _decode_nibbles(
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_into(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, out: np.ndarray) -> None:
     """Dequantize rows ids[lo:hi] into out[lo:hi], one after another on this thread."""
-    row_bytes = rows.shape[1]
-    for i in range(lo, hi):
-        # random rows miss cache: ask for a later row's lines now so several misses overlap
-        if i + PREFETCH_DISTANCE < hi:
-            for offset in range(0, row_bytes, 64):
-                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
-        _dequant_row(rows[ids[i]], dim, bits, out[i])
+    # one loop a code width: with the width's branches inside the loop, the compiler kept two
+    # reference count updates (a call and an atomic add each) for each row's two views; 1,024
+    # cached int8 rows of 128 columns took 17.2 us that way, 11.1 us this way (AMD EPYC, Zen 4)
+    if bits == 8:
+        for i in range(lo, hi):
+            _prefetch_ahead_row(rows, ids, i, hi)
+            _dequant_row(rows[ids[i]], dim, 8, out[i])
+    elif bits == 4:
+        for i in range(lo, hi):
+            _prefetch_ahead_row(rows, ids, i, hi)
+            _dequant_row(rows[ids[i]], dim, 4, out[i])
+    else:
+        for i in range(lo, hi):
+            _prefetch_ahead_row(rows, ids, i, hi)
+            _dequant_row(rows[ids[i]], dim, 2, out[i])
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_ahead_row(rows: np.ndarray, ids: np.ndarray, i: int, hi: int) -> None:
+    """Random rows miss cache: ask for row ids[i + PREFETCH_DISTANCE]'s lines now, so several
+    misses overlap."""
+    if i + PREFETCH_DISTANCE < hi:
+        for offset in range(0, rows.shape[1], 64):
+            prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
@@ -262,7 +279,29 @@ def _gather_merged_into(
     bits: int,
     out: np.ndarray,
 ) -> None:
-    """`gather_merged` of positions lo..hi-1 on this thread."""
+    """`gather_merged` of positions lo..hi-1 on this thread (one loop a code width, as in
+    `_gather_into`)."""
+    if bits == 8:
+        _merged_rows(base, delta, rows, slots, lo, hi, dim, 8, out)
+    elif bits == 4:
+        _merged_rows(base, delta, rows, slots, lo, hi, dim, 4, out)
+    else:
+        _merged_rows(base, delta, rows, slots, lo, hi, dim, 2, out)
+
+
+@njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _merged_rows(
+    base: np.ndarray,
+    delta: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    lo: int,
+    hi: int,
+    dim: int,
+    bits: int,
+    out: np.ndarray,
+) -> None:
+    """The loop of `_gather_merged_into` for one code width (`bits` a constant at each call)."""
     row_bytes = base.shape[1]
     for i in range(lo, hi):
         ahead = i + PREFETCH_DISTANCE
@@ -350,8 +389,15 @@ def gather_merged_numpy(
 def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int) -> np.ndarray:
     """rows (n, P+4) uint8 -> (stop - start, dim) float32 rows start..stop-1 dequantized."""
     out = np.empty((stop - start, dim), dtype=np.float32)
-    for i in prange(stop - start):
-        _dequant_row(rows[start + i], dim, bits, out[i])
+    if bits == 8:  # one loop a code width, as in `_gather_into`
+        for i in prange(stop - start):
+            _dequant_row(rows[start + i], dim, 8, out[i])
+    elif bits == 4:
+        for i in prange(stop - start):
+            _dequant_row(rows[start + i], dim, 4, out[i])
+    else:
+        for i in prange(stop - start):
+            _dequant_row(rows[start + i], dim, 2, out[i])
     return out
 
 
