@@ -41,9 +41,9 @@ def _flat_int64(arr: Any) -> bool:
     )
 
 
-def small_gather_ids(arr: Any) -> bool:
-    """Whether arr is a (n,) int64 ndarray of any strides: ids a small lookup may hand its gather
-    (`Codec.small_gather`, compiled for ids of any layout) unconverted, uncopied and unchecked (the
+def direct_gather_ids(arr: Any) -> bool:
+    """Whether arr is a (n,) int64 ndarray of any strides: ids a lookup may hand its gather
+    (`Codec.direct_gather`, compiled for ids of any layout) unconverted, uncopied and unchecked (the
     gather checks the bounds itself). A False only means the general path (`check_ids`) runs. No
     flags are read: building the flags object was ~7 % of a one-id lookup."""
     return type(arr) is np.ndarray and arr.dtype is INT64 and arr.ndim == 1

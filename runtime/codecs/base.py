@@ -94,12 +94,12 @@ def query_vectors(prepared: Prepared) -> np.ndarray:
     return prepared.queries
 
 
-def bind_small_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray], int]:
-    """`Codec.small_gather` of a numba kernel(*bound, ids, out): bound are the codec's own arrays
+def bind_direct_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray], int]:
+    """`Codec.direct_gather` of a numba kernel(*bound, ids, out): bound are the codec's own arrays
     and values. Calls the kernel's compiled entry point rather than its dispatcher, which resolves
     every argument's type on every call (0.2 µs of a 2 µs one-id lookup). The entry point is the
     one for ids of any layout (numba's 'A'), so callers need not read the ids' flags to prove them
-    contiguous (`validation.small_gather_ids`); out is a fresh C-contiguous float32 (b, dim).
+    contiguous (`validation.direct_gather_ids`); out is a fresh C-contiguous float32 (b, dim).
     Compiles (or loads from numba's cache) that overload now; falls back to the dispatcher where
     numba keeps no entry point."""
     ids = np.full(4, -1, dtype=np.int64)[::2]  # two strided ids, typed as an array of any layout
@@ -256,12 +256,13 @@ class Codec(ABC):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """ids (b,) int64 -> (b, dim) float32 reconstructions."""
 
-    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
-        """A kernel that decodes a small batch of ids (b,) int64 (C-contiguous, writable, not yet
-        checked) into out (b, dim) float32 in one call, checking the bounds as it goes: -> the
-        position of the first id outside [0, rows) (out untouched), or -1. The table's own arrays
-        are bound once here, so a one-id lookup pays one kernel call and little else; None where
-        the codec has no such kernel (lookups then check the ids first and decode)."""
+    def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        """A kernel that decodes a batch of ids (b,) int64 (not yet checked) into out (b, dim)
+        float32 in one call, checking the bounds and choosing the threads (`parallel_min_ids`, as
+        bound now) as it goes: -> the position of the first id outside [0, rows) (out untouched),
+        or -1. The table's own arrays are bound once here, so a lookup pays one kernel call and
+        little else; None where the codec has no such kernel (lookups then check the ids first
+        and decode)."""
         return None
 
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -373,9 +374,9 @@ class Codec(ABC):
         q = self.decode(ids)
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
-        small = self.small_gather()
-        if small is not None:
-            small(ids, np.empty((ids.shape[0], self.dim), np.float32))
+        direct = self.direct_gather()
+        if direct is not None:
+            direct(ids, np.empty((ids.shape[0], self.dim), np.float32))
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
         self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)

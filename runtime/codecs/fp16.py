@@ -8,7 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from runtime.codecs.base import Codec, Prepared, TrainedState, bind_small_gather, query_vectors
+from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_gather, query_vectors
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
@@ -53,8 +53,8 @@ class Fp16Codec(Codec):
             return dense.fp16_gather(self._bits16, ids, numba.get_num_threads())
         return dense.fp16_gather_serial(self._bits16, ids)
 
-    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
-        return bind_small_gather(dense.fp16_gather_checked_into, self.dim, self._bits16)
+    def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        return bind_direct_gather(dense.fp16_gather_checked_into, self.dim, self._bits16, self.parallel_min_ids)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)

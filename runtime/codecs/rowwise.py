@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.codecs.base import Codec, Prepared, TrainedState, bind_small_gather, query_vectors
+from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_gather, query_vectors
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
@@ -41,8 +41,10 @@ class RowwiseCodec(Codec):
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
 
-    def small_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
-        return bind_small_gather(rowwise.gather_checked_into, self.dim, self.arrays["rows"], self.dim, self.bits)
+    def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
+        return bind_direct_gather(
+            rowwise.gather_checked_into, self.dim, self.arrays["rows"], self.dim, self.bits, self.parallel_min_ids
+        )
 
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         return rowwise.gather_key_rows(self.arrays["rows"], slots, keys, self.dim, self.bits, self.parallel_min_ids)

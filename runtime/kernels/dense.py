@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row, thread_count
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_bounds, bag_tasks, bags_numpy
 
 
@@ -24,13 +24,20 @@ def _fp16_gather_into(bits16: np.ndarray, ids: np.ndarray, lo: int, hi: int, out
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fp16_gather(bits16: np.ndarray, ids: np.ndarray, nchunks: int) -> np.ndarray:
-    """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32; one contiguous
-    run of ids a task (`nchunks`, one a thread), as `rowwise.gather` does."""
+def _fp16_gather_chunks_into(bits16: np.ndarray, ids: np.ndarray, nchunks: int, out: np.ndarray) -> None:
+    """Convert rows ids into out (b, d) float32 in `nchunks` parallel tasks, one contiguous run
+    of ids each, as `rowwise.gather` does."""
     n = ids.shape[0]
-    out = np.empty((n, bits16.shape[1]), dtype=np.float32)
     for c in prange(nchunks):
         _fp16_gather_into(bits16, ids, c * n // nchunks, (c + 1) * n // nchunks, out)
+
+
+@njit(nogil=True, cache=True)
+def fp16_gather(bits16: np.ndarray, ids: np.ndarray, nchunks: int) -> np.ndarray:
+    """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32, in `nchunks`
+    parallel tasks."""
+    out = np.empty((ids.shape[0], bits16.shape[1]), dtype=np.float32)
+    _fp16_gather_chunks_into(bits16, ids, nchunks, out)
     return out
 
 
@@ -43,12 +50,17 @@ def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def fp16_gather_checked_into(bits16: np.ndarray, ids: np.ndarray, out: np.ndarray) -> int:
-    """`fp16_gather_serial` into out (b, d) float32 with the ids' bounds checked in the same call:
-    -> the position of the first id outside [0, n), out left as it was, or -1 when all were gathered."""
+def fp16_gather_checked_into(bits16: np.ndarray, min_ids: int, ids: np.ndarray, out: np.ndarray) -> int:
+    """`fp16_gather` into out (b, d) float32 with the ids' bounds checked and the threads chosen
+    in the same call, as `rowwise.gather_checked_into`: -> the position of the first id outside
+    [0, n), out left as it was, or -1 when all were gathered."""
     bad = first_out_of_range(ids, bits16.shape[0])
     if bad < 0:
-        _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
+        threads: int = thread_count()
+        if ids.shape[0] >= min_ids and threads > 1:
+            _fp16_gather_chunks_into(bits16, ids, threads, out)
+        else:
+            _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
     return bad
 
 

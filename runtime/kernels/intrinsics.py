@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -56,6 +57,26 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
             fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
         )
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# numba's threading layer registers the symbol `thread_count` calls when it starts: start it now,
+# before any kernel that calls it is compiled or loaded from the on-disk cache
+numba.get_num_threads()
+
+
+@intrinsic
+def thread_count(typingctx):  # type: ignore[no-untyped-def]
+    """numba's thread count for the calling thread (`numba.get_num_threads()`), read inside a
+    kernel. numba's own overload of that function reaches the threading layer through a ctypes
+    pointer, which keeps every kernel calling it out of the on-disk cache; this calls the layer's
+    C function by the symbol name numba's parallel loops use."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "get_num_threads")
+        return builder.sext(builder.call(fn, []), ir.IntType(64))
 
     return sig, codegen
 

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import probe_into
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_from_bytes, prefetch_row
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_from_bytes, prefetch_row, thread_count
 from runtime.kernels.simd import (
     REGISTER_LANES,
     F32Vector,
@@ -185,14 +185,21 @@ def _prefetch_ahead_row(rows: np.ndarray, ids: np.ndarray, i: int, hi: int) -> N
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
-def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int) -> np.ndarray:
-    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows. One contiguous
-    run of ids a task (`nchunks`, one a thread), each a plain serial loop with its own prefetch
-    stream: measured 15-20% faster than a prange over single ids."""
+def _gather_chunks_into(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int, out: np.ndarray) -> None:
+    """Dequantize rows ids into out (b, dim) float32 in `nchunks` tasks of one contiguous run of
+    ids each (one a thread), each a plain serial loop with its own prefetch stream: measured
+    15-20% faster than a prange over single ids."""
     n = ids.shape[0]
-    out = np.empty((n, dim), dtype=np.float32)
     for c in prange(nchunks):
         _gather_into(rows, ids, c * n // nchunks, (c + 1) * n // nchunks, dim, bits, out)
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int) -> np.ndarray:
+    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows, in `nchunks`
+    parallel tasks (`_gather_chunks_into`)."""
+    out = np.empty((ids.shape[0], dim), dtype=np.float32)
+    _gather_chunks_into(rows, ids, dim, bits, nchunks, out)
     return out
 
 
@@ -256,14 +263,20 @@ def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.
 
 
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
-def gather_checked_into(rows: np.ndarray, dim: int, bits: int, ids: np.ndarray, out: np.ndarray) -> int:
-    """`gather_serial` of ids (b,) int64 into out (b, dim) float32, with the ids' bounds checked in
-    the same call (a small lookup pays one kernel call, not two): -> the position of the first id
-    outside [0, n), out left as it was, or -1 when every row was gathered. The table's own
-    arguments come first, so a codec binds them once (`Codec.small_gather`)."""
+def gather_checked_into(rows: np.ndarray, dim: int, bits: int, min_ids: int, ids: np.ndarray, out: np.ndarray) -> int:
+    """Dequantize ids (b,) int64 into out (b, dim) float32, with the ids' bounds checked and the
+    threads chosen in the same call (`use_parallel`'s rule, read inside the kernel): -> the
+    position of the first id outside [0, n), out left as it was, or -1 when every row was
+    gathered. A lookup of any size pays this one call: as separate Python steps (check, thread
+    count, kernel) they cost 3-4 us more, a quarter of a warm 1,024-id lookup. The table's own
+    arguments come first, so a codec binds them once (`Codec.direct_gather`)."""
     bad = first_out_of_range(ids, rows.shape[0])
     if bad < 0:
-        _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
+        threads: int = thread_count()
+        if ids.shape[0] >= min_ids and threads > 1:
+            _gather_chunks_into(rows, ids, dim, bits, threads, out)
+        else:
+            _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
     return bad
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.kernels import checks, dense, rowwise, scan, topk
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS
 
 
 def _keys(draw: st.DrawFn, nq: int, n: int, ties: bool) -> np.ndarray:
@@ -107,22 +108,24 @@ def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, i
 @given(quantized_rows(), st.data())
 def test_checked_gathers_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
     # the bounds are checked inside the gather: every row or, for an id outside [0, n), its
-    # position and an untouched output (ids at both edges and one past them are drawn)
+    # position and an untouched output (ids at both edges and one past them are drawn); a
+    # min_ids at or below the batch's size takes the parallel tasks (with more than one thread)
     rows, ids, dim, bits = case
     n = rows.shape[0]
     if ids.size and data.draw(st.booleans()):
         ids = ids.copy()
         ids[data.draw(st.integers(0, ids.size - 1))] = data.draw(st.sampled_from([-1, n, n + 7, -(2**63), 2**63 - 1]))
+    min_ids = data.draw(st.sampled_from([0, 1, 3, DEFAULT_PARALLEL_MIN_IDS]))
     want = checks.first_out_of_range_numpy(ids, n)
     out = np.full((ids.size, dim), 7.0, np.float32)
-    assert rowwise.gather_checked_into(rows, dim, bits, ids, out) == want
+    assert rowwise.gather_checked_into(rows, dim, bits, min_ids, ids, out) == want
     if want < 0:
         np.testing.assert_array_equal(out, rowwise.gather_serial(rows, ids, dim, bits))
     else:
         assert (out == 7.0).all()
     values = rowwise.dequantize_numpy(rows, np.arange(n), dim, bits).astype(np.float16)
     half_out = np.full((ids.size, dim), 7.0, np.float32)
-    assert dense.fp16_gather_checked_into(values.view(np.uint16), ids, half_out) == want
+    assert dense.fp16_gather_checked_into(values.view(np.uint16), min_ids, ids, half_out) == want
     if want < 0:
         np.testing.assert_array_equal(half_out, dense.fp16_gather_numpy(values, ids))
     else:
@@ -205,9 +208,10 @@ def test_rowwise_gather_of_wide_rows_matches_numpy(bits: int, dim: int, seed: in
     serial = rowwise.gather_serial(rows, ids, dim, bits)
     np.testing.assert_allclose(serial, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(rowwise.gather(rows, ids, dim, bits, 3), serial)
-    checked = np.empty((ids.size, dim), dtype=np.float32)
-    assert rowwise.gather_checked_into(rows, dim, bits, ids, checked) == -1
-    np.testing.assert_array_equal(checked, serial)
+    for min_ids in (0, DEFAULT_PARALLEL_MIN_IDS):  # parallel tasks, then the calling thread
+        checked = np.empty((ids.size, dim), dtype=np.float32)
+        assert rowwise.gather_checked_into(rows, dim, bits, min_ids, ids, checked) == -1
+        np.testing.assert_array_equal(checked, serial)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -181,18 +181,27 @@ def test_dense_upsert_takes_read_only_ids(x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("codec", ["int8", "fp16"])
 def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
-    """A dense table answers small lookups of int64 arrays in one kernel call on the base rows;
-    from the first upsert on they must go where the delta is read."""
+    """A dense table answers lookups of int64 arrays in one kernel call on the base rows; from the
+    first upsert on they must go where the delta is read, even once the parallel threshold is set
+    again (which binds that kernel anew)."""
     t = runtime.compress(x, codec)
     four = np.array([4], dtype=np.int64)
-    before = t.lookup(four)
+    many = np.arange(4, 4 + 600, dtype=np.int64) % x.shape[0]  # past the parallel threshold
+    before, before_many = t.lookup(four), t.lookup(many)
     np.testing.assert_array_equal(before, t.lookup([4]))
+    np.testing.assert_array_equal(before_many, t.lookup(many.tolist()))
     t.upsert(four, x[20:21])
     want = t.lookup([20])
     assert not np.array_equal(before, want)
-    np.testing.assert_array_equal(t.lookup(four), want)
-    np.testing.assert_array_equal(t.lookup_counted(four)[0], want)
-    np.testing.assert_array_equal(t.lookup(np.array([4, 5], dtype=np.int64))[0], want[0])
+    want_many = before_many.copy()
+    want_many[many == 4] = want[0]
+    for parallel_min_ids in (None, 1):
+        if parallel_min_ids is not None:
+            t.set_parallel_min_ids(parallel_min_ids)
+        np.testing.assert_array_equal(t.lookup(four), want)
+        np.testing.assert_array_equal(t.lookup_counted(four)[0], want)
+        np.testing.assert_array_equal(t.lookup(np.array([4, 5], dtype=np.int64))[0], want[0])
+        np.testing.assert_array_equal(t.lookup(many), want_many)
 
 
 def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
