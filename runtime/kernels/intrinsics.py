@@ -111,7 +111,7 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
     sig = types.float32(types.uint16)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        if not _target_has(context, "f16c"):
+        if not target_has(context, "f16c"):
             # without F16C LLVM lowers `fpext half` to a compiler-rt call numba's JIT cannot link
             # (e.g. a cache built for NUMBA_CPU_NAME=generic), so convert the bits arithmetically
             return context.compile_internal(builder, _half_bits_to_float, signature, args)
@@ -127,7 +127,7 @@ def half_from_bytes(lo: np.uint8, hi: np.uint8) -> np.float32:
     return half_to_float(np.uint16(lo) | (np.uint16(hi) << np.uint16(8)))
 
 
-def _target_has(context, feature: str) -> bool:  # type: ignore[no-untyped-def]
+def target_has(context, feature: str) -> bool:  # type: ignore[no-untyped-def]
     """Whether the machine code being generated may use a CPU feature: the features numba compiles
     for (the host's, or NUMBA_CPU_FEATURES; a bare NUMBA_CPU_NAME counts as none). Numba's cache is
     keyed by the same features, so code chosen by them never runs on a CPU it was not built for."""
@@ -142,7 +142,7 @@ def target_has_vector_popcount(typingctx):  # type: ignore[no-untyped-def]
     sig = types.boolean()
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return ir.Constant(ir.IntType(1), int(_target_has(context, "avx512vpopcntdq")))
+        return ir.Constant(ir.IntType(1), int(target_has(context, "avx512vpopcntdq")))
 
     return sig, codegen
 

@@ -76,6 +76,18 @@ def test_quantize_luts_of_constant_and_empty_tables() -> None:
             np.testing.assert_array_equal(got, want)
 
 
+@given(st.integers(0, 3), st.integers(0, 13), st.integers(0, 2**31))
+def test_quad_tables_matches_its_twin(nq: int, m: int, seed: int) -> None:
+    # subspace counts that are and are not multiples of four: a last odd pair's rows stay put
+    tables = np.random.default_rng(seed).integers(0, 256, (nq, m, 32)).astype(np.uint8)
+    got = fastscan.quad_tables(tables)
+    np.testing.assert_array_equal(got, fastscan.quad_tables_numpy(tables))
+    for g in range(m // 4):
+        for slot, source in enumerate((0, 2, 1, 3)):
+            np.testing.assert_array_equal(got[:, 4 * g + slot], tables[:, 4 * g + source])
+    np.testing.assert_array_equal(got[:, m - m % 4 :], tables[:, m - m % 4 :])
+
+
 @needs_avx2
 @given(four_bit_tables())
 def test_shuffle_kernel_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
-"""The kernels' AVX-512 layouts (sixteen lanes a register: 256-column bag passes, sixteen points a
-k-means block), checked on whatever CPU runs the suite: a subprocess forces sixteen lanes, compiles
-the kernels into a cache of its own, and runs the row-wise and k-means kernel tests against their
-numpy twins there."""
+"""The kernels' layouts for the register width the suite's CPU does not have, checked on whatever
+CPU runs it: AVX-512's sixteen lanes (256-column bag passes, sixteen points a k-means block, two
+subspace pairs a fast-scan shuffle) on an AVX2 machine, AVX2's eight on an AVX-512 one. A
+subprocess forces the other lane count, compiles the kernels into a cache of its own, and runs the
+row-wise, k-means and fast-scan kernel tests against their numpy twins there."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from runtime.kernels.simd import LANES_VARIABLE, register_lanes
+from runtime.kernels.simd import LANES_VARIABLE, REGISTER_LANES, register_lanes
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SIXTEEN_LANES = """
+OTHER_LANES = """
 import sys
 import pytest
-from runtime.kernels import kmeans, rowwise, simd
-assert simd.REGISTER_LANES == 16 and kmeans.LANES == 16, simd.REGISTER_LANES
-assert (rowwise.BAG_BLOCK8, rowwise.BAG_BLOCK4, rowwise.ROW_BLOCK4) == (256, 256, 128)
+from runtime.kernels import fastscan, kmeans, rowwise, simd
+lanes = int(sys.argv[1])
+assert simd.REGISTER_LANES == lanes and kmeans.LANES == lanes, simd.REGISTER_LANES
+assert (rowwise.BAG_BLOCK8, rowwise.BAG_BLOCK4, rowwise.ROW_BLOCK4) == (16 * lanes, 16 * lanes, 8 * lanes)
+assert fastscan.WIDE == (lanes == 16)
 
 class PassedFiles:
     def __init__(self):
@@ -33,8 +36,9 @@ class PassedFiles:
 
 passed = PassedFiles()
 # -k filters every file named: each keeps its own tests by its module's or tests' names
-code = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "rowwise or nearest_code",
-                    "tests/runtime/test_kernels.py", "tests/runtime/test_kmeans.py"], plugins=[passed])
+code = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "rowwise or nearest_code or fastscan",
+                    "tests/runtime/test_kernels.py", "tests/runtime/test_kmeans.py",
+                    "tests/runtime/test_fastscan.py"], plugins=[passed])
 print("passed in:", " ".join(sorted(passed.files)))
 sys.exit(code)
 """
@@ -51,12 +55,14 @@ def test_register_lanes_follow_the_cpu_features_unless_forced() -> None:
 
 
 @pytest.mark.slow
-def test_kernels_with_sixteen_lanes_match_their_numpy_twins(tmp_path: Path) -> None:
+def test_kernels_with_the_other_register_width_match_their_numpy_twins(tmp_path: Path) -> None:
     # a cache of its own: numba's cache key is the CPU, not the lane count, so a shared cache would
-    # hand back the eight-lane kernels and this would test nothing
-    env = {**os.environ, LANES_VARIABLE: "16", "NUMBA_CACHE_DIR": str(tmp_path)}
+    # hand back this machine's kernels and this would test nothing
+    other = 8 if REGISTER_LANES == 16 else 16
+    env = {**os.environ, LANES_VARIABLE: str(other), "NUMBA_CACHE_DIR": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, "-c", SIXTEEN_LANES], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", OTHER_LANES, str(other)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "passed in: tests/runtime/test_kernels.py tests/runtime/test_kmeans.py" in run.stdout, run.stdout[-4000:]
+    files = "tests/runtime/test_fastscan.py tests/runtime/test_kernels.py tests/runtime/test_kmeans.py"
+    assert f"passed in: {files}" in run.stdout, run.stdout[-4000:]
