@@ -5,13 +5,30 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+CHECK_CHUNK = 512
+"""Ids `first_out_of_range` checks at once, without a branch an id."""
+
 
 @njit(nogil=True, cache=True)
 def first_out_of_range(ids: np.ndarray, rows: int) -> int:
-    """ids (n,) int64 -> the position of the first id outside [0, rows), or -1 when all are in."""
-    for i in range(ids.shape[0]):
-        if ids[i] < 0 or ids[i] >= rows:
-            return i
+    """ids (n,) int64 -> the position of the first id outside [0, rows), or -1 when all are in.
+
+    Each chunk's largest id taken as unsigned (a negative id is a huge unsigned one) is compared
+    with the limit, a loop the compiler vectorizes; only a chunk that holds a bad id is searched
+    again for its position. 16,384 ids: ~10 us with a compare and a branch an id."""
+    n = ids.shape[0]
+    limit = np.uint64(max(rows, 0))
+    for start in range(0, n, CHECK_CHUNK):
+        stop = min(n, start + CHECK_CHUNK)
+        largest = np.uint64(0)
+        # an unsigned index: numba wraps signed ones around (i < 0 -> i + n), which the compiler
+        # could only vectorize with gathers
+        for i in range(np.uint64(start), np.uint64(stop)):
+            largest = max(largest, np.uint64(ids[i]))
+        if largest >= limit:
+            for i in range(start, stop):
+                if np.uint64(ids[i]) >= limit:
+                    return i
     return -1
 
 

@@ -163,6 +163,23 @@ def test_score_needs_exactly_one_query_kind(table: runtime.Table) -> None:
         table.score([1, 2], query_ids=[0])
 
 
+@given(
+    st.integers(0, 2000),
+    st.integers(0, 2**31),
+    st.lists(st.sampled_from([-1, -(2**63), 2**63 - 1, 0, 999, 1000]), max_size=3),
+    st.booleans(),
+)
+def test_first_out_of_range_over_many_chunks(n: int, seed: int, bad: list[int], strided: bool) -> None:
+    # batches longer than one chunk of the vectorized check, bad ids (or edge values) anywhere
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 1000, 2 * n if strided else n)
+    for value in bad:
+        if ids.size:
+            ids[rng.integers(0, ids.size)] = value
+    view = ids[::2] if strided else ids
+    assert checks.first_out_of_range(view, 1000) == checks.first_out_of_range_numpy(view, 1000)
+
+
 @given(st.lists(st.integers(-3, 12), max_size=40), st.integers(0, 10))
 def test_first_out_of_range_matches_twin(values: list[int], rows: int) -> None:
     ids = np.array(values, dtype=np.int64)
