@@ -257,6 +257,13 @@ def _block_sums_codegen(wide: bool):  # type: ignore[no-untyped-def]
         def offset(base, index, step, extra=0):  # type: ignore[no-untyped-def]
             return builder.add(base, builder.add(builder.mul(index, ir.Constant(_I64, step)), ir.Constant(_I64, extra)))
 
+        def add_step(index, width, mixed, odd):  # type: ignore[no-untyped-def]
+            # step `index` of `width` code bytes (one pair, or two), its tables twice that
+            codes = load_bytes(offset(codes_addr, index, width), width)
+            low_tables = load_bytes(offset(tables_addr, index, 2 * width), width)
+            high_tables = load_bytes(offset(tables_addr, index, 2 * width, width), width)
+            _add_pair_sums(context, builder, codes, low_tables, high_tables, mixed, odd)
+
         mixed_acc = cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
         odd_acc = cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
         first_single = ir.Constant(_I64, 0)
@@ -265,29 +272,12 @@ def _block_sums_codegen(wide: bool):  # type: ignore[no-untyped-def]
             wide_odd = cgutils.alloca_once_value(builder, ir.Constant(v32i16, [0] * 32))
             quads = builder.lshr(pairs, ir.Constant(_I64, 1))
             with cgutils.for_range(builder, quads) as loop:
-                g = loop.index
-                _add_pair_sums(
-                    context,
-                    builder,
-                    load_bytes(offset(codes_addr, g, 64), 64),
-                    load_bytes(offset(tables_addr, g, 128), 64),
-                    load_bytes(offset(tables_addr, g, 128, 64), 64),
-                    wide_mixed,
-                    wide_odd,
-                )
+                add_step(loop.index, 64, wide_mixed, wide_odd)
             builder.store(_halves_added(builder, builder.load(wide_mixed)), mixed_acc)
             builder.store(_halves_added(builder, builder.load(wide_odd)), odd_acc)
             first_single = builder.shl(quads, ir.Constant(_I64, 1))
         with cgutils.for_range_slice(builder, first_single, pairs, ir.Constant(_I64, 1)) as (p, _):
-            _add_pair_sums(
-                context,
-                builder,
-                load_bytes(offset(codes_addr, p, 32), 32),
-                load_bytes(offset(tables_addr, p, 64), 32),
-                load_bytes(offset(tables_addr, p, 64, 32), 32),
-                mixed_acc,
-                odd_acc,
-            )
+            add_step(p, 32, mixed_acc, odd_acc)
         eight = ir.Constant(v16i16, [8] * 16)
         odd_sums = builder.load(odd_acc)
         even_sums = builder.sub(builder.load(mixed_acc), builder.shl(odd_sums, eight))
