@@ -138,8 +138,9 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
         raise InvalidRequest(
             f"octet-stream body must be little-endian int64 ids; {len(body)} bytes is not a multiple of 8"
         )
-    # a writable copy (a view of the body would be read-only): small lookups then take the table's
-    # one-call path, and the general path would have copied it anyway
+    # a writable copy: a view of the body would be read-only, which numba types apart from a
+    # writable array, so every kernel the general paths reach would compile again on first use
+    # (the tables' one-call lookup path takes either)
     ids = np.frombuffer(bytearray(body), dtype="<i8")
     rows = await service.lookup(TRANSPORT, LookupRequest(name, ids))
     # a flat byte view of the gathered rows, not a copy of them

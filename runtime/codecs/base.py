@@ -25,6 +25,7 @@ import numpy as np
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense, hashmap
 from runtime.kernels.hashmap import KeySet
+from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.topk import BlockTopK
 
@@ -102,6 +103,7 @@ def bind_direct_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarr
     contiguous (`validation.direct_gather_ids`); out is a fresh C-contiguous float32 (b, dim).
     Compiles (or loads from numba's cache) that overload now; falls back to the dispatcher where
     numba keeps no entry point."""
+    start_threading_layer()  # the kernels read the thread count by the layer's symbol
     ids = np.full(4, -1, dtype=np.int64)[::2]  # two strided ids, typed as an array of any layout
     out = np.empty((2, dim), dtype=np.float32)  # (out of range: the kernel writes nothing)
     kernel(*bound, ids, out)

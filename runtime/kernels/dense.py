@@ -25,8 +25,8 @@ def _fp16_gather_into(bits16: np.ndarray, ids: np.ndarray, lo: int, hi: int, out
 
 @njit(parallel=True, nogil=True, cache=True)
 def _fp16_gather_chunks_into(bits16: np.ndarray, ids: np.ndarray, nchunks: int, out: np.ndarray) -> None:
-    """Convert rows ids into out (b, d) float32 in `nchunks` parallel tasks, one contiguous run
-    of ids each, as `rowwise.gather` does."""
+    """Convert rows ids (b,) int64 of bits16 (n, d) uint16 into out (b, d) float32 in `nchunks`
+    parallel tasks, one contiguous run of ids each, as `rowwise.gather` does."""
     n = ids.shape[0]
     for c in prange(nchunks):
         _fp16_gather_into(bits16, ids, c * n // nchunks, (c + 1) * n // nchunks, out)

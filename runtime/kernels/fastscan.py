@@ -52,7 +52,7 @@ AVAILABLE = _has_avx2()
 
 WIDE = REGISTER_LANES == 16
 """Two subspace pairs a 64-byte register: where numba compiles for AVX-512 (or EMBSERVE_VECTOR_LANES
-forces sixteen lanes; without AVX-512 each 64-byte shuffle is then two 32-byte ones), the block
+forces sixteen lanes; without AVX-512BW each 64-byte shuffle is then two 32-byte ones), the block
 kernel issues half as many instructions a subspace. On an AMD EPYC of the Zen 4 family (which runs
 a 512-bit operation as two 256-bit halves) one thread scanned 1M x 32 codes in 0.68 ms against
 0.71 ms with 32-byte shuffles, at ~23 GB/s, about what one core reads from memory there."""
@@ -348,8 +348,8 @@ def _scan_group(
 ) -> int:
     """Offer the rows of blocks first_block..stop_block-1 to one query's heap; returns its size.
     flat_lut (M * 16,) float32 is the query's float table, tables (M, 32) uint8 its quantized one
-    (in `quad_tables` order where WIDE);
-    `stream`: the blocks come from memory (the first query of a group), so prefetch ahead."""
+    (in `quad_tables` order where WIDE); `stream`: the blocks come from memory (the first query
+    of a group), so prefetch ahead."""
     kk = heap_keys.shape[0]
     worst = heap_keys[0] if size == kk else -np.inf
     limit = _threshold(worst, bias, scale, slack) if size == kk else 0

@@ -1,5 +1,5 @@
 """LLVM intrinsics numba does not expose: population count, software prefetch, half-float
-conversion and opaque word loads."""
+conversion, opaque word loads and the thread count inside a kernel."""
 
 from __future__ import annotations
 
@@ -61,9 +61,12 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-# numba's threading layer registers the symbol `thread_count` calls when it starts: start it now,
-# before any kernel that calls it is compiled or loaded from the on-disk cache
-numba.get_num_threads()
+def start_threading_layer() -> None:
+    """Start numba's threading layer, which registers the symbol `thread_count` calls: needed before
+    a kernel that calls it is compiled or loaded from the on-disk cache. Not done at import: with
+    GNU OpenMP as the layer, a child forked from a process that started it cannot run a parallel
+    kernel, so importing `runtime` must leave a process free to fork."""
+    numba.get_num_threads()
 
 
 @intrinsic
@@ -71,7 +74,9 @@ def thread_count(typingctx):  # type: ignore[no-untyped-def]
     """numba's thread count for the calling thread (`numba.get_num_threads()`), read inside a
     kernel. numba's own overload of that function reaches the threading layer through a ctypes
     pointer, which keeps every kernel calling it out of the on-disk cache; this calls the layer's
-    C function by the symbol name numba's parallel loops use."""
+    C function (`int get_num_threads(void)`) by the symbol name numba's parallel loops use. Callers
+    run `start_threading_layer` before their kernel's first call."""
+    start_threading_layer()
     sig = types.int64()
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]

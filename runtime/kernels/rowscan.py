@@ -170,7 +170,8 @@ def quantized_topk(
                 for i in range(block_stop - block):
                     norms[i] = decoded_norm(rows, bits, dim, block + i)
             for qi in range(nq):
-                # the first query (or the norms' pass, for l2) reads the block from memory
+                # the first query reads the block from memory; for l2 the norms' pass above did,
+                # without a prefetch (l2 scans were left as they were)
                 stream = qi == 0 and not l2
                 _block_keys(
                     rows,

@@ -140,8 +140,8 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     dims = tensor.shape
     if len(dims) == 1 and len(data) == dims[0] * dtype.itemsize and dims[0] >= 0:
         # the usual flat tensor (ids, lengths, weights): a multi-table request has a few a table. A
-        # writable copy: a view of the bytes is read-only, which the tables' one-call lookup path
-        # does not take (and the general path copies anyway)
+        # writable copy: a view of the bytes is read-only, which numba types apart from a writable
+        # array, so every kernel the general paths reach would compile again on first use
         return np.frombuffer(bytearray(data), dtype=dtype)
     shape = list(dims)
     if any(d < 0 for d in shape):

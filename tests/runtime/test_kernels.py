@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.kernels import checks, dense, rowwise, scan, topk
+from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS
 
 
@@ -107,6 +108,7 @@ def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, i
 
 @given(quantized_rows(), st.data())
 def test_checked_gathers_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
+    start_threading_layer()  # as Codec.direct_gather does before the kernels' first call
     # the bounds are checked inside the gather: every row or, for an id outside [0, n), its
     # position and an untouched output (ids at both edges and one past them are drawn); a
     # min_ids at or below the batch's size takes the parallel tasks (with more than one thread)
@@ -200,7 +202,7 @@ def test_rowwise_bags_of_wide_rows_match_numpy(bits: int, dim: int, seed: int) -
 )
 def test_rowwise_gather_of_wide_rows_matches_numpy(bits: int, dim: int, seed: int) -> None:
     # every block a row is decoded in, its halves and the columns left over; the serial and
-    # parallel gathers and the checked small-lookup kernel decode each row to the same bits
+    # parallel gathers and the checked one-call kernel decode each row to the same bits
     rng = np.random.default_rng(seed)
     rows = rowwise.quantize_numpy(rng.standard_normal((30, dim)).astype(np.float32), bits)
     ids = rng.integers(0, 30, int(rng.integers(0, 50))).astype(np.int64)
@@ -208,6 +210,7 @@ def test_rowwise_gather_of_wide_rows_matches_numpy(bits: int, dim: int, seed: in
     serial = rowwise.gather_serial(rows, ids, dim, bits)
     np.testing.assert_allclose(serial, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(rowwise.gather(rows, ids, dim, bits, 3), serial)
+    start_threading_layer()
     for min_ids in (0, DEFAULT_PARALLEL_MIN_IDS):  # parallel tasks, then the calling thread
         checked = np.empty((ids.size, dim), dtype=np.float32)
         assert rowwise.gather_checked_into(rows, dim, bits, min_ids, ids, checked) == -1

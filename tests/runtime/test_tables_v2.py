@@ -185,6 +185,9 @@ def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
     first upsert on they must go where the delta is read, even once the parallel threshold is set
     again (which binds that kernel anew)."""
     t = runtime.compress(x, codec)
+    t.set_parallel_min_ids(7)  # binds the one-call kernel again, with the new threshold
+    assert t._direct_gather is not None and t._direct_gather.args[-1] == 7  # type: ignore[attr-defined]
+    t.set_parallel_min_ids(512)
     four = np.array([4], dtype=np.int64)
     many = np.arange(4, 4 + 600, dtype=np.int64) % x.shape[0]  # past the parallel threshold
     before, before_many = t.lookup(four), t.lookup(many)

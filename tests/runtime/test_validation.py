@@ -73,7 +73,7 @@ def test_small_lookups_check_bounds_in_the_kernel_and_name_the_bad_id(codec: str
         read_only = np.frombuffer(ids.tobytes(), dtype=np.int64)
         np.testing.assert_array_equal(table.lookup(read_only), want)
         np.testing.assert_array_equal(table.lookup(ids.tolist()), want)
-        # the small gather is compiled for ids of any layout: strided and reversed views too
+        # the one-call gather is compiled for ids of any layout: strided and reversed views too
         spread = np.zeros(2 * n, np.int64)
         spread[::2] = ids
         np.testing.assert_array_equal(table.lookup(spread[::2]), want)
@@ -161,6 +161,17 @@ def test_score_needs_exactly_one_query_kind(table: runtime.Table) -> None:
         table.score([[1], [2]], query_ids=[0])
     with pytest.raises(InvalidRequest, match="2-D"):
         table.score([1, 2], query_ids=[0])
+
+
+@pytest.mark.parametrize("position", [0, 511, 512, 1023, 1999])
+def test_first_out_of_range_at_chunk_edges(position: int) -> None:
+    ids = np.arange(2000, dtype=np.int64) % 1000
+    assert checks.first_out_of_range(ids, 1000) == -1
+    ids[position] = 1000
+    assert checks.first_out_of_range(ids, 1000) == position
+    ids[position] = -1
+    assert checks.first_out_of_range(ids, 1000) == position
+    assert checks.first_out_of_range(ids, 0) == 0  # no rows: the first id is already out
 
 
 @given(
