@@ -380,6 +380,14 @@ class Codec(ABC):
         if direct is not None:
             direct(ids, np.empty((ids.shape[0], self.dim), np.float32))
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
+        # lookups from the first update on read base and delta rows together (`decode_merged`):
+        # compiled now, not in the first lookup after an update. A delta's rows are writable
+        # copies, the base's may be a read-only mapping, so the warm-up delta is a copy too
+        delta = self.with_rows({name: self.arrays[name][:1].copy() for name in self.row_arrays})
+        for n in (2, PARALLEL_MIN_IDS):
+            slots = np.full(n, -1, dtype=np.int64)
+            slots[0] = 0
+            self.decode_merged(np.zeros(n, dtype=np.int64), slots, delta)
         many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
         self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)
         for metric in self.metrics:

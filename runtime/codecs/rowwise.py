@@ -52,28 +52,12 @@ class RowwiseCodec(Codec):
     def decode_merged(self, rows: np.ndarray, slots: np.ndarray, delta: Codec | None) -> np.ndarray:
         if not isinstance(delta, RowwiseCodec) or delta.bits != self.bits:
             return super().decode_merged(rows, slots, delta)
-        return self.decode_merged_rows(delta.arrays["rows"], rows, slots)
+        return rowwise.gather_merged_rows(
+            self.arrays["rows"], delta.arrays["rows"], rows, slots, self.dim, self.bits, self.parallel_min_ids
+        )
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return rowwise.gather_range(self.arrays["rows"], start, stop, self.dim, self.bits)
-
-    def warmup(self) -> None:
-        super().warmup()
-        # the one-pass gather from base and delta rows, which lookups take from the first update
-        # on: compiled now (serial and parallel), not in the first lookup after it. A delta's rows
-        # are a writable array, the base's may be a read-only mapping: each is typed as it is
-        delta_rows = self.arrays["rows"][:1].copy()
-        for n in (2, rowwise.PARALLEL_MIN_IDS):
-            rows = np.zeros(n, dtype=np.int64)
-            slots = np.full(n, -1, dtype=np.int64)
-            slots[0] = 0
-            self.decode_merged_rows(delta_rows, rows, slots)
-
-    def decode_merged_rows(self, delta_rows: np.ndarray, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """`decode_merged` with the delta given as its fused rows (m, P+4) uint8."""
-        return rowwise.gather_merged_rows(
-            self.arrays["rows"], delta_rows, rows, slots, self.dim, self.bits, self.parallel_min_ids
-        )
 
     def decode_bags(self, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
         return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, self.parallel_min_ids)
