@@ -6,8 +6,8 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row, thread_count
-from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_bounds, bag_tasks, bags_numpy
+from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row
+from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_bounds, bag_tasks, bags_numpy, kernel_tasks
 
 
 @njit(nogil=True, cache=True)
@@ -56,9 +56,9 @@ def fp16_gather_checked_into(bits16: np.ndarray, min_ids: int, ids: np.ndarray, 
     [0, n), out left as it was, or -1 when all were gathered."""
     bad = first_out_of_range(ids, bits16.shape[0])
     if bad < 0:
-        threads: int = thread_count()
-        if ids.shape[0] >= min_ids and threads > 1:
-            _fp16_gather_chunks_into(bits16, ids, threads, out)
+        tasks = kernel_tasks(ids.shape[0], min_ids)
+        if tasks > 1:
+            _fp16_gather_chunks_into(bits16, ids, tasks, out)
         else:
             _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
     return bad

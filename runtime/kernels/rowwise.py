@@ -44,6 +44,14 @@ def use_parallel(n_ids: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> bool:
     return n_ids >= min_ids and numba.get_num_threads() > 1
 
 
+@njit(inline="always", nogil=True, cache=True)
+def kernel_tasks(n_ids: int, min_ids: int) -> int:
+    """`use_parallel`'s rule read inside a kernel: numba's thread count for the calling thread
+    where a batch of n_ids is to be shared out, else 1."""
+    threads: int = thread_count()
+    return threads if n_ids >= min_ids and threads > 1 else 1
+
+
 def bag_tasks(n_ids: int, nbags: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> int:
     """How many tasks pool a batch of bags (one contiguous run of bags each): 1, the calling
     thread, unless the batch is large enough for `use_parallel` and has more than one bag."""
@@ -162,26 +170,22 @@ def _gather_into(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, 
     # reference count updates (a call and an atomic add each) for each row's two views; 1,024
     # cached int8 rows of 128 columns took 17.2 us that way, 11.1 us this way (AMD EPYC, Zen 4)
     if bits == 8:
-        for i in range(lo, hi):
-            _prefetch_ahead_row(rows, ids, i, hi)
-            _dequant_row(rows[ids[i]], dim, 8, out[i])
+        _gather_rows(rows, ids, lo, hi, dim, 8, out)
     elif bits == 4:
-        for i in range(lo, hi):
-            _prefetch_ahead_row(rows, ids, i, hi)
-            _dequant_row(rows[ids[i]], dim, 4, out[i])
+        _gather_rows(rows, ids, lo, hi, dim, 4, out)
     else:
-        for i in range(lo, hi):
-            _prefetch_ahead_row(rows, ids, i, hi)
-            _dequant_row(rows[ids[i]], dim, 2, out[i])
+        _gather_rows(rows, ids, lo, hi, dim, 2, out)
 
 
-@njit(inline="always", nogil=True, cache=True)
-def _prefetch_ahead_row(rows: np.ndarray, ids: np.ndarray, i: int, hi: int) -> None:
-    """Random rows miss cache: ask for row ids[i + PREFETCH_DISTANCE]'s lines now, so several
-    misses overlap."""
-    if i + PREFETCH_DISTANCE < hi:
-        for offset in range(0, rows.shape[1], 64):
-            prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
+@njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _gather_rows(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, out: np.ndarray) -> None:
+    """The loop of `_gather_into` for one code width (`bits` a constant at each call)."""
+    for i in range(lo, hi):
+        # random rows miss cache: ask for a later row's lines now so several misses overlap
+        if i + PREFETCH_DISTANCE < hi:
+            for offset in range(0, rows.shape[1], 64):
+                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
+        _dequant_row(rows[ids[i]], dim, bits, out[i])
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
@@ -272,9 +276,9 @@ def gather_checked_into(rows: np.ndarray, dim: int, bits: int, min_ids: int, ids
     arguments come first, so a codec binds them once (`Codec.direct_gather`)."""
     bad = first_out_of_range(ids, rows.shape[0])
     if bad < 0:
-        threads: int = thread_count()
-        if ids.shape[0] >= min_ids and threads > 1:
-            _gather_chunks_into(rows, ids, dim, bits, threads, out)
+        tasks = kernel_tasks(ids.shape[0], min_ids)
+        if tasks > 1:
+            _gather_chunks_into(rows, ids, dim, bits, tasks, out)
         else:
             _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
     return bad
