@@ -4,8 +4,8 @@ Every figure is the median of `--reps` timed repetitions after warm-up (lookups 
 ids: of 101, a call taking microseconds); ours and the peer's are
 timed alternately in this one process and reported as a ratio, at 1 and 2 threads (numba, torch
 and Faiss all set to the same count). Data: a low-rank Gaussian signal plus full-rank noise,
-float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation from a pool
-of distinct batches, so repeated calls do not re-hit the same rows.
+float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation, a pool of
+distinct batches for each measurement, so no call re-hits rows an earlier one read.
 
     pip install -e '.[bench]'            # faiss-cpu, torch==2.13.0 (CPU wheel), matplotlib
     python -m benchmarks.perf            # full: N=1,000,000, d=128 (about 15 minutes on 2 cores)
@@ -178,14 +178,20 @@ def make_table(rows: int, dim: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def id_pool(rows: int, batch: int, pool: int, dist: str, rng: np.random.Generator) -> list[np.ndarray]:
+def id_sampler(rows: int, dist: str, rng: np.random.Generator) -> Callable[[int, int], list[np.ndarray]]:
+    """draw(batch, count) -> count distinct batches of `batch` ids, uniform or Zipf(1.1) over a
+    random permutation of the rows (the Zipf CDF is built once, not once a batch)."""
     if dist == "uniform":
-        return [rng.integers(0, rows, batch) for _ in range(pool)]
-    ranks = np.arange(1, rows + 1, dtype=np.float64)
-    p = ranks**-1.1
-    p /= p.sum()
+        return lambda batch, count: [rng.integers(0, rows, batch) for _ in range(count)]
+    weights = np.arange(1, rows + 1, dtype=np.float64) ** -1.1
+    cdf = np.cumsum(weights / weights.sum())
     perm = rng.permutation(rows)
-    return [perm[rng.choice(rows, batch, p=p)] for _ in range(pool)]
+
+    def draw(batch: int, count: int) -> list[np.ndarray]:
+        ranks = np.minimum(np.searchsorted(cdf, rng.random((count, batch)), side="right"), rows - 1)
+        return list(perm[ranks])
+
+    return draw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,29 +247,34 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
         packed["int8"] = torch.ops.quantized.embedding_bag_byte_prepack(xt)
         packed["int4"] = torch.ops.quantized.embedding_bag_4bit_prepack(xt)
     for dist in ("uniform", "zipf"):
+        draw = id_sampler(cfg.rows, dist, rng)
         for batch in cfg.batches:
             reps = max(cfg.reps, SMALL_BATCH_REPS) if batch <= 64 and not cfg.smoke else cfg.reps
             pool_size = max(cfg.pool, reps + 2)
-            pool = id_pool(cfg.rows, batch, pool_size, dist, rng)
             for pooled in (False, True):
                 if pooled and batch < 32:
                     continue
                 offsets = np.arange(0, batch, 32 if pooled else 1, dtype=np.int64)
-                torch_ids = [torch.from_numpy(p) for p in pool] if torch is not None else []
                 torch_off = torch.from_numpy(offsets) if torch is not None else None
                 for codec, table in tables.items():
-                    ours = partial(_ours_lookup, table, pool, offsets, pooled)
-                    peers: list[tuple[str, Callable[[int], object]]] = [
-                        ("numpy fp32", partial(_numpy_lookup, x, pool, offsets, pooled))
-                    ]
-                    if codec in packed:
-                        op = (
-                            torch.ops.quantized.embedding_bag_byte_rowwise_offsets
-                            if codec == "int8"
-                            else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
-                        )
-                        peers.insert(0, ("FBGEMM", partial(_fbgemm_lookup, op, packed[codec], torch_ids, torch_off)))
                     for threads in cfg.threads:
+                        # batches of their own: the rows an earlier measurement read (another
+                        # codec's peer reads the same float32 rows) would still be in cache
+                        pool = draw(batch, pool_size)
+                        torch_ids = [torch.from_numpy(p) for p in pool] if torch is not None else []
+                        ours = partial(_ours_lookup, table, pool, offsets, pooled)
+                        peers: list[tuple[str, Callable[[int], object]]] = [
+                            ("numpy fp32", partial(_numpy_lookup, x, pool, offsets, pooled))
+                        ]
+                        if codec in packed:
+                            op = (
+                                torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+                                if codec == "int8"
+                                else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+                            )
+                            peers.insert(
+                                0, ("FBGEMM", partial(_fbgemm_lookup, op, packed[codec], torch_ids, torch_off))
+                            )
                         set_threads(threads)
                         medians = alternate([ours] + [fn for _, fn in peers], reps, pool_size)
                         for (peer, _), theirs in zip(peers, medians[1:], strict=True):
