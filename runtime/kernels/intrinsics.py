@@ -33,11 +33,9 @@ def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@intrinsic
-def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
-    """Hint the CPU to fetch byte `offset` of row `row` of a 2-D array into cache (no fault if
-    out of bounds; a hint only, so results never depend on it)."""
-    sig = types.void(array, types.int64, types.int64)
+def _prefetch_codegen(locality: int):  # type: ignore[no-untyped-def]
+    """Code for LLVM's prefetch of byte `offset` of row `row` of a 2-D array: a read, into the
+    data cache, with `locality` 3 (x86 PREFETCHT0: into L1) down to 0 (PREFETCHNTA)."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -52,13 +50,28 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read, high temporal locality, data cache
         builder.call(
-            fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            fn,
+            [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)],
         )
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
+    """Hint the CPU to fetch byte `offset` of row `row` of a 2-D array into L1 (no fault if out of
+    bounds; a hint only, so results never depend on it)."""
+    return types.void(array, types.int64, types.int64), _prefetch_codegen(3)
+
+
+@intrinsic
+def prefetch_row_l2(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
+    """`prefetch_row` into L2 rather than L1 (x86 PREFETCHT1): far ahead in the row-wise gathers,
+    which then ask for the row into L1 nearer its turn (`rowwise.ROW_PREFETCH_NEAR`, with the
+    figures). L1 has few slots for lines in flight; L2 has more."""
+    return types.void(array, types.int64, types.int64), _prefetch_codegen(2)
 
 
 def start_threading_layer() -> None:

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import probe_into
-from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_from_bytes, prefetch_row, thread_count
+from runtime.kernels.intrinsics import half_from_bytes, prefetch_row, prefetch_row_l2, thread_count
 from runtime.kernels.simd import (
     REGISTER_LANES,
     F32Vector,
@@ -163,6 +163,64 @@ def _decode_nibbles(
     store_interleaved_fma(out, column, low_nibbles(zero, row, byte), high_nibbles(zero, row, byte), scale, bias)
 
 
+ROW_PREFETCH_DISTANCE = 32
+"""Ids ahead the gathers and bag kernels ask for a row into L2 (`prefetch_row_l2`)."""
+
+ROW_PREFETCH_NEAR = 16
+"""Ids ahead they ask for it again, into L1 (`prefetch_row`), by then mostly from L2.
+
+Random int8 and int4 rows on an AMD EPYC (Zen 4), one thread, each call right after numpy had
+read 8 MiB elsewhere (as in the benchmark), against the one L1 prefetch of before (8 ids ahead in
+gathers, 16 in bags): 16,384 ids in bags 0.57-0.83x the time (Zipf ids 0.75-0.83x), gathered
+0.82-0.97x; 64 and 1,024 ids 0.74-1.04x. Into L2 alone, 32 ahead, did as well for 16,384 ids but
+took up to 1.8x as long for 1,024 (every demand load then waits on L2); 16, 24 and 48 ahead did
+no better than 32; 8 and 12 for the L1 prefetch a little worse than 16. With the rows already in
+cache the extra prefetches cost up to 15 % (1,024 int8 ids; 25 % for the merged gather). fp16
+rows (`dense`) measured slower fetched into L2 and keep their one L1 prefetch."""
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_lines(rows: np.ndarray, row: int, into_l1: bool) -> None:
+    """Ask for every line of one row, into L1 or L2 (`into_l1` a constant at each call). The first
+    two lines and the last byte are asked for without a loop: with a loop around all of them bags
+    took 0.98-1.09x as long (a row of 132 bytes spans three lines, wherever it starts; one of 68
+    bytes, two)."""
+    stride = rows.shape[1]
+    if into_l1:
+        prefetch_row(rows, row, 0)
+        prefetch_row(rows, row, 64)
+        for offset in range(128, stride - 1, 64):
+            prefetch_row(rows, row, offset)
+        prefetch_row(rows, row, stride - 1)
+    else:
+        prefetch_row_l2(rows, row, 0)
+        prefetch_row_l2(rows, row, 64)
+        for offset in range(128, stride - 1, 64):
+            prefetch_row_l2(rows, row, offset)
+        prefetch_row_l2(rows, row, stride - 1)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_first(rows: np.ndarray, ids: np.ndarray, first: int, stop: int) -> None:
+    """Ask for rows ids[first:stop] (at most ROW_PREFETCH_DISTANCE of them) as the loops below would
+    have, had they started earlier: the rows they reach before their own prefetches do, asked for at
+    once so that a small batch's misses overlap too."""
+    for t in range(first, stop):
+        _prefetch_lines(rows, ids[t], False)
+    for t in range(first, min(stop, first + ROW_PREFETCH_NEAR)):
+        _prefetch_lines(rows, ids[t], True)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int, stop: int) -> None:
+    """Ask for the rows ROW_PREFETCH_DISTANCE (into L2) and ROW_PREFETCH_NEAR (into L1) ids after
+    position t of ids, where such ids come before position `stop`."""
+    if t + ROW_PREFETCH_DISTANCE < stop:
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_DISTANCE], False)
+    if t + ROW_PREFETCH_NEAR < stop:
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_NEAR], True)
+
+
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_into(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, out: np.ndarray) -> None:
     """Dequantize rows ids[lo:hi] into out[lo:hi], one after another on this thread."""
@@ -180,11 +238,15 @@ def _gather_into(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, 
 @njit(inline="always", nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_rows(rows: np.ndarray, ids: np.ndarray, lo: int, hi: int, dim: int, bits: int, out: np.ndarray) -> None:
     """The loop of `_gather_into` for one code width (`bits` a constant at each call)."""
+    # random rows miss cache: ask for later rows' lines early so that several misses overlap
+    _prefetch_first(rows, ids, lo, min(hi, lo + ROW_PREFETCH_DISTANCE))
     for i in range(lo, hi):
-        # random rows miss cache: ask for a later row's lines now so several misses overlap
-        if i + PREFETCH_DISTANCE < hi:
-            for offset in range(0, rows.shape[1], 64):
-                prefetch_row(rows, ids[i + PREFETCH_DISTANCE], offset)
+        # written out rather than `_prefetch_ahead`: through that call numba kept reference count
+        # updates in this loop (1.15-1.4x the time)
+        if i + ROW_PREFETCH_DISTANCE < hi:
+            _prefetch_lines(rows, ids[i + ROW_PREFETCH_DISTANCE], False)
+        if i + ROW_PREFETCH_NEAR < hi:
+            _prefetch_lines(rows, ids[i + ROW_PREFETCH_NEAR], True)
         _dequant_row(rows[ids[i]], dim, bits, out[i])
 
 
@@ -319,16 +381,30 @@ def _merged_rows(
     out: np.ndarray,
 ) -> None:
     """The loop of `_gather_merged_into` for one code width (`bits` a constant at each call)."""
+    # the prefetches of `_gather_rows`, each id's row in the delta or the base; the loop starts
+    # ROW_PREFETCH_DISTANCE ids early to ask for the first rows. The prefetch intrinsics are called
+    # here directly: through inline helpers taking these arrays numba kept reference count updates
+    # in this loop (with one taking all four, 1,024 cached rows took twice as long)
     row_bytes = base.shape[1]
-    for i in range(lo, hi):
-        ahead = i + PREFETCH_DISTANCE
-        if ahead < hi:
-            if slots[ahead] >= 0:
+    for i in range(lo - ROW_PREFETCH_DISTANCE, hi):
+        far = i + ROW_PREFETCH_DISTANCE
+        if far < hi:
+            if slots[far] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row(delta, slots[ahead], offset)
-            elif rows[ahead] >= 0:
+                    prefetch_row_l2(delta, slots[far], offset)
+            elif rows[far] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row(base, rows[ahead], offset)
+                    prefetch_row_l2(base, rows[far], offset)
+        near = i + ROW_PREFETCH_NEAR
+        if lo <= near < hi:
+            if slots[near] >= 0:
+                for offset in range(0, row_bytes, 64):
+                    prefetch_row(delta, slots[near], offset)
+            elif rows[near] >= 0:
+                for offset in range(0, row_bytes, 64):
+                    prefetch_row(base, rows[near], offset)
+        if i < lo:
+            continue
         if slots[i] >= 0:
             _dequant_row(delta[slots[i]], dim, bits, out[i])
         elif rows[i] >= 0:
@@ -418,31 +494,6 @@ def gather_range(rows: np.ndarray, start: int, stop: int, dim: int, bits: int) -
     return out
 
 
-BAG_PREFETCH_DISTANCE = 16
-"""Ids ahead the bag kernels prefetch (FBGEMM's bag kernels look 16 ahead too): measured on an AMD
-EPYC, 8 to 32 all did within a few percent of each other."""
-
-
-@njit(inline="always", nogil=True, cache=True)
-def _prefetch_lines(rows: np.ndarray, row: int) -> None:
-    """Ask for every line of one row. The first two lines and the last byte are asked for without a
-    loop: with a loop around all of them bags took 0.98-1.09x as long (a row of 132 bytes spans three lines,
-    wherever it starts; one of 68 bytes, two)."""
-    stride = rows.shape[1]
-    prefetch_row(rows, row, 0)
-    prefetch_row(rows, row, 64)
-    for offset in range(128, stride - 1, 64):
-        prefetch_row(rows, row, offset)
-    prefetch_row(rows, row, stride - 1)
-
-
-@njit(inline="always", nogil=True, cache=True)
-def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
-    """Ask for the lines of the row BAG_PREFETCH_DISTANCE ids after position t, across bag boundaries."""
-    if t + BAG_PREFETCH_DISTANCE < ids.shape[0]:
-        _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
-
-
 @njit(inline="always", nogil=True, cache=True)
 def bag_bounds(offsets: np.ndarray, b: int, total: int, mean: bool) -> tuple[int, int, np.float32]:
     """Bag b's first and past-the-last id positions (EmbeddingBag offsets (B,) int64: the last bag
@@ -483,7 +534,7 @@ def _bias_pass(rows: np.ndarray, ids: np.ndarray, start: int, stop: int) -> np.f
     first pass where its rows are too short for a vector pass."""
     bias = np.float32(0.0)
     for t in range(start, stop):
-        _prefetch_ahead(rows, ids, t)
+        _prefetch_ahead(rows, ids, t, ids.shape[0])
         bias += _row_bias(rows[ids[t]])
     return bias
 
@@ -513,9 +564,10 @@ def _first_pass8(
     acc = zero
     bias = np.float32(0.0)
     # two loops rather than a branch on every row: the ids ahead run out only in a batch's last bags
-    ahead = min(stop, ids.shape[0] - BAG_PREFETCH_DISTANCE)
+    ahead = min(stop, ids.shape[0] - ROW_PREFETCH_DISTANCE)
     for t in range(start, ahead):
-        _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_DISTANCE], False)
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_NEAR], True)
         row = rows[ids[t]]
         bias += _row_bias(row)
         acc = _add_row8(row, 0, acc)
@@ -621,9 +673,10 @@ def _first_pass4(
     even = zero
     odd = zero
     bias = np.float32(0.0)
-    ahead = min(stop, ids.shape[0] - BAG_PREFETCH_DISTANCE)
+    ahead = min(stop, ids.shape[0] - ROW_PREFETCH_DISTANCE)
     for t in range(start, ahead):
-        _prefetch_lines(rows, ids[t + BAG_PREFETCH_DISTANCE])
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_DISTANCE], False)
+        _prefetch_lines(rows, ids[t + ROW_PREFETCH_NEAR], True)
         row = rows[ids[t]]
         bias += _row_bias(row)
         even, odd = _add_row4(row, 0, even, odd)
@@ -703,7 +756,7 @@ def _bags2_into(
         start, stop, inv = bag_bounds(offsets, b, ids.shape[0], mean)
         out[b, :] = 0.0
         for t in range(start, stop):
-            _prefetch_ahead(rows, ids, t)
+            _prefetch_ahead(rows, ids, t, ids.shape[0])
             _dequant_row(rows[ids[t]], dim, 2, decoded)
             for j in range(dim):
                 out[b, j] += decoded[j]
@@ -728,6 +781,8 @@ def _bags_into(
     float32 accumulators and sum(bias) into a scalar, added once at the end (int2: whole decoded
     rows are added). One kernel a code width: with all three in one loop nest the compiler kept
     the int8 and int4 sums out of vector registers (measured 2x slower)."""
+    if lo < hi:
+        _prefetch_first(rows, ids, offsets[lo], min(ids.shape[0], offsets[lo] + ROW_PREFETCH_DISTANCE))
     if bits == 8:
         _bags8_into(rows, ids, offsets, lo, hi, dim, mean, out)
     elif bits == 4:
