@@ -5,7 +5,8 @@ ids: of 101, a call taking microseconds); ours and the peer's are
 timed alternately in this one process and reported as a ratio, at 1 and 2 threads (numba, torch
 and Faiss all set to the same count). Data: a low-rank Gaussian signal plus full-rank noise,
 float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation, a pool of
-distinct batches for each measurement, so no call re-hits rows an earlier one read.
+distinct batches for each measurement, so no call reads a batch an earlier one read (Zipf's hot
+rows recur, as they do in use).
 
     pip install -e '.[bench]'            # faiss-cpu, torch==2.13.0 (CPU wheel), matplotlib
     python -m benchmarks.perf            # full: N=1,000,000, d=128 (about 15 minutes on 2 cores)
@@ -184,7 +185,8 @@ def id_sampler(rows: int, dist: str, rng: np.random.Generator) -> Callable[[int,
     if dist == "uniform":
         return lambda batch, count: [rng.integers(0, rows, batch) for _ in range(count)]
     weights = np.arange(1, rows + 1, dtype=np.float64) ** -1.1
-    cdf = np.cumsum(weights / weights.sum())
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]  # as numpy's Generator.choice normalizes it
     perm = rng.permutation(rows)
 
     def draw(batch: int, count: int) -> list[np.ndarray]:

@@ -13,7 +13,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 PREFETCH_DISTANCE = 8
-"""Rows ahead a gather prefetches: enough to cover DRAM latency with several misses in flight."""
+"""Rows ahead the fp16 and PQ gathers prefetch: enough to cover DRAM latency with several misses in
+flight (the row-wise kernels have their own, `rowwise.ROW_PREFETCH_DISTANCE`)."""
 
 STREAM_PREFETCH_BYTES = 4096
 """Bytes ahead a sequential scan prefetches. The hardware's stream prefetcher alone left one thread

@@ -381,7 +381,8 @@ def _merged_rows(
     out: np.ndarray,
 ) -> None:
     """The loop of `_gather_merged_into` for one code width (`bits` a constant at each call)."""
-    # the prefetches of `_gather_rows`, each id's row in the delta or the base; the loop starts
+    # the two prefetches of `_gather_rows` (one a 64 bytes of the row, as this loop always did),
+    # each id's row in the delta or the base; the loop starts
     # ROW_PREFETCH_DISTANCE ids early to ask for the first rows. The prefetch intrinsics are called
     # here directly: through inline helpers taking these arrays numba kept reference count updates
     # in this loop (with one taking all four, 1,024 cached rows took twice as long)
