@@ -9,7 +9,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
 PREFETCH_DISTANCE = 8
@@ -67,12 +67,16 @@ def prefetch_row(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
     return types.void(array, types.int64, types.int64), _prefetch_codegen(3)
 
 
-@intrinsic
-def prefetch_row_l2(typingctx, array, row, offset):  # type: ignore[no-untyped-def]
-    """`prefetch_row` into L2 rather than L1 (x86 PREFETCHT1): far ahead in the row-wise gathers,
-    which then ask for the row into L1 nearer its turn (`rowwise.ROW_PREFETCH_NEAR`, with the
-    figures). L1 has few slots for lines in flight; L2 has more."""
-    return types.void(array, types.int64, types.int64), _prefetch_codegen(2)
+@intrinsic(prefer_literal=True)
+def prefetch_row_into(typingctx, array, row, offset, into_l1):  # type: ignore[no-untyped-def]
+    """`prefetch_row` into L1 where `into_l1` (a literal True or False at the call, or passed down
+    as one through inline functions) holds, else into L2 (x86 PREFETCHT1). The row-wise gathers
+    ask for a row into L2 far ahead, then into L1 nearer its turn (`rowwise.ROW_PREFETCH_NEAR`,
+    with the figures): L1 has few slots for lines in flight; L2 has more."""
+    if not isinstance(into_l1, types.BooleanLiteral):
+        raise errors.RequireLiteralValue(into_l1)
+    sig = types.void(array, types.int64, types.int64, into_l1)
+    return sig, _prefetch_codegen(3 if into_l1.literal_value else 2)
 
 
 def start_threading_layer() -> None:

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.hashmap import probe_into
-from runtime.kernels.intrinsics import half_from_bytes, prefetch_row, prefetch_row_l2, thread_count
+from runtime.kernels.intrinsics import half_from_bytes, prefetch_row_into, thread_count
 from runtime.kernels.simd import (
     REGISTER_LANES,
     F32Vector,
@@ -164,10 +164,10 @@ def _decode_nibbles(
 
 
 ROW_PREFETCH_DISTANCE = 32
-"""Ids ahead the gathers and bag kernels ask for a row into L2 (`prefetch_row_l2`)."""
+"""Ids ahead the gathers and bag kernels ask for a row into L2 (`prefetch_row_into`)."""
 
 ROW_PREFETCH_NEAR = 16
-"""Ids ahead they ask for it again, into L1 (`prefetch_row`), by then mostly from L2.
+"""Ids ahead they ask for it again, into L1, by then mostly from L2.
 
 Random int8 and int4 rows on an AMD EPYC (Zen 4), one thread, each call right after numpy had
 read 8 MiB elsewhere (as in the benchmark), against the one L1 prefetch of before (8 ids ahead in
@@ -186,18 +186,11 @@ def _prefetch_lines(rows: np.ndarray, row: int, into_l1: bool) -> None:
     took 0.98-1.09x as long (a row of 132 bytes spans three lines, wherever it starts; one of 68
     bytes, two)."""
     stride = rows.shape[1]
-    if into_l1:
-        prefetch_row(rows, row, 0)
-        prefetch_row(rows, row, 64)
-        for offset in range(128, stride - 1, 64):
-            prefetch_row(rows, row, offset)
-        prefetch_row(rows, row, stride - 1)
-    else:
-        prefetch_row_l2(rows, row, 0)
-        prefetch_row_l2(rows, row, 64)
-        for offset in range(128, stride - 1, 64):
-            prefetch_row_l2(rows, row, offset)
-        prefetch_row_l2(rows, row, stride - 1)
+    prefetch_row_into(rows, row, 0, into_l1)
+    prefetch_row_into(rows, row, 64, into_l1)
+    for offset in range(128, stride - 1, 64):
+        prefetch_row_into(rows, row, offset, into_l1)
+    prefetch_row_into(rows, row, stride - 1, into_l1)
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -392,18 +385,18 @@ def _merged_rows(
         if far < hi:
             if slots[far] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row_l2(delta, slots[far], offset)
+                    prefetch_row_into(delta, slots[far], offset, False)
             elif rows[far] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row_l2(base, rows[far], offset)
+                    prefetch_row_into(base, rows[far], offset, False)
         near = i + ROW_PREFETCH_NEAR
         if lo <= near < hi:
             if slots[near] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row(delta, slots[near], offset)
+                    prefetch_row_into(delta, slots[near], offset, True)
             elif rows[near] >= 0:
                 for offset in range(0, row_bytes, 64):
-                    prefetch_row(base, rows[near], offset)
+                    prefetch_row_into(base, rows[near], offset, True)
         if i < lo:
             continue
         if slots[i] >= 0:
