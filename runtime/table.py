@@ -36,6 +36,7 @@ from runtime.validation import (
     check_queries,
     check_table_input,
     check_weights,
+    direct_bag_arrays,
     direct_gather_ids,
 )
 
@@ -119,6 +120,7 @@ class Table:
         self._keyed_one_tier = len(self.tiers) == 1 and self.keymap is not None and self.tiers[0].projection is None
         self._richest = self.tiers[0].richest
         self._direct_gather = self._richest.direct_gather() if self._dense_one_tier else None
+        self._direct_bags = self._richest.direct_bags() if self._dense_one_tier else None
         self._write_lock = threading.Lock()
         self.version = version
         self.provenance = dict(provenance or {})
@@ -417,6 +419,13 @@ class Table:
             raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {mode!r}")
         if per_sample_weights is not None and mode != "sum":
             raise InvalidRequest(f'per_sample_weights are only supported with mode "sum", got {mode!r}')
+        # a dense one-tier table's bags in one kernel call, as `lookup`'s gather (None from the
+        # first upsert on); anything it refuses takes the path below, which names the problem
+        bags = self._direct_bags
+        if bags is not None and per_sample_weights is None and direct_bag_arrays(ids, offsets):
+            out = _EMPTY((len(offsets), self._dim), FLOAT32)
+            if bags(ids, offsets, mode == "mean", out) < 0:
+                return out, 0
         view = self._delta.view
         if self._dense_one_tier and view.empty and per_sample_weights is None:
             checked = check_ids(ids, self.rows)
@@ -583,6 +592,8 @@ class Table:
         with self._write_lock:  # an upsert switches the direct path off: never back on here
             if self._direct_gather is not None:
                 self._direct_gather = self._richest.direct_gather()
+            if self._direct_bags is not None:
+                self._direct_bags = self._richest.direct_bags()
 
     # ---- updates -------------------------------------------------------------------------------
     def upsert(self, ids: Any, rows: Any, sequence: int | None = None) -> int:
@@ -620,6 +631,7 @@ class Table:
             # before the delta applies: a lookup that starts once this upsert has returned must
             # not take the direct path, which reads the base rows only
             self._direct_gather = None
+            self._direct_bags = None
             self._delta.apply(target, tier_of, encoded, np.zeros(0, np.int64), keys[new])
             return self._advance(sequence)
 

@@ -49,6 +49,12 @@ def direct_gather_ids(arr: Any) -> bool:
     return type(arr) is np.ndarray and arr.dtype is INT64 and arr.ndim == 1
 
 
+def direct_bag_arrays(ids: Any, offsets: Any) -> bool:
+    """Whether ids and offsets are both what the one-call bag kernels take unconverted and
+    unchecked (`Codec.direct_bags`, compiled for C-contiguous (n,) int64 arrays)."""
+    return _flat_int64(ids) and _flat_int64(offsets)
+
+
 def check_table_input(x: Any) -> np.ndarray:
     """Return the training table as C-contiguous float32 `(n, d)`.
 

@@ -95,21 +95,37 @@ def query_vectors(prepared: Prepared) -> np.ndarray:
     return prepared.queries
 
 
-def bind_direct_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray], int]:
-    """`Codec.direct_gather` of a numba kernel(*bound, ids, out): bound are the codec's own arrays
-    and values. Calls the kernel's compiled entry point rather than its dispatcher, which resolves
-    every argument's type on every call (0.2 µs of a 2 µs one-id lookup). The entry point is the
-    one for ids of any layout (numba's 'A'), so callers need not read the ids' flags to prove them
-    contiguous (`validation.direct_gather_ids`); out is a fresh C-contiguous float32 (b, dim).
-    Compiles (or loads from numba's cache) that overload now; falls back to the dispatcher where
-    numba keeps no entry point."""
+def _bound_entry_point(kernel: Any, bound: tuple[Any, ...], sample: tuple[Any, ...]) -> Callable[..., int]:
+    """kernel with its leading arguments `bound`, as its compiled entry point for the types of
+    `sample` (the call-time arguments; the kernel is run on them once, so they must make it write
+    nothing). The entry point skips the dispatcher, which resolves every argument's type on every
+    call (0.2 µs of a 2 µs one-id lookup); the dispatcher itself where numba keeps none."""
     start_threading_layer()  # the kernels read the thread count by the layer's symbol
-    ids = np.full(4, -1, dtype=np.int64)[::2]  # two strided ids, typed as an array of any layout
-    out = np.empty((2, dim), dtype=np.float32)  # (out of range: the kernel writes nothing)
-    kernel(*bound, ids, out)
-    compiled = kernel.overloads.get(tuple(numba.typeof(value) for value in (*bound, ids, out)))
+    kernel(*bound, *sample)
+    compiled = kernel.overloads.get(tuple(numba.typeof(value) for value in (*bound, *sample)))
     entry = getattr(compiled, "entry_point", None)
     return partial(entry if entry is not None else kernel, *bound)
+
+
+def bind_direct_gather(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray], int]:
+    """`Codec.direct_gather` of a numba kernel(*bound, ids, out): bound are the codec's own arrays
+    and values. Compiled (or loaded from numba's cache) now for ids of any layout (numba's 'A'),
+    so callers need not read the ids' flags to prove them contiguous
+    (`validation.direct_gather_ids`); out is a fresh C-contiguous float32 (b, dim)."""
+    ids = np.full(4, -1, dtype=np.int64)[::2]  # two strided ids, typed as an array of any layout
+    out = np.empty((2, dim), dtype=np.float32)  # (out of range: the kernel writes nothing)
+    return _bound_entry_point(kernel, bound, (ids, out))
+
+
+def bind_direct_bags(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray, np.ndarray, bool, np.ndarray], int]:
+    """`Codec.direct_bags` of a numba kernel(*bound, ids, offsets, mean, out), as
+    `bind_direct_gather` but for C-contiguous ids and offsets (`validation.direct_bag_arrays`):
+    bags of 16,384 int8 ids typed as any layout took 3-9 % longer, more than reading the flags
+    costs; out is a fresh C-contiguous float32 (B, dim)."""
+    ids = np.full(2, -1, dtype=np.int64)  # out of range: the kernel writes nothing
+    offsets = np.zeros(2, dtype=np.int64)
+    out = np.empty((2, dim), dtype=np.float32)
+    return _bound_entry_point(kernel, bound, (ids, offsets, False, out))
 
 
 class Codec(ABC):
@@ -267,6 +283,13 @@ class Codec(ABC):
         and decode)."""
         return None
 
+    def direct_bags(self) -> Callable[[np.ndarray, np.ndarray, bool, np.ndarray], int] | None:
+        """`direct_gather` of pooled lookups: a kernel that pools ids (m,) int64 by offsets (B,)
+        int64 (neither checked yet; mean when the bool says so, else sum) into out (B, dim) float32
+        in one call -> -1, or a non-negative number, out untouched, when an id or an offset is
+        wrong. None where the codec has no such kernel (bags then check their input and decode)."""
+        return None
+
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:
         """keys (b,) int64 through a key map's slot table (`hashmap.build`) -> their rows (b, dim)
         float32, None when some key is absent, and how many are. Codecs whose gather can probe
@@ -379,6 +402,9 @@ class Codec(ABC):
         direct = self.direct_gather()
         if direct is not None:
             direct(ids, np.empty((ids.shape[0], self.dim), np.float32))
+        direct_bags = self.direct_bags()
+        if direct_bags is not None:
+            direct_bags(ids, np.array([0, 1], dtype=np.int64), True, np.empty((2, self.dim), np.float32))
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         # lookups from the first update on read base and delta rows together (`decode_merged`):
         # compiled now, not in the first lookup after an update. A delta's rows are writable

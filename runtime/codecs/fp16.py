@@ -8,7 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_gather, query_vectors
+from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
@@ -55,6 +55,9 @@ class Fp16Codec(Codec):
 
     def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
         return bind_direct_gather(dense.fp16_gather_checked_into, self.dim, self._bits16, self.parallel_min_ids)
+
+    def direct_bags(self) -> Callable[[np.ndarray, np.ndarray, bool, np.ndarray], int] | None:
+        return bind_direct_bags(dense.fp16_bags_checked_into, self.dim, self._bits16, self.parallel_min_ids)
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         return self.arrays["values"][start:stop].astype(np.float32)

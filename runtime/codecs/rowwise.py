@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_gather, query_vectors
+from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
@@ -44,6 +44,11 @@ class RowwiseCodec(Codec):
     def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
         return bind_direct_gather(
             rowwise.gather_checked_into, self.dim, self.arrays["rows"], self.dim, self.bits, self.parallel_min_ids
+        )
+
+    def direct_bags(self) -> Callable[[np.ndarray, np.ndarray, bool, np.ndarray], int] | None:
+        return bind_direct_bags(
+            rowwise.bags_checked_into, self.dim, self.arrays["rows"], self.dim, self.bits, self.parallel_min_ids
         )
 
     def decode_keys(self, slots: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray | None, int]:

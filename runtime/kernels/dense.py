@@ -7,7 +7,15 @@ from numba import njit, prange
 
 from runtime.kernels.checks import first_out_of_range
 from runtime.kernels.intrinsics import PREFETCH_DISTANCE, half_to_float, prefetch_row
-from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, bag_bounds, bag_tasks, bags_numpy, kernel_tasks
+from runtime.kernels.rowwise import (
+    DEFAULT_PARALLEL_MIN_IDS,
+    bag_bounds,
+    bag_input_fault,
+    bag_tasks,
+    bags_numpy,
+    kernel_bag_tasks,
+    kernel_tasks,
+)
 
 
 @njit(nogil=True, cache=True)
@@ -93,14 +101,39 @@ def _fp16_bags_into(
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def _fp16_bags_chunks_into(
+    bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool, nchunks: int, out: np.ndarray
+) -> None:
+    """`_fp16_bags_into` of every bag, one contiguous run of bags a task (`nchunks`)."""
+    nbags = offsets.shape[0]
+    for c in prange(nchunks):
+        _fp16_bags_into(bits16, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, mean, out)
+
+
+@njit(nogil=True, cache=True)
 def fp16_bags_chunked(bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool, nchunks: int) -> np.ndarray:
     """EmbeddingBag pooling straight from fp16 rows: bits16 (n, d) uint16 (raw fp16 bits), ids (m,)
     int64, offsets (B,) int64 -> (B, d) float32, one contiguous run of bags a task (`nchunks`)."""
-    nbags = offsets.shape[0]
-    out = np.empty((nbags, bits16.shape[1]), dtype=np.float32)
-    for c in prange(nchunks):
-        _fp16_bags_into(bits16, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, mean, out)
+    out = np.empty((offsets.shape[0], bits16.shape[1]), dtype=np.float32)
+    _fp16_bags_chunks_into(bits16, ids, offsets, mean, nchunks, out)
     return out
+
+
+@njit(nogil=True, cache=True)
+def fp16_bags_checked_into(
+    bits16: np.ndarray, min_ids: int, ids: np.ndarray, offsets: np.ndarray, mean: bool, out: np.ndarray
+) -> int:
+    """`rowwise.bags_checked_into` of fp16 rows: ids and offsets checked, threads chosen and bags
+    pooled into out (B, d) float32 in one call -> -1, or `bag_input_fault`'s answer."""
+    fault = bag_input_fault(ids, offsets, bits16.shape[0])
+    if fault >= 0:
+        return fault
+    tasks = kernel_bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    if tasks > 1:
+        _fp16_bags_chunks_into(bits16, ids, offsets, mean, tasks, out)
+    else:
+        _fp16_bags_into(bits16, ids, offsets, 0, offsets.shape[0], mean, out)
+    return -1
 
 
 @njit(nogil=True, cache=True)

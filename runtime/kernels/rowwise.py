@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.checks import first_out_of_range
+from runtime.kernels.checks import first_bad_offset, first_out_of_range
 from runtime.kernels.hashmap import probe_into
 from runtime.kernels.intrinsics import half_from_bytes, prefetch_row_into, thread_count
 from runtime.kernels.simd import (
@@ -55,9 +55,27 @@ def kernel_tasks(n_ids: int, min_ids: int) -> int:
 def bag_tasks(n_ids: int, nbags: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS) -> int:
     """How many tasks pool a batch of bags (one contiguous run of bags each): 1, the calling
     thread, unless the batch is large enough for `use_parallel` and has more than one bag."""
-    if nbags < 2 or not use_parallel(n_ids, min_ids):
+    if nbags < 2:
         return 1
-    return min(numba.get_num_threads(), nbags)
+    threads: int = numba.get_num_threads()  # ~0.7 µs a call: read once
+    return min(threads, nbags) if n_ids >= min_ids and threads > 1 else 1
+
+
+@njit(inline="always", nogil=True, cache=True)
+def kernel_bag_tasks(n_ids: int, nbags: int, min_ids: int) -> int:
+    """`bag_tasks`'s rule read inside a kernel."""
+    return min(kernel_tasks(n_ids, min_ids), nbags) if nbags > 1 else 1
+
+
+@njit(inline="always", nogil=True, cache=True)
+def bag_input_fault(ids: np.ndarray, offsets: np.ndarray, rows: int) -> int:
+    """-1 when ids (m,) int64 all lie in [0, rows) and offsets (B,) int64 are EmbeddingBag offsets
+    of m ids; else the position of the first id out of range, or 0 for bad offsets (a one-call
+    bag kernel's test: the general path then names what is wrong)."""
+    bad = first_out_of_range(ids, rows)
+    if bad < 0 and first_bad_offset(offsets, ids.shape[0]) >= 0:
+        return 0
+    return bad
 
 
 def packed_bytes(dim: int, bits: int) -> int:
@@ -786,6 +804,23 @@ def _bags_into(
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def _bags_chunks_into(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    dim: int,
+    bits: int,
+    mean: bool,
+    nchunks: int,
+    out: np.ndarray,
+) -> None:
+    """`_bags_into` of every bag with one contiguous run of bags a task (`nchunks`, one a thread)."""
+    nbags = offsets.shape[0]
+    for c in prange(nchunks):
+        _bags_into(rows, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, dim, bits, mean, out)
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def bags_chunked(
     rows: np.ndarray,
     ids: np.ndarray,
@@ -796,11 +831,36 @@ def bags_chunked(
     nchunks: int,
 ) -> np.ndarray:
     """`bags` with one contiguous run of bags a task (`nchunks`, one a thread)."""
-    nbags = offsets.shape[0]
-    out = np.empty((nbags, dim), dtype=np.float32)
-    for c in prange(nchunks):
-        _bags_into(rows, ids, offsets, c * nbags // nchunks, (c + 1) * nbags // nchunks, dim, bits, mean, out)
+    out = np.empty((offsets.shape[0], dim), dtype=np.float32)
+    _bags_chunks_into(rows, ids, offsets, dim, bits, mean, nchunks, out)
     return out
+
+
+@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
+def bags_checked_into(
+    rows: np.ndarray,
+    dim: int,
+    bits: int,
+    min_ids: int,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    mean: bool,
+    out: np.ndarray,
+) -> int:
+    """`bags` of ids (m,) int64 and offsets (B,) int64, neither checked yet, into out (B, dim)
+    float32 in one call: both checked, the threads chosen (`bag_tasks`'s rule) and the bags pooled
+    -> -1, or, out left as it was, `bag_input_fault`'s answer. As Python steps (two checks, the
+    thread count, the kernel) a bag lookup paid ~2-4 µs more. The table's own arguments come first,
+    so a codec binds them once (`Codec.direct_bags`)."""
+    fault = bag_input_fault(ids, offsets, rows.shape[0])
+    if fault >= 0:
+        return fault
+    tasks = kernel_bag_tasks(ids.shape[0], offsets.shape[0], min_ids)
+    if tasks > 1:
+        _bags_chunks_into(rows, ids, offsets, dim, bits, mean, tasks, out)
+    else:
+        _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, out)
+    return -1
 
 
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)

@@ -172,6 +172,48 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     )
 
 
+@given(quantized_rows(), st.data())
+def test_checked_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
+    start_threading_layer()  # as Codec.direct_bags does before the kernels' first call
+    # ids and offsets are checked inside the one-call bag kernels: every bag pooled, or, for an id
+    # outside [0, n) (its position) or broken offsets (0), an untouched output. Strided ids and
+    # offsets too (the bound kernels take contiguous ones; the kernels themselves any)
+    rows, ids, dim, bits = case
+    n = rows.shape[0]
+    offsets = np.array(sorted(data.draw(st.lists(st.integers(0, ids.size), max_size=6))), dtype=np.int64)
+    if offsets.size:
+        offsets[0] = 0
+    if ids.size and data.draw(st.booleans()):
+        ids = ids.copy()
+        ids[data.draw(st.integers(0, ids.size - 1))] = data.draw(st.sampled_from([-1, n, n + 7, -(2**63), 2**63 - 1]))
+    if offsets.size and data.draw(st.booleans()):
+        offsets = offsets.copy()
+        offsets[data.draw(st.integers(0, offsets.size - 1))] = data.draw(st.sampled_from([-1, 1, ids.size + 1]))
+    if data.draw(st.booleans()):
+        ids, offsets = np.repeat(ids, 2)[::2], np.repeat(offsets, 2)[::2]
+    mean = data.draw(st.booleans())
+    min_ids = data.draw(st.sampled_from([0, 1, 3, DEFAULT_PARALLEL_MIN_IDS]))
+    want = checks.first_out_of_range_numpy(ids, n)
+    if want < 0 and checks.first_bad_offset_numpy(offsets, ids.size) >= 0:
+        want = 0
+    out = np.full((offsets.size, dim), 7.0, np.float32)
+    assert rowwise.bags_checked_into(rows, dim, bits, min_ids, ids, offsets, mean, out) == want
+    if want < 0:
+        twin = rowwise.bags_numpy(rowwise.dequantize_numpy(rows, ids, dim, bits), offsets, mean)
+        np.testing.assert_allclose(out, twin, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(out, rowwise.bags_serial(rows, ids, offsets, dim, bits, mean))
+    else:
+        assert (out == 7.0).all()
+    values = rowwise.dequantize_numpy(rows, np.arange(n), dim, bits).astype(np.float16)
+    half_out = np.full((offsets.size, dim), 7.0, np.float32)
+    assert dense.fp16_bags_checked_into(values.view(np.uint16), min_ids, ids, offsets, mean, half_out) == want
+    if want < 0:
+        np.testing.assert_allclose(half_out, dense.fp16_bags_numpy(values, ids, offsets, mean), rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(half_out, dense.fp16_bags_serial(values.view(np.uint16), ids, offsets, mean))
+    else:
+        assert (half_out == 7.0).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.sampled_from([8, 4]),

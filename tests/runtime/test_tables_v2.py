@@ -185,12 +185,16 @@ def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
     first upsert on they must go where the delta is read, even once the parallel threshold is set
     again (which binds that kernel anew)."""
     t = runtime.compress(x, codec)
-    t.set_parallel_min_ids(7)  # binds the one-call kernel again, with the new threshold
+    t.set_parallel_min_ids(7)  # binds the one-call kernels again, with the new threshold
     assert t._direct_gather is not None and t._direct_gather.args[-1] == 7  # type: ignore[attr-defined]
+    assert t._direct_bags is not None and t._direct_bags.args[-1] == 7  # type: ignore[attr-defined]
     t.set_parallel_min_ids(512)
     four = np.array([4], dtype=np.int64)
     many = np.arange(4, 4 + 600, dtype=np.int64) % x.shape[0]  # past the parallel threshold
+    halves = np.array([0, 300], dtype=np.int64)
     before, before_many = t.lookup(four), t.lookup(many)
+    before_bags = t.lookup_pooled(many, halves)
+    np.testing.assert_array_equal(before_bags, t.lookup_pooled(many.tolist(), halves.tolist()))
     np.testing.assert_array_equal(before, t.lookup([4]))
     np.testing.assert_array_equal(before_many, t.lookup(many.tolist()))
     t.upsert(four, x[20:21])
@@ -205,6 +209,12 @@ def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
         np.testing.assert_array_equal(t.lookup_counted(four)[0], want)
         np.testing.assert_array_equal(t.lookup(np.array([4, 5], dtype=np.int64))[0], want[0])
         np.testing.assert_array_equal(t.lookup(many), want_many)
+        np.testing.assert_allclose(
+            t.lookup_pooled(many, halves),
+            np.stack([want_many[:300].sum(0), want_many[300:].sum(0)]),
+            rtol=1e-5,
+            atol=1e-4,
+        )
 
 
 def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
