@@ -102,9 +102,7 @@ class BlockedCodes:
         if blocked is None:
             return scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
         tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-        # one chunk a thread: every chunk fills its own heap, and at this scan speed the
-        # heap pushes are a large share of the time
         keys, ids = fastscan.fastscan_topk(
-            blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows, per_thread=1)
+            blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows)
         )
         return ids, query.scores(keys)

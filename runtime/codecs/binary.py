@@ -139,7 +139,7 @@ class BinaryCodec(Codec):
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
         codes = self.arrays["codes"]
         if prepared.metric == "hamming":
-            keys, ids = scan.hamming_topk(codes, prepared.data, k, scan_chunks(self.rows, per_thread=1))
+            keys, ids = scan.hamming_topk(codes, prepared.data, k, scan_chunks(self.rows))
             return ids, -keys
         return adc.scan_topk(codes.view(np.uint8), prepared.data, k, scan_chunks(self.rows), False)
 
