@@ -2,8 +2,10 @@
 
 Every figure is the median of `--reps` timed repetitions after warm-up (lookups of at most 64
 ids: of 101, a call taking microseconds); ours and the peer's are
-timed alternately in this one process and reported as a ratio, at 1 and 2 threads (numba, torch
-and Faiss all set to the same count). Data: a low-rank Gaussian signal plus full-rank noise,
+timed alternately in this one process, each timed call right after an untimed call of its own
+(as in a server's steady use: the caches hold what that function last read, not what another
+read), and reported as a ratio, at 1 and 2 threads (numba, torch and Faiss all set to the same
+count). Data: a low-rank Gaussian signal plus full-rank noise,
 float32, seeded; lookups draw ids uniformly and Zipf(1.1) over a random permutation, a pool of
 distinct batches for each measurement, so no call reads a batch an earlier one read (Zipf's hot
 rows recur, as they do in use).
@@ -140,7 +142,8 @@ WARM_ROUNDS = 50
 
 def alternate(fns: list[Callable[[int], object]], reps: int, pool: int) -> list[float]:
     """Median seconds of each fn(i) (i picks a batch from the pool), timed alternately, each
-    repetition starting with the next fn."""
+    repetition starting with the next fn; every timed call comes right after an untimed one of
+    the same fn on the batch before it (a pool of 2 * reps + 2 batches keeps them all distinct)."""
     for fn in fns:  # warm-up: compile, fault pages in
         fn(0)
         fn(1 % pool)
@@ -154,15 +157,24 @@ def alternate(fns: list[Callable[[int], object]], reps: int, pool: int) -> list[
             break
         for fn in fns:
             fn(rep % min(2, pool))
-    # the order rotates: repetition r starts with fns[r % n]. In a fixed order the first fn always
-    # ran right after the last one's cache and TLB sweep (numpy's float32 gathers are the largest)
-    # and paid for it: on the EPYC the same kernel timed 1.3-2x slower first than later in a round
+    # The call before a timed one decides much of its time, so each timed call follows a call of
+    # its own fn, the state of a server answering one request after another. Rotating the order
+    # alone left each fn the same predecessor: on the 2-core EPYC, 1,024 bags of 32 int8 ids at
+    # 2 threads took ours 646 us after numpy's float32 gather (16 MiB read, 16 MiB written),
+    # 381 us after FBGEMM's call and 315 us after its own; FBGEMM took 894, 673 and 573 us after
+    # numpy, ours and its own: 1.38x FBGEMM's speed with both after numpy, 1.82x after their own,
+    # but 1.04x in the rotation, where ours always followed numpy and FBGEMM always followed ours
+    # (the bag rows of 1,024 ids at 2 threads "missed" at 0.89-0.99x). A random order each
+    # repetition would mix predecessors into the median; sweeping the caches before each call
+    # evicts the code and interpreter state too (a one-id lookup 1.8 -> 7 us). The order still
+    # rotates (repetition r starts with fns[r % n]), so no fn is always first after the warm-up
     times: list[list[float]] = [[] for _ in fns]
     for rep in range(reps):
         for step in range(len(fns)):
             j = (rep + step) % len(fns)
+            fns[j]((2 * rep + 2) % pool)
             start = time.perf_counter()
-            fns[j]((rep + 2) % pool)
+            fns[j]((2 * rep + 3) % pool)
             times[j].append(time.perf_counter() - start)
     return [float(np.median(t)) for t in times]
 
@@ -252,7 +264,7 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
         draw = id_sampler(cfg.rows, dist, rng)
         for batch in cfg.batches:
             reps = max(cfg.reps, SMALL_BATCH_REPS) if batch <= 64 and not cfg.smoke else cfg.reps
-            pool_size = max(cfg.pool, reps + 2)
+            pool_size = max(cfg.pool, 2 * reps + 2)
             for pooled in (False, True):
                 if pooled and batch < 32:
                     continue
@@ -736,7 +748,8 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
         f"numba {m['numba']} ({m['threading_layer']}), torch {m['torch']}, faiss {m['faiss']}.",
         f"Kernels compiled for LLVM CPU {m['kernels']['llvm_cpu']} with {m['kernels']['vector_width']} vectors; "
         f"features used: {', '.join(m['kernels']['features'])}.",
-        f"Data: {cfg.rows:,} × {cfg.dim} float32; medians of {cfg.reps} alternated repetitions; k = {cfg.k}.",
+        f"Data: {cfg.rows:,} × {cfg.dim} float32; medians of {cfg.reps} alternated repetitions "
+        f"(each timed call after an untimed one of the same function); k = {cfg.k}.",
         f"Memory copy bandwidth: {extra['copy_bandwidth_gbs']:.1f} GB/s (read + write).",
         "",
         "Ratio = ours / peer: for rates (rows/s, queries/s) higher is better, for times (ms, µs) lower is better.",

@@ -46,9 +46,10 @@ def bench_tables(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     dense = runtime.compress(x, "int8")
     keyed = runtime.compress(x, "int8", keys=keys)
     # a lookup takes ~0.1 ms: many timed calls for a steady median, each on a batch of its own (and
-    # new batches for each thread count) so every one meets a cold cache, as the other rows' do
+    # new batches for each thread count) so every one meets a cold cache, as the other rows' do;
+    # `alternate` runs each timed call after an untimed one, hence two batches a repetition
     lookup_reps = cfg.reps if cfg.smoke else max(cfg.reps, LOOKUP_REPS)
-    row_batches = {t: [rng.integers(0, n, 1024) for _ in range(lookup_reps + 2)] for t in cfg.threads}
+    row_batches = {t: [rng.integers(0, n, 1024) for _ in range(2 * lookup_reps + 2)] for t in cfg.threads}
     hot = max(1, int(n * HOT_SHARE))
     pq: dict[str, Any] = {"subspaces": 16, "bits": 8, "iterations": 4 if cfg.smoke else 10}
     one_tier = runtime.compress(x, "pq", **pq)
