@@ -143,7 +143,9 @@ WARM_ROUNDS = 50
 def alternate(fns: list[Callable[[int], object]], reps: int, pool: int) -> list[float]:
     """Median seconds of each fn(i) (i picks a batch from the pool), timed alternately, each
     repetition starting with the next fn; every timed call comes right after an untimed one of
-    the same fn on the batch before it (a pool of 2 * reps + 2 batches keeps them all distinct)."""
+    the same fn on the batch before it. Batches 0 and 1 are the warm-up's; a pool of at least
+    2 * reps + 2 gives every later call a batch no other call of that fn reads (the scans' pools of
+    16 queries repeat, which does not matter where every call reads all the codes)."""
     for fn in fns:  # warm-up: compile, fault pages in
         fn(0)
         fn(1 % pool)
@@ -542,14 +544,15 @@ def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
     # the peer side reads its own copy of the codes: sharing one array, whichever side runs second
     # would find the candidates' rows already in cache
     peer = copy.deepcopy(pq)
-    qids = [rng.integers(0, cfg.rows, 1) for _ in range(cfg.pool)]
-    cands = [rng.integers(0, cfg.rows, (1, 1000)) for _ in range(cfg.pool)]
+    pool = 2 * cfg.reps + 2  # `alternate`'s untimed and timed calls each read a pair of their own
+    qids = [rng.integers(0, cfg.rows, 1) for _ in range(pool)]
+    cands = [rng.integers(0, cfg.rows, (1, 1000)) for _ in range(pool)]
     for threads in cfg.threads:
         set_threads(threads)
         a, b = alternate(
             [lambda i: pq.search_by_id(qids[i], cfg.k, "ip"), lambda i: peer.search(peer.decode(qids[i]), cfg.k, "ip")],
             cfg.reps,
-            cfg.pool,
+            pool,
         )
         rows_out.append(
             Row(
@@ -568,7 +571,7 @@ def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
                 lambda i: peer.score(peer.prepare("ip", queries=peer.decode(qids[i])), cands[i]),
             ],
             cfg.reps,
-            cfg.pool,
+            pool,
         )
         rows_out.append(
             Row(

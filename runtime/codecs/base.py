@@ -36,11 +36,12 @@ DENSE_BLOCK_ROWS = 16384
 
 
 def scan_chunks(rows: int) -> int:
-    """How many row chunks a fused scan kernel splits the table into: one a thread (tables of at
-    least 32,768 rows a chunk). A chunk fills a heap of its own and its top k are merged; numba
-    hands each thread a contiguous run of chunks, so more chunks balanced nothing. Four a thread
-    took 3-14 % longer than one for PQ M=16 8-bit (1M × 128, nq 1 and 64, 1 and 2 threads) and
-    1-5 % for the int8 / int4 / fp16 row scans on an AMD EPYC."""
+    """How many row chunks a fused scan kernel splits the table into: one a thread, and no more
+    than one per 32,768 rows (rounded up). A chunk fills a heap of its own and its top k are
+    merged; numba hands each thread a contiguous run of chunks, so more chunks balanced nothing.
+    On an AMD EPYC (1M × 128, nq 1 and 64, 1 and 2 threads) four chunks a thread took 6-13 %
+    longer than one for PQ M=16 8-bit, and 1-6 % longer for the int8 / int4 / fp16 row scans in
+    14 of 16 cases (in two, one chunk a thread was 1 % and 5 % slower, and faster when rerun)."""
     return int(max(1, min(numba.get_num_threads(), -(-rows // 32768))))
 
 

@@ -217,6 +217,32 @@ def test_small_lookups_see_an_upsert_at_once(x: np.ndarray, codec: str) -> None:
         )
 
 
+@pytest.mark.parametrize("codec", ["int8", "fp16"])
+def test_one_call_bags_refuse_what_the_general_path_names(x: np.ndarray, codec: str) -> None:
+    """int64 arrays take the one-call bag kernel; what it refuses must still end in the error
+    that names the problem, with nothing written and the table answering as before."""
+    t = runtime.compress(x, codec)
+    assert t._direct_bags is not None
+    ids = np.array([3, 5, 7, 9], dtype=np.int64)
+    offsets = np.array([0, 2], dtype=np.int64)
+    good = t.lookup_pooled(ids, offsets, "mean")
+    np.testing.assert_allclose(good, [t.lookup([3, 5]).mean(0), t.lookup([7, 9]).mean(0)], rtol=1e-5, atol=1e-5)
+    with pytest.raises(runtime.IdOutOfRange, match=rf"ids\[2\] = {N}"):
+        t.lookup_pooled(np.array([3, 5, N, 9], dtype=np.int64), offsets)
+    with pytest.raises(runtime.IdOutOfRange, match=r"ids\[0\] = -1"):
+        t.lookup_pooled(np.array([-1, 5], dtype=np.int64), np.array([0], dtype=np.int64))
+    with pytest.raises(InvalidRequest, match=r"offsets\[0\] must be 0"):
+        t.lookup_pooled(ids, np.array([1, 2], dtype=np.int64))
+    with pytest.raises(InvalidRequest, match="exceeds the number of ids"):
+        t.lookup_pooled(ids, np.array([0, 5], dtype=np.int64))
+    with pytest.raises(InvalidRequest, match=r"non-decreasing; offsets\[2\] = 2"):
+        t.lookup_pooled(ids, np.array([0, 3, 2], dtype=np.int64))
+    empty = t.lookup_pooled(np.zeros(0, dtype=np.int64), np.array([0, 0], dtype=np.int64))
+    assert empty.shape == (2, x.shape[1]) and not empty.any()
+    assert t.lookup_pooled(ids, np.zeros(0, dtype=np.int64)).shape == (0, x.shape[1])
+    np.testing.assert_array_equal(t.lookup_pooled(ids, offsets, "mean"), good)
+
+
 def test_readers_never_see_half_written_rows(x: np.ndarray) -> None:
     t = runtime.compress(x[:100], "int8", keys=np.arange(100, dtype=np.int64) * 3)
     old = t.lookup(np.arange(100) * 3)
