@@ -176,8 +176,8 @@ def test_rowwise_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
 def test_checked_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int], data: st.DataObject) -> None:
     start_threading_layer()  # as Codec.direct_bags does before the kernels' first call
     # ids and offsets are checked inside the one-call bag kernels: every bag pooled, or, for an id
-    # outside [0, n) (its position) or broken offsets (0), an untouched output. Strided ids and
-    # offsets too (the bound kernels take contiguous ones; the kernels themselves any)
+    # outside [0, n) (its position) or broken offsets (0), an untouched output. Contiguous ids and
+    # offsets only, the layout the tables bind them for (each other layout is a long compile)
     rows, ids, dim, bits = case
     n = rows.shape[0]
     offsets = np.array(sorted(data.draw(st.lists(st.integers(0, ids.size), max_size=6))), dtype=np.int64)
@@ -189,8 +189,6 @@ def test_checked_bags_match_numpy(case: tuple[np.ndarray, np.ndarray, int, int],
     if offsets.size and data.draw(st.booleans()):
         offsets = offsets.copy()
         offsets[data.draw(st.integers(0, offsets.size - 1))] = data.draw(st.sampled_from([-1, 1, ids.size + 1]))
-    if data.draw(st.booleans()):
-        ids, offsets = np.repeat(ids, 2)[::2], np.repeat(offsets, 2)[::2]
     mean = data.draw(st.booleans())
     min_ids = data.draw(st.sampled_from([0, 1, 3, DEFAULT_PARALLEL_MIN_IDS]))
     want = checks.first_out_of_range_numpy(ids, n)
