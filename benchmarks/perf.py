@@ -140,12 +140,18 @@ WARM_SECONDS = 0.05
 WARM_ROUNDS = 50
 
 
+def alternate_pool(reps: int) -> int:
+    """Batches `alternate` reads over `reps` repetitions: the warm-up's two, then an untimed and a
+    timed call's a repetition. A pool this large gives every call after the warm-up a batch no
+    other call of the same fn reads."""
+    return 2 * reps + 2
+
+
 def alternate(fns: list[Callable[[int], object]], reps: int, pool: int) -> list[float]:
     """Median seconds of each fn(i) (i picks a batch from the pool), timed alternately, each
     repetition starting with the next fn; every timed call comes right after an untimed one of
-    the same fn on the batch before it. Batches 0 and 1 are the warm-up's; a pool of at least
-    2 * reps + 2 gives every later call a batch no other call of that fn reads (the scans' pools of
-    16 queries repeat, which does not matter where every call reads all the codes)."""
+    the same fn on the batch before it. Pools smaller than `alternate_pool(reps)` repeat batches
+    (the scans' 16 queries do, which does not matter where every call reads all the codes)."""
     for fn in fns:  # warm-up: compile, fault pages in
         fn(0)
         fn(1 % pool)
@@ -266,7 +272,7 @@ def bench_lookup(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
         draw = id_sampler(cfg.rows, dist, rng)
         for batch in cfg.batches:
             reps = max(cfg.reps, SMALL_BATCH_REPS) if batch <= 64 and not cfg.smoke else cfg.reps
-            pool_size = max(cfg.pool, 2 * reps + 2)
+            pool_size = max(cfg.pool, alternate_pool(reps))
             for pooled in (False, True):
                 if pooled and batch < 32:
                     continue
@@ -544,7 +550,7 @@ def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
     # the peer side reads its own copy of the codes: sharing one array, whichever side runs second
     # would find the candidates' rows already in cache
     peer = copy.deepcopy(pq)
-    pool = 2 * cfg.reps + 2  # `alternate`'s untimed and timed calls each read a pair of their own
+    pool = alternate_pool(cfg.reps)
     qids = [rng.integers(0, cfg.rows, 1) for _ in range(pool)]
     cands = [rng.integers(0, cfg.rows, (1, 1000)) for _ in range(pool)]
     for threads in cfg.threads:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import runtime
-from benchmarks.perf import Config, Row, alternate, set_threads
+from benchmarks.perf import Config, Row, alternate, alternate_pool, set_threads
 
 HOT_SHARE = 0.05
 UPDATE_RATE = 10_000
@@ -46,10 +46,9 @@ def bench_tables(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     dense = runtime.compress(x, "int8")
     keyed = runtime.compress(x, "int8", keys=keys)
     # a lookup takes ~0.1 ms: many timed calls for a steady median, each on a batch of its own (and
-    # new batches for each thread count) so every one meets a cold cache, as the other rows' do;
-    # `alternate` runs each timed call after an untimed one, hence two batches a repetition
+    # new batches for each thread count) so every one meets a cold cache, as the other rows' do
     lookup_reps = cfg.reps if cfg.smoke else max(cfg.reps, LOOKUP_REPS)
-    row_batches = {t: [rng.integers(0, n, 1024) for _ in range(2 * lookup_reps + 2)] for t in cfg.threads}
+    row_batches = {t: [rng.integers(0, n, 1024) for _ in range(alternate_pool(lookup_reps))] for t in cfg.threads}
     hot = max(1, int(n * HOT_SHARE))
     pq: dict[str, Any] = {"subspaces": 16, "bits": 8, "iterations": 4 if cfg.smoke else 10}
     one_tier = runtime.compress(x, "pq", **pq)
@@ -135,8 +134,8 @@ def bench_updates(cfg: Config, x: np.ndarray, keys: np.ndarray, rows_out: list[R
         )
     )
     # lookup p99 with and without a writer upserting UPDATE_RATE rows/s in batches of 100
-    # 2 x reps + 2 batches for `alternate` (untimed and timed calls); the p99 loops cycle through 16
-    lookups = [keys[rng.integers(0, n, 1024)] for _ in range(max(16, 2 * cfg.reps + 2))]
+    # as many batches as `alternate` reads, and the 16 the p99 loops cycle through
+    lookups = [keys[rng.integers(0, n, 1024)] for _ in range(max(16, alternate_pool(cfg.reps)))]
     served = runtime.compress(x, "int8", keys=keys)
     # what a delta costs a read: the table just upserted into against a fresh copy of it
     with_delta, without = alternate(

@@ -223,12 +223,12 @@ def _prefetch_first(rows: np.ndarray, ids: np.ndarray, first: int, stop: int) ->
 
 
 @njit(inline="always", nogil=True, cache=True)
-def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int, stop: int) -> None:
+def _prefetch_ahead(rows: np.ndarray, ids: np.ndarray, t: int) -> None:
     """Ask for the rows ROW_PREFETCH_DISTANCE (into L2) and ROW_PREFETCH_NEAR (into L1) ids after
-    position t of ids, where such ids come before position `stop`."""
-    if t + ROW_PREFETCH_DISTANCE < stop:
+    position t of ids, across bag boundaries, where ids has them."""
+    if t + ROW_PREFETCH_DISTANCE < ids.shape[0]:
         _prefetch_lines(rows, ids[t + ROW_PREFETCH_DISTANCE], False)
-    if t + ROW_PREFETCH_NEAR < stop:
+    if t + ROW_PREFETCH_NEAR < ids.shape[0]:
         _prefetch_lines(rows, ids[t + ROW_PREFETCH_NEAR], True)
 
 
@@ -546,7 +546,7 @@ def _bias_pass(rows: np.ndarray, ids: np.ndarray, start: int, stop: int) -> np.f
     first pass where its rows are too short for a vector pass."""
     bias = np.float32(0.0)
     for t in range(start, stop):
-        _prefetch_ahead(rows, ids, t, ids.shape[0])
+        _prefetch_ahead(rows, ids, t)
         bias += _row_bias(rows[ids[t]])
     return bias
 
@@ -768,7 +768,7 @@ def _bags2_into(
         start, stop, inv = bag_bounds(offsets, b, ids.shape[0], mean)
         out[b, :] = 0.0
         for t in range(start, stop):
-            _prefetch_ahead(rows, ids, t, ids.shape[0])
+            _prefetch_ahead(rows, ids, t)
             _dequant_row(rows[ids[t]], dim, 2, decoded)
             for j in range(dim):
                 out[b, j] += decoded[j]
