@@ -39,7 +39,7 @@ import numpy as np
 
 import runtime
 from runtime.codecs.binary import BinaryCodec, pack_signs
-from runtime.kernels import cpu
+from runtime.kernels import cpu, fastscan, fastscan8
 
 
 def _optional(module: str) -> Any:
@@ -330,6 +330,13 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
 
 
+def _pq_scan_path(m: int, bits: int) -> str:
+    """Which scan kernel a PQ table of M subspaces and `bits` bits takes on this machine."""
+    if bits == 4:
+        return "4-bit fast scan" if fastscan.AVAILABLE else "scalar ADC scan"
+    return "8-bit fast scan (VBMI permutes)" if fastscan8.supported(m) else "scalar ADC scan"
+
+
 def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runtime.Table]:
     rng = np.random.default_rng(2)
     query_pool = [
@@ -378,6 +385,7 @@ def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runti
                         "recall_at_10_ours": ours_recall,
                         "recall_at_10_peer": peer_recall,
                         "bytes_read": int(table.primary.arrays["codes"].nbytes),
+                        "path": _pq_scan_path(m, bits),
                     }
                     if nq == 1:
                         rows_out.append(
@@ -784,6 +792,8 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
             if "bytes_read" in r.extra and "nq" in r.extra and r.unit == "queries/s":
                 # codes are read once per call, whatever the number of queries
                 notes.append(f"{r.extra['bytes_read'] * r.ours / r.extra['nq'] / 1e9:.1f} GB/s of codes")
+            if "path" in r.extra:
+                notes.append(r.extra["path"])
             if r.section == "lookup" and r.extra.get("reps", cfg.reps) != cfg.reps:
                 notes.append(f"median of {r.extra['reps']}")
             if "bytes_read" in r.extra and r.unit == "s":

@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.artifact import release_pages
 from runtime.codecs.base import Prepared, scan_chunks
-from runtime.kernels import fastscan, scan
+from runtime.kernels import fastscan, fastscan8, scan
 
 EMPTY = np.empty(0, np.float32)
 
@@ -69,7 +69,8 @@ def score_candidates(codes: np.ndarray, candidates: np.ndarray, query: LutQuery,
 class BlockedCodes:
     """Code storage shared by the additive-code codecs (PQ, RQ): rows of uint8 codes in
     `arrays["codes"]`, which 4-bit codecs re-lay at load in fast-scan blocks where the CPU has the
-    kernel. Then the blocked layout is what requests read, and what `nbytes` counts."""
+    kernel. Then the blocked layout is what requests read, and what `nbytes` counts. 8-bit codes
+    keep their layout: their fast scan (`fastscan8`) transposes blocks in registers as it reads."""
 
     arrays: dict[str, np.ndarray]
     derived: dict[str, np.ndarray]
@@ -95,12 +96,20 @@ class BlockedCodes:
         return self.arrays["codes"][ids] if blocked is None else fastscan.row_codes(blocked, ids)
 
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """ADC top k over every row for a prepared `LutQuery`: the fast scan over the blocked
-        layout where it is held, else the scalar scan over the stored codes."""
+        """ADC top k over every row for a prepared `LutQuery`: the 4-bit fast scan over the blocked
+        layout where it is held, the 8-bit one over the stored codes where the CPU and the code
+        width allow it, else the scalar scan over the stored codes."""
         query: LutQuery = prepared.data
         blocked = self.derived.get("blocked_codes")
         if blocked is None:
-            return scan_topk(self.arrays["codes"], query, k, scan_chunks(self.rows), self._four_bit)
+            codes = self.arrays["codes"]
+            if not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous:
+                tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
+                keys, ids = fastscan8.fastscan8_topk(
+                    codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)
+                )
+                return ids, query.scores(keys)
+            return scan_topk(codes, query, k, scan_chunks(self.rows), self._four_bit)
         tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
         keys, ids = fastscan.fastscan_topk(
             blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows)

@@ -16,7 +16,7 @@ import numba
 from llvmlite import binding
 
 WIDE = ("avx512f", "avx512bw", "avx512vl")
-REPORTED = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512vpopcntdq")
+REPORTED = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512vnni", "avx512vpopcntdq")
 
 
 def host_features() -> dict[str, bool]:

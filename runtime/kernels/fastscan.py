@@ -351,8 +351,7 @@ def _scan_group(
     (in `quad_tables` order where WIDE); `stream`: the blocks come from memory (the first query
     of a group), so prefetch ahead."""
     kk = heap_keys.shape[0]
-    worst = heap_keys[0] if size == kk else -np.inf
-    limit = _threshold(worst, bias, scale, slack) if size == kk else 0
+    limit = _threshold(heap_keys[0], bias, scale, slack) if size == kk else 0
     block_bytes = blocked.shape[1] * BLOCK_ROWS
     ahead = max(1, STREAM_PREFETCH_BYTES // block_bytes)
     for b in range(first_block, stop_block):
@@ -363,20 +362,47 @@ def _scan_group(
         if mask == 0:
             continue
         base = b * 32
-        pending = np.int64(mask)
-        if base + 32 > n:  # padding rows of the last block
-            pending &= (np.int64(1) << (n - base)) - 1
-        while pending != 0:
-            lowest = pending & -pending
-            pending ^= lowest
-            j = np.int64(popcount64(np.uint64(lowest - 1)))
-            # the float scan's exact sum, in its order
-            s = _code_row_sum(blocked[b, :, j], flat_lut, True)
-            if s > worst:
-                size = heap_push(heap_keys, heap_ids, size, s, base + j)
-                if size == kk:
-                    worst = heap_keys[0]
-                    limit = _threshold(worst, bias, scale, slack)
+        size = offer_passed(passed_rows(mask, base, n), blocked[b].T, True, flat_lut, base, heap_keys, heap_ids, size)
+        if size == kk:
+            limit = _threshold(heap_keys[0], bias, scale, slack)
+    return size
+
+
+@njit(inline="always", nogil=True, cache=True)
+def passed_rows(mask: int, base: int, n: int) -> np.uint64:
+    """A block's mask of rows that passed the bound (bit j: row base + j), padding rows past n
+    cleared."""
+    pending = np.uint64(mask)
+    if n - base < 64:
+        pending &= (np.uint64(1) << np.uint64(n - base)) - np.uint64(1)
+    return pending
+
+
+@njit(inline="always", nogil=True, cache=True)
+def offer_passed(
+    pending: np.uint64,
+    rows: np.ndarray,
+    four_bit: bool,
+    flat_lut: np.ndarray,
+    base: int,
+    heap_keys: np.ndarray,
+    heap_ids: np.ndarray,
+    size: int,
+) -> int:
+    """Rescore row base + j for every set bit j of `pending`, lowest first, with the float tables
+    in the float scan's order (so the fast scans' results are the scalar scan's), and offer it to
+    a heap; rows[j] holds that row's codes (any stride). Returns the heap's size."""
+    kk = heap_keys.shape[0]
+    worst = heap_keys[0] if size == kk else -np.inf
+    while pending != 0:
+        lowest = pending & (~pending + np.uint64(1))
+        pending ^= lowest
+        j = np.int64(popcount64(lowest - np.uint64(1)))
+        s = _code_row_sum(rows[j], flat_lut, four_bit)
+        if s > worst:
+            size = heap_push(heap_keys, heap_ids, size, s, base + j)
+            if size == kk:
+                worst = heap_keys[0]
     return size
 
 

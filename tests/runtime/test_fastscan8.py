@@ -1,0 +1,135 @@
+"""The 8-bit fast-scan kernel against its numpy twins and against the float ADC scan it replaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import runtime
+from runtime.kernels import fastscan, fastscan8, scan, topk
+
+needs_vbmi = pytest.mark.skipif(
+    not fastscan8.AVAILABLE, reason="the permute kernel needs AVX-512 VBMI (CPU and numba target)"
+)
+EMPTY = np.empty(0, np.float32)
+
+
+@st.composite
+def eight_bit_tables(draw: st.DrawFn, min_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """-> row-major codes (n, M) uint8 with M a width the kernel takes, luts (q, M, 256) float32."""
+    m = draw(st.sampled_from(fastscan8.WIDTHS))
+    n = draw(st.integers(min_rows, 300))
+    nq = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    codes = rng.integers(0, 256, (n, m)).astype(np.uint8)
+    kind = draw(st.sampled_from(["normal", "ties", "constant", "offset", "wide", "top codes"]))
+    if kind == "ties":  # few distinct sums: ids break the ties
+        luts = rng.integers(0, 3, (nq, m, 256)).astype(np.float32) / 4
+    elif kind == "constant":  # zero span: every row sums alike
+        luts = np.full((nq, m, 256), 0.5, dtype=np.float32)
+    elif kind == "offset":  # large magnitude, small spread: float32 rounding dominates
+        luts = (1e4 + rng.standard_normal((nq, m, 256))).astype(np.float32)
+    elif kind == "wide":  # one subspace spans far more than the others
+        luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
+        luts[:, 0] *= 1000
+    else:
+        luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
+        if kind == "top codes":  # codes 128-255, the second pair of table quarters, win
+            luts[:, :, 128:] += 3
+    return codes, luts
+
+
+@pytest.mark.parametrize("width", fastscan8.WIDTHS)
+def test_transpose_plan_is_a_transpose(width: int) -> None:
+    block = np.random.default_rng(width).integers(0, 256, (64, width)).astype(np.uint8)
+    np.testing.assert_array_equal(fastscan8.transpose_network_numpy(block), block.T)
+    rounds, _ = fastscan8._transpose_network(width)
+    assert len(rounds) == int(np.log2(width)) and all(len(ops) == width for ops in rounds)
+
+
+def test_supported_widths() -> None:
+    for width in (3, 12, 24, 48, 128):
+        assert not fastscan8.supported(width)
+    assert fastscan8.supported(16) == fastscan8.AVAILABLE
+
+
+@needs_vbmi
+@given(eight_bit_tables())
+def test_permute_kernel_matches_numpy(case) -> None:  # type: ignore[no-untyped-def]
+    codes, luts = case
+    tables = fastscan.quantize_luts(luts)[0]
+    assert tables.shape[2] == 512
+    for qi in range(luts.shape[0]):
+        np.testing.assert_array_equal(
+            fastscan8.block_sums(codes, tables[qi]), fastscan8.block_sums_numpy(codes, tables[qi])
+        )
+
+
+@needs_vbmi
+def test_permute_kernel_wraps_like_uint16_lanes() -> None:
+    # 64 subspaces of entries 255 (beyond what quantize_luts makes: it caps at 65535 // M) and
+    # 1,028 halves of 64: the twin wraps as the kernel's lanes do
+    codes = np.full((65, 64), 0xFF, dtype=np.uint8)
+    codes[1::2] = 0x7F
+    tables = np.full((64, 256), 255, dtype=np.uint8)
+    tables[:, 127] = 254
+    doubled = np.ascontiguousarray(np.concatenate([tables, tables], axis=1))
+    got = fastscan8.block_sums(codes, doubled)
+    np.testing.assert_array_equal(got, fastscan8.block_sums_numpy(codes, doubled))
+    assert int(got[0, 0]) == 64 * 255 and int(got[0, 1]) == 64 * 254
+
+
+@needs_vbmi
+@given(eight_bit_tables(min_rows=1), st.integers(1, 320), st.integers(1, 6))
+def test_fastscan8_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  # type: ignore[no-untyped-def]
+    codes, luts = case
+    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, k, nchunks)
+    want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts, False), k)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(keys, want_keys)
+    scalar_keys, scalar_ids = scan.adc_topk(codes, luts, EMPTY, EMPTY, k, nchunks, False)
+    np.testing.assert_array_equal(ids, scalar_ids)
+    np.testing.assert_array_equal(keys, scalar_keys)
+
+
+@needs_vbmi
+def test_fastscan8_topk_on_one_row_and_many_queries() -> None:
+    codes = np.array([[7, 200]], dtype=np.uint8)
+    luts = np.random.default_rng(3).standard_normal((5, 2, 256)).astype(np.float32)
+    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, 10, 4)
+    assert ids.tolist() == [[0]] * 5
+    np.testing.assert_array_equal(keys[:, 0], luts[:, 0, 7] + luts[:, 1, 200])
+
+
+@needs_vbmi
+@pytest.mark.parametrize(("codec", "options"), [("pq", {"subspaces": 8}), ("rq", {"codebooks": 7})])
+def test_eight_bit_tables_search_as_the_scalar_scan(monkeypatch, codec: str, options: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    # RQ codes carry a norm code after the M codebooks: 7 codebooks make rows of 8 bytes
+    x = np.random.default_rng(5).standard_normal((3000, 16)).astype(np.float32)
+    table = runtime.compress(x, codec, bits=8, iterations=2, **options)
+    queries = x[:4] + 0.01
+    calls: list[int] = []
+    kernel = fastscan8.fastscan8_topk
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(fastscan8, "fastscan8_topk", counted)
+    fast = {metric: table.search(queries, 40, metric) for metric in ("ip", "l2")}
+    by_id = table.search_by_id(np.array([3, 2999]), 40)
+    assert len(calls) == 3
+    monkeypatch.setattr(fastscan8, "supported", lambda width: False)
+    for metric in ("ip", "l2"):
+        ids, scores = table.search(queries, 40, metric)
+        np.testing.assert_array_equal(fast[metric][0], ids)
+        np.testing.assert_array_equal(fast[metric][1], scores)
+    ids, scores = table.search_by_id(np.array([3, 2999]), 40)
+    np.testing.assert_array_equal(by_id[0], ids)
+    np.testing.assert_array_equal(by_id[1], scores)
