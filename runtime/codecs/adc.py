@@ -103,7 +103,8 @@ class BlockedCodes:
         blocked = self.derived.get("blocked_codes")
         if blocked is None:
             codes = self.arrays["codes"]
-            if not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous:
+            plain = not query.row_mul.size and not query.row_add.size  # PQ and RQ keys are the sums
+            if plain and not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous:
                 tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
                 keys, ids = fastscan8.fastscan8_topk(
                     codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)

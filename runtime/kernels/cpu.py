@@ -35,6 +35,26 @@ def choose_vector_width() -> str:
     return "256-bit" if features.get("avx2") else "128-bit"
 
 
+def target_features() -> set[str]:
+    """Features numba compiles kernels for: NUMBA_CPU_FEATURES or the choice above where set,
+    else the host's as numba reads them (NUMBA_ENABLE_AVX=0, which numba also implies for some
+    NUMBA_CPU_NAMEs, drops every AVX feature). A bare NUMBA_CPU_NAME such as `generic` has none."""
+    features = numba.config.CPU_FEATURES  # type: ignore[attr-defined]
+    if features is None:
+        from numba.core.codegen import get_host_cpu_features
+
+        features = get_host_cpu_features()
+    return {name[1:] for name in str(features).split(",") if name.startswith("+")}
+
+
+def kernels_can_use(*names: str) -> bool:
+    """Whether code with these features may be emitted and run: the host has them and numba
+    compiles for them (an intrinsic the target lacks stops LLVM with a fatal error)."""
+    host = host_features()
+    target = target_features()
+    return all(host.get(name, False) and name in target for name in names)
+
+
 def describe() -> dict[str, object]:
     """For benchmarks and `inspect`: the CPU name LLVM sees, the features kernels may use, the width."""
     features = host_features()

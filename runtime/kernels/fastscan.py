@@ -23,13 +23,13 @@ subspace pairs of a block at once, from tables reordered by `quad_tables`.
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
+from runtime.kernels import cpu
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, popcount64, prefetch_row, target_has
 from runtime.kernels.scan import _chunk_bounds, _code_row_sum
 from runtime.kernels.simd import REGISTER_LANES
@@ -41,14 +41,7 @@ GROUP_BLOCKS = 16
 """Blocks scanned for every query before moving on (16 × 32 rows): their codes stay in L1."""
 
 
-def _has_avx2() -> bool:
-    host = llvm_binding.get_host_cpu_features()
-    target: str | None = getattr(config, "CPU_FEATURES", None)
-    in_target = host.get("avx2", False) if target is None else "+avx2" in target.split(",")
-    return bool(host.get("avx2", False) and in_target)
-
-
-AVAILABLE = _has_avx2()
+AVAILABLE = cpu.kernels_can_use("avx2")
 
 WIDE = REGISTER_LANES == 16
 """Two subspace pairs a 64-byte register: where numba compiles for AVX-512 (or EMBSERVE_VECTOR_LANES
@@ -75,8 +68,9 @@ def row_codes(blocked: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 @njit(nogil=True, cache=True)
 def quantize_luts(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """luts (q, M, 16) float32 -> (tables (q, M, 32) uint8, each 16-byte table twice, one copy a
-    register lane; bias (q,) float64; scale (q,) float64; slack (q,) float64).
+    """luts (q, M, K) float32 -> (tables (q, M, 2K) uint8, each table twice (with K = 16, one
+    16-byte copy a register lane; the 8-bit fast scan reads the first 256 of K = 256); bias (q,)
+    float64; scale (q,) float64; slack (q,) float64).
 
     For every row, |sum_m tables[m, c_m] - (sum_m luts[m, c_m] - bias) · scale| <= slack, counting
     the rounding of each entry (1/2 a subspace) and float32 accumulation of the float sum. A

@@ -20,18 +20,18 @@ scan is bound by its loads (M = 16: ~3.3 of 3.7 ms over 1M rows went to the tabl
   the scalar scan's, bit for bit.
 
 The permutes are LLVM x86 intrinsics, so the kernel runs only where numba's target and the CPU
-both have AVX-512 VBMI (`AVAILABLE`: Intel since Ice Lake, AMD since Zen 4).
+both have AVX-512 VBMI (`AVAILABLE`: Intel's Ice Lake and later server cores, AMD's Zen 4 and later).
 """
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
+from runtime.kernels import cpu
 from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, prefetch_row
 from runtime.kernels.scan import _chunk_bounds
@@ -40,23 +40,15 @@ from runtime.kernels.topk import merge_partials
 BLOCK_ROWS = 64
 """Rows a block holds: one byte a row fills a 64-byte register."""
 GROUP_BLOCKS = 16
-"""Blocks transposed together and then scanned for every query (16 × 64 rows): they stay in L1."""
+"""Blocks transposed together and then scanned for every query (16 × 64 rows, M KiB): in L1 up to
+M = 16, in L2 beyond."""
 WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 """Code widths (subspaces M) the transpose handles: a block of 64 rows is M whole registers."""
 
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
 
-def _has_vbmi() -> bool:
-    host = llvm_binding.get_host_cpu_features()
-    target: str | None = getattr(config, "CPU_FEATURES", None)
-    wanted = ("avx512f", "avx512bw", "avx512vbmi")
-    on_host = all(host.get(name, False) for name in wanted)
-    in_target = on_host if target is None else all(f"+{name}" in target.split(",") for name in wanted)
-    return bool(on_host and in_target)
-
-
-AVAILABLE = _has_vbmi()
+AVAILABLE = cpu.kernels_can_use("avx512f", "avx512bw", "avx512vbmi")
 
 
 def supported(width: int) -> bool:
@@ -237,6 +229,16 @@ def _block_sums(typingctx, columns, slot, tables, threshold, sums):  # type: ign
 
 # ---- the scan -----------------------------------------------------------------------------------
 @njit(nogil=True, cache=True)
+def _check_codes(codes: np.ndarray) -> None:
+    """The transposes read 64 rows as M × 64 contiguous bytes, for the widths they were built for."""
+    width = codes.shape[1]
+    if width != 1 and width != 2 and width != 4 and width != 8 and width != 16 and width != 32 and width != 64:
+        raise ValueError("codes must have a width of 1, 2, 4, 8, 16, 32 or 64 bytes")
+    if codes.shape[0] > 0 and (codes.strides[1] != 1 or codes.strides[0] != width):
+        raise ValueError("codes must be C-contiguous")
+
+
+@njit(nogil=True, cache=True)
 def _transpose_group(
     codes: np.ndarray, first_block: int, stop_block: int, columns: np.ndarray, tail: np.ndarray
 ) -> None:
@@ -311,7 +313,12 @@ def fastscan8_topk(
     float32, ids (q, k') int64, best first, k' = min(k, n): exactly
     `scan.adc_topk(codes, luts, [], [], k, ..., False)`.
     """
+    _check_codes(codes)
     n, width = codes.shape
+    if luts.shape[1] != width or luts.shape[2] != 256 or tables.shape[0] != luts.shape[0]:
+        raise ValueError("luts must be (q, M, 256) and tables (q, M, T >= 256) for codes (n, M)")
+    if tables.shape[1] != width or tables.shape[2] < 256 or tables.strides[2] != 1:
+        raise ValueError("luts must be (q, M, 256) and tables (q, M, T >= 256) for codes (n, M)")
     nblocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
     nq = luts.shape[0]
     flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
@@ -351,6 +358,9 @@ def fastscan8_topk(
 def block_sums(codes: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """Transpose and permute kernels over every block (for tests against `block_sums_numpy`):
     codes (n, M) uint8, tables (M, T >= 256) uint8 -> (ceil(n / 64), 64) uint16."""
+    _check_codes(codes)
+    if tables.shape[0] < codes.shape[1] or tables.shape[1] < 256 or tables.strides[1] != 1:
+        raise ValueError("tables must be (M, T >= 256) uint8, rows contiguous")
     n, width = codes.shape
     nblocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
     out = np.empty((nblocks, BLOCK_ROWS), dtype=np.uint16)

@@ -36,3 +36,19 @@ def test_wide_choice_lifts_only_the_256_bit_preference(monkeypatch: pytest.Monke
     assert numba.config.CPU_FEATURES.endswith(",-prefer-256-bit")  # type: ignore[attr-defined]
     monkeypatch.setattr(cpu, "host_features", lambda: {"avx2": True})
     assert cpu.choose_vector_width() == "256-bit"
+
+
+def test_kernels_use_only_features_numba_compiles_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu, "host_features", lambda: {"avx2": True, "avx512vbmi": True})
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")  # a bare NUMBA_CPU_NAME: no features
+    assert not cpu.kernels_can_use("avx2")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+sse2,+avx2,-avx512vbmi")
+    assert cpu.kernels_can_use("avx2") and not cpu.kernels_can_use("avx2", "avx512vbmi")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+avx512vbmi")
+    assert cpu.kernels_can_use("avx2", "avx512vbmi")
+    monkeypatch.setattr(cpu, "host_features", lambda: {"avx2": True})
+    assert not cpu.kernels_can_use("avx512vbmi")  # in the target but not on this CPU
+    # unset, numba compiles for the host as it reads it: NUMBA_ENABLE_AVX=0 drops every AVX feature
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    monkeypatch.setattr(numba.config, "ENABLE_AVX", False)
+    assert not cpu.kernels_can_use("avx2")

@@ -19,10 +19,10 @@ EMPTY = np.empty(0, np.float32)
 
 
 @st.composite
-def eight_bit_tables(draw: st.DrawFn, min_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def eight_bit_tables(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     """-> row-major codes (n, M) uint8 with M a width the kernel takes, luts (q, M, 256) float32."""
     m = draw(st.sampled_from(fastscan8.WIDTHS))
-    n = draw(st.integers(min_rows, 300))
+    n = draw(st.integers(0, 300))
     nq = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     codes = rng.integers(0, 256, (n, m)).astype(np.uint8)
@@ -54,7 +54,21 @@ def test_transpose_plan_is_a_transpose(width: int) -> None:
 def test_supported_widths() -> None:
     for width in (3, 12, 24, 48, 128):
         assert not fastscan8.supported(width)
-    assert fastscan8.supported(16) == fastscan8.AVAILABLE
+
+
+@given(eight_bit_tables())
+def test_quantized_256_entry_sums_stay_within_the_slack(case) -> None:  # type: ignore[no-untyped-def]
+    codes, luts = case
+    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    assert tables.shape == (luts.shape[0], luts.shape[1], 512)
+    for got, want in zip((tables, bias, scale, slack), fastscan.quantize_luts_numpy(luts), strict=True):
+        np.testing.assert_array_equal(got, want)
+    float_sums = scan.adc_sums_numpy(codes, luts, False).astype(np.float64)
+    m = np.arange(luts.shape[1])
+    for qi in range(luts.shape[0]):
+        quantized = tables[qi, m[None, :], codes.astype(np.int64)].sum(axis=1) if codes.shape[0] else np.zeros(0)
+        assert quantized.max(initial=0) <= 65535
+        assert np.all(np.abs(quantized - (float_sums[qi] - bias[qi]) * scale[qi]) <= slack[qi])
 
 
 @needs_vbmi
@@ -70,9 +84,10 @@ def test_permute_kernel_matches_numpy(case) -> None:  # type: ignore[no-untyped-
 
 
 @needs_vbmi
-def test_permute_kernel_wraps_like_uint16_lanes() -> None:
-    # 64 subspaces of entries 255 (beyond what quantize_luts makes: it caps at 65535 // M) and
-    # 1,028 halves of 64: the twin wraps as the kernel's lanes do
+def test_permute_kernel_keeps_neighbouring_rows_apart() -> None:
+    # even and odd rows share a 16-bit lane until the end: the largest sums (64 subspaces of 255,
+    # what quantize_luts gives at M = 64) next to other large ones, and the top quarter's last
+    # entry next to the second quarter's last, must come apart exactly
     codes = np.full((65, 64), 0xFF, dtype=np.uint8)
     codes[1::2] = 0x7F
     tables = np.full((64, 256), 255, dtype=np.uint8)
@@ -80,11 +95,25 @@ def test_permute_kernel_wraps_like_uint16_lanes() -> None:
     doubled = np.ascontiguousarray(np.concatenate([tables, tables], axis=1))
     got = fastscan8.block_sums(codes, doubled)
     np.testing.assert_array_equal(got, fastscan8.block_sums_numpy(codes, doubled))
-    assert int(got[0, 0]) == 64 * 255 and int(got[0, 1]) == 64 * 254
+    assert got[0, 0::2].tolist() == [64 * 255] * 32 and got[0, 1::2].tolist() == [64 * 254] * 32
+    assert got[1].tolist() == [64 * 255] * 64  # row 64, then padding rows reading code 0
 
 
 @needs_vbmi
-@given(eight_bit_tables(min_rows=1), st.integers(1, 320), st.integers(1, 6))
+def test_kernels_refuse_codes_they_cannot_read() -> None:
+    luts = np.zeros((1, 16, 256), np.float32)
+    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    strided = np.zeros((100, 32), np.uint8)[:, :16]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastscan8.fastscan8_topk(strided, tables, luts, bias, scale, slack, 5, 1)
+    with pytest.raises(ValueError, match="width"):
+        fastscan8.block_sums(np.zeros((100, 12), np.uint8), np.zeros((12, 512), np.uint8))
+    with pytest.raises(ValueError, match="luts must be"):
+        fastscan8.fastscan8_topk(np.zeros((100, 8), np.uint8), tables, luts, bias, scale, slack, 5, 1)
+
+
+@needs_vbmi
+@given(eight_bit_tables(), st.integers(1, 320), st.integers(1, 6))
 def test_fastscan8_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  # type: ignore[no-untyped-def]
     codes, luts = case
     tables, bias, scale, slack = fastscan.quantize_luts(luts)
@@ -98,6 +127,23 @@ def test_fastscan8_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  
 
 
 @needs_vbmi
+@pytest.mark.parametrize("n", [63, 64, 65, 128, 1025, 2049, 4097])
+@pytest.mark.parametrize("width", [8, 16])
+def test_fastscan8_topk_at_block_and_group_edges(n: int, width: int) -> None:
+    # up to 65 blocks: whole and partial last blocks, several groups of 16, and the heap's bound
+    # carried from group to group and chunk to chunk
+    rng = np.random.default_rng(n + width)
+    codes = rng.integers(0, 256, (n, width)).astype(np.uint8)
+    luts = rng.standard_normal((2, width, 256)).astype(np.float32)
+    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    for k, nchunks in ((1, 1), (100, 3), (n, 2)):
+        keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, k, nchunks)
+        want_keys, want_ids = scan.adc_topk(codes, luts, EMPTY, EMPTY, k, nchunks, False)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(keys, want_keys)
+
+
+@needs_vbmi
 def test_fastscan8_topk_on_one_row_and_many_queries() -> None:
     codes = np.array([[7, 200]], dtype=np.uint8)
     luts = np.random.default_rng(3).standard_normal((5, 2, 256)).astype(np.float32)
@@ -105,6 +151,8 @@ def test_fastscan8_topk_on_one_row_and_many_queries() -> None:
     keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, 10, 4)
     assert ids.tolist() == [[0]] * 5
     np.testing.assert_array_equal(keys[:, 0], luts[:, 0, 7] + luts[:, 1, 200])
+    keys, ids = fastscan8.fastscan8_topk(codes[:0], tables, luts, bias, scale, slack, 10, 4)
+    assert keys.shape == ids.shape == (5, 0)
 
 
 @needs_vbmi
