@@ -101,18 +101,18 @@ class BlockedCodes:
         width allow it, else the scalar scan over the stored codes."""
         query: LutQuery = prepared.data
         blocked = self.derived.get("blocked_codes")
-        if blocked is None:
-            codes = self.arrays["codes"]
-            plain = not query.row_mul.size and not query.row_add.size  # PQ and RQ keys are the sums
-            if plain and not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous:
-                tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-                keys, ids = fastscan8.fastscan8_topk(
-                    codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)
-                )
-                return ids, query.scores(keys)
+        codes = self.arrays["codes"]
+        plain = not query.row_mul.size and not query.row_add.size  # PQ and RQ keys are the sums
+        eight_bit = plain and not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous
+        if blocked is None and not eight_bit:
             return scan_topk(codes, query, k, scan_chunks(self.rows), self._four_bit)
         tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-        keys, ids = fastscan.fastscan_topk(
-            blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows)
-        )
+        if blocked is None:
+            keys, ids = fastscan8.fastscan8_topk(
+                codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)
+            )
+        else:
+            keys, ids = fastscan.fastscan_topk(
+                blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows)
+            )
         return ids, query.scores(keys)

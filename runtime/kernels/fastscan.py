@@ -272,22 +272,29 @@ def _block_sums_codegen(wide: bool):  # type: ignore[no-untyped-def]
             first_single = builder.shl(quads, ir.Constant(_I64, 1))
         with cgutils.for_range_slice(builder, first_single, pairs, ir.Constant(_I64, 1)) as (p, _):
             add_step(p, 32, mixed_acc, odd_acc)
-        eight = ir.Constant(v16i16, [8] * 16)
-        odd_sums = builder.load(odd_acc)
-        even_sums = builder.sub(builder.load(mixed_acc), builder.shl(odd_sums, eight))
-        interleave = ir.Constant(ir.VectorType(_I32, 32), [j // 2 + 16 * (j % 2) for j in range(32)])
-        result = builder.shuffle_vector(even_sums, odd_sums, interleave)
-        builder.store(result, builder.inttoptr(builder.ptrtoint(sums_ary.data, _I64), v32i16.as_pointer()), align=1)
-        limit = builder.trunc(context.cast(builder, args[3], signature.args[3], types.int64), _I16)
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(v32i16, ir.Undefined), limit, ir.Constant(_I32, 0)),
-            ir.Constant(v32i16, ir.Undefined),
-            ir.Constant(ir.VectorType(_I32, 32), [0] * 32),
-        )
-        passed = builder.icmp_unsigned(">=", result, splat)
-        return builder.bitcast(passed, _I32)
+        threshold = context.cast(builder, args[3], signature.args[3], types.int64)
+        return store_row_sums(builder, builder.load(mixed_acc), builder.load(odd_acc), sums_ary.data, threshold)
 
     return codegen
+
+
+def store_row_sums(builder, mixed, odd, sums, threshold):  # type: ignore[no-untyped-def]
+    """The end of a block kernel: row sums out of the two 16-bit accumulators (`_add_pair_sums`),
+    lane j of `mixed` holding row 2j's bytes plus 256 times row 2j+1's and lane j of `odd` row
+    2j+1's, stored in row order at `sums` (a pointer); -> the mask of rows (one bit a row, an
+    integer as wide as the rows) whose sum is >= `threshold` (an int64 within 0-65535)."""
+    lanes = mixed.type.count
+    words = ir.VectorType(_I16, 2 * lanes)
+    even = builder.sub(mixed, builder.shl(odd, ir.Constant(mixed.type, [8] * lanes)))
+    interleave = ir.Constant(ir.VectorType(_I32, 2 * lanes), [j // 2 + lanes * (j % 2) for j in range(2 * lanes)])
+    result = builder.shuffle_vector(even, odd, interleave)
+    builder.store(result, builder.bitcast(sums, words.as_pointer()), align=1)
+    splat = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(words, ir.Undefined), builder.trunc(threshold, _I16), ir.Constant(_I32, 0)),
+        ir.Constant(words, ir.Undefined),
+        ir.Constant(ir.VectorType(_I32, 2 * lanes), [0] * (2 * lanes)),
+    )
+    return builder.bitcast(builder.icmp_unsigned(">=", result, splat), ir.IntType(2 * lanes))
 
 
 @intrinsic

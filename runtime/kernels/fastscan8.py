@@ -32,7 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.kernels import cpu
-from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows
+from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows, store_row_sums
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, prefetch_row_into
 from runtime.kernels.scan import _chunk_bounds
 from runtime.kernels.topk import merge_partials
@@ -176,13 +176,12 @@ def _transpose(codes: np.ndarray, first: int, out: np.ndarray, slot: int) -> Non
 def _block_sums_codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
     v64i8 = ir.VectorType(_I8, 64)
     v32i16 = ir.VectorType(_I16, 32)
-    v64i16 = ir.VectorType(_I16, 64)
     permute = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(v64i8, [v64i8, v64i8, v64i8]), "llvm.x86.avx512.vpermi2var.qi.512"
     )
     columns_ary, columns = _address(builder, context, signature.args[0], args[0])
     tables_ary, tables = _address(builder, context, signature.args[2], args[2])
-    _, sums = _address(builder, context, signature.args[4], args[4])
+    sums_ary = context.make_array(signature.args[4])(context, builder, args[4])
     width = cgutils.unpack_tuple(builder, columns_ary.shape)[1]
     slot_stride = cgutils.unpack_tuple(builder, columns_ary.strides)[0]
     table_stride = cgutils.unpack_tuple(builder, tables_ary.strides)[0]
@@ -205,18 +204,8 @@ def _block_sums_codegen(context, builder, signature, args):  # type: ignore[no-u
         # bytes added as 16-bit lanes, as the 4-bit kernel does (`fastscan._add_pair_sums`)
         builder.store(builder.add(builder.load(mixed_acc), found), mixed_acc)
         builder.store(builder.add(builder.load(odd_acc), builder.lshr(found, eight)), odd_acc)
-    odd_sums = builder.load(odd_acc)
-    even_sums = builder.sub(builder.load(mixed_acc), builder.shl(odd_sums, eight))
-    interleave = ir.Constant(ir.VectorType(_I32, 64), [j // 2 + 32 * (j % 2) for j in range(64)])
-    result = builder.shuffle_vector(even_sums, odd_sums, interleave)
-    builder.store(result, builder.inttoptr(sums, v64i16.as_pointer()), align=1)
-    limit = builder.trunc(context.cast(builder, args[3], signature.args[3], types.int64), _I16)
-    splat = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(v64i16, ir.Undefined), limit, ir.Constant(_I32, 0)),
-        ir.Constant(v64i16, ir.Undefined),
-        ir.Constant(ir.VectorType(_I32, 64), [0] * 64),
-    )
-    return builder.bitcast(builder.icmp_unsigned(">=", result, splat), _I64)
+    threshold = context.cast(builder, args[3], signature.args[3], types.int64)
+    return store_row_sums(builder, builder.load(mixed_acc), builder.load(odd_acc), sums_ary.data, threshold)
 
 
 @intrinsic
@@ -232,7 +221,7 @@ def _block_sums(typingctx, columns, slot, tables, threshold, sums):  # type: ign
 def _check_codes(codes: np.ndarray) -> None:
     """The transposes read 64 rows as M × 64 contiguous bytes, for the widths they were built for."""
     width = codes.shape[1]
-    if width != 1 and width != 2 and width != 4 and width != 8 and width != 16 and width != 32 and width != 64:
+    if width < 1 or width > 64 or width & (width - 1) != 0:  # WIDTHS: the powers of two up to 64
         raise ValueError("codes must have a width of 1, 2, 4, 8, 16, 32 or 64 bytes")
     if codes.shape[0] > 0 and (codes.strides[1] != 1 or codes.strides[0] != width):
         raise ValueError("codes must be C-contiguous")
@@ -318,9 +307,9 @@ def fastscan8_topk(
     """
     _check_codes(codes)
     n, width = codes.shape
-    if luts.shape[1] != width or luts.shape[2] != 256 or tables.shape[0] != luts.shape[0]:
-        raise ValueError("luts must be (q, M, 256) and tables (q, M, T >= 256) for codes (n, M)")
-    if tables.shape[1] != width or tables.shape[2] < 256 or tables.strides[2] != 1:
+    luts_fit = luts.shape[1] == width and luts.shape[2] == 256
+    tables_fit = tables.shape[0] == luts.shape[0] and tables.shape[1] == width and tables.shape[2] >= 256
+    if not luts_fit or not tables_fit or tables.strides[2] != 1:
         raise ValueError("luts must be (q, M, 256) and tables (q, M, T >= 256) for codes (n, M)")
     nblocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
     nq = luts.shape[0]
