@@ -35,7 +35,8 @@ def scans(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray, int, int, bool,
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     bits = draw(st.sampled_from([8, 4, 16]))
     dim = draw(st.integers(1, 40))
-    n = draw(st.integers(0, 700))
+    # past a few blocks of SCAN_BLOCK_ROWS, so chunks of up to 5 hold block edges
+    n = draw(st.integers(0, 2 * rowscan.SCAN_BLOCK_ROWS + 600))
     nq = draw(st.integers(0, 3))
     exact = draw(st.booleans())
     rows = _stored(rng, n, dim, bits, exact)
@@ -64,6 +65,25 @@ def test_quantized_topk_matches_twin(case: tuple[np.ndarray, int, np.ndarray, in
         assert len(set(ids[qi].tolist())) == ids.shape[1]
         # each returned key is the row's own key, up to float32 rounding
         np.testing.assert_allclose(keys[qi], want[qi, ids[qi]], rtol=1e-4, atol=1e-4)
+
+
+def test_scan_blocks_of_wide_rows_fit_their_byte_budget() -> None:
+    assert rowscan.scan_block_rows(256) == rowscan.SCAN_BLOCK_ROWS
+    assert rowscan.scan_block_rows(4200) * 4200 <= rowscan.SCAN_BLOCK_BYTES
+    assert rowscan.scan_block_rows(10**9) == 16
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_wide_rows_scan_across_their_smaller_blocks(bits: int) -> None:
+    # 2,100 dims: 62 fp16 rows (or 124 int8 rows) a block, so 300 rows cross several block edges
+    rng = np.random.default_rng(5)
+    rows = _stored(rng, 300, 2100, bits, True)
+    queries = rng.integers(-2, 3, (2, 2100)).astype(np.float32)
+    for l2 in (False, True):
+        keys, ids = rowscan.quantized_topk(rows, bits, queries, l2, 40, 2)
+        want_keys, want_ids = topk.topk_numpy(rowscan.quantized_keys_numpy(rows, bits, queries, 2100, l2), 40)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(keys, want_keys)
 
 
 @given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16]), st.integers(0, 50), st.integers(1, 20))
