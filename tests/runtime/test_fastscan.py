@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime.kernels import fastscan, scan, topk
+from tests.runtime.lut_cases import assert_quantized_sums_within_slack, draw_luts
 
 needs_avx2 = pytest.mark.skipif(not fastscan.AVAILABLE, reason="the shuffle kernel needs AVX2 (CPU and numba target)")
 
@@ -22,18 +23,7 @@ def four_bit_tables(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     unpacked = rng.integers(0, 16, (n, m))
     codes = np.ascontiguousarray((unpacked[:, 0::2] | (unpacked[:, 1::2] << 4)).astype(np.uint8))
-    kind = draw(st.sampled_from(["normal", "ties", "constant", "offset", "wide"]))
-    if kind == "ties":  # few distinct sums: ids break the ties
-        luts = rng.integers(0, 3, (nq, m, 16)).astype(np.float32) / 4
-    elif kind == "constant":  # zero span: every row sums alike
-        luts = np.full((nq, m, 16), 0.5, dtype=np.float32)
-    elif kind == "offset":  # large magnitude, small spread: float32 rounding dominates
-        luts = (1e4 + rng.standard_normal((nq, m, 16))).astype(np.float32)
-    elif kind == "wide":  # one subspace spans far more than the others
-        luts = rng.standard_normal((nq, m, 16)).astype(np.float32)
-        luts[:, 0] *= 1000
-    else:
-        luts = rng.standard_normal((nq, m, 16)).astype(np.float32)
+    luts = draw_luts(draw, rng, nq, m, 16)
     return codes, unpacked, luts
 
 
@@ -50,16 +40,10 @@ def test_blocked_layout_round_trips(case) -> None:  # type: ignore[no-untyped-de
 @given(four_bit_tables())
 def test_quantized_sums_stay_within_the_slack(case) -> None:  # type: ignore[no-untyped-def]
     codes, unpacked, luts = case
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
+    tables = fastscan.quantize_luts(luts)[0]
     assert tables.dtype == np.uint8 and tables.shape == (luts.shape[0], luts.shape[1], 32)
     np.testing.assert_array_equal(tables[:, :, :16], tables[:, :, 16:])
-    float_sums = scan.adc_sums_numpy(codes, luts, True).astype(np.float64)
-    m = np.arange(luts.shape[1])
-    for qi in range(luts.shape[0]):
-        quantized = tables[qi, m[None, :], unpacked].sum(axis=1) if codes.shape[0] else np.zeros(0)
-        assert quantized.max(initial=0) <= 65535
-        gap = np.abs(quantized - (float_sums[qi] - bias[qi]) * scale[qi])
-        assert np.all(gap <= slack[qi])
+    assert_quantized_sums_within_slack(unpacked, luts, scan.adc_sums_numpy(codes, luts, True))
 
 
 @given(four_bit_tables())

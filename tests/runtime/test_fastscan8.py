@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime.kernels import fastscan, fastscan8, scan, topk
+from tests.runtime.lut_cases import assert_quantized_sums_within_slack, draw_luts
 
 needs_vbmi = pytest.mark.skipif(
     not fastscan8.AVAILABLE, reason="the permute kernel needs AVX-512 VBMI (CPU and numba target)"
@@ -26,20 +27,7 @@ def eight_bit_tables(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     nq = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     codes = rng.integers(0, 256, (n, m)).astype(np.uint8)
-    kind = draw(st.sampled_from(["normal", "ties", "constant", "offset", "wide", "top codes"]))
-    if kind == "ties":  # few distinct sums: ids break the ties
-        luts = rng.integers(0, 3, (nq, m, 256)).astype(np.float32) / 4
-    elif kind == "constant":  # zero span: every row sums alike
-        luts = np.full((nq, m, 256), 0.5, dtype=np.float32)
-    elif kind == "offset":  # large magnitude, small spread: float32 rounding dominates
-        luts = (1e4 + rng.standard_normal((nq, m, 256))).astype(np.float32)
-    elif kind == "wide":  # one subspace spans far more than the others
-        luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
-        luts[:, 0] *= 1000
-    else:
-        luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
-        if kind == "top codes":  # codes 128-255, the second pair of table quarters, win
-            luts[:, :, 128:] += 3
+    luts = draw_luts(draw, rng, nq, m, 256)
     return codes, luts
 
 
@@ -63,12 +51,7 @@ def test_quantized_256_entry_sums_stay_within_the_slack(case) -> None:  # type: 
     assert tables.shape == (luts.shape[0], luts.shape[1], 512)
     for got, want in zip((tables, bias, scale, slack), fastscan.quantize_luts_numpy(luts), strict=True):
         np.testing.assert_array_equal(got, want)
-    float_sums = scan.adc_sums_numpy(codes, luts, False).astype(np.float64)
-    m = np.arange(luts.shape[1])
-    for qi in range(luts.shape[0]):
-        quantized = tables[qi, m[None, :], codes.astype(np.int64)].sum(axis=1) if codes.shape[0] else np.zeros(0)
-        assert quantized.max(initial=0) <= 65535
-        assert np.all(np.abs(quantized - (float_sums[qi] - bias[qi]) * scale[qi]) <= slack[qi])
+    assert_quantized_sums_within_slack(codes.astype(np.int64), luts, scan.adc_sums_numpy(codes, luts, False))
 
 
 @needs_vbmi
