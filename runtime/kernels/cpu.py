@@ -56,11 +56,11 @@ def kernels_can_use(*names: str) -> bool:
 
 
 def describe() -> dict[str, object]:
-    """For benchmarks and `inspect`: the CPU name LLVM sees, the features kernels may use, the width."""
-    features = host_features()
+    """For benchmarks and `inspect`: the CPU name numba compiles for, the features kernels may use
+    (`kernels_can_use`: on the host and in numba's target), the width."""
     return {
-        "llvm_cpu": binding.get_host_cpu_name(),
-        "features": [name for name in REPORTED if features.get(name)],
+        "llvm_cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(),  # type: ignore[attr-defined]
+        "features": [name for name in REPORTED if kernels_can_use(name)],
         "vector_width": VECTOR_WIDTH,
     }
 

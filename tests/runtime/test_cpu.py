@@ -52,3 +52,13 @@ def test_kernels_use_only_features_numba_compiles_for(monkeypatch: pytest.Monkey
     monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
     monkeypatch.setattr(numba.config, "ENABLE_AVX", False)
     assert not cpu.kernels_can_use("avx2")
+
+
+def test_description_names_what_numba_compiles_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a cache built for NUMBA_CPU_NAME=generic: no features, whatever the host has
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
+    assert cpu.describe()["llvm_cpu"] == "generic" and cpu.describe()["features"] == []
+    monkeypatch.setattr(cpu, "host_features", lambda: {"avx2": True, "fma": True})
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2")
+    assert cpu.describe()["features"] == ["avx2"]
