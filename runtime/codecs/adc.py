@@ -106,13 +106,11 @@ class BlockedCodes:
         eight_bit = plain and not self._four_bit and fastscan8.supported(codes.shape[1]) and codes.flags.c_contiguous
         if blocked is None and not eight_bit:
             return scan_topk(codes, query, k, scan_chunks(self.rows), self._four_bit)
-        tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
         if blocked is None:
+            tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
             keys, ids = fastscan8.fastscan8_topk(
                 codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)
             )
         else:
-            keys, ids = fastscan.fastscan_topk(
-                blocked, tables, query.luts, bias, scale, slack, self.rows, k, scan_chunks(self.rows)
-            )
+            keys, ids = fastscan.fastscan_topk(blocked, query.luts, self.rows, k, scan_chunks(self.rows))
         return ids, query.scores(keys)

@@ -101,9 +101,7 @@ def test_fastscan_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  #
     n = codes.shape[0]
     if n == 0:
         return
-    blocked = fastscan.blocked_layout(codes)
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
-    keys, ids = fastscan.fastscan_topk(blocked, tables, luts, bias, scale, slack, n, k, nchunks)
+    keys, ids = fastscan.fastscan_topk(fastscan.blocked_layout(codes), luts, n, k, nchunks)
     want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts, True), k)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(keys, want_keys)
@@ -117,8 +115,7 @@ def test_fastscan_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  #
 def test_fastscan_topk_on_one_row_and_many_queries() -> None:
     codes = np.array([[0x21]], dtype=np.uint8)
     luts = np.random.default_rng(3).standard_normal((5, 2, 16)).astype(np.float32)
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
-    keys, ids = fastscan.fastscan_topk(fastscan.blocked_layout(codes), tables, luts, bias, scale, slack, 1, 10, 4)
+    keys, ids = fastscan.fastscan_topk(fastscan.blocked_layout(codes), luts, 1, 10, 4)
     assert ids.tolist() == [[0]] * 5
     np.testing.assert_array_equal(keys[:, 0], luts[:, 0, 1] + luts[:, 1, 2])
 
