@@ -97,6 +97,8 @@ class Table:
         self.tiers = list(tiers)
         self._dim = self._check_dims(self.tiers)
         self._rows = sum(t.rows for t in self.tiers)
+        # every search checks its metric against these: worked out once (the tiers are fixed)
+        self._metrics = tuple(m for m in self.tiers[0].metrics if all(m in t.metrics for t in self.tiers))
         self.tier_rows = None if len(self.tiers) == 1 else self._check_tier_rows(tier_rows)
         self._tier_starts, self._slot_of = self._tier_index()
         if missing not in MISSING_POLICIES:
@@ -225,8 +227,7 @@ class Table:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        common = [m for m in self.tiers[0].metrics if all(m in t.metrics for t in self.tiers)]
-        return tuple(common)
+        return self._metrics
 
     @property
     def delta_rows(self) -> int:

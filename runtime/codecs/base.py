@@ -27,6 +27,7 @@ from runtime.kernels import dense, hashmap
 from runtime.kernels.hashmap import KeySet
 from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
+from runtime.kernels.scan import chunk_count
 from runtime.kernels.topk import BlockTopK
 
 Progress = Callable[[str, int, int], None]
@@ -42,7 +43,8 @@ def scan_chunks(rows: int) -> int:
     On an AMD EPYC (1M × 128, nq 1 and 64, 1 and 2 threads) four chunks a thread took 6-13 %
     longer than one for PQ M=16 8-bit, and 1-6 % longer for the int8 / int4 / fp16 row scans in
     14 of 16 cases (in two, one chunk a thread was 1 % and 5 % slower, and faster when rerun)."""
-    return int(max(1, min(numba.get_num_threads(), -(-rows // 32768))))
+    start_threading_layer()  # the kernel reads the thread count by the layer's symbol
+    return int(chunk_count(rows))
 
 
 def keys_to_scores(keys: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:

@@ -177,11 +177,10 @@ class PqCodec(adc.BlockedCodes, Codec):
         rotation = self.arrays.get("rotation")
         if rotation is not None:
             queries = queries @ rotation
-        books = self.arrays["codebooks"]
-        parts = queries.reshape(queries.shape[0], self._m, -1).astype(np.float32)
-        dots = np.einsum("qms,mks->qmk", parts, books)
+        dots = pqdecode.subspace_dots(np.ascontiguousarray(queries, dtype=np.float32), self.arrays["codebooks"])
         if metric == "ip":
-            return np.ascontiguousarray(dots, dtype=np.float32)
+            return dots
+        parts = queries.reshape(queries.shape[0], self._m, -1).astype(np.float32)
         qn = np.einsum("qms,qms->qm", parts, parts)[:, :, None]
         return np.ascontiguousarray(-(qn - 2 * dots + self._diag[None]), dtype=np.float32)
 

@@ -40,6 +40,32 @@ def first_out_of_range_numpy(ids: np.ndarray, rows: int) -> int:
     return int(bad[0]) if bad.size else -1
 
 
+FLOAT32_EXPONENT = np.uint32(0x7F800000)
+"""The exponent bits of a float32: all set in an Inf or a NaN, and only there."""
+
+
+@njit(nogil=True, cache=True)
+def first_nonfinite_row(rows: np.ndarray) -> int:
+    """rows (q, d) float32 C-contiguous -> the first row holding a NaN or an Inf, or -1 when all
+    are finite. A row's largest exponent field, taken over its bits as integers, is a reduction
+    the compiler vectorizes (float compares with NaNs are not); one call replaces numpy's isfinite
+    and two reductions, ~35 µs of a search's fixed cost when its code is out of cache."""
+    bits = rows.view(np.uint32)
+    for r in range(bits.shape[0]):
+        largest = np.uint32(0)
+        for j in range(bits.shape[1]):
+            largest = max(largest, bits[r, j] & FLOAT32_EXPONENT)
+        if largest == FLOAT32_EXPONENT:
+            return r
+    return -1
+
+
+def first_nonfinite_row_numpy(rows: np.ndarray) -> int:
+    """Twin of `first_nonfinite_row`."""
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    return int(bad[0]) if bad.size else -1
+
+
 @njit(nogil=True, cache=True)
 def first_bad_offset(offsets: np.ndarray, n_ids: int) -> int:
     """offsets (B,) int64 -> -1 when they are EmbeddingBag offsets of n_ids ids (offsets[0] == 0,

@@ -83,8 +83,15 @@ def start_threading_layer() -> None:
     """Start numba's threading layer, which registers the symbol `thread_count` calls: needed before
     a kernel that calls it is compiled or loaded from the on-disk cache. Not done at import: with
     GNU OpenMP as the layer, a child forked from a process that started it cannot run a parallel
-    kernel, so importing `runtime` must leave a process free to fork."""
-    numba.get_num_threads()
+    kernel, so importing `runtime` must leave a process free to fork. Once it has started, a call
+    costs a global's test: numba's own check took ~25 µs on a search whose code was out of cache."""
+    global _threading_layer_started
+    if not _threading_layer_started:
+        numba.get_num_threads()
+        _threading_layer_started = True
+
+
+_threading_layer_started = False
 
 
 @intrinsic

@@ -92,3 +92,20 @@ def test_pq_codec_bags_equal_decode_then_pool(options: dict[str, Any]) -> None:
     if "rotation" in codec.arrays:
         expected = expected @ codec.arrays["rotation"].T
     np.testing.assert_allclose(codec.decode(ids[:5]), expected, rtol=1e-5, atol=1e-5)
+
+
+@given(
+    st.integers(0, 3),
+    st.sampled_from([(1, 1, 1), (1, 16, 4), (4, 16, 2), (3, 7, 5), (16, 256, 8)]),
+    st.integers(0, 2**31),
+)
+def test_subspace_dots_match_twin(nq: int, shape: tuple[int, int, int], seed: int) -> None:
+    nsub, ksub, width = shape
+    rng = np.random.default_rng(seed)
+    codebooks = rng.standard_normal(shape).astype(np.float32)
+    queries = (rng.standard_normal((nq, nsub * width)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+    got = pqdecode.subspace_dots(queries, codebooks)
+    assert got.shape == (nq, nsub, ksub) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, pqdecode.subspace_dots_numpy(queries, codebooks))
+    want = np.einsum("qms,mks->qmk", queries.reshape(nq, nsub, width).astype(np.float64), codebooks.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(queries).max(initial=0))))

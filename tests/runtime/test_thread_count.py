@@ -11,7 +11,9 @@ import threading
 import numba
 from numba import njit
 
+from runtime.codecs.base import scan_chunks
 from runtime.kernels.intrinsics import start_threading_layer, thread_count
+from runtime.kernels.scan import CHUNK_ROWS
 
 start_threading_layer()
 
@@ -27,6 +29,17 @@ def test_thread_count_follows_set_num_threads() -> None:
         for k in range(1, numba.config.NUMBA_NUM_THREADS + 1):  # type: ignore[attr-defined]
             numba.set_num_threads(k)
             assert _count() == k == numba.get_num_threads()
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_scan_chunks_are_one_a_thread_and_at_least_a_chunk_of_rows_each() -> None:
+    before = numba.get_num_threads()
+    try:
+        for k in range(1, numba.config.NUMBA_NUM_THREADS + 1):  # type: ignore[attr-defined]
+            numba.set_num_threads(k)
+            for rows in (0, 1, CHUNK_ROWS - 1, CHUNK_ROWS, CHUNK_ROWS + 1, 3 * CHUNK_ROWS, 10**9):
+                assert scan_chunks(rows) == max(1, min(k, -(-rows // CHUNK_ROWS)))
     finally:
         numba.set_num_threads(before)
 
@@ -48,7 +61,7 @@ def test_thread_count_is_per_thread() -> None:
 
 def test_importing_runtime_leaves_the_threading_layer_unstarted() -> None:
     code = (
-        "import runtime, runtime.codecs, runtime.kernels.rowwise, runtime.kernels.dense\n"
+        "import runtime, runtime.codecs, runtime.kernels.rowwise, runtime.kernels.dense, runtime.kernels.scan\n"
         "from numba.np.ufunc import parallel\n"
         "assert not parallel._is_initialized, 'the threading layer started at import'\n"
     )

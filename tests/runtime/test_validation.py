@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
 from runtime.kernels import checks
-from runtime.validation import check_ids, check_offsets
+from runtime.validation import check_ids, check_offsets, check_queries
 from tests.conftest import low_rank_table
 
 
@@ -223,3 +223,30 @@ def test_offsets_of_lengths_matches_twin(values: list[int]) -> None:
     want_offsets, want_negative, want_total = checks.offsets_of_lengths_numpy(lengths)
     np.testing.assert_array_equal(offsets, want_offsets)
     assert offsets.dtype == np.int64 and (negative, total) == (want_negative, want_total)
+
+
+_SPECIAL_FLOATS = [0.0, -0.0, 1.5, -2.0, 1e-45, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan]
+
+
+@given(st.integers(0, 5), st.integers(0, 40), st.data())
+def test_first_nonfinite_row_matches_twin(nrows: int, dim: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(st.sampled_from(_SPECIAL_FLOATS), min_size=nrows * dim, max_size=nrows * dim))
+    rows = np.array(values, dtype=np.float32).reshape(nrows, dim)
+    pos = checks.first_nonfinite_row(rows)
+    assert pos == checks.first_nonfinite_row_numpy(rows)
+    if pos >= 0:  # and check_queries names that row, on its float32 fast path as on the general one
+        for given_rows in (rows, rows.astype(np.float64)):
+            with pytest.raises(InvalidRequest, match=rf"queries\[{pos}\] contains NaN or Inf"):
+                check_queries(given_rows, dim)
+    else:
+        assert check_queries(rows, dim) is rows
+
+
+def test_check_queries_copies_what_a_kernel_cannot_take_as_is() -> None:
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frozen = rows.copy()
+    frozen.flags.writeable = False
+    for given_rows in (frozen, rows[:, ::-1], rows.astype(">f4"), rows.tolist()):
+        got = check_queries(given_rows, 4)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+        np.testing.assert_array_equal(got, np.asarray(given_rows, dtype=np.float32))
