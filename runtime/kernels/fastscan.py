@@ -411,22 +411,13 @@ def offer_passed(
 
 
 @njit(nogil=True, cache=True)
-def _scan_chunk(
-    blocked: np.ndarray,
-    ordered: np.ndarray,
-    flat: np.ndarray,
-    bias: np.ndarray,
-    scale: np.ndarray,
-    slack: np.ndarray,
-    n: int,
-    c: int,
-    nchunks: int,
-    part_keys: np.ndarray,
-    part_ids: np.ndarray,
-    part_sizes: np.ndarray,
-) -> None:
-    """Chunk c of nchunks (of the blocks) scanned group by group for every query, into the
-    queries' heaps part_keys[:, c], part_ids[:, c] of sizes part_sizes[:, c]."""
+def _scan_chunk(blocked: np.ndarray, query: tuple, n: int, c: int, nchunks: int, heaps: tuple) -> None:  # type: ignore[type-arg]
+    """Chunk c of nchunks (of the blocks) scanned group by group for every query. query holds
+    the tables (q, M, 32) uint8 in `_block_sums` order, the float tables flattened (q, M * 16)
+    float32, and bias, scale, slack (q,) float64; heaps the keys (q, nchunks, k') float32, ids
+    (q, nchunks, k') int64 and sizes (q, nchunks) int64 of every query's heap of every chunk."""
+    ordered, flat, bias, scale, slack = query
+    part_keys, part_ids, part_sizes = heaps
     first, stop = _chunk_bounds(blocked.shape[0], nchunks, c)
     sums = np.empty(32, dtype=np.uint16)
     # groups keep blocks in L1 for the queries after the first; one query takes the chunk at once
@@ -453,22 +444,11 @@ def _scan_chunk(
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _scan_chunks_parallel(
-    blocked: np.ndarray,
-    ordered: np.ndarray,
-    flat: np.ndarray,
-    bias: np.ndarray,
-    scale: np.ndarray,
-    slack: np.ndarray,
-    n: int,
-    part_keys: np.ndarray,
-    part_ids: np.ndarray,
-    part_sizes: np.ndarray,
-) -> None:
-    """Every chunk (part_sizes.shape[1] of them) by `_scan_chunk`, one task a chunk."""
-    nchunks = part_sizes.shape[1]
+def _scan_chunks_parallel(blocked: np.ndarray, query: tuple, n: int, heaps: tuple) -> None:  # type: ignore[type-arg]
+    """Every chunk (as many as the heaps have) by `_scan_chunk`, one task a chunk."""
+    nchunks = heaps[2].shape[1]
     for c in prange(nchunks):
-        _scan_chunk(blocked, ordered, flat, bias, scale, slack, n, c, nchunks, part_keys, part_ids, part_sizes)
+        _scan_chunk(blocked, query, n, c, nchunks, heaps)
 
 
 @njit(nogil=True, cache=True)
@@ -489,10 +469,12 @@ def fastscan_topk(blocked: np.ndarray, luts: np.ndarray, n: int, k: int, nchunks
     part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
     part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
     part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    query = (ordered, flat, bias, scale, slack)
+    heaps = (part_keys, part_ids, part_sizes)
     if nchunks == 1:
-        _scan_chunk(blocked, ordered, flat, bias, scale, slack, n, 0, 1, part_keys, part_ids, part_sizes)
+        _scan_chunk(blocked, query, n, 0, 1, heaps)
     else:
-        _scan_chunks_parallel(blocked, ordered, flat, bias, scale, slack, n, part_keys, part_ids, part_sizes)
+        _scan_chunks_parallel(blocked, query, n, heaps)
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
