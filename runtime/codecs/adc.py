@@ -107,10 +107,7 @@ class BlockedCodes:
         if blocked is None and not eight_bit:
             return scan_topk(codes, query, k, scan_chunks(self.rows), self._four_bit)
         if blocked is None:
-            tables, bias, scale, slack = fastscan.quantize_luts(query.luts)
-            keys, ids = fastscan8.fastscan8_topk(
-                codes, tables, query.luts, bias, scale, slack, k, scan_chunks(self.rows)
-            )
+            keys, ids = fastscan8.fastscan8_topk(codes, query.luts, k, scan_chunks(self.rows))
         else:
             keys, ids = fastscan.fastscan_topk(blocked, query.luts, self.rows, k, scan_chunks(self.rows))
         return ids, query.scores(keys)

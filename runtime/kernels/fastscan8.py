@@ -32,7 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.kernels import cpu
-from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows, store_row_sums
+from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows, quantize_luts, store_row_sums
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, prefetch_row_into
 from runtime.kernels.scan import _chunk_bounds
 from runtime.kernels.topk import merge_partials
@@ -286,63 +286,77 @@ def _scan_group(
     return size
 
 
+@njit(nogil=True, cache=True)
+def _scan_chunk(codes: np.ndarray, query: tuple, c: int, nchunks: int, heaps: tuple) -> None:  # type: ignore[type-arg]
+    """Chunk c of nchunks (of the blocks) transposed a group at a time and scanned for every
+    query. query holds the tables (q, M, T >= 256) uint8, the float tables flattened
+    (q, M * 256) float32, and bias, scale, slack (q,) float64; heaps the keys (q, nchunks, k')
+    float32, ids (q, nchunks, k') int64 and sizes (q, nchunks) int64 of every query's heap."""
+    tables, flat, bias, scale, slack = query
+    part_keys, part_ids, part_sizes = heaps
+    width = codes.shape[1]
+    first, stop = _chunk_bounds((codes.shape[0] + BLOCK_ROWS - 1) // BLOCK_ROWS, nchunks, c)
+    columns = np.empty((GROUP_BLOCKS, width, BLOCK_ROWS), dtype=np.uint8)
+    tail = np.zeros((BLOCK_ROWS, width), dtype=np.uint8)
+    sums = np.empty(BLOCK_ROWS, dtype=np.uint16)
+    for group in range(first, stop, GROUP_BLOCKS):
+        group_stop = min(stop, group + GROUP_BLOCKS)
+        _transpose_group(codes, group, group_stop, columns, tail)
+        for qi in range(flat.shape[0]):
+            part_sizes[qi, c] = _scan_group(
+                codes,
+                columns,
+                tables[qi],
+                flat[qi],
+                bias[qi],
+                scale[qi],
+                slack[qi],
+                group,
+                group_stop,
+                part_keys[qi, c],
+                part_ids[qi, c],
+                part_sizes[qi, c],
+                sums,
+            )
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def fastscan8_topk(
-    codes: np.ndarray,
-    tables: np.ndarray,
-    luts: np.ndarray,
-    bias: np.ndarray,
-    scale: np.ndarray,
-    slack: np.ndarray,
-    k: int,
-    nchunks: int,
-):
+def _scan_chunks_parallel(codes: np.ndarray, query: tuple, heaps: tuple) -> None:  # type: ignore[type-arg]
+    """Every chunk (as many as the heaps have) by `_scan_chunk`, one task a chunk."""
+    nchunks = heaps[2].shape[1]
+    for c in prange(nchunks):
+        _scan_chunk(codes, query, c, nchunks, heaps)
+
+
+@njit(nogil=True, cache=True)
+def fastscan8_topk(codes: np.ndarray, luts: np.ndarray, k: int, nchunks: int):
     """Top-k of sum_m luts[q, m, codes[i, m]] over rows of 8-bit codes.
 
-    codes (n, M) uint8 C-contiguous, M in WIDTHS; tables (q, M, T >= 256) uint8, bias, scale,
-    slack (q,) float64 from `fastscan.quantize_luts`; luts (q, M, 256) float32. A task is a
-    chunk of blocks, transposed a group at a time and scanned for every query. -> keys (q, k')
-    float32, ids (q, k') int64, best first, k' = min(k, n): exactly
+    codes (n, M) uint8 C-contiguous, M in WIDTHS; luts (q, M, 256) float32, quantized here by
+    `fastscan.quantize_luts`. A task is a chunk of blocks, transposed a group at a time and
+    scanned for every query; one chunk runs on the calling thread, without a parallel launch.
+    -> keys (q, k') float32, ids (q, k') int64, best first, k' = min(k, n): exactly
     `scan.adc_topk(codes, luts, [], [], k, ..., False)`.
     """
     _check_codes(codes)
     n, width = codes.shape
-    luts_fit = luts.shape[1] == width and luts.shape[2] == 256
-    tables_fit = tables.shape[0] == luts.shape[0] and tables.shape[1] == width and tables.shape[2] >= 256
-    if not luts_fit or not tables_fit or tables.strides[2] != 1:
-        raise ValueError("luts must be (q, M, 256) and tables (q, M, T >= 256) for codes (n, M)")
-    nblocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    if luts.shape[1] != width or luts.shape[2] != 256:
+        raise ValueError("luts must be (q, M, 256) for codes (n, M)")
     nq = luts.shape[0]
+    tables, bias, scale, slack = quantize_luts(luts)
     flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
     kk = min(k, n)
-    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
-    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
-    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
-    for c in prange(nchunks):
-        first, stop = _chunk_bounds(nblocks, nchunks, c)
-        columns = np.empty((GROUP_BLOCKS, width, BLOCK_ROWS), dtype=np.uint8)
-        tail = np.zeros((BLOCK_ROWS, width), dtype=np.uint8)
-        sums = np.empty(BLOCK_ROWS, dtype=np.uint16)
-        for group in range(first, stop, GROUP_BLOCKS):
-            group_stop = min(stop, group + GROUP_BLOCKS)
-            _transpose_group(codes, group, group_stop, columns, tail)
-            for qi in range(nq):
-                part_sizes[qi, c] = _scan_group(
-                    codes,
-                    columns,
-                    tables[qi],
-                    flat[qi],
-                    bias[qi],
-                    scale[qi],
-                    slack[qi],
-                    group,
-                    group_stop,
-                    part_keys[qi, c],
-                    part_ids[qi, c],
-                    part_sizes[qi, c],
-                    sums,
-                )
-    return merge_partials(part_keys, part_ids, part_sizes, kk)
+    heaps = (
+        np.empty((nq, nchunks, kk), dtype=np.float32),
+        np.empty((nq, nchunks, kk), dtype=np.int64),
+        np.zeros((nq, nchunks), dtype=np.int64),
+    )
+    query = (tables, flat, bias, scale, slack)
+    if nchunks == 1:
+        _scan_chunk(codes, query, 0, 1, heaps)
+    else:
+        _scan_chunks_parallel(codes, query, heaps)
+    return merge_partials(heaps[0], heaps[1], heaps[2], kk)
 
 
 # ---- for tests ----------------------------------------------------------------------------------

@@ -85,7 +85,6 @@ def test_permute_kernel_keeps_neighbouring_rows_apart() -> None:
 @needs_vbmi
 def test_kernels_refuse_codes_they_cannot_read() -> None:
     luts = np.zeros((1, 16, 256), np.float32)
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
     # the entry points' shared check, called alone: a strided array is another compile of the
     # whole kernel (26 s with a cold cache)
     with pytest.raises(ValueError, match="C-contiguous"):
@@ -94,15 +93,14 @@ def test_kernels_refuse_codes_they_cannot_read() -> None:
     with pytest.raises(ValueError, match="width"):
         fastscan8.block_sums(np.zeros((100, 12), np.uint8), np.zeros((12, 512), np.uint8))
     with pytest.raises(ValueError, match="luts must be"):
-        fastscan8.fastscan8_topk(np.zeros((100, 8), np.uint8), tables, luts, bias, scale, slack, 5, 1)
+        fastscan8.fastscan8_topk(np.zeros((100, 8), np.uint8), luts, 5, 1)
 
 
 @needs_vbmi
 @given(eight_bit_tables(), st.integers(1, 320), st.integers(1, 6))
 def test_fastscan8_topk_is_the_float_scan(case, k: int, nchunks: int) -> None:  # type: ignore[no-untyped-def]
     codes, luts = case
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
-    keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, k, nchunks)
+    keys, ids = fastscan8.fastscan8_topk(codes, luts, k, nchunks)
     want_keys, want_ids = topk.topk_numpy(scan.adc_sums_numpy(codes, luts, False), k)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(keys, want_keys)
@@ -120,9 +118,8 @@ def test_fastscan8_topk_at_block_and_group_edges(n: int, width: int) -> None:
     rng = np.random.default_rng(n + width)
     codes = rng.integers(0, 256, (n, width)).astype(np.uint8)
     luts = rng.standard_normal((2, width, 256)).astype(np.float32)
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
     for k, nchunks in ((1, 1), (100, 3), (n, 2)):
-        keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, k, nchunks)
+        keys, ids = fastscan8.fastscan8_topk(codes, luts, k, nchunks)
         want_keys, want_ids = scan.adc_topk(codes, luts, EMPTY, EMPTY, k, nchunks, False)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(keys, want_keys)
@@ -132,11 +129,10 @@ def test_fastscan8_topk_at_block_and_group_edges(n: int, width: int) -> None:
 def test_fastscan8_topk_on_one_row_and_many_queries() -> None:
     codes = np.array([[7, 200]], dtype=np.uint8)
     luts = np.random.default_rng(3).standard_normal((5, 2, 256)).astype(np.float32)
-    tables, bias, scale, slack = fastscan.quantize_luts(luts)
-    keys, ids = fastscan8.fastscan8_topk(codes, tables, luts, bias, scale, slack, 10, 4)
+    keys, ids = fastscan8.fastscan8_topk(codes, luts, 10, 4)
     assert ids.tolist() == [[0]] * 5
     np.testing.assert_array_equal(keys[:, 0], luts[:, 0, 7] + luts[:, 1, 200])
-    keys, ids = fastscan8.fastscan8_topk(codes[:0], tables, luts, bias, scale, slack, 10, 4)
+    keys, ids = fastscan8.fastscan8_topk(codes[:0], luts, 10, 4)
     assert keys.shape == ids.shape == (5, 0)
 
 
