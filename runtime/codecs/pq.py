@@ -177,10 +177,11 @@ class PqCodec(adc.BlockedCodes, Codec):
         rotation = self.arrays.get("rotation")
         if rotation is not None:
             queries = queries @ rotation
-        dots = pqdecode.subspace_dots(np.ascontiguousarray(queries, dtype=np.float32), self.arrays["codebooks"])
+        rows = np.ascontiguousarray(queries, dtype=np.float32)
+        dots = pqdecode.subspace_dots(rows, self.arrays["codebooks"])
         if metric == "ip":
             return dots
-        parts = queries.reshape(queries.shape[0], self._m, -1).astype(np.float32)
+        parts = rows.reshape(rows.shape[0], self._m, -1)
         qn = np.einsum("qms,qms->qm", parts, parts)[:, :, None]
         return np.ascontiguousarray(-(qn - 2 * dots + self._diag[None]), dtype=np.float32)
 
