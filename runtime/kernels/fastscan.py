@@ -33,7 +33,7 @@ from runtime.kernels import cpu
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, popcount64, prefetch_row_into, target_has
 from runtime.kernels.scan import _chunk_bounds, _code_row_sum
 from runtime.kernels.simd import REGISTER_LANES
-from runtime.kernels.topk import heap_push, merge_partials
+from runtime.kernels.topk import heap_push, merge_partials, partial_heaps
 
 BLOCK_ROWS = 32
 """Rows a block holds: one byte per row fills a 32-byte AVX2 register."""
@@ -466,16 +466,13 @@ def fastscan_topk(blocked: np.ndarray, luts: np.ndarray, n: int, k: int, nchunks
     ordered = quad_tables(tables) if WIDE else tables
     flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
     kk = min(k, n)
-    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
-    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
-    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    heaps = partial_heaps(nq, nchunks, kk)
     query = (ordered, flat, bias, scale, slack)
-    heaps = (part_keys, part_ids, part_sizes)
     if nchunks == 1:
         _scan_chunk(blocked, query, n, 0, 1, heaps)
     else:
         _scan_chunks_parallel(blocked, query, n, heaps)
-    return merge_partials(part_keys, part_ids, part_sizes, kk)
+    return merge_partials(heaps[0], heaps[1], heaps[2], kk)
 
 
 @njit(nogil=True, cache=True)

@@ -35,7 +35,7 @@ from runtime.kernels import cpu
 from runtime.kernels.fastscan import _threshold, offer_passed, passed_rows, quantize_luts, store_row_sums
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, prefetch_row_into
 from runtime.kernels.scan import _chunk_bounds
-from runtime.kernels.topk import merge_partials
+from runtime.kernels.topk import merge_partials, partial_heaps
 
 BLOCK_ROWS = 64
 """Rows a block holds: one byte a row fills a 64-byte register."""
@@ -346,11 +346,7 @@ def fastscan8_topk(codes: np.ndarray, luts: np.ndarray, k: int, nchunks: int):
     tables, bias, scale, slack = quantize_luts(luts)
     flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
     kk = min(k, n)
-    heaps = (
-        np.empty((nq, nchunks, kk), dtype=np.float32),
-        np.empty((nq, nchunks, kk), dtype=np.int64),
-        np.zeros((nq, nchunks), dtype=np.int64),
-    )
+    heaps = partial_heaps(nq, nchunks, kk)
     query = (tables, flat, bias, scale, slack)
     if nchunks == 1:
         _scan_chunk(codes, query, 0, 1, heaps)

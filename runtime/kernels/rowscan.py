@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, half_from_bytes, half_to_float, prefetch_row
 from runtime.kernels.scan import _chunk_bounds, _offer_block
-from runtime.kernels.topk import merge_partials
+from runtime.kernels.topk import merge_partials, partial_heaps
 
 SCAN_BLOCK_ROWS = 1024
 """Rows whose keys one query computes before they are offered to its heap. Each block costs a
@@ -170,9 +170,7 @@ def quantized_topk(
             else:
                 q_odd[qi, j // 2] = queries[qi, j]
     kk = min(k, n)
-    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
-    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
-    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     no_rows = np.empty(0, dtype=np.float32)
     block_rows = scan_block_rows(rows.shape[1] * rows.itemsize)
     for c in prange(nchunks):

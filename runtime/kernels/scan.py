@@ -20,7 +20,7 @@ from runtime.kernels.intrinsics import (
     target_has_vector_popcount,
     thread_count,
 )
-from runtime.kernels.topk import heap_push, merge_partials
+from runtime.kernels.topk import heap_push, merge_partials, partial_heaps
 
 WORD_LOADS = sys.byteorder == "little"
 """Whether the ADC scan may read 8-bit codes eight to a word (`intrinsics.load_word`)."""
@@ -163,9 +163,7 @@ def hamming_topk(codes: np.ndarray, queries: np.ndarray, k: int, nchunks: int):
     n = codes.shape[0]
     nq = queries.shape[0]
     kk = min(k, n)
-    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
-    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
-    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     for c in prange(nchunks):
         start, stop = _chunk_bounds(n, nchunks, c)
         _hamming_scan_chunk(codes, queries, start, stop, part_keys, part_ids, part_sizes, c)
@@ -551,9 +549,7 @@ def adc_topk(
     nq = luts.shape[0]
     flat = np.ascontiguousarray(luts).reshape(nq, luts.shape[1] * luts.shape[2])
     kk = min(k, n)
-    part_keys = np.empty((nq, nchunks, kk), dtype=np.float32)
-    part_ids = np.empty((nq, nchunks, kk), dtype=np.int64)
-    part_sizes = np.zeros((nq, nchunks), dtype=np.int64)
+    part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     for c in prange(nchunks):
         start, stop = _chunk_bounds(n, nchunks, c)
         _adc_scan_chunk(codes, flat, row_mul, row_add, start, stop, part_keys, part_ids, part_sizes, c, four_bit)

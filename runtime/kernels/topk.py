@@ -110,6 +110,18 @@ def finalize(heap_keys: np.ndarray, heap_ids: np.ndarray, heap_sizes: np.ndarray
         heap_sort_best_first(heap_keys[qi], heap_ids[qi], heap_sizes[qi])
 
 
+@njit(nogil=True, cache=True)
+def partial_heaps(nq: int, nchunks: int, k: int):
+    """Empty heaps for a scan split into chunks, each chunk keeping its own top-k of every query:
+    -> keys (nq, nchunks, k) float32, ids (nq, nchunks, k) int64, sizes (nq, nchunks) int64 zeros,
+    the arguments of `merge_partials`."""
+    return (
+        np.empty((nq, nchunks, k), dtype=np.float32),
+        np.empty((nq, nchunks, k), dtype=np.int64),
+        np.zeros((nq, nchunks), dtype=np.int64),
+    )
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def merge_partials(part_keys: np.ndarray, part_ids: np.ndarray, part_sizes: np.ndarray, k: int):
     """Merge per-chunk heaps into one sorted top-k per query.
