@@ -778,13 +778,15 @@ def write_results(cfg: Config, rows: list[Row], extra: dict[str, Any]) -> None:
     }
     (cfg.out / "perf.json").write_text(json.dumps(payload, indent=2, default=str))
     m = payload["machine"]
+    width = m["kernels"]["vector_width"]
     lines = [
         f"# embserve kernel benchmarks ({'smoke' if cfg.smoke else 'full'})",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, AVX2 {m['avx2']}, AVX-512 {m['avx512f']}; numpy {m['numpy']}, "
         f"numba {m['numba']} ({m['threading_layer']}), torch {m['torch']}, faiss {m['faiss']}.",
-        f"Kernels compiled for LLVM CPU {m['kernels']['llvm_cpu']} with {m['kernels']['vector_width']} vectors; "
-        f"features used: {', '.join(m['kernels']['features'])}.",
+        f"Kernels compiled for LLVM CPU {m['kernels']['llvm_cpu']} "
+        + (f"with {width} vectors; " if width.endswith("-bit") else f"(vector width {width}); ")
+        + f"features used: {', '.join(m['kernels']['features'])}.",
         f"Data: {cfg.rows:,} × {cfg.dim} float32; medians of {cfg.reps} alternated repetitions "
         f"(each timed call after an untimed one of the same function); k = {cfg.k}.",
         f"Memory copy bandwidth: {extra['copy_bandwidth_gbs']:.1f} GB/s (read + write).",
