@@ -1,17 +1,23 @@
 """Compile (and cache) every kernel the server can call, for every codec.
 
-Run at image build time with NUMBA_CACHE_DIR and a fixed target set, so containers start with a
-cache that matches any CPU of that level: the Dockerfile sets NUMBA_CPU_NAME=x86-64-v3 and that
-level's features (F16C and FMA among them). NUMBA_CPU_NAME=generic works on any x86-64 CPU, but
-without F16C the half-float conversions fall back to arithmetic, slower in fp16 and row-wise kernels.
+Run at image build time for fixed targets, so containers start with a cache that matches any CPU
+of a level: the Dockerfile runs `--levels`, which builds one cache for x86-64-v3 (AVX2, F16C and
+FMA) and, where the build host has them, one for AVX-512 server cores (`runtime.kernels.targets`);
+a container takes the best one its CPU runs. With NUMBA_CPU_NAME and NUMBA_CACHE_DIR set by hand
+it builds that one target: NUMBA_CPU_NAME=generic works on any x86-64 CPU, but without F16C the
+half-float conversions fall back to arithmetic, slower in fp16 and row-wise kernels.
 Tables are saved and loaded back first: memory-mapped arrays are read-only, which numba compiles
 separately from writable ones.
 
-    python -m runtime.warm
+    python -m runtime.warm                   # for NUMBA_CPU_NAME / NUMBA_CACHE_DIR as set
+    python -m runtime.warm --levels DIR [LEVEL ...]   # a cache a level in DIR/<level>
+                                                      # (runtime.kernels.targets; all by default)
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,5 +59,41 @@ def warm_all() -> float:
     return time.perf_counter() - start
 
 
+def warm_levels(caches: Path, names: list[str] | None = None) -> list[str]:
+    """Build caches/<level> for each level of `targets.LEVELS` (or those named) this CPU can run
+    (warming runs the kernels, so a level the build host lacks is skipped with a note); returns
+    the levels built."""
+    from llvmlite import binding
+
+    from runtime.kernels.targets import CACHES_VARIABLE, LEVELS, level_environment
+
+    known = [level.name for level in LEVELS]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown level {', '.join(unknown)}; the levels are {', '.join(known)}")
+    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
+    built = []
+    for level in LEVELS:
+        if names and level.name not in names:
+            continue
+        if not level.runs_on(host):
+            missing = [name for name in level.features if not host.get(name, False)]
+            print(f"{level.name}: skipped, this CPU lacks {', '.join(missing)}", file=sys.stderr)
+            continue
+        env = {key: value for key, value in os.environ.items() if key != CACHES_VARIABLE}
+        env.update(level_environment(level, caches))
+        # a process of its own: numba reads the target once, before its first compile
+        subprocess.run([sys.executable, "-m", "runtime.warm"], env=env, check=True)
+        print(f"{level.name}: cached in {caches / level.name}", file=sys.stderr)
+        built.append(level.name)
+    return built
+
+
 if __name__ == "__main__":
-    print(f"numba kernels compiled and cached in {warm_all():.1f} s", file=sys.stderr)
+    if sys.argv[1:2] == ["--levels"] and len(sys.argv) >= 3:
+        if not warm_levels(Path(sys.argv[2]), sys.argv[3:]):
+            sys.exit("no level asked for runs on this CPU")
+    elif len(sys.argv) > 1:
+        sys.exit("usage: python -m runtime.warm [--levels DIR [LEVEL ...]]")
+    else:
+        print(f"numba kernels compiled and cached in {warm_all():.1f} s", file=sys.stderr)
