@@ -13,6 +13,10 @@ import os
 
 import numba
 
+# first: where EMBSERVE_NUMBA_CACHES is set this picks numba's target and cache, and numba then
+# re-reads its variables, which would undo the threading layer set below
+import runtime.kernels  # noqa: F401
+
 # Kernels are called from several threads at once (the service's executor); numba's default
 # workqueue layer aborts on concurrent parallel regions, so ask for a thread-safe layer (OpenMP
 # or TBB) unless the user chose one.

@@ -6,13 +6,16 @@ fixed targets instead of the build host. One AVX2 target alone would leave the A
 servers many clusters run. So `python -m runtime.warm --levels DIR` compiles a cache for each level
 the build host can run into DIR/<level>, and a process started with CACHES_VARIABLE=DIR takes the
 highest level whose features its CPU has and whose cache exists, before numba compiles anything
-(`runtime.kernels` calls `select_from_environment` on import). NUMBA_CPU_NAME set by the user wins.
+(`runtime.kernels` calls `select_from_environment` on import). numba's own target or cache
+variables, where the user sets them, win.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,22 +48,20 @@ _X86_64_V3 = [
     "xsave",
 ]
 # x86-64-v4 (AVX-512 F, BW, CD, DQ, VL) and what every AVX-512 server core since Ice Lake and Zen 4
-# adds, which the kernels use: VBMI permutes, VNNI, VPOPCNTDQ and BITALG popcounts
+# adds and the kernels use: VBMI permutes, VNNI, VPOPCNTDQ and BITALG popcounts (only these, so a
+# VM that hides an extension the kernels never use still gets this level)
 _AVX512_SERVER = [
     *_X86_64_V3,
-    *[
-        "avx512f",
-        "avx512bw",
-        "avx512cd",
-        "avx512dq",
-        "avx512vl",
-        "avx512vbmi",
-        "avx512vbmi2",
-        "avx512vnni",
-        "avx512bitalg",
-    ],
-    *["avx512vpopcntdq", "avx512ifma", "gfni", "vaes", "vpclmulqdq"],
+    *["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"],
+    *["avx512vbmi", "avx512vnni", "avx512vpopcntdq", "avx512bitalg"],
 ]
+
+USER_VARIABLES = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_CACHE_DIR")
+"""numba's target and cache variables: where any is set, the user has chosen and nothing is picked."""
+
+SCRATCH_NAME = "embserve-numba-cache"
+"""Under the temp directory: copies of prebuilt caches numba cannot write in place, and the cache of
+a CPU no level fits."""
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,59 @@ def level_environment(level: Level, caches: Path) -> dict[str, str]:
     }
 
 
+def writable(directory: Path) -> bool:
+    """Whether a file can be made in `directory`, the test numba applies to a cache directory."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def usable_cache(prebuilt: Path, scratch: Path) -> Path:
+    """`prebuilt` where it is writable, else a copy of it under `scratch`, made once and then reused.
+    numba passes over a cache directory it cannot write, and with none left it refuses to define
+    the kernels at all: a container with a read-only root filesystem (the Kubernetes manifests
+    run so) must load its prebuilt kernels from a writable copy."""
+    if writable(prebuilt):
+        return prebuilt
+    copy = scratch / prebuilt.name
+    if not copy.is_dir():
+        scratch.mkdir(parents=True, exist_ok=True)
+        # copied aside, then renamed into place: worker processes starting together never see half
+        partial = Path(tempfile.mkdtemp(dir=scratch, prefix=f".{prebuilt.name}-"))
+        shutil.copytree(prebuilt, partial, dirs_exist_ok=True)
+        try:
+            partial.rename(copy)
+        except OSError:  # another process put its copy there first
+            shutil.rmtree(partial, ignore_errors=True)
+    return copy
+
+
 def select_from_environment() -> Level | None:
-    """Where CACHES_VARIABLE names a directory and NUMBA_CPU_NAME is unset, point numba at the best
-    cache for this CPU (in os.environ, so worker processes inherit the choice). Returns the level,
-    or None where nothing was chosen (numba then compiles for this CPU as usual)."""
+    """Where CACHES_VARIABLE names a directory and none of USER_VARIABLES is set, point numba at the
+    best cache for this CPU (in os.environ, so worker processes inherit the choice). Returns the
+    level, or None where nothing was chosen: then numba compiles for this CPU as usual, into a
+    scratch cache where CACHES_VARIABLE is set (the image's own directories may be read-only)."""
     caches = os.environ.get(CACHES_VARIABLE)
-    if not caches or "NUMBA_CPU_NAME" in os.environ:
+    if not caches or any(name in os.environ for name in USER_VARIABLES):
         return None
     from llvmlite import binding
 
     host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
     level = choose_level(host, Path(caches))
+    scratch = Path(tempfile.gettempdir()) / SCRATCH_NAME
     if level is None:
         print(f"{CACHES_VARIABLE}={caches}: no cache there runs on this CPU; compiling for it", file=sys.stderr)
-        return None
-    os.environ.update(level_environment(level, Path(caches)))
+        scratch.mkdir(parents=True, exist_ok=True)
+        os.environ["NUMBA_CACHE_DIR"] = str(scratch / "host")
+    else:
+        chosen = level_environment(level, Path(caches))
+        chosen["NUMBA_CACHE_DIR"] = str(usable_cache(Path(chosen["NUMBA_CACHE_DIR"]), scratch))
+        os.environ.update(chosen)
     if "numba" in sys.modules:
+        # numba re-reads every NUMBA_ variable once one changes, resetting values set in code:
+        # `runtime` sets its threading layer after this runs (see runtime/__init__.py)
         from numba.core import config
 
         config.reload_config()

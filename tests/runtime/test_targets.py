@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from runtime import warm
-from runtime.kernels.targets import LEVELS, Level, choose_level, level_environment
+from runtime.kernels import targets
+from runtime.kernels.targets import LEVELS, SCRATCH_NAME, Level, choose_level, level_environment, usable_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 AVX512, V3 = LEVELS
@@ -68,12 +70,16 @@ import json, os, sys
 if sys.argv[1] == "numba-first":
     import numba  # numba's config is read before runtime.kernels picks the cache: it is reloaded
 import numba
-import runtime.kernels
-from runtime.kernels import cpu
+import runtime
+from runtime.kernels import checks, cpu
+import numpy as np
+# a kernel compiles and caches where the choice says (a cache numba cannot use stops this)
+assert checks.first_out_of_range(np.arange(5, dtype=np.int64), 3) == 3
 print(json.dumps({
     "cache_dir": numba.config.CACHE_DIR,
     "cpu_name": numba.config.CPU_NAME,
     "env_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
+    "threading_layer": numba.config.THREADING_LAYER,
     "width": cpu.VECTOR_WIDTH,
 }))
 """
@@ -94,16 +100,76 @@ def test_a_process_started_with_the_caches_variable_loads_from_the_best_level(tm
     host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
     for level in LEVELS:
         (tmp_path / level.name).mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")} | {"EMBSERVE_NUMBA_CACHES": str(tmp_path)}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")} | {
+        "EMBSERVE_NUMBA_CACHES": str(tmp_path),
+        "TMPDIR": str(scratch),
+    }
     expected = next((level for level in LEVELS if level.runs_on(host)), None)
     if expected is None:
         pytest.skip("this CPU runs no level (no AVX2)")
     chosen = _choice(env, order)
     assert chosen["cache_dir"] == chosen["env_cache_dir"] == str(tmp_path / expected.name)
     assert chosen["cpu_name"] == expected.cpu_name
-    # NUMBA_CPU_NAME set by hand wins: nothing is chosen
+    # numba re-read its variables after the choice, and runtime's threading layer survived it
+    assert chosen["threading_layer"] == "threadsafe"
+    assert list((tmp_path / expected.name).rglob("*.nbi")), "the kernel was not cached in the level's directory"
+    # numba's variables set by hand win: nothing is chosen
     manual = _choice(env | {"NUMBA_CPU_NAME": "generic"}, order)
     assert manual["cpu_name"] == "generic" and manual["env_cache_dir"] is None
+    own = _choice(env | {"NUMBA_CACHE_DIR": str(scratch / "own")}, order)
+    assert own["cache_dir"] == str(scratch / "own") and own["cpu_name"] is None
+    # no level's cache there: this CPU's own code, cached in the scratch directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    host_only = _choice(env | {"EMBSERVE_NUMBA_CACHES": str(empty)}, order)
+    assert host_only["cpu_name"] is None and host_only["cache_dir"] == str(scratch / SCRATCH_NAME / "host")
+    assert host_only["threading_layer"] == "threadsafe"
+
+
+def test_a_cache_numba_cannot_write_is_used_from_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prebuilt = tmp_path / "image" / V3.name
+    (prebuilt / "sub").mkdir(parents=True)
+    (prebuilt / "sub" / "kernel.nbi").write_bytes(b"index")
+    scratch = tmp_path / "tmp" / SCRATCH_NAME
+    assert usable_cache(prebuilt, scratch) == prebuilt  # writable: used in place
+    monkeypatch.setattr(targets, "writable", lambda directory: directory != prebuilt)
+    copy = usable_cache(prebuilt, scratch)
+    assert copy == scratch / V3.name and (copy / "sub" / "kernel.nbi").read_bytes() == b"index"
+    # a second process finds the copy made and leaves it as it is
+    (copy / "sub" / "kernel.nbc").write_bytes(b"compiled since")
+    assert usable_cache(prebuilt, scratch) == copy and (copy / "sub" / "kernel.nbc").exists()
+    assert [p.name for p in scratch.iterdir()] == [V3.name]
+
+
+def test_a_read_only_prebuilt_cache_serves_a_process_from_its_copy(tmp_path: Path) -> None:
+    # as in a pod with a read-only root filesystem; root writes anywhere, so the directory is made
+    # immutable instead (where chattr works)
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    from llvmlite import binding
+
+    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
+    level = next((level for level in LEVELS if level.runs_on(host)), None)
+    if level is None:
+        pytest.skip("this CPU runs no level (no AVX2)")
+    caches, scratch = tmp_path / "caches", tmp_path / "tmp"
+    (caches / level.name).mkdir(parents=True)
+    scratch.mkdir()
+    (caches / level.name / "marker").write_text("prebuilt")
+    if subprocess.run(["chattr", "+i", str(caches / level.name)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem does not take chattr +i")
+    try:
+        assert not targets.writable(caches / level.name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+        chosen = _choice(env | {"EMBSERVE_NUMBA_CACHES": str(caches), "TMPDIR": str(scratch)}, "kernels-first")
+    finally:
+        subprocess.run(["chattr", "-i", str(caches / level.name)], check=True)
+    copy = scratch / SCRATCH_NAME / level.name
+    assert chosen["cache_dir"] == str(copy) and chosen["cpu_name"] == level.cpu_name
+    assert (copy / "marker").read_text() == "prebuilt" and list(copy.rglob("*.nbi"))
+    assert [p.name for p in (caches / level.name).iterdir()] == ["marker"]
 
 
 def test_warming_levels_refuses_unknown_names_and_skips_what_the_cpu_lacks(
