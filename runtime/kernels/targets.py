@@ -12,8 +12,10 @@ variables, where the user sets them, win.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -60,8 +62,8 @@ USER_VARIABLES = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_CACHE_DIR")
 """numba's target and cache variables: where any is set, the user has chosen and nothing is picked."""
 
 SCRATCH_NAME = "embserve-numba-cache"
-"""Under the temp directory: copies of prebuilt caches numba cannot write in place, and the cache of
-a CPU no level fits."""
+"""Under the temp directory, with the user id appended (`scratch_directory`): copies of prebuilt
+caches numba cannot write in place, and the cache of a CPU no level fits."""
 
 
 @dataclass(frozen=True)
@@ -117,24 +119,58 @@ def writable(directory: Path) -> bool:
         return False
 
 
+def scratch_directory() -> Path:
+    """This user's scratch directory under the temp directory, made private (0700) if new. numba
+    unpickles its cache index files, so a directory another user made or can write is never used:
+    a fresh private one then takes its place."""
+    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_NAME}-{os.getuid()}"
+    try:
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        info = scratch.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022:
+            return scratch
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_NAME}-"))
+
+
+def _copy_into_place(prebuilt: Path, copy: Path) -> bool:
+    """Copy prebuilt to copy, aside then renamed into place (worker processes starting together
+    never see half a copy), owner-writable whatever the source's modes; False where it failed."""
+    partial = Path(tempfile.mkdtemp(dir=copy.parent, prefix=f".{copy.name}-"))
+    try:
+        shutil.copytree(prebuilt, partial, dirs_exist_ok=True)
+        for root, dirs, files in os.walk(partial):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o600)
+        os.chmod(partial, 0o700)
+        partial.rename(copy)
+        return True
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if copy.is_dir() and writable(copy):  # another process put its copy there first
+            return True
+        print(f"cannot copy the kernel cache {prebuilt} to {copy}: {error}", file=sys.stderr)
+        return False
+
+
 def usable_cache(prebuilt: Path, scratch: Path) -> Path:
     """`prebuilt` where it is writable, else a copy of it under `scratch`, made once and then reused.
     numba passes over a cache directory it cannot write, and with none left it refuses to define
     the kernels at all: a container with a read-only root filesystem (the Kubernetes manifests
-    run so) must load its prebuilt kernels from a writable copy."""
+    run so) must load its prebuilt kernels from a writable copy. The copy's name carries the
+    prebuilt directory's path and modification time, so another image's or install's cache is copied
+    afresh. Where copying fails, an empty directory of scratch's: the kernels compile there."""
     if writable(prebuilt):
         return prebuilt
-    copy = scratch / prebuilt.name
-    if not copy.is_dir():
-        scratch.mkdir(parents=True, exist_ok=True)
-        # copied aside, then renamed into place: worker processes starting together never see half
-        partial = Path(tempfile.mkdtemp(dir=scratch, prefix=f".{prebuilt.name}-"))
-        shutil.copytree(prebuilt, partial, dirs_exist_ok=True)
-        try:
-            partial.rename(copy)
-        except OSError:  # another process put its copy there first
-            shutil.rmtree(partial, ignore_errors=True)
-    return copy
+    info = prebuilt.stat()
+    stamp = hashlib.sha256(f"{prebuilt.resolve()}:{info.st_mtime_ns}".encode()).hexdigest()
+    copy = scratch / f"{prebuilt.name}-{stamp[:12]}"
+    if copy.is_dir() or _copy_into_place(prebuilt, copy):
+        return copy
+    return Path(tempfile.mkdtemp(dir=scratch, prefix=f"{prebuilt.name}-compiled-"))
 
 
 def select_from_environment() -> Level | None:
@@ -149,14 +185,14 @@ def select_from_environment() -> Level | None:
 
     host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
     level = choose_level(host, Path(caches))
-    scratch = Path(tempfile.gettempdir()) / SCRATCH_NAME
     if level is None:
         print(f"{CACHES_VARIABLE}={caches}: no cache there runs on this CPU; compiling for it", file=sys.stderr)
-        scratch.mkdir(parents=True, exist_ok=True)
-        os.environ["NUMBA_CACHE_DIR"] = str(scratch / "host")
+        os.environ["NUMBA_CACHE_DIR"] = str(scratch_directory() / "host")
     else:
         chosen = level_environment(level, Path(caches))
-        chosen["NUMBA_CACHE_DIR"] = str(usable_cache(Path(chosen["NUMBA_CACHE_DIR"]), scratch))
+        prebuilt = Path(chosen["NUMBA_CACHE_DIR"])
+        if not writable(prebuilt):
+            chosen["NUMBA_CACHE_DIR"] = str(usable_cache(prebuilt, scratch_directory()))
         os.environ.update(chosen)
     if "numba" in sys.modules:
         # numba re-reads every NUMBA_ variable once one changes, resetting values set in code:

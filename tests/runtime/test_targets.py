@@ -124,7 +124,9 @@ def test_a_process_started_with_the_caches_variable_loads_from_the_best_level(tm
     empty = tmp_path / "empty"
     empty.mkdir()
     host_only = _choice(env | {"EMBSERVE_NUMBA_CACHES": str(empty)}, order)
-    assert host_only["cpu_name"] is None and host_only["cache_dir"] == str(scratch / SCRATCH_NAME / "host")
+    private = scratch / f"{SCRATCH_NAME}-{os.getuid()}"
+    assert host_only["cpu_name"] is None and host_only["cache_dir"] == str(private / "host")
+    assert private.stat().st_mode & 0o777 == 0o700
     assert host_only["threading_layer"] == "threadsafe"
 
 
@@ -132,15 +134,60 @@ def test_a_cache_numba_cannot_write_is_used_from_a_copy(tmp_path: Path, monkeypa
     prebuilt = tmp_path / "image" / V3.name
     (prebuilt / "sub").mkdir(parents=True)
     (prebuilt / "sub" / "kernel.nbi").write_bytes(b"index")
-    scratch = tmp_path / "tmp" / SCRATCH_NAME
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     assert usable_cache(prebuilt, scratch) == prebuilt  # writable: used in place
     monkeypatch.setattr(targets, "writable", lambda directory: directory != prebuilt)
-    copy = usable_cache(prebuilt, scratch)
-    assert copy == scratch / V3.name and (copy / "sub" / "kernel.nbi").read_bytes() == b"index"
+    # a read-only source's modes are not carried over: numba must be able to write the copy
+    (prebuilt / "sub").chmod(0o555)
+    prebuilt.chmod(0o555)
+    try:
+        copy = usable_cache(prebuilt, scratch)
+    finally:
+        prebuilt.chmod(0o755)
+        (prebuilt / "sub").chmod(0o755)
+    assert copy.parent == scratch and copy.name.startswith(f"{V3.name}-")
+    assert (copy / "sub" / "kernel.nbi").read_bytes() == b"index"
+    assert copy.stat().st_mode & 0o700 == (copy / "sub").stat().st_mode & 0o700 == 0o700
     # a second process finds the copy made and leaves it as it is
     (copy / "sub" / "kernel.nbc").write_bytes(b"compiled since")
     assert usable_cache(prebuilt, scratch) == copy and (copy / "sub" / "kernel.nbc").exists()
-    assert [p.name for p in scratch.iterdir()] == [V3.name]
+    assert [p.name for p in scratch.iterdir()] == [copy.name]
+    # another install's cache (a directory changed since) is copied afresh
+    (prebuilt / "newer").mkdir()
+    assert usable_cache(prebuilt, scratch) != copy
+
+
+def test_a_failed_copy_leaves_no_half_copy_and_an_empty_cache_to_compile_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prebuilt = tmp_path / V3.name
+    prebuilt.mkdir()
+    (prebuilt / "kernel.nbi").write_bytes(b"index")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(targets, "writable", lambda directory: directory != prebuilt)
+
+    def disk_full(source: object, target: object, dirs_exist_ok: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(targets.shutil, "copytree", disk_full)
+    fallback = usable_cache(prebuilt, scratch)
+    assert fallback.parent == scratch and fallback.name.startswith(f"{V3.name}-compiled-")
+    assert list(fallback.iterdir()) == [] and [p.name for p in scratch.iterdir()] == [fallback.name]
+    assert "No space left on device" in capsys.readouterr().err
+
+
+def test_a_scratch_directory_another_user_could_write_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(targets.tempfile, "tempdir", str(tmp_path))
+    mine = targets.scratch_directory()
+    assert mine == tmp_path / f"{SCRATCH_NAME}-{os.getuid()}" and mine.stat().st_mode & 0o777 == 0o700
+    assert targets.scratch_directory() == mine
+    mine.chmod(0o777)  # as if another user had made it first, open to all
+    other = targets.scratch_directory()
+    assert other != mine and other.parent == tmp_path and other.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_read_only_prebuilt_cache_serves_a_process_from_its_copy(tmp_path: Path) -> None:
@@ -166,7 +213,7 @@ def test_a_read_only_prebuilt_cache_serves_a_process_from_its_copy(tmp_path: Pat
         chosen = _choice(env | {"EMBSERVE_NUMBA_CACHES": str(caches), "TMPDIR": str(scratch)}, "kernels-first")
     finally:
         subprocess.run(["chattr", "-i", str(caches / level.name)], check=True)
-    copy = scratch / SCRATCH_NAME / level.name
+    (copy,) = (scratch / f"{SCRATCH_NAME}-{os.getuid()}").glob(f"{level.name}-*")
     assert chosen["cache_dir"] == str(copy) and chosen["cpu_name"] == level.cpu_name
     assert (copy / "marker").read_text() == "prebuilt" and list(copy.rglob("*.nbi"))
     assert [p.name for p in (caches / level.name).iterdir()] == ["marker"]
