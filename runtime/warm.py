@@ -63,15 +63,13 @@ def warm_levels(caches: Path, names: list[str] | None = None) -> list[str]:
     """Build caches/<level> for each level of `targets.LEVELS` (or those named) this CPU can run
     (warming runs the kernels, so a level the build host lacks is skipped with a note); returns
     the levels built."""
-    from llvmlite import binding
-
-    from runtime.kernels.targets import CACHES_VARIABLE, LEVELS, level_environment
+    from runtime.kernels.targets import CACHES_VARIABLE, LEVELS, host_features, level_environment
 
     known = [level.name for level in LEVELS]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise SystemExit(f"unknown level {', '.join(unknown)}; the levels are {', '.join(known)}")
-    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
+    host = host_features()
     built = []
     for level in LEVELS:
         if names and level.name not in names:

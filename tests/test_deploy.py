@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runtime.kernels.targets import LEVELS, Level
+from runtime.kernels.targets import best_level, host_features
 from tests.conftest import require_external_marker
 from tests.service.conftest import require_binary
 
@@ -198,20 +198,13 @@ print(hits, misses, os.environ.get("NUMBA_CACHE_DIR"), ",".join(cpu.describe()["
 """
 
 
-def _best_level() -> Level | None:
-    from llvmlite import binding
-
-    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
-    return next((level for level in LEVELS if level.runs_on(host)), None)
-
-
 @pytest.mark.slow
 def test_build_time_warmup_fills_the_cache_a_server_starts_from(tmp_path: Path) -> None:
     # as the Dockerfile does: compile into a cache for a fixed target, the best level this CPU runs
     # (building every level would double the time); a second process (the container starting,
     # with only EMBSERVE_NUMBA_CACHES set) must pick that cache, find every kernel it runs there
     # and compile nothing
-    level = _best_level()
+    level = best_level(host_features())
     if level is None:
         pytest.skip("this CPU runs no level of runtime.kernels.targets (no AVX2)")
     caches = tmp_path / "caches"

@@ -15,13 +15,10 @@ import os
 import numba
 from llvmlite import binding
 
+from runtime.kernels.targets import host_features
+
 WIDE = ("avx512f", "avx512bw", "avx512vl")
 REPORTED = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512vnni", "avx512vpopcntdq")
-
-
-def host_features() -> dict[str, bool]:
-    """The host CPU's features as LLVM sees them (name -> present)."""
-    return {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
 
 
 def choose_vector_width() -> str:

@@ -93,6 +93,19 @@ LEVELS = (
 """Best first."""
 
 
+def host_features() -> dict[str, bool]:
+    """The host CPU's features as LLVM sees them (name -> present). llvmlite only: numba's
+    configuration is not read, so this may run before the level is picked."""
+    from llvmlite import binding
+
+    return {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
+
+
+def best_level(host: dict[str, bool]) -> Level | None:
+    """The first level of LEVELS that a CPU with these features runs, cache or not."""
+    return next((level for level in LEVELS if level.runs_on(host)), None)
+
+
 def choose_level(host: dict[str, bool], caches: Path) -> Level | None:
     """The first level of LEVELS that `host` runs and that has a cache directory under `caches`."""
     for level in LEVELS:
@@ -156,15 +169,18 @@ def _copy_into_place(prebuilt: Path, copy: Path) -> bool:
         return False
 
 
-def usable_cache(prebuilt: Path, scratch: Path) -> Path:
+def usable_cache(prebuilt: Path, scratch: Path | None = None) -> Path:
     """`prebuilt` where it is writable, else a copy of it under `scratch`, made once and then reused.
     numba passes over a cache directory it cannot write, and with none left it refuses to define
     the kernels at all: a container with a read-only root filesystem (the Kubernetes manifests
     run so) must load its prebuilt kernels from a writable copy. The copy's name carries the
     prebuilt directory's path and modification time, so another image's or install's cache is copied
-    afresh. Where copying fails, an empty directory of scratch's: the kernels compile there."""
+    afresh. Where copying fails, an empty directory of scratch's: the kernels compile there.
+    scratch is `scratch_directory()` unless given, made only where a copy is needed."""
     if writable(prebuilt):
         return prebuilt
+    if scratch is None:
+        scratch = scratch_directory()
     info = prebuilt.stat()
     stamp = hashlib.sha256(f"{prebuilt.resolve()}:{info.st_mtime_ns}".encode()).hexdigest()
     copy = scratch / f"{prebuilt.name}-{stamp[:12]}"
@@ -181,18 +197,13 @@ def select_from_environment() -> Level | None:
     caches = os.environ.get(CACHES_VARIABLE)
     if not caches or any(name in os.environ for name in USER_VARIABLES):
         return None
-    from llvmlite import binding
-
-    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
-    level = choose_level(host, Path(caches))
+    level = choose_level(host_features(), Path(caches))
     if level is None:
         print(f"{CACHES_VARIABLE}={caches}: no cache there runs on this CPU; compiling for it", file=sys.stderr)
         os.environ["NUMBA_CACHE_DIR"] = str(scratch_directory() / "host")
     else:
         chosen = level_environment(level, Path(caches))
-        prebuilt = Path(chosen["NUMBA_CACHE_DIR"])
-        if not writable(prebuilt):
-            chosen["NUMBA_CACHE_DIR"] = str(usable_cache(prebuilt, scratch_directory()))
+        chosen["NUMBA_CACHE_DIR"] = str(usable_cache(Path(chosen["NUMBA_CACHE_DIR"])))
         os.environ.update(chosen)
     if "numba" in sys.modules:
         # numba re-reads every NUMBA_ variable once one changes, resetting values set in code:

@@ -14,7 +14,16 @@ import pytest
 
 from runtime import warm
 from runtime.kernels import targets
-from runtime.kernels.targets import LEVELS, SCRATCH_NAME, Level, choose_level, level_environment, usable_cache
+from runtime.kernels.targets import (
+    LEVELS,
+    SCRATCH_NAME,
+    Level,
+    best_level,
+    choose_level,
+    host_features,
+    level_environment,
+    usable_cache,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AVX512, V3 = LEVELS
@@ -47,6 +56,8 @@ def test_the_best_level_with_a_cache_wins(tmp_path: Path) -> None:
     assert choose_level(almost, tmp_path) == V3
     assert choose_level(host_with(V3) | {"avx2": False}, tmp_path) is None
     assert choose_level({}, tmp_path) is None
+    # without regard to caches
+    assert best_level(host_with(AVX512)) == AVX512 and best_level(almost) == V3 and best_level({}) is None
 
 
 def test_a_level_without_a_cache_is_passed_over(tmp_path: Path) -> None:
@@ -95,9 +106,6 @@ def _choice(env: dict[str, str], order: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("order", ["kernels-first", "numba-first"])
 def test_a_process_started_with_the_caches_variable_loads_from_the_best_level(tmp_path: Path, order: str) -> None:
-    from llvmlite import binding
-
-    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
     for level in LEVELS:
         (tmp_path / level.name).mkdir()
     scratch = tmp_path / "tmp"
@@ -106,7 +114,7 @@ def test_a_process_started_with_the_caches_variable_loads_from_the_best_level(tm
         "EMBSERVE_NUMBA_CACHES": str(tmp_path),
         "TMPDIR": str(scratch),
     }
-    expected = next((level for level in LEVELS if level.runs_on(host)), None)
+    expected = best_level(host_features())
     if expected is None:
         pytest.skip("this CPU runs no level (no AVX2)")
     chosen = _choice(env, order)
@@ -195,10 +203,7 @@ def test_a_read_only_prebuilt_cache_serves_a_process_from_its_copy(tmp_path: Pat
     # immutable instead (where chattr works)
     if shutil.which("chattr") is None:
         pytest.skip("chattr is not installed")
-    from llvmlite import binding
-
-    host = {name: bool(on) for name, on in binding.get_host_cpu_features().items()}
-    level = next((level for level in LEVELS if level.runs_on(host)), None)
+    level = best_level(host_features())
     if level is None:
         pytest.skip("this CPU runs no level (no AVX2)")
     caches, scratch = tmp_path / "caches", tmp_path / "tmp"
