@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.side_builds import BuildCommand, Finished, SideBuilds
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMBSERVE_SHARED_DATA", ROOT.parent / "shared" / "data" / "ml1m-als64"))
@@ -32,6 +35,28 @@ def require_external_marker(binary: str) -> None:
     item = _running[0] if _running else None
     if item is not None and item.get_closest_marker("external") is None:
         pytest.fail(f"{item.nodeid} runs {binary}: mark it @pytest.mark.external")
+
+
+@pytest.fixture(scope="session")
+def side_builds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SideBuilds]:
+    """Every `side_build` command of the tests this session selected (`tests/side_builds.py`)."""
+    commands: list[BuildCommand] = []
+    for item in request.session.items:
+        marker = item.get_closest_marker("side_build")
+        if marker is not None and marker.kwargs["command"] not in commands:
+            commands.append(marker.kwargs["command"])
+    builds = SideBuilds(commands, lambda name: tmp_path_factory.mktemp(name), ROOT)
+    yield builds
+    builds.stop()
+
+
+@pytest.fixture
+def side_build(request: pytest.FixtureRequest, side_builds: SideBuilds) -> Finished:
+    """The finished build of this test's `side_build` marker."""
+    marker = request.node.get_closest_marker("side_build")
+    if marker is None:
+        pytest.fail(f"{request.node.nodeid} uses the side_build fixture without a side_build marker")
+    return side_builds.result(marker.kwargs["command"])
 
 
 def low_rank_table(rows: int, dim: int, seed: int = 0, rank: int = 8) -> np.ndarray:

@@ -18,6 +18,7 @@ import yaml
 from runtime.kernels.targets import best_level, host_features
 from tests.conftest import require_external_marker
 from tests.service.conftest import require_binary
+from tests.side_builds import Finished
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -198,26 +199,34 @@ print(hits, misses, os.environ.get("NUMBA_CACHE_DIR"), ",".join(cpu.describe()["
 """
 
 
-@pytest.mark.slow
-def test_build_time_warmup_fills_the_cache_a_server_starts_from(tmp_path: Path) -> None:
+WARMED_LEVEL = best_level(host_features())
+
+
+def environment_without_numba_targets() -> dict[str, str]:
+    """This process's environment less every variable that picks numba's target or cache."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_") and k != "EMBSERVE_NUMBA_CACHES"}
+
+
+def warmed_level_build(directory: Path) -> tuple[list[str], dict[str, str]]:
     # as the Dockerfile does: compile into a cache for a fixed target, the best level this CPU runs
-    # (building every level would double the time); a second process (the container starting,
-    # with only EMBSERVE_NUMBA_CACHES set) must pick that cache, find every kernel it runs there
-    # and compile nothing
-    level = best_level(host_features())
+    # (building every level would double the time)
+    env = environment_without_numba_targets()
+    if WARMED_LEVEL is None:
+        return [sys.executable, "-c", ""], env
+    return [sys.executable, "-m", "runtime.warm", "--levels", str(directory / "caches"), WARMED_LEVEL.name], env
+
+
+@pytest.mark.slow
+@pytest.mark.side_build(command=warmed_level_build)
+def test_build_time_warmup_fills_the_cache_a_server_starts_from(side_build: Finished) -> None:
+    # a second process (the container starting, with only EMBSERVE_NUMBA_CACHES set) must pick the
+    # cache the build made, find every kernel it runs there and compile nothing
+    level = WARMED_LEVEL
     if level is None:
         pytest.skip("this CPU runs no level of runtime.kernels.targets (no AVX2)")
-    caches = tmp_path / "caches"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
-    env.pop("EMBSERVE_NUMBA_CACHES", None)
-    build = subprocess.run(
-        [sys.executable, "-m", "runtime.warm", "--levels", str(caches), level.name],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stderr
+    build = side_build
+    assert build.returncode == 0, build.stderr[-4000:]
+    caches = build.directory / "caches"
     assert sorted(p.name for p in caches.iterdir()) == [level.name]
     cached = {p.name.split("-")[0] for p in (caches / level.name).rglob("*.nbi")}
     expected = {
@@ -228,6 +237,7 @@ def test_build_time_warmup_fills_the_cache_a_server_starts_from(tmp_path: Path) 
         "dense.fp16_gather",
     }
     assert expected <= cached, cached
+    env = environment_without_numba_targets()
     start = subprocess.run(
         [sys.executable, "-c", COUNT_CACHE_MISSES],
         env={**env, "EMBSERVE_NUMBA_CACHES": str(caches)},

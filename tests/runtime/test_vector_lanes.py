@@ -7,13 +7,13 @@ row-wise, k-means and fast-scan kernel tests against their numpy twins there."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.kernels.simd import LANES_VARIABLE, REGISTER_LANES, register_lanes
+from tests.side_builds import Finished
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,15 +54,20 @@ def test_register_lanes_follow_the_cpu_features_unless_forced() -> None:
         register_lanes("32", "+avx512f")
 
 
-@pytest.mark.slow
-def test_kernels_with_the_other_register_width_match_their_numpy_twins(tmp_path: Path) -> None:
+OTHER = 8 if REGISTER_LANES == 16 else 16
+
+
+def other_lanes_build(directory: Path) -> tuple[list[str], dict[str, str]]:
     # a cache of its own: numba's cache key is the CPU, not the lane count, so a shared cache would
     # hand back this machine's kernels and this would test nothing
-    other = 8 if REGISTER_LANES == 16 else 16
-    env = {**os.environ, LANES_VARIABLE: str(other), "NUMBA_CACHE_DIR": str(tmp_path)}
-    run = subprocess.run(
-        [sys.executable, "-c", OTHER_LANES, str(other)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    env = {**os.environ, LANES_VARIABLE: str(OTHER), "NUMBA_CACHE_DIR": str(directory / "numba")}
+    return [sys.executable, "-c", OTHER_LANES, str(OTHER)], env
+
+
+@pytest.mark.slow
+@pytest.mark.side_build(command=other_lanes_build)
+def test_kernels_with_the_other_register_width_match_their_numpy_twins(side_build: Finished) -> None:
+    run = side_build
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     files = "tests/runtime/test_fastscan.py tests/runtime/test_kernels.py tests/runtime/test_kmeans.py"
     assert f"passed in: {files}" in run.stdout, run.stdout[-4000:]

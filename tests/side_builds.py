@@ -1,0 +1,96 @@
+"""The suite's long compiles for targets other than its own CPU's (the other register width, a
+container's cache level) run side by side.
+
+Each is a subprocess that spends minutes in numba's single-threaded compiler. Run one after the
+other they cost the suite ~6 minutes on a two-core machine; the first test that needs one starts
+every such build the session selected, one a core, and waits for them all, so the later tests
+find theirs done and no compile competes with the timing-sensitive server tests.
+
+A test takes part with `@pytest.mark.side_build(command=...)` and the `side_build` fixture, where
+`command(directory)` returns the argv and environment of its subprocess, given a fresh directory
+of its own (for its numba cache and whatever else it writes).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BuildCommand = Callable[[Path], tuple[list[str], dict[str, str]]]
+
+# a build that runs this long is stuck, not slow (the longest takes ~4 minutes alone)
+BUILD_TIMEOUT_SECONDS = 900.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A build's outcome: its directory and its exit status and output (text)."""
+
+    directory: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class _Running:
+    directory: Path
+    process: subprocess.Popen[bytes]
+    deadline: float
+
+
+class SideBuilds:
+    """Runs `commands` (started all at once on the first `result`) in `cwd`; output goes to files
+    in each build's directory, so a chatty build never blocks on a full pipe while another is
+    waited for."""
+
+    def __init__(self, commands: list[BuildCommand], make_directory: Callable[[str], Path], cwd: Path) -> None:
+        self.commands = commands
+        self.make_directory = make_directory
+        self.cwd = cwd
+        self.running: dict[BuildCommand, _Running] = {}
+        self.finished: dict[BuildCommand, Finished] = {}
+
+    def _start_all(self) -> None:
+        for command in self.commands:
+            if command in self.running or command in self.finished:
+                continue
+            directory = self.make_directory(command.__name__)
+            argv, env = command(directory)
+            with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
+                process = subprocess.Popen(argv, env=env, cwd=self.cwd, stdout=stdout, stderr=stderr)
+            self.running[command] = _Running(directory, process, time.monotonic() + BUILD_TIMEOUT_SECONDS)
+
+    def result(self, command: BuildCommand) -> Finished:
+        """Waits for every build started (starting them first if none is) and returns `command`'s.
+        A build past its deadline is killed and reported with returncode -9 and a note."""
+        if command not in self.finished:
+            if command not in self.commands:
+                self.commands.append(command)
+            self._start_all()
+            for started, run in list(self.running.items()):
+                note = ""
+                try:
+                    returncode = run.process.wait(timeout=max(0.0, run.deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    run.process.kill()
+                    returncode = run.process.wait()
+                    note = f"\n(killed after {BUILD_TIMEOUT_SECONDS:g} s)"
+                self.finished[started] = Finished(
+                    run.directory,
+                    returncode,
+                    (run.directory / "stdout").read_text(errors="replace"),
+                    (run.directory / "stderr").read_text(errors="replace") + note,
+                )
+                del self.running[started]
+        return self.finished[command]
+
+    def stop(self) -> None:
+        """Kills builds still running (a session cut short)."""
+        for run in self.running.values():
+            run.process.kill()
+            run.process.wait()
+        self.running.clear()

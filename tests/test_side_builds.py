@@ -1,0 +1,77 @@
+"""The runner of the suite's long side-by-side compiles (tests/side_builds.py), with small Python
+subprocesses in their place."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import side_builds
+from tests.side_builds import SideBuilds
+
+# waits for the partner build's file, so it finishes only if both run at once
+WAIT_FOR_PARTNER = """
+import pathlib, sys, time
+mine, partner = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+mine.write_text("here")
+while not partner.exists():
+    time.sleep(0.01)
+print("met", partner.name)
+"""
+
+
+def make_directories(root: Path) -> Callable[[str], Path]:
+    def make(name: str) -> Path:
+        directory = root / name
+        directory.mkdir()
+        return directory
+
+    return make
+
+
+def test_builds_run_at_once_and_each_test_gets_its_own_result(tmp_path: Path) -> None:
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+
+    def first(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", WAIT_FOR_PARTNER, str(meeting / "first"), str(meeting / "second")], dict(
+            os.environ
+        )
+
+    def second(directory: Path) -> tuple[list[str], dict[str, str]]:
+        code = WAIT_FOR_PARTNER + "\nsys.stderr.write('to stderr'); sys.exit(3)"
+        return [sys.executable, "-c", code, str(meeting / "second"), str(meeting / "first")], dict(os.environ)
+
+    builds = SideBuilds([first, second], make_directories(tmp_path), tmp_path)
+    done = builds.result(second)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (3, "met first", "to stderr")
+    assert done.directory == tmp_path / "second"
+    # the first finished too, while the second was waited for
+    assert builds.running == {}
+    assert builds.result(first).stdout.strip() == "met second" and builds.result(first).returncode == 0
+
+
+def test_a_build_past_its_deadline_is_killed_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(side_builds, "BUILD_TIMEOUT_SECONDS", 0.5)
+
+    def stuck(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ)
+
+    builds = SideBuilds([], make_directories(tmp_path), tmp_path)
+    done = builds.result(stuck)  # a command no marker declared is started when asked for
+    assert done.returncode == -9 and "killed after 0.5 s" in done.stderr
+
+
+def test_stop_kills_what_is_still_running(tmp_path: Path) -> None:
+    def slow(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ)
+
+    builds = SideBuilds([slow], make_directories(tmp_path), tmp_path)
+    builds._start_all()
+    process = builds.running[slow].process
+    builds.stop()
+    assert process.poll() is not None and builds.running == {}
