@@ -721,9 +721,10 @@ class Table:
         self.tiers[0].search(probe, 1, metric, 2)
         if len(self.tiers) > 1 or self.keys is not None:
             self._search_rows(probe, 1, metric, 2, view)
-        # what a request adds around the codecs' kernels: the id, offset and length checks' and
-        # weighted pooling's
+        # what a request adds around the codecs' kernels: the id, offset, length and query checks'
+        # and weighted pooling's
         check_ids(np.zeros(1, np.int64), self.rows)
+        check_queries(np.zeros((1, self.dim), np.float32), self.dim)
         check_offsets(np.zeros(1, np.int64), 1)
         checks.offsets_of_lengths(np.zeros(1, np.int64))
         weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))

@@ -183,12 +183,23 @@ def test_dockerfile_installs_as_the_readme_does() -> None:
 
 
 COUNT_CACHE_MISSES = """
-import importlib, os, pkgutil
+import importlib, os, pkgutil, tempfile
+from pathlib import Path
+import numpy as np
 from numba.core.dispatcher import Dispatcher
 import runtime.kernels
 from runtime.kernels import cpu
-from runtime.warm import warm_all
+from runtime.table import compress, load_table
+from runtime.warm import CONFIGS, warm_all
+from tests.runtime.test_table import serve_requests
 warm_all()
+# then a container's first requests, of every kind, to a table of each configuration
+x = np.random.default_rng(1).standard_normal((600, 64)).astype(np.float32)
+with tempfile.TemporaryDirectory() as tmp:
+    for i, config in enumerate(CONFIGS):
+        options = dict(config)
+        compress(x, options.pop("codec"), **options).save(Path(tmp) / str(i))
+        serve_requests(load_table(Path(tmp) / str(i)))
 hits = misses = 0
 for info in pkgutil.iter_modules(runtime.kernels.__path__):
     for value in vars(importlib.import_module("runtime.kernels." + info.name)).values():
@@ -220,7 +231,7 @@ def warmed_level_build(directory: Path) -> tuple[list[str], dict[str, str]]:
 @pytest.mark.side_build(command=warmed_level_build)
 def test_build_time_warmup_fills_the_cache_a_server_starts_from(side_build: Finished) -> None:
     # a second process (the container starting, with only EMBSERVE_NUMBA_CACHES set) must pick the
-    # cache the build made, find every kernel it runs there and compile nothing
+    # cache the build made, find every kernel it and its first requests run there and compile nothing
     level = WARMED_LEVEL
     if level is None:
         pytest.skip("this CPU runs no level of runtime.kernels.targets (no AVX2)")

@@ -100,6 +100,19 @@ def query_vectors(prepared: Prepared) -> np.ndarray:
     return prepared.queries
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """array itself where it is read-only, else a read-only view of it. A codec holds its arrays
+    read-only whether they were loaded (memory-mapped, read-only) or just encoded: numba compiles
+    a read-only array as another type, so a table compressed in the process and one loaded from
+    disk would otherwise each compile every kernel they reach (twice the warm-up), and stored rows
+    are never written in place (updates go to a delta)."""
+    if not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _bound_entry_point(kernel: Any, bound: tuple[Any, ...], sample: tuple[Any, ...]) -> Callable[..., int]:
     """kernel with its leading arguments `bound`, as its compiled entry point for the types of
     `sample` (the call-time arguments; the kernel is run on them once, so they must make it write
@@ -159,7 +172,7 @@ class Codec(ABC):
         self.rows = rows
         self.dim = dim
         self.params = dict(params)
-        self.arrays = dict(arrays)
+        self.arrays = {name: read_only(array) for name, array in arrays.items()}
         self.derived: dict[str, np.ndarray] = {}
         self.shared = shared or {}
         """Derived state of the trained state alone (inner-product tables), handed over from a
