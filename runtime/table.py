@@ -21,7 +21,7 @@ from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
 from runtime.kernels import checks, dense, weighted
-from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots
+from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots, lookup_below, resolve_keys
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
 from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
@@ -728,8 +728,18 @@ class Table:
         check_offsets(np.zeros(1, np.int64), 1)
         checks.offsets_of_lengths(np.zeros(1, np.int64))
         weighted.pool_weighted(probe, np.ones(1, np.float32), np.zeros(1, np.int64))
-        # and, once updates arrive, where each row's current value lives
-        delta_slots(np.full((8, 2), EMPTY, np.int64), 1, np.zeros(1, np.int64), np.zeros(1, np.int64))
+        # bags over decoded rows (a table with updates, or with missing keys), small and large
+        dense.pool_serial(probe, np.zeros(1, np.int64), True)
+        dense.pool_chunked(probe, np.zeros(1, np.int64), True, 2)
+        # and, once updates arrive, where each row's current value lives (of a keyed table: its
+        # keys resolved against the base, added and changed keys in one pass)
+        no_keys = np.full((8, 2), EMPTY, np.int64)
+        delta_slots(no_keys, 1, np.zeros(1, np.int64), np.zeros(1, np.int64))
+        lookup_below(no_keys, np.zeros(1, np.int64), 1)  # an upsert's check of the keys it adds
+        if self.keymap is not None:
+            resolve_keys(
+                self.keymap.table, no_keys, 1, self.rows, no_keys, 1, np.zeros(1, np.int64), np.zeros(1, np.int64)
+            )
 
 
 def _merge_rows(

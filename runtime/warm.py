@@ -6,8 +6,7 @@ FMA) and, where the build host has them, one for AVX-512 server cores (`runtime.
 a container takes the best one its CPU runs. With NUMBA_CPU_NAME and NUMBA_CACHE_DIR set by hand
 it builds that one target: NUMBA_CPU_NAME=generic works on any x86-64 CPU, but without F16C the
 half-float conversions fall back to arithmetic, slower in fp16 and row-wise kernels.
-Tables are saved and loaded back first: memory-mapped arrays are read-only, which numba compiles
-separately from writable ones.
+Tables are saved and loaded back first, as a server loads them (`example_tables`).
 
     python -m runtime.warm                   # for NUMBA_CPU_NAME / NUMBA_CACHE_DIR as set
     python -m runtime.warm --levels DIR [LEVEL ...]   # a cache a level in DIR/<level>
@@ -21,13 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.codecs import CODECS, example_configs
-from runtime.table import compress, load_table
+from runtime.table import Table, compress, load_table
 
 # every codec and each of its option choices (derived from the codecs' declared options), and
 # a rerank pairing for each codec that ranks by its own metric or scans by ADC
@@ -37,25 +37,32 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
+def example_tables(directory: Path) -> Iterator[Table]:
+    """A table of every configuration (CONFIGS), then a keyed two-tier table with a delta (the
+    hash map, projection and merge paths), each saved under directory and loaded back as a
+    server loads it: a table's keys and tier arrays are read-only memory maps then, which numba
+    compiles apart from writable ones (its codecs' arrays are read-only either way)."""
+    x = np.random.default_rng(0).standard_normal((600, 64)).astype(np.float32)
+    for i, config in enumerate(CONFIGS):
+        options = dict(config)
+        codec = str(options.pop("codec"))
+        compress(x, codec, **options).save(directory / str(i))
+        yield load_table(directory / str(i))
+    tiers: list[dict[str, Any]] = [
+        {"rows": {"start": 0, "stop": 100}, "codec": "int8"},
+        {"rows": {"start": 100, "stop": 600}, "codec": "pq", "dim": 32, "subspaces": 8, "iterations": 2},
+    ]
+    compress(x, tiers=tiers, keys=np.arange(600, dtype=np.int64) * 7).save(directory / "keyed")
+    keyed = load_table(directory / "keyed")
+    keyed.upsert([7, 700], x[:2])
+    yield keyed
+
+
 def warm_all() -> float:
     start = time.perf_counter()
-    x = np.random.default_rng(0).standard_normal((600, 64)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, config in enumerate(CONFIGS):
-            options = dict(config)
-            codec = str(options.pop("codec"))
-            compress(x, codec, **options).save(Path(tmp) / str(i))
-            load_table(Path(tmp) / str(i)).warmup()
-        # a keyed two-tier table with a delta: the hash map, projection and merge paths
-        tiers: list[dict[str, Any]] = [
-            {"rows": {"start": 0, "stop": 100}, "codec": "int8"},
-            {"rows": {"start": 100, "stop": 600}, "codec": "pq", "dim": 32, "subspaces": 8, "iterations": 2},
-        ]
-        keyed = compress(x, tiers=tiers, keys=np.arange(600, dtype=np.int64) * 7)
-        keyed.save(Path(tmp) / "keyed")
-        table = load_table(Path(tmp) / "keyed")
-        table.upsert([7, 700], x[:2])
-        table.warmup()
+        for table in example_tables(Path(tmp)):
+            table.warmup()
     return time.perf_counter() - start
 
 

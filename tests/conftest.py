@@ -43,7 +43,8 @@ def side_builds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     commands: list[BuildCommand] = []
     for item in request.session.items:
         marker = item.get_closest_marker("side_build")
-        if marker is not None and marker.kwargs["command"] not in commands:
+        wanted = "side_build" in getattr(item, "fixturenames", ()) and item.get_closest_marker("skip") is None
+        if marker is not None and wanted and marker.kwargs["command"] not in commands:
             commands.append(marker.kwargs["command"])
     builds = SideBuilds(commands, lambda name: tmp_path_factory.mktemp(name), ROOT)
     yield builds

@@ -13,6 +13,9 @@ of its own (for its numba cache and whatever else it writes).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -58,15 +61,24 @@ class SideBuilds:
         for command in self.commands:
             if command in self.running or command in self.finished:
                 continue
-            directory = self.make_directory(command.__name__)
-            argv, env = command(directory)
-            with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
-                process = subprocess.Popen(argv, env=env, cwd=self.cwd, stdout=stdout, stderr=stderr)
+            directory = self.make_directory(getattr(command, "__name__", "build"))
+            try:
+                argv, env = command(directory)
+                with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
+                    # a session of its own: a build's own subprocesses (runtime.warm --levels runs one
+                    # a level) are killed with it
+                    process = subprocess.Popen(
+                        argv, env=env, cwd=self.cwd, stdout=stdout, stderr=stderr, start_new_session=True
+                    )
+            except Exception as error:  # reported as the build's outcome, to its own test
+                self.finished[command] = Finished(directory, -1, "", f"could not start: {error!r}")
+                continue
             self.running[command] = _Running(directory, process, time.monotonic() + BUILD_TIMEOUT_SECONDS)
 
     def result(self, command: BuildCommand) -> Finished:
         """Waits for every build started (starting them first if none is) and returns `command`'s.
-        A build past its deadline is killed and reported with returncode -9 and a note."""
+        A build past its deadline is killed, with every process it started, and reported with
+        returncode -9 and a note."""
         if command not in self.finished:
             if command not in self.commands:
                 self.commands.append(command)
@@ -76,8 +88,7 @@ class SideBuilds:
                 try:
                     returncode = run.process.wait(timeout=max(0.0, run.deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    run.process.kill()
-                    returncode = run.process.wait()
+                    returncode = _kill(run.process)
                     note = f"\n(killed after {BUILD_TIMEOUT_SECONDS:g} s)"
                 self.finished[started] = Finished(
                     run.directory,
@@ -89,8 +100,14 @@ class SideBuilds:
         return self.finished[command]
 
     def stop(self) -> None:
-        """Kills builds still running (a session cut short)."""
+        """Kills builds still running (a session cut short), with every process they started."""
         for run in self.running.values():
-            run.process.kill()
-            run.process.wait()
+            _kill(run.process)
         self.running.clear()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> int:
+    """Kills process and its session's other processes; -> its return code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()

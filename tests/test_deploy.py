@@ -185,21 +185,16 @@ def test_dockerfile_installs_as_the_readme_does() -> None:
 COUNT_CACHE_MISSES = """
 import importlib, os, pkgutil, tempfile
 from pathlib import Path
-import numpy as np
 from numba.core.dispatcher import Dispatcher
 import runtime.kernels
 from runtime.kernels import cpu
-from runtime.table import compress, load_table
-from runtime.warm import CONFIGS, warm_all
-from tests.runtime.test_table import serve_requests
-warm_all()
-# then a container's first requests, of every kind, to a table of each configuration
-x = np.random.default_rng(1).standard_normal((600, 64)).astype(np.float32)
+from runtime.warm import example_tables
+from tests.request_mix import serve_requests
+# a container starting: every example table loaded and warmed, then sent its first requests
 with tempfile.TemporaryDirectory() as tmp:
-    for i, config in enumerate(CONFIGS):
-        options = dict(config)
-        compress(x, options.pop("codec"), **options).save(Path(tmp) / str(i))
-        serve_requests(load_table(Path(tmp) / str(i)))
+    for table in example_tables(Path(tmp)):
+        table.warmup()
+        serve_requests(table)
 hits = misses = 0
 for info in pkgutil.iter_modules(runtime.kernels.__path__):
     for value in vars(importlib.import_module("runtime.kernels." + info.name)).values():

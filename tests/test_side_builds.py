@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def make_directories(root: Path) -> Callable[[str], Path]:
     return make
 
 
-def test_builds_run_at_once_and_each_test_gets_its_own_result(tmp_path: Path) -> None:
+def test_builds_run_at_once_and_each_test_gets_its_own_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run one after the other, the first would wait for its partner until killed
+    monkeypatch.setattr(side_builds, "BUILD_TIMEOUT_SECONDS", 30.0)
     meeting = tmp_path / "meeting"
     meeting.mkdir()
 
@@ -66,12 +69,51 @@ def test_a_build_past_its_deadline_is_killed_and_says_so(tmp_path: Path, monkeyp
     assert done.returncode == -9 and "killed after 0.5 s" in done.stderr
 
 
-def test_stop_kills_what_is_still_running(tmp_path: Path) -> None:
-    def slow(directory: Path) -> tuple[list[str], dict[str, str]]:
-        return [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ)
+STARTS_A_CHILD = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open(sys.argv[1], "w").write(str(child.pid))
+time.sleep(60)
+"""
 
-    builds = SideBuilds([slow], make_directories(tmp_path), tmp_path)
+
+def gone(pid: int) -> bool:
+    """Whether process pid has exited (absent, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_stop_kills_a_running_build_and_the_processes_it_started(tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+
+    def parent(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", STARTS_A_CHILD, str(child_pid)], dict(os.environ)
+
+    builds = SideBuilds([parent], make_directories(tmp_path), tmp_path)
     builds._start_all()
-    process = builds.running[slow].process
+    process = builds.running[parent].process
+    deadline = time.monotonic() + 30
+    while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child = int(child_pid.read_text())
     builds.stop()
     assert process.poll() is not None and builds.running == {}
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone(child)
+
+
+def test_a_build_that_cannot_start_fails_its_own_test_only(tmp_path: Path) -> None:
+    def broken(directory: Path) -> tuple[list[str], dict[str, str]]:
+        raise FileNotFoundError("no such compiler")
+
+    def fine(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "print('built')"], dict(os.environ)
+
+    builds = SideBuilds([broken, fine], make_directories(tmp_path), tmp_path)
+    failed = builds.result(broken)
+    assert failed.returncode == -1 and "could not start: FileNotFoundError('no such compiler')" in failed.stderr
+    assert builds.result(fine).returncode == 0 and builds.result(fine).stdout == "built\n"

@@ -415,6 +415,8 @@ class Codec(ABC):
         """Run every kernel this codec uses once on tiny input, so no request pays JIT compile."""
         ids = np.array([0, self.rows - 1], dtype=np.int64)
         q = self.decode(ids)
+        # an update encodes its rows against the trained state (rq's beam search is a kernel)
+        type(self).encode(self.state, q)
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         direct = self.direct_gather()
@@ -425,9 +427,9 @@ class Codec(ABC):
             direct_bags(ids, np.array([0, 1], dtype=np.int64), True, np.empty((2, self.dim), np.float32))
         self.decode_bags(ids, np.array([0, 1], dtype=np.int64), True)
         # lookups from the first update on read base and delta rows together (`decode_merged`):
-        # compiled now, not in the first lookup after an update. A delta's rows are writable
-        # copies, the base's may be a read-only mapping, so the warm-up delta is a copy too
-        delta = self.with_rows({name: self.arrays[name][:1].copy() for name in self.row_arrays})
+        # compiled now, not in the first lookup after an update (a delta's codec holds its rows
+        # read-only as every codec does, so any of the base's rows stand in for them)
+        delta = self.with_rows({name: self.arrays[name][:1] for name in self.row_arrays})
         for n in (2, PARALLEL_MIN_IDS):
             slots = np.full(n, -1, dtype=np.int64)
             slots[0] = 0

@@ -57,6 +57,12 @@ def compiled_by_read_only_requests_after_warmup(root: Path) -> dict[str, tuple[i
     keyed.lookup(keys[read_only([3, 1, 4], "<i8")])
     keyed.lookup(read_only([int(keys[3]), int(keys[9])], "<i8"))
     keyed.lookup_pooled(read_only([int(keys[3]), int(keys[9])], "<i8"), offsets[:2], "sum", weights[:2])
+    # the first update (a new key, a changed row, a deleted key), then reads over base and delta
+    keyed.upsert(read_only([int(keys[5]), 77], "<i8"), low_rank_table(2, 8, seed=3))
+    keyed.delete(read_only([int(keys[6])], "<i8"))
+    keyed.lookup(read_only([int(keys[3]), 77, int(keys[5])], "<i8"))
+    keyed.lookup_pooled(read_only([int(keys[3]), 77, int(keys[5])], "<i8"), offsets[:2], "mean")
+    keyed.search(queries, 3)
     grown = {name: (before.get(name, 0), count) for name, count in compiled_signatures().items()}
     return {name: seen for name, seen in grown.items() if seen[0] != seen[1]}
 
@@ -66,7 +72,11 @@ def test_read_only_requests_compile_nothing_after_warmup(tmp_path: Path) -> None
     code = "import sys; from pathlib import Path; from tests.runtime import test_request_compiles as t"
     code += "; print(t.compiled_by_read_only_requests_after_warmup(Path(sys.argv[1])))"
     run = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-W", "error", "-c", code, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.strip() == "{}", run.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import runtime
 from runtime import CODECS
 from runtime.kernels import fastscan
 from tests.conftest import compiled_signatures, low_rank_table
+from tests.request_mix import serve_requests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,46 +223,49 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
     assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
 
 
-def serve_requests(table: runtime.Table) -> None:
-    """Lookups, bags, searches and scores of every kind a server sends a table."""
-    few, many = np.array([3, 1]), np.arange(5000) % table.rows
-    table.lookup(few)
-    table.lookup(many)
-    table.lookup_pooled(many, [0, 7, 4000], "mean")
-    q = table.lookup(few)
-    for metric in table.metrics:
-        table.search(q, 5, metric, oversample=3)
-        table.search_by_id(few, 5, metric, oversample=3)
-        table.score([[0, 1], [2, 3]], queries=q, metric=metric)
-        table.score([[0, 1], [2, 3]], query_ids=few, metric=metric)
-
-
-def compiled_by_requests_after_warmup(name: str, root: Path) -> dict[str, int]:
-    """Kernel signatures that requests of every kind compile (or load) after warm-up, by kernel,
-    for CONFIGS[name] loaded from disk as a server does and as compressed in this process."""
-    config = dict(CONFIGS[name])
-    built = runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config)
-    built.save(root / "t")
-    loaded = runtime.load_table(root / "t")  # memory-mapped, read-only arrays: what a server serves
+def compiled_by_requests_after_warmup(name: str, saved: Path) -> dict[str, int]:
+    """Kernel signatures that requests of every kind compile (or load) after warm-up, by kernel:
+    to the table of CONFIGS[name] saved at `saved`, loaded as a server loads it and warmed, before
+    and after its first update, then to the same table compressed in this process (after the
+    compression's own kernels ran)."""
+    loaded = runtime.load_table(saved)  # memory-mapped, read-only arrays: what a server serves
     loaded.warmup()
-    before = compiled_signatures()
-    serve_requests(loaded)
+    grown: dict[str, int] = {}
+
+    def compiled_by(*requests: Callable[[], object]) -> None:
+        before = compiled_signatures()
+        for request in requests:
+            request()
+        after = compiled_signatures()
+        grown.update({k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)})
+
+    compiled_by(lambda: serve_requests(loaded))
+    # the first update (encoded against the trained state), then base and delta rows read together
+    ids = np.array([5, 9])
+    compiled_by(lambda: loaded.upsert(ids, loaded.lookup(ids[::-1])), lambda: serve_requests(loaded))
     # the table as compressed in the process holds its arrays read-only too, so the kernels
     # compiled for the loaded one serve it: no second compile of each
-    serve_requests(built)
-    after = compiled_signatures()
-    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    config = dict(CONFIGS[name])
+    built = runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config)
+    compiled_by(lambda: serve_requests(built))
+    return grown
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_warmup_leaves_nothing_for_requests_to_compile(name: str, tmp_path: Path) -> None:
+    config = dict(CONFIGS[name])
+    runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config).save(tmp_path / "t")
     # in a process of its own: here, a kernel an earlier test ran would hide one warm-up misses
     code = (
         "import sys; from pathlib import Path; from tests.runtime.test_table import compiled_by_requests_after_warmup"
     )
     code += "; print(compiled_by_requests_after_warmup(sys.argv[1], Path(sys.argv[2])))"
     run = subprocess.run(
-        [sys.executable, "-c", code, name, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-W", "error", "-c", code, name, str(tmp_path / "t")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.strip() == "{}", run.stdout

@@ -1,0 +1,29 @@
+"""Requests of every kind a server sends a table, for the checks that a warmed table (or a
+container's prebuilt kernel cache) leaves nothing for them to compile. Plain numpy and runtime
+only: it also runs in processes that stand for a container starting."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import runtime
+
+
+def serve_requests(table: runtime.Table) -> None:
+    """Lookups, bags (mean and weighted), searches by vector and by stored row, and scores, for
+    every metric the table has; by key where the table is keyed."""
+    few_rows, many_rows = np.array([3, 1]), np.arange(5000) % min(table.rows, 600)
+    keys = table.keys
+    few = few_rows if keys is None else keys[few_rows]
+    many = many_rows if keys is None else keys[many_rows]
+    candidates = np.array([[0, 1], [2, 3]]) if keys is None else keys[np.array([[0, 1], [2, 3]])]
+    table.lookup(few)
+    table.lookup(many)
+    table.lookup_pooled(many, [0, 7, 4000], "mean")
+    table.lookup_pooled(few, [0], "sum", per_sample_weights=np.array([0.5, 2.0], np.float32))
+    q = table.lookup(few)
+    for metric in table.metrics:
+        table.search(q, 5, metric, oversample=3)
+        table.search_by_id(few, 5, metric, oversample=3)
+        table.score(candidates, queries=q, metric=metric)
+        table.score(candidates, query_ids=few, metric=metric)
