@@ -4,9 +4,27 @@ only: it also runs in processes that stand for a container starting."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_a_fresh_process(target: str, *args: str) -> str:
+    """What `module:function(*args)` returns, printed by a fresh interpreter with warnings as
+    errors: there no kernel an earlier test ran can hide one that warm-up misses."""
+    module, function = target.split(":")
+    code = f"import sys; from {module} import {function}; print({function}(*sys.argv[1:]))"
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run.stdout.strip()
 
 
 def serve_requests(table: runtime.Table) -> None:

@@ -4,8 +4,6 @@ request; a cold server's first binary multi-table lookup timed out that way)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +11,7 @@ import numpy as np
 import runtime
 from runtime.validation import check_ids, check_keys, check_offsets, check_queries, check_weights
 from tests.conftest import compiled_signatures, low_rank_table
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.request_mix import run_in_a_fresh_process
 
 
 def read_only(values: list[float] | list[int], dtype: str) -> np.ndarray:
@@ -34,9 +31,10 @@ def test_checked_request_arrays_are_writable() -> None:
     assert check_ids(ids, 5) is ids
 
 
-def compiled_by_read_only_requests_after_warmup(root: Path) -> dict[str, tuple[int, int]]:
+def compiled_by_read_only_requests_after_warmup(directory: str) -> dict[str, tuple[int, int]]:
     """Kernels whose compiled signatures read-only request arrays add after warm-up: name ->
     (signatures before, after)."""
+    root = Path(directory)
     keys = np.arange(64, dtype=np.int64) * 1_000_003 - 11
     runtime.compress(low_rank_table(64, 8, seed=1), "int8").save(root / "dense")
     runtime.compress(low_rank_table(64, 8, seed=2), "fp32", keys=keys).save(root / "keyed")
@@ -68,15 +66,7 @@ def compiled_by_read_only_requests_after_warmup(root: Path) -> dict[str, tuple[i
 
 
 def test_read_only_requests_compile_nothing_after_warmup(tmp_path: Path) -> None:
-    # in a process of its own: here, a kernel an earlier test ran would hide one warm-up misses
-    code = "import sys; from pathlib import Path; from tests.runtime import test_request_compiles as t"
-    code += "; print(t.compiled_by_read_only_requests_after_warmup(Path(sys.argv[1])))"
-    run = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code, str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    grown = run_in_a_fresh_process(
+        "tests.runtime.test_request_compiles:compiled_by_read_only_requests_after_warmup", str(tmp_path)
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert run.stdout.strip() == "{}", run.stdout
+    assert grown == "{}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,7 @@ import runtime
 from runtime import CODECS
 from runtime.kernels import fastscan
 from tests.conftest import compiled_signatures, low_rank_table
-from tests.request_mix import serve_requests
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.request_mix import run_in_a_fresh_process, serve_requests
 
 # one entry a configuration; a new codec is tested by adding it here
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -223,7 +219,7 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
     assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
 
 
-def compiled_by_requests_after_warmup(name: str, saved: Path) -> dict[str, int]:
+def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, int]:
     """Kernel signatures that requests of every kind compile (or load) after warm-up, by kernel:
     to the table of CONFIGS[name] saved at `saved`, loaded as a server loads it and warmed, before
     and after its first update, then to the same table compressed in this process (after the
@@ -255,20 +251,10 @@ def compiled_by_requests_after_warmup(name: str, saved: Path) -> dict[str, int]:
 def test_warmup_leaves_nothing_for_requests_to_compile(name: str, tmp_path: Path) -> None:
     config = dict(CONFIGS[name])
     runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config).save(tmp_path / "t")
-    # in a process of its own: here, a kernel an earlier test ran would hide one warm-up misses
-    code = (
-        "import sys; from pathlib import Path; from tests.runtime.test_table import compiled_by_requests_after_warmup"
+    grown = run_in_a_fresh_process(
+        "tests.runtime.test_table:compiled_by_requests_after_warmup", name, str(tmp_path / "t")
     )
-    code += "; print(compiled_by_requests_after_warmup(sys.argv[1], Path(sys.argv[2])))"
-    run = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code, name, str(tmp_path / "t")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert run.stdout.strip() == "{}", run.stdout
+    assert grown == "{}"
 
 
 def test_codecs_hold_their_arrays_read_only_whether_built_or_loaded(x: np.ndarray, tmp_path: Path) -> None:
