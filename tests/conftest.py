@@ -79,21 +79,3 @@ def ml1m() -> dict[str, np.ndarray]:
         pytest.skip(f"shared dataset not found at {SHARED_DATA}; quality checks need it")
     names = ["item_emb", "user_emb", "gt_item2item_queries", "gt_item2item_top10_ids", "item_freq"]
     return {name: np.load(SHARED_DATA / f"{name}.npy") for name in names}
-
-
-def compiled_signatures() -> dict[str, int]:
-    """Compiled specializations of every numba kernel, by name."""
-    import importlib
-    import pkgutil
-
-    from numba.core.dispatcher import Dispatcher
-
-    import runtime.kernels
-
-    counts = {}
-    for info in pkgutil.iter_modules(runtime.kernels.__path__):
-        module = importlib.import_module(f"runtime.kernels.{info.name}")
-        for name, value in vars(module).items():
-            if isinstance(value, Dispatcher):
-                counts[f"{info.name}.{name}"] = len(value.signatures)
-    return counts

@@ -1,18 +1,37 @@
 """Requests of every kind a server sends a table, for the checks that a warmed table (or a
-container's prebuilt kernel cache) leaves nothing for them to compile. Plain numpy and runtime
+container's prebuilt kernel cache) leaves nothing for them to compile. numpy, numba and runtime
 only: it also runs in processes that stand for a container starting."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
 
 import runtime
+import runtime.kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def kernel_dispatchers() -> Iterator[tuple[str, Dispatcher]]:
+    """Every numba kernel of `runtime.kernels`, as ("module.name", its dispatcher)."""
+    for info in pkgutil.iter_modules(runtime.kernels.__path__):
+        module = importlib.import_module(f"runtime.kernels.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher):
+                yield f"{info.name}.{name}", value
+
+
+def compiled_signatures() -> dict[str, int]:
+    """Compiled (or cache-loaded) specializations of every numba kernel, by name."""
+    return {name: len(kernel.signatures) for name, kernel in kernel_dispatchers()}
 
 
 def run_in_a_fresh_process(target: str, *args: str) -> str:

@@ -183,24 +183,19 @@ def test_dockerfile_installs_as_the_readme_does() -> None:
 
 
 COUNT_CACHE_MISSES = """
-import importlib, os, pkgutil, tempfile
+import os, tempfile
 from pathlib import Path
-from numba.core.dispatcher import Dispatcher
-import runtime.kernels
 from runtime.kernels import cpu
 from runtime.warm import example_tables
-from tests.request_mix import serve_requests
+from tests.request_mix import kernel_dispatchers, serve_requests
 # a container starting: every example table loaded and warmed, then sent its first requests
 with tempfile.TemporaryDirectory() as tmp:
     for table in example_tables(Path(tmp)):
         table.warmup()
         serve_requests(table)
-hits = misses = 0
-for info in pkgutil.iter_modules(runtime.kernels.__path__):
-    for value in vars(importlib.import_module("runtime.kernels." + info.name)).values():
-        if isinstance(value, Dispatcher):
-            hits += sum(value.stats.cache_hits.values())
-            misses += sum(value.stats.cache_misses.values())
+kernels = [kernel for _, kernel in kernel_dispatchers()]
+hits = sum(sum(kernel.stats.cache_hits.values()) for kernel in kernels)
+misses = sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
 print(hits, misses, os.environ.get("NUMBA_CACHE_DIR"), ",".join(cpu.describe()["features"]))
 """
 

@@ -10,8 +10,8 @@ import numpy as np
 
 import runtime
 from runtime.validation import check_ids, check_keys, check_offsets, check_queries, check_weights
-from tests.conftest import compiled_signatures, low_rank_table
-from tests.request_mix import run_in_a_fresh_process
+from tests.conftest import low_rank_table
+from tests.request_mix import compiled_signatures, run_in_a_fresh_process
 
 
 def read_only(values: list[float] | list[int], dtype: str) -> np.ndarray:

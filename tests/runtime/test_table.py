@@ -12,8 +12,8 @@ import pytest
 import runtime
 from runtime import CODECS
 from runtime.kernels import fastscan
-from tests.conftest import compiled_signatures, low_rank_table
-from tests.request_mix import run_in_a_fresh_process, serve_requests
+from tests.conftest import low_rank_table
+from tests.request_mix import compiled_signatures, run_in_a_fresh_process, serve_requests
 
 # one entry a configuration; a new codec is tested by adding it here
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -70,6 +70,12 @@ def test_every_codec_is_configured() -> None:
     assert {c["codec"] for c in CONFIGS.values()} == set(CODECS)
 
 
+def configured_table(name: str, x: np.ndarray) -> runtime.Table:
+    """x compressed as CONFIGS[name] says."""
+    config = dict(CONFIGS[name])
+    return runtime.compress(x, config.pop("codec"), seed=7, **config)
+
+
 @pytest.fixture(scope="module")
 def x() -> np.ndarray:
     return low_rank_table(1200, 32, seed=3)
@@ -77,8 +83,7 @@ def x() -> np.ndarray:
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def table(request: pytest.FixtureRequest, x: np.ndarray) -> tuple[str, runtime.Table]:
-    config = dict(CONFIGS[request.param])
-    return request.param, runtime.compress(x, config.pop("codec"), seed=7, **config)
+    return request.param, configured_table(request.param, x)
 
 
 def _brute(decoded: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -241,16 +246,14 @@ def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, int]:
     compiled_by(lambda: loaded.upsert(ids, loaded.lookup(ids[::-1])), lambda: serve_requests(loaded))
     # the table as compressed in the process holds its arrays read-only too, so the kernels
     # compiled for the loaded one serve it: no second compile of each
-    config = dict(CONFIGS[name])
-    built = runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config)
+    built = configured_table(name, low_rank_table(1200, 32, seed=3))
     compiled_by(lambda: serve_requests(built))
     return grown
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_warmup_leaves_nothing_for_requests_to_compile(name: str, tmp_path: Path) -> None:
-    config = dict(CONFIGS[name])
-    runtime.compress(low_rank_table(1200, 32, seed=3), config.pop("codec"), seed=7, **config).save(tmp_path / "t")
+    configured_table(name, low_rank_table(1200, 32, seed=3)).save(tmp_path / "t")
     grown = run_in_a_fresh_process(
         "tests.runtime.test_table:compiled_by_requests_after_warmup", name, str(tmp_path / "t")
     )

@@ -15,8 +15,6 @@ import pytest
 from runtime.kernels.simd import LANES_VARIABLE, REGISTER_LANES, register_lanes
 from tests.side_builds import Finished
 
-ROOT = Path(__file__).resolve().parents[2]
-
 OTHER_LANES = """
 import sys
 import pytest
