@@ -9,7 +9,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runtime import cli as offline
 from runtime.table import __version__
@@ -54,8 +54,32 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=kind if kind in (int, float, Path) else str, help=help_text)
 
 
+def settings_problems(exc: Any) -> str:
+    """A pydantic ValidationError of Settings as one line: each bad setting by its flag and
+    variable, what was wrong and the value given (pydantic's own text spans lines and links)."""
+    from service.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where = f"{settings_flag(name)} / {prefix}{name.upper()}" if name in Settings.model_fields else name
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        problems.append(f"{where}: {message}{given}")
+    return "; ".join(problems)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line and a pointer to --help: `serve` has a flag a setting, and
+    argparse's default prints every one of them before the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embserve", description="Compress and serve embedding tables.")
+    parser = OneLineErrors(prog="embserve", description="Compress and serve embedding tables.")
     parser.add_argument("--version", action="version", version=f"embserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.add_commands(sub)
@@ -106,7 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
         specs = settings.table_specs()
         settings.check_redis()
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        print(f"embserve serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"embserve serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     for _, path in specs:

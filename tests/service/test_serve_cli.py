@@ -168,3 +168,30 @@ def test_serve_tables_file_from_import(tmp_path: Path) -> None:
         )
     finally:
         assert server.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--max-k", "-1"], {}, "embserve serve: invalid settings: --max-k / EMBSERVE_MAX_K: Input should be"),
+        ([], {"EMBSERVE_MAX_K": "abc"}, "--max-k / EMBSERVE_MAX_K: Input should be a valid integer"),
+        (["--http-port", "8000x"], {}, "embserve serve: error: argument --http-port: invalid int value: '8000x'"),
+    ],
+)
+def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
+    argv: list[str],
+    env: dict[str, str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status: int | str | None
+    try:
+        status = main(["serve", *argv])
+    except SystemExit as exc:  # argparse's own refusal
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
