@@ -316,11 +316,16 @@ class Table:
             rows = np.where(slots == DELETED, -1, rows)
         return rows, slots, int((rows < 0).sum())
 
-    def _require(self, rows: np.ndarray, ids: Any, field: str) -> np.ndarray:
-        """Refuse a missing key whatever the policy (search and score need real rows)."""
+    def _require(self, rows: np.ndarray, ids: Any, field: str, columns: int = 0) -> np.ndarray:
+        """Refuse a missing key whatever the policy (search and score need real rows). rows and
+        ids flattened from a matrix of `columns` columns: the key is named by row and column."""
         if rows.size and rows.min() < 0:
             pos = int(np.flatnonzero(rows < 0)[0])
-            raise KeyNotFound(int(np.asarray(ids).reshape(-1)[pos]), pos, field)
+            key = int(np.asarray(ids).reshape(-1)[pos])
+            if columns:
+                row, pos = divmod(pos, columns)
+                field = f"{field}[{row}]"
+            raise KeyNotFound(key, pos, field)
         return rows
 
     def _decode_rows(self, rows: np.ndarray, view: DeltaView, slots: np.ndarray | None = None) -> np.ndarray:
@@ -543,7 +548,7 @@ class Table:
             if matrix.ndim != 2:
                 raise InvalidRequest(f"candidate_ids must be 2-D (queries, candidates), got shape {matrix.shape}")
             cands = self._resolve(matrix.reshape(-1), view, "candidate_ids")[0].reshape(matrix.shape)
-        self._require(cands.reshape(-1), np.asarray(candidate_ids).reshape(-1), "candidate_ids")
+        self._require(cands.reshape(-1), np.asarray(candidate_ids).reshape(-1), "candidate_ids", cands.shape[1])
         if query_ids is not None:
             qrows = self._require(self._resolve(query_ids, view, "query_ids")[0], query_ids, "query_ids")
             if qrows.size != cands.shape[0]:

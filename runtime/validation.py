@@ -90,6 +90,20 @@ def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
         raise InvalidRequest(f"{what} {row} has a value beyond float32's range (±{FLOAT32_MAX:.4g})")
 
 
+def kind_of_values(arr: np.ndarray) -> str:
+    """What an array read from a caller's list holds, in the caller's words (for an array numpy
+    could not read as numbers: strings, integers past 64 bits, a mix)."""
+    if arr.dtype.kind in "US":
+        return "strings"
+    if arr.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in arr.flat):
+        return "integers beyond the int64 range"
+    if arr.dtype.kind == "O":
+        return "values that are not numbers"
+    if arr.dtype.kind in "iuf":
+        return "numbers"
+    return "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
+
+
 def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     """Return ids as a C-contiguous int64 `(n,)` array, every one in `[0, rows)`."""
     if _flat_int64(ids):
@@ -147,7 +161,12 @@ def check_id_matrix(ids: Any, rows: int, field: str = "candidate_ids") -> np.nda
     arr = np.asarray(ids)
     if arr.ndim != 2:
         raise InvalidRequest(f"{field} must be 2-D (queries, candidates), got shape {arr.shape}")
-    flat = check_ids(arr.reshape(-1), rows, field)
+    try:
+        flat = check_ids(arr.reshape(-1), rows, field)
+    except IdOutOfRange as exc:
+        # the caller sent a matrix: name the id by its row and column, not its flat position
+        row, column = divmod(exc.position, arr.shape[1])
+        raise IdOutOfRange(exc.value, column, rows, f"{field}[{row}]") from None
     return flat.reshape(arr.shape)
 
 

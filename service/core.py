@@ -34,10 +34,11 @@ from runtime.errors import (
 )
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, load_table
+from runtime.validation import kind_of_values
 from service import oip
 from service.errors import status_label
 from service.metrics import Metrics
-from service.multi import MultiLookupResult, answer, bag_offsets, check_request
+from service.multi import MultiLookupResult, answer, bag_offsets, check_request, pool_mode
 from service.requests import (
     DeleteKeysRequest,
     InferRequest,
@@ -55,8 +56,27 @@ from service.sync import SyncHooks
 
 log = logging.getLogger("embserve")
 T = TypeVar("T")
-_ADMITTED: ContextVar[EmbeddingService | None] = ContextVar("embserve_admitted", default=None)
-"""The service whose slot the running request already holds (taken by `admission`)."""
+
+
+class TakenIn:
+    """A request as its transport took it in, before the core sees it: whether it already holds
+    a concurrency slot (`admission`), whether the core has counted it in the request metrics,
+    and the status it ended with (set by the transport), so that a request refused before it
+    reached the core (a body that does not parse, a caller without the admin token) is counted
+    too."""
+
+    __slots__ = ("admitted", "counted", "service", "start", "status")
+
+    def __init__(self, service: EmbeddingService, admitted: bool) -> None:
+        self.service = service
+        self.admitted = admitted
+        self.counted = False
+        self.status: str | None = None
+        self.start = time.perf_counter()
+
+
+_TAKEN_IN: ContextVar[TakenIn | None] = ContextVar("embserve_taken_in", default=None)
+"""The running request as its transport took it in (None: a caller inside the process)."""
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
 
@@ -67,10 +87,11 @@ def as_array(value: Any, field: str, dtype: Any = None) -> np.ndarray:
         raise InvalidRequest(f"{field} is required")
     try:
         arr = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequest(f"{field} must be a rectangular array of numbers: {exc}") from None
+    except (ValueError, TypeError, OverflowError):
+        # numpy's own text (inhomogeneous shapes, detected parts) names nothing the caller sent
+        raise InvalidRequest(f"{field} must be a rectangular array of numbers (every row of one length)") from None
     if arr.dtype.kind not in "biuf" and arr.size:
-        raise InvalidRequest(f"{field} must hold numbers, got {arr.dtype}")
+        raise InvalidRequest(f"{field} must hold numbers, got {kind_of_values(arr)}")
     if arr.dtype.kind == "b":
         raise InvalidRequest(f"{field} must hold numbers, not booleans")
     return arr
@@ -198,11 +219,14 @@ class EmbeddingService:
         return entry
 
     # ---- request plumbing -----------------------------------------------------------------------
-    def _table_label(self, name: str) -> str:
-        # labels stay bounded: a name that is neither served nor a configured group is "unknown"
-        return name if name in self.store or name in self.groups else "unknown"
+    def _table_label(self, name: str | None) -> str:
+        # labels stay bounded: a name that is neither served nor a configured group (or not known,
+        # None) is "unknown"; a request of many tables ("") has an empty label
+        if name is None:
+            return "unknown"
+        return name if name == "" or name in self.store or name in self.groups else "unknown"
 
-    def _admit(self, transport: str, operation: str, table: str) -> None:
+    def _admit(self, transport: str, operation: str, table: str | None) -> None:
         if self.draining or not self.started:
             self.metrics.requests.labels(transport, operation, self._table_label(table), "503").inc()
             raise NotReady("server is draining" if self.draining else "server is starting")
@@ -218,20 +242,40 @@ class EmbeddingService:
         self.metrics.in_flight.dec()
 
     @contextmanager
-    def admission(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+    def admission(self, transport: str, operation: str, table: str | None) -> Iterator[TakenIn]:
         """Take a request's concurrency slot before its body is read: over the limit the refusal
-        costs no read and no parse. The core call made inside (`request`) keeps this slot."""
+        costs no read and no parse. The core call made inside (`request`) keeps this slot; a
+        request that ends before reaching it is counted here, with the status the transport set."""
         self._admit(transport, operation, table)
-        token = _ADMITTED.set(self)
+        with self.taken_in(transport, operation, table, admitted=True) as taken:
+            try:
+                yield taken
+            finally:
+                self._release()
+
+    @contextmanager
+    def taken_in(self, transport: str, operation: str, table: str | None, admitted: bool = False) -> Iterator[TakenIn]:
+        """A request from its transport's first look at it to its answer: counted in the request
+        metrics once, by the core when it gets that far, else here with the `status` the
+        transport set on the yielded record (unset: not counted, as for a client that left)."""
+        taken = TakenIn(self, admitted)
+        token = _TAKEN_IN.set(taken)
         try:
-            yield
+            yield taken
         finally:
-            _ADMITTED.reset(token)
-            self._release()
+            _TAKEN_IN.reset(token)
+            if not taken.counted and taken.status is not None:
+                labels = (transport, operation, self._table_label(table), taken.status)
+                elapsed = time.perf_counter() - taken.start
+                self.metrics.child(self.metrics.request_duration, *labels).observe(elapsed)
+                self.metrics.child(self.metrics.requests, *labels).inc()
 
     def client_disconnected(self, transport: str) -> None:
         """A client hung up before its request was read or answered: counted, not an error."""
         self.metrics.client_disconnects.labels(transport).inc()
+        taken = _TAKEN_IN.get()
+        if taken is not None:
+            taken.counted = True  # counted as a disconnect, not as a request with a status
         log.debug("%s client went away before its request was complete", transport)
 
     def read_timed_out(self, transport: str, phase: str) -> None:
@@ -246,7 +290,10 @@ class EmbeddingService:
     def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
         """Admission (unless the transport already admitted this request), in-flight accounting
         and the request metrics around one request."""
-        admitted_before = _ADMITTED.get() is self
+        taken = _TAKEN_IN.get()
+        if taken is not None and taken.service is not self:
+            taken = None
+        admitted_before = taken is not None and taken.admitted
         if not admitted_before:
             self._admit(transport, operation, table)
         start = time.perf_counter()
@@ -264,6 +311,8 @@ class EmbeddingService:
             labels = (transport, operation, self._table_label(table), status)
             self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
             self.metrics.child(self.metrics.requests, *labels).inc()
+            if taken is not None:
+                taken.counted = True
 
     async def _compute(self, operation: str, codec: str, fn: Callable[[], T], inline: bool = False) -> T:
         """Run table compute off the event loop; `inline` work (a small gather, tens of µs) runs
@@ -331,7 +380,7 @@ class EmbeddingService:
         else:
             self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
             weights = None if request.weights is None else as_array(request.weights, "weights")
-            mode = request.mode
+            mode = pool_mode(request)
             rows, missing = await self._compute(
                 "lookup_pooled",
                 table.codec,

@@ -22,6 +22,7 @@ from service.requests import DEFAULT_MODE, LookupRequest, MultiLookupRequest, Ta
 
 LENGTHS_OR_OFFSETS = "give lengths or offsets, not both"
 WEIGHTS_NEED_BAGS = "weights need bags (lengths or offsets)"
+MODE_NEEDS_BAGS = "mode pools bags: give lengths or offsets too (without them the rows come back unpooled)"
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
 def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:
     """The bags a lookup pools, offsets (B,) int64 from its lengths or offsets (the offsets' order and
     range are the table's to check), or None when the n rows come back unpooled. Both given, or
-    weights with neither, are refused."""
+    weights or a mode with neither, are refused."""
     if entry.lengths is not None and entry.offsets is not None:
         raise InvalidRequest(LENGTHS_OR_OFFSETS)
     if entry.lengths is not None:
@@ -111,12 +112,20 @@ def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:
         return _int_array(entry.offsets, "offsets")
     if entry.weights is not None:
         raise InvalidRequest(WEIGHTS_NEED_BAGS)
+    if entry.mode is not None:
+        raise InvalidRequest(MODE_NEEDS_BAGS)
     return None
 
 
+def pool_mode(entry: TableLookup) -> Any:
+    """How a lookup's bags are pooled: the mode it gave, else "sum"."""
+    return DEFAULT_MODE if entry.mode is None else entry.mode
+
+
 def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
-    if entry.mode not in POOL_MODES:
-        raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {entry.mode!r}")
+    mode = pool_mode(entry)
+    if mode not in POOL_MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(POOL_MODES)}, got {mode!r}")
     if entry.ids is None:
         raise InvalidRequest("ids are required")
     raw = _array(entry.ids, "ids")
@@ -128,10 +137,10 @@ def _check_entry(index: int, entry: TableLookup, table: Table) -> _Checked:
         offsets = check_offsets(offsets, ids.shape[0])
     weights = None
     if entry.weights is not None:
-        if entry.mode != "sum":
-            raise InvalidRequest(f'weights are only supported with mode "sum", got {entry.mode!r}')
+        if mode != "sum":
+            raise InvalidRequest(f'weights are only supported with mode "sum", got {mode!r}')
         weights = check_weights(_array(entry.weights, "weights"), ids.shape[0], "weights")
-    return _Checked(entry.table, table, ids, offsets, weights, entry.mode, _label(index, entry))
+    return _Checked(entry.table, table, ids, offsets, weights, mode, _label(index, entry))
 
 
 def check_request(request: MultiLookupRequest, store: TableStore, max_tables: int, max_ids: int) -> list[_Checked]:

@@ -34,6 +34,7 @@ import numpy as np
 from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
+from runtime.validation import kind_of_values
 from service.multi import MultiLookupResult
 from service.requests import LookupRequest, MultiLookupRequest, SearchRequest, lookup_request, search_request
 
@@ -234,17 +235,50 @@ def tensor_from_bytes(name: str, datatype: str, shape: Any, raw: bytes) -> np.nd
 
 
 def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
+    """JSON data (or a protobuf contents field) -> array of `shape`. Values are held to the
+    datatype as the native API holds its fields: integers for the integer types (3.0 passes, 1.5
+    does not), true / false for BOOL, numbers for the float types; never cast by truncation."""
     dtype = _dtype(name, datatype)
     dims = _shape(name, shape)
     try:
-        # a value past the datatype's range is an error here, not a numpy warning in the log
+        given = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"input {name!r}: data must be a list of values (nested lists of one length)") from None
+    if given.size == 0:
+        given = np.zeros(0, dtype)
+    _refuse_values_of_another_kind(name, datatype, dtype, given)
+    if dtype.kind in "iu" and given.size:
+        info = np.iinfo(dtype)
+        low, high = given.min(), given.max()
+        if int(low) < info.min or int(high) > info.max:
+            value = int(low) if int(low) < info.min else int(high)
+            raise InvalidRequest(f"input {name!r}: {value} is beyond the range of {datatype}")
+    try:
+        # a float past the datatype's range is an error here, not a numpy warning in the log
         with np.errstate(over="raise", invalid="raise"):
-            arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
-        raise InvalidRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+            arr = given.astype(dtype)
+    except FloatingPointError:
+        raise InvalidRequest(f"input {name!r}: a value is beyond the range of {datatype}") from None
     if arr.size != math.prod(dims):
         raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {math.prod(dims)}")
     return arr.reshape(dims)
+
+
+def _refuse_values_of_another_kind(name: str, datatype: str, dtype: np.dtype[Any], given: np.ndarray) -> None:
+    kind = given.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b" and given.size:
+            raise InvalidRequest(f"input {name!r}: BOOL data must be true or false, got {kind_of_values(given)}")
+        return
+    if kind not in "iuf":
+        raise InvalidRequest(f"input {name!r}: {datatype} data must be numbers, got {kind_of_values(given)}")
+    if dtype.kind in "iu" and kind == "f":
+        integral = (np.isfinite(given) & (given == np.round(given))).reshape(-1)
+        if not integral.all():
+            pos = int(np.flatnonzero(~integral)[0])
+            raise InvalidRequest(
+                f"input {name!r}: {datatype} data must be integers, got {given.reshape(-1)[pos]:g} at position {pos}"
+            )
 
 
 def _dtype(name: str, datatype: str) -> np.dtype[Any]:

@@ -33,7 +33,8 @@ class LookupRequest:
     lengths: Any = None
     offsets: Any = None
     weights: Any = None
-    mode: Any = DEFAULT_MODE
+    mode: Any = None
+    """how bags are pooled, "sum" (None: the default) or "mean"; refused without bags"""
     label: str | None = None
     """how errors name this entry of a multi-table request (default `tables[i] ('table')`)"""
 

@@ -247,16 +247,23 @@ class OctetLookupFastPath:
 
 DATA_PLANE_PATH = re.compile(r"/v1/tables/([^/]+)/(lookup|search|score)|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 ADMIN_PATH = re.compile(r"/v1/tables/([^/]+)")
+ADMIN_UPDATE_PATH = re.compile(r"/v1/tables/([^/]+)/(upsert|delete)")
+ADMIN_UPDATE_OPERATIONS = {"upsert": "admin_upsert", "delete": "admin_delete_keys"}
 
 
 def admitted_route(method: str, path: str) -> tuple[str, str] | None:
-    """(operation, table) of a request that reads a body and runs under the concurrency limit;
-    None for everything else (health, metrics, metadata), which never waits for a slot."""
+    """(operation, table) of a request that reads a body and runs under the concurrency limit
+    ("" the table of a request of many); None for everything else (health, metrics, metadata),
+    which never waits for a slot."""
     if method == "POST" and (match := DATA_PLANE_PATH.fullmatch(path)) is not None:
         if match.group(3) is not None:
             model = match.group(3)
             return "infer", oip.model_table(model)
         return match.group(2), match.group(1)
+    if method == "POST" and path == "/v1/lookup":
+        return "multi_lookup", ""
+    if method == "POST" and (match := ADMIN_UPDATE_PATH.fullmatch(path)) is not None:
+        return ADMIN_UPDATE_OPERATIONS[match.group(2)], match.group(1)
     if method == "PUT" and (match := ADMIN_PATH.fullmatch(path)) is not None:
         return "admin_load", match.group(1)
     return None
@@ -278,12 +285,19 @@ class AdmissionFront:
             return
         slot = self.service.admission(TRANSPORT, *route)
         try:
-            slot.__enter__()
+            taken = slot.__enter__()
         except EmbserveError as exc:
             await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
+
+        async def send_noting_status(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                # what a request that ends before the core counts it is counted with
+                taken.status = "ok" if message["status"] < 400 else str(message["status"])
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status)
         finally:
             slot.__exit__(None, None, None)
 
@@ -401,16 +415,18 @@ def create_app(service: EmbeddingService) -> FastAPI:
     # ---- admin --------------------------------------------------------------------------------
     @app.put("/v1/tables/{name}", tags=["admin"], openapi_extra=_body_doc(LoadBody))
     async def load(name: str, request: Request) -> Response:
+        auth = request.headers.get("authorization")
+        service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
         payload = parse_json_object(await read_body(service, request))
-        info = await service.admin_load(TRANSPORT, request.headers.get("authorization"), load_request(name, payload))
+        info = await service.admin_load(TRANSPORT, auth, load_request(name, payload))
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/upsert", tags=["admin"], openapi_extra=_body_doc(UpsertBody, octet=True))
     async def upsert(name: str, request: Request) -> Response:
-        body = await read_body(service, request)
         auth = request.headers.get("authorization")
+        service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
+        body = await read_body(service, request)
         if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
-            service.authorize(auth)  # before parsing: an unauthorized caller learns nothing of the format
             keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
@@ -419,10 +435,10 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
     @app.post("/v1/tables/{name}/delete", tags=["admin"], openapi_extra=_body_doc(DeleteKeysBody, octet=True))
     async def delete_keys(name: str, request: Request) -> Response:
-        body = await read_body(service, request)
         auth = request.headers.get("authorization")
+        service.authorize(auth)
+        body = await read_body(service, request)
         if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
-            service.authorize(auth)
             keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))

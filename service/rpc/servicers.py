@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from runtime.errors import EmbserveError, InvalidRequest
 from service import oip
 from service.core import EmbeddingService
-from service.errors import render_error
+from service.errors import render_error, status_label
 from service.memory import LARGE_REQUEST_BYTES, release_free_heap
 from service.requests import (
     InferRequest,
@@ -44,28 +44,61 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 NATIVE_DTYPES: dict[str, np.dtype[Any]] = {"int64": np.dtype("<i8"), "float32": np.dtype("<f4")}
 
 
+COUNTED_OPERATIONS = {
+    "Lookup": "lookup",
+    "MultiLookup": "multi_lookup",
+    "Search": "search",
+    "Score": "score",
+    "Upsert": "admin_upsert",
+    "DeleteKeys": "admin_delete_keys",
+    "ModelInfer": "infer",
+}
+"""The methods counted in the request metrics, by their operation label: a call refused before it
+reaches the core (a tensor that does not parse, a caller without the admin token) is counted
+under it too."""
+
+
+def _table_of(request: Any) -> str | None:
+    """The table label of a counted call: its table, a model's table or group, "" for many
+    tables, None when the bytes did not parse."""
+    if isinstance(request, Undecodable):
+        return None
+    if isinstance(request, ipb.ModelInferRequest):
+        return oip.model_table(request.model_name)
+    return getattr(request, "table", "")  # a MultiLookupRequest has none
+
+
 def grpc_errors(method: Handler[R]) -> Handler[R]:
     """End the call with the status code mapped from a typed error; log anything unexpected.
 
     The status is set after the `except` block, from the code and text alone: an exception kept
     alive past the call would keep its traceback's frames, and with them the request and its
     arrays, until the cycle collector happens to run."""
+    operation = COUNTED_OPERATIONS.get(method.__name__)
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         if not isinstance(request, Undecodable) and request.ByteSize() >= LARGE_REQUEST_BYTES:
             # once this call is over, hand the pages of its receive buffers back (off the loop)
             context.add_done_callback(lambda _: _release_after(self.service))
-        try:
-            if isinstance(request, Undecodable):
-                raise InvalidRequest(request.message)
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, EmbserveError):
-                log.exception("unexpected error in %s", method.__name__)
-            error = render_error(exc, self.service.settings.artifact_root)
+        counted = (
+            contextlib.nullcontext()
+            if operation is None
+            else self.service.taken_in(TRANSPORT, operation, _table_of(request))
+        )
+        with counted as taken:
+            try:
+                if isinstance(request, Undecodable):
+                    raise InvalidRequest(request.message)
+                return await method(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, EmbserveError):
+                    log.exception("unexpected error in %s", method.__name__)
+                error = render_error(exc, self.service.settings.artifact_root)
+                if taken is not None:
+                    taken.status = status_label(exc)
         del request
         # status set and no response, rather than `context.abort`: grpcio keeps the AbortError that
         # abort raises on the call's state, and its traceback holds this frame and the context, a
@@ -327,6 +360,7 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        self.service.authorize(_authorization(context))  # before the tensors are read, as over HTTP
         given = {
             "keys": _optional_tensor(request, "keys"),  # unset: the core says keys are required
             "rows": _optional_tensor(request, "rows"),
@@ -337,6 +371,7 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
 
     @grpc_errors
     async def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        self.service.authorize(_authorization(context))
         given = {
             "keys": _optional_tensor(request, "keys"),
             "sequence": request.sequence if request.HasField("sequence") else None,
@@ -452,6 +487,8 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
         for i, tensor in enumerate(request.inputs):
             for k, v in tensor.parameters.items():
                 params.setdefault(k, _param_value(v))
+            if raw and tensor.HasField("contents"):
+                raise InvalidRequest(f"input {tensor.name!r}: data in both contents and raw_input_contents; send one")
             if raw:
                 inputs[tensor.name] = oip.tensor_from_bytes(tensor.name, tensor.datatype, list(tensor.shape), raw[i])
             else:

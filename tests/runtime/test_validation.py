@@ -250,3 +250,11 @@ def test_check_queries_copies_what_a_kernel_cannot_take_as_is() -> None:
         got = check_queries(given_rows, 4)
         assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
         np.testing.assert_array_equal(got, np.asarray(given_rows, dtype=np.float32))
+
+
+def test_a_candidate_is_named_by_its_row_and_column(table: runtime.Table) -> None:
+    with pytest.raises(IdOutOfRange, match=r"candidate_ids\[1\]\[1\] = -4 is out of range"):
+        table.score([[1, 2], [3, -4]], query_ids=[1, 2])
+    keyed = runtime.compress(low_rank_table(10, 16), "int8", keys=np.arange(10, dtype=np.int64) * 3)
+    with pytest.raises(runtime.KeyNotFound, match=r"candidate_ids\[1\]\[0\] = 7 is not in the table"):
+        keyed.score([[0, 3], [7, 6]], query_ids=[0, 3])

@@ -83,6 +83,20 @@ def test_lookup_search_score_match_runtime(stub: pb_grpc.EmbeddingServiceStub, s
         ),
         (pb.SearchRequest(table="items", k=3), grpc.StatusCode.INVALID_ARGUMENT, "exactly one"),
         (
+            pb.LookupRequest(table="items", ids=array_to_tensor(np.array([1, 2])), mode="mean"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "mode pools bags",
+        ),
+        (
+            pb.ScoreRequest(
+                table="items",
+                candidate_ids=array_to_tensor(np.array([[1, 2], [3, -4]])),
+                query_ids=array_to_tensor(np.array([1, 2])),
+            ),
+            grpc.StatusCode.OUT_OF_RANGE,
+            "candidate_ids[1][1] = -4",
+        ),
+        (
             pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=0),
             grpc.StatusCode.INVALID_ARGUMENT,
             "k must be",
@@ -102,7 +116,8 @@ def test_lookup_search_score_match_runtime(stub: pb_grpc.EmbeddingServiceStub, s
 def test_errors_map_to_status_codes(
     stub: pb_grpc.EmbeddingServiceStub, request_: object, code: grpc.StatusCode, message: str
 ) -> None:
-    method = stub.Lookup if isinstance(request_, pb.LookupRequest) else stub.Search
+    methods = {pb.LookupRequest: stub.Lookup, pb.SearchRequest: stub.Search, pb.ScoreRequest: stub.Score}
+    method = methods[type(request_)]
     with pytest.raises(grpc.RpcError) as info:
         method(request_)
     assert info.value.code() == code and message in info.value.details()

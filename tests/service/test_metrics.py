@@ -6,10 +6,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.rpc.generated import embserve_pb2 as pb
+from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+from service.rpc.servicers import array_to_tensor
 from tests.service.conftest import Served, require_binary
 from tests.service.live import free_port
 
@@ -46,6 +51,60 @@ def test_metrics_exposition(served: Served) -> None:
         if family.name.startswith("embserve_") and family.name != "embserve_build":
             for sample in family.samples:
                 assert set(sample.labels) <= allowed, sample
+
+
+def request_counts(served: Served) -> dict[tuple[str, str, str, str], float]:
+    """embserve_requests_total by (transport, operation, table, status)."""
+    text = httpx.get(f"{served.server.http}/metrics").text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "embserve_requests")
+    return {
+        (s.labels["transport"], s.labels["operation"], s.labels["table"], s.labels["status"]): s.value
+        for s in family.samples
+        if s.name == "embserve_requests_total"
+    }
+
+
+def test_requests_refused_before_the_core_are_counted(served: Served) -> None:
+    """Every request is counted once, with the status it got: also one whose body does not parse
+    or whose caller lacks the admin token, on both transports; a request of many tables has an
+    empty table label, not "unknown"."""
+    http = served.server.http
+    before = request_counts(served)
+    sent = [
+        httpx.post(f"{http}/v1/tables/items/lookup", content=b"not json"),
+        httpx.post(f"{http}/v1/tables/items/search", content=b"[1, 2]", headers={"content-type": "application/json"}),
+        httpx.post(f"{http}/v1/lookup", json={"tables": [{"table": "items", "ids": [1, 2]}]}),
+        httpx.post(f"{http}/v1/lookup", content=b"{"),
+        httpx.post(f"{http}/v1/tables/items/upsert", content=b"{", headers={"authorization": "Bearer wrong"}),
+        httpx.post(f"{http}/v2/models/items/infer", content=b"junk"),
+    ]
+    assert [r.status_code for r in sent] == [400, 400, 200, 400, 401, 400], [r.text for r in sent]
+    with grpc.insecure_channel(served.server.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as bad_tensor:
+            stub.Lookup(pb.LookupRequest(table="items", ids=pb.Tensor(dtype="int64", shape=[3], data=b"\0" * 8)))
+        assert bad_tensor.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as no_token:
+            stub.Upsert(pb.UpsertRequest(table="items"))
+        assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.MultiLookup(
+            pb.MultiLookupRequest(tables=[pb.MultiLookupEntry(table="items", ids=array_to_tensor(np.array([1])))])
+        )
+    after = request_counts(served)
+    grown = {
+        labels: after[labels] - before.get(labels, 0) for labels in after if after[labels] != before.get(labels, 0)
+    }
+    assert grown == {
+        ("http", "lookup", "items", "400"): 1,
+        ("http", "search", "items", "400"): 1,
+        ("http", "multi_lookup", "", "ok"): 1,
+        ("http", "multi_lookup", "", "400"): 1,
+        ("http", "admin_upsert", "items", "401"): 1,
+        ("http", "infer", "items", "400"): 1,
+        ("grpc", "lookup", "items", "400"): 1,
+        ("grpc", "admin_upsert", "items", "401"): 1,
+        ("grpc", "multi_lookup", "", "ok"): 1,
+    }
 
 
 @pytest.mark.external

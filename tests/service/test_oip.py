@@ -69,6 +69,16 @@ def test_protocol_errors(served: Served) -> None:
             "binary",
         ),
         ({"inputs": [{"name": "wrong", "shape": [1], "datatype": "INT64", "data": [1]}]}, 400, "needs input 'ids'"),
+        # values are held to the datatype as the native API holds its fields: never truncated
+        ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [1.5, 2]}]}, 400, "must be integers"),
+        ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [True, False]}]}, 400, "booleans"),
+        ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": ["1", "2"]}]}, 400, "strings"),
+        (
+            {"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [2**63, 1]}]},
+            400,
+            "9223372036854775808 is beyond the range of INT64",
+        ),
+        ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [[1], [2, 3]]}]}, 400, "nested lists"),
         (
             {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}], "outputs": [{"name": "x"}]},
             400,

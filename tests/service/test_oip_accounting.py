@@ -90,3 +90,16 @@ def test_an_oip_infer_over_a_limit_is_refused_like_a_native_one(served: Served) 
     with pytest.raises(grpc.RpcError) as err:
         oip_grpc(served, "items", too_many)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details() == message
+
+
+def test_grpc_infer_refuses_data_in_both_contents_and_raw_and_is_counted(served: Served) -> None:
+    request = ipb.ModelInferRequest(model_name="items")
+    tensor = request.inputs.add(name="ids", datatype="INT64", shape=[2])
+    tensor.contents.int64_contents.extend([1, 2])
+    request.raw_input_contents.append(np.array([3, 4], "<i8").tobytes())
+    before = requests_total(served, "grpc", "infer", "items", "400")
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as refused:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "both contents and raw_input_contents" in str(refused.value.details())
+    assert requests_total(served, "grpc", "infer", "items", "400") == before + 1

@@ -73,7 +73,17 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/lookup", {"ids": [1, 4000]}, 400, "ids[1] = 4000"),
     ("post", "/v1/tables/items/lookup", {"ids": [-1]}, 400, "ids[0] = -1"),
     ("post", "/v1/tables/items/lookup", {"ids": [1, [2]]}, 400, "rectangular"),
+    (
+        "post",
+        "/v1/tables/items/lookup",
+        {"ids": [[1, 2], [3]]},
+        400,
+        "ids must be a rectangular array of numbers (every",
+    ),
     ("post", "/v1/tables/items/lookup", {"ids": ["a"]}, 400, "numbers"),
+    ("post", "/v1/tables/items/lookup", {"ids": "1,2,3"}, 400, "ids must hold numbers, got strings"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "mode": "mean"}, 400, "mode pools bags"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "weights": [1, 1]}, 400, "weights need bags"),
     ("post", "/v1/tables/items/lookup", {"ids": [1.5]}, 400, "integers"),
     ("post", "/v1/tables/items/lookup", {"ids": [True]}, 400, "booleans"),
     ("post", "/v1/tables/items/lookup", {}, 400, "ids is required"),
@@ -91,6 +101,13 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/search", {"k": 3}, 400, "exactly one"),
     ("post", "/v1/tables/items/score", {"candidate_ids": [1, 2], "query_ids": [1]}, 400, "2-D"),
     ("post", "/v1/tables/items/score", {"candidate_ids": [[1, 9999]], "query_ids": [1]}, 400, "candidate_ids"),
+    (
+        "post",
+        "/v1/tables/items/score",
+        {"candidate_ids": [[1, 2], [3, -4]], "query_ids": [1, 2]},
+        400,
+        "candidate_ids[1][1] = -4",
+    ),
     ("get", "/v1/tables/nope", None, 404, "not found"),
     ("get", "/v1/nothing-here", None, 404, "Not Found"),
 ]
@@ -137,6 +154,6 @@ def test_ids_past_int64_and_floats_past_float32_are_named_and_nothing_is_logged(
     assert r.status_code == 400 and "beyond float32's range" in r.json()["error"]
     body = {"inputs": [{"name": "queries", "shape": [1, 32], "datatype": "FP32", "data": [1e300] * 32}]}
     r = client.post("/v2/models/items.search/infer", json=body)
-    assert r.status_code == 400 and "overflow" in r.json()["error"]
+    assert r.status_code == 400 and "beyond the range of FP32" in r.json()["error"]
     assert client.post("/v1/tables/items/lookup", json={"ids": [1]}).status_code == 200
     assert "Warning" not in served.server.log()

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.multi import pool_mode
 from service.requests import (
     DEFAULT_K,
     DEFAULT_MODE,
@@ -94,9 +95,10 @@ def test_oip_search_takes_the_same_defaults(served: Served) -> None:
 
 def test_lookup_defaults_and_aliases_are_written_once() -> None:
     assert lookup_request("t", {}) == LookupRequest("t")
-    assert LookupRequest("t").mode == DEFAULT_MODE == "sum" and not LookupRequest("t").pooled
+    # mode unset (None) pools by the default, and is refused without bags like a mode given
+    assert pool_mode(LookupRequest("t")) == DEFAULT_MODE == "sum" and not LookupRequest("t").pooled
     given = lookup_request("t", {"keys": [7], "per_sample_weights": [0.5], "lengths": [1], "mode": None})
-    assert (given.ids, given.weights, given.lengths, given.mode, given.pooled) == ([7], [0.5], [1], "sum", True)
+    assert (given.ids, given.weights, given.lengths, pool_mode(given), given.pooled) == ([7], [0.5], [1], "sum", True)
     # a field's own name wins over its alias; a multi-table entry keeps the label errors name it by
     both = lookup_request("t", {"ids": [1], "keys": [2], "weights": [3.0], "per_sample_weights": [4.0]}, label="f")
     assert (both.ids, both.weights, both.label) == ([1], [3.0], "f")
