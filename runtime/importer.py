@@ -41,10 +41,16 @@ class PlannedTable:
 
 
 def plan_tables(source: Source, keys: list[str] | None = None) -> list[PlannedTable]:
-    """The tables to import: `keys` when given, else every embedding-like key. Each must be a 2-D
-    floating-point tensor; names come from the keys (TorchRec's table names, or module names),
-    made unique by the full key when two would clash."""
-    chosen = keys if keys else embedding_keys(source.tensors)
+    """The tables to import: `keys` when given, else every embedding-like key (a `.npy` file's
+    one tensor, named after the file). Each must be a 2-D floating-point tensor; names come from
+    the keys (TorchRec's table names, or module names), made unique by the full key when two
+    would clash."""
+    if keys:
+        chosen = keys
+    elif source.format == "npy":
+        chosen = list(source.tensors)  # the file is the table: its name says nothing of embeddings
+    else:
+        chosen = embedding_keys(source.tensors)
     if not chosen:
         raise InvalidRequest(
             f"found no embedding table in {source.path}: {describe_candidates(source.tensors.values())}"

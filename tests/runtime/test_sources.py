@@ -158,10 +158,15 @@ def test_import_safetensors_writes_tables_json(tmp_path: Path, capsys: pytest.Ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "tables"]  # no temporaries left
 
 
-def test_import_npy_is_one_table_named_after_the_file(tmp_path: Path) -> None:
+def test_import_npy_is_one_table_named_after_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "items.npy", low_rank_table(100, 8))
-    assert main(["import", str(tmp_path / "items.npy"), "--out", str(tmp_path / "t"), "--tensor", "items"]) == 0
+    # as the README says: no --tensor needed, whatever the file is called
+    assert main(["import", str(tmp_path / "items.npy"), "--out", str(tmp_path / "t")]) == 0
     assert read_tables_file(tmp_path / "t") == [("items", tmp_path / "t" / "items")]
+    assert main(["import", str(tmp_path / "items.npy"), "--out", str(tmp_path / "u"), "--tensor", "items"]) == 0
+    np.save(tmp_path / "ids.npy", np.arange(40).reshape(10, 4))
+    assert main(["import", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "v")]) == 2
+    assert "has dtype int64; an embedding table must be floating point" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
