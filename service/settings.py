@@ -120,10 +120,10 @@ class Settings(BaseSettings):
         the URL and its password."""
         if self.redis_url and self.artifact_root is None:
             raise ValueError("redis_url needs artifact_root: published versions are paths below it")
-        if self.redis_url and self.redis_cluster:
+        if self.redis_url:
             from service.sync.connection import check_url  # imports redis: only when it is configured
 
-            check_url(self.redis_url, cluster=True)  # InvalidRequest is a ValueError
+            check_url(self.redis_url, cluster=self.redis_cluster)  # InvalidRequest is a ValueError
 
     def resolved_replica_id(self) -> str:
         """`replica_id`, else `<hostname>-<pid>` (unique per process on one host)."""

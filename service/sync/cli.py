@@ -48,6 +48,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--delete", type=Path, metavar="KEYS", help=".npy of int64 keys to delete instead")
     p.add_argument("--base-version", default="", help="the table version the rows were computed against")
     p.add_argument("--batch-rows", type=int, default=1000, help="keys an entry (default 1000)")
+    p.add_argument(
+        "--artifact-root",
+        type=Path,
+        default=os.environ.get("EMBSERVE_ARTIFACT_ROOT"),
+        help="where the published version is, to check the entries fit the table before pushing "
+        "(default: EMBSERVE_ARTIFACT_ROOT)",
+    )
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser(
@@ -160,8 +167,26 @@ def _load_npy(path: Path, what: str) -> Any:
 
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty or cut-short file
         raise InvalidRequest(f"{what} {path}: not a readable .npy file ({exc})") from None
+
+
+def _published_manifest(client: Any, table: str, root: Path | None) -> tuple[dict[str, Any] | None, str]:
+    """The manifest of `table`'s published version (a sync client), or None and why not."""
+    from runtime.artifact import read_manifest
+    from runtime.errors import ArtifactError
+    from service.sync import keys
+
+    path = client.hget(keys.version_key(table), "path")
+    path = path.decode() if isinstance(path, bytes) else path
+    if not path:
+        return None, f"table {table!r} has no published version to check the entries against"
+    if root is None:
+        return None, "no --artifact-root (or EMBSERVE_ARTIFACT_ROOT) to read the published version from"
+    try:
+        return read_manifest(Path(root) / path), ""
+    except ArtifactError as exc:
+        return None, f"the published version cannot be read here ({exc})"
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -180,6 +205,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         # inside the try: a cluster client connects as it is made
         client = connection.sync_client(url, args.redis_cluster)
+        manifest, unchecked = _published_manifest(client, args.table, args.artifact_root)
+        if manifest is not None:
+            updates.check_fits_table(args.table, manifest, keys, rows)
+        else:
+            print(
+                f"embserve push: note: {unchecked}; each replica checks the entries and dead-letters", file=sys.stderr
+            )
         ids = updates.push(client, args.table, keys, rows, base_version=args.base_version, batch_rows=args.batch_rows)
     except connection.FAILURES as exc:
         print(f"embserve push: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)

@@ -48,6 +48,13 @@ def _read_after(client: Any, table: str, after: str) -> list[tuple[str, dict[Any
         start = f"({found[-1][0]}"
 
 
+def trim_log_below(client: Any, table: str, sequence: int) -> int:
+    """Remove every entry of `table`'s update log before `sequence` (a sync client); returns how
+    many went. Exact, not approximate (`~`): Redis trims approximately only whole macro nodes of
+    up to 100 entries, so a short log of small entries would never shrink."""
+    return int(client.xtrim(keys.updates_key(table), minid=updates.sequence_to_id(sequence), approximate=False))
+
+
 def compact(
     url: str, root: Path, table: str, out: Path, version: str | None = None, cluster: bool = False
 ) -> Compacted:
@@ -89,7 +96,7 @@ def compact(
             served = row.tables.get(table)
             if served is not None:
                 needed.append(updates.id_to_sequence(served.last_update_id) if served.last_update_id else 0)
-        trimmed = int(sync_client.xtrim(keys.updates_key(table), minid=updates.sequence_to_id(min(needed))))
+        trimmed = trim_log_below(sync_client, table, min(needed))
     finally:
         sync_client.close()
     return Compacted(

@@ -26,11 +26,15 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 def check_url(url: str, cluster: bool) -> None:
-    """A Redis Cluster has database 0 only and no unix sockets: refused here with a clear message
-    rather than deep inside redis-py."""
+    """A URL redis-py cannot take (no scheme, a typo), or one a Redis Cluster cannot (a database
+    other than 0, a unix socket): refused here in one line that names the part, never the
+    password, rather than deep inside redis-py."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        given = f"{parts.scheme}://" if parts.scheme else "none"
+        raise InvalidRequest(f"a Redis URL starts with redis://, rediss:// or unix://, got {given}")
     if not cluster:
         return
-    parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise InvalidRequest(f"a Redis Cluster URL is redis:// or rediss://, got {parts.scheme or '(none)'}://")
     database = parts.path.strip("/")

@@ -125,13 +125,13 @@ def lag(status: TableStatus, published: Published | None) -> str:
 def format_table(rows: list[ReplicaRow], published: dict[str, Published], now: float | None = None) -> str:
     """The `embserve status` text: one line per replica and table."""
     now = time.time() if now is None else now
-    header = ("REPLICA", "STATE", "TABLE", "VERSION", "TABLE STATE", "LAG", "HEARTBEAT AGE", "ERROR")
+    header = ("REPLICA", "STATE", "TABLE", "VERSION", "TABLE STATE", "LAG", "LAST UPDATE", "HEARTBEAT AGE", "ERROR")
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
         age = f"{max(0.0, now - row.heartbeat):.1f}s"
         names = sorted(set(row.tables) | {name for name, pub in published.items() if not pub.withdrawn})
         if not names:
-            lines.append((row.replica, row.state, "-", "-", "-", "-", age, row.redis_error))
+            lines.append((row.replica, row.state, "-", "-", "-", "-", "-", age, row.redis_error))
         for name in names:
             status = row.tables.get(name, TableStatus(state="absent"))
             lines.append(
@@ -142,6 +142,7 @@ def format_table(rows: list[ReplicaRow], published: dict[str, Published], now: f
                     status.version or "-",
                     status.state,
                     lag(status, published.get(name)),
+                    status.last_update_id or "-",
                     age,
                     status.error or row.redis_error,
                 )

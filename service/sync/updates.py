@@ -182,6 +182,26 @@ def push(
     return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
 
 
+def check_fits_table(table: str, manifest: Mapping[str, Any], entry_keys: np.ndarray, rows: np.ndarray | None) -> None:
+    """Refuse, before anything is pushed, what every replica of `table` (whose artifact manifest
+    this is) would refuse and dead-letter: rows of another dimension, deletes from a dense table,
+    ids past a dense table's rows."""
+    dim, count, keyed = int(manifest["dim"]), int(manifest["rows"]), bool(manifest.get("keyed", False))
+    if rows is not None and rows.ndim == 2 and rows.shape[1] != dim:
+        raise InvalidRequest(f"--rows have dimension {rows.shape[1]}; table {table!r} has dimension {dim}")
+    if keyed:
+        return
+    if rows is None:
+        raise InvalidRequest(
+            f"table {table!r} is dense (ids 0..{count - 1}): its rows cannot be deleted, only those of a keyed table"
+        )
+    ids = np.asarray(entry_keys).reshape(-1)
+    outside = np.flatnonzero((ids < 0) | (ids >= count))
+    if outside.size:
+        pos = int(outside[0])
+        raise InvalidRequest(f"--keys[{pos}] = {int(ids[pos])} is out of range: table {table!r} has {count} rows")
+
+
 def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
     """Apply one entry to `table`: (rows applied, refusal reason or ""). A refused entry applies
     nothing, and the table's sequence still moves past it. DeltaFull propagates (not the entry's

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 import redis.asyncio
@@ -69,6 +71,28 @@ def test_settings_and_cli_refuse_a_cluster_url_with_a_database(
     assert main(["status", "--redis-url", "redis://:s3cret@127.0.0.1:1/4", "--redis-cluster"]) == 2
     err = capsys.readouterr().err
     assert "database 0 only" in err and "s3cret" not in err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "localhost:6379", "http://:s3cret@h:6379/0"])
+def test_a_url_redis_cannot_take_is_one_line_and_exit_status_2(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-py raised a ValueError from deep inside (a 25–59-line traceback, exit status 1)."""
+    expected = "a Redis URL starts with redis://, rediss:// or unix://"
+    with pytest.raises(ValueError, match=expected):
+        Settings(redis_url=url, artifact_root=str(tmp_path)).check_redis()
+    keys = tmp_path / "k.npy"
+    np.save(keys, np.arange(3))
+    for argv in (["status"], ["push", "t", "--delete", str(keys)], ["serve", "--artifact-root", str(tmp_path)]):
+        assert main([*argv, "--redis-url", url]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "s3cret" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_push_of_a_file_that_is_not_npy_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.npy").write_bytes(b"")
+    assert main(["push", "t", "--redis-url", "redis://127.0.0.1:1", "--delete", str(tmp_path / "empty.npy")]) == 2
+    assert "not a readable .npy file" in capsys.readouterr().err
 
 
 def test_the_cluster_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,14 +75,14 @@ def test_lag_compares_with_the_registry() -> None:
                 "ready",
                 100.0,
                 0.0,
-                tables={"t": TableStatus("t-v1", "t/v1", "ab", 3, state="failed", error="bad")},
+                tables={"t": TableStatus("t-v1", "t/v1", "ab", 3, state="failed", error="bad", last_update_id="17-2")},
             )
         ],
         {"t": pub},
         now=102.5,
     )
     line = text.splitlines()[1].split()
-    assert line == ["r1", "ready", "t", "t-v1", "failed", "behind:", "published", "t-v2", "2.5s", "bad"]
+    assert line == ["r1", "ready", "t", "t-v1", "failed", "behind:", "published", "t-v2", "17-2", "2.5s", "bad"]
 
 
 @pytest.mark.external
@@ -128,3 +128,37 @@ def test_status_reports_an_unreachable_redis(capsys: pytest.CaptureFixture[str])
 
     assert main(["status", "--redis-url", f"redis://127.0.0.1:{free_port()}"]) == 1
     assert "failed" in capsys.readouterr().err
+
+
+@pytest.mark.external
+def test_push_refuses_what_every_replica_would_refuse(
+    redis_server: RedisServer, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the published version at hand, push checks its entries against the table (dense,
+    300 × 16 here) instead of leaving every replica to dead-letter them."""
+    import numpy as np
+
+    url = ["--redis-url", redis_server.url]
+    ids, wide, rows = tmp_path / "ids.npy", tmp_path / "wide.npy", tmp_path / "rows.npy"
+    np.save(ids, np.array([1, 2], np.int64))
+    np.save(wide, np.ones((2, 32), np.float32))
+    np.save(rows, np.ones((2, 16), np.float32))
+    # nothing published yet: pushed unchecked, with a note
+    assert main(["push", "t", *url, "--keys", str(ids), "--rows", str(wide)]) == 0
+    assert "no published version" in capsys.readouterr().err
+    assert main(["publish", "t", "t/v1", *url, "--artifact-root", str(root)]) == 0
+    capsys.readouterr()
+    length = redis_server.client().xlen(keys.updates_key("t"))
+    refused = [
+        (["--keys", str(ids), "--rows", str(wide)], "--rows have dimension 32; table 't' has dimension 16"),
+        (["--delete", str(ids)], "table 't' is dense (ids 0..299): its rows cannot be deleted"),
+    ]
+    np.save(tmp_path / "far.npy", np.array([5, 300], np.int64))
+    refused.append((["--keys", str(tmp_path / "far.npy"), "--rows", str(rows)], "--keys[1] = 300 is out of range"))
+    for argv, message in refused:
+        assert main(["push", "t", *url, "--artifact-root", str(root), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert redis_server.client().xlen(keys.updates_key("t")) == length  # nothing of them was pushed
+    assert main(["push", "t", *url, "--artifact-root", str(root), "--keys", str(ids), "--rows", str(rows)]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert redis_server.client().xlen(keys.updates_key("t")) == length + 1
