@@ -18,7 +18,7 @@ from runtime import artifact
 from runtime.codecs import CODECS, codec_options
 from runtime.errors import EmbserveError, InvalidRequest
 from runtime.importer import check_output, import_tables
-from runtime.planner import compress_to_budget, plan
+from runtime.planner import against_fp32, compress_to_budget, plan
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
 
@@ -272,7 +272,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {table.rows} × {table.dim} "
         f"{' | '.join(t.primary.name + (' + ' + t.rerank.name if t.rerank else '') for t in table.tiers)}"
         f"{' (keyed)' if table.keyed else ''}, {table.nbytes} bytes "
-        f"({table.compression_ratio:.2f}× smaller than fp32) in {elapsed:.1f} s"
+        f"({against_fp32(table.compression_ratio)}) in {elapsed:.1f} s"
     )
     return 0
 

@@ -53,6 +53,16 @@ ROW_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4
 WEIGHT_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
+def against_fp32(ratio: float) -> str:
+    """A table's size next to float32's, given fp32 bytes / its bytes: a small table whose trained
+    state (codebooks, inner-product tables) outweighs its codes is larger, and says so."""
+    if ratio >= 1.005:
+        return f"{ratio:.2f}× smaller than fp32"
+    if ratio <= 0.995:
+        return f"{1 / ratio:.2f}× larger than fp32"
+    return "the size of fp32"
+
+
 def parse_size(text: Any) -> int:
     """'512MiB', '2GB', '1e9', 4096 -> bytes (int > 0); anything else is refused."""
     if isinstance(text, bool):
@@ -279,7 +289,7 @@ class Plan:
         lines.append(f"{'':>4}  {'tier index and key map':<50} {'':>4}  {self.overhead:>13,}")
         lines.append(
             f"total {self.nbytes:,} bytes of a {self.budget:,}-byte budget "
-            f"({self.rows * self.dim * 4 / self.nbytes:.2f}× smaller than fp32); "
+            f"({against_fp32(self.rows * self.dim * 4 / self.nbytes)}); "
             f"est. weighted error {self.error:.6f}, fitness {self.fitness:.6f}"
             + ("" if self.recall is None else f", recall@10 of the sample queries {self.recall:.4f}")
         )

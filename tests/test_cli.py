@@ -135,3 +135,12 @@ def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys
     assert "--codec or --tiers" in capsys.readouterr().err
     assert main(["compress", str(source), "--tiers", str(tiers), "--subspaces", "4", "--out", str(tmp_path / "z")]) == 2
     assert "inside each tier" in capsys.readouterr().err
+
+
+def test_sizes_against_fp32_say_smaller_or_larger() -> None:
+    from runtime.planner import against_fp32
+
+    assert against_fp32(3.77) == "3.77× smaller than fp32"
+    # a small PQ table: its codeword tables outweigh its codes
+    assert against_fp32(0.86) == "1.16× larger than fp32"
+    assert against_fp32(1.0) == "the size of fp32"
