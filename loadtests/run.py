@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-rps", type=float, help="fail when total throughput is below this")
     parser.add_argument("--max-failure-ratio", type=float, default=0.0)
     args = parser.parse_args(argv)
+    # Locust runs from the repository root: a relative --out means the caller's directory
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     server = None
     with tempfile.TemporaryDirectory() as tmp:

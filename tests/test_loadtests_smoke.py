@@ -52,7 +52,8 @@ def test_load_smoke(transport: str, tmp_path: Path) -> None:
     for artifact in ("locust_stats.csv", "report.html", "summary.json", "latency.png"):
         assert (out / artifact).is_file(), artifact
     assert (out / "locust.json").is_file() or (out / "locust").is_file()
-    # a breached threshold fails the run
+    # a breached threshold fails the run; a relative --out is the caller's directory, not the
+    # repository root Locust runs from
     strict = subprocess.run(
         [
             sys.executable,
@@ -64,7 +65,7 @@ def test_load_smoke(transport: str, tmp_path: Path) -> None:
             "--transport",
             transport,
             "--out",
-            str(tmp_path / "strict"),
+            "strict",
             "--demo-rows",
             "5000",
             "--min-rps",
@@ -73,6 +74,6 @@ def test_load_smoke(transport: str, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=ROOT,
+        cwd=tmp_path,
     )
     assert strict.returncode == 1 and "throughput" in (tmp_path / "strict" / "summary.json").read_text()
