@@ -206,7 +206,12 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
     """The table to compress and its provenance string: the one tensor of a .npy file, or `key`."""
     if isinstance(source, NpySource) and key is None:
-        return source.read(next(iter(source.tensors))), str(source.path)
+        x = source.read(next(iter(source.tensors)))
+        if x.dtype.kind != "f":
+            # as import and --tensor refuse it: an int64 .npy is more likely ids or counts than a
+            # table, and the library would cast it without a word
+            raise InvalidRequest(f"{source.path} has dtype {x.dtype}; an embedding table must be floating point")
+        return x, str(source.path)
     if key is None:
         if len(source.tensors) != 1:
             raise InvalidRequest(

@@ -297,3 +297,12 @@ def test_pytorch_checkpoint_with_pickled_objects_is_refused(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "as a weights-only PyTorch checkpoint: it holds pickled objects other than tensors" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_compress_of_an_integer_npy_is_refused_as_import_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "ids.npy", np.arange(40).reshape(10, 4))
+    assert main(["compress", str(tmp_path / "ids.npy"), "--codec", "int8", "--out", str(tmp_path / "o")]) == 2
+    assert "has dtype int64; an embedding table must be floating point" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
