@@ -176,6 +176,7 @@ def test_serve_tables_file_from_import(tmp_path: Path) -> None:
         (["--max-k", "-1"], {}, "embserve serve: invalid settings: --max-k / EMBSERVE_MAX_K: Input should be"),
         ([], {"EMBSERVE_MAX_K": "abc"}, "--max-k / EMBSERVE_MAX_K: Input should be a valid integer"),
         (["--http-port", "8000x"], {}, "embserve serve: error: argument --http-port: invalid int value: '8000x'"),
+        (["--no-such-flag"], {}, "embserve serve: error: unrecognized arguments: --no-such-flag (see embserve serve"),
     ],
 )
 def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
