@@ -59,20 +59,37 @@ T = TypeVar("T")
 
 
 class TakenIn:
-    """A request as its transport took it in, before the core sees it: whether it already holds
-    a concurrency slot (`admission`), whether the core has counted it in the request metrics,
-    and the status it ended with (set by the transport), so that a request refused before it
-    reached the core (a body that does not parse, a caller without the admin token) is counted
-    too."""
+    """A request from its transport's first look at it to its answer (a context manager): whether
+    it already holds a concurrency slot (`admission`), whether it has been counted in the request
+    metrics, and the status it ended with (set by the transport). The core counts a request it
+    gets to; one refused before (a body that does not parse, a caller without the admin token) is
+    counted on exit here, with that status (unset: not counted, as for a client that left)."""
 
-    __slots__ = ("admitted", "counted", "service", "start", "status")
+    __slots__ = ("admitted", "counted", "labels", "service", "start", "status", "token")
 
-    def __init__(self, service: EmbeddingService, admitted: bool) -> None:
+    def __init__(self, service: EmbeddingService, labels: tuple[str, str, str], admitted: bool) -> None:
         self.service = service
+        self.labels = labels
+        """(transport, operation, table label)"""
         self.admitted = admitted
         self.counted = False
         self.status: str | None = None
         self.start = time.perf_counter()
+        self.token: Any = None
+
+    def __enter__(self) -> TakenIn:
+        self.token = _TAKEN_IN.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _TAKEN_IN.reset(self.token)
+        if self.admitted:
+            self.service._release()
+        if not self.counted and self.status is not None:
+            metrics = self.service.metrics
+            labels = (*self.labels, self.status)
+            metrics.child(metrics.request_duration, *labels).observe(time.perf_counter() - self.start)
+            metrics.child(metrics.requests, *labels).inc()
 
 
 _TAKEN_IN: ContextVar[TakenIn | None] = ContextVar("embserve_taken_in", default=None)
@@ -220,55 +237,45 @@ class EmbeddingService:
 
     # ---- request plumbing -----------------------------------------------------------------------
     def _table_label(self, name: str | None) -> str:
-        # labels stay bounded: a name that is neither served nor a configured group (or not known,
-        # None) is "unknown"; a request of many tables ("") has an empty label
+        # labels stay bounded: a name that is neither served nor a configured group is "unknown";
+        # a request of many tables (None) has an empty label
         if name is None:
-            return "unknown"
-        return name if name == "" or name in self.store or name in self.groups else "unknown"
+            return ""
+        return name if name in self.store or name in self.groups else "unknown"
 
     def _admit(self, transport: str, operation: str, table: str | None) -> None:
         if self.draining or not self.started:
-            self.metrics.requests.labels(transport, operation, self._table_label(table), "503").inc()
+            self._count_refusal(transport, operation, table, "503")
             raise NotReady("server is draining" if self.draining else "server is starting")
         if self.in_flight >= self.settings.max_concurrency:
             self.metrics.overloaded.labels(transport).inc()
-            self.metrics.requests.labels(transport, operation, self._table_label(table), "429").inc()
+            self._count_refusal(transport, operation, table, "429")
             raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
         self.in_flight += 1
         self.metrics.in_flight.inc()
+
+    def _count_refusal(self, transport: str, operation: str, table: str | None, status: str) -> None:
+        self.metrics.requests.labels(transport, operation, self._table_label(table), status).inc()
+        taken = _TAKEN_IN.get()
+        if taken is not None:
+            taken.counted = True  # the transport's own record must not count it again
 
     def _release(self) -> None:
         self.in_flight -= 1
         self.metrics.in_flight.dec()
 
-    @contextmanager
-    def admission(self, transport: str, operation: str, table: str | None) -> Iterator[TakenIn]:
+    def admission(self, transport: str, operation: str, table: str | None) -> TakenIn:
         """Take a request's concurrency slot before its body is read: over the limit the refusal
-        costs no read and no parse. The core call made inside (`request`) keeps this slot; a
-        request that ends before reaching it is counted here, with the status the transport set."""
+        costs no read and no parse. Entered, the record keeps the slot for the core call made
+        inside (`request`) and gives it back on exit; a request that ends before reaching the
+        core is counted then, with the status the transport set."""
         self._admit(transport, operation, table)
-        with self.taken_in(transport, operation, table, admitted=True) as taken:
-            try:
-                yield taken
-            finally:
-                self._release()
+        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True)
 
-    @contextmanager
-    def taken_in(self, transport: str, operation: str, table: str | None, admitted: bool = False) -> Iterator[TakenIn]:
-        """A request from its transport's first look at it to its answer: counted in the request
-        metrics once, by the core when it gets that far, else here with the `status` the
-        transport set on the yielded record (unset: not counted, as for a client that left)."""
-        taken = TakenIn(self, admitted)
-        token = _TAKEN_IN.set(taken)
-        try:
-            yield taken
-        finally:
-            _TAKEN_IN.reset(token)
-            if not taken.counted and taken.status is not None:
-                labels = (transport, operation, self._table_label(table), taken.status)
-                elapsed = time.perf_counter() - taken.start
-                self.metrics.child(self.metrics.request_duration, *labels).observe(elapsed)
-                self.metrics.child(self.metrics.requests, *labels).inc()
+    def taken_in(self, transport: str, operation: str, table: str | None) -> TakenIn:
+        """The record of a request whose transport lets the core admit it (gRPC), entered for
+        the whole call: counted once, by the core or, refused before, on exit."""
+        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=False)
 
     def client_disconnected(self, transport: str) -> None:
         """A client hung up before its request was read or answered: counted, not an error."""
@@ -287,9 +294,9 @@ class EmbeddingService:
         self.metrics.connections_refused.labels(transport).inc()
 
     @contextmanager
-    def request(self, transport: str, operation: str, table: str = "") -> Iterator[None]:
+    def request(self, transport: str, operation: str, table: str | None = None) -> Iterator[None]:
         """Admission (unless the transport already admitted this request), in-flight accounting
-        and the request metrics around one request."""
+        and the request metrics around one request (`table` None: a request of many tables)."""
         taken = _TAKEN_IN.get()
         if taken is not None and taken.service is not self:
             taken = None

@@ -72,7 +72,9 @@ class LookupBody(BaseModel):
     per_sample_weights: list[float] | None = Field(
         None, description="(n,) weights of a weighted sum (mode sum, with bags); `weights` is accepted too"
     )
-    mode: Literal["sum", "mean"] = DEFAULT_MODE
+    mode: Literal["sum", "mean"] | None = Field(
+        None, description=f'how bags are pooled (default "{DEFAULT_MODE}"); only with offsets or lengths'
+    )
 
 
 class SearchBody(BaseModel):
@@ -251,17 +253,17 @@ ADMIN_UPDATE_PATH = re.compile(r"/v1/tables/([^/]+)/(upsert|delete)")
 ADMIN_UPDATE_OPERATIONS = {"upsert": "admin_upsert", "delete": "admin_delete_keys"}
 
 
-def admitted_route(method: str, path: str) -> tuple[str, str] | None:
+def admitted_route(method: str, path: str) -> tuple[str, str | None] | None:
     """(operation, table) of a request that reads a body and runs under the concurrency limit
-    ("" the table of a request of many); None for everything else (health, metrics, metadata),
-    which never waits for a slot."""
+    (table None: a request of many tables); None for everything else (health, metrics,
+    metadata), which never waits for a slot."""
     if method == "POST" and (match := DATA_PLANE_PATH.fullmatch(path)) is not None:
         if match.group(3) is not None:
             model = match.group(3)
             return "infer", oip.model_table(model)
         return match.group(2), match.group(1)
     if method == "POST" and path == "/v1/lookup":
-        return "multi_lookup", ""
+        return "multi_lookup", None
     if method == "POST" and (match := ADMIN_UPDATE_PATH.fullmatch(path)) is not None:
         return ADMIN_UPDATE_OPERATIONS[match.group(2)], match.group(1)
     if method == "PUT" and (match := ADMIN_PATH.fullmatch(path)) is not None:
@@ -283,9 +285,8 @@ class AdmissionFront:
         if route is None:
             await self.app(scope, receive, send)
             return
-        slot = self.service.admission(TRANSPORT, *route)
         try:
-            taken = slot.__enter__()
+            taken = self.service.admission(TRANSPORT, *route)
         except EmbserveError as exc:
             await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
@@ -296,10 +297,8 @@ class AdmissionFront:
                 taken.status = "ok" if message["status"] < 400 else str(message["status"])
             await send(message)
 
-        try:
+        with taken:
             await self.app(scope, receive, send_noting_status)
-        finally:
-            slot.__exit__(None, None, None)
 
 
 def create_asgi(service: EmbeddingService) -> AdmissionFront:

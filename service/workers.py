@@ -143,16 +143,30 @@ class WorkerFront:
 
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime
-        from service.errors import not_applied_everywhere, render_error, send_http_error
+        from service.errors import render_error, send_http_error, status_label
+        from service.rest import admitted_route
 
-        try:
-            body = await _read_all(receive, self.service)
-        except EmbserveError as exc:
-            await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
-            return
-        if body is None:
-            self.service.client_disconnected("http")
-            return
+        operation, table = admitted_route(scope["method"], scope["path"]) or ("admin_delete", _table_of_path(scope))
+        # the record counts a change refused before it reaches this worker's server (a wrong
+        # token, a body over the limit); one that gets there is counted by that server
+        with self.service.taken_in("http", operation, table) as taken:
+            try:
+                # as a single server does: the token before the body, so a caller without it learns
+                # nothing of the format and sends no body for nothing
+                self.service.authorize(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None)
+                body = await _read_all(receive, self.service)
+            except EmbserveError as exc:
+                taken.status = status_label(exc)
+                await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
+                return
+            if body is None:
+                self.service.client_disconnected("http")
+                return
+        await self._apply_read(scope, body, send)
+
+    async def _apply_read(self, scope: MutableMapping[str, Any], body: bytes, send: Any) -> None:
+        from service.errors import not_applied_everywhere, render_error
+
         lock = await asyncio.to_thread(_take_admin_lock, self.role.control_dir)
         try:
             status, headers, answer = await self._apply_here(scope, body)
@@ -240,6 +254,10 @@ async def _replay(
     return f"HTTP {status or '?'} {answer[:300].decode(errors='replace')}"
 
 
+def _table_of_path(scope: MutableMapping[str, Any]) -> str:
+    return str(scope["path"]).removeprefix("/v1/tables/").partition("/")[0]
+
+
 class ReplayingServicer:
     """Mixin over the native gRPC servicer: Upsert and DeleteKeys, once applied here, are replayed
     to the siblings as the equivalent binary HTTP update (with the sequence this worker reached,
@@ -252,6 +270,8 @@ class ReplayingServicer:
         lock = await asyncio.to_thread(_take_admin_lock, self.role.control_dir)
         try:
             reply = await apply()
+            if reply is None:  # refused here (its status is set on the call): nothing to replay
+                return None
             headers = [
                 ("content-type", "application/octet-stream"),
                 ("x-embserve-shape", shape),
@@ -273,8 +293,9 @@ class ReplayingServicer:
         return reply
 
     async def Upsert(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from service.rpc.servicers import tensor_to_array
+        from service.rpc.servicers import _authorization, tensor_to_array
 
+        self.service.authorize(_authorization(context))  # before the tensors are read, as the parent does
         parent: Any = super()
         keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
         rows = tensor_to_array(request.rows, "rows") if request.HasField("rows") else None
@@ -290,8 +311,9 @@ class ReplayingServicer:
         )
 
     async def DeleteKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from service.rpc.servicers import tensor_to_array
+        from service.rpc.servicers import _authorization, tensor_to_array
 
+        self.service.authorize(_authorization(context))
         parent: Any = super()
         keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
         if keys is None or keys.ndim != 1:
@@ -307,10 +329,13 @@ class ReplayingServicer:
 
 def replaying_servicer(service: EmbeddingService, role: WorkerRole) -> Any:
     """The native gRPC servicer of a worker: NativeServicer with Upsert / DeleteKeys replayed."""
-    from service.rpc.servicers import NativeServicer
+    from service.rpc.servicers import NativeServicer, grpc_errors
 
     class WorkerNativeServicer(ReplayingServicer, NativeServicer):
-        pass
+        # typed errors (a wrong token, a tensor that does not parse) end the call with their
+        # status and are counted, as on a single server, instead of escaping as UNKNOWN
+        Upsert = grpc_errors(ReplayingServicer.Upsert)  # type: ignore[assignment]
+        DeleteKeys = grpc_errors(ReplayingServicer.DeleteKeys)  # type: ignore[assignment]
 
     servicer = WorkerNativeServicer(service)
     servicer.role = role

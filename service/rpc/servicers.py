@@ -59,13 +59,13 @@ under it too."""
 
 
 def _table_of(request: Any) -> str | None:
-    """The table label of a counted call: its table, a model's table or group, "" for many
-    tables, None when the bytes did not parse."""
+    """The table of a counted call: its table, a model's table or group, None for many tables,
+    "" (counted as "unknown") when the bytes did not parse."""
     if isinstance(request, Undecodable):
-        return None
+        return ""
     if isinstance(request, ipb.ModelInferRequest):
         return oip.model_table(request.model_name)
-    return getattr(request, "table", "")  # a MultiLookupRequest has none
+    return getattr(request, "table", None)  # a MultiLookupRequest has none
 
 
 def grpc_errors(method: Handler[R]) -> Handler[R]:

@@ -33,6 +33,10 @@ def check_url(url: str, cluster: bool) -> None:
     if parts.scheme not in ("redis", "rediss", "unix"):
         given = f"{parts.scheme}://" if parts.scheme else "none"
         raise InvalidRequest(f"a Redis URL starts with redis://, rediss:// or unix://, got {given}")
+    try:
+        parts.port  # noqa: B018  (parsed on access: a port that is not a number raises here)
+    except ValueError:
+        raise InvalidRequest("the Redis URL's port is not a number from 0 to 65535") from None
     if not cluster:
         return
     if parts.scheme not in ("redis", "rediss"):

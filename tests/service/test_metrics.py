@@ -90,6 +90,9 @@ def test_requests_refused_before_the_core_are_counted(served: Served) -> None:
         stub.MultiLookup(
             pb.MultiLookupRequest(tables=[pb.MultiLookupEntry(table="items", ids=array_to_tensor(np.array([1])))])
         )
+        with pytest.raises(grpc.RpcError) as no_table:  # table unset: a name not served, not "many tables"
+            stub.Lookup(pb.LookupRequest(ids=array_to_tensor(np.array([1]))))
+        assert no_table.value.code() == grpc.StatusCode.NOT_FOUND
     after = request_counts(served)
     grown = {
         labels: after[labels] - before.get(labels, 0) for labels in after if after[labels] != before.get(labels, 0)
@@ -104,6 +107,7 @@ def test_requests_refused_before_the_core_are_counted(served: Served) -> None:
         ("grpc", "lookup", "items", "400"): 1,
         ("grpc", "admin_upsert", "items", "401"): 1,
         ("grpc", "multi_lookup", "", "ok"): 1,
+        ("grpc", "lookup", "unknown", "404"): 1,
     }
 
 

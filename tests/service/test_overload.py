@@ -66,3 +66,7 @@ async def test_grpc_over_limit_is_resource_exhausted(service: EmbeddingService) 
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(None)
+    # each refusal counted once: by the admission, not again by the call's own record
+    for status in ("429", "503"):
+        labels = {"transport": "grpc", "operation": "lookup", "table": "t", "status": status}
+        assert service.metrics.registry.get_sample_value("embserve_requests_total", labels) == 1.0, status

@@ -194,6 +194,25 @@ def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path:
             assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 3
         new_row = grpc_row
 
+        # refusals as on a single server: the token before the body (a malformed body without it
+        # is 401, counted), and over gRPC the typed status, not UNKNOWN
+        conn = fresh(server)
+        conn.request("POST", "/v1/tables/t/upsert", body=b"{", headers={"authorization": "Bearer wrong"})
+        refused = conn.getresponse()
+        assert refused.status == 401 and "Bearer" in json.loads(refused.read())["error"]
+        with grpc.insecure_channel(server.grpc) as channel, pytest.raises(grpc.RpcError) as no_token:
+            pb_grpc.EmbeddingServiceStub(channel).Upsert(
+                pb.UpsertRequest(table="t", keys=pb.Tensor(dtype="int64", shape=[2], data=b"\0" * 8)), timeout=30
+            )
+        assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for conn in conns.values():
+            assert (
+                scrape(
+                    conn, r'embserve_requests_total\{operation="admin_upsert",status="401",table="t",transport="http"\}'
+                )
+                == 1
+            )
+
         # gRPC listens on the shared port too: every new channel sees the updated row
         for _ in range(4):
             with grpc.insecure_channel(server.grpc, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:

@@ -73,12 +73,19 @@ def test_settings_and_cli_refuse_a_cluster_url_with_a_database(
     assert "database 0 only" in err and "s3cret" not in err
 
 
-@pytest.mark.parametrize("url", ["notaurl", "localhost:6379", "http://:s3cret@h:6379/0"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("notaurl", "a Redis URL starts with redis://, rediss:// or unix://"),
+        ("localhost:6379", "a Redis URL starts with redis://, rediss:// or unix://"),
+        ("http://:s3cret@h:6379/0", "a Redis URL starts with redis://, rediss:// or unix://"),
+        ("redis://:s3cret@localhost:abc/0", "port is not a number"),
+    ],
+)
 def test_a_url_redis_cannot_take_is_one_line_and_exit_status_2(
-    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    url: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """redis-py raised a ValueError from deep inside (a 25–59-line traceback, exit status 1)."""
-    expected = "a Redis URL starts with redis://, rediss:// or unix://"
     with pytest.raises(ValueError, match=expected):
         Settings(redis_url=url, artifact_root=str(tmp_path)).check_redis()
     keys = tmp_path / "k.npy"

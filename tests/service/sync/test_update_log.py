@@ -260,11 +260,12 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
         wait_for(f"replica {replica} on the compacted version", on_v1)
     replicas.assert_both_match_reference()
     client = replicas.client()
-    # trimmed exactly (not by Redis's macro nodes, which left a short log whole): what is left
-    # starts at the oldest entry a replica still needs
+    # nothing a replica still needs is trimmed (the status rows compaction read may be a
+    # heartbeat older than describe, so what is left may start earlier, never later)
     oldest_needed = min(updates.id_to_sequence(replicas.describe(r)["last_update_id"]) for r in replicas.servers)
     left = client.xrange(keys.updates_key("items"))
-    assert done["trimmed"] == length - len(left) and updates.id_to_sequence(left[0][0]) == oldest_needed
+    assert done["trimmed"] > 0 and done["trimmed"] == length - len(left)
+    assert updates.id_to_sequence(left[0][0]) <= oldest_needed
     client.close()
     # updates after the compaction still apply, and a restarted replica (published v1 plus the
     # rest of the log) ends on the same rows
