@@ -246,12 +246,18 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
         raise InvalidRequest(f"input {name!r}: data must be a list of values (nested lists of one length)") from None
     if given.size == 0:
         given = np.zeros(0, dtype)
+    if dtype.kind == "f" and kind_of_values(given) == "integers beyond the int64 range":
+        given = _as_float64(name, datatype, given)  # valid float values, written as integers
     _refuse_values_of_another_kind(name, datatype, dtype, given)
     if dtype.kind in "iu" and given.size:
+        if given.dtype.kind == "f":
+            # integral floats beside integers: numpy's float64 array rounds integers past 2**53,
+            # so each value is taken as JSON gave it
+            given = np.array([int(v) for v in np.asarray(data, dtype=object).reshape(-1)], dtype=object)
         info = np.iinfo(dtype)
-        low, high = given.min(), given.max()
-        if int(low) < info.min or int(high) > info.max:
-            value = int(low) if int(low) < info.min else int(high)
+        low, high = int(given.min()), int(given.max())
+        if low < info.min or high > info.max:
+            value = low if low < info.min else high
             raise InvalidRequest(f"input {name!r}: {value} is beyond the range of {datatype}")
     try:
         # a float past the datatype's range is an error here, not a numpy warning in the log
@@ -262,6 +268,13 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
     if arr.size != math.prod(dims):
         raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {math.prod(dims)}")
     return arr.reshape(dims)
+
+
+def _as_float64(name: str, datatype: str, given: np.ndarray) -> np.ndarray:
+    try:
+        return given.astype(np.float64)
+    except OverflowError:
+        raise InvalidRequest(f"input {name!r}: a value is beyond the range of {datatype}") from None
 
 
 def _refuse_values_of_another_kind(name: str, datatype: str, dtype: np.dtype[Any], given: np.ndarray) -> None:

@@ -79,6 +79,12 @@ def test_protocol_errors(served: Served) -> None:
             "9223372036854775808 is beyond the range of INT64",
         ),
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [[1], [2, 3]]}]}, 400, "nested lists"),
+        # an integer beside an integral float keeps every digit (float64 would make it 2**62)
+        (
+            {"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [2**62 + 1, 0.0]}]},
+            400,
+            f"[0] = {2**62 + 1} is out of range",
+        ),
         (
             {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}], "outputs": [{"name": "x"}]},
             400,
