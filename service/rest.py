@@ -5,6 +5,8 @@ them (status and `{"error": "..."}` body) for the exception handler and the ASGI
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import MutableMapping
@@ -20,7 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from runtime.errors import EmbserveError, InvalidRequest
+from runtime.errors import EmbserveError, InvalidRequest, NotReady
 from runtime.table import __version__
 from service import multi_rest, oip
 from service.core import EmbeddingService
@@ -298,7 +300,19 @@ class AdmissionFront:
             await send(message)
 
         with taken:
-            await self.app(scope, receive, send_noting_status)
+            try:
+                await self.app(scope, receive, send_noting_status)
+            except asyncio.CancelledError:
+                if not self.service.draining:
+                    raise
+                # the shutdown's grace is over and uvicorn cancels what still runs (a body that
+                # never finished arriving, say): answered 503 here, where uvicorn would answer 500
+                # and log a traceback; the request's task ends now either way
+                if taken.status is None:
+                    taken.status = "503"
+                    stopped = NotReady("the server stopped before this request finished")
+                    with contextlib.suppress(Exception):
+                        await send_http_error(send, render_error(stopped, self.service.settings.artifact_root))
 
 
 def create_asgi(service: EmbeddingService) -> AdmissionFront:

@@ -43,6 +43,8 @@ HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceS
 STOP_SECONDS = 10.0
 """How long stopping may take once requests have drained: the servers, the Redis sync, the
 executors' threads and the interpreter's exit together."""
+HTTP_SHUTDOWN_SECONDS = 1
+"""uvicorn's wait for what still runs once the drain's grace is over, before it cancels it."""
 
 
 def arm_exit_watchdog(seconds: float) -> None:
@@ -200,9 +202,12 @@ class EmbserveServer:
         )
         finished = await self.service.wait_idle(self.settings.grace_seconds)
         if not finished:
-            log.warning("grace period over with %d requests still running", self.service.in_flight)
+            log.warning("grace period over with %d requests still running: answering them 503", self.service.in_flight)
         arm_exit_watchdog(STOP_SECONDS)
         if self.http_server is not None:
+            # the grace was given above: uvicorn's own wait (what remains is a health check or a
+            # metrics scrape, or a request past the grace) is short, then it cancels
+            self.http_server.config.timeout_graceful_shutdown = HTTP_SHUTDOWN_SECONDS
             self.http_server.should_exit = True
             await self._http_task
         if self.grpc_server is not None:
@@ -244,8 +249,11 @@ class EmbserveServer:
         if loader.done() and loader.exception() is not None:
             await self.drain_and_stop()
             raise loader.exception()  # type: ignore[misc]
-        if loader.done():
+        if loader.done() and self.service.store.names():
             log.info("ready: serving %s", ", ".join(self.service.store.names()))
+        elif loader.done():
+            # readiness needs a table: with none configured and no demo, only an admin load makes one
+            log.warning("no table to serve (none configured, demo off): not ready until an admin load adds one")
         await stop
         log.info("signal received: draining")
         await self.drain_and_stop()

@@ -3,6 +3,7 @@ are refused cleanly, and the process exits 0 within the grace period."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -87,3 +88,37 @@ def test_demo_table_is_served_when_nothing_is_configured(tmp_path: Path) -> None
         assert "building the demo table" not in again.log()
     finally:
         assert again.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_request_still_running_past_the_grace_gets_503_and_the_exit_is_prompt(tmp_path: Path) -> None:
+    """A body that never finishes arriving outlives the drain: past the grace it is answered 503
+    (uvicorn cancelled it and answered 500, with a traceback in the log) and the process exits 0
+    about a second after the grace, not after a second grace."""
+    table = tmp_path / "t" / "v1"
+    runtime.compress(low_rank_table(200, 8, seed=1), "int8").save(table)
+    server = start_server(tmp_path, ["--table", f"t={table}", "--grace-seconds", "2", "--body-timeout-seconds", "60"])
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=15)
+        sock.sendall(
+            b"POST /v1/tables/t/lookup HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: 10000\r\n\r\n" + b" " * 100
+        )
+        time.sleep(0.3)  # admitted and reading its body
+        signalled = time.monotonic()
+        server.proc.send_signal(15)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"stopped before this request finished" in answer
+        assert server.proc.wait(15) == 0, server.log()
+        assert time.monotonic() - signalled < 2 + 3
+        log = server.log()
+        assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    finally:
+        server.terminate()
