@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
     max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
     max_connections: int = Field(
-        1024, ge=1, description="open HTTP connections; one more is answered 503 and closed at once"
+        1024, ge=1, description="open connections on each port; one more is closed at once (HTTP: with a 503)"
     )
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="a client must send a request's headers (HTTP) or its HTTP/2 preface (gRPC) within this"
