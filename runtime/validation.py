@@ -90,12 +90,18 @@ def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
         raise InvalidRequest(f"{what} {row} has a value beyond float32's range (±{FLOAT32_MAX:.4g})")
 
 
+def holds_integers_past_int64(arr: np.ndarray) -> bool:
+    """Whether numpy kept a caller's list as Python objects because its integers do not fit 64
+    bits (every value an integer)."""
+    return arr.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in arr.flat)
+
+
 def kind_of_values(arr: np.ndarray) -> str:
     """What an array read from a caller's list holds, in the caller's words (for an array numpy
     could not read as numbers: strings, integers past 64 bits, a mix)."""
     if arr.dtype.kind in "US":
         return "strings"
-    if arr.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in arr.flat):
+    if holds_integers_past_int64(arr):
         return "integers beyond the int64 range"
     if arr.dtype.kind == "O":
         return "values that are not numbers"

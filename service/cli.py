@@ -130,11 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
         specs = settings.table_specs()
         settings.check_redis()
-    except ValidationError as exc:
-        print(f"embserve serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"embserve serve: invalid settings: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a pydantic ValidationError is one
+        problems = settings_problems(exc) if isinstance(exc, ValidationError) else exc
+        print(f"embserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     for _, path in specs:
         read_manifest(path)  # a missing or wrong path is refused before any port is bound

@@ -34,7 +34,7 @@ import numpy as np
 from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
-from runtime.validation import kind_of_values
+from runtime.validation import holds_integers_past_int64, kind_of_values
 from service.multi import MultiLookupResult
 from service.requests import LookupRequest, MultiLookupRequest, SearchRequest, lookup_request, search_request
 
@@ -246,7 +246,7 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
         raise InvalidRequest(f"input {name!r}: data must be a list of values (nested lists of one length)") from None
     if given.size == 0:
         given = np.zeros(0, dtype)
-    if dtype.kind == "f" and kind_of_values(given) == "integers beyond the int64 range":
+    if dtype.kind == "f" and holds_integers_past_int64(given):
         given = _as_float64(name, datatype, given)  # valid float values, written as integers
     _refuse_values_of_another_kind(name, datatype, dtype, given)
     if dtype.kind in "iu" and given.size:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embserve")
 WORKER_HEADER = b"x-embserve-worker"
-ADMIN_CHANGE = re.compile(r"/v1/tables/[^/]+(/upsert|/delete)?")
+ADMIN_CHANGE = re.compile(r"/v1/tables/([^/]+)(/upsert|/delete)?")
 ROW_UPDATE_SUFFIXES = ("/upsert", "/delete")
 RELAYED_HEADERS = (b"authorization", b"content-type", b"x-embserve-shape", b"x-embserve-sequence")
 
@@ -101,7 +101,7 @@ def _admin_change(method: str, path: str, relay_loads: bool) -> bool:
     match = ADMIN_CHANGE.fullmatch(path)
     if match is None:
         return False
-    if match.group(1) is not None:
+    if match.group(2) is not None:
         return method == "POST"
     return relay_loads and method in ("PUT", "DELETE")
 
@@ -146,7 +146,9 @@ class WorkerFront:
         from service.errors import render_error, send_http_error, status_label
         from service.rest import admitted_route
 
-        operation, table = admitted_route(scope["method"], scope["path"]) or ("admin_delete", _table_of_path(scope))
+        table_of_path = ADMIN_CHANGE.fullmatch(scope["path"])  # what `_admin_change` matched to come here
+        assert table_of_path is not None
+        operation, table = admitted_route(scope["method"], scope["path"]) or ("admin_delete", table_of_path.group(1))
         # the record counts a change refused before it reaches this worker's server (a wrong
         # token, a body over the limit); one that gets there is counted by that server
         with self.service.taken_in("http", operation, table) as taken:
@@ -252,10 +254,6 @@ async def _replay(
     if 200 <= status < 300:
         return None
     return f"HTTP {status or '?'} {answer[:300].decode(errors='replace')}"
-
-
-def _table_of_path(scope: MutableMapping[str, Any]) -> str:
-    return str(scope["path"]).removeprefix("/v1/tables/").partition("/")[0]
 
 
 class ReplayingServicer:

@@ -45,6 +45,7 @@ import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
 from runtime.table import Table
+from runtime.validation import check_ids
 from service.sync import connection, keys
 
 if TYPE_CHECKING:
@@ -195,11 +196,7 @@ def check_fits_table(table: str, manifest: Mapping[str, Any], entry_keys: np.nda
         raise InvalidRequest(
             f"table {table!r} is dense (ids 0..{count - 1}): its rows cannot be deleted, only those of a keyed table"
         )
-    ids = np.asarray(entry_keys).reshape(-1)
-    outside = np.flatnonzero((ids < 0) | (ids >= count))
-    if outside.size:
-        pos = int(outside[0])
-        raise InvalidRequest(f"--keys[{pos}] = {int(ids[pos])} is out of range: table {table!r} has {count} rows")
+    check_ids(np.asarray(entry_keys).reshape(-1), count, "--keys")
 
 
 def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tuple[int, str]:
