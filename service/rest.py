@@ -183,6 +183,23 @@ def _header_sequence(value: str | None) -> int | None:
 LOOKUP_PATH = re.compile(r"/v1/tables/([^/]+)/lookup")
 
 
+async def read_asgi_body(receive: Any, service: EmbeddingService) -> bytes | None:
+    """An ASGI request's whole body, refused as soon as it passes the body limit (so a client
+    cannot make the server hold more than the limit); None if the client went away first."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        service.check_body_size(size)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
 class OctetLookupFastPath:
     """ASGI front of the FastAPI app: octet-stream lookups, the binary data plane, are answered
     here before routing, dependency solving and Request/Response objects, which cost more than
@@ -209,7 +226,7 @@ class OctetLookupFastPath:
         try:
             if declared.isdigit():
                 self.service.check_body_size(int(declared))
-            body = await self._read_body(receive)
+            body = await read_asgi_body(receive, self.service)
             if body is None:
                 self.service.client_disconnected(TRANSPORT)
                 return
@@ -221,20 +238,6 @@ class OctetLookupFastPath:
         else:
             extra = ((b"x-embserve-shape", shape.encode()), (b"x-embserve-dtype", b"float32"))
             await self._send(send, 200, OCTET.encode(), payload_view, extra)
-
-    async def _read_body(self, receive: Any) -> bytes | None:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            self.service.check_body_size(size)
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
 
     @staticmethod
     async def _send(

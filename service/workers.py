@@ -144,7 +144,7 @@ class WorkerFront:
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime
         from service.errors import render_error, send_http_error, status_label
-        from service.rest import admitted_route
+        from service.rest import admitted_route, read_asgi_body
 
         table_of_path = ADMIN_CHANGE.fullmatch(scope["path"])  # what `_admin_change` matched to come here
         assert table_of_path is not None
@@ -156,7 +156,7 @@ class WorkerFront:
                 # as a single server does: the token before the body, so a caller without it learns
                 # nothing of the format and sends no body for nothing
                 self.service.authorize(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None)
-                body = await _read_all(receive, self.service)
+                body = await read_asgi_body(receive, self.service)
             except EmbserveError as exc:
                 taken.status = status_label(exc)
                 await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
@@ -364,21 +364,6 @@ def _pin_sequence(
         return headers, body
     payload["sequence"] = sequence
     return headers, json.dumps(payload).encode()
-
-
-async def _read_all(receive: Any, service: EmbeddingService) -> bytes | None:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        service.check_body_size(size)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 def _take_admin_lock(control_dir: Path) -> Any:
