@@ -118,12 +118,18 @@ def _body_doc(model: type[BaseModel], octet: bool = False) -> dict[str, Any]:
 
 
 async def read_body(service: EmbeddingService, request: Request) -> bytes:
+    """The request's body, refused by its declared length or, for a chunked body that declares
+    none, as soon as what has arrived passes the limit: never held whole before it is measured."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         service.check_body_size(int(declared))
-    body = await request.body()
-    service.check_body_size(len(body))
-    return body
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        service.check_body_size(size)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +142,31 @@ def test_raw_bad_bodies(client: httpx.Client) -> None:
     )
     assert r.status_code == 400
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/tables/items/search", "/v1/tables/items/lookup", "/v2/models/items/infer"])
+def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served: Served, path: str) -> None:
+    # a body that declares no length was read whole before it was measured: a client could make
+    # the server hold gigabytes before the 413. Now the answer comes while the body still arrives.
+    limit = 2_000_000
+    chunk = b"%x\r\n" % 65536 + b"[" * 65536 + b"\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", served.server.http_port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            "transfer-encoding: chunked\r\n\r\n".encode()
+        )
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 40 * limit and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while not reply.endswith(b"}") and (more := sock.recv(4096)):
+                reply += more
+    assert reply.startswith(b"HTTP/1.1 413"), (sent, reply[:200])
+    assert b"exceeds the limit of 2000000" in reply
+    assert sent < 40 * limit
 
 
 def test_ids_past_int64_and_floats_past_float32_are_named_and_nothing_is_logged(
