@@ -247,9 +247,9 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
         return out
     if out[0] != 0:
         raise InvalidRequest(f"offsets[0] must be 0, got {int(out[0])}")
-    steps = np.diff(out)
-    if (steps < 0).any():
-        pos = int(np.flatnonzero(steps < 0)[0]) + 1
+    down = out[1:] < out[:-1]  # not np.diff, which wraps past int64: [0, 2**63 - 1, -2] would pass
+    if down.any():
+        pos = int(np.flatnonzero(down)[0]) + 1
         raise InvalidRequest(f"offsets must be non-decreasing; offsets[{pos}] = {int(out[pos])}")
     if out[-1] > n_ids:
         raise InvalidRequest(f"offsets[-1] = {int(out[-1])} exceeds the number of ids ({n_ids})")

@@ -96,7 +96,8 @@ def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
     if negative >= 0:
         raise InvalidRequest(f"lengths[{negative}] = {int(arr[negative])} is negative")
     if total != n_ids:
-        raise InvalidRequest(f"lengths sum to {total} but {n_ids} ids were given")
+        summed = "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
+        raise InvalidRequest(f"lengths sum {summed} but {n_ids} ids were given")
     return offsets
 
 
@@ -214,8 +215,11 @@ def from_jagged(
     vals = _array(values, "values")
     if vals.ndim != 1:
         raise InvalidRequest(f"values must be a flat array of ids, got shape {vals.shape}")
-    if int(lens.sum()) != vals.reshape(-1).shape[0]:
-        raise InvalidRequest(f"lengths sum to {int(lens.sum())} but values has {vals.reshape(-1).shape[0]} entries")
+    # the kernel's sum stops at the end of int64, where numpy's would wrap, perhaps to the count of values
+    _, _, total = checks.offsets_of_lengths(writable(np.ascontiguousarray(lens)))
+    if total != vals.shape[0]:
+        summed = "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
+        raise InvalidRequest(f"lengths sum {summed} but values has {vals.shape[0]} entries")
     w = None if weights is None else _array(weights, "weights")
     if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
         raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
 CHECK_CHUNK = 512
 """Ids `first_out_of_range` checks at once, without a branch an id."""
 
@@ -90,7 +93,7 @@ def first_bad_offset_numpy(offsets: np.ndarray, n_ids: int) -> int:
         return -1
     if offsets[0] != 0:
         return 0
-    down = np.flatnonzero(np.diff(offsets) < 0)
+    down = np.flatnonzero(offsets[1:] < offsets[:-1])  # not np.diff, which wraps past int64
     if down.size:
         return int(down[0]) + 1
     return offsets.size - 1 if offsets[-1] > n_ids else -1
@@ -99,22 +102,40 @@ def first_bad_offset_numpy(offsets: np.ndarray, n_ids: int) -> int:
 @njit(nogil=True, cache=True)
 def offsets_of_lengths(lengths: np.ndarray) -> tuple[np.ndarray, int, int]:
     """lengths (B,) int64 bag sizes -> offsets (B,) int64 (exclusive prefix sums), the position of
-    the first negative length (-1 when none is) and the sum of the lengths."""
+    the first negative length (-1 when none is) and the sum of the lengths. A running sum that
+    would pass an end of int64 stays at that end from there on: a wrapped sum could equal the number
+    of ids given and let offsets far outside them through."""
     nbags = lengths.shape[0]
     offsets = np.empty(nbags, dtype=np.int64)
     negative = -1
     total = 0
+    saturated = False
     for i in range(nbags):
         offsets[i] = total
-        if lengths[i] < 0 and negative < 0:
+        length = lengths[i]
+        if length < 0 and negative < 0:
             negative = i
-        total += lengths[i]
+        if saturated:
+            continue
+        if length > 0 and total > INT64_MAX - length:
+            total = INT64_MAX
+            saturated = True
+        elif length < 0 and total < INT64_MIN - length:
+            total = INT64_MIN
+            saturated = True
+        else:
+            total += length
     return offsets, negative, total
 
 
 def offsets_of_lengths_numpy(lengths: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Twin of `offsets_of_lengths`."""
+    # exact running sums as Python integers, then held at the end of int64 they first pass
+    running = np.cumsum(lengths.astype(object)) if lengths.size else np.zeros(0, object)
+    past = np.flatnonzero((running > INT64_MAX) | (running < INT64_MIN))
+    if past.size:
+        running[past[0] :] = INT64_MAX if running[past[0]] > INT64_MAX else INT64_MIN
     offsets = np.zeros(lengths.shape[0], np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
+    offsets[1:] = running[:-1].astype(np.int64)
     negative = np.flatnonzero(lengths < 0)
-    return offsets, int(negative[0]) if negative.size else -1, int(lengths.sum())
+    return offsets, int(negative[0]) if negative.size else -1, int(running[-1]) if running.size else 0

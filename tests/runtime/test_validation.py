@@ -204,7 +204,11 @@ def test_first_out_of_range_matches_twin(values: list[int], rows: int) -> None:
         assert check_ids(ids, rows) is ids
 
 
-@given(st.lists(st.integers(-2, 12), max_size=12), st.integers(0, 10))
+INT64_EDGES = [-(2**63), -(2**63) + 1, -2, 2**62, 2**63 - 2, 2**63 - 1]
+"""Values where a sum or a difference of int64s wraps."""
+
+
+@given(st.lists(st.integers(-2, 12) | st.sampled_from(INT64_EDGES), max_size=12), st.integers(0, 10))
 def test_first_bad_offset_matches_twin(values: list[int], n_ids: int) -> None:
     offsets = np.array(values, dtype=np.int64)
     pos = checks.first_bad_offset(offsets, n_ids)
@@ -216,7 +220,7 @@ def test_first_bad_offset_matches_twin(values: list[int], n_ids: int) -> None:
         assert check_offsets(offsets, n_ids) is offsets
 
 
-@given(st.lists(st.integers(-3, 9), max_size=12))
+@given(st.lists(st.integers(-3, 9) | st.sampled_from(INT64_EDGES), max_size=12))
 def test_offsets_of_lengths_matches_twin(values: list[int]) -> None:
     lengths = np.array(values, dtype=np.int64)
     offsets, negative, total = checks.offsets_of_lengths(lengths)

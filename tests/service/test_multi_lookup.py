@@ -185,6 +185,10 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"features": ["users", "items"], "lengths": [1, 1, 1], "values": [1, 2, 3]}, 400, "not a multiple of the 2"),
     ({"features": ["users", "items"], "lengths": [1, 1, -1, 2], "values": [1, 2]}, 400, "feature 'items', sample 0"),
     ({"features": ["users"], "lengths": [2], "values": [1]}, 400, "lengths sum to 2 but values has 1"),
+    # lengths whose int64 sum wraps round to the count of ids; the server crashed on them
+    ({"features": ["users"], "lengths": [2**63 - 1, 2**63 - 1, 3], "values": [1]}, 400, "past the int64 range"),
+    ({"tables": [{"table": "users", "ids": [1], "lengths": [2**63 - 1, 2**63 - 1, 3]}]}, 400, "past the int64 range"),
+    ({"tables": [{"table": "users", "ids": [1], "offsets": [0, 2**63 - 1, -2]}]}, 400, "offsets[2] = -2"),
     ({"features": ["users"], "lengths": [1], "values": [[1]]}, 400, "values must be a flat array"),
     ({"tables": [{"table": "users", "ids": [[1, 2], [3]]}]}, 400, "tables[0] ('users'): ids must be a flat array"),
     ({"tables": [{"table": "users", "ids": [1], "lengths": [1.0]}]}, 400, "lengths must be a flat array of integers"),

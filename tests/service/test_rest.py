@@ -94,6 +94,9 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/lookup", {"ids": [1] * 5001}, 413, "limit"),
     ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "offsets": [1]}, 400, "offsets[0]"),
     ("post", "/v1/tables/items/lookup", {"ids": [1], "offsets": [0], "mode": "max"}, 400, "mode"),
+    # bags whose int64 differences or sums wrap; the server crashed on them
+    ("post", "/v1/tables/items/lookup", {"ids": [1], "offsets": [0, 2**63 - 1, -2]}, 400, "offsets[2] = -2"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1], "lengths": [2**63 - 1, 2**63 - 1, 3]}, 400, "past the int64"),
     ("post", "/v1/tables/items/search", {"queries": [[0.0] * 31], "k": 3}, 400, "dimension 31"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 0}, 400, "k must be"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "k": "5"}, 400, "k must be"),
