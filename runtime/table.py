@@ -63,6 +63,17 @@ _EMPTY = np.empty
 _NDARRAY = np.ndarray
 
 
+SEQUENCE_MAX = 2**63 - 1
+"""A sequence is an int64 on the wire (gRPC, the update log) and in the artifact."""
+
+
+def checked_sequence(value: Any) -> int:
+    """An update's log position as an int: an integer in [0, SEQUENCE_MAX], else InvalidRequest."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= SEQUENCE_MAX:
+        raise InvalidRequest(f"sequence must be an integer from 0 to {SEQUENCE_MAX}, got {value!r}")
+    return int(value)
+
+
 class Table:
     """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped).
 
@@ -245,9 +256,7 @@ class Table:
 
     @sequence.setter
     def sequence(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InvalidRequest(f"sequence must be a non-negative integer, got {value!r}")
-        self._sequence = int(value)
+        self._sequence = checked_sequence(value)
 
     @property
     def nbytes(self) -> int:
@@ -638,8 +647,10 @@ class Table:
             # not take the direct path, which reads the base rows only
             self._direct_gather = None
             self._direct_bags = None
+            after = self._next_sequence(sequence)  # refused before anything changes
             self._delta.apply(target, tier_of, encoded, np.zeros(0, np.int64), keys[new])
-            return self._advance(sequence)
+            self._sequence = after
+            return after
 
     def delete(self, keys: Any, sequence: int | None = None) -> int:
         """Remove keys (b,) from a keyed table; every key must be present. All or nothing."""
@@ -650,8 +661,10 @@ class Table:
             wanted = check_keys(keys, "keys")
             _refuse_repeats(wanted, "keys")
             rows = self._require(self._resolve(wanted, view)[0], wanted, "keys")
+            after = self._next_sequence(sequence)
             self._delta.apply(rows[:0], rows[:0], {}, rows, rows[:0])
-            return self._advance(sequence)
+            self._sequence = after
+            return after
 
     def _owning_tiers(self, target: np.ndarray, view: DeltaView) -> np.ndarray:
         tier_of = np.full(target.size, self.new_key_tier, np.int64)
@@ -664,9 +677,12 @@ class Table:
         tier_of[moved] = view.changed_tier[pos[moved]]
         return tier_of
 
-    def _advance(self, sequence: int | None) -> int:
-        self.sequence = self.sequence + 1 if sequence is None else sequence
-        return self.sequence
+    def _next_sequence(self, sequence: int | None) -> int:
+        if sequence is not None:
+            return checked_sequence(sequence)
+        if self._sequence == SEQUENCE_MAX:
+            raise InvalidRequest(f"the table's sequence is at its largest ({SEQUENCE_MAX}); give the update a sequence")
+        return self._sequence + 1
 
     def compact(self, version: str | None = None) -> Table:
         """A new table with the delta folded in, re-encoded with the same trained states; rows

@@ -24,6 +24,16 @@ def writable(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.writeable else arr.copy()
 
 
+def reshaped(arr: np.ndarray, shape: list[int], what: str) -> np.ndarray:
+    """arr, whose size matches `shape`, in that shape; a shape numpy cannot make (more than 64
+    dimensions, or a zero beside dimensions whose product passes what an array can index) is
+    the caller's error, named, not numpy's ValueError."""
+    try:
+        return arr.reshape(shape)
+    except ValueError:
+        raise InvalidRequest(f"{what}: shape {shape} is not one an array can have") from None
+
+
 INT64 = np.dtype(np.int64)
 FLOAT32 = np.dtype(np.float32)
 """The float32 dtype object: np.empty(shape, FLOAT32) skips resolving a dtype argument on hot paths."""

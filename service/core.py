@@ -33,7 +33,7 @@ from runtime.errors import (
     Unauthorized,
 )
 from runtime.store import LoadedTable, TableStore
-from runtime.table import Table, __version__, load_table
+from runtime.table import Table, __version__, checked_sequence, load_table
 from runtime.validation import kind_of_values
 from service import oip
 from service.errors import status_label
@@ -589,12 +589,8 @@ class EmbeddingService:
 
 
 def _sequence(value: Any) -> int | None:
-    """An update's optional log position: absent, or a non-negative integer."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidRequest(f"sequence must be a non-negative integer, got {value!r}")
-    return int(value)
+    """An update's optional log position: absent, or an integer from 0 to 2**63 - 1."""
+    return None if value is None else checked_sequence(value)
 
 
 __all__ = ["EmbeddingService", "as_array"]

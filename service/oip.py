@@ -34,7 +34,7 @@ import numpy as np
 from runtime.errors import InvalidRequest, TableNotFound
 from runtime.store import LoadedTable
 from runtime.table import __version__
-from runtime.validation import holds_integers_past_int64, kind_of_values
+from runtime.validation import holds_integers_past_int64, kind_of_values, reshaped
 from service.multi import MultiLookupResult
 from service.requests import LookupRequest, MultiLookupRequest, SearchRequest, lookup_request, search_request
 
@@ -231,7 +231,7 @@ def tensor_from_bytes(name: str, datatype: str, shape: Any, raw: bytes) -> np.nd
         raise InvalidRequest(
             f"input {name!r}: {len(raw)} bytes of data, but shape {dims} of {datatype} needs {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+    return reshaped(np.frombuffer(raw, dtype=dtype.newbyteorder("<")), dims, f"input {name!r}")
 
 
 def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
@@ -267,7 +267,7 @@ def tensor_from_list(name: str, datatype: str, shape: Any, data: Any) -> np.ndar
         raise InvalidRequest(f"input {name!r}: a value is beyond the range of {datatype}") from None
     if arr.size != math.prod(dims):
         raise InvalidRequest(f"input {name!r}: {arr.size} values, but shape {dims} needs {math.prod(dims)}")
-    return arr.reshape(dims)
+    return reshaped(arr, dims, f"input {name!r}")
 
 
 def _as_float64(name: str, datatype: str, given: np.ndarray) -> np.ndarray:

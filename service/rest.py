@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from runtime.errors import EmbserveError, InvalidRequest, NotReady
 from runtime.table import __version__
+from runtime.validation import reshaped
 from service import multi_rest, oip
 from service.core import EmbeddingService
 from service.errors import render_error, send_http_error
@@ -121,7 +122,7 @@ async def read_body(service: EmbeddingService, request: Request) -> bytes:
     """The request's body, refused by its declared length or, for a chunked body that declares
     none, as soon as what has arrived passes the limit: never held whole before it is measured."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    if declared is not None and ASCII_DIGITS.fullmatch(declared):
         service.check_body_size(int(declared))
     parts: list[bytes] = []
     size = 0
@@ -159,6 +160,8 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
 
 
 SEQUENCE_HEADER = "X-Embserve-Sequence"
+ASCII_DIGITS = re.compile(r"[0-9]+")
+"""What a number in a header may hold; str.isdigit also passes '²', which int() refuses."""
 
 
 def octet_update(body: bytes, shape: str | None, with_rows: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -166,7 +169,7 @@ def octet_update(body: bytes, shape: str | None, with_rows: bool) -> tuple[np.nd
     the shape header says "n,dim" (or "n" for deletes)."""
     want = 2 if with_rows else 1
     parts = (shape or "").split(",")
-    if len(parts) != want or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != want or not all(ASCII_DIGITS.fullmatch(p.strip()) for p in parts):
         raise InvalidRequest(f"header {SHAPE_HEADER} must be {'n,dim' if with_rows else 'n'}, got {shape!r}")
     n = int(parts[0])
     dim = int(parts[1]) if with_rows else 0
@@ -174,14 +177,14 @@ def octet_update(body: bytes, shape: str | None, with_rows: bool) -> tuple[np.nd
     if len(body) != expected:
         raise InvalidRequest(f"body of {len(body)} bytes, but {SHAPE_HEADER} {shape!r} needs {expected}")
     keys = np.frombuffer(body, dtype="<i8", count=n)
-    rows = np.frombuffer(body, dtype="<f4", offset=n * 8).reshape(n, dim) if with_rows else None
+    rows = reshaped(np.frombuffer(body, dtype="<f4", offset=n * 8), [n, dim], "rows") if with_rows else None
     return keys, rows
 
 
 def _header_sequence(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if ASCII_DIGITS.fullmatch(value.strip()) is None:
         raise InvalidRequest(f"header {SEQUENCE_HEADER} must be a non-negative integer, got {value!r}")
     return int(value)
 
@@ -230,7 +233,7 @@ class OctetLookupFastPath:
             await self.app(scope, receive, send)
             return
         try:
-            if declared.isdigit():
+            if declared.isdigit():  # bytes.isdigit is ASCII digits only
                 self.service.check_body_size(int(declared))
             body = await read_asgi_body(receive, self.service)
             if body is None:
@@ -511,12 +514,21 @@ def create_app(service: EmbeddingService) -> FastAPI:
     return app
 
 
+def _binary_flag(value: Any, default: bool, what: str) -> bool:
+    # a string such as "false" is refused: read as a truth value it would mean the opposite
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}")
+    return value
+
+
 async def _infer_http(
     service: EmbeddingService, model: str, version: str | None, body: bytes, header_length: str | None
 ) -> Response:
     """One OIP infer over HTTP, with Triton's binary tensor extension on inputs and outputs."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if ASCII_DIGITS.fullmatch(header_length) is None or int(header_length) > len(body):
             raise InvalidRequest(f"{OIP_HEADER_LENGTH} must be an integer no larger than the body")
         split = int(header_length)
     else:
@@ -554,7 +566,7 @@ async def _infer_http(
             if "data" not in item:
                 raise InvalidRequest(f"input {name!r} has neither data nor binary_data_size")
             inputs[name] = oip.tensor_from_list(name, datatype, shape, item["data"])
-    all_binary = bool(params.get("binary_data_output", False))
+    all_binary = _binary_flag(params.get("binary_data_output"), False, "'binary_data_output'")
     requested: list[str] | None = None
     binary_out: set[str] = set()
     raw_outputs = request.get("outputs")
@@ -564,7 +576,12 @@ async def _infer_http(
         ):
             raise InvalidRequest("'outputs' must be a list of objects with a name")
         requested = [o["name"] for o in raw_outputs]
-        binary_out = {o["name"] for o in raw_outputs if (o.get("parameters") or {}).get("binary_data", all_binary)}
+        for o in raw_outputs:
+            output_params = o.get("parameters") or {}
+            if not isinstance(output_params, dict):
+                raise InvalidRequest(f"output {o['name']!r}: parameters must be an object")
+            if _binary_flag(output_params.get("binary_data"), all_binary, f"output {o['name']!r}: 'binary_data'"):
+                binary_out.add(o["name"])
     typed = InferRequest(model, inputs, params, version or None, requested)
     result = await service.infer(TRANSPORT, typed)
     results = result.outputs

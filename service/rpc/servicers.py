@@ -18,6 +18,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from runtime.errors import EmbserveError, InvalidRequest
+from runtime.validation import reshaped
 from service import oip
 from service.core import EmbeddingService
 from service.errors import render_error, status_label
@@ -184,7 +185,7 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidRequest(
             f"{field}: {len(data)} bytes of data, but shape {shape} of {tensor.dtype} needs {expected}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return reshaped(np.frombuffer(data, dtype=dtype), shape, field)
 
 
 def array_to_tensor(arr: np.ndarray) -> pb.Tensor:

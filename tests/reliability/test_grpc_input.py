@@ -60,6 +60,26 @@ def test_overflowing_shapes_are_invalid_argument(channel: grpc.Channel) -> None:
         assert str(2**62 + 1) in details, details
 
 
+def test_empty_tensors_of_shapes_no_array_can_have_are_invalid_argument(channel: grpc.Channel) -> None:
+    # zero elements, so the byte count matches, but numpy cannot make the shape: was INTERNAL
+    stub = pb_grpc.EmbeddingServiceStub(channel)
+    oip = ipb_grpc.GRPCInferenceServiceStub(channel)
+    raw = ipb.ModelInferRequest(model_name="t")
+    raw.inputs.add(name="ids", datatype="INT64", shape=[0, 2**62])
+    raw.raw_input_contents.append(b"")
+    contents = ipb.ModelInferRequest(model_name="t")
+    contents.inputs.add(name="ids", datatype="INT64", shape=[0, 2**62])
+    cases = [
+        (stub.Lookup, pb.LookupRequest(table="t", ids=pb.Tensor(dtype="int64", shape=[0, 2**62]))),
+        (stub.Lookup, pb.LookupRequest(table="t", ids=pb.Tensor(dtype="int64", shape=[1] * 65, data=bytes(8)))),
+        (oip.ModelInfer, raw),
+        (oip.ModelInfer, contents),
+    ]
+    for call, request in cases:
+        details = _fails_with(call, request, grpc.StatusCode.INVALID_ARGUMENT)
+        assert "not one an array can have" in details, details
+
+
 def test_bytes_that_are_not_protobuf_are_invalid_argument(channel: grpc.Channel) -> None:
     for method in ("/embserve.v1.EmbeddingService/Lookup", "/inference.GRPCInferenceService/ModelInfer"):
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)

@@ -161,3 +161,48 @@ def test_admin_updates_over_rest_and_grpc(server: tuple[LiveServer, runtime.Tabl
     assert 'embserve_table_delta_capacity_slots{table="feat"} 1000.0' in text
     info = httpx.get(url).json()
     assert info["sequence"] == 950 and info["delta_rows"] == 3 and info["nbytes"] > table.nbytes
+
+
+def test_sequences_past_int64_and_odd_header_digits_are_refused_and_change_nothing(
+    server: tuple[LiveServer, runtime.Table],
+) -> None:
+    # found by an adversarial probe: each was applied and then answered 500 (or broke describe)
+    live, _ = server
+    url = f"{live.http}/v1/tables/lenient"
+    row = np.full((1, D), 0.25, np.float32)
+    body = np.array([77], "<i8").tobytes() + row.astype("<f4").tobytes()
+    octet = {**AUTH, "content-type": "application/octet-stream", "X-Embserve-Shape": f"1,{D}"}
+
+    def raw_headers(name: str, value: bytes) -> list[tuple[bytes, bytes]]:
+        # bytes as sent: httpx would refuse a str header that is not ASCII
+        return [(k.encode(), v.encode()) for k, v in octet.items() if k != name] + [(name.encode(), value)]
+
+    def stored() -> list[float]:
+        return httpx.post(f"{url}/lookup", json={"ids": [77]}).json()["embeddings"][0]
+
+    before = stored()
+    refusals = [
+        httpx.post(f"{url}/upsert", json={"keys": [77], "rows": row.tolist(), "sequence": 2**63}, headers=AUTH),
+        httpx.post(f"{url}/upsert", content=body, headers={**octet, "X-Embserve-Sequence": "9" * 23}),
+        httpx.post(f"{url}/upsert", content=body, headers=raw_headers("X-Embserve-Sequence", b"\xb9")),
+        httpx.post(f"{url}/upsert", content=body, headers=raw_headers("X-Embserve-Shape", b"\xb2,%d" % D)),
+        httpx.post(f"{url}/upsert", content=b"", headers={**octet, "X-Embserve-Shape": "0," + "9" * 20}),
+        httpx.post(f"{url}/delete", content=b"", headers=raw_headers("X-Embserve-Shape", b"\xb9")),
+    ]
+    assert [r.status_code for r in refusals] == [400] * len(refusals), [r.text for r in refusals]
+    assert "sequence must be an integer from 0 to 9223372036854775807" in refusals[0].json()["error"]
+    assert stored() == before
+    with grpc.insecure_channel(live.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        meta = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        keys, rows = array_to_tensor(np.array([77])), array_to_tensor(row)
+        last = 2**63 - 1
+        assert stub.Upsert(pb.UpsertRequest(table="lenient", keys=keys, rows=rows, sequence=last), metadata=meta)
+        changed = stored()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Upsert(pb.UpsertRequest(table="lenient", keys=keys, rows=array_to_tensor(row * 2)), metadata=meta)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at its largest" in str(err.value.details())
+        assert stored() == changed
+        assert stub.DescribeTable(pb.DescribeTableRequest(table="lenient")).sequence == last
+        assert "lenient" in [t.name for t in stub.ListTables(pb.ListTablesRequest()).tables]
+    assert httpx.get(url).json()["sequence"] == last

@@ -90,10 +90,39 @@ def test_protocol_errors(served: Served) -> None:
             400,
             "no output",
         ),
+        # found by an adversarial probe: each was a 500
+        ({"inputs": [{"name": "ids", "shape": [0, 2**62], "datatype": "INT64", "data": []}]}, 400, "not one an array"),
+        ({"inputs": [{"name": "ids", "shape": [1] * 65, "datatype": "INT64", "data": [1]}]}, 400, "not one an array"),
+        (
+            {
+                "inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}],
+                "outputs": [{"name": "embeddings", "parameters": [1]}],
+            },
+            400,
+            "output 'embeddings': parameters must be an object",
+        ),
+        (
+            {
+                "inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}],
+                "outputs": [{"name": "embeddings", "parameters": {"binary_data": "false"}}],
+            },
+            400,
+            "'binary_data' must be true or false, got 'false'",
+        ),
+        (
+            {
+                "inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}],
+                "parameters": {"binary_data_output": "no"},
+            },
+            400,
+            "'binary_data_output' must be true or false",
+        ),
     ]
     for body, status, message in cases:
         r = httpx.post(url, json=body)
         assert r.status_code == status and message in r.json()["error"], (body, r.text)
+    r = httpx.post(url, content=b"{}", headers=[(b"Inference-Header-Content-Length", b"\xb2")])
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
     assert httpx.get(f"{served.server.http}/v2/models/nope").status_code == 404
     assert httpx.get(f"{served.server.http}/v2/models/items/versions/other").status_code == 404
     r = httpx.get(f"{served.server.http}/v2")

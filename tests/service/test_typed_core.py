@@ -178,7 +178,7 @@ ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
         ("upsert", {}, "keys is required"),
         ("upsert", {"keys": np.array([1], np.int64)}, "rows is required"),
         ("delete", {}, "keys is required"),
-        ("delete", {"keys": np.array([1], np.int64), "sequence": -3}, "sequence must be a non-negative integer"),
+        ("delete", {"keys": np.array([1], np.int64), "sequence": -3}, "sequence must be an integer from 0 to"),
     ],
 )
 def test_rest_and_grpc_admin_updates_refuse_alike(
