@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import DimensionMismatch, IdOutOfRange, InvalidRequest, UnsupportedMetric
-from runtime.kernels.checks import first_bad_offset, first_nonfinite_row, first_out_of_range
+from runtime.kernels.checks import VALUE_LIMIT, first_bad_offset, first_out_of_range, first_unusable_row
 
 METRICS = ("ip", "l2", "hamming")
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -187,8 +187,9 @@ def check_id_matrix(ids: Any, rows: int, field: str = "candidate_ids") -> np.nda
 
 
 def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
-    """Return queries as C-contiguous float32 `(q, dim)`, finite."""
-    if _float32_rows(queries, dim) and first_nonfinite_row(queries) < 0:
+    """Return queries as C-contiguous float32 `(q, dim)`: finite, every value below VALUE_LIMIT
+    in magnitude (so that no score overflows)."""
+    if _float32_rows(queries, dim) and first_unusable_row(queries) < 0:
         return queries  # a search's hot path: one kernel pass; the checks below name what is wrong
     arr = np.asarray(queries)
     if arr.dtype.kind not in "iuf":
@@ -201,11 +202,22 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
         raise DimensionMismatch(int(arr.shape[1]), dim, field)
     refuse_beyond_float32(arr, f"{field} row")
     out = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape[0], dim)
-    finite = np.isfinite(out).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise InvalidRequest(f"{field}[{row}] contains NaN or Inf")
+    usable = (np.abs(out) < VALUE_LIMIT).all(axis=1)  # NaN compares False
+    if not usable.all():
+        row = int(np.flatnonzero(~usable)[0])
+        if not np.isfinite(out[row]).all():
+            raise InvalidRequest(f"{field}[{row}] contains NaN or Inf")
+        raise InvalidRequest(f"{field}[{row}] {beyond_value_limit(out[row])}")
     return writable(out)
+
+
+def beyond_value_limit(values: np.ndarray) -> str:
+    """What is wrong with finite values of which one reaches VALUE_LIMIT."""
+    largest = float(np.abs(values).max())
+    return (
+        f"holds a value of magnitude {largest:.4g}; values must be below 2**50 ({VALUE_LIMIT:.4g}), "
+        "past which scores overflow float32"
+    )
 
 
 def _float32_rows(arr: Any, dim: int) -> bool:
@@ -267,7 +279,8 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
 
 
 def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -> np.ndarray:
-    """Return per-sample weights as C-contiguous float32 `(n_ids,)`, every one finite."""
+    """Return per-sample weights as C-contiguous float32 `(n_ids,)`, every one finite and below
+    VALUE_LIMIT in magnitude."""
     arr = np.asarray(weights)
     if arr.dtype.kind not in "iuf":
         raise InvalidRequest(f"{field} must be numbers, got dtype {arr.dtype}")
@@ -275,8 +288,10 @@ def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -
         raise InvalidRequest(f"{field} must have one weight per id ({n_ids}), got shape {arr.shape}")
     refuse_beyond_float32(arr.reshape(-1, 1), field)
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        pos = int(np.flatnonzero(~finite)[0])
-        raise InvalidRequest(f"{field}[{pos}] is NaN or Inf")
+    usable = np.abs(out) < VALUE_LIMIT  # NaN compares False
+    if not usable.all():
+        pos = int(np.flatnonzero(~usable)[0])
+        if not np.isfinite(out[pos]):
+            raise InvalidRequest(f"{field}[{pos}] is NaN or Inf")
+        raise InvalidRequest(f"{field}[{pos}] {beyond_value_limit(out[pos : pos + 1])}")
     return writable(out)

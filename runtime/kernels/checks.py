@@ -47,25 +47,35 @@ FLOAT32_EXPONENT = np.uint32(0x7F800000)
 """The exponent bits of a float32: all set in an Inf or a NaN, and only there."""
 
 
+VALUE_LIMIT_EXPONENT = 50
+"""Query, row and weight values must be below 2**50 in magnitude: then a dot product or squared
+distance of two such vectors stays finite in float32 for any dimension up to 2**26 (d · 2**100 is
+far below float32's 2**128), where a larger value made scores inf or NaN, answered as nulls or as
+empty results."""
+VALUE_LIMIT = 2.0**VALUE_LIMIT_EXPONENT
+_LIMIT_BITS = np.uint32((VALUE_LIMIT_EXPONENT + 127) << 23)  # the float32 exponent field of 2**50
+
+
 @njit(nogil=True, cache=True)
-def first_nonfinite_row(rows: np.ndarray) -> int:
-    """rows (q, d) float32 C-contiguous -> the first row holding a NaN or an Inf, or -1 when all
-    are finite. A row's largest exponent field, taken over its bits as integers, is a reduction
-    the compiler vectorizes (float compares with NaNs are not); one call replaces numpy's isfinite
-    and two reductions, ~35 µs of a search's fixed cost when its code is out of cache."""
+def first_unusable_row(rows: np.ndarray) -> int:
+    """rows (q, d) float32 C-contiguous -> the first row holding a NaN, an Inf or a value of
+    magnitude VALUE_LIMIT or more, or -1 when there is none. A row's largest exponent field, taken
+    over its bits as integers, is a reduction the compiler vectorizes (float compares with NaNs are
+    not); one call replaces numpy's isfinite and two reductions, ~35 µs of a search's fixed cost
+    when its code is out of cache."""
     bits = rows.view(np.uint32)
     for r in range(bits.shape[0]):
         largest = np.uint32(0)
         for j in range(bits.shape[1]):
             largest = max(largest, bits[r, j] & FLOAT32_EXPONENT)
-        if largest == FLOAT32_EXPONENT:
+        if largest >= _LIMIT_BITS:
             return r
     return -1
 
 
-def first_nonfinite_row_numpy(rows: np.ndarray) -> int:
-    """Twin of `first_nonfinite_row`."""
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+def first_unusable_row_numpy(rows: np.ndarray) -> int:
+    """Twin of `first_unusable_row`."""
+    bad = np.flatnonzero(~(np.abs(rows) < VALUE_LIMIT).all(axis=1))  # NaN compares False
     return int(bad[0]) if bad.size else -1
 
 

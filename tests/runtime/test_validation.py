@@ -229,18 +229,21 @@ def test_offsets_of_lengths_matches_twin(values: list[int]) -> None:
     assert offsets.dtype == np.int64 and (negative, total) == (want_negative, want_total)
 
 
-_SPECIAL_FLOATS = [0.0, -0.0, 1.5, -2.0, 1e-45, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan]
+_BELOW_LIMIT = float(np.nextafter(np.float32(checks.VALUE_LIMIT), np.float32(0)))
+_SPECIAL_FLOATS = [0.0, -0.0, 1.5, -2.0, 1e-45, _BELOW_LIMIT, -_BELOW_LIMIT, checks.VALUE_LIMIT, -checks.VALUE_LIMIT]
+_SPECIAL_FLOATS += [3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan]
 
 
 @given(st.integers(0, 5), st.integers(0, 40), st.data())
-def test_first_nonfinite_row_matches_twin(nrows: int, dim: int, data: st.DataObject) -> None:
+def test_first_unusable_row_matches_twin(nrows: int, dim: int, data: st.DataObject) -> None:
     values = data.draw(st.lists(st.sampled_from(_SPECIAL_FLOATS), min_size=nrows * dim, max_size=nrows * dim))
     rows = np.array(values, dtype=np.float32).reshape(nrows, dim)
-    pos = checks.first_nonfinite_row(rows)
-    assert pos == checks.first_nonfinite_row_numpy(rows)
+    pos = checks.first_unusable_row(rows)
+    assert pos == checks.first_unusable_row_numpy(rows)
     if pos >= 0:  # and check_queries names that row, on its float32 fast path as on the general one
+        why = "contains NaN or Inf" if not np.isfinite(rows[pos]).all() else "holds a value of magnitude"
         for given_rows in (rows, rows.astype(np.float64)):
-            with pytest.raises(InvalidRequest, match=rf"queries\[{pos}\] contains NaN or Inf"):
+            with pytest.raises(InvalidRequest, match=rf"queries\[{pos}\] {why}"):
                 check_queries(given_rows, dim)
     else:
         assert check_queries(rows, dim) is rows

@@ -133,6 +133,11 @@ def test_admin_updates_over_rest_and_grpc(server: tuple[LiveServer, runtime.Tabl
     assert r.status_code == 400 and "needs" in r.json()["error"]
     bad = httpx.post(f"{url}/upsert", json={"keys": [44], "rows": [[1e39] * D]}, headers=AUTH)
     assert bad.status_code == 400
+    # finite but past 2**50: a PQ tier encoded it as an unrelated codeword (its distances were inf)
+    bad = httpx.post(
+        f"{url}/upsert", json={"keys": [int(KEYS[300]), 44], "rows": [[0.0] * D, [1e19] * D]}, headers=AUTH
+    )
+    assert bad.status_code == 400 and "rows[1] holds a value of magnitude 1e+19" in bad.json()["error"], bad.text
     r = httpx.post(f"{url}/delete", json={"keys": [42, 31337]}, headers=AUTH)
     assert r.status_code == 404 and "31337" in r.json()["error"]
     with grpc.insecure_channel(live.grpc) as channel:

@@ -98,6 +98,11 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/lookup", {"ids": [1], "offsets": [0, 2**63 - 1, -2]}, 400, "offsets[2] = -2"),
     ("post", "/v1/tables/items/lookup", {"ids": [1], "lengths": [2**63 - 1, 2**63 - 1, 3]}, 400, "past the int64"),
     ("post", "/v1/tables/items/search", {"queries": [[0.0] * 31], "k": 3}, 400, "dimension 31"),
+    # finite values whose scores overflow float32 came back as nulls or as empty results
+    ("post", "/v1/tables/items/search", {"queries": [[1e20] * 32], "k": 3, "metric": "l2"}, 400, "below 2**50"),
+    ("post", "/v1/tables/items/search", {"queries": [[0.0] * 32, [3e38] * 32], "k": 3}, 400, "queries[1] holds"),
+    ("post", "/v1/tables/items/score", {"queries": [[1e38] * 32], "candidate_ids": [[1]]}, 400, "below 2**50"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "offsets": [0], "weights": [1, 3e38]}, 400, "weights[1] holds"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 0}, 400, "k must be"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "k": "5"}, 400, "k must be"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "k": 2000}, 413, "limit"),
