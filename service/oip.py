@@ -318,22 +318,27 @@ def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping
         return group_request(model, inputs, params)
     assert model.entry is not None
     table_name = model.entry.name
+    # ids given as floats would be rounded (FP16 2049 is 2048): integer datatypes only, as declared
     if model.kind in ("lookup", "bag"):
-        if "ids" not in inputs:
+        ids = _model_input(model, inputs, "ids", INTEGER_KINDS, INTEGER_IDS)
+        if ids is None:
             raise InvalidRequest(f"model {model.name!r} needs input 'ids' (INT64 [n])")
-        given: dict[str, Any] = {"ids": inputs["ids"].reshape(-1)}
+        given: dict[str, Any] = {"ids": ids}
         if model.kind == "bag":
             if "offsets" not in inputs and "lengths" not in inputs:
                 raise InvalidRequest(f"model {model.name!r} needs input 'offsets' or 'lengths' (INT64 [bags])")
-            for name in ("offsets", "lengths", "per_sample_weights"):
-                given[name] = inputs[name].reshape(-1) if name in inputs else None
+            for name in ("offsets", "lengths"):
+                given[name] = _model_input(model, inputs, name, INTEGER_KINDS, "INT64 or INT32 integers")
+            given["per_sample_weights"] = _model_input(model, inputs, "per_sample_weights", "f", "FP32 weights")
             given["mode"] = params.get("mode")
         return lookup_request(table_name, given)
     queries = inputs.get("queries")
-    query_ids = inputs.get("query_ids")
+    if queries is not None and queries.dtype.kind != "f":
+        raise InvalidRequest(f"model {model.name!r}: input 'queries' must be FP32, got {DATATYPE_OF[queries.dtype]}")
+    query_ids = _model_input(model, inputs, "query_ids", INTEGER_KINDS, INTEGER_IDS)
     if queries is not None and queries.ndim == 1:
         queries = queries.reshape(1, -1)
-    given = {**params, "queries": queries, "query_ids": None if query_ids is None else query_ids.reshape(-1)}
+    given = {**params, "queries": queries, "query_ids": query_ids}
     return search_request(table_name, given)
 
 
@@ -360,7 +365,12 @@ def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] |
     return [(n, outputs[n]) for n in names]
 
 
-def _group_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
+INTEGER_KINDS = "iu"
+INTEGER_IDS = "INT64 or INT32 ids"
+
+
+def _model_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
+    """Input `name` flattened, None when not given; refused unless its datatype is of `kinds`."""
     arr = inputs.get(name)
     if arr is None:
         return None
@@ -382,9 +392,9 @@ def group_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mappin
         )
     entries = []
     for f in model.features:
-        values = _group_input(model, inputs, f.name + VALUES_SUFFIX, "iu", "INT64 or INT32 ids")
-        lengths = _group_input(model, inputs, f.name + LENGTHS_SUFFIX, "iu", "INT64 or INT32 bag sizes")
-        weights = _group_input(model, inputs, f.name + WEIGHTS_SUFFIX, "f", "FP32 weights")
+        values = _model_input(model, inputs, f.name + VALUES_SUFFIX, INTEGER_KINDS, INTEGER_IDS)
+        lengths = _model_input(model, inputs, f.name + LENGTHS_SUFFIX, INTEGER_KINDS, "INT64 or INT32 bag sizes")
+        weights = _model_input(model, inputs, f.name + WEIGHTS_SUFFIX, "f", "FP32 weights")
         for name, arr in ((VALUES_SUFFIX, values), (LENGTHS_SUFFIX, lengths)):
             if arr is None:
                 raise InvalidRequest(f"model {model.name!r} needs input '{f.name}{name}' for feature {f.name!r}")

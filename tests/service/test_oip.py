@@ -90,6 +90,8 @@ def test_protocol_errors(served: Served) -> None:
             400,
             "no output",
         ),
+        # ids in a float datatype were rounded: FP16 2049 looked up row 2048
+        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]}, 400, "INT32 ids, got FP16"),
         # found by an adversarial probe: each was a 500
         ({"inputs": [{"name": "ids", "shape": [0, 2**62], "datatype": "INT64", "data": []}]}, 400, "not one an array"),
         ({"inputs": [{"name": "ids", "shape": [1] * 65, "datatype": "INT64", "data": [1]}]}, 400, "not one an array"),
@@ -121,6 +123,12 @@ def test_protocol_errors(served: Served) -> None:
     for body, status, message in cases:
         r = httpx.post(url, json=body)
         assert r.status_code == status and message in r.json()["error"], (body, r.text)
+    search = {"inputs": [{"name": "query_ids", "shape": [1], "datatype": "FP32", "data": [3]}]}
+    r = httpx.post(url.replace("/items/", "/items.search/"), json=search)
+    assert r.status_code == 400 and "'query_ids' must be INT64 or INT32 ids, got FP32" in r.json()["error"], r.text
+    search = {"inputs": [{"name": "queries", "shape": [1, 32], "datatype": "INT64", "data": [1] * 32}]}
+    r = httpx.post(url.replace("/items/", "/items.search/"), json=search)
+    assert r.status_code == 400 and "'queries' must be FP32, got INT64" in r.json()["error"], r.text
     r = httpx.post(url, content=b"{}", headers=[(b"Inference-Header-Content-Length", b"\xb2")])
     assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
     assert httpx.get(f"{served.server.http}/v2/models/nope").status_code == 404
