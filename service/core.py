@@ -304,9 +304,14 @@ class EmbeddingService:
         if not admitted_before:
             self._admit(transport, operation, table)
         start = time.perf_counter()
-        status = "ok"
+        status: str | None = "ok"
         try:
             yield
+        except asyncio.CancelledError:
+            # a gRPC call whose client cancelled it or whose deadline passed: a client that left,
+            # not a server error (unless the server is stopping: then it is the 503 it would get)
+            status = "503" if self.draining else None
+            raise
         except BaseException as exc:
             # the label only: holding the exception in this generator's frame, which its traceback
             # holds, would make a cycle that keeps the request's arrays alive until a gc pass
@@ -315,11 +320,14 @@ class EmbeddingService:
         finally:
             if not admitted_before:
                 self._release()
-            labels = (transport, operation, self._table_label(table), status)
-            self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
-            self.metrics.child(self.metrics.requests, *labels).inc()
-            if taken is not None:
-                taken.counted = True
+            if status is None:
+                self.client_disconnected(transport)
+            else:
+                labels = (transport, operation, self._table_label(table), status)
+                self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
+                self.metrics.child(self.metrics.requests, *labels).inc()
+                if taken is not None:
+                    taken.counted = True
 
     async def _compute(self, operation: str, codec: str, fn: Callable[[], T], inline: bool = False) -> T:
         """Run table compute off the event loop; `inline` work (a small gather, tens of µs) runs

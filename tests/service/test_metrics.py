@@ -111,6 +111,32 @@ def test_requests_refused_before_the_core_are_counted(served: Served) -> None:
     }
 
 
+def disconnects(served: Served, transport: str) -> float:
+    text = httpx.get(f"{served.server.http}/metrics").text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "embserve_client_disconnects")
+    return sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels["transport"] == transport)
+
+
+def test_a_grpc_call_its_client_gave_up_on_is_a_disconnect_not_a_500(served: Served) -> None:
+    # a deadline that passes while the server still searches cancels the call's task: that was
+    # counted as a 500 and fed the 5xx alert
+    ids = array_to_tensor(np.arange(1024, dtype=np.int64))
+    request = pb.SearchRequest(table="items", query_ids=ids, k=1000, oversample=1)
+    before, left_before = request_counts(served), disconnects(served, "grpc")
+    calls = 8
+    with grpc.insecure_channel(served.server.grpc) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        for _ in range(calls):
+            with pytest.raises(grpc.RpcError) as late:
+                stub.Search(request, timeout=0.005)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)  # the server notices each cancellation on its own loop
+    after, left = request_counts(served), disconnects(served, "grpc")
+    grown = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert all(status != "500" for (_, _, _, status) in grown), grown
+    assert left - left_before >= 1 and left - left_before + grown.get(("grpc", "search", "items", "ok"), 0) <= calls
+
+
 @pytest.mark.external
 def test_promtool_finds_no_problem(served: Served, tmp_path: Path) -> None:
     promtool = require_binary("promtool")
