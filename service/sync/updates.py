@@ -69,12 +69,21 @@ DEADLETTER_MAXLEN = 100_000
 """The dead-letter stream keeps about this many refused entries (older ones are trimmed)."""
 
 
+MS_BITS = 63 - SEQ_BITS
+"""A sequence is an int64: stream ids from 2**43 ms (the year 2248) on have none."""
+
+
 def id_to_sequence(stream_id: str | bytes) -> int:
-    """`<ms>-<seq>` -> ms << 20 | seq."""
+    """`<ms>-<seq>` -> ms << 20 | seq; InvalidRequest for an id that is not of that form, or whose
+    seq or ms do not fit (an id set by hand far in the future, 2**20 entries in one millisecond)."""
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     ms, _, seq = text.partition("-")
-    if not ms.isdigit() or not seq.isdigit() or int(seq) >= 1 << SEQ_BITS:
-        raise InvalidRequest(f"stream id {text!r} is not <ms>-<seq> with seq < {1 << SEQ_BITS}")
+    if not ms.isascii() or not seq.isascii() or not ms.isdigit() or not seq.isdigit():
+        raise InvalidRequest(f"stream id {text!r} is not <ms>-<seq>")
+    if int(seq) >= 1 << SEQ_BITS or int(ms) >= 1 << MS_BITS:
+        raise InvalidRequest(
+            f"stream id {text!r} has no table sequence: it needs seq < {1 << SEQ_BITS} and ms < {1 << MS_BITS}"
+        )
     return int(ms) << SEQ_BITS | int(seq)
 
 
@@ -123,6 +132,11 @@ def decode_entry(fields: Mapping[Any, Any], dim: int) -> Update:
             f"keys must be a non-empty whole number of int64 (8 bytes), got {len(raw_keys or b'')} bytes"
         )
     entry_keys = np.frombuffer(raw_keys, dtype="<i8").astype(np.int64)
+    if np.unique(entry_keys).size != entry_keys.size:
+        # refused here, whatever the batch: a run of upserts applied as one keeps a key's last
+        # row, so a replica that read this entry beside others would take what one reading it
+        # alone refuses, and the two would differ
+        raise InvalidRequest("keys repeat: one entry updates each key once")
     base = (_field(fields, "base_version") or b"").decode(errors="replace")
     if op == "delete":
         return Update(op, entry_keys, None, base)
@@ -204,9 +218,13 @@ def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tupl
     nothing, and the table's sequence still moves past it. DeltaFull propagates (not the entry's
     fault: retry after compaction)."""
     try:
+        sequence = id_to_sequence(stream_id)
+    except InvalidRequest as exc:
+        return 0, str(exc)  # refused; the table's sequence cannot say it is past this entry
+    try:
         update = decode_entry(fields, table.dim)
     except EmbserveError as exc:
-        table.sequence = max(table.sequence, id_to_sequence(stream_id))
+        table.sequence = max(table.sequence, sequence)
         return 0, str(exc)
     return _apply_decoded(table, stream_id, update)
 
@@ -265,10 +283,18 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
     try:
         for stream_id, fields in entries:
             try:
+                sequence = id_to_sequence(stream_id)
+            except InvalidRequest as exc:
+                # refused, and the follower reads on past it (its position is the stream id); it
+                # stopped the table's log for good when this escaped
+                flush()
+                results.append((stream_id, 0, str(exc)))
+                continue
+            try:
                 update = decode_entry(fields, table.dim)
             except EmbserveError as exc:
                 flush()
-                table.sequence = max(table.sequence, id_to_sequence(stream_id))
+                table.sequence = max(table.sequence, sequence)
                 results.append((stream_id, 0, str(exc)))
                 continue
             if update.rows is None:

@@ -151,7 +151,15 @@ def test_bad_entries_are_dead_lettered_and_the_good_ones_around_them_apply(repli
         updates.encode_entry("delete", np.array([123456789], np.int64), None),  # not in the table
     ]
     bad_ids = [client.xadd(stream, fields).decode() for fields in bad]
+    # a key twice in one entry: refused by a replica that reads it alone or beside others
+    bad_ids.append(client.xadd(stream, updates.encode_entry("upsert", KEYS[[3, 3]], np.ones((2, DIM)))).decode())
+    # an id with no int64 sequence (2**20 entries in one millisecond) stopped the log for good
+    no_sequence = f"{int(time.time() * 1000) + 1}-{1 << updates.SEQ_BITS}"
+    bad_ids.append(
+        client.xadd(stream, updates.encode_entry("upsert", KEYS[:1], np.ones((1, DIM))), id=no_sequence).decode()
+    )
     client.close()
+    time.sleep(0.01)  # the next push's id starts a later millisecond
     after = replicas.push(KEYS[210:220], replicas.rng.standard_normal((10, DIM)))
     replicas.wait_applied(after)
     replicas.assert_both_match_reference()
@@ -161,13 +169,14 @@ def test_bad_entries_are_dead_lettered_and_the_good_ones_around_them_apply(repli
     client.close()
     # each replica dead-letters what it refused, with the original id and the reason
     reasons = {(f[b"id"].decode(), f[b"reason"].decode()) for _, f in dead}
-    assert {i for i, _ in reasons} == set(bad_ids) and len(dead) == 2 * len(bad)
+    assert {i for i, _ in reasons} == set(bad_ids) and len(dead) == 2 * len(bad_ids)
     by_id = dict(reasons)
     assert "dim must be the table's 16" in by_id[bad_ids[0]]
     assert "NaN" in by_id[bad_ids[1]] or "finite" in by_id[bad_ids[1]]
     assert "int64" in by_id[bad_ids[2]] and "123456789" in by_id[bad_ids[3]]
+    assert "keys repeat" in by_id[bad_ids[4]] and "has no table sequence" in by_id[bad_ids[5]]
     metrics = httpx.get(f"{replicas.servers['b'].http}/metrics", timeout=5).text
-    assert 'embserve_updates_refused_total{table="items"} 4.0' in metrics
+    assert 'embserve_updates_refused_total{table="items"} 6.0' in metrics
 
 
 def test_a_replica_killed_mid_stream_replays_to_the_same_rows(replicas: Replicas) -> None:
@@ -250,7 +259,7 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
     url, root = replicas.redis.url, str(replicas.root)
     assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 0
     done = json.loads(capsys.readouterr().out)
-    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 4  # the four bad entries
+    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 6  # the six bad entries
     assert runtime.load_table(replicas.root / "items" / "v1").sequence == updates.id_to_sequence(done["last_id"])
     for replica in replicas.servers:
 

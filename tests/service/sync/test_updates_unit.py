@@ -31,7 +31,9 @@ def test_sequence_zero_reads_the_whole_stream() -> None:
     assert updates.sequence_to_id(0) == "0-0"
 
 
-@pytest.mark.parametrize("bad", ["", "12", "a-1", "1-b", f"1-{1 << updates.SEQ_BITS}", "-1-2"])
+@pytest.mark.parametrize(
+    "bad", ["", "12", "a-1", "1-b", f"1-{1 << updates.SEQ_BITS}", "-1-2", f"{1 << updates.MS_BITS}-0", "\u00b2-1"]
+)
 def test_malformed_stream_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidRequest):
         updates.id_to_sequence(bad)
@@ -59,6 +61,7 @@ def test_entries_round_trip_as_little_endian_bytes() -> None:
         ({"dim": b"4"}, "dim must be the table's 3"),
         ({"dim": b"three"}, "dim must be the table's 3"),
         ({"rows": b"\x00" * 20}, "rows must be 2 x 3 float32 (24 bytes)"),
+        ({"keys": np.array([5, 5], "<i8").tobytes()}, "keys repeat"),
     ],
 )
 def test_bad_entries_are_refused_naming_the_field(change: dict[str, bytes], message: str) -> None:
@@ -101,6 +104,12 @@ def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_on
             ("7-1", updates.encode_entry("upsert", np.array([999], np.int64), r[8:9])),  # a new key
             ("8-0", updates.encode_entry("delete", np.array([424242], np.int64), None)),  # refused: unknown
             ("8-1", updates.encode_entry("upsert", keys[30:33], r[9:12])),
+            # refused whatever the batch (a merged run kept the last row of a repeated key)
+            ("8-2", updates.encode_entry("upsert", keys[[5, 5]], r[:2])),
+            ("9-1", updates.encode_entry("upsert", keys[20:21], r[2:3])),
+            # an id with no int64 sequence is refused, and the entries after it apply (it stalled the log)
+            (f"9-{1 << updates.SEQ_BITS}", updates.encode_entry("upsert", keys[21:22], r[3:4])),
+            ("10-0", updates.encode_entry("upsert", keys[22:23], r[4:5])),
         ]
 
     batch = entries()
@@ -109,10 +118,13 @@ def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_on
     results, stalled = updates.apply_batch(merged, batch)
     singles = [(sid, *updates.apply_entry(one_by_one, sid, fields)) for sid, fields in batch]
     assert stalled == "" and [(s, a, bool(r)) for s, a, r in results] == [(s, a, bool(r)) for s, a, r in singles]
-    assert [s for s, _, r in results if r] == ["6-0", "6-1", "8-0"]
+    assert [s for s, _, r in results if r] == ["6-0", "6-1", "8-0", "8-2", f"9-{1 << updates.SEQ_BITS}"]
     every = np.concatenate([keys, [999]])
     np.testing.assert_array_equal(merged.lookup(every), one_by_one.lookup(every))
-    assert merged.sequence == one_by_one.sequence == updates.id_to_sequence("8-1")
+    np.testing.assert_array_equal(
+        merged.lookup(keys[21:22]), runtime.compress(x, "int8", keys=keys).lookup(keys[21:22])
+    )
+    assert merged.sequence == one_by_one.sequence == updates.id_to_sequence("10-0")
     assert merged.delta_slots <= one_by_one.delta_slots  # the merged run wrote keys 2, 3 once
 
 
