@@ -10,6 +10,8 @@ directory again (after a failed rollout, say) is seen as new.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any
 from runtime import artifact
 from runtime.errors import Forbidden, InvalidRequest
 from service.sync import connection, keys
+
+log = logging.getLogger("embserve.sync.registry")
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Published:
     def from_hash(cls, table: str, fields: dict[str, str]) -> Published | None:
         """The registry hash's fields -> Published, or None when the hash is absent or incomplete."""
         try:
-            return cls(
+            published = cls(
                 table=table,
                 path=fields["path"],
                 checksum=fields["checksum"],
@@ -52,8 +56,10 @@ class Published:
                 published_at=float(fields.get("published_at", "0")),
                 generation=int(fields["generation"]),
             )
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             return None
+        # a NaN time never equals itself: a failed rollout of it would be retried at every poll
+        return published if math.isfinite(published.published_at) else None
 
 
 def manifest_checksum(directory: Path) -> str:
@@ -123,17 +129,40 @@ async def read_published(client: Any) -> dict[str, Published]:
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(keys.version_key(name))
-        hashes = await pipe.execute()
+        # each reply on its own: one key of the wrong type (WRONGTYPE) must not hide every table
+        hashes = await pipe.execute(raise_on_error=False)
     found = {}
     for name, fields in zip(names, hashes, strict=True):
-        published = Published.from_hash(name, fields)
-        if published is not None:
+        problem = ""
+        if isinstance(fields, Exception):
+            problem = f"{keys.version_key(name)} cannot be read: {fields}"
+        elif not _valid_table_name(name):
+            problem = "the name is not a table name (1-128 characters without '/')"
+        elif fields and (published := Published.from_hash(name, fields)) is not None:
             found[name] = published
+        elif fields:
+            problem = f"{keys.version_key(name)} is not a version entry (path, checksum, an integer generation)"
+        if problem:
+            _warn_once(name, problem)
     return found
 
 
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(table: str, problem: str) -> None:
+    """Log a registry entry that is skipped, once per table and problem (it is read at every poll)."""
+    if (table, problem) not in _warned:
+        _warned.add((table, problem))
+        log.warning("registry: table %r skipped: %s", table, problem)
+
+
+def _valid_table_name(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 128 and "/" not in name
+
+
 def check_table_name(name: str) -> None:
-    if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
+    if not _valid_table_name(name):
         raise InvalidRequest("table name must be 1-128 characters without '/'")
 
 

@@ -9,6 +9,7 @@ and one field `table:<name>` per table holding a JSON object (TableStatus). The 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,9 +66,7 @@ class ReplicaRow:
         for name, value in fields.items():
             if name.startswith(TABLE_FIELD):
                 try:
-                    raw = json.loads(value)
-                    known = {k: raw[k] for k in TableStatus.__dataclass_fields__ if k in raw}
-                    tables[name[len(TABLE_FIELD) :]] = TableStatus(**known)
+                    tables[name[len(TABLE_FIELD) :]] = _table_status(json.loads(value))
                 except (ValueError, TypeError):
                     tables[name[len(TABLE_FIELD) :]] = TableStatus(state="unreadable")
         return cls(
@@ -80,11 +79,31 @@ class ReplicaRow:
         )
 
 
+def _table_status(raw: Any) -> TableStatus:
+    """A row's JSON for one table -> TableStatus; TypeError unless it is an object whose known
+    fields have their types (a row written by hand must not break `embserve status`)."""
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    defaults = TableStatus()
+    known: dict[str, Any] = {}
+    for name in TableStatus.__dataclass_fields__:
+        if name not in raw:
+            continue
+        value, want = raw[name], type(getattr(defaults, name))
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want or (want is float and not math.isfinite(value)):
+            raise TypeError(f"{name} is not a {want.__name__}")
+        known[name] = value
+    return TableStatus(**known)
+
+
 def _float(value: str | None) -> float:
     try:
-        return float(value) if value is not None else 0.0
+        number = float(value) if value is not None else 0.0
     except ValueError:
         return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 async def write(client: Any, row: ReplicaRow, ttl: float) -> None:

@@ -123,6 +123,43 @@ def test_publish_and_status_commands(redis_server: RedisServer, root: Path, caps
     assert "EMBSERVE_REDIS_URL" in capsys.readouterr().err
 
 
+@pytest.mark.external
+def test_registry_entries_written_by_hand_are_skipped_and_the_good_ones_read(
+    redis_server: RedisServer, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by an adversarial probe: one key of the wrong type stopped the registry's sync for
+    # every table, and `embserve status` failed; a replica row of the wrong shape crashed status
+    url = ["--redis-url", redis_server.url]
+    assert main(["publish", "t", "t/v1", *url, "--artifact-root", str(root)]) == 0
+    capsys.readouterr()
+    good = {"path": "t/v1", "checksum": "ab", "generation": "1", "published_at": "1.0"}
+
+    async def write_by_hand() -> dict[str, registry.Published]:
+        client = registry.connect(redis_server.url)
+        try:
+            await client.sadd(keys.TABLES, "bogus", "a/b", "nan", "gen")
+            await client.rpush(keys.version_key("bogus"), "a")
+            await client.hset(keys.version_key("a/b"), mapping=good)
+            await client.hset(keys.version_key("nan"), mapping={**good, "published_at": "nan"})
+            await client.hset(keys.version_key("gen"), mapping={**good, "generation": "abc"})
+            hand_rows = {
+                "r7": {"state": "ready", "heartbeat": repr(time.time()), "table:t": '{"last_update_id": 12345}'},
+                "r8": {"state": "ready", "heartbeat": "nan", "table:t": "[1, 2]"},
+            }
+            for replica, fields in hand_rows.items():
+                await client.hset(keys.replica_key(replica), mapping=fields)
+                await client.zadd(keys.REPLICAS, {replica: time.time()})
+            return await registry.read_published(client)
+        finally:
+            await client.aclose()
+
+    assert list(asyncio.run(write_by_hand())) == ["t"]
+    assert main(["status", *url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    unreadable = [[replica, "ready", "t", "-", "unreadable"] for replica in ("r7", "r8")]
+    assert [line.split()[:5] for line in lines[1:]] == unreadable
+
+
 def test_status_reports_an_unreachable_redis(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.service.live import free_port
 
