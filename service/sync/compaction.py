@@ -95,7 +95,10 @@ def compact(
         for row in rows:
             served = row.tables.get(table)
             if served is not None:
-                needed.append(updates.id_to_sequence(served.last_update_id) if served.last_update_id else 0)
+                try:
+                    needed.append(updates.id_to_sequence(served.last_update_id) if served.last_update_id else 0)
+                except InvalidRequest:
+                    needed.append(0)  # a position that cannot be read (a row written by hand): trim nothing
         trimmed = trim_log_below(sync_client, table, min(needed))
     finally:
         sync_client.close()

@@ -92,17 +92,16 @@ def describe_artifact(directory: Path, verify: bool = True) -> tuple[str, str]:
 async def publish(client: Any, table: str, path: str, checksum: str, version: str) -> Published:
     """Record `path` (relative to the artifact root) as the published version of `table`, then
     announce it on the pub/sub channel. The version hash is written in one transaction (one key,
-    so cluster-safe); the table set and the announcement follow it."""
+    so cluster-safe) after the table set, so that a publish that fails has changed nothing a
+    replica acts on."""
     check_table_name(table)
     now = time.time()
-    key = keys.version_key(table)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.hincrby(key, "generation", 1)
-        pipe.hset(key, mapping={"path": path, "checksum": checksum, "version": version, "published_at": repr(now)})
-        generation, _ = await pipe.execute()
     await client.sadd(keys.TABLES, table)
+    generation = await _write_version(
+        client, table, {"path": path, "checksum": checksum, "version": version, "published_at": repr(now)}
+    )
     await client.publish(keys.PUBLISHED_CHANNEL, table)
-    return Published(table, path, checksum, version, now, int(generation))
+    return Published(table, path, checksum, version, now, generation)
 
 
 async def unpublish(client: Any, table: str) -> Published:
@@ -111,14 +110,38 @@ async def unpublish(client: Any, table: str) -> Published:
     Redis that lost its data (restarted without AOF) never makes replicas unload anything."""
     check_table_name(table)
     now = time.time()
+    await client.sadd(keys.TABLES, table)
+    generation = await _write_version(
+        client, table, {"path": "", "checksum": "", "version": "", "published_at": repr(now)}
+    )
+    await client.publish(keys.PUBLISHED_CHANNEL, table)
+    return Published(table, "", "", "", now, generation)
+
+
+async def _write_version(client: Any, table: str, fields: dict[str, str]) -> int:
+    """Write `fields` and the next generation into the table's version hash, all or nothing, and
+    return that generation. The generation is read under WATCH and checked first: HINCRBY on a
+    value that is not an integer fails inside MULTI while the HSET beside it still applies, which
+    published a version while reporting a failure."""
+    from redis.exceptions import WatchError  # here: a server without Redis never imports redis
+
     key = keys.version_key(table)
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hincrby(key, "generation", 1)
-        pipe.hset(key, mapping={"path": "", "checksum": "", "version": "", "published_at": repr(now)})
-        generation, _ = await pipe.execute()
-    await client.sadd(keys.TABLES, table)
-    await client.publish(keys.PUBLISHED_CHANNEL, table)
-    return Published(table, "", "", "", now, int(generation))
+        while True:
+            try:
+                await pipe.watch(key)
+                current = await pipe.hget(key, "generation")
+                if current is not None and not (isinstance(current, str) and current.isascii() and current.isdigit()):
+                    raise InvalidRequest(
+                        f"{key} holds generation {current!r}, not a non-negative integer: fix or delete the key"
+                    )
+                generation = int(current or 0) + 1
+                pipe.multi()
+                pipe.hset(key, mapping={**fields, "generation": str(generation)})
+                await pipe.execute()
+                return generation
+            except WatchError:
+                continue  # another publish of this table came between: read its generation again
 
 
 async def read_published(client: Any) -> dict[str, Published]:

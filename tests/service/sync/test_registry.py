@@ -158,6 +158,25 @@ def test_registry_entries_written_by_hand_are_skipped_and_the_good_ones_read(
     lines = capsys.readouterr().out.splitlines()
     unreadable = [[replica, "ready", "t", "-", "unreadable"] for replica in ("r7", "r8")]
     assert [line.split()[:5] for line in lines[1:]] == unreadable
+    # a generation that is not an integer: publish fails and changes nothing (the path was written)
+    runtime.compress(low_rank_table(300, 16, seed=5), "int8", version="t-v2").save(root / "t" / "v2")
+
+    async def version_hash(change: dict[str, str]) -> dict[str, str]:
+        client = registry.connect(redis_server.url)
+        try:
+            if change:
+                await client.hset(keys.version_key("t"), mapping=change)
+            return dict(await client.hgetall(keys.version_key("t")))
+        finally:
+            await client.aclose()
+
+    before = asyncio.run(version_hash({"generation": "abc"}))
+    assert main(["publish", "t", "t/v2", *url, "--artifact-root", str(root)]) == 2
+    assert "generation 'abc'" in capsys.readouterr().err
+    assert asyncio.run(version_hash({})) == before
+    asyncio.run(version_hash({"generation": "4"}))
+    assert main(["publish", "t", "t/v2", *url, "--artifact-root", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["generation"] == 5
 
 
 def test_status_reports_an_unreachable_redis(capsys: pytest.CaptureFixture[str]) -> None:

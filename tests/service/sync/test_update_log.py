@@ -284,6 +284,16 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
     replicas.wait_applied(last)
     replicas.assert_both_match_reference()
     assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 2
+    capsys.readouterr()
+    # a replica row whose position cannot be read (written by hand): compaction publishes and
+    # trims nothing; it published, then failed with exit status 2 and left the log untrimmed
+    client = replicas.client()
+    ghost = {"state": "ready", "heartbeat": repr(time.time()), "table:items": '{"last_update_id": "garbage"}'}
+    client.hset(keys.replica_key("ghost"), mapping=ghost)
+    client.zadd(keys.REPLICAS, {"ghost": time.time()})
+    client.close()
+    assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v2"]) == 0
+    assert json.loads(capsys.readouterr().out)["trimmed"] == 0
 
 
 def test_a_short_log_of_small_entries_is_trimmed_exactly(redis_server: RedisServer) -> None:
