@@ -183,8 +183,11 @@ def _published_manifest(client: Any, table: str, root: Path | None) -> tuple[dic
         return None, f"table {table!r} has no published version to check the entries against"
     if root is None:
         return None, "no --artifact-root (or EMBSERVE_ARTIFACT_ROOT) to read the published version from"
+    directory = (Path(root) / path).resolve()
+    if not directory.is_relative_to(Path(root).resolve()):  # a registry path written by hand: ../..
+        return None, f"the published path {path!r} is outside the artifact root"
     try:
-        return read_manifest(Path(root) / path), ""
+        return read_manifest(directory), ""
     except ArtifactError as exc:
         return None, f"the published version cannot be read here ({exc})"
 

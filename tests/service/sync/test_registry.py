@@ -218,3 +218,9 @@ def test_push_refuses_what_every_replica_would_refuse(
     assert main(["push", "t", *url, "--artifact-root", str(root), "--keys", str(ids), "--rows", str(rows)]) == 0
     assert "note" not in capsys.readouterr().err
     assert redis_server.client().xlen(keys.updates_key("t")) == length + 1
+    # a published path written by hand that leaves the root is not read: pushed unchecked, with a note
+    outside = root.parent / "outside"
+    runtime.compress(low_rank_table(50, 3, seed=6), "int8").save(outside)
+    redis_server.client().hset(keys.version_key("t"), "path", "../outside")
+    assert main(["push", "t", *url, "--artifact-root", str(root), "--keys", str(ids), "--rows", str(rows)]) == 0
+    assert "the published path '../outside' is outside the artifact root" in capsys.readouterr().err
