@@ -216,6 +216,9 @@ def cmd_push(args: argparse.Namespace) -> int:
                 f"embserve push: note: {unchecked}; each replica checks the entries and dead-letters", file=sys.stderr
             )
         ids = updates.push(client, args.table, keys, rows, base_version=args.base_version, batch_rows=args.batch_rows)
+    except updates.PushIncomplete as exc:
+        print(f"embserve push: {exc}", file=sys.stderr)
+        return 1
     except connection.FAILURES as exc:
         print(f"embserve push: Redis {registry.redact(url)} failed: {exc}", file=sys.stderr)
         return 1

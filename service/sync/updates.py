@@ -194,7 +194,31 @@ def push(
             op, checked_keys[part], None if checked_rows is None else checked_rows[part], base_version
         )
         pipe.xadd(keys.updates_key(table), fields)
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+    # each reply on its own: the pipeline is no transaction, so entries before (or after) one that
+    # Redis refuses (out of memory, a key of the wrong type) are appended, and the caller must know which
+    replies = pipe.execute(raise_on_error=False)
+    failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
+    if failed:
+        raise PushIncomplete(table, replies, batch_rows)
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
+
+
+class PushIncomplete(Exception):
+    """Redis refused some entries of a push and appended the others."""
+
+    def __init__(self, table: str, replies: list[Any], batch_rows: int) -> None:
+        self.appended = [
+            r.decode() if isinstance(r, bytes) else str(r) for r in replies if not isinstance(r, Exception)
+        ]
+        failed = [i for i, r in enumerate(replies) if isinstance(r, Exception)]
+        first = replies[failed[0]]
+        ranges = ", ".join(f"{i * batch_rows}..{(i + 1) * batch_rows - 1}" for i in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        super().__init__(
+            f"Redis refused {len(failed)} of {len(replies)} entries of table {table!r} ({first}): the keys at "
+            f"positions {ranges}{more} were not pushed; the {len(self.appended)} other entries were appended"
+            + (f" (last id {self.appended[-1]})" if self.appended else "")
+        )
 
 
 def check_fits_table(table: str, manifest: Mapping[str, Any], entry_keys: np.ndarray, rows: np.ndarray | None) -> None:
@@ -374,9 +398,21 @@ class UpdateApplier:
             self.positions[name] = (id(table), stream_id)
             if reason:
                 self.metrics.updates_refused.labels(name).inc()
-                log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
                 dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
-                await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
+                try:
+                    await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
+                except (
+                    Exception
+                ) as exc:  # the refusal stands; only its copy is lost (a full Redis, a key of the wrong type)
+                    log.warning(
+                        "table %r: update %s refused: %s; its dead-letter copy could not be written: %s",
+                        name,
+                        stream_id,
+                        reason,
+                        exc,
+                    )
+                else:
+                    log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
             else:
                 self.metrics.updates_applied.labels(name).inc(applied)
         if results:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import runtime
@@ -224,3 +225,37 @@ def test_push_refuses_what_every_replica_would_refuse(
     redis_server.client().hset(keys.version_key("t"), "path", "../outside")
     assert main(["push", "t", *url, "--artifact-root", str(root), "--keys", str(ids), "--rows", str(rows)]) == 0
     assert "the published path '../outside' is outside the artifact root" in capsys.readouterr().err
+
+
+@pytest.mark.external
+def test_a_push_redis_refuses_in_part_says_which_entries_were_appended(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the pipeline is no transaction: entries before the one Redis refused were appended, and
+    # push said only "failed" (a retry pushed them twice)
+    client = redis_server.client()
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used + 1_000_000)
+    ids, rows = tmp_path / "ids.npy", tmp_path / "rows.npy"
+    np.save(ids, np.arange(8000, dtype=np.int64))
+    np.save(rows, np.ones((8000, 64), np.float32))  # 8 entries of 1,000 rows, 256 kB each
+    argv = [
+        "push",
+        "t",
+        "--redis-url",
+        redis_server.url,
+        "--keys",
+        str(ids),
+        "--rows",
+        str(rows),
+        "--batch-rows",
+        "1000",
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    appended = client.xlen(keys.updates_key("t"))
+    client.close()
+    assert 0 < appended < 8, err
+    assert f"Redis refused {8 - appended} of 8 entries of table 't'" in err and "maxmemory" in err, err
+    assert f"the {appended} other entries were appended" in err and "positions 0..999" not in err

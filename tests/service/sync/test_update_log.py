@@ -177,6 +177,22 @@ def test_bad_entries_are_dead_lettered_and_the_good_ones_around_them_apply(repli
     assert "keys repeat" in by_id[bad_ids[4]] and "has no table sequence" in by_id[bad_ids[5]]
     metrics = httpx.get(f"{replicas.servers['b'].http}/metrics", timeout=5).text
     assert 'embserve_updates_refused_total{table="items"} 6.0' in metrics
+    # a dead-letter copy Redis cannot write (its key of the wrong type) loses the copy only: it
+    # marked the replica degraded and its log said "dead-lettered"
+    client = replicas.client()
+    client.delete(keys.deadletter_key("items"))
+    client.set(keys.deadletter_key("items"), "not a stream")
+    client.xadd(stream, updates.encode_entry("delete", np.array([987654321], np.int64), None))
+    client.close()
+    after = replicas.push(KEYS[220:222], replicas.rng.standard_normal((2, DIM)))
+    replicas.wait_applied(after)
+    replicas.assert_both_match_reference()
+    for live in replicas.servers.values():
+        assert httpx.get(f"{live.http}/readyz", timeout=5).json()["degraded"] is False
+        assert "its dead-letter copy could not be written: WRONGTYPE" in live.log()
+    client = replicas.client()
+    client.delete(keys.deadletter_key("items"))
+    client.close()
 
 
 def test_a_replica_killed_mid_stream_replays_to_the_same_rows(replicas: Replicas) -> None:
@@ -259,7 +275,7 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
     url, root = replicas.redis.url, str(replicas.root)
     assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 0
     done = json.loads(capsys.readouterr().out)
-    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 6  # the six bad entries
+    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 7  # the seven bad entries
     assert runtime.load_table(replicas.root / "items" / "v1").sequence == updates.id_to_sequence(done["last_id"])
     for replica in replicas.servers:
 
