@@ -177,6 +177,13 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.update_gaps = Counter(
+            "embserve_update_gaps",
+            "Times a replica found update log entries it will never apply: trimmed or deleted before it read "
+            "them, or a stream recreated with ids below its position.",
+            ["table"],
+            registry=r,
+        )
         self.update_lag = Gauge(
             "embserve_update_lag_seconds",
             "Age of the last applied update log entry when applied; 0 once the replica has read the whole stream.",

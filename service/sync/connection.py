@@ -15,13 +15,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from runtime.errors import InvalidRequest
 
 FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, TimeoutError)
 """What a Redis call raises when Redis (or the cluster) is unreachable or refuses: callers retry or
 report these; redis-py's cluster errors are not all RedisError subclasses."""
+__all__ = ["FAILURES", "ResponseError", "async_client", "check_url", "subscribe", "sync_client"]
 CONNECT_TIMEOUT_SECONDS = 2.0
 
 

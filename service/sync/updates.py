@@ -65,6 +65,8 @@ MAX_READ_THREADS = 256
 BLOCK_MS, so a pool smaller than the tables served would queue a busy table's read behind idle
 ones; the pool starts a thread only when reads overlap, so a few tables cost a few threads."""
 OPS = ("upsert", "delete")
+GAP_CHECK_SECONDS = 5.0
+"""How often a follower compares its position with the stream for entries it will never apply."""
 DEADLETTER_MAXLEN = 100_000
 """The dead-letter stream keeps about this many refused entries (older ones are trimmed)."""
 
@@ -85,6 +87,45 @@ def id_to_sequence(stream_id: str | bytes) -> int:
             f"stream id {text!r} has no table sequence: it needs seq < {1 << SEQ_BITS} and ms < {1 << MS_BITS}"
         )
     return int(ms) << SEQ_BITS | int(seq)
+
+
+def _id_order(stream_id: Any) -> tuple[int, int]:
+    """A stream id as (ms, seq), which orders ids as Redis does (any size, unlike a sequence)."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def log_gap(position: str, info: Mapping[Any, Any]) -> str:
+    """What of the update log a replica at `position` (the last id it applied) will never apply,
+    from the stream's XINFO STREAM reply: "" when nothing, else why. Entries trimmed before it read
+    them (XTRIM while it lagged, a compaction that did not see it), or a stream recreated with ids
+    below its position (DEL, then new entries), would be skipped without a trace.
+
+    Compaction trims below the oldest position a replica or the new version needs, so it keeps
+    every replica's own entry: a first entry after the position, once entries have been removed,
+    means entries after the position went (a trim by hand that cuts exactly after it is the one
+    case this reports where nothing was lost)."""
+    fields = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in info.items()}
+    at = _id_order(position)
+    last = fields.get("last-generated-id")
+    if last is not None and _id_order(last) < at:
+        return (
+            f"the stream's newest id {_text(last)} is below this replica's position {position}: it was recreated, "
+            "and what is pushed to it is not applied until a version is published"
+        )
+    length, added = int(fields.get("length", 0)), int(fields.get("entries-added", 0))
+    if added <= length:
+        return ""  # nothing was ever removed
+    first_entry = fields.get("first-entry")
+    first = _id_order(first_entry[0]) if first_entry else None
+    if (first is None and last is not None and _id_order(last) > at) or (first is not None and first > at):
+        return f"entries after {position} were trimmed or deleted before this replica applied them"
+    return ""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def sequence_to_id(sequence: int) -> str:
@@ -374,6 +415,7 @@ class UpdateApplier:
         """table -> (id of the Table object followed, last stream id applied to it)"""
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._manager: asyncio.Task[None] | None = None
+        self._gaps_seen: set[tuple[str, str]] = set()
 
     # ---- positions -----------------------------------------------------------------------------
     def position(self, name: str, table: Table) -> str:
@@ -450,6 +492,24 @@ class UpdateApplier:
                 self.reader = connection.sync_client(settings.redis_url or "", settings.redis_cluster)
             return self.reader
 
+    async def check_gap(self, name: str, table: Table) -> None:
+        """Compare the table's position with the stream (XINFO STREAM): entries this replica will
+        never apply are logged and counted, once for each gap."""
+        stream, position = keys.updates_key(name), self.position(name, table)
+
+        def info() -> Any:
+            try:
+                return self._reader().xinfo_stream(stream)
+            except connection.ResponseError:
+                return None  # no stream yet
+
+        reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, info)
+        gap = log_gap(position, reply) if reply else ""
+        if gap and (name, gap) not in self._gaps_seen:
+            self._gaps_seen.add((name, gap))
+            self.metrics.update_gaps.labels(name).inc()
+            log.warning("table %r: updates lost: %s", name, gap)
+
     async def catch_up(self, name: str, table: Table) -> int:
         """Apply every entry after the table's position, until the stream has no more (before a
         table serves: at start and before a published version is swapped in)."""
@@ -478,12 +538,16 @@ class UpdateApplier:
 
     async def _follow(self, name: str) -> None:
         backoff = 0.1
+        checked_at = -GAP_CHECK_SECONDS
         while True:
             try:
                 table = self.service.get(name).table
             except TableNotFound:
                 return
             try:
+                if time.monotonic() - checked_at >= GAP_CHECK_SECONDS:
+                    checked_at = time.monotonic()
+                    await self.check_gap(name, table)
                 read = await self.read_batch(name, table, BLOCK_MS)
                 backoff = 0.1
                 if read == 0:

@@ -324,3 +324,37 @@ def test_a_short_log_of_small_entries_is_trimmed_exactly(redis_server: RedisServ
         assert left is not None and [entry_id for entry_id, _ in left] == ids[3:]
     finally:
         client.close()
+
+
+def gaps_counted(live: LiveServer) -> float:
+    text = httpx.get(f"{live.http}/metrics", timeout=5).text
+    line = next(
+        (line for line in text.splitlines() if line.startswith('embserve_update_gaps_total{table="items"}')), ""
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_updates_a_replica_will_never_apply_are_reported(replicas: Replicas) -> None:
+    # found by an adversarial probe: entries trimmed while a replica lagged, or a stream recreated
+    # below its position, were skipped without a trace, every replica still "in sync"
+    a, b = replicas.servers["a"], replicas.servers["b"]
+    assert gaps_counted(a) == gaps_counted(b) == 0 and "updates lost" not in a.log() + b.log()
+    stream = keys.updates_key("items")
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        last = replicas.push(KEYS[300:302], replicas.rng.standard_normal((2, DIM)))
+        replicas.wait_applied(last, ("a",))
+        client = replicas.client()
+        client.xtrim(stream, maxlen=0, approximate=False)
+        client.close()
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    wait_for("replica b to report the trimmed entries", lambda: gaps_counted(b) == 1)
+    assert "were trimmed or deleted before this replica" in b.log() and gaps_counted(a) == 0
+    client = replicas.client()
+    client.delete(stream)
+    client.xadd(stream, updates.encode_entry("delete", KEYS[:1], None), id="1000-0")
+    client.close()
+    wait_for("replica a to report the recreated stream", lambda: gaps_counted(a) == 1)
+    wait_for("replica b to report the recreated stream", lambda: gaps_counted(b) == 2)
+    assert "it was recreated" in a.log()

@@ -160,3 +160,25 @@ def test_update_threads_run_at_a_lower_priority_than_the_threads_serving_request
     serving = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen["update"] == min(19, serving + updates.UPDATE_THREAD_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == serving  # the caller's is untouched
+
+
+@pytest.mark.parametrize(
+    ("position", "info", "gap"),
+    [
+        # nothing ever removed: no gap, wherever the replica stands
+        ("5-0", {"length": 3, "entries-added": 3, "last-generated-id": b"9-0", "first-entry": (b"5-0", {})}, ""),
+        # compaction kept the replica's own entry
+        ("5-0", {"length": 2, "entries-added": 4, "last-generated-id": b"9-0", "first-entry": (b"5-0", {})}, ""),
+        # entries after the replica's position went before it read them
+        ("5-0", {"length": 1, "entries-added": 4, "last-generated-id": b"9-0", "first-entry": (b"9-0", {})}, "trimmed"),
+        ("5-0", {"length": 0, "entries-added": 4, "last-generated-id": b"9-0", "first-entry": None}, "trimmed"),
+        # everything read, then trimmed to nothing: nothing lost
+        ("9-0", {"length": 0, "entries-added": 4, "last-generated-id": b"9-0", "first-entry": None}, ""),
+        # a stream recreated below the position
+        ("5-0", {"length": 1, "entries-added": 1, "last-generated-id": b"1000-0", "first-entry": None}, ""),
+        ("1796603969142-0", {"length": 1, "entries-added": 1, "last-generated-id": b"1000-0"}, "recreated"),
+    ],
+)
+def test_log_gap_names_entries_a_replica_will_never_apply(position: str, info: dict[str, Any], gap: str) -> None:
+    found = updates.log_gap(position, info)
+    assert (gap in found and found) if gap else found == ""
