@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from runtime.errors import EmbserveError, InvalidRequest, NotReady
+from runtime.errors import EmbserveError, InvalidRequest, NotReady, PayloadTooLarge
 from runtime.table import __version__
 from runtime.validation import reshaped
 from service import multi_rest, oip
@@ -133,7 +133,14 @@ async def read_body(service: EmbeddingService, request: Request) -> bytes:
     return b"".join(parts)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
+    """A JSON object body. Its numbers are counted first (by its commas, a bound on them): parsed,
+    each is a Python object of ~32 bytes, so a 64 MiB body of `0,0,...` took over 1 GB."""
+    if len(raw) > 2 * max_values and (values := raw.count(b",") + 1) > max_values:
+        raise PayloadTooLarge(
+            f"a JSON body of about {values} numbers exceeds the limit of {max_values}; send large batches as "
+            "application/octet-stream, over gRPC or as OIP binary tensors"
+        )
     try:
         value = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:
@@ -391,7 +398,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             return Response(
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
             )
-        payload = parse_json_object(body)
+        payload = parse_json_object(body, service.settings.max_json_values)
         rows = await service.lookup(TRANSPORT, lookup_request(name, payload))
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
 
@@ -404,19 +411,19 @@ def create_app(service: EmbeddingService) -> FastAPI:
             result = await service.multi_lookup(TRANSPORT, typed)
             payload, described = multi_rest.render_binary(result, typed.concat)
             return Response(payload, media_type=OCTET, headers={multi_rest.RESULTS_HEADER: described})
-        typed = multi_rest.parse_json(parse_json_object(body))
+        typed = multi_rest.parse_json(parse_json_object(body, service.settings.max_json_values))
         result = await service.multi_lookup(TRANSPORT, typed)
         return FastJSON(multi_rest.render_json(result, typed.concat))
 
     @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
     async def search(name: str, request: Request) -> Response:
-        payload = parse_json_object(await read_body(service, request))
+        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
         ids, scores = await service.search(TRANSPORT, search_request(name, payload))
         return FastJSON({"ids": ids, "scores": scores})
 
     @app.post("/v1/tables/{name}/score", tags=["tables"], openapi_extra=_body_doc(ScoreBody))
     async def score(name: str, request: Request) -> Response:
-        payload = parse_json_object(await read_body(service, request))
+        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
         scores = await service.score(TRANSPORT, score_request(name, payload))
         return FastJSON({"scores": scores})
 
@@ -442,7 +449,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     async def load(name: str, request: Request) -> Response:
         auth = request.headers.get("authorization")
         service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
-        payload = parse_json_object(await read_body(service, request))
+        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
         info = await service.admin_load(TRANSPORT, auth, load_request(name, payload))
         return FastJSON(info)
 
@@ -455,7 +462,9 @@ def create_app(service: EmbeddingService) -> FastAPI:
             keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
-        info = await service.admin_upsert(TRANSPORT, auth, upsert_request(name, parse_json_object(body)))
+        info = await service.admin_upsert(
+            TRANSPORT, auth, upsert_request(name, parse_json_object(body, service.settings.max_json_values))
+        )
         return FastJSON(info)
 
     @app.post("/v1/tables/{name}/delete", tags=["admin"], openapi_extra=_body_doc(DeleteKeysBody, octet=True))
@@ -467,7 +476,9 @@ def create_app(service: EmbeddingService) -> FastAPI:
             keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))
-        info = await service.admin_delete_keys(TRANSPORT, auth, delete_keys_request(name, parse_json_object(body)))
+        info = await service.admin_delete_keys(
+            TRANSPORT, auth, delete_keys_request(name, parse_json_object(body, service.settings.max_json_values))
+        )
         return FastJSON(info)
 
     @app.delete("/v1/tables/{name}", tags=["admin"])
@@ -533,7 +544,7 @@ async def _infer_http(
         split = int(header_length)
     else:
         split = len(body)
-    request = parse_json_object(body[:split])
+    request = parse_json_object(body[:split], service.settings.max_json_values)
     binary = memoryview(body)[split:]
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_k: int = Field(10_000, ge=1, description="largest k (and k × oversample) a search may ask")
     max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
+    max_json_values: int = Field(
+        4 << 20,
+        ge=1024,
+        description="numbers one JSON body (or one OIP gRPC input's `contents`) may hold, counted before it is "
+        "parsed; larger batches go as octet-stream or raw tensors, which take 4-8 bytes a number, not ~32",
+    )
     max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
     max_connections: int = Field(
         1024, ge=1, description="open connections on each port; one more is closed at once (HTTP: with a 503)"

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from runtime.errors import EmbserveError, InvalidRequest
+from runtime.errors import EmbserveError, InvalidRequest, PayloadTooLarge
 from runtime.validation import reshaped
 from service import oip
 from service.core import EmbeddingService
@@ -496,7 +496,15 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 field = CONTENT_FIELDS.get(tensor.datatype)
                 if field is None:
                     raise InvalidRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
-                values = list(getattr(tensor.contents, field))
+                contents = getattr(tensor.contents, field)
+                # counted before they become Python objects (~32 bytes each, where the message took 4-8)
+                limit = self.service.settings.max_json_values
+                if len(contents) > limit:
+                    raise PayloadTooLarge(
+                        f"input {tensor.name!r}: {len(contents)} values in contents exceed the limit of {limit}; "
+                        "send large tensors in raw_input_contents"
+                    )
+                values = list(contents)
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
         typed = InferRequest(request.model_name, inputs, params, request.model_version or None, requested)

@@ -65,6 +65,7 @@ def served(artifact_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "EMBSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
             "EMBSERVE_MAX_IDS": "5000",
             "EMBSERVE_MAX_BODY_BYTES": "2000000",
+            "EMBSERVE_MAX_JSON_VALUES": "200000",
             "EMBSERVE_MAX_K": "1000",
         },
     )

@@ -8,10 +8,13 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
+from service.rpc.generated import oip_v2_pb2 as ipb
+from service.rpc.generated import oip_v2_pb2_grpc as ipb_grpc
 from tests.service.conftest import Served
 
 
@@ -175,6 +178,28 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served: Serve
     assert reply.startswith(b"HTTP/1.1 413"), (sent, reply[:200])
     assert b"exceeds the limit of 2000000" in reply
     assert sent < 40 * limit
+
+
+def test_a_json_body_of_more_numbers_than_the_limit_is_refused_before_it_is_parsed(served: Served) -> None:
+    # parsed, each number is a Python object of ~32 bytes: 64 MiB of "0," took over 1 GB
+    http = served.server.http
+    for path, body in [
+        ("/v1/tables/items/lookup", {"ids": [0] * 300_000}),
+        ("/v1/tables/items/search", {"queries": [[0.0] * 32] * 10_000}),
+        (
+            "/v2/models/items/infer",
+            {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [300_000], "data": [0] * 300_000}]},
+        ),
+    ]:
+        r = httpx.post(f"{http}{path}", json=body, timeout=30)
+        assert r.status_code == 413 and "numbers exceeds the limit of 200000" in r.json()["error"], r.text[:300]
+    with grpc.insecure_channel(served.server.grpc) as channel:
+        infer = ipb.ModelInferRequest(model_name="items")
+        infer.inputs.add(name="ids", datatype="INT64", shape=[300_000]).contents.int64_contents.extend([0] * 300_000)
+        with pytest.raises(grpc.RpcError) as refused:
+            ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "300000 values in contents exceed the limit of 200000" in str(refused.value.details())
 
 
 def test_ids_past_int64_and_floats_past_float32_are_named_and_nothing_is_logged(
