@@ -349,12 +349,16 @@ def test_updates_a_replica_will_never_apply_are_reported(replicas: Replicas) -> 
         client.close()
     finally:
         os.kill(b.proc.pid, signal.SIGCONT)
-    wait_for("replica b to report the trimmed entries", lambda: gaps_counted(b) == 1)
+    # generous: a replica stopped for a while may first wait out a Redis retry back-off
+    try:
+        wait_for("replica b to report the trimmed entries", lambda: gaps_counted(b) == 1, timeout=120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; counted {gaps_counted(b)}; log: {b.log()[-2500:]}") from None
     assert "were trimmed or deleted before this replica" in b.log() and gaps_counted(a) == 0
     client = replicas.client()
     client.delete(stream)
     client.xadd(stream, updates.encode_entry("delete", KEYS[:1], None), id="1000-0")
     client.close()
-    wait_for("replica a to report the recreated stream", lambda: gaps_counted(a) == 1)
-    wait_for("replica b to report the recreated stream", lambda: gaps_counted(b) == 2)
+    wait_for("replica a to report the recreated stream", lambda: gaps_counted(a) == 1, timeout=120)
+    wait_for("replica b to report the recreated stream", lambda: gaps_counted(b) == 2, timeout=120)
     assert "it was recreated" in a.log()
