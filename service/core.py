@@ -36,7 +36,7 @@ from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, checked_sequence, load_table
 from runtime.validation import kind_of_values
 from service import oip
-from service.errors import status_label
+from service.errors import TableReplaced, status_label
 from service.metrics import Metrics
 from service.multi import MultiLookupResult, answer, bag_offsets, check_request, pool_mode
 from service.requests import (
@@ -122,6 +122,7 @@ class EmbeddingService:
         self.groups = settings.group_specs()
         """Open Inference Protocol group models: {name: ((feature, table), ...)}"""
         self.executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="embserve-kernel")
+        self._admin_locks: dict[str, asyncio.Lock] = {}
         self.in_flight = 0
         self.draining = False
         self.started = False
@@ -536,26 +537,51 @@ class EmbeddingService:
                 return table
 
             table = await self._compute("admin_load", "any", load)
-            entry = self._install(name, table)
-            self._refresh_ready()
-            if self.state is not None:
-                state = self.state
-                await asyncio.get_running_loop().run_in_executor(
-                    self.executor, lambda: state.record(name, directory, table.version)
-                )
+            # the swap and its record in the state file as one step for this name: a delete that
+            # ran between them left a table deleted yet recorded, served again after a restart
+            async with self._admin_lock(name):
+                entry = self._install(name, table)
+                self._refresh_ready()
+                if self.state is not None:
+                    state = self.state
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.executor, lambda: state.record(name, directory, table.version)
+                    )
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
+
+    def _admin_lock(self, name: str) -> asyncio.Lock:
+        """One lock a table name: admin swaps, deletes and updates of one table run one at a time."""
+        lock = self._admin_locks.get(name)
+        if lock is None:
+            lock = self._admin_locks[name] = asyncio.Lock()
+        return lock
+
+    async def _apply_update(self, name: str, operation: str, update: Callable[[Table], int]) -> tuple[Table, int]:
+        """Run `update` on the served table, not across an admin swap of it; refused if a version
+        rolled out from Redis replaced the table meanwhile (its rows would be in no table served)."""
+        async with self._admin_lock(name):
+            table = self.store.get(name).table
+            applied = await self._compute(operation, table.codec, lambda: update(table))
+            if self.store.get(name).table is not table:
+                raise TableReplaced(
+                    f"table {name!r} was replaced by another version while this update was applied; "
+                    "it is not in the version now served: send it again"
+                )
+            return table, applied
 
     async def admin_upsert(self, transport: str, authorization: str | None, request: UpsertRequest) -> dict[str, Any]:
         """Apply one batch of row updates to the served table: all of it or, on error, none."""
         name = request.table
         with self.request(transport, "admin_upsert", name):
             self.authorize(authorization)
-            table = self.store.get(name).table
+            self.store.get(name)  # an unknown table is named before the body is looked at
             keys_arr, rows_arr = as_array(request.keys, "keys"), as_array(request.rows, "rows")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
             sequence = _sequence(request.sequence)
-            applied = await self._compute("upsert", table.codec, lambda: table.upsert(keys_arr, rows_arr, sequence))
+            table, applied = await self._apply_update(
+                name, "upsert", lambda table: table.upsert(keys_arr, rows_arr, sequence)
+            )
             return self._updated(name, table, int(keys_arr.size), applied)
 
     async def admin_delete_keys(
@@ -565,11 +591,11 @@ class EmbeddingService:
         name = request.table
         with self.request(transport, "admin_delete_keys", name):
             self.authorize(authorization)
-            table = self.store.get(name).table
+            self.store.get(name)
             keys_arr = as_array(request.keys, "keys")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
             sequence = _sequence(request.sequence)
-            applied = await self._compute("delete", table.codec, lambda: table.delete(keys_arr, sequence))
+            table, applied = await self._apply_update(name, "delete", lambda table: table.delete(keys_arr, sequence))
             return self._updated(name, table, int(keys_arr.size), applied)
 
     def _updated(self, name: str, table: Table, count: int, sequence: int) -> dict[str, Any]:
@@ -590,9 +616,10 @@ class EmbeddingService:
             if self.sync is not None:
                 await self.sync.unpublish(name)  # every replica drops it, this one included
             else:
-                self.uninstall(name)
-                if self.state is not None:
-                    await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
+                async with self._admin_lock(name):
+                    self.uninstall(name)
+                    if self.state is not None:
+                        await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
             return {"deleted": entry.name, "version": entry.table.version}
 
 

@@ -37,8 +37,14 @@ class NotAppliedEverywhere(EmbserveError):
     server of several worker processes relays changes)."""
 
 
+class TableReplaced(EmbserveError):
+    """An update applied to a table that another version replaced before the update returned: it
+    is in no table served now, and the caller should send it again."""
+
+
 ERROR_STATUS: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
     NotAppliedEverywhere: (502, grpc.StatusCode.UNAVAILABLE),
+    TableReplaced: (409, grpc.StatusCode.ABORTED),
     TableNotFound: (404, grpc.StatusCode.NOT_FOUND),
     KeyNotFound: (404, grpc.StatusCode.NOT_FOUND),
     DeltaFull: (409, grpc.StatusCode.RESOURCE_EXHAUSTED),
