@@ -95,7 +95,8 @@ class Metrics:
         )
         self.missing_keys = Counter(
             "embserve_missing_keys",
-            "Keys looked up that the table does not hold (answered as zero rows, or refused).",
+            "Keys looked up that the table does not hold and answered as zero rows (missing=zeros); a table "
+            "that refuses them answers 404, counted in embserve_requests_total.",
             ["table"],
             registry=r,
         )

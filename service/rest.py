@@ -166,6 +166,11 @@ async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tup
     return flat.data, f"{rows.shape[0]},{rows.shape[1]}"
 
 
+def is_octet(content_type: str) -> bool:
+    """Whether a Content-Type header names application/octet-stream (media types ignore case)."""
+    return content_type.split(";")[0].strip().lower() == OCTET
+
+
 SEQUENCE_HEADER = "X-Embserve-Sequence"
 ASCII_DIGITS = re.compile(r"[0-9]+")
 """What a number in a header may hold; str.isdigit also passes '²', which int() refuses."""
@@ -236,7 +241,7 @@ class OctetLookupFastPath:
                     content_type = value
                 elif key == b"content-length":
                     declared = value
-        if match is None or content_type.split(b";")[0].strip() != OCTET.encode():
+        if match is None or not is_octet(content_type.decode("latin-1")):
             await self.app(scope, receive, send)
             return
         try:
@@ -393,7 +398,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     @app.post("/v1/tables/{name}/lookup", tags=["tables"], openapi_extra=_body_doc(LookupBody, octet=True))
     async def lookup(name: str, request: Request) -> Response:
         body = await read_body(service, request)
-        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+        if is_octet(request.headers.get("content-type", "")):
             payload_view, shape = await octet_lookup(service, name, body)
             return Response(
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
@@ -406,7 +411,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     async def multi_lookup(request: Request) -> Response:
         """Many tables in one request (JSON, jagged JSON, or binary with X-Embserve-Tables)."""
         body = await read_body(service, request)
-        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+        if is_octet(request.headers.get("content-type", "")):
             typed = multi_rest.parse_binary(request.headers.get(multi_rest.TABLES_HEADER), body)
             result = await service.multi_lookup(TRANSPORT, typed)
             payload, described = multi_rest.render_binary(result, typed.concat)
@@ -458,7 +463,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
         auth = request.headers.get("authorization")
         service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
         body = await read_body(service, request)
-        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+        if is_octet(request.headers.get("content-type", "")):
             keys, rows = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=True)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
@@ -472,7 +477,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
         auth = request.headers.get("authorization")
         service.authorize(auth)
         body = await read_body(service, request)
-        if request.headers.get("content-type", "").split(";")[0].strip() == OCTET:
+        if is_octet(request.headers.get("content-type", "")):
             keys, _ = octet_update(body, request.headers.get(SHAPE_HEADER), with_rows=False)
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))

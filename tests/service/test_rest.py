@@ -137,6 +137,15 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     assert client.post("/v1/tables/items/lookup", json={"ids": [1]}).status_code == 200
 
 
+def test_the_octet_media_type_is_read_whatever_its_case(client: httpx.Client, served: Served) -> None:
+    body = np.array([3, 7], "<i8").tobytes()
+    for content_type in ("Application/Octet-Stream", "APPLICATION/OCTET-STREAM; charset=binary"):
+        r = client.post("/v1/tables/items/lookup", content=body, headers={"content-type": content_type})
+        assert r.status_code == 200, r.text
+        got = np.frombuffer(r.content, "<f4").reshape(2, -1)
+        np.testing.assert_array_equal(got, served.tables["items"].lookup(np.array([3, 7])))
+
+
 def test_raw_bad_bodies(client: httpx.Client) -> None:
     r = client.post("/v1/tables/items/lookup", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]
