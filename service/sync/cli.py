@@ -35,9 +35,6 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("status", help="every replica's row: versions served, state, lag, heartbeat age (Redis)")
     _redis_flags(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--expiry-seconds", type=float, default=10.0, help="rows with an older heartbeat are dropped (default 10)"
-    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("push", help="append row upserts or deletes to a table's update log (Redis)")
@@ -139,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def run() -> tuple[list[status.ReplicaRow], dict[str, registry.Published]]:
         client = registry.connect(url, args.redis_cluster)
         try:
-            return await status.read_all(client, args.expiry_seconds), await registry.read_published(client)
+            return await status.read_all(client), await registry.read_published(client)
         finally:
             await client.aclose()
 

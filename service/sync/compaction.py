@@ -85,8 +85,18 @@ def compact(
         async def publish_and_read_replicas() -> tuple[registry.Published, list[status.ReplicaRow]]:
             client = registry.connect(url, cluster)
             try:
-                done = await registry.publish(client, table, relative, checksum, label)
-                return done, await status.read_all(client, ttl=30)
+                # only over the version this compaction read: a publish or another compaction
+                # that came between would be undone, and the trim below would drop entries the
+                # version left published still needs
+                try:
+                    done = await registry.publish(
+                        client, table, relative, checksum, label, if_generation=pub.generation
+                    )
+                except registry.RegistryChanged as exc:
+                    raise registry.RegistryChanged(
+                        f"{exc}: nothing published or trimmed; {out} is not used; run compact again"
+                    ) from None
+                return done, await status.read_all(client)
             finally:
                 await client.aclose()
 

@@ -89,16 +89,27 @@ def describe_artifact(directory: Path, verify: bool = True) -> tuple[str, str]:
     return artifact.sha256_file(directory / artifact.MANIFEST), str(manifest.get("version", ""))
 
 
-async def publish(client: Any, table: str, path: str, checksum: str, version: str) -> Published:
+class RegistryChanged(InvalidRequest):
+    """A publish made on condition that the table's published version is still the one read
+    before (compaction) found another: nothing was written."""
+
+
+async def publish(
+    client: Any, table: str, path: str, checksum: str, version: str, if_generation: int | None = None
+) -> Published:
     """Record `path` (relative to the artifact root) as the published version of `table`, then
     announce it on the pub/sub channel. The version hash is written in one transaction (one key,
     so cluster-safe) after the table set, so that a publish that fails has changed nothing a
-    replica acts on."""
+    replica acts on. With `if_generation`, only if the table's generation is still that one
+    (RegistryChanged otherwise)."""
     check_table_name(table)
     now = time.time()
     await client.sadd(keys.TABLES, table)
     generation = await _write_version(
-        client, table, {"path": path, "checksum": checksum, "version": version, "published_at": repr(now)}
+        client,
+        table,
+        {"path": path, "checksum": checksum, "version": version, "published_at": repr(now)},
+        if_generation,
     )
     await client.publish(keys.PUBLISHED_CHANNEL, table)
     return Published(table, path, checksum, version, now, generation)
@@ -118,7 +129,7 @@ async def unpublish(client: Any, table: str) -> Published:
     return Published(table, "", "", "", now, generation)
 
 
-async def _write_version(client: Any, table: str, fields: dict[str, str]) -> int:
+async def _write_version(client: Any, table: str, fields: dict[str, str], if_generation: int | None = None) -> int:
     """Write `fields` and the next generation into the table's version hash, all or nothing, and
     return that generation. The generation is read under WATCH and checked first: HINCRBY on a
     value that is not an integer fails inside MULTI while the HSET beside it still applies, which
@@ -134,6 +145,11 @@ async def _write_version(client: Any, table: str, fields: dict[str, str]) -> int
                 if current is not None and not (isinstance(current, str) and current.isascii() and current.isdigit()):
                     raise InvalidRequest(
                         f"{key} holds generation {current!r}, not a non-negative integer: fix or delete the key"
+                    )
+                if if_generation is not None and int(current or 0) != if_generation:
+                    raise RegistryChanged(
+                        f"the published version of table {table!r} changed meanwhile (generation {if_generation} "
+                        f"was read, {int(current or 0)} is published now)"
                     )
                 generation = int(current or 0) + 1
                 pipe.multi()

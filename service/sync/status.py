@@ -117,15 +117,21 @@ async def write(client: Any, row: ReplicaRow, ttl: float) -> None:
     await client.zadd(keys.REPLICAS, {row.replica: row.heartbeat})
 
 
-async def read_all(client: Any, ttl: float) -> list[ReplicaRow]:
-    """Every live replica's row, by id; ids whose heartbeat is older than `ttl` are pruned."""
-    await client.zremrangebyscore(keys.REPLICAS, "-inf", time.time() - ttl)
+async def read_all(client: Any) -> list[ReplicaRow]:
+    """Every live replica's row, by id. A row expires by itself (each replica sets its own expiry
+    at every heartbeat), so live means the row is there; ids whose row has expired are pruned.
+    Pruning by heartbeat age with a reader's guess of the expiry dropped live replicas (a stopped
+    one, or one with a longer heartbeat), and compaction then trimmed entries they still needed."""
     ids = await client.zrange(keys.REPLICAS, 0, -1)
-    rows = []
+    rows, gone = [], []
     for replica in sorted(ids):
         fields = await client.hgetall(keys.replica_key(replica))
         if fields:
             rows.append(ReplicaRow.from_hash(replica, fields))
+        else:
+            gone.append(replica)
+    if gone:
+        await client.zrem(keys.REPLICAS, *gone)
     return rows
 
 

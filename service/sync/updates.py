@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -240,20 +241,20 @@ def push(
     replies = pipe.execute(raise_on_error=False)
     failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
     if failed:
-        raise PushIncomplete(table, replies, batch_rows)
+        raise PushIncomplete(table, replies, batch_rows, checked_keys.size)
     return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
 
 
 class PushIncomplete(Exception):
     """Redis refused some entries of a push and appended the others."""
 
-    def __init__(self, table: str, replies: list[Any], batch_rows: int) -> None:
+    def __init__(self, table: str, replies: list[Any], batch_rows: int, n_keys: int) -> None:
         self.appended = [
             r.decode() if isinstance(r, bytes) else str(r) for r in replies if not isinstance(r, Exception)
         ]
         failed = [i for i, r in enumerate(replies) if isinstance(r, Exception)]
         first = replies[failed[0]]
-        ranges = ", ".join(f"{i * batch_rows}..{(i + 1) * batch_rows - 1}" for i in failed[:5])
+        ranges = ", ".join(f"{i * batch_rows}..{min((i + 1) * batch_rows, n_keys) - 1}" for i in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         super().__init__(
             f"Redis refused {len(failed)} of {len(replies)} entries of table {table!r} ({first}): the keys at "
@@ -411,8 +412,8 @@ class UpdateApplier:
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="embserve-updates", initializer=lower_thread_priority
         )
-        self.positions: dict[str, tuple[int, str]] = {}
-        """table -> (id of the Table object followed, last stream id applied to it)"""
+        self.positions: dict[str, tuple[weakref.ref[Table], str]] = {}
+        """table -> (the Table object followed, weakly; the last stream id applied to it)"""
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._manager: asyncio.Task[None] | None = None
         self._gaps_seen: set[tuple[str, str]] = set()
@@ -422,7 +423,8 @@ class UpdateApplier:
         """Where to read on: after the last entry applied to this very table object, else after
         the sequence the table was saved with (a swapped-in version replays what is newer)."""
         known = self.positions.get(name)
-        if known is not None and known[0] == id(table):
+        # the table itself, weakly: an id() could be reused by a version loaded after it was freed
+        if known is not None and known[0]() is table:
             return known[1]
         return sequence_to_id(table.sequence)
 
@@ -437,7 +439,7 @@ class UpdateApplier:
         results, stalled = await loop.run_in_executor(self.executor, apply_batch, table, decoded_ids)
         by_id = dict(decoded_ids)
         for stream_id, applied, reason in results:
-            self.positions[name] = (id(table), stream_id)
+            self.positions[name] = (weakref.ref(table), stream_id)
             if reason:
                 self.metrics.updates_refused.labels(name).inc()
                 dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
@@ -512,7 +514,10 @@ class UpdateApplier:
 
     async def catch_up(self, name: str, table: Table) -> int:
         """Apply every entry after the table's position, until the stream has no more (before a
-        table serves: at start and before a published version is swapped in)."""
+        table serves: at start and before a published version is swapped in). Entries after the
+        version's own sequence that were trimmed are reported first: once replayed past, the
+        position would no longer show them."""
+        await self.check_gap(name, table)
         total = 0
         while (read := await self.read_batch(name, table, None)) > 0:
             total += read

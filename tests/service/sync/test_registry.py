@@ -52,11 +52,11 @@ async def test_replica_rows_expire(redis_server: RedisServer) -> None:
         row = ReplicaRow("r1", "ready", now, now - 5, tables={"t": TableStatus("t-v1", "t/v1", "ab", 1)})
         await status.write(client, row, ttl=0.3)
         await status.write(client, ReplicaRow("r2", "degraded", now, now, "ConnectionError: x"), ttl=30)
-        rows = await status.read_all(client, ttl=30)
+        rows = await status.read_all(client)
         assert [r.replica for r in rows] == ["r1", "r2"]
         assert rows[0].tables["t"] == TableStatus("t-v1", "t/v1", "ab", 1) and rows[1].redis_error
         await asyncio.sleep(0.5)
-        assert [r.replica for r in await status.read_all(client, ttl=30)] == ["r2"]
+        assert [r.replica for r in await status.read_all(client)] == ["r2"]
     finally:
         await client.aclose()
 

@@ -81,7 +81,7 @@ class Cluster:
         async def run() -> list[status.ReplicaRow]:
             client = registry.connect(self.redis.url)
             try:
-                return await status.read_all(client, ttl=10)
+                return await status.read_all(client)
             finally:
                 await client.aclose()
 

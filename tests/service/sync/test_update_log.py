@@ -312,6 +312,39 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
     assert json.loads(capsys.readouterr().out)["trimmed"] == 0
 
 
+def test_a_compaction_overtaken_by_a_publish_publishes_and_trims_nothing(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by an adversarial probe: a publish (or a second compaction) that came while a
+    # compaction ran was undone by it, and its trim dropped entries the version left needed
+    from service.sync import compaction
+
+    keys_ = np.arange(50, dtype=np.int64)
+    for version in ("v1", "v2"):
+        runtime.compress(low_rank_table(50, 4, seed=1), "int8", keys=keys_, version=version).save(
+            tmp_path / "t" / version
+        )
+    url, root = redis_server.url, str(tmp_path)
+    assert main(["publish", "t", "t/v1", "--redis-url", url, "--artifact-root", root]) == 0
+    client = redis_server.client()
+    for start in range(0, 6, 2):
+        updates.push(client, "t", keys_[start : start + 2], np.ones((2, 4), np.float32))
+    real_load = compaction.load_table
+
+    def load_then_someone_publishes(path: Path) -> Table:
+        table = real_load(path)
+        assert main(["publish", "t", "t/v2", "--redis-url", url, "--artifact-root", root]) == 0
+        return table
+
+    monkeypatch.setattr(compaction, "load_table", load_then_someone_publishes)
+    capsys.readouterr()
+    assert main(["compact", "t", "--redis-url", url, "--artifact-root", root, "--out", "t/v3"]) == 2
+    err = capsys.readouterr().err
+    assert "changed meanwhile (generation 1 was read, 2 is published now)" in err and "nothing published" in err
+    assert client.hget(keys.version_key("t"), "path") == "t/v2" and client.xlen(keys.updates_key("t")) == 3
+    client.close()
+
+
 def test_a_short_log_of_small_entries_is_trimmed_exactly(redis_server: RedisServer) -> None:
     from service.sync.compaction import trim_log_below
 
