@@ -85,6 +85,10 @@ def _int_array(value: Any, field: str) -> np.ndarray:
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
         raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
+    if arr.dtype == np.uint64 and (beyond := arr > np.uint64(2**63 - 1)).any():
+        # the int64 cast would wrap it to a negative number, and the error would name that instead
+        pos = int(np.flatnonzero(beyond)[0])
+        raise InvalidRequest(f"{field}[{pos}] = {int(arr[pos])} is beyond the int64 range")
     return arr.astype(np.int64, copy=False)
 
 

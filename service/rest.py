@@ -574,7 +574,7 @@ async def _infer_http(
                 params.setdefault(key, value)
         size = item_params.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the binary data sent")
             inputs[name] = oip.tensor_from_bytes(name, datatype, shape, bytes(binary[offset : offset + size]))
             offset += size

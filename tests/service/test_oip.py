@@ -90,6 +90,11 @@ def test_protocol_errors(served: Served) -> None:
             400,
             "no output",
         ),
+        (
+            {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": True}}]},
+            400,
+            "binary_data_size True",
+        ),
         # ids in a float datatype were rounded: FP16 2049 looked up row 2048
         ({"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]}, 400, "INT32 ids, got FP16"),
         # found by an adversarial probe: each was a 500
@@ -155,3 +160,7 @@ def test_bag_model_pools(served: Served) -> None:
     np.testing.assert_allclose(got, served.tables["items"].lookup_pooled([1, 2, 3, 4], [0, 1], "mean"), rtol=1e-5)
     missing = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": body["inputs"][:1]})
     assert missing.status_code == 400 and "offsets" in missing.json()["error"]
+    # a UINT64 bag size past int64 is named as sent, not as the negative number a cast makes it
+    wide = {"name": "lengths", "shape": [1], "datatype": "UINT64", "data": [2**64 - 2]}
+    r = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": [body["inputs"][0], wide]})
+    assert r.status_code == 400 and "lengths[0] = 18446744073709551614 is beyond the int64 range" in r.json()["error"]
