@@ -94,6 +94,8 @@ class TakenIn:
 
 _TAKEN_IN: ContextVar[TakenIn | None] = ContextVar("embserve_taken_in", default=None)
 """The running request as its transport took it in (None: a caller inside the process)."""
+CLIENT_GONE = "499"
+"""The status label of a request whose client left before its answer (nginx's code for it)."""
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
 
@@ -305,13 +307,14 @@ class EmbeddingService:
         if not admitted_before:
             self._admit(transport, operation, table)
         start = time.perf_counter()
-        status: str | None = "ok"
+        status = "ok"
         try:
             yield
         except asyncio.CancelledError:
-            # a gRPC call whose client cancelled it or whose deadline passed: a client that left,
-            # not a server error (unless the server is stopping: then it is the 503 it would get)
-            status = "503" if self.draining else None
+            # a gRPC call whose client cancelled it or whose deadline passed: a client that left
+            # (nginx's 499), not a server error, and still in the latency histogram, where the
+            # calls clients gave up on belong (unless the server is stopping: then the 503 it gets)
+            status = "503" if self.draining else CLIENT_GONE
             raise
         except BaseException as exc:
             # the label only: holding the exception in this generator's frame, which its traceback
@@ -321,14 +324,13 @@ class EmbeddingService:
         finally:
             if not admitted_before:
                 self._release()
-            if status is None:
+            if status == CLIENT_GONE:
                 self.client_disconnected(transport)
-            else:
-                labels = (transport, operation, self._table_label(table), status)
-                self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
-                self.metrics.child(self.metrics.requests, *labels).inc()
-                if taken is not None:
-                    taken.counted = True
+            labels = (transport, operation, self._table_label(table), status)
+            self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
+            self.metrics.child(self.metrics.requests, *labels).inc()
+            if taken is not None:
+                taken.counted = True
 
     async def _compute(self, operation: str, codec: str, fn: Callable[[], T], inline: bool = False) -> T:
         """Run table compute off the event loop; `inline` work (a small gather, tens of µs) runs
@@ -544,8 +546,10 @@ class EmbeddingService:
                 self._refresh_ready()
                 if self.state is not None:
                     state = self.state
-                    await asyncio.get_running_loop().run_in_executor(
-                        self.executor, lambda: state.record(name, directory, table.version)
+                    await _outlasting_cancellation(
+                        asyncio.get_running_loop().run_in_executor(
+                            self.executor, lambda: state.record(name, directory, table.version)
+                        )
                     )
             log.info("admin: table %r now serves version %s from %s", name, table.version, directory)
             return self.describe_entry(entry)
@@ -562,7 +566,9 @@ class EmbeddingService:
         rolled out from Redis replaced the table meanwhile (its rows would be in no table served)."""
         async with self._admin_lock(name):
             table = self.store.get(name).table
-            applied = await self._compute(operation, table.codec, lambda: update(table))
+            applied = await _outlasting_cancellation(
+                asyncio.ensure_future(self._compute(operation, table.codec, lambda: update(table)))
+            )
             if self.store.get(name).table is not table:
                 raise TableReplaced(
                     f"table {name!r} was replaced by another version while this update was applied; "
@@ -619,8 +625,21 @@ class EmbeddingService:
                 async with self._admin_lock(name):
                     self.uninstall(name)
                     if self.state is not None:
-                        await asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
+                        await _outlasting_cancellation(
+                            asyncio.get_running_loop().run_in_executor(self.executor, self.state.forget, name)
+                        )
             return {"deleted": entry.name, "version": entry.table.version}
+
+
+async def _outlasting_cancellation(work: asyncio.Future[T]) -> T:
+    """work's result. If the caller is cancelled meanwhile (a gRPC client gone, a deadline), the
+    cancellation waits for work to end before it goes on: an admin lock held around the await is
+    held for as long as the thread it started still writes."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
 
 
 def _sequence(value: Any) -> int | None:

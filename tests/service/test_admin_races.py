@@ -73,9 +73,26 @@ async def test_a_swap_and_a_delete_of_one_table_leave_the_state_file_true(root: 
 
     for _ in range(40):
         load = service.admin_load("test", AUTH, LoadRequest("ghost", "k/v1"))
-        results = await asyncio.gather(load, delete_once_installed(), return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(load, delete_once_installed(), return_exceptions=True), 60)
         assert all(isinstance(r, dict) for r in results), results
         served = "ghost" in service.store.names()
         assert served == ("ghost" in service.state.read()), (served, service.state.read())
         if served:
             await service.admin_delete("test", AUTH, "ghost")
+
+
+async def test_an_update_its_caller_gave_up_on_still_holds_its_table_until_it_ends(root: Path) -> None:
+    # from the review: a cancelled caller (a gRPC deadline) released the lock while the thread it
+    # started still applied the update, and a swap could go in beside it
+    service = service_over(root)
+    await service.admin_load("test", AUTH, LoadRequest("k", "k/v1"))
+    old = service.store.get("k").table
+    new_keys = np.arange(200_000, dtype=np.int64) + 10**12
+    rows = np.random.default_rng(4).standard_normal((new_keys.size, 32)).astype(np.float32)
+    update = asyncio.create_task(service.admin_upsert("test", AUTH, UpsertRequest("k", new_keys, rows)))
+    await asyncio.sleep(0.005)
+    update.cancel()
+    await asyncio.wait_for(service.admin_load("test", AUTH, LoadRequest("k", "k/v2")), timeout=60)
+    assert old.delta_rows == new_keys.size  # the update had ended when the swap went in
+    with pytest.raises(asyncio.CancelledError):
+        await update

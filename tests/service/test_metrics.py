@@ -134,7 +134,8 @@ def test_a_grpc_call_its_client_gave_up_on_is_a_disconnect_not_a_500(served: Ser
     after, left = request_counts(served), disconnects(served, "grpc")
     grown = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert all(status != "500" for (_, _, _, status) in grown), grown
-    assert left - left_before >= 1 and left - left_before + grown.get(("grpc", "search", "items", "ok"), 0) <= calls
+    gone = grown.get(("grpc", "search", "items", "499"), 0)
+    assert gone >= 1 and left - left_before == gone and gone + grown.get(("grpc", "search", "items", "ok"), 0) <= calls
 
 
 @pytest.mark.external
