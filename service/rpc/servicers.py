@@ -485,6 +485,15 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
         if raw and len(raw) != len(request.inputs):
             raise InvalidRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
         inputs: dict[str, np.ndarray] = {}
+        # counted for the whole request before any becomes Python objects (~32 bytes each, where
+        # the message took 1-8): a limit per input let many inputs through
+        listed = sum(len(getattr(t.contents, CONTENT_FIELDS.get(t.datatype, "int64_contents"))) for t in request.inputs)
+        limit = self.service.settings.max_json_values
+        if listed > limit:
+            raise PayloadTooLarge(
+                f"{listed} values in the inputs' contents exceed the limit of {limit}; "
+                "send large tensors in raw_input_contents"
+            )
         for i, tensor in enumerate(request.inputs):
             for k, v in tensor.parameters.items():
                 params.setdefault(k, _param_value(v))
@@ -496,15 +505,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 field = CONTENT_FIELDS.get(tensor.datatype)
                 if field is None:
                     raise InvalidRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
-                contents = getattr(tensor.contents, field)
-                # counted before they become Python objects (~32 bytes each, where the message took 4-8)
-                limit = self.service.settings.max_json_values
-                if len(contents) > limit:
-                    raise PayloadTooLarge(
-                        f"input {tensor.name!r}: {len(contents)} values in contents exceed the limit of {limit}; "
-                        "send large tensors in raw_input_contents"
-                    )
-                values = list(contents)
+                values = list(getattr(tensor.contents, field))
                 inputs[tensor.name] = oip.tensor_from_list(tensor.name, tensor.datatype, list(tensor.shape), values)
         requested = [o.name for o in request.outputs] or None
         typed = InferRequest(request.model_name, inputs, params, request.model_version or None, requested)

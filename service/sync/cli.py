@@ -35,6 +35,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("status", help="every replica's row: versions served, state, lag, heartbeat age (Redis)")
     _redis_flags(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    # accepted and unused: a row is live while it exists (each replica sets its own expiry)
+    p.add_argument("--expiry-seconds", type=float, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("push", help="append row upserts or deletes to a table's update log (Redis)")

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
+from runtime.kernels.checks import VALUE_LIMIT
 from runtime.table import Table
 from runtime.validation import check_ids
 from service.sync import connection, keys
@@ -113,7 +114,7 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     if last is not None and _id_order(last) < at:
         return (
             f"the stream's newest id {_text(last)} is below this replica's position {position}: it was recreated, "
-            "and what is pushed to it is not applied until a version is published"
+            "and what is pushed to it applies only once its ids pass that position"
         )
     length, added = int(fields.get("length", 0)), int(fields.get("entries-added", 0))
     if added <= length:
@@ -211,6 +212,8 @@ def _check_batch(entry_keys: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise InvalidRequest("rows hold NaN or Inf")
+    if x.size and float(np.abs(x).max()) >= VALUE_LIMIT:  # what every replica refuses (check_queries)
+        raise InvalidRequest(f"rows hold a value of magnitude {float(np.abs(x).max()):.4g}; values must be below 2**50")
     return arr, x
 
 
@@ -506,6 +509,7 @@ class UpdateApplier:
                 return None  # no stream yet
 
         reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, info)
+        self.metrics.update_gaps.labels(name)  # the series exists, at 0, before any gap
         gap = log_gap(position, reply) if reply else ""
         if gap and (name, gap) not in self._gaps_seen:
             self._gaps_seen.add((name, gap))

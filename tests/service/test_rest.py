@@ -208,7 +208,14 @@ def test_a_json_body_of_more_numbers_than_the_limit_is_refused_before_it_is_pars
         with pytest.raises(grpc.RpcError) as refused:
             ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "300000 values in contents exceed the limit of 200000" in str(refused.value.details())
+        assert "300000 values in the inputs' contents exceed the limit of 200000" in str(refused.value.details())
+        # the limit is the request's, not an input's: two inputs under it each, over it together
+        bag = ipb.ModelInferRequest(model_name="items.bag")
+        bag.inputs.add(name="ids", datatype="INT64", shape=[150_000]).contents.int64_contents.extend([0] * 150_000)
+        bag.inputs.add(name="lengths", datatype="INT64", shape=[150_000]).contents.int64_contents.extend([1] * 150_000)
+        with pytest.raises(grpc.RpcError) as refused:
+            ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(bag)
+        assert "300000 values in the inputs' contents exceed the limit of 200000" in str(refused.value.details())
 
 
 def test_ids_past_int64_and_floats_past_float32_are_named_and_nothing_is_logged(

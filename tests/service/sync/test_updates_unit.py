@@ -78,6 +78,7 @@ def test_the_producer_refuses_what_no_replica_could_apply() -> None:
     for keys, rows, message in [
         (np.array([1, 1]), np.ones((2, 3)), "keys repeat"),
         (np.array([1, 2]), np.array([[1.0, np.nan, 0], [0, 0, 0]]), "NaN"),
+        (np.array([1, 2]), np.array([[1.0, 2.0**50, 0], [0, 0, 0]]), "below 2\\*\\*50"),
         (np.array([1, 2]), np.ones((3, 3)), r"rows must be a float \(2, dim\)"),
         (np.array([1.5]), None, "1-D integer"),
     ]:
