@@ -120,6 +120,11 @@ class MenuEntry:
             - (codec_class(self.codec).held_bytes(0, self.dim, self.params))
         )
 
+    def min_rows(self) -> int:
+        """Fewest rows this entry can be trained on: RQ's k-means learns a codebook of 2**bits
+        codewords from as many rows; the other codecs train on any number."""
+        return 1 << int(self.params["bits"]) if self.codec == "rq" else 1
+
     def spec(self) -> dict[str, Any]:
         """The tier object `compress(tiers=...)` takes, less its rows."""
         out: dict[str, Any] = {"codec": self.codec, **self.options}
@@ -532,6 +537,14 @@ def plan(
             raise InvalidRequest(f"{key_array.shape[0]} keys for {n} rows")
     query_array = None if queries is None else check_queries(queries, d)
     entries = parse_menu(default_menu(d) if menu is None else menu, d)
+    # an entry that cannot be trained on this few rows (8-bit RQ on a table of 100) is in no
+    # plan; measuring it raised, so a small table could not be planned with the default menu
+    trainable = [e for e in entries if e.min_rows() <= n]
+    if not trainable:
+        raise InvalidRequest(
+            f"no menu entry can be trained on {n} rows: {entries[0].label} needs at least {entries[0].min_rows()}"
+        )
+    entries = trainable
     single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     if min(single_bytes) > budget:
         raise BudgetTooSmall(
@@ -555,6 +568,9 @@ def plan(
     runs = _dp(entries, measured.cuts, cost, budget - table_overhead(n, 2, keyed)) if g > 1 else None
     if runs is not None and len(runs) > 1:
         candidates.append(_plan_from_runs(runs, entries, measured, cost, weights, order, budget, keyed))
+    # a tier of an entry must hold enough rows to train it (a run of 2 rows is no 4-bit RQ tier);
+    # the single-entry plans always do, every entry left being trainable on the whole table
+    candidates = [c for c in candidates if all(t.stop - t.start >= t.entry.min_rows() for t in c[1].tiers)]
     candidates.sort(key=lambda c: (c[0], c[1].nbytes))
     alternatives = [
         {"tiers": [t.entry.label for t in p.tiers], "nbytes": p.nbytes, "est_error": _sig(p.error)}

@@ -96,7 +96,11 @@ def test_built_table_never_exceeds_the_budget(
     freq = None if skew is None else (rng.pareto(skew, rows) if skew > 0 else np.zeros(rows))
     keys = rng.permutation(10 * rows)[:rows].astype(np.int64) - 3 * rows if keyed else None
     entries = [dict(POOL[i]) for i in menu]
-    parsed = planner.parse_menu(entries, dim)
+    parsed = [e for e in planner.parse_menu(entries, dim) if e.min_rows() <= rows]
+    if not parsed:  # RQ only, on fewer rows than its codewords: no entry can be trained
+        with pytest.raises(InvalidRequest, match=f"no menu entry can be trained on {rows} rows"):
+            planner.plan(x, 10**9, freq, keys, entries)
+        return
     smallest = min(e.nbytes(rows) for e in parsed) + planner.table_overhead(rows, 1, keyed)
     budget = max(1, int(smallest + fraction * (rows * dim * 4 + 4096 - smallest)))
     if budget < smallest:
@@ -314,3 +318,14 @@ def test_bad_frequencies_and_menus_are_refused() -> None:
         planner.plan(x, "1MiB", menu=[{"codec": "int8", "dim": 9}])
     with pytest.raises(InvalidRequest, match="menu must be a non-empty list"):
         planner.plan(x, "1MiB", menu=[])
+
+
+def test_a_table_smaller_than_an_entrys_codebook_is_planned_without_that_entry() -> None:
+    # the default menu holds 8-bit RQ (256 codewords a codebook): planning a 100-row table raised
+    # while training it; a menu of RQ alone on too few rows says so
+    x = low_rank_table(100, 16, seed=9)
+    table = planner.compress_to_budget(x, 100 * 16 * 4 // 3)
+    assert table.nbytes <= 100 * 16 * 4 // 3
+    assert all(tier["codec"] != "rq" or tier["rows"] >= 256 for tier in table.provenance["plan"]["tiers"])
+    with pytest.raises(InvalidRequest, match=r"no menu entry can be trained on 100 rows: rq .* needs at least 256"):
+        planner.plan(x, 10**6, menu=[{"codec": "rq", "codebooks": 2, "bits": 8}])
