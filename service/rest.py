@@ -124,13 +124,10 @@ async def read_body(service: EmbeddingService, request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and ASCII_DIGITS.fullmatch(declared):
         service.check_body_size(int(declared))
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        service.check_body_size(size)
-        parts.append(chunk)
-    return b"".join(parts)
+    body = await read_asgi_body(request.receive, service)
+    if body is None:
+        raise ClientDisconnect()
+    return body
 
 
 def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
