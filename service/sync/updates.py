@@ -45,9 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
-from runtime.kernels.checks import VALUE_LIMIT
 from runtime.table import Table
-from runtime.validation import check_ids
+from runtime.validation import check_ids, check_queries
 from service.sync import connection, keys
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ MS_BITS = 63 - SEQ_BITS
 def id_to_sequence(stream_id: str | bytes) -> int:
     """`<ms>-<seq>` -> ms << 20 | seq; InvalidRequest for an id that is not of that form, or whose
     seq or ms do not fit (an id set by hand far in the future, 2**20 entries in one millisecond)."""
-    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    text = _text(stream_id)
     ms, _, seq = text.partition("-")
     if not ms.isascii() or not seq.isascii() or not ms.isdigit() or not seq.isdigit():
         raise InvalidRequest(f"stream id {text!r} is not <ms>-<seq>")
@@ -93,8 +92,7 @@ def id_to_sequence(stream_id: str | bytes) -> int:
 
 def _id_order(stream_id: Any) -> tuple[int, int]:
     """A stream id as (ms, seq), which orders ids as Redis does (any size, unlike a sequence)."""
-    text = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
-    ms, _, seq = text.partition("-")
+    ms, _, seq = _text(stream_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -108,7 +106,7 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     every replica's own entry: a first entry after the position, once entries have been removed,
     means entries after the position went (a trim by hand that cuts exactly after it is the one
     case this reports where nothing was lost)."""
-    fields = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in info.items()}
+    fields = {_text(k): v for k, v in info.items()}
     at = _id_order(position)
     last = fields.get("last-generated-id")
     if last is not None and _id_order(last) < at:
@@ -127,6 +125,7 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
 
 
 def _text(value: Any) -> str:
+    """A Redis reply (bytes from a client that does not decode, str from one that does) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -209,12 +208,8 @@ def _check_batch(entry_keys: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
     x = np.asarray(rows)
     if x.ndim != 2 or x.shape[0] != arr.size or x.dtype.kind != "f":
         raise InvalidRequest(f"rows must be a float ({arr.size}, dim) array, got {x.dtype} {x.shape}")
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise InvalidRequest("rows hold NaN or Inf")
-    if x.size and float(np.abs(x).max()) >= VALUE_LIMIT:  # what every replica refuses (check_queries)
-        raise InvalidRequest(f"rows hold a value of magnitude {float(np.abs(x).max()):.4g}; values must be below 2**50")
-    return arr, x
+    # the check every replica makes of the rows it applies (finite, below 2**50, float32)
+    return arr, check_queries(x, x.shape[1], "rows")
 
 
 def push(
@@ -242,19 +237,16 @@ def push(
     # each reply on its own: the pipeline is no transaction, so entries before (or after) one that
     # Redis refuses (out of memory, a key of the wrong type) are appended, and the caller must know which
     replies = pipe.execute(raise_on_error=False)
-    failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
-    if failed:
+    if any(isinstance(reply, Exception) for reply in replies):
         raise PushIncomplete(table, replies, batch_rows, checked_keys.size)
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
+    return [_text(reply) for reply in replies]
 
 
 class PushIncomplete(Exception):
     """Redis refused some entries of a push and appended the others."""
 
     def __init__(self, table: str, replies: list[Any], batch_rows: int, n_keys: int) -> None:
-        self.appended = [
-            r.decode() if isinstance(r, bytes) else str(r) for r in replies if not isinstance(r, Exception)
-        ]
+        self.appended = [_text(r) for r in replies if not isinstance(r, Exception)]
         failed = [i for i, r in enumerate(replies) if isinstance(r, Exception)]
         first = replies[failed[0]]
         ranges = ", ".join(f"{i * batch_rows}..{min((i + 1) * batch_rows, n_keys) - 1}" for i in failed[:5])
@@ -437,7 +429,7 @@ class UpdateApplier:
 
     # ---- applying ------------------------------------------------------------------------------
     async def apply_entries(self, name: str, table: Table, entries: list[tuple[Any, Any]]) -> None:
-        decoded_ids = [(raw.decode() if isinstance(raw, bytes) else str(raw), fields) for raw, fields in entries]
+        decoded_ids = [(_text(raw), fields) for raw, fields in entries]
         loop = asyncio.get_running_loop()
         results, stalled = await loop.run_in_executor(self.executor, apply_batch, table, decoded_ids)
         by_id = dict(decoded_ids)
