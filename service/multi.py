@@ -92,6 +92,11 @@ def _int_array(value: Any, field: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _summed(total: int) -> str:
+    """The sum of a request's lengths in words: `offsets_of_lengths` stops it at the end of int64."""
+    return "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
+
+
 def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
     """lengths (B,) non-negative, summing to n_ids -> offsets (B,) int64."""
     arr = writable(np.ascontiguousarray(_int_array(lengths, "lengths")))
@@ -100,8 +105,7 @@ def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
     if negative >= 0:
         raise InvalidRequest(f"lengths[{negative}] = {int(arr[negative])} is negative")
     if total != n_ids:
-        summed = "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
-        raise InvalidRequest(f"lengths sum {summed} but {n_ids} ids were given")
+        raise InvalidRequest(f"lengths sum {_summed(total)} but {n_ids} ids were given")
     return offsets
 
 
@@ -222,8 +226,7 @@ def from_jagged(
     # the kernel's sum stops at the end of int64, where numpy's would wrap, perhaps to the count of values
     _, _, total = checks.offsets_of_lengths(writable(np.ascontiguousarray(lens)))
     if total != vals.shape[0]:
-        summed = "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
-        raise InvalidRequest(f"lengths sum {summed} but values has {vals.shape[0]} entries")
+        raise InvalidRequest(f"lengths sum {_summed(total)} but values has {vals.shape[0]} entries")
     w = None if weights is None else _array(weights, "weights")
     if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
         raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")
