@@ -202,21 +202,23 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
         raise DimensionMismatch(int(arr.shape[1]), dim, field)
     refuse_beyond_float32(arr, f"{field} row")
     out = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape[0], dim)
-    usable = (np.abs(out) < VALUE_LIMIT).all(axis=1)  # NaN compares False
-    if not usable.all():
-        row = int(np.flatnonzero(~usable)[0])
-        if not np.isfinite(out[row]).all():
-            raise InvalidRequest(f"{field}[{row}] contains NaN or Inf")
-        raise InvalidRequest(f"{field}[{row}] {beyond_value_limit(out[row])}")
+    _refuse_unusable(out, field, "contains NaN or Inf")
     return writable(out)
 
 
-def beyond_value_limit(values: np.ndarray) -> str:
-    """What is wrong with finite values of which one reaches VALUE_LIMIT."""
-    largest = float(np.abs(values).max())
-    return (
-        f"holds a value of magnitude {largest:.4g}; values must be below 2**50 ({VALUE_LIMIT:.4g}), "
-        "past which scores overflow float32"
+def _refuse_unusable(rows: np.ndarray, field: str, nonfinite: str) -> None:
+    """Name the first row of rows (n, k) float32 that holds a NaN or an Inf (`nonfinite` says so)
+    or a value of magnitude VALUE_LIMIT or more, past which scores overflow float32."""
+    usable = (np.abs(rows) < VALUE_LIMIT).all(axis=1)  # NaN compares False
+    if usable.all():
+        return
+    row = int(np.flatnonzero(~usable)[0])
+    if not np.isfinite(rows[row]).all():
+        raise InvalidRequest(f"{field}[{row}] {nonfinite}")
+    largest = float(np.abs(rows[row]).max())
+    raise InvalidRequest(
+        f"{field}[{row}] holds a value of magnitude {largest:.4g}; values must be below 2**50 "
+        f"({VALUE_LIMIT:.4g}), past which scores overflow float32"
     )
 
 
@@ -288,10 +290,5 @@ def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -
         raise InvalidRequest(f"{field} must have one weight per id ({n_ids}), got shape {arr.shape}")
     refuse_beyond_float32(arr.reshape(-1, 1), field)
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    usable = np.abs(out) < VALUE_LIMIT  # NaN compares False
-    if not usable.all():
-        pos = int(np.flatnonzero(~usable)[0])
-        if not np.isfinite(out[pos]):
-            raise InvalidRequest(f"{field}[{pos}] is NaN or Inf")
-        raise InvalidRequest(f"{field}[{pos}] {beyond_value_limit(out[pos : pos + 1])}")
+    _refuse_unusable(out.reshape(-1, 1), field, "is NaN or Inf")
     return writable(out)
