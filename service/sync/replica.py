@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,9 @@ log = logging.getLogger("embserve.sync")
 REDIS_FAILURES = connection.FAILURES
 HEARTBEATS_TO_EXPIRY = 5
 STARTUP_READ_SECONDS = 5.0
+# a pass over many publishes reports its rollouts at most this often: each write replaces the whole
+# row, so one write a rollout cost O(tables²) (3,000 unloadable entries kept a replica unready 86 s)
+ROLLOUT_REPORT_SECONDS = 1.0
 
 
 class ReplicaSync:
@@ -60,6 +64,8 @@ class ReplicaSync:
         self.started_at = time.time()
         self.ttl = HEARTBEATS_TO_EXPIRY * settings.heartbeat_seconds
         self._tasks: list[asyncio.Task[None]] = []
+        self._reported_at = -math.inf
+        self._unreported = False
         self.metrics.redis_connected.set(0)
         self.failures_types = REDIS_FAILURES
         self.updates = UpdateApplier(self)
@@ -143,6 +149,7 @@ class ReplicaSync:
         for pub in published.values():
             if not pub.withdrawn:
                 await self._apply(pub)
+        await self._report_rollouts(at_once=True)
         return {name for name in self.from_registry if self.tables[name].state == "serving"}
 
     def note_configured(self) -> None:
@@ -236,6 +243,7 @@ class ReplicaSync:
                 self._set_in_sync(name, pub)
                 continue
             await self._apply(pub)
+        await self._report_rollouts(at_once=True)
         # a table absent from the registry (Redis lost its data, say) keeps serving: only a
         # tombstone withdraws it
 
@@ -298,8 +306,19 @@ class ReplicaSync:
             self.metrics.rollouts.labels(name, "applied").inc()
             log.info("table %r now serves %s (version %s)", name, pub.path, table.version)
         self._set_in_sync(name, pub)
+        self._unreported = True
+        await self._report_rollouts(at_once=False)
+
+    async def _report_rollouts(self, at_once: bool) -> None:
+        """Write this replica's row if a rollout changed it since the last write: at the end of a
+        pass (`at_once`), and during one at most every ROLLOUT_REPORT_SECONDS; not at the next
+        heartbeat, which may be many seconds away."""
+        if not self._unreported or (not at_once and time.monotonic() - self._reported_at < ROLLOUT_REPORT_SECONDS):
+            return
+        self._unreported = False
+        self._reported_at = time.monotonic()
         with contextlib.suppress(*REDIS_FAILURES):
-            await status.write(self.client, self.row(), self.ttl)  # report at once, not at the next beat
+            await status.write(self.client, self.row(), self.ttl)
 
     def _load(self, pub: Published) -> Table:
         directory = self.service.confine(pub.path)

@@ -259,3 +259,36 @@ def test_a_push_redis_refuses_in_part_says_which_entries_were_appended(
     assert 0 < appended < 8, err
     assert f"Redis refused {8 - appended} of 8 entries of table 't'" in err and "maxmemory" in err, err
     assert f"the {appended} other entries were appended" in err and "positions 0..999" not in err
+
+
+@pytest.mark.external
+async def test_a_pass_over_many_unloadable_publishes_writes_the_status_row_a_few_times(
+    redis_server: RedisServer, root: Path
+) -> None:
+    # found by an adversarial probe: every refused rollout rewrote the whole replica row, one
+    # field a table, so 3,000 entries naming missing artifacts kept a replica unready for 86 s
+    from service.core import EmbeddingService
+    from service.settings import Settings
+    from service.sync.replica import ReplicaSync
+
+    client = registry.connect(redis_server.url)
+    sync = ReplicaSync(
+        Settings(demo=False, warmup=False, redis_url=redis_server.url, artifact_root=root, replica_id="r1"),
+        EmbeddingService(Settings(demo=False, warmup=False, artifact_root=root)),
+    )
+    try:
+        for i in range(400):
+            await registry.publish(client, f"gone{i}", f"gone/{i}", "ab", "v")
+        checksum, version = registry.describe_artifact(root / "t" / "v1")
+        await registry.publish(client, "t", "t/v1", checksum, version)
+        await client.config_resetstat()
+        assert await sync.load_published() == {"t"}
+        writes = (await client.info("commandstats"))["cmdstat_hset"]["calls"]
+        assert writes <= 3, f"{writes} writes of the status row for one pass"
+        # the row written at the end of the pass holds every table's outcome
+        (row,) = await status.read_all(client)
+        assert len(row.tables) == 401 and row.tables["t"].state == "serving"
+        assert row.tables["gone7"].state == "failed" and "gone/7" in row.tables["gone7"].error
+    finally:
+        await sync.stop()
+        await client.aclose()
