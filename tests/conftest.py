@@ -37,9 +37,15 @@ def require_external_marker(binary: str) -> None:
         pytest.fail(f"{item.nodeid} runs {binary}: mark it @pytest.mark.external")
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the tests that wait for a side build run last: it has the whole session to finish in
+    items.sort(key=lambda item: item.get_closest_marker("side_build") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def side_builds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SideBuilds]:
-    """Every `side_build` command of the tests this session selected (`tests/side_builds.py`)."""
+    """Every `side_build` command of the tests this session selected (`tests/side_builds.py`),
+    started before the session's first test."""
     commands: list[BuildCommand] = []
     for item in request.session.items:
         marker = item.get_closest_marker("side_build")
@@ -47,6 +53,7 @@ def side_builds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         if marker is not None and wanted and marker.kwargs["command"] not in commands:
             commands.append(marker.kwargs["command"])
     builds = SideBuilds(commands, lambda name: tmp_path_factory.mktemp(name), ROOT)
+    builds.start_all()
     yield builds
     builds.stop()
 

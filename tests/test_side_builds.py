@@ -92,7 +92,7 @@ def test_stop_kills_a_running_build_and_the_processes_it_started(tmp_path: Path)
         return [sys.executable, "-c", STARTS_A_CHILD, str(child_pid)], dict(os.environ)
 
     builds = SideBuilds([parent], make_directories(tmp_path), tmp_path)
-    builds._start_all()
+    builds.start_all()
     process = builds.running[parent].process
     deadline = time.monotonic() + 30
     while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
@@ -117,3 +117,17 @@ def test_a_build_that_cannot_start_fails_its_own_test_only(tmp_path: Path) -> No
     failed = builds.result(broken)
     assert failed.returncode == -1 and "could not start: FileNotFoundError('no such compiler')" in failed.stderr
     assert builds.result(fine).returncode == 0 and builds.result(fine).stdout == "built\n"
+
+
+def test_a_build_runs_at_the_idle_class_in_a_group_of_its_own_within_the_suites_session(tmp_path: Path) -> None:
+    # a session of its own would be an autogroup of its own, scheduled as a peer of the suite's
+    # whatever its class; the group is what stop() kills
+    report = "import os; print(os.sched_getscheduler(0), os.getpgid(0) == os.getpid(), os.getsid(0))"
+
+    def probe(directory: Path) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", report], dict(os.environ)
+
+    done = SideBuilds([probe], make_directories(tmp_path), tmp_path).result(probe)
+    policy, own_group, session = done.stdout.split()
+    assert done.returncode == 0, done.stderr
+    assert (int(policy), own_group, int(session)) == (os.SCHED_IDLE, "True", os.getsid(0))
