@@ -65,13 +65,18 @@ class TakenIn:
     gets to; one refused before (a body that does not parse, a caller without the admin token) is
     counted on exit here, with that status (unset: not counted, as for a client that left)."""
 
-    __slots__ = ("admitted", "counted", "labels", "service", "start", "status", "token")
+    __slots__ = ("admitted", "before_drain", "counted", "labels", "receiving", "service", "start", "status", "token")
 
-    def __init__(self, service: EmbeddingService, labels: tuple[str, str, str], admitted: bool) -> None:
+    def __init__(
+        self, service: EmbeddingService, labels: tuple[str, str, str], admitted: bool, receiving: bool = False
+    ) -> None:
         self.service = service
         self.labels = labels
         """(transport, operation, table label)"""
         self.admitted = admitted
+        self.receiving = receiving
+        """its body is arriving (counted in service.receiving from enter to admission or exit)"""
+        self.before_drain = not service.draining
         self.counted = False
         self.status: str | None = None
         self.start = time.perf_counter()
@@ -79,10 +84,18 @@ class TakenIn:
 
     def __enter__(self) -> TakenIn:
         self.token = _TAKEN_IN.set(self)
+        if self.receiving:
+            self.service.receiving += 1
         return self
+
+    def stop_receiving(self) -> None:
+        if self.receiving:
+            self.receiving = False
+            self.service.receiving -= 1
 
     def __exit__(self, *exc: object) -> None:
         _TAKEN_IN.reset(self.token)
+        self.stop_receiving()
         if self.admitted:
             self.service._release()
         if not self.counted and self.status is not None:
@@ -126,6 +139,10 @@ class EmbeddingService:
         self.executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="embserve-kernel")
         self._admin_locks: dict[str, asyncio.Lock] = {}
         self.in_flight = 0
+        self.receiving = 0
+        """HTTP requests whose body is still arriving (they hold no concurrency slot yet)"""
+        self.arriving_body_bytes = 0
+        """the bytes those requests have received so far (max_arriving_body_bytes bounds them)"""
         self.draining = False
         self.started = False
         root = settings.artifact_root
@@ -210,11 +227,12 @@ class EmbeddingService:
         self._refresh_ready()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True) or `timeout` seconds pass (False)."""
+        """Wait until no request is in flight or receiving its body (True) or `timeout` seconds
+        pass (False)."""
         deadline = time.monotonic() + timeout
-        while self.in_flight > 0 and time.monotonic() < deadline:
+        while (self.in_flight > 0 or self.receiving > 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        return self.in_flight == 0
+        return self.in_flight == 0 and self.receiving == 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -246,14 +264,19 @@ class EmbeddingService:
             return ""
         return name if name in self.store or name in self.groups else "unknown"
 
-    def _admit(self, transport: str, operation: str, table: str | None) -> None:
-        if self.draining or not self.started:
+    def _check_room(self, transport: str, operation: str, table: str | None, drain_started: bool = True) -> None:
+        """Refuses (and counts) a request that cannot be admitted now; `drain_started` False for
+        one taken in before the drain began, which the drain waits for."""
+        if (self.draining and drain_started) or not self.started:
             self._count_refusal(transport, operation, table, "503")
             raise NotReady("server is draining" if self.draining else "server is starting")
         if self.in_flight >= self.settings.max_concurrency:
             self.metrics.overloaded.labels(transport).inc()
             self._count_refusal(transport, operation, table, "429")
             raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
+
+    def _admit(self, transport: str, operation: str, table: str | None, drain_started: bool = True) -> None:
+        self._check_room(transport, operation, table, drain_started)
         self.in_flight += 1
         self.metrics.in_flight.inc()
 
@@ -267,13 +290,36 @@ class EmbeddingService:
         self.in_flight -= 1
         self.metrics.in_flight.dec()
 
-    def admission(self, transport: str, operation: str, table: str | None) -> TakenIn:
-        """Take a request's concurrency slot before its body is read: over the limit the refusal
-        costs no read and no parse. Entered, the record keeps the slot for the core call made
-        inside (`request`) and gives it back on exit; a request that ends before reaching the
-        core is counted then, with the status the transport set."""
-        self._admit(transport, operation, table)
-        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True)
+    def receive_body(self, transport: str, operation: str, table: str | None) -> TakenIn:
+        """The record of an HTTP request about to read its body, which it does holding no
+        concurrency slot (a client sending its body slowly must not keep others out); refused at
+        once, before a byte of the body is read, while the limit is full. Entered, it counts the
+        request as receiving until `admit` (after the body) or its exit; a request that ends
+        before reaching the core is counted on exit, with the status the transport set."""
+        self._check_room(transport, operation, table)
+        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=False, receiving=True)
+
+    def admit(self, taken: TakenIn, table: str | None) -> None:
+        """Take the concurrency slot of a request whose body has arrived (`receive_body`); it
+        keeps it for the core call made inside (`request`) and gives it back on exit. One that
+        was receiving when the drain began is still admitted: the drain waited for it."""
+        transport, operation, _ = taken.labels
+        self._admit(transport, operation, table, drain_started=not taken.before_drain)
+        taken.admitted = True
+        taken.stop_receiving()
+
+    def take_arriving(self, nbytes: int) -> None:
+        """Count `nbytes` more of a request body received before admission; Overloaded past
+        max_arriving_body_bytes (bodies arriving at once, over all connections)."""
+        limit = self.settings.max_arriving_body_bytes
+        if self.arriving_body_bytes + nbytes > limit:
+            raise Overloaded(f"request bodies arriving at once exceed the server's {limit} bytes; retry")
+        self.arriving_body_bytes += nbytes
+        self.metrics.arriving_body_bytes.inc(nbytes)
+
+    def release_arriving(self, nbytes: int) -> None:
+        self.arriving_body_bytes -= nbytes
+        self.metrics.arriving_body_bytes.dec(nbytes)
 
     def taken_in(self, transport: str, operation: str, table: str | None) -> TakenIn:
         """The record of a request whose transport lets the core admit it (gRPC), entered for

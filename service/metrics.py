@@ -60,6 +60,12 @@ class Metrics:
         self.in_flight = Gauge(
             "embserve_requests_in_flight", "Requests being processed now.", registry=r, multiprocess_mode="livesum"
         )
+        self.arriving_body_bytes = Gauge(
+            "embserve_http_body_bytes_arriving",
+            "Bytes of HTTP request bodies received before their requests take a concurrency slot.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.ids_per_request = Histogram(
             "embserve_ids_per_request", "Ids in a lookup request.", ["table"], buckets=SIZE_BUCKETS, registry=r
         )

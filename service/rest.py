@@ -26,7 +26,7 @@ from runtime.errors import EmbserveError, InvalidRequest, NotReady, PayloadTooLa
 from runtime.table import __version__
 from runtime.validation import reshaped
 from service import multi_rest, oip
-from service.core import EmbeddingService
+from service.core import EmbeddingService, TakenIn
 from service.errors import render_error, send_http_error
 from service.requests import (
     DEFAULT_MODE,
@@ -201,21 +201,29 @@ def _header_sequence(value: str | None) -> int | None:
 LOOKUP_PATH = re.compile(r"/v1/tables/([^/]+)/lookup")
 
 
-async def read_asgi_body(receive: Any, service: EmbeddingService) -> bytes | None:
+async def read_asgi_body(receive: Any, service: EmbeddingService, arriving: bool = False) -> bytes | None:
     """An ASGI request's whole body, refused as soon as it passes the body limit (so a client
-    cannot make the server hold more than the limit); None if the client went away first."""
+    cannot make the server hold more than the limit); None if the client went away first.
+    `arriving`: read before admission, its bytes counted against max_arriving_body_bytes while
+    it is read."""
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        service.check_body_size(size)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            service.check_body_size(size + len(chunk))
+            if arriving:
+                service.take_arriving(len(chunk))
+            size += len(chunk)
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+    finally:
+        if arriving:
+            service.release_arriving(size)
 
 
 class OctetLookupFastPath:
@@ -295,9 +303,12 @@ def admitted_route(method: str, path: str) -> tuple[str, str | None] | None:
 
 
 class AdmissionFront:
-    """Outermost ASGI layer: a request that reads a body takes its concurrency slot here, from its
-    headers alone, so over the limit the 429 goes out before a byte of the body is read or parsed
-    and the work admitted stays bounded; health and metrics pass straight through."""
+    """Outermost ASGI layer of a request that reads a body: refused here from its headers alone
+    while the concurrency limit is full (the 429 goes out before a byte of the body is read);
+    else its body is read whole, holding no slot, and only then does it take one, so clients
+    sending bodies slowly hold connections (capped, and closed after `body_timeout` of silence)
+    and the bytes they sent (`max_arriving_body_bytes`), never the slots the work needs. Health
+    and metrics pass straight through."""
 
     def __init__(self, app: Any, service: EmbeddingService) -> None:
         self.app = app
@@ -309,7 +320,7 @@ class AdmissionFront:
             await self.app(scope, receive, send)
             return
         try:
-            taken = self.service.admission(TRANSPORT, *route)
+            taken = self.service.receive_body(TRANSPORT, *route)
         except EmbserveError as exc:
             await send_http_error(send, render_error(exc, self.service.settings.artifact_root))
             return
@@ -322,7 +333,10 @@ class AdmissionFront:
 
         with taken:
             try:
-                await self.app(scope, receive, send_noting_status)
+                replay = await self._receive_then_admit(scope, receive, send_noting_status, taken, route[1])
+                if replay is None:
+                    return
+                await self.app(scope, replay, send_noting_status)
             except asyncio.CancelledError:
                 if not self.service.draining:
                     raise
@@ -334,6 +348,35 @@ class AdmissionFront:
                     stopped = NotReady("the server stopped before this request finished")
                     with contextlib.suppress(Exception):
                         await send_http_error(send, render_error(stopped, self.service.settings.artifact_root))
+
+    async def _receive_then_admit(
+        self, scope: MutableMapping[str, Any], receive: Any, send: Any, taken: TakenIn, table: str | None
+    ) -> Any:
+        """Reads the body and takes the request's slot; -> the `receive` that hands the app the
+        body read, or None when the request ended here (answered, or its client gone)."""
+        service = self.service
+        try:
+            declared = next((value for key, value in scope["headers"] if key == b"content-length"), b"")
+            if declared.isdigit():  # bytes.isdigit is ASCII digits only
+                service.check_body_size(int(declared))
+            body = await read_asgi_body(receive, service, arriving=True)
+            if body is None:
+                service.client_disconnected(TRANSPORT)
+                return None
+            service.admit(taken, table)
+        except EmbserveError as exc:
+            await send_http_error(send, render_error(exc, service.settings.artifact_root))
+            return None
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return dict(await receive())  # after the body: the client's disconnect, if it comes
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
 
 def create_asgi(service: EmbeddingService) -> AdmissionFront:

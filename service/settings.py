@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         "parsed; larger batches go as octet-stream or raw tensors, which take 4-8 bytes a number, not ~32",
     )
     max_concurrency: int = Field(64, ge=1, description="requests in flight before 429 / RESOURCE_EXHAUSTED")
+    max_arriving_body_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="bytes of HTTP request bodies still arriving (read before a request takes its concurrency "
+        "slot) held at once over all connections; a body that would pass it is refused 429",
+    )
     max_connections: int = Field(
         1024, ge=1, description="open connections on each port; one more is closed at once (HTTP: with a 503)"
     )
