@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
+from runtime.errors import InvalidRequest
+
 DEFAULT_K = 10
 DEFAULT_METRIC = "ip"
 DEFAULT_OVERSAMPLE = 1
@@ -124,7 +126,8 @@ def delete_keys_request(table: str, given: Mapping[str, Any]) -> DeleteKeysReque
 
 def lookup_request(table: str, given: Mapping[str, Any], label: str | None = None) -> LookupRequest:
     """The fields a caller gave, by their names or `LOOKUP_ALIASES` (None or absent: the default;
-    a field's own name wins over its alias; unknown names ignored) -> request."""
+    a field's own name wins over its alias; other names are left to the transport, which refuses
+    them with `refuse_unknown_fields`) -> request."""
     canonical = dict(given)
     for alias, name in LOOKUP_ALIASES.items():
         if canonical.get(name) is None and alias in canonical:
@@ -133,12 +136,25 @@ def lookup_request(table: str, given: Mapping[str, Any], label: str | None = Non
 
 
 def search_request(table: str, given: Mapping[str, Any]) -> SearchRequest:
-    """The fields a caller gave (None or absent: the default; unknown names ignored) -> request."""
+    """The fields a caller gave (None or absent: the default; other names as for lookup_request)
+    -> request."""
     return SearchRequest(table, **_given(SearchRequest, given))
 
 
 def score_request(table: str, given: Mapping[str, Any]) -> ScoreRequest:
     return ScoreRequest(table, **_given(ScoreRequest, given))
+
+
+def refuse_unknown_fields(given: Mapping[str, Any], kind: type) -> None:
+    """InvalidRequest naming the fields of a JSON body that a request `kind` does not have (its
+    own names and, for lookups, LOOKUP_ALIASES): a misspelt option (`topk` for `k`) must not be
+    answered with the default as if it had been left out."""
+    known = _field_names(kind) | (LOOKUP_ALIASES.keys() if kind is LookupRequest else frozenset())
+    unknown = sorted(name for name in given if name not in known)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; the body's fields are {', '.join(sorted(known))}"
+        )
 
 
 @functools.cache

@@ -32,11 +32,15 @@ from service.requests import (
     DEFAULT_MODE,
     DeleteKeysRequest,
     InferRequest,
+    LoadRequest,
     LookupRequest,
+    ScoreRequest,
+    SearchRequest,
     UpsertRequest,
     delete_keys_request,
     load_request,
     lookup_request,
+    refuse_unknown_fields,
     score_request,
     search_request,
     upsert_request,
@@ -145,6 +149,13 @@ def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("body must be a JSON object")
     return value
+
+
+def json_request_fields(service: EmbeddingService, raw: bytes, kind: type) -> dict[str, Any]:
+    """A single-table route's JSON body: an object (parse_json_object) of `kind`'s fields only."""
+    payload = parse_json_object(raw, service.settings.max_json_values)
+    refuse_unknown_fields(payload, kind)
+    return payload
 
 
 async def octet_lookup(service: EmbeddingService, name: str, body: bytes) -> tuple[memoryview, str]:
@@ -443,7 +454,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             return Response(
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
             )
-        payload = parse_json_object(body, service.settings.max_json_values)
+        payload = json_request_fields(service, body, LookupRequest)
         rows = await service.lookup(TRANSPORT, lookup_request(name, payload))
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
 
@@ -462,13 +473,13 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
     @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
     async def search(name: str, request: Request) -> Response:
-        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
+        payload = json_request_fields(service, await read_body(service, request), SearchRequest)
         ids, scores = await service.search(TRANSPORT, search_request(name, payload))
         return FastJSON({"ids": ids, "scores": scores})
 
     @app.post("/v1/tables/{name}/score", tags=["tables"], openapi_extra=_body_doc(ScoreBody))
     async def score(name: str, request: Request) -> Response:
-        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
+        payload = json_request_fields(service, await read_body(service, request), ScoreRequest)
         scores = await service.score(TRANSPORT, score_request(name, payload))
         return FastJSON({"scores": scores})
 
@@ -494,7 +505,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     async def load(name: str, request: Request) -> Response:
         auth = request.headers.get("authorization")
         service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
-        payload = parse_json_object(await read_body(service, request), service.settings.max_json_values)
+        payload = json_request_fields(service, await read_body(service, request), LoadRequest)
         info = await service.admin_load(TRANSPORT, auth, load_request(name, payload))
         return FastJSON(info)
 
@@ -508,7 +519,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
         info = await service.admin_upsert(
-            TRANSPORT, auth, upsert_request(name, parse_json_object(body, service.settings.max_json_values))
+            TRANSPORT, auth, upsert_request(name, json_request_fields(service, body, UpsertRequest))
         )
         return FastJSON(info)
 
@@ -522,7 +533,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))
         info = await service.admin_delete_keys(
-            TRANSPORT, auth, delete_keys_request(name, parse_json_object(body, service.settings.max_json_values))
+            TRANSPORT, auth, delete_keys_request(name, json_request_fields(service, body, DeleteKeysRequest))
         )
         return FastJSON(info)
 

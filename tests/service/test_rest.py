@@ -122,6 +122,10 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
         400,
         "candidate_ids[1][1] = -4",
     ),
+    # a misspelt option was answered as if left out (k=10 for "topk")
+    ("post", "/v1/tables/items/search", {"query_ids": [1], "topk": 3}, 400, "unknown field(s) 'topk'"),
+    ("post", "/v1/tables/items/lookup", {"ids": [1], "offset": [0]}, 400, "unknown field(s) 'offset'"),
+    ("post", "/v1/tables/items/score", {"query_ids": [1], "candidate_ids": [[1]], "k": 1}, 400, "unknown field(s) 'k'"),
     ("get", "/v1/tables/nope", None, 404, "not found"),
     ("get", "/v1/nothing-here", None, 404, "Not Found"),
 ]
