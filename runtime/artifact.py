@@ -127,6 +127,10 @@ def load_arrays(path: str | os.PathLike[str], manifest: dict[str, Any], verify: 
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise ArtifactCorrupt(f"array {name!r}: {str(file)!r} cannot be read: {exc}") from None
+        if not array.flags.c_contiguous:
+            raise ArtifactCorrupt(
+                f"array {name!r}: {str(file)!r} is stored in Fortran order; embserve reads C-ordered arrays"
+            )
         if array.dtype != dtype or array.shape != shape:
             raise ArtifactCorrupt(
                 f"array {name!r}: file holds {array.dtype} {array.shape}, manifest says {dtype} {shape}"

@@ -791,6 +791,8 @@ def _refuse_repeats(keys: np.ndarray, field: str) -> None:
 
 def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's own query id (or, when absent, its last candidate). (q, c) -> (q, c-1)."""
+    if ids.shape[1] == 0:
+        return ids, scores
     is_self = ids == qids[:, None]
     drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
     keep = np.ones(ids.shape, dtype=bool)

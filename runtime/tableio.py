@@ -81,11 +81,17 @@ def _build_codec(name: Any, params: Any, rows: int, dim: int, arrays: dict[str, 
     missing = sorted(set(cls.required_arrays) - set(arrays))
     if missing:
         raise ArtifactCorrupt(f"codec {name!r} needs array {missing[0]!r}, which the manifest does not list")
+    stray = sorted(set(arrays) - set(cls.required_arrays) - set(cls.optional_arrays))
+    if stray:
+        raise ArtifactCorrupt(f"codec {name!r} reads no array {stray[0]!r}, which the manifest lists")
     try:
         checked = cls.check_options(dim, params)
         codec = cls(rows, dim, checked, arrays)
     except (EmbserveError, KeyError, ValueError, TypeError) as exc:
         raise ArtifactCorrupt(f"codec {name!r} cannot be built from this artifact: {exc}") from None
+    problem = codec.check_values()
+    if problem:
+        raise ArtifactCorrupt(f"codec {name!r}: {problem}")
     return codec
 
 
@@ -177,11 +183,14 @@ def read_table(path: str | os.PathLike[str], verify: bool = True) -> Table:
         if manifest["format_version"] < 2
         else _format2(manifest, arrays, rows, dim)
     )
+    provenance = manifest.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise ArtifactCorrupt(f"manifest field 'provenance' must be an object, got {type(provenance).__name__}")
     try:
         return Table(
             **parts,
             version=str(manifest.get("version", "")),
-            provenance=manifest.get("provenance") or {},
+            provenance=provenance,
             path=Path(path),
         )
     except EmbserveError as exc:

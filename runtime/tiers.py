@@ -20,6 +20,7 @@ from runtime import training
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import InvalidRequest
 from runtime.kernels.hashmap import KeySet
+from runtime.validation import unusable_value
 
 
 def top_by_score(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +53,10 @@ class Projection:
             return f"projection mean must be float32 ({dim},), got {self.mean.dtype} {self.mean.shape}"
         if self.basis.dtype != np.float32 or self.basis.ndim != 2 or self.basis.shape[0] != dim:
             return f"projection basis must be float32 ({dim}, r), got {self.basis.dtype} {self.basis.shape}"
+        for part, array in (("mean", self.mean), ("basis", self.basis)):
+            where = unusable_value(array)
+            if where is not None:
+                return f"projection {part} holds {where}"
         return None
 
     @property

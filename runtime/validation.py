@@ -292,3 +292,29 @@ def check_weights(weights: Any, n_ids: int, field: str = "per_sample_weights") -
     out = np.ascontiguousarray(arr, dtype=np.float32)
     _refuse_unusable(out.reshape(-1, 1), field, "is NaN or Inf")
     return writable(out)
+
+
+FLOAT16_EXPONENT = 0x7C00  # all ones: Inf or NaN
+UNUSABLE_SCAN_ELEMENTS = 1 << 22
+"""Elements a block of `unusable_value`'s scan (its temporaries stay a few MiB)."""
+
+
+def unusable_value(array: np.ndarray) -> str | None:
+    """Where a stored float array (any shape; memory-mapped or not) holds a value no kernel can
+    use, e.g. "nan at [3, 0, 1]": NaN or Inf, or in float32 / float64 a magnitude of VALUE_LIMIT
+    or more (scores with it overflow float32). None when there is none or the array is not float.
+    One pass in blocks along axis 0."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return None
+    flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
+    step = max(1, UNUSABLE_SCAN_ELEMENTS // max(1, flat.shape[1]))
+    for start in range(0, flat.shape[0], step):
+        block = np.ascontiguousarray(flat[start : start + step])
+        if block.dtype == np.float16:
+            bad = (block.view(np.uint16) & FLOAT16_EXPONENT) == FLOAT16_EXPONENT
+        else:
+            bad = ~(np.abs(block) < VALUE_LIMIT)  # NaN compares False
+        if bad.any():
+            position = np.unravel_index(start * flat.shape[1] + int(np.flatnonzero(bad)[0]), array.shape)
+            return f"{array[position]} at {[int(i) for i in position]}"
+    return None

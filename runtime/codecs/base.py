@@ -29,6 +29,7 @@ from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.scan import chunk_count
 from runtime.kernels.topk import BlockTopK
+from runtime.validation import unusable_value
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called while fitting, for a progress bar."""
@@ -100,6 +101,17 @@ def query_vectors(prepared: Prepared) -> np.ndarray:
     return prepared.queries
 
 
+def check_rotation(rotation: np.ndarray | None, dim: int, option: str, enabled: bool) -> str | None:
+    """A message when a codec's optional rotation array does not match its `option` (present
+    exactly when enabled, float32 (dim, dim)), else None."""
+    if not enabled:
+        return None if rotation is None else f"a rotation array is stored but {option}=false"
+    if rotation is None or rotation.dtype != np.float32 or rotation.shape != (dim, dim):
+        got = "missing" if rotation is None else f"{rotation.dtype} {rotation.shape}"
+        return f"{option}=true needs a float32 {(dim, dim)} rotation array, got {got}"
+    return None
+
+
 def read_only(array: np.ndarray) -> np.ndarray:
     """array itself where it is read-only, else a read-only view of it. A codec holds its arrays
     read-only whether they were loaded (memory-mapped, read-only) or just encoded: numba compiles
@@ -155,6 +167,8 @@ class Codec(ABC):
     """The metric this codec ranks candidates by when a rerank codec rescores them (binary:
     Hamming); None ranks by the requested metric."""
     required_arrays: ClassVar[tuple[str, ...]] = ()
+    optional_arrays: ClassVar[tuple[str, ...]] = ()
+    """Arrays some options add (a rotation); a loaded artifact holding any other is refused."""
     row_arrays: ClassVar[tuple[str, ...]] = ()
     """Arrays with one entry a row along axis 0 (codes, scales); every other array is trained state."""
     options: ClassVar[tuple[Option, ...]] = ()
@@ -269,6 +283,17 @@ class Codec(ABC):
 
     def check_arrays(self) -> str | None:
         """A message when the loaded arrays do not fit rows/dim/params, else None."""
+        return None
+
+    def check_values(self) -> str | None:
+        """A message when a stored array holds a value no kernel can use (NaN, Inf; in float32 a
+        magnitude of 2**50 or more, past which scores overflow), else None. Run on loaded
+        artifacts only (a full pass over their float arrays): what embserve encodes never fails
+        it, but a table whose codebook holds a NaN answered searches with no results."""
+        for name, array in self.arrays.items():
+            where = unusable_value(array)
+            if where is not None:
+                return f"array {name!r} holds {where}"
         return None
 
     # ---- size -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
-from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, scan_chunks
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, check_rotation, scan_chunks
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.errors import InvalidRequest
 from runtime.kernels import scan
@@ -43,6 +43,7 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
 class BinaryCodec(Codec):
     name = "binary"
     required_arrays = ("codes", "scales")
+    optional_arrays = ("rotation",)
     row_arrays = ("codes", "scales")
     metrics = ("hamming", "ip", "l2")
     rank_metric = "hamming"
@@ -85,9 +86,18 @@ class BinaryCodec(Codec):
             return f"codes must be uint64 {(self.rows, words)}, got {codes.dtype} {codes.shape}"
         if scales.dtype != np.float16 or scales.shape != (self.rows,):
             return f"scales must be float16 {(self.rows,)}, got {scales.dtype} {scales.shape}"
-        if self.params.get("rotate") and self.arrays.get("rotation", np.empty(0)).shape != (self.dim, self.dim):
-            return "rotate=true but the rotation array is missing or misshapen"
-        return None
+        return check_rotation(self.arrays.get("rotation"), self.dim, "rotate", bool(self.params.get("rotate")))
+
+    def check_values(self) -> str | None:
+        used = self.dim % 64
+        codes = self.arrays["codes"]
+        if used and self.rows:
+            # bits past dim in a row's last word: a Hamming distance would count them
+            unused = ~np.uint64((1 << used) - 1)
+            stray = np.flatnonzero(codes[:, -1] & unused)
+            if stray.size:
+                return f"row {int(stray[0])}'s code sets bits past dim {self.dim}"
+        return super().check_values()
 
     def _prepare(self) -> None:
         self.derived["scales_f32"] = self.arrays["scales"].astype(np.float32)

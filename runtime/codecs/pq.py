@@ -20,7 +20,7 @@ import numpy as np
 from runtime import training
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
-from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState
+from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, check_rotation
 from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, pqdecode, scan
 
@@ -36,6 +36,7 @@ OPQ_REFINE_ITERATIONS = 4
 class PqCodec(adc.BlockedCodes, Codec):
     name = "pq"
     required_arrays = ("codes", "codebooks")
+    optional_arrays = ("rotation",)
     row_arrays = ("codes",)
     options: ClassVar[tuple[Option, ...]] = (
         Option("subspaces", int, 16, "number of subspaces M (must divide d)"),
@@ -148,9 +149,7 @@ class PqCodec(adc.BlockedCodes, Codec):
         shape = (m, 1 << bits, self.dim // m)
         if books.dtype != np.float32 or books.shape != shape:
             return f"codebooks must be float32 {shape}, got {books.dtype} {books.shape}"
-        if self.params.get("opq") and self.arrays.get("rotation", np.empty(0)).shape != (self.dim, self.dim):
-            return "opq=true but the rotation array is missing or misshapen"
-        return None
+        return check_rotation(self.arrays.get("rotation"), self.dim, "opq", bool(self.params.get("opq")))
 
     def _prepare(self) -> None:
         books = self.arrays["codebooks"]

@@ -15,6 +15,7 @@ from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags,
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
+from runtime.validation import unusable_value
 
 
 class RowwiseCodec(Codec):
@@ -37,6 +38,11 @@ class RowwiseCodec(Codec):
         if rows.dtype != np.uint8 or rows.shape != shape:
             return f"rows must be uint8 {shape}, got {rows.dtype} {rows.shape}"
         return None
+
+    def check_values(self) -> str | None:
+        # each row's fp16 scale and bias, its last 4 bytes
+        where = unusable_value(np.ascontiguousarray(self.arrays["rows"][:, -4:]).view(np.float16))
+        return None if where is None else f"a row's scale or bias (row, [scale, bias]) is {where}"
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)

@@ -297,6 +297,10 @@ def norm_values(norm_range: np.ndarray) -> np.ndarray:
     return (lo + np.arange(256, dtype=np.float64) * ((hi - lo) / NORM_LEVELS)).astype(np.float32)
 
 
+TABLE_LIMIT_MAX = 1 << 30
+"""The largest `table_limit`: M = 64 8-bit codebooks' cross tables (1 GiB) fit, larger ones never."""
+
+
 class RqCodec(adc.BlockedCodes, Codec):
     name = "rq"
     required_arrays = ("codes", "codebooks", "norm_range")
@@ -337,6 +341,9 @@ class RqCodec(adc.BlockedCodes, Codec):
             raise InvalidRequest(
                 f"rq option table_limit must be a size in bytes (e.g. 67108864 or 64MiB), got {params['table_limit']!r}"
             )
+        if limit > TABLE_LIMIT_MAX:
+            # read from an artifact, too: a 1 MB file could otherwise make a server build GBs of tables
+            raise InvalidRequest(f"rq option table_limit is at most {TABLE_LIMIT_MAX} bytes (1GiB), got {limit}")
         params["table_limit"] = limit
         return params
 

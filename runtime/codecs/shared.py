@@ -94,6 +94,8 @@ class SharedCodec(Codec):
             return f"index must be {index_dtype(count)} ({self.rows},), got {index.dtype} {index.shape}"
         if self.rows and int(index.max()) >= count:
             return f"index holds {int(index.max())}, beyond the {count} centroids"
+        if self.rows and index.dtype.kind == "i" and int(index.min()) < 0:
+            return f"index holds {int(index.min())}, not a centroid"
         return None
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
