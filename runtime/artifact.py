@@ -20,10 +20,12 @@ checking its size and sha256, so a truncated, flipped or missing file is refused
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,33 +50,80 @@ def sha256_file(path: Path) -> str:
 
 
 def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays and manifest into directory `path` (created; files replaced atomically).
+    """Write arrays and manifest into directory `path` (created when missing).
 
-    The manifest is written last, through a temporary file and rename, so a reader never sees
-    a manifest whose arrays are not all on disk."""
+    A new version never overwrites a file the directory's current manifest names, so a write that
+    fails (a full disk) or is interrupted leaves the previous artifact whole: each array goes to a
+    file of its own (`tier0--codes.npy`, or with a random suffix where that name is taken), the
+    manifest is switched to them by one rename, and only then are the files the previous manifest
+    named and this one does not removed. A reader sees one version or the other, never a mix; a
+    failed write removes the files it made. Two writers at once each claim their files without
+    overwriting (a hard link fails on an existing name), so the manifest renamed last names a
+    complete artifact."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for name, array in arrays.items():
-        # format 2 namespaces arrays by tier ("tier0/codes"); files stay flat in the directory
-        filename = f"{name.replace('/', '--')}.npy"
-        target = out / filename
-        with tempfile.NamedTemporaryFile(dir=out, prefix=f".{filename}.", delete=False) as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        os.chmod(fh.name, FILE_MODE)
-        os.replace(fh.name, target)
-        entries[name] = {
-            "file": filename,
-            "dtype": np.dtype(array.dtype).str,
-            "shape": list(array.shape),
-            "sha256": sha256_file(target),
-        }
-    full = dict(manifest, format_version=FORMAT_VERSION, arrays=entries)
-    with tempfile.NamedTemporaryFile(mode="w", dir=out, prefix=".manifest.", delete=False) as text:
-        text.write(json.dumps(full, indent=2, sort_keys=True) + "\n")
-    os.chmod(text.name, FILE_MODE)
-    os.replace(text.name, out / MANIFEST)
+    previous = _named_files(out)
+    made: list[Path] = []
+    try:
+        entries = {}
+        for name, array in arrays.items():
+            # format 2 namespaces arrays by tier ("tier0/codes"); files stay flat in the directory
+            stem = name.replace("/", "--")
+            with tempfile.NamedTemporaryFile(dir=out, prefix=f".{stem}.", delete=False) as fh:
+                made.append(Path(fh.name))
+                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            os.chmod(fh.name, FILE_MODE)
+            target = _claim_name(out, stem, Path(fh.name))
+            made[-1] = target
+            entries[name] = {
+                "file": target.name,
+                "dtype": np.dtype(array.dtype).str,
+                "shape": list(array.shape),
+                "sha256": sha256_file(target),
+            }
+        full = dict(manifest, format_version=FORMAT_VERSION, arrays=entries)
+        with tempfile.NamedTemporaryFile(mode="w", dir=out, prefix=".manifest.", delete=False) as text:
+            made.append(Path(text.name))
+            text.write(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        os.chmod(text.name, FILE_MODE)
+        os.replace(text.name, out / MANIFEST)
+    except BaseException:
+        for file in made:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        raise
+    for stale in previous - {entry["file"] for entry in entries.values()}:
+        with contextlib.suppress(OSError):
+            (out / stale).unlink()
     return out
+
+
+def _named_files(directory: Path) -> set[str]:
+    """The array files the directory's manifest names (none when it has no readable one)."""
+    try:
+        listed = json.loads((directory / MANIFEST).read_text())["arrays"].values()
+        return {e["file"] for e in listed if isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _claim_name(directory: Path, stem: str, written: Path) -> Path:
+    """Gives the finished file `written` its name: `<stem>.npy`, or `<stem>.<random>.npy` where
+    that is taken, never replacing a file that exists."""
+    for suffix in ("", *(f".{secrets.token_hex(4)}" for _ in range(8))):
+        target = directory / f"{stem}{suffix}.npy"
+        try:
+            os.link(written, target)
+        except FileExistsError:
+            continue
+        except OSError:  # a filesystem without hard links: checked, then renamed
+            if target.exists():
+                continue
+            os.rename(written, target)
+            return target
+        written.unlink()
+        return target
+    raise FileExistsError(f"no free file name for array {stem!r} in {str(directory)!r}")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

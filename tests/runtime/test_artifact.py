@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,3 +128,63 @@ def test_file_outside_the_artifact_is_refused(saved: tuple[runtime.Table, Path])
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactCorrupt, match="outside"):
         runtime.load_table(path)
+
+
+def save_failing_at_the_second(real_save: Any, failure: BaseException) -> Any:
+    """np.save that writes the first array and raises `failure` at the second."""
+    calls = []
+
+    def save(file: object, array: np.ndarray, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise failure
+        real_save(file, array, **kwargs)
+
+    return save
+
+
+def test_a_failed_or_interrupted_rewrite_leaves_the_previous_artifact_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a probe: `compress --force` over an artifact rewrote its files one by one, so a
+    # full disk or a Ctrl-C left the old manifest naming new files (sha256 failures)
+    x = low_rank_table(300, 16, seed=1)
+    old = runtime.compress(x, "int4", rerank="fp32")
+    old.save(tmp_path / "t")
+    before = sorted(p.name for p in (tmp_path / "t").iterdir())
+    new = runtime.compress(low_rank_table(300, 16, seed=2), "int4", rerank="fp32")
+    real_save = np.save
+    for failure in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+        monkeypatch.setattr(np, "save", save_failing_at_the_second(real_save, failure))
+        with pytest.raises(type(failure)):
+            new.save(tmp_path / "t")
+        monkeypatch.setattr(np, "save", real_save)
+        assert sorted(p.name for p in (tmp_path / "t").iterdir()) == before  # nothing left behind
+        reloaded = runtime.load_table(tmp_path / "t")
+        np.testing.assert_array_equal(reloaded.lookup(np.arange(300)), old.lookup(np.arange(300)))
+
+
+def test_a_rewrite_switches_whole_and_removes_the_files_it_replaced(tmp_path: Path) -> None:
+    x = low_rank_table(300, 16, seed=1)
+    runtime.compress(x, "int8").save(tmp_path / "t")
+    for seed in (2, 3):
+        table = runtime.compress(low_rank_table(300, 16, seed=seed), "pq", subspaces=4, iterations=2)
+        table.save(tmp_path / "t")
+        manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+        named = {entry["file"] for entry in manifest["arrays"].values()}
+        assert {p.name for p in (tmp_path / "t").iterdir()} == named | {"manifest.json"}
+        np.testing.assert_array_equal(runtime.load_table(tmp_path / "t").lookup([0, 299]), table.lookup([0, 299]))
+
+
+def test_two_writers_at_once_leave_a_complete_artifact(tmp_path: Path) -> None:
+    tables = [runtime.compress(low_rank_table(2000, 32, seed=s), "int8", rerank="fp32") for s in (1, 2)]
+    for attempt in range(6):
+        out = tmp_path / str(attempt)
+        tables[0].save(out)
+        writers = [threading.Thread(target=table.save, args=(out,)) for table in tables]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        loaded = runtime.load_table(out)  # every sha256 holds
+        assert any(np.array_equal(loaded.lookup([5, 1999]), t.lookup([5, 1999])) for t in tables)

@@ -124,7 +124,7 @@ CASES = [
 def test_a_crafted_artifact_is_refused_at_load_naming_the_problem(
     tmp_path: Path, codec: str, options: dict[str, Any], craft: Callable[[Path], None], message: str
 ) -> None:
-    quick = {"iterations": 2} if codec in ("pq", "rq") else {}
+    quick: dict[str, Any] = {"iterations": 2} if codec in ("pq", "rq") else {}
     runtime.compress(X, codec, **quick, **options).save(tmp_path / "t")
     runtime.load_table(tmp_path / "t")  # as written, it loads
     craft(tmp_path / "t")
@@ -152,7 +152,7 @@ def test_a_negative_shared_index_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_nan_in_a_tier_projection_is_refused(tmp_path: Path) -> None:
-    tiers = [
+    tiers: list[dict[str, Any]] = [
         {"rows": {"start": 0, "stop": 200}, "codec": "int8"},
         {"rows": {"start": 200, "stop": 512}, "codec": "int8", "dim": 8},
     ]
