@@ -152,6 +152,8 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    given = (args.input, args.keys, args.freq, args.queries, args.menu)
+    check_output(args.out, True, inputs=tuple(p for p in given if isinstance(p, Path)), directory=False)
     x = _load_npy(args.input, "input")
     keys = _load_npy(args.keys, "keys") if args.keys is not None else None
     chosen = plan(x, args.budget, keys=keys, seed=args.seed, **_budget_inputs(args))
@@ -223,7 +225,7 @@ def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, inputs=tuple(p for p in (args.input, args.tiers, args.keys) if p is not None))
     x, provenance = _read_input(open_source(args.input), args.tensor)
     options = _codec_options(args)
     if args.budget is not None:
@@ -438,3 +440,11 @@ def run_command(args: argparse.Namespace) -> int:
     except EmbserveError as exc:
         print(f"embserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a path that cannot be read or written (an --out under a file, a read-only or full disk)
+        where = f": {exc.filename!r}" if exc.filename is not None else ""
+        print(f"embserve {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"embserve {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -75,8 +75,27 @@ def plan_tables(source: Source, keys: list[str] | None = None) -> list[PlannedTa
     return planned
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Refuse to write into an existing non-empty directory (an artifact, an import) unless `force`."""
+def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), directory: bool = True) -> None:
+    """Refuse, before any work, an output that cannot be made (a file where a directory must be),
+    that is or holds one of the `inputs` (replacing it would destroy the input), or that is an
+    existing non-empty directory (an artifact, an import) without `force`; `directory` False for
+    an output that is a file (a plan)."""
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidRequest(f"output {str(out)!r} cannot be made: {str(ancestor)!r} is not a directory")
+    resolved = out.resolve()
+    for source in inputs:
+        held = source.resolve()
+        if held == resolved or resolved in held.parents:
+            raise InvalidRequest(
+                f"output {str(out)!r} is or holds the input {str(source)!r}: writing it would replace it"
+            )
+    if not directory:
+        if out.is_dir():
+            raise InvalidRequest(f"output {str(out)!r} is a directory; name a file")
+        return
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"output {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -108,7 +127,7 @@ def import_tables(
     """Compress every planned table of `source` with `codec` (and `compress_options`, as
     `runtime.compress` takes them) into DIR/<name>/ and write DIR/tables.json; returns its content."""
     target = Path(out)
-    check_output(target, force)
+    check_output(target, force, inputs=(Path(source.path),))
     planned = plan_tables(source, keys)
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))

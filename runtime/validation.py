@@ -69,7 +69,8 @@ def check_table_input(x: Any) -> np.ndarray:
     """Return the training table as C-contiguous float32 `(n, d)`.
 
     Integer and float64 input is cast; complex, boolean, object or string input is refused,
-    and so is a non-finite value (the message names the first bad row).
+    and so is a NaN, an Inf or a value of magnitude 2**50 or more (the message names the first
+    bad row).
     """
     arr = np.asarray(x)
     if arr.dtype.kind not in "iuf":
@@ -80,10 +81,9 @@ def check_table_input(x: Any) -> np.ndarray:
         raise InvalidRequest(f"table must have at least one row and one column, got {arr.shape}")
     refuse_beyond_float32(arr, "table row")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise InvalidRequest(f"table row {row} contains NaN or Inf (or overflows float32)")
+    # the limit of every query and upserted row: past it k-means overflowed and a PQ table was
+    # written with the row silently replaced by an unrelated codeword
+    _refuse_unusable(arr, "table", "contains NaN or Inf")
     return arr
 
 

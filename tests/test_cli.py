@@ -111,6 +111,33 @@ def test_errors_are_one_line_with_status_2(tmp_path: Path, source: Path, capsys:
     assert "as a .npy file" in capsys.readouterr().err
 
 
+def test_unwritable_outputs_and_unusable_values_are_one_line_with_status_2(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a probe: an --out below a file printed a traceback (NotADirectoryError), and a
+    # value of 1e30 trained a PQ table that silently replaced its row by an unrelated codeword
+    assert main(["compress", str(source), "--codec", "int8", "--out", str(source / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(source)!r} is not a directory" in err and len(err.splitlines()) == 1
+    # an output that holds an input would be replaced with it: import's --force deleted its checkpoint,
+    # plan's --out overwrote its input
+    model = tmp_path / "models" / "emb.npy"
+    model.parent.mkdir()
+    np.save(model, np.load(source))
+    assert main(["import", str(model), "--out", str(model.parent), "--force"]) == 2
+    assert "is or holds the input" in capsys.readouterr().err and model.exists()
+    assert main(["plan", str(model), "--budget", "64KiB", "--out", str(model)]) == 2
+    assert "is or holds the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(model), np.load(source))
+    huge = tmp_path / "huge.npy"
+    x = np.load(source)
+    x[9, 0] = 1e30
+    np.save(huge, x)
+    assert main(["compress", str(huge), "--codec", "pq", "--subspaces", "4", "--out", str(tmp_path / "h")]) == 2
+    assert "table[9] holds a value of magnitude 1e+30; values must be below 2**50" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
+
+
 def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     n = np.load(source).shape[0]
     tiers = tmp_path / "tiers.json"

@@ -78,7 +78,10 @@ def compact(
         entries = _read_after(sync_client, table, updates.sequence_to_id(base.sequence))
         refused = sum(1 for stream_id, fields in entries if updates.apply_entry(base, stream_id, fields)[1])
         folded = base.compact(version=version or f"{base.version}+{len(entries)}")
-        folded.save(out)
+        try:
+            folded.save(out)
+        except OSError as exc:  # not Redis's: OSError is also what a lost connection raises
+            raise InvalidRequest(f"cannot write the compacted version to {str(out)!r}: {exc.strerror or exc}") from None
         relative = registry.relative_to_root(root, out)
         checksum, label = registry.describe_artifact(out, verify=True)
 

@@ -46,8 +46,8 @@ import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
 from runtime.table import Table
-from runtime.validation import check_ids, check_queries
-from service.sync import connection, keys
+from runtime.validation import check_ids, check_keys, check_queries
+from service.sync import connection, keys, registry
 
 if TYPE_CHECKING:
     from service.sync.replica import ReplicaSync
@@ -200,7 +200,7 @@ def _check_batch(entry_keys: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
     arr = np.asarray(entry_keys)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise InvalidRequest(f"keys must be a 1-D integer array, got {arr.dtype} {arr.shape}")
-    arr = arr.astype(np.int64)
+    arr = check_keys(arr)  # uint64 past int64 refused: a cast would wrap 2**64-1 to key -1
     if np.unique(arr).size != arr.size:
         raise InvalidRequest("keys repeat: one entry updates each key once")
     if rows is None:
@@ -225,6 +225,7 @@ def push(
     `batch_rows` keys an entry, with a synchronous redis-py client. Returns the entry ids."""
     if batch_rows < 1:
         raise InvalidRequest(f"batch_rows must be >= 1, got {batch_rows}")
+    registry.check_table_name(table)  # a name publish refuses would make a stream no replica reads
     checked_keys, checked_rows = _check_batch(entry_keys, rows)
     op = "delete" if checked_rows is None else "upsert"
     pipe = client.pipeline(transaction=False)

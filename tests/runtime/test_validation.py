@@ -25,7 +25,7 @@ def test_table_input_is_cast_or_refused() -> None:
     assert runtime.compress(np.arange(32).reshape(4, 8), "fp32").lookup([1]).dtype == np.float32
     x = np.ones((5, 4), np.float32)
     x[3, 1] = np.nan
-    with pytest.raises(InvalidRequest, match="row 3"):
+    with pytest.raises(InvalidRequest, match=r"table\[3\] contains NaN"):
         runtime.compress(x, "int8")
     with pytest.raises(InvalidRequest, match="numeric"):
         runtime.compress(np.array([["a"]]), "int8")

@@ -225,6 +225,16 @@ def test_push_refuses_what_every_replica_would_refuse(
     redis_server.client().hset(keys.version_key("t"), "path", "../outside")
     assert main(["push", "t", *url, "--artifact-root", str(root), "--keys", str(ids), "--rows", str(rows)]) == 0
     assert "the published path '../outside' is outside the artifact root" in capsys.readouterr().err
+    # found by a probe: a uint64 key past int64 was pushed as key -1 (and compacted into the
+    # table), and a table name publish refuses made a stream no replica reads
+    length = redis_server.client().xlen(keys.updates_key("t"))
+    np.save(tmp_path / "u64.npy", np.array([2**64 - 1, 6], np.uint64))
+    assert main(["push", "t", *url, "--keys", str(tmp_path / "u64.npy"), "--rows", str(rows)]) == 2
+    assert "too large for int64" in capsys.readouterr().err
+    assert main(["push", "a/b", *url, "--keys", str(ids), "--rows", str(rows)]) == 2
+    assert "'a/b'" in capsys.readouterr().err
+    assert redis_server.client().xlen(keys.updates_key("t")) == length
+    assert not redis_server.client().exists(keys.updates_key("a/b"))
 
 
 @pytest.mark.external
