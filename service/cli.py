@@ -65,7 +65,9 @@ def settings_problems(exc: Any) -> str:
         name = str(error["loc"][0]) if error["loc"] else ""
         where = f"{settings_flag(name)} / {prefix}{name.upper()}" if name in Settings.model_fields else name
         message = str(error["msg"]).removeprefix("Value error, ")
-        given = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        value = error.get("input")
+        value = str(value) if isinstance(value, Path) else value
+        given = f" (got {value!r})" if "input" in error and not isinstance(value, dict) else ""
         problems.append(f"{where}: {message}{given}")
     return "; ".join(problems)
 
@@ -109,6 +111,17 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def host_problem(host: str) -> str | None:
+    """Why no socket can be bound on `host` (not an address, or none of this machine's), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as exc:
+            return f"host {host!r} cannot be bound here: {exc.strerror or exc}"
+    return None
+
+
 def busy_port_message(host: str, ports: dict[str, int]) -> str | None:
     for transport, port in ports.items():
         if port_in_use(host, port):
@@ -133,6 +146,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a pydantic ValidationError is one
         problems = settings_problems(exc) if isinstance(exc, ValidationError) else exc
         print(f"embserve serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    unbindable = host_problem(settings.host)
+    if unbindable is not None:
+        print(f"embserve serve: invalid settings: {unbindable}", file=sys.stderr)
         return 2
     for _, path in specs:
         read_manifest(path)  # a missing or wrong path is refused before any port is bound

@@ -10,6 +10,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's levels (trace is its own, below debug)"""
+
 
 class Settings(BaseSettings):
     """Every knob of the server. Environment: EMBSERVE_<FIELD> (e.g. EMBSERVE_HTTP_PORT=8000);
@@ -119,6 +122,20 @@ class Settings(BaseSettings):
     publish_wait_seconds: float = Field(
         120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _root_is_a_directory(cls, value: object) -> object:
+        if isinstance(value, (str, Path)) and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError("is a file; the artifact root is a directory")
+        return value
 
     @field_validator("tables", "groups", mode="before")
     @classmethod

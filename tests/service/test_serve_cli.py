@@ -177,6 +177,10 @@ def test_serve_tables_file_from_import(tmp_path: Path) -> None:
         ([], {"EMBSERVE_MAX_K": "abc"}, "--max-k / EMBSERVE_MAX_K: Input should be a valid integer"),
         (["--http-port", "8000x"], {}, "embserve serve: error: argument --http-port: invalid int value: '8000x'"),
         (["--no-such-flag"], {}, "embserve serve: error: unrecognized arguments: --no-such-flag (see embserve serve"),
+        # found by a probe: the first two printed tracebacks, the third served with a file as its root
+        (["--log-level", "loud"], {}, "--log-level / EMBSERVE_LOG_LEVEL: must be one of critical, error, warning"),
+        (["--host", "999.1.1.1"], {}, "embserve serve: invalid settings: host '999.1.1.1' cannot be bound here"),
+        (["--artifact-root", "/etc/passwd"], {}, "is a file; the artifact root is a directory (got '/etc/passwd')"),
     ],
 )
 def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
