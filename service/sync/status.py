@@ -153,7 +153,7 @@ def format_table(rows: list[ReplicaRow], published: dict[str, Published], now: f
     header = ("REPLICA", "STATE", "TABLE", "VERSION", "TABLE STATE", "LAG", "LAST UPDATE", "HEARTBEAT AGE", "ERROR")
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
-        age = f"{max(0.0, now - row.heartbeat):.1f}s"
+        age = f"{max(0.0, now - row.heartbeat):.1f}s" if row.heartbeat > 0 else "-"  # a row with no heartbeat
         names = sorted(set(row.tables) | {name for name, pub in published.items() if not pub.withdrawn})
         if not names:
             lines.append((row.replica, row.state, "-", "-", "-", "-", "-", age, row.redis_error))

@@ -159,6 +159,8 @@ def test_registry_entries_written_by_hand_are_skipped_and_the_good_ones_read(
     lines = capsys.readouterr().out.splitlines()
     unreadable = [[replica, "ready", "t", "-", "unreadable"] for replica in ("r7", "r8")]
     assert [line.split()[:5] for line in lines[1:]] == unreadable
+    # r8's heartbeat is NaN: no age, where it showed ~56 years in seconds
+    assert lines[2].split()[-1] == "-" and lines[1].split()[-1].endswith("s")
     # a generation that is not an integer: publish fails and changes nothing (the path was written)
     runtime.compress(low_rank_table(300, 16, seed=5), "int8", version="t-v2").save(root / "t" / "v2")
 
