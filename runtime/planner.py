@@ -33,7 +33,18 @@ from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget
 from runtime.kernels.hashmap import KeyMap
 from runtime.table import Table, compress, tier_index_bytes
 from runtime.tiers import Projection
-from runtime.validation import check_keys, check_queries, check_table_input
+from runtime.validation import FP16_MAX, check_keys, check_queries, check_table_input
+
+FP16_CODECS = frozenset({"fp16", "int8", "int4", "int2", "binary"})
+"""Codecs that store a table's values, or per-row scales of them, as fp16."""
+
+
+def _fp16_bound(entry: MenuEntry, spread: float) -> bool:
+    """Whether `entry` cannot store the table: an fp16 codec over raw values past fp16's range (the
+    caller checked that), or over projected ones that may be (`spread`: the largest distance of a
+    row from the mean, which bounds every projected value)."""
+    return entry.codec in FP16_CODECS and (entry.dim == entry.table_dim or spread > FP16_MAX)
+
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -545,6 +556,17 @@ def plan(
             f"no menu entry can be trained on {n} rows: {entries[0].label} needs at least {entries[0].min_rows()}"
         )
     entries = trainable
+    # codecs that store values (or their scales) as fp16 cannot hold a table with values past its
+    # range: measuring them raised, naming a codec the caller never chose
+    if np.abs(data).max() > FP16_MAX:
+        spread = float(np.linalg.norm(data - data.mean(axis=0), axis=1).max())  # bounds a projected value
+        storable = [e for e in entries if not _fp16_bound(e, spread)]
+        if not storable:
+            raise InvalidRequest(
+                f"the table holds values beyond fp16's ±{FP16_MAX:g} and every menu entry stores fp16 "
+                f"({', '.join(sorted(FP16_CODECS))}); add fp32, pq, rq or shared entries"
+            )
+        entries = storable
     single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     if min(single_bytes) > budget:
         raise BudgetTooSmall(

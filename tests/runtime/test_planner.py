@@ -329,3 +329,14 @@ def test_a_table_smaller_than_an_entrys_codebook_is_planned_without_that_entry()
     assert all(tier["codec"] != "rq" or tier["rows"] >= 256 for tier in table.provenance["plan"]["tiers"])
     with pytest.raises(InvalidRequest, match=r"no menu entry can be trained on 100 rows: rq .* needs at least 256"):
         planner.plan(x, 10**6, menu=[{"codec": "rq", "codebooks": 2, "bits": 8}])
+
+
+def test_a_table_past_fp16_range_is_planned_with_codecs_that_hold_it() -> None:
+    # found by a probe: planning failed with "codec 'fp16' stores fp16: row 9 ...", a codec the
+    # caller never chose; such entries now leave the menu
+    x = low_rank_table(2000, 32, seed=4)
+    x[9, 0] = 1e5
+    chosen = planner.plan(x, 64 * 1024, seed=0)
+    assert all(tier.entry.codec not in ("fp16", "int8", "int4", "int2", "binary") for tier in chosen.tiers)
+    with pytest.raises(InvalidRequest, match="every menu entry stores fp16"):
+        planner.plan(x, 64 * 1024, menu=[{"codec": "int8"}, {"codec": "fp16"}])
