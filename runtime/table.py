@@ -809,9 +809,37 @@ def _tier_rows_of(spec: Any, n: int, t: int) -> np.ndarray:
         unknown = set(spec) - {"start", "stop"}
         if unknown:
             raise InvalidRequest(f"tier {t} rows: unknown field {sorted(unknown)[0]!r} (use start and stop)")
-        return np.arange(n, dtype=np.int64)[slice(spec.get("start"), spec.get("stop"))]
+        start = _row_bound(spec.get("start"), 0, n, f"tiers[{t}].rows.start")
+        stop = _row_bound(spec.get("stop"), n, n, f"tiers[{t}].rows.stop")
+        if start > stop:
+            raise InvalidRequest(f"tiers[{t}].rows: start {start} is past stop {stop}")
+        return np.arange(start, stop, dtype=np.int64)
     rows = check_ids(spec, n, f"tiers[{t}].rows")
     return np.sort(rows)
+
+
+def _row_bound(value: Any, default: int, n: int, field: str) -> int:
+    """A tier's start or stop from JSON: an integer in [0, n], or left out (null) for `default`.
+
+    Unlike a Python slice, a negative or too-large bound is refused: in a spec file it is far more
+    likely a mistake than a wish to count from the end or to clamp."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidRequest(f"{field} must be an integer, got {value!r}")
+    if not 0 <= value <= n:
+        raise InvalidRequest(f"{field} = {value} is outside 0..{n} (the table's rows)")
+    return int(value)
+
+
+def _check_rerank_options(options: Any, rerank: Any, field: str) -> None:
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise InvalidRequest(f"{field} must be an object of codec options, got {options!r}")
+    if rerank is None:
+        # they would be dropped without a word, and the table built as if they were not given
+        raise InvalidRequest(f"{field} {options!r} given without a rerank codec")
 
 
 def compress(
@@ -843,12 +871,13 @@ def compress(
     if key_array is not None and key_array.shape[0] != data.shape[0]:
         raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")
     if tiers is None:
+        _check_rerank_options(rerank_options, rerank, "rerank_options")
         built = [
             train_tier(data, codec, options, rerank=rerank, rerank_options=rerank_options, seed=seed, progress=progress)
         ]
         tier_rows = None
     else:
-        if options or rerank is not None:
+        if options or rerank is not None or rerank_options is not None:
             raise InvalidRequest("give codec options inside each tier when tiers are given")
         if not isinstance(tiers, list) or not tiers:
             raise InvalidRequest("tiers must be a non-empty list of tier objects")
@@ -858,6 +887,7 @@ def compress(
                 raise InvalidRequest(f"tiers[{t}] must be an object with rows and codec")
             own = {k: v for k, v in spec.items() if k not in {"rows", "codec", "rerank", "rerank_options", "dim"}}
             rows = _tier_rows_of(spec["rows"], data.shape[0], t)
+            _check_rerank_options(spec.get("rerank_options"), spec.get("rerank"), f"tiers[{t}].rerank_options")
             if rows.size == 0:
                 raise InvalidRequest(f"tiers[{t}] holds no rows")
             dim = spec.get("dim")

@@ -164,6 +164,26 @@ def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys
     assert "inside each tier" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "tier",
+    [
+        {"rows": {"start": "0"}, "codec": "int8"},
+        {"rows": {"start": -5}, "codec": "int8"},
+        {"rows": {"stop": 5000}, "codec": "int8"},
+        {"rows": {}, "codec": "int8", "rerank": "fp16", "rerank_options": [1]},
+        {"rows": {}, "codec": "int8", "rerank_options": {}},
+    ],
+)
+def test_ill_typed_tier_files_are_one_line_with_status_2(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], tier: dict[str, object]
+) -> None:
+    tiers = tmp_path / "tiers.json"
+    tiers.write_text(json.dumps([tier]))
+    assert main(["compress", str(source), "--tiers", str(tiers), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "tiers[0]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_sizes_against_fp32_say_smaller_or_larger() -> None:
     from runtime.planner import against_fp32
 

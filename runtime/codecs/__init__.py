@@ -23,7 +23,7 @@ CODECS: dict[str, type[Codec]] = {
 def codec_class(name: str) -> type[Codec]:
     try:
         return CODECS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a JSON list or object given for the name
         raise UnknownCodec(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)}") from None
 
 

@@ -97,6 +97,40 @@ def test_tier_specs_must_cover_every_row_once(x: np.ndarray) -> None:
         runtime.compress(x, tiers=[{"rows": slice(0, 300), "codec": "int8"}, {"rows": slice(200, N), "codec": "fp16"}])
 
 
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ({"start": "0"}, r"rows\.start must be an integer, got '0'"),
+        ({"start": 0.5}, r"rows\.start must be an integer, got 0\.5"),
+        ({"start": [0]}, r"rows\.start must be an integer, got \[0\]"),
+        ({"stop": float("inf")}, r"rows\.stop must be an integer, got inf"),
+        ({"stop": True}, r"rows\.stop must be an integer, got True"),
+        ({"start": -5}, r"rows\.start = -5 is outside 0\.\.400"),
+        ({"stop": 5000}, r"rows\.stop = 5000 is outside 0\.\.400"),
+        ({"start": 10, "stop": 5}, r"start 10 is past stop 5"),
+    ],
+)
+def test_tier_row_bounds_are_integers_within_the_table(x: np.ndarray, rows: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        runtime.compress(x, tiers=[{"rows": rows, "codec": "int8"}])
+
+
+@pytest.mark.parametrize(
+    ("tier", "message"),
+    [
+        ({"rerank": "fp16", "rerank_options": [1]}, r"tiers\[0\]\.rerank_options must be an object"),
+        ({"rerank": "fp16", "rerank_options": "x"}, r"tiers\[0\]\.rerank_options must be an object"),
+        ({"rerank_options": {"iterations": 3}}, "given without a rerank codec"),
+        ({"codec": ["int8"]}, r"unknown codec \['int8'\]"),
+    ],
+)
+def test_tier_rerank_options_and_codec_names_are_checked(x: np.ndarray, tier: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        runtime.compress(x, tiers=[{"rows": {"start": 0, "stop": N}, "codec": "int8", **tier}])
+    with pytest.raises(InvalidRequest, match=r"rerank_options .* given without a rerank codec"):
+        runtime.compress(x, "int8", rerank_options={"iterations": 3})
+
+
 def test_format2_round_trip_of_keyed_tiered_table(tmp_path: Path, x: np.ndarray, keys: np.ndarray) -> None:
     t = runtime.compress(x, tiers=_tiers(N), keys=keys, missing="zeros")
     t.sequence = 41
