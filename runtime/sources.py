@@ -13,6 +13,7 @@ The format is told by the file's first bytes, not its name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zipfile
@@ -137,17 +138,8 @@ class SafetensorsSource(Source):
         for key, entry in header.items():
             if key == "__metadata__":
                 continue
-            try:
-                dtype, shape, (begin, end) = (
-                    entry["dtype"],
-                    tuple(int(d) for d in entry["shape"]),
-                    entry["data_offsets"],
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidRequest(f"{str(path)!r}: header entry {key!r} is malformed ({exc})") from None
-            if not 0 <= begin <= end <= size - self.data_start:
-                raise InvalidRequest(f"{str(path)!r}: tensor {key!r} lies outside the file (truncated?)")
-            self.entries[key] = (str(dtype), shape, int(begin), int(end))
+            dtype, shape, begin, end = _header_entry(path, key, entry, size - self.data_start)
+            self.entries[key] = (dtype, shape, begin, end)
             name = "bfloat16" if dtype == "BF16" else str(np.dtype(SAFETENSORS_DTYPES.get(dtype, "V1")))
             self.tensors[key] = TensorInfo(key, shape, name if dtype in SAFETENSORS_DTYPES else dtype)
 
@@ -157,15 +149,52 @@ class SafetensorsSource(Source):
         if dtype_name not in SAFETENSORS_DTYPES:
             raise InvalidRequest(f"tensor {key!r} has dtype {dtype_name}, which embserve cannot read")
         dtype = np.dtype(SAFETENSORS_DTYPES[dtype_name])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize:
-            raise InvalidRequest(f"tensor {key!r}: {end - begin} bytes for shape {list(shape)} of {dtype_name}")
-        if count == 0:
+        if end == begin:
             values = np.zeros(shape, dtype)
         else:
             values = np.memmap(self.path, dtype=dtype, mode="r", offset=self.data_start + begin, shape=shape)
         array = np.asarray(values)
         return bfloat16_to_float32(array) if info.dtype == "bfloat16" else array
+
+
+def _header_entry(path: Path, key: str, entry: Any, data_bytes: int) -> tuple[str, tuple[int, ...], int, int]:
+    """A safetensors header entry checked field by field: (dtype, shape, begin, end).
+
+    Every tensor is checked at open, not only the one read, as the safetensors package does: a
+    header that lies about one tensor is not one to trust about the others."""
+    where = f"{str(path)!r}: tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise InvalidRequest(f"{where}: header entry must be an object, got {entry!r}")
+    missing = [field for field in ("dtype", "shape", "data_offsets") if field not in entry]
+    if missing:
+        raise InvalidRequest(f"{where}: header entry has no {missing[0]!r}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        raise InvalidRequest(f"{where}: dtype must be a string such as 'F32', got {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise InvalidRequest(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise InvalidRequest(f"{where}: data_offsets must be two integers [begin, end], got {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_bytes:
+        raise InvalidRequest(
+            f"{where}: data_offsets {offsets} lie outside the file's {data_bytes} data bytes (truncated?)"
+        )
+    # sizes in Python ints: a numpy product wraps (2**62 × 2**62 is 0 in int64) and would pass
+    known = dtype in SAFETENSORS_DTYPES
+    itemsize = np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize if known else 1
+    if math.prod(max(d, 1) for d in shape) * itemsize > np.iinfo(np.intp).max:
+        raise InvalidRequest(f"{where}: shape {shape} is larger than any array can be")
+    if known and math.prod(shape) * itemsize != end - begin:
+        raise InvalidRequest(
+            f"{where}: data_offsets hold {end - begin} bytes, but shape {shape} of {dtype} is "
+            f"{math.prod(shape) * itemsize} bytes"
+        )
+    return dtype, tuple(shape), begin, end
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class TorchSource(Source):
@@ -279,9 +308,13 @@ def describe_candidates(tensors: Any) -> str:
     keys = embedding_keys(infos)
     if keys:
         return "embedding-like keys: " + ", ".join(keys)
-    matrices = [k for k, t in infos.items() if len(t.shape) == 2]
+    # a 2-D tensor passed over for its dtype is named with it: its key alone would leave one
+    # wondering why `emb.weight` was not taken
+    matrices = [
+        k if t.is_float else f"{k} ({t.dtype}, not floating point)" for k, t in infos.items() if len(t.shape) == 2
+    ]
     if matrices:
-        return "no key looks like an embedding table; 2-D tensors: " + ", ".join(matrices)
+        return "no 2-D floating-point tensor is named like an embedding table; 2-D tensors: " + ", ".join(matrices)
     return "it holds no 2-D tensor"
 
 

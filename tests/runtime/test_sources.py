@@ -204,9 +204,77 @@ def test_bad_tensors_are_refused_and_nothing_is_written(
 
 def test_import_of_a_file_without_embeddings_lists_what_it_has(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "m.safetensors", {"proj": ("F32", [4, 4], np.zeros(16, "<f4").tobytes())})
-    with pytest.raises(InvalidRequest, match="no key looks like an embedding table; 2-D tensors: proj"):
+    with pytest.raises(
+        InvalidRequest, match="no 2-D floating-point tensor is named like an embedding table; 2-D tensors: proj"
+    ):
         runtime.importer.import_tables(open_source(tmp_path / "m.safetensors"), tmp_path / "o", "int8")
     assert not (tmp_path / "o").exists()
+
+
+def write_raw_header(path: Path, header: dict[str, Any], data: bytes) -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [-4, -16], "data_offsets": [0, 256]}, "shape must be a list of non-negative"),
+        ({"dtype": "F32", "shape": [4.7, 16], "data_offsets": [0, 256]}, r"shape must be .*got \[4\.7, 16\]"),
+        ({"dtype": "F32", "shape": [True, 64], "data_offsets": [0, 256]}, "shape must be a list of non-negative"),
+        ({"dtype": "F32", "shape": 64, "data_offsets": [0, 256]}, "shape must be a list of non-negative"),
+        ({"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 0]}, "larger than any array can be"),
+        ({"dtype": "F32", "shape": [2**62, 0], "data_offsets": [0, 0]}, "larger than any array can be"),
+        ({"dtype": "F32", "shape": [2**30, 2**30], "data_offsets": [0, 0]}, "hold 0 bytes, but shape"),
+        (
+            {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 256]},
+            "hold 256 bytes, but shape \\[4, 8\\] of F32 is 128",
+        ),
+        ({"dtype": ["F32"], "shape": [4, 16], "data_offsets": [0, 256]}, "dtype must be a string"),
+        ({"dtype": "F32", "shape": [4, 16], "data_offsets": [0, "256"]}, "data_offsets must be two integers"),
+        ({"dtype": "F32", "shape": [4, 16], "data_offsets": [0]}, "data_offsets must be two integers"),
+        ({"dtype": "F32", "shape": [4, 16], "data_offsets": [0, 512]}, "lie outside the file's 256 data bytes"),
+        ({"dtype": "F32", "shape": [4, 16], "data_offsets": [-1, 255]}, "lie outside"),
+        ({"dtype": "F32", "shape": [4, 16]}, "has no 'data_offsets'"),
+        ([1, 2], "header entry must be an object"),
+    ],
+)
+def test_a_malformed_safetensors_header_entry_is_refused_naming_tensor_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: Any, message: str
+) -> None:
+    path = tmp_path / "m.safetensors"
+    write_raw_header(path, {"emb.weight": entry}, np.ones(64, "<f4").tobytes())
+    with pytest.raises(InvalidRequest, match=r"tensor 'emb\.weight': .*" + message):
+        open_source(path)
+    for command in (["import"], ["compress", "--tensor", "emb.weight"]):
+        assert main([command[0], str(path), *command[1:], "--codec", "int8", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "emb.weight" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unknown_safetensors_dtype_is_listed_and_refused_when_read(tmp_path: Path) -> None:
+    # a newer dtype beside the table does not keep the table from being read
+    path = tmp_path / "m.safetensors"
+    header = {
+        "emb.weight": {"dtype": "F32", "shape": [4, 16], "data_offsets": [0, 256]},
+        "scale": {"dtype": "F8_E4M3", "shape": [4, 4], "data_offsets": [256, 272]},
+    }
+    write_raw_header(path, header, np.ones(68, "<f4").tobytes())
+    source = open_source(path)
+    np.testing.assert_array_equal(source.read("emb.weight"), np.ones((4, 16), np.float32))
+    assert source.tensors["scale"].dtype == "F8_E4M3"
+    with pytest.raises(InvalidRequest, match="dtype F8_E4M3, which embserve cannot read"):
+        source.read("scale")
+
+
+def test_import_names_the_dtype_of_the_2d_tensors_it_passed_over(tmp_path: Path) -> None:
+    tensors = {
+        "emb.weight": ("I32", [4, 4], np.zeros(16, "<i4").tobytes()),
+        "proj": ("F32", [4, 4], np.zeros(16, "<f4").tobytes()),
+    }
+    write_safetensors(tmp_path / "m.safetensors", tensors)
+    with pytest.raises(InvalidRequest, match=r"2-D tensors: emb\.weight \(int32, not floating point\), proj$"):
+        runtime.importer.import_tables(open_source(tmp_path / "m.safetensors"), tmp_path / "o", "int8")
 
 
 def test_pytorch_checkpoint_without_torch_names_the_extra(tmp_path: Path) -> None:
