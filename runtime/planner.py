@@ -211,8 +211,13 @@ def check_freq(freq: Any, rows: int) -> np.ndarray:
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise InvalidRequest(f"freq[{pos}] = {arr[pos].item()!r}: frequencies must be finite and >= 0")
-    total = values.sum()
-    return values / total if total > 0 else np.full(rows, 1.0 / rows)
+    # scaled by the largest first: summing counts near the float64 limit overflows to inf, and
+    # every weight would be 0
+    largest = values.max(initial=0.0)
+    if largest == 0:
+        return np.full(rows, 1.0 / rows)
+    values /= largest
+    return values / values.sum()
 
 
 @dataclass(frozen=True)

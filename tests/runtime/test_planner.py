@@ -208,6 +208,18 @@ def test_without_frequencies_rows_weigh_alike() -> None:
         assert tier.share == pytest.approx((tier.stop - tier.start) / 1000)
 
 
+def test_frequencies_near_the_float_limit_weigh_as_their_ratios_say() -> None:
+    x = low_rank_table(1000, 16, seed=6)
+    menu = [{"codec": "int8"}, {"codec": "int4"}, {"codec": "int2"}]
+    huge = planner.check_freq(np.full(1000, 1e308), 1000)
+    np.testing.assert_array_equal(huge, planner.check_freq(np.ones(1000), 1000))
+    assert planner.plan(x, 30_000, np.full(1000, 1e308), menu=menu).text() == planner.plan(x, 30_000, menu=menu).text()
+    skewed = np.full(1000, 1e308)
+    skewed[:500] = 1e307
+    weights = planner.check_freq(skewed, 1000)
+    assert weights.sum() == pytest.approx(1.0) and weights[999] == pytest.approx(10 * weights[0])
+
+
 def test_fixed_costs_rule_out_pq_on_a_tiny_table() -> None:
     """8-bit PQ with M=8 on 16 dims is near lossless on 300 rows and its codes are 8 bytes a row,
     as int2's; but its inner-product tables alone are 8 × 256 × 256 × 4 bytes. The planner counts
