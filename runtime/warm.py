@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from runtime.codecs import CODECS, example_configs
+from runtime.errors import InvalidRequest
 from runtime.table import Table, compress, load_table
 
 # every codec and each of its option choices (derived from the codecs' declared options), and
@@ -75,16 +76,20 @@ def warm_levels(caches: Path, names: list[str] | None = None) -> list[str]:
     known = [level.name for level in LEVELS]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
-        raise SystemExit(f"unknown level {', '.join(unknown)}; the levels are {', '.join(known)}")
+        raise InvalidRequest(f"unknown level {', '.join(unknown)}; the levels are {', '.join(known)}")
     host = host_features()
-    built = []
-    for level in LEVELS:
-        if names and level.name not in names:
-            continue
-        if not level.runs_on(host):
+    asked = [level for level in LEVELS if not names or level.name in names]
+    chosen = [level for level in asked if level.runs_on(host)]
+    # numba writes no cache where it cannot and says nothing: checked now, not minutes of
+    # compiling later with a "cached in" that is not true
+    for directory in [caches, *(caches / level.name for level in chosen)]:
+        _check_cache_directory(directory)
+    for level in asked:
+        if level not in chosen:
             missing = [name for name in level.features if not host.get(name, False)]
             print(f"{level.name}: skipped, this CPU lacks {', '.join(missing)}", file=sys.stderr)
-            continue
+    built = []
+    for level in chosen:
         env = {key: value for key, value in os.environ.items() if key != CACHES_VARIABLE}
         env.update(level_environment(level, caches))
         # a process of its own: numba reads the target once, before its first compile
@@ -94,11 +99,38 @@ def warm_levels(caches: Path, names: list[str] | None = None) -> list[str]:
     return built
 
 
+def _check_cache_directory(directory: Path) -> None:
+    """Make `directory` if it is not there; refuse it unless it is a directory files can be made in."""
+    from runtime.kernels.targets import writable
+
+    if directory.exists() and not directory.is_dir():
+        raise InvalidRequest(f"cache directory {str(directory)!r} exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot make cache directory {str(directory)!r}: {exc.strerror or exc}") from None
+    if not writable(directory):
+        raise InvalidRequest(f"cache directory {str(directory)!r} is not writable")
+
+
+def main(argv: list[str]) -> int:
+    """Exit status 2 for a usage or input error, as the embserve commands."""
+    if argv[:1] == ["--levels"] and len(argv) >= 2:
+        try:
+            built = warm_levels(Path(argv[1]), argv[2:])
+        except InvalidRequest as exc:
+            print(f"runtime.warm: {exc}", file=sys.stderr)
+            return 2
+        if not built:
+            print("runtime.warm: no level asked for runs on this CPU", file=sys.stderr)
+            return 1
+        return 0
+    if argv:
+        print("usage: python -m runtime.warm [--levels DIR [LEVEL ...]]", file=sys.stderr)
+        return 2
+    print(f"numba kernels compiled and cached in {warm_all():.1f} s", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--levels"] and len(sys.argv) >= 3:
-        if not warm_levels(Path(sys.argv[2]), sys.argv[3:]):
-            sys.exit("no level asked for runs on this CPU")
-    elif len(sys.argv) > 1:
-        sys.exit("usage: python -m runtime.warm [--levels DIR [LEVEL ...]]")
-    else:
-        print(f"numba kernels compiled and cached in {warm_all():.1f} s", file=sys.stderr)
+    sys.exit(main(sys.argv[1:]))

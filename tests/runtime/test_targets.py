@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import warm
+from runtime.errors import InvalidRequest
 from runtime.kernels import targets
 from runtime.kernels.targets import (
     LEVELS,
@@ -227,7 +228,7 @@ def test_a_read_only_prebuilt_cache_serves_a_process_from_its_copy(tmp_path: Pat
 def test_warming_levels_refuses_unknown_names_and_skips_what_the_cpu_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit, match="unknown level avx9; the levels are avx512-server, x86-64-v3"):
+    with pytest.raises(InvalidRequest, match="unknown level avx9; the levels are avx512-server, x86-64-v3"):
         warm.warm_levels(tmp_path, ["avx9"])
     # a build host with AVX2 only: the AVX-512 level is skipped with a note, x86-64-v3 is built in
     # a process of its own with that level's variables (the build itself is run for real in
@@ -241,3 +242,34 @@ def test_warming_levels_refuses_unknown_names_and_skips_what_the_cpu_lacks(
     assert [call["NUMBA_CACHE_DIR"] for call in calls] == [str(tmp_path / "x86-64-v3")]
     assert calls[0]["NUMBA_CPU_NAME"] == "x86-64-v3" and "EMBSERVE_NUMBA_CACHES" not in calls[0]
     assert "avx512-server: skipped, this CPU lacks avx512f" in capsys.readouterr().err
+
+
+def test_warming_levels_refuses_a_cache_directory_it_cannot_write_before_any_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llvmlite import binding
+
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr(binding, "get_host_cpu_features", lambda: host_with(V3))
+    monkeypatch.setattr(warm.subprocess, "run", lambda args, env, check: calls.append(env))
+
+    def refused(argv: list[str], message: str) -> None:
+        assert warm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+    a_file = tmp_path / "caches"
+    a_file.write_text("")
+    refused(["--levels", str(a_file)], f"cache directory {str(a_file)!r} exists and is not a directory")
+    refused(["--levels", str(a_file / "under")], f"cannot make cache directory {str(a_file / 'under')!r}")
+    level_file = tmp_path / "levels" / "x86-64-v3"
+    level_file.parent.mkdir()
+    level_file.write_text("")
+    refused(["--levels", str(level_file.parent)], f"{str(level_file)!r} exists and is not a directory")
+    # root writes anywhere, so an unwritable directory is what targets.writable says of it
+    monkeypatch.setattr(targets, "writable", lambda directory: False)
+    refused(["--levels", str(tmp_path / "new")], f"cache directory {str(tmp_path / 'new')!r} is not writable")
+    refused(["--levels", str(tmp_path / "new"), "avx9"], "unknown level avx9")
+    refused(["--levels"], "usage: python -m runtime.warm")
+    refused(["--level", str(tmp_path)], "usage: python -m runtime.warm")
+    assert calls == []
