@@ -184,6 +184,20 @@ def test_ill_typed_tier_files_are_one_line_with_status_2(
     assert "tiers[0]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_pq_iterations_may_be_zero_as_rq_and_shared_say(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["compress", str(source), "--codec", "pq", "--subspaces", "4", "--quiet"]
+    assert main([*args, "--iterations", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "pq option iterations must be a non-negative integer, got -1" in capsys.readouterr().err
+    assert main([*args, "--opq", "--opq-iterations", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "pq option opq_iterations must be a non-negative integer, got -1" in capsys.readouterr().err
+    assert main([*args, "--subspaces", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "pq option subspaces must be a positive integer, got 0" in capsys.readouterr().err
+    # 0: the k-means++ seeds are the codebooks
+    assert main([*args, "--iterations", "0", "--out", str(tmp_path / "zero")]) == 0
+
+
 def test_sizes_against_fp32_say_smaller_or_larger() -> None:
     from runtime.planner import against_fp32
 

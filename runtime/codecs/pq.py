@@ -50,14 +50,13 @@ class PqCodec(adc.BlockedCodes, Codec):
     @classmethod
     def check_options(cls, dim: int, options: dict[str, Any]) -> dict[str, Any]:
         params = super().check_options(dim, options)
-        for key in ("subspaces", "train_rows", "iterations", "opq_iterations"):
+        # 0 iterations is meaningful, as in rq and shared: the k-means++ seeds kept as codebooks,
+        # or with opq no alternation (the identity rotation)
+        for key, least in (("subspaces", 1), ("train_rows", 1), ("iterations", 0), ("opq_iterations", 0)):
             value = params[key]
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, np.integer))
-                or value < (0 if "iter" in key else 1)
-            ):
-                raise InvalidRequest(f"pq option {key} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                kind = "a positive integer" if least else "a non-negative integer"
+                raise InvalidRequest(f"pq option {key} must be {kind}, got {value!r}")
             params[key] = int(value)
         m = params["subspaces"]
         if dim % m:
