@@ -92,7 +92,9 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
             with contextlib.suppress(OSError):
                 file.unlink()
         raise
-    for stale in previous - {entry["file"] for entry in entries.values()}:
+    # what the manifest now names is kept too: a writer that finished meanwhile may have claimed
+    # a name the previous version freed
+    for stale in previous - {entry["file"] for entry in entries.values()} - _named_files(out):
         with contextlib.suppress(OSError):
             (out / stale).unlink()
     return out
@@ -102,9 +104,10 @@ def _named_files(directory: Path) -> set[str]:
     """The array files the directory's manifest names (none when it has no readable one)."""
     try:
         listed = json.loads((directory / MANIFEST).read_text())["arrays"].values()
-        return {e["file"] for e in listed if isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]}
+        named = {e["file"] for e in listed if isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
+    return named - {MANIFEST}  # a manifest written by hand that names itself must not be removed
 
 
 def _claim_name(directory: Path, stem: str, written: Path) -> Path:

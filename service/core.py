@@ -313,6 +313,7 @@ class EmbeddingService:
         max_arriving_body_bytes (bodies arriving at once, over all connections)."""
         limit = self.settings.max_arriving_body_bytes
         if self.arriving_body_bytes + nbytes > limit:
+            self.metrics.overloaded.labels("http").inc()
             raise Overloaded(f"request bodies arriving at once exceed the server's {limit} bytes; retry")
         self.arriving_body_bytes += nbytes
         self.metrics.arriving_body_bytes.inc(nbytes)

@@ -119,7 +119,10 @@ class Metrics:
             "embserve_table_delta_capacity_slots", "Delta slots a table holds before compaction.", ["table"], registry=r
         )
         self.overloaded = Counter(
-            "embserve_rejected_overload", "Requests refused at the concurrency limit.", ["transport"], registry=r
+            "embserve_rejected_overload",
+            "Requests refused as overload: the concurrency limit, or HTTP bodies arriving past their byte limit.",
+            ["transport"],
+            registry=r,
         )
         self.client_disconnects = Counter(
             "embserve_client_disconnects",

@@ -367,6 +367,10 @@ class AdmissionFront:
         body read, or None when the request ended here (answered, or its client gone)."""
         service = self.service
         try:
+            if taken.labels[1].startswith("admin_"):
+                # before the body is read: a caller without the token makes the server take in nothing
+                authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+                service.authorize(None if authorization is None else authorization.decode("latin-1"))
             declared = next((value for key, value in scope["headers"] if key == b"content-length"), b"")
             if declared.isdigit():  # bytes.isdigit is ASCII digits only
                 service.check_body_size(int(declared))

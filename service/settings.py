@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -58,7 +58,8 @@ class Settings(BaseSettings):
         1 << 30,
         ge=1024,
         description="bytes of HTTP request bodies still arriving (read before a request takes its concurrency "
-        "slot) held at once over all connections; a body that would pass it is refused 429",
+        "slot) held at once over all of a process's connections (at least max_body_bytes); a body that "
+        "would pass it is refused 429",
     )
     max_connections: int = Field(
         1024, ge=1, description="open connections on each port; one more is closed at once (HTTP: with a 503)"
@@ -136,6 +137,15 @@ class Settings(BaseSettings):
         if isinstance(value, (str, Path)) and Path(value).exists() and not Path(value).is_dir():
             raise ValueError("is a file; the artifact root is a directory")
         return value
+
+    @model_validator(mode="after")
+    def _arriving_holds_a_body(self) -> Settings:
+        if self.max_arriving_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_arriving_body_bytes ({self.max_arriving_body_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}): a body between the two would be refused 429 at every retry"
+            )
+        return self
 
     @field_validator("tables", "groups", mode="before")
     @classmethod

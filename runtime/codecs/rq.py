@@ -41,6 +41,7 @@ from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
 from runtime.kernels.kmeans import centroid_sums, codeword_norms, nearest_codeword_into
 from runtime.training import MAX_POINTS_PER_CENTROID, random_rows
+from runtime.validation import unusable_value
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
@@ -416,6 +417,14 @@ class RqCodec(adc.BlockedCodes, Codec):
         if norm_range.dtype != np.float32 or norm_range.shape != (2,):
             return f"norm_range must be float32 (2,), got {norm_range.dtype} {norm_range.shape}"
         return None
+
+    def check_values(self) -> str | None:
+        # norm_range holds squared norms: rows of values below 2**50 may have them far above it
+        norm_range = self.arrays["norm_range"]
+        if not np.isfinite(norm_range).all():
+            return f"array 'norm_range' holds {norm_range.tolist()}, not finite"
+        where = unusable_value(self.arrays["codebooks"])
+        return None if where is None else f"array 'codebooks' holds {where}"
 
     def _prepare(self) -> None:
         books = self.arrays["codebooks"]

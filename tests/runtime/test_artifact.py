@@ -188,3 +188,14 @@ def test_two_writers_at_once_leave_a_complete_artifact(tmp_path: Path) -> None:
             writer.join()
         loaded = runtime.load_table(out)  # every sha256 holds
         assert any(np.array_equal(loaded.lookup([5, 1999]), t.lookup([5, 1999])) for t in tables)
+
+
+def test_a_manifest_that_names_itself_survives_a_rewrite(tmp_path: Path) -> None:
+    # found by a review: a rewrite removes the files the previous manifest named, this one too
+    runtime.compress(low_rank_table(100, 8, seed=1), "int8").save(tmp_path / "t")
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    manifest["arrays"]["extra"] = {"file": "manifest.json", "dtype": "<f4", "shape": [1], "sha256": "0"}
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(manifest))
+    table = runtime.compress(low_rank_table(100, 8, seed=2), "int8")
+    table.save(tmp_path / "t")
+    np.testing.assert_array_equal(runtime.load_table(tmp_path / "t").lookup([3]), table.lookup([3]))

@@ -105,7 +105,7 @@ CASES = [
     ("fp16", {}, inf_fp16_values, "array 'values' holds inf at [5, 3]"),
     ("int8", {}, nan_row_scale, "scale or bias (row, [scale, bias]) is nan at [9, 0]"),
     ("int4", {}, nan_row_scale, "scale or bias"),
-    ("rq", {"codebooks": 2}, nan_norm_range, "array 'norm_range' holds nan at [0]"),
+    ("rq", {"codebooks": 2}, nan_norm_range, "array 'norm_range' holds [nan, 1.0], not finite"),
     ("pq", {"subspaces": 4}, stray_rotation, "rotation array is stored but opq=false"),
     ("binary", {}, stray_rotation, "rotation array is stored but rotate=false"),
     ("pq", {"subspaces": 4, "opq": True}, text_rotation, "opq=true needs a float32 (16, 16) rotation array, got <U1"),
@@ -131,6 +131,14 @@ def test_a_crafted_artifact_is_refused_at_load_naming_the_problem(
     with pytest.raises(ArtifactCorrupt) as info:
         runtime.load_table(tmp_path / "t")
     assert message in str(info.value)
+
+
+def test_rq_of_large_values_loads_back(tmp_path: Path) -> None:
+    # its norm_range holds squared norms, past 2**50 for values of 1e7: the load check refused
+    # what compress had just written (found by a review)
+    table = runtime.compress(X * np.float32(1e7), "rq", codebooks=2, bits=4, iterations=2)
+    table.save(tmp_path / "t")
+    np.testing.assert_array_equal(runtime.load_table(tmp_path / "t").lookup([0, 511]), table.lookup([0, 511]))
 
 
 def test_a_negative_shared_index_is_refused(tmp_path: Path) -> None:

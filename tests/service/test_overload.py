@@ -122,10 +122,10 @@ async def test_http_over_limit_is_refused_from_its_headers_without_reading_the_b
     app = create_asgi(service)
     exchange = Exchange([LOOKUP_BODY])
     with service.request("test", "hold", "t"):  # occupy the only slot
-        await app(lookup_scope(), exchange.receive, exchange.send)
+        await asyncio.wait_for(app(lookup_scope(), exchange.receive, exchange.send), 10)
     assert (exchange.status, exchange.reads) == (429, 0)
     exchange = Exchange([LOOKUP_BODY])
-    await app(lookup_scope(), exchange.receive, exchange.send)
+    await asyncio.wait_for(app(lookup_scope(), exchange.receive, exchange.send), 10)
     assert exchange.status == 200, exchange.body
 
 
@@ -136,15 +136,15 @@ async def test_a_body_arriving_holds_no_slot_and_takes_one_once_it_is_in(service
     await wait_until(lambda: service.receiving == 1)
     assert (service.in_flight, service.arriving_body_bytes) == (0, 5)
     fast = Exchange([LOOKUP_BODY])
-    await app(lookup_scope(), fast.receive, fast.send)  # the only slot is free: served
+    await asyncio.wait_for(app(lookup_scope(), fast.receive, fast.send), 10)  # the only slot is free: served
     assert fast.status == 200, fast.body
     slow.released.set()
-    await task
+    await asyncio.wait_for(task, 10)
     assert slow.status == 200 and (service.receiving, service.in_flight, service.arriving_body_bytes) == (0, 0, 0)
 
 
 async def test_bodies_arriving_at_once_are_bounded_in_bytes() -> None:
-    svc = EmbeddingService(Settings(demo=False, max_arriving_body_bytes=2048, max_body_bytes=4096))
+    svc = EmbeddingService(Settings(demo=False, max_arriving_body_bytes=2048, max_body_bytes=2048))
     svc.store.put("t", runtime.compress(low_rank_table(100, 8), "int8"))
     svc.started = True
     app = create_asgi(svc)
@@ -153,11 +153,11 @@ async def test_bodies_arriving_at_once_are_bounded_in_bytes() -> None:
         task = asyncio.create_task(app(lookup_scope() | {"headers": []}, first.receive, first.send))
         await wait_until(lambda: svc.arriving_body_bytes == 1500)
         second = Exchange([b" " * 1000, LOOKUP_BODY])
-        await app(lookup_scope() | {"headers": []}, second.receive, second.send)
+        await asyncio.wait_for(app(lookup_scope() | {"headers": []}, second.receive, second.send), 10)
         assert second.status == 429 and b"arriving at once exceed" in second.body
         assert svc.arriving_body_bytes == 1500  # the refused body's bytes are given back
         first.released.set()
-        await task
+        await asyncio.wait_for(task, 10)
         assert first.status == 200 and svc.arriving_body_bytes == 0
     finally:
         svc.close()
@@ -173,9 +173,25 @@ async def test_the_drain_waits_for_a_body_arriving_and_serves_it(service: Embedd
     service.start_draining()
     assert not await service.wait_idle(0.05)
     late = Exchange([LOOKUP_BODY])
-    await app(lookup_scope(), late.receive, late.send)
+    await asyncio.wait_for(app(lookup_scope(), late.receive, late.send), 10)
     assert (late.status, late.reads) == (503, 0)
     slow.released.set()
-    await task
+    await asyncio.wait_for(task, 10)
     assert slow.status == 200, slow.body
     assert await service.wait_idle(0.05)
+
+
+async def test_an_admin_request_without_the_token_is_refused_before_its_body_is_read() -> None:
+    # found by a review: with the body read before the slot, a caller without the token made the
+    # server take in up to the body limit before its 401
+    svc = EmbeddingService(Settings(demo=False, admin_token="secret"))
+    svc.started = True
+    app = create_asgi(svc)
+    scope = {"type": "http", "method": "PUT", "path": "/v1/tables/t", "headers": [], "query_string": b""}
+    try:
+        for headers, status in (([], 401), ([(b"authorization", b"Bearer wrong")], 401)):
+            exchange = Exchange([b'{"path": "t/v1"}'])
+            await asyncio.wait_for(app(scope | {"headers": headers}, exchange.receive, exchange.send), 10)
+            assert (exchange.status, exchange.reads) == (status, 0)
+    finally:
+        svc.close()

@@ -181,6 +181,7 @@ def test_serve_tables_file_from_import(tmp_path: Path) -> None:
         (["--log-level", "loud"], {}, "--log-level / EMBSERVE_LOG_LEVEL: must be one of critical, error, warning"),
         (["--host", "999.1.1.1"], {}, "embserve serve: invalid settings: host '999.1.1.1' cannot be bound here"),
         (["--artifact-root", "/etc/passwd"], {}, "is a file; the artifact root is a directory (got '/etc/passwd')"),
+        (["--max-arriving-body-bytes", "2048", "--max-body-bytes", "4096"], {}, "must be at least max_body_bytes"),
     ],
 )
 def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
