@@ -21,10 +21,12 @@ checking its size and sha256, so a truncated, flipped or missing file is refused
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import mmap
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -49,6 +51,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+WRITE_LOCK = ".write.lock"
+"""A file in the artifact directory that writers hold an exclusive flock on, one at a time."""
+
+
 def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays and manifest into directory `path` (created when missing).
 
@@ -56,13 +62,31 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
     fails (a full disk) or is interrupted leaves the previous artifact whole: each array goes to a
     file of its own (`tier0--codes.npy`, or with a random suffix where that name is taken), the
     manifest is switched to them by one rename, and only then are the files the previous manifest
-    named and this one does not removed. A reader sees one version or the other, never a mix; a
-    failed write removes the files it made. Two writers at once each claim their files without
-    overwriting (a hard link fails on an existing name), so the manifest renamed last names a
-    complete artifact."""
+    named removed, with what a writer killed outright left of the same arrays. A reader sees one
+    version or the other, never a mix; a failed write removes the files it made. Writers to one
+    directory take turns (an flock, released by the kernel even when its holder is killed), so the
+    last one's version is the one left, whole."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    previous = _named_files(out)
+    with open(out / WRITE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = named_files(out)
+        entries = _write_version(out, manifest, arrays)
+        # the previous version's files, and what a writer killed outright (SIGKILL, power) left of
+        # the same arrays: claimed files and temporaries no manifest names, a copy of the table each
+        stems = "|".join(re.escape(name.replace("/", "--")) for name in arrays) or "(?!)"
+        leftover = re.compile(rf"(?:{stems})\.[0-9a-f]{{8}}\.npy|\.(?:{stems}|manifest)\.[a-z0-9_]{{8}}")
+        kept = {entry["file"] for entry in entries.values()}
+        for file in out.iterdir():
+            if file.name not in kept and (file.name in previous or leftover.fullmatch(file.name)):
+                with contextlib.suppress(OSError):
+                    file.unlink()
+    return out
+
+
+def _write_version(out: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each array to a new file, then the manifest naming them by one rename; -> the manifest's
+    array entries. On any failure the files made are removed and the previous manifest stands."""
     made: list[Path] = []
     try:
         entries = {}
@@ -92,15 +116,10 @@ def write(path: str | os.PathLike[str], manifest: dict[str, Any], arrays: dict[s
             with contextlib.suppress(OSError):
                 file.unlink()
         raise
-    # what the manifest now names is kept too: a writer that finished meanwhile may have claimed
-    # a name the previous version freed
-    for stale in previous - {entry["file"] for entry in entries.values()} - _named_files(out):
-        with contextlib.suppress(OSError):
-            (out / stale).unlink()
-    return out
+    return entries
 
 
-def _named_files(directory: Path) -> set[str]:
+def named_files(directory: Path) -> set[str]:
     """The array files the directory's manifest names (none when it has no readable one)."""
     try:
         listed = json.loads((directory / MANIFEST).read_text())["arrays"].values()
@@ -112,20 +131,12 @@ def _named_files(directory: Path) -> set[str]:
 
 def _claim_name(directory: Path, stem: str, written: Path) -> Path:
     """Gives the finished file `written` its name: `<stem>.npy`, or `<stem>.<random>.npy` where
-    that is taken, never replacing a file that exists."""
+    the version being replaced holds that one (the caller holds the directory's write lock)."""
     for suffix in ("", *(f".{secrets.token_hex(4)}" for _ in range(8))):
         target = directory / f"{stem}{suffix}.npy"
-        try:
-            os.link(written, target)
-        except FileExistsError:
-            continue
-        except OSError:  # a filesystem without hard links: checked, then renamed
-            if target.exists():
-                continue
-            os.rename(written, target)
+        if not target.exists():
+            os.replace(written, target)
             return target
-        written.unlink()
-        return target
     raise FileExistsError(f"no free file name for array {stem!r} in {str(directory)!r}")
 
 

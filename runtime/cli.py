@@ -226,6 +226,10 @@ def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)  # a rewrite removes only files the old manifest named: inputs stay
+    if args.input.resolve().parent == args.out.resolve() and args.input.name in artifact.named_files(args.out):
+        raise InvalidRequest(
+            f"the input {str(args.input)!r} is a file of the artifact --force replaces; copy it out first"
+        )
     x, provenance = _read_input(open_source(args.input), args.tensor)
     options = _codec_options(args)
     if args.budget is not None:

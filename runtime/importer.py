@@ -13,6 +13,7 @@ failure leaves nothing behind (and, with `force`, the old DIR untouched).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,9 +99,30 @@ def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), director
         return
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"output {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    _check_makeable(out)
+    if out.is_dir() and any(p.name != artifact.WRITE_LOCK for p in out.iterdir()) and not force:
         what = "an artifact" if (out / artifact.MANIFEST).exists() else "files"
         raise InvalidRequest(f"output directory {str(out)!r} already holds {what}; pass --force to replace it")
+
+
+def _check_makeable(out: Path) -> None:
+    """Make the missing directories of `out` and remove them again: one that cannot be made
+    (a read-only or pseudo filesystem) is refused now, not after minutes of training, and a
+    command refused later leaves nothing behind."""
+    missing = []
+    walk = out
+    while not walk.exists() and walk != walk.parent:
+        missing.append(walk)
+        walk = walk.parent
+    try:
+        for directory in reversed(missing):
+            directory.mkdir()
+    except OSError as exc:
+        raise InvalidRequest(f"output {str(out)!r} cannot be made: {exc.strerror or exc}") from None
+    finally:
+        for directory in missing:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def replace_dir(built: Path, out: Path) -> None:

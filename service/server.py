@@ -196,13 +196,17 @@ class EmbserveServer:
         self.service.start_draining()
         await self._set_health()
         log.info(
-            "draining: waiting up to %.1f s for %d in-flight requests",
+            "draining: waiting up to %.1f s for %d in-flight requests (%d more receiving their body)",
             self.settings.grace_seconds,
             self.service.in_flight,
+            self.service.receiving,
         )
         finished = await self.service.wait_idle(self.settings.grace_seconds)
         if not finished:
-            log.warning("grace period over with %d requests still running: answering them 503", self.service.in_flight)
+            log.warning(
+                "grace period over with %d requests still running: answering them 503",
+                self.service.in_flight + self.service.receiving,
+            )
         arm_exit_watchdog(STOP_SECONDS)
         if self.http_server is not None:
             # the grace was given above: uvicorn's own wait (what remains is a health check or a

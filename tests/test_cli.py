@@ -126,6 +126,13 @@ def test_unwritable_outputs_and_unusable_values_are_one_line_with_status_2(
     np.save(model, np.load(source))
     assert main(["import", str(model), "--out", str(model.parent), "--force"]) == 2
     assert "is or holds the input" in capsys.readouterr().err and model.exists()
+    # compress --force over the artifact its input belongs to removed the input with the old version
+    assert main(["compress", str(source), "--codec", "fp32", "--out", str(tmp_path / "a")]) == 0
+    inner = tmp_path / "a" / "tier0--values.npy"
+    assert main(["compress", str(inner), "--codec", "int8", "--out", str(tmp_path / "a"), "--force"]) == 2
+    assert "is a file of the artifact --force replaces" in capsys.readouterr().err and inner.exists()
+    assert main(["compress", str(source), "--codec", "int8", "--out", "/proc/nope"]) == 2
+    assert "'/proc/nope' cannot be made" in capsys.readouterr().err
     assert main(["plan", str(model), "--budget", "64KiB", "--out", str(model)]) == 2
     assert "is or holds the input" in capsys.readouterr().err
     np.testing.assert_array_equal(np.load(model), np.load(source))

@@ -172,7 +172,7 @@ def test_a_rewrite_switches_whole_and_removes_the_files_it_replaced(tmp_path: Pa
         table.save(tmp_path / "t")
         manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
         named = {entry["file"] for entry in manifest["arrays"].values()}
-        assert {p.name for p in (tmp_path / "t").iterdir()} == named | {"manifest.json"}
+        assert {p.name for p in (tmp_path / "t").iterdir()} == named | {"manifest.json", ".write.lock"}
         np.testing.assert_array_equal(runtime.load_table(tmp_path / "t").lookup([0, 299]), table.lookup([0, 299]))
 
 
@@ -199,3 +199,16 @@ def test_a_manifest_that_names_itself_survives_a_rewrite(tmp_path: Path) -> None
     table = runtime.compress(low_rank_table(100, 8, seed=2), "int8")
     table.save(tmp_path / "t")
     np.testing.assert_array_equal(runtime.load_table(tmp_path / "t").lookup([3]), table.lookup([3]))
+
+
+def test_a_rewrite_removes_what_a_killed_writer_left_and_keeps_other_files(tmp_path: Path) -> None:
+    # found by a probe: a writer killed outright (SIGKILL) left a full copy of the table behind,
+    # which no later write removed
+    out = tmp_path / "t"
+    runtime.compress(low_rank_table(100, 8, seed=1), "int8").save(out)
+    leftovers = ["tier0--rows.0123abcd.npy", ".tier0--rows.ab_c9xyz", ".manifest.qwertyui"]
+    for name in [*leftovers, "notes.txt", "tier0--rows.backup.npy"]:
+        (out / name).write_bytes(b"x")
+    runtime.compress(low_rank_table(100, 8, seed=2), "int8").save(out)
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(leftovers) and {"notes.txt", "tier0--rows.backup.npy"} <= names
