@@ -310,7 +310,7 @@ class EmbeddingService:
 
     def take_arriving(self, nbytes: int) -> None:
         """Count `nbytes` more of a request body received before admission; Overloaded past
-        max_arriving_body_bytes (bodies arriving at once, over all connections)."""
+        max_arriving_body_bytes (bodies arriving at once, over all of this process's connections)."""
         limit = self.settings.max_arriving_body_bytes
         if self.arriving_body_bytes + nbytes > limit:
             self.metrics.overloaded.labels("http").inc()
