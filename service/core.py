@@ -65,7 +65,7 @@ class TakenIn:
     gets to; one refused before (a body that does not parse, a caller without the admin token) is
     counted on exit here, with that status (unset: not counted, as for a client that left)."""
 
-    __slots__ = ("admitted", "before_drain", "counted", "labels", "receiving", "service", "start", "status", "token")
+    __slots__ = ("admitted", "counted", "labels", "receiving", "service", "start", "status", "token")
 
     def __init__(
         self, service: EmbeddingService, labels: tuple[str, str, str], admitted: bool, receiving: bool = False
@@ -76,7 +76,6 @@ class TakenIn:
         self.admitted = admitted
         self.receiving = receiving
         """its body is arriving (counted in service.receiving from enter to admission or exit)"""
-        self.before_drain = not service.draining
         self.counted = False
         self.status: str | None = None
         self.start = time.perf_counter()
@@ -264,10 +263,10 @@ class EmbeddingService:
             return ""
         return name if name in self.store or name in self.groups else "unknown"
 
-    def _check_room(self, transport: str, operation: str, table: str | None, drain_started: bool = True) -> None:
-        """Refuses (and counts) a request that cannot be admitted now; `drain_started` False for
-        one taken in before the drain began, which the drain waits for."""
-        if (self.draining and drain_started) or not self.started:
+    def _check_room(self, transport: str, operation: str, table: str | None, before_drain: bool = False) -> None:
+        """Refuses (and counts) a request that cannot be admitted now; `before_drain` for one taken
+        in before the drain began, which the drain waits for."""
+        if (self.draining and not before_drain) or not self.started:
             self._count_refusal(transport, operation, table, "503")
             raise NotReady("server is draining" if self.draining else "server is starting")
         if self.in_flight >= self.settings.max_concurrency:
@@ -275,8 +274,8 @@ class EmbeddingService:
             self._count_refusal(transport, operation, table, "429")
             raise Overloaded(f"server is at its limit of {self.settings.max_concurrency} concurrent requests; retry")
 
-    def _admit(self, transport: str, operation: str, table: str | None, drain_started: bool = True) -> None:
-        self._check_room(transport, operation, table, drain_started)
+    def _admit(self, transport: str, operation: str, table: str | None, before_drain: bool = False) -> None:
+        self._check_room(transport, operation, table, before_drain)
         self.in_flight += 1
         self.metrics.in_flight.inc()
 
@@ -301,10 +300,11 @@ class EmbeddingService:
 
     def admit(self, taken: TakenIn, table: str | None) -> None:
         """Take the concurrency slot of a request whose body has arrived (`receive_body`); it
-        keeps it for the core call made inside (`request`) and gives it back on exit. One that
-        was receiving when the drain began is still admitted: the drain waited for it."""
+        keeps it for the core call made inside (`request`) and gives it back on exit. It is
+        admitted even if the drain has begun since: `receive_body` refused it otherwise, so it
+        began before the drain, which waits for it."""
         transport, operation, _ = taken.labels
-        self._admit(transport, operation, table, drain_started=not taken.before_drain)
+        self._admit(transport, operation, table, before_drain=True)
         taken.admitted = True
         taken.stop_receiving()
 

@@ -90,7 +90,7 @@ def id_to_sequence(stream_id: str | bytes) -> int:
     return int(ms) << SEQ_BITS | int(seq)
 
 
-def _id_order(stream_id: Any) -> tuple[int, int]:
+def stream_order(stream_id: Any) -> tuple[int, int]:
     """A stream id as (ms, seq), which orders ids as Redis does (any size, unlike a sequence)."""
     ms, _, seq = _text(stream_id).partition("-")
     return int(ms), int(seq or 0)
@@ -107,9 +107,9 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     means entries after the position went (a trim by hand that cuts exactly after it is the one
     case this reports where nothing was lost)."""
     fields = {_text(k): v for k, v in info.items()}
-    at = _id_order(position)
+    at = stream_order(position)
     last = fields.get("last-generated-id")
-    if last is not None and _id_order(last) < at:
+    if last is not None and stream_order(last) < at:
         return (
             f"the stream's newest id {_text(last)} is below this replica's position {position}: it was recreated, "
             "and what is pushed to it applies only once its ids pass that position"
@@ -118,8 +118,8 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     if added <= length:
         return ""  # nothing was ever removed
     first_entry = fields.get("first-entry")
-    first = _id_order(first_entry[0]) if first_entry else None
-    if (first is None and last is not None and _id_order(last) > at) or (first is not None and first > at):
+    first = stream_order(first_entry[0]) if first_entry else None
+    if (first is None and last is not None and stream_order(last) > at) or (first is not None and first > at):
         return f"entries after {position} were trimmed or deleted before this replica applied them"
     return ""
 
@@ -441,9 +441,8 @@ class UpdateApplier:
                 dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
                 try:
                     await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
-                except (
-                    Exception
-                ) as exc:  # the refusal stands; only its copy is lost (a full Redis, a key of the wrong type)
+                except Exception as exc:
+                    # the refusal stands; only its copy is lost (a full Redis, a key of the wrong type)
                     log.warning(
                         "table %r: update %s refused: %s; its dead-letter copy could not be written: %s",
                         name,

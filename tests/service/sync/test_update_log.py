@@ -39,11 +39,6 @@ ROWS, DIM = 2000, 16
 KEYS = np.arange(ROWS, dtype=np.int64) * 7 + 3
 
 
-def stream_order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq)
-
-
 @dataclass
 class Replicas:
     redis: RedisServer
@@ -93,13 +88,13 @@ class Replicas:
         return dict(httpx.get(f"{self.servers[replica].http}/v1/tables/items", timeout=5).json())
 
     def wait_applied(self, last_id: str, replicas: tuple[str, ...] = ("a", "b")) -> None:
-        target = stream_order(last_id)
+        target = updates.stream_order(last_id)
         for replica in replicas:
 
             def caught_up(r: str = replica) -> bool:
                 # a replica's position may be an entry it refused, such as an id with no table
                 # sequence: compared as Redis orders ids, not as sequences
-                return stream_order(self.describe(r)["last_update_id"] or "0-0") >= target
+                return updates.stream_order(self.describe(r)["last_update_id"] or "0-0") >= target
 
             wait_for(f"replica {replica} to apply {last_id}", caught_up)
 
