@@ -11,6 +11,12 @@ distance is |q|^2 - key.
 
 Tasks are row chunks (as in `scan.py`): every chunk keeps a heap per query and scans its rows block
 by block for every query, so a block's codes stay in L2 while all queries pass over them.
+
+With TILED_MIN_QUERIES queries or more, the dot products are computed TILE rows by TILE queries at
+a time (`_tile_dots`): one pass over the columns reads four rows and four queries and keeps sixteen
+independent sums in registers, so each code is loaded and converted once for four queries instead
+of once for each, and the multiply-adds of one pass do not wait on each other. int4 codes are
+widened to float32 once a block first (reading nibbles inside the tile cost more from 16 queries).
 The dot products are float reductions that the compiler may reorder (vectorized), so the kernel
 agrees with the numpy twin to float32 rounding, and exactly where sums are exact in float32.
 """
@@ -18,7 +24,8 @@ agrees with the numpy twin to float32 rounding, and exactly where sums are exact
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, half_from_bytes, half_to_float, prefetch_row
 from runtime.kernels.scan import _chunk_bounds, _offer_block
@@ -108,6 +115,174 @@ def _fp16_dots(values: np.ndarray, q: np.ndarray, start: int, stop: int, out: np
         out[i] = acc
 
 
+TILE = 4
+"""Rows, and queries, that one tile of the tiled scan holds: 16 dot products whose partial sums
+stay in registers while one pass over the columns reads each of the 4 rows and 4 queries once."""
+
+TILED_MIN_QUERIES = 4
+"""Queries from which the tiled scan is used. Fewer are padded to a tile of 4 with zero queries,
+which costs more than the scan one query at a time saves; from 4 on the tiles took 1.4-1.9x less
+time for int8, 1.7-3.5x for int4 and 1.1-1.4x for fp16 (50,000 and 1M rows x 128, nq 4 to 64, one
+and two threads, AMD EPYC Zen 4), where at 3 queries the two were even."""
+
+TILED_BLOCK_ROWS = 256
+"""Rows whose dot products with every query the tiled scan computes before offering them to the
+heaps: (queries, 256) float32 of sums stay in L2."""
+
+
+def _column_value(row: np.ndarray, j: int) -> np.float32:
+    """Column j of a row the tiled scan reads, as float32 (compiled per row dtype, below)."""
+    raise NotImplementedError("only called from compiled kernels")
+
+
+@overload(_column_value, inline="always")
+def _column_value_typed(row, j):  # type: ignore[no-untyped-def]
+    """uint16 rows hold fp16 bits; uint8 rows int8 codes; float32 rows int4 codes widened."""
+    if row.dtype == types.uint16:
+        return lambda row, j: half_to_float(row[j])
+    return lambda row, j: np.float32(row[j])
+
+
+@njit(nogil=True, cache=True, fastmath=REORDERABLE)
+def _tile_dots(
+    rows: np.ndarray, first: int, last: int, queries: np.ndarray, q0: int, dots: np.ndarray, d0: int
+) -> None:
+    """dots[q0 + a, d0 + b] = <queries[q0 + a], rows[min(first + b, last)]> for a, b < TILE (= 4).
+
+    rows (n, C) uint8 (int8 codes), uint16 (fp16 bits) or float32 (int4 codes widened), read as
+    `_column_value`; queries (Q, C) float32, zero past the table's d columns; dots (Q, R)
+    float32. Past `last` the last row repeats, so a block's final tile reads no row it does not
+    hold. The sixteen sums are scalars the compiler vectorizes over the columns, one register each;
+    written out, because a local array of sums would live in memory."""
+    columns = queries.shape[1]
+    x0 = rows[first]
+    x1 = rows[min(first + 1, last)]
+    x2 = rows[min(first + 2, last)]
+    x3 = rows[min(first + 3, last)]
+    y0 = queries[q0]
+    y1 = queries[q0 + 1]
+    y2 = queries[q0 + 2]
+    y3 = queries[q0 + 3]
+    s00 = s01 = s02 = s03 = np.float32(0.0)
+    s10 = s11 = s12 = s13 = np.float32(0.0)
+    s20 = s21 = s22 = s23 = np.float32(0.0)
+    s30 = s31 = s32 = s33 = np.float32(0.0)
+    for j in range(columns):
+        c0 = _column_value(x0, j)
+        c1 = _column_value(x1, j)
+        c2 = _column_value(x2, j)
+        c3 = _column_value(x3, j)
+        e = y0[j]
+        s00 += e * c0
+        s01 += e * c1
+        s02 += e * c2
+        s03 += e * c3
+        e = y1[j]
+        s10 += e * c0
+        s11 += e * c1
+        s12 += e * c2
+        s13 += e * c3
+        e = y2[j]
+        s20 += e * c0
+        s21 += e * c1
+        s22 += e * c2
+        s23 += e * c3
+        e = y3[j]
+        s30 += e * c0
+        s31 += e * c1
+        s32 += e * c2
+        s33 += e * c3
+    dots[q0, d0] = s00
+    dots[q0, d0 + 1] = s01
+    dots[q0, d0 + 2] = s02
+    dots[q0, d0 + 3] = s03
+    dots[q0 + 1, d0] = s10
+    dots[q0 + 1, d0 + 1] = s11
+    dots[q0 + 1, d0 + 2] = s12
+    dots[q0 + 1, d0 + 3] = s13
+    dots[q0 + 2, d0] = s20
+    dots[q0 + 2, d0 + 1] = s21
+    dots[q0 + 2, d0 + 2] = s22
+    dots[q0 + 2, d0 + 3] = s23
+    dots[q0 + 3, d0] = s30
+    dots[q0 + 3, d0 + 1] = s31
+    dots[q0 + 3, d0 + 2] = s32
+    dots[q0 + 3, d0 + 3] = s33
+
+
+@njit(nogil=True, cache=True)
+def _widen_nibbles(rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    """out[i, 2b] and out[i, 2b + 1] = the low and high nibble of byte b of int4 row start + i, as
+    float32; out (R, 2P) float32 for rows (n, P + 4) uint8. The int4 codes are widened once a block
+    for all queries: reading nibbles inside `_tile_dots` took longer from 16 queries on."""
+    for i in range(stop - start):
+        row = rows[start + i]
+        for b in range(out.shape[1] // 2):
+            byte = row[b]
+            out[i, 2 * b] = np.float32(byte & 15)
+            out[i, 2 * b + 1] = np.float32(byte >> 4)
+
+
+@njit(nogil=True, cache=True)
+def _scan_chunk_tiled(
+    rows: np.ndarray,
+    bits: int,
+    queries: np.ndarray,
+    q_sums: np.ndarray,
+    dim: int,
+    l2: bool,
+    start: int,
+    stop: int,
+    heap_keys: np.ndarray,
+    heap_ids: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
+    """The tiled scan of rows start..stop-1 for all queries, into one heap per query.
+
+    queries (Q, C) float32: the nq = len(q_sums) queries of d = `dim` columns, zero-padded to the
+    columns the tiles read (int8: the code bytes; int4: two a code byte; fp16: d) and to Q rows, a
+    multiple of TILE; q_sums (nq,) float32; heap_keys / heap_ids (nq, k'), sizes (nq,) int64: this
+    chunk's heaps."""
+    nq = q_sums.shape[0]
+    padded_queries, columns = queries.shape
+    fused = bits != 16
+    width = rows.shape[1] - 4
+    block_rows = TILED_BLOCK_ROWS
+    if bits == 4:  # widened codes take 4 bytes a column: wide rows get fewer a block
+        fit = max(TILE, SCAN_BLOCK_BYTES // (4 * columns))
+        block_rows = min(block_rows, fit - fit % TILE)
+    widened = np.empty((block_rows if bits == 4 else 0, columns), dtype=np.float32)
+    dots = np.empty((padded_queries, block_rows), dtype=np.float32)
+    keys = np.empty(block_rows, dtype=np.float32)
+    norms = np.zeros(block_rows, dtype=np.float32)
+    scales = np.ones(block_rows, dtype=np.float32)
+    biases = np.zeros(block_rows, dtype=np.float32)
+    no_rows = np.empty(0, dtype=np.float32)
+    for block in range(start, stop, block_rows):
+        block_stop = min(stop, block + block_rows)
+        count = block_stop - block
+        if bits == 4:
+            _widen_nibbles(rows, block, block_stop, widened)
+            for r0 in range(0, count, TILE):
+                for q0 in range(0, padded_queries, TILE):
+                    _tile_dots(widened, r0, count - 1, queries, q0, dots, r0)
+        else:
+            for r0 in range(block, block_stop, TILE):
+                for q0 in range(0, padded_queries, TILE):
+                    _tile_dots(rows, r0, block_stop - 1, queries, q0, dots, r0 - block)
+        if fused:
+            for i in range(count):
+                scales[i], biases[i] = _scale_bias(rows, block + i, width)
+        if l2:
+            for i in range(count):
+                norms[i] = decoded_norm(rows, bits, dim, block + i)
+        for qi in range(nq):
+            for i in range(count):
+                key = scales[i] * dots[qi, i] + biases[i] * q_sums[qi]
+                keys[i] = np.float32(2.0) * key - norms[i] if l2 else key
+            sizes[qi] = _offer_block(keys, no_rows, no_rows, block, block_stop, heap_keys[qi], heap_ids[qi], sizes[qi])
+
+
 @njit(nogil=True, cache=True)
 def _block_keys(
     rows: np.ndarray,
@@ -171,6 +346,16 @@ def quantized_topk(
                 q_odd[qi, j // 2] = queries[qi, j]
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
+    if nq >= TILED_MIN_QUERIES:
+        columns = rows.shape[1] if bits == 16 else (rows.shape[1] - 4) * (2 if bits == 4 else 1)
+        padded = np.zeros(((nq + TILE - 1) // TILE * TILE, columns), dtype=np.float32)
+        padded[:nq, :dim] = queries
+        for c in prange(nchunks):
+            start, stop = _chunk_bounds(n, nchunks, c)
+            _scan_chunk_tiled(
+                rows, bits, padded, q_sums, dim, l2, start, stop, part_keys[:, c], part_ids[:, c], part_sizes[:, c]
+            )
+        return merge_partials(part_keys, part_ids, part_sizes, kk)
     no_rows = np.empty(0, dtype=np.float32)
     block_rows = scan_block_rows(rows.shape[1] * rows.itemsize)
     for c in prange(nchunks):

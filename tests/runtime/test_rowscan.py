@@ -37,7 +37,8 @@ def scans(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray, int, int, bool,
     dim = draw(st.integers(1, 40))
     # past a few blocks of SCAN_BLOCK_ROWS, so chunks of up to 5 hold block edges
     n = draw(st.integers(0, 2 * rowscan.SCAN_BLOCK_ROWS + 600))
-    nq = draw(st.integers(0, 3))
+    # from TILED_MIN_QUERIES (4) on the tiled scan runs, padded to a multiple of 4 queries
+    nq = draw(st.integers(0, 9))
     exact = draw(st.booleans())
     rows = _stored(rng, n, dim, bits, exact)
     queries = (rng.integers(-2, 3, (nq, dim)) if exact else rng.standard_normal((nq, dim))).astype(np.float32)
@@ -73,17 +74,38 @@ def test_scan_blocks_of_wide_rows_fit_their_byte_budget() -> None:
     assert rowscan.scan_block_rows(10**9) == 16
 
 
-@pytest.mark.parametrize("bits", [8, 16])
-def test_wide_rows_scan_across_their_smaller_blocks(bits: int) -> None:
-    # 2,100 dims: 62 fp16 rows (or 124 int8 rows) a block, so 300 rows cross several block edges
+@pytest.mark.parametrize("bits", [8, 4, 16])
+@pytest.mark.parametrize("nq", [2, 5])
+def test_wide_rows_scan_across_their_smaller_blocks(bits: int, nq: int) -> None:
+    # 2,100 dims: 62 fp16 rows (or 124 int8 rows) a block one query at a time, 28 int4 rows a block
+    # of the tiled scan (nq = 5), so 300 rows cross several block edges
     rng = np.random.default_rng(5)
     rows = _stored(rng, 300, 2100, bits, True)
-    queries = rng.integers(-2, 3, (2, 2100)).astype(np.float32)
+    queries = rng.integers(-2, 3, (nq, 2100)).astype(np.float32)
     for l2 in (False, True):
         keys, ids = rowscan.quantized_topk(rows, bits, queries, l2, 40, 2)
         want_keys, want_ids = topk.topk_numpy(rowscan.quantized_keys_numpy(rows, bits, queries, 2100, l2), 40)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(keys, want_keys)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 16])
+def test_tiled_scan_matches_one_query_at_a_time_at_tile_and_block_edges(bits: int) -> None:
+    # exact sums, so the tiled scan (4+ queries) and the scan of each query alone agree bit for bit:
+    # row counts around a tile of 4 and a block of 256, query counts around a tile, an odd d (int4's
+    # padding nibble), k past n, and rows whose keys tie
+    rng = np.random.default_rng(9)
+    for n in (1, 3, 4, 5, 255, 256, 257, 517):
+        rows = _stored(rng, n, 7, bits, True)
+        for nq in (4, 5, 8):
+            queries = rng.integers(-2, 3, (nq, 7)).astype(np.float32)
+            for l2 in (False, True):
+                for nchunks in (1, 3):
+                    keys, ids = rowscan.quantized_topk(rows, bits, queries, l2, 300, nchunks)
+                    for qi in range(nq):
+                        alone_keys, alone_ids = rowscan.quantized_topk(rows, bits, queries[qi : qi + 1], l2, 300, 1)
+                        np.testing.assert_array_equal(ids[qi], alone_ids[0])
+                        np.testing.assert_array_equal(keys[qi], alone_keys[0])
 
 
 @given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16]), st.integers(0, 50), st.integers(1, 20))
