@@ -120,14 +120,14 @@ TILE = 4
 stay in registers while one pass over the columns reads each of the 4 rows and 4 queries once."""
 
 TILED_MIN_QUERIES = 4
-"""Queries from which the tiled scan is used. Fewer are padded to a tile of 4 with zero queries,
-which costs more than the scan one query at a time saves; from 4 on the tiles took 1.4-1.9x less
+"""Queries from which the tiled scan is used. Fewer would be padded to a tile of 4 with zero
+queries, which costs more than the scan one query at a time saves; from 4 on the tiles took 1.4-1.9x less
 time for int8, 1.7-3.5x for int4 and 1.1-1.4x for fp16 (50,000 and 1M rows x 128, nq 4 to 64, one
 and two threads, AMD EPYC Zen 4), where at 3 queries the two were even."""
 
 TILED_BLOCK_ROWS = 256
 """Rows whose dot products with every query the tiled scan computes before offering them to the
-heaps: (queries, 256) float32 of sums stay in L2."""
+heaps: the (queries, 256) float32 sums stay in L2 up to several hundred queries (256 KiB at 256)."""
 
 
 def _column_value(row: np.ndarray, j: int) -> np.float32:
@@ -149,11 +149,12 @@ def _tile_dots(
 ) -> None:
     """dots[q0 + a, d0 + b] = <queries[q0 + a], rows[min(first + b, last)]> for a, b < TILE (= 4).
 
-    rows (n, C) uint8 (int8 codes), uint16 (fp16 bits) or float32 (int4 codes widened), read as
-    `_column_value`; queries (Q, C) float32, zero past the table's d columns; dots (Q, R)
-    float32. Past `last` the last row repeats, so a block's final tile reads no row it does not
-    hold. The sixteen sums are scalars the compiler vectorizes over the columns, one register each;
-    written out, because a local array of sums would live in memory."""
+    rows (n, >= C) uint8 (fused int8 rows, of which the C code bytes are read), uint16 (fp16 bits)
+    or float32 (int4 codes widened), read as `_column_value`; queries (Q, C) float32, zero past
+    the table's d columns; dots (Q, R) float32. Past `last` the last row repeats, so a block's
+    final tile reads no row it does not hold. The sixteen sums are scalars the compiler vectorizes
+    over the columns, one register each; written out, because a local array of sums would live in
+    memory."""
     columns = queries.shape[1]
     x0 = rows[first]
     x1 = rows[min(first + 1, last)]
@@ -249,7 +250,7 @@ def _scan_chunk_tiled(
     width = rows.shape[1] - 4
     block_rows = TILED_BLOCK_ROWS
     if bits == 4:  # widened codes take 4 bytes a column: wide rows get fewer a block
-        fit = max(TILE, SCAN_BLOCK_BYTES // (4 * columns))
+        fit = max(TILE, SCAN_BLOCK_BYTES // max(1, 4 * columns))
         block_rows = min(block_rows, fit - fit % TILE)
     widened = np.empty((block_rows if bits == 4 else 0, columns), dtype=np.float32)
     dots = np.empty((padded_queries, block_rows), dtype=np.float32)
@@ -329,24 +330,29 @@ def quantized_topk(
 
     rows: int8 / int4 fused rows (n, P + 4) uint8 (bits 8 / 4), or fp16 bits (n, d) uint16
     (bits 16); queries (q, d) float32. -> keys (q, k') float32, ids (q, k') int64, best first,
-    k' = min(k, n); keys are <q, x> for ip and 2 <q, x> - |x|^2 for l2.
+    k' = min(k, n); keys are <q, x> for ip and 2 <q, x> - |x|^2 for l2. From TILED_MIN_QUERIES
+    queries on the tiled scan sums each dot product in another order, so a query's keys may differ
+    in the last float32 bits with the number of queries it came with.
     """
     n = rows.shape[0]
     nq, dim = queries.shape
+    tiled = nq >= TILED_MIN_QUERIES
     half = (dim + 1) // 2
-    q_even = np.zeros((nq, half), dtype=np.float32)
-    q_odd = np.zeros((nq, half), dtype=np.float32)
+    q_even = np.zeros((0 if tiled else nq, half), dtype=np.float32)
+    q_odd = np.zeros((0 if tiled else nq, half), dtype=np.float32)
     q_sums = np.zeros(nq, dtype=np.float32)
     for qi in range(nq):
         for j in range(dim):
             q_sums[qi] += queries[qi, j]
+            if tiled:
+                continue
             if j % 2 == 0:
                 q_even[qi, j // 2] = queries[qi, j]
             else:
                 q_odd[qi, j // 2] = queries[qi, j]
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
-    if nq >= TILED_MIN_QUERIES:
+    if tiled:
         columns = rows.shape[1] if bits == 16 else (rows.shape[1] - 4) * (2 if bits == 4 else 1)
         padded = np.zeros(((nq + TILE - 1) // TILE * TILE, columns), dtype=np.float32)
         padded[:nq, :dim] = queries

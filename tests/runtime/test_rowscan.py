@@ -97,6 +97,8 @@ def test_tiled_scan_matches_one_query_at_a_time_at_tile_and_block_edges(bits: in
     rng = np.random.default_rng(9)
     for n in (1, 3, 4, 5, 255, 256, 257, 517):
         rows = _stored(rng, n, 7, bits, True)
+        if bits == 4:  # d = 7: the last byte's high nibble is padding, and must not count
+            rows[:, 3] |= 0xF0
         for nq in (4, 5, 8):
             queries = rng.integers(-2, 3, (nq, 7)).astype(np.float32)
             for l2 in (False, True):
