@@ -256,8 +256,8 @@ def _scan_chunk_tiled(
     dots = np.empty((padded_queries, block_rows), dtype=np.float32)
     keys = np.empty(block_rows, dtype=np.float32)
     norms = np.zeros(block_rows, dtype=np.float32)
-    scales = np.ones(block_rows, dtype=np.float32)
-    biases = np.zeros(block_rows, dtype=np.float32)
+    scales = np.empty(block_rows, dtype=np.float32)
+    biases = np.empty(block_rows, dtype=np.float32)
     no_rows = np.empty(0, dtype=np.float32)
     for block in range(start, stop, block_rows):
         block_stop = min(stop, block + block_rows)
@@ -279,7 +279,9 @@ def _scan_chunk_tiled(
                 norms[i] = decoded_norm(rows, bits, dim, block + i)
         for qi in range(nq):
             for i in range(count):
-                key = scales[i] * dots[qi, i] + biases[i] * q_sums[qi]
+                key = dots[qi, i]
+                if fused:  # fp16 keys are the dot products as they are, as in `_block_keys`
+                    key = scales[i] * key + biases[i] * q_sums[qi]
                 keys[i] = np.float32(2.0) * key - norms[i] if l2 else key
             sizes[qi] = _offer_block(keys, no_rows, no_rows, block, block_stop, heap_keys[qi], heap_ids[qi], sizes[qi])
 

@@ -110,6 +110,18 @@ def test_tiled_scan_matches_one_query_at_a_time_at_tile_and_block_edges(bits: in
                         np.testing.assert_array_equal(keys[qi], alone_keys[0])
 
 
+def test_tiled_fp16_keys_are_the_dot_products_alone() -> None:
+    # fp16 rows have no bias term: a query sum that overflows float32 must not reach the keys
+    # (0 * inf would make every key NaN, and no row would enter the heaps)
+    rows = np.full((8, 4), 0.001, np.float16).view(np.uint16)
+    queries = np.full((4, 4), 3e38, np.float32)
+    keys, ids = rowscan.quantized_topk(rows, 16, queries, False, 3, 1)
+    alone_keys, alone_ids = rowscan.quantized_topk(rows, 16, queries[:1], False, 3, 1)
+    assert keys.shape == (4, 3)
+    np.testing.assert_array_equal(ids, np.repeat(alone_ids, 4, axis=0))
+    np.testing.assert_allclose(keys, np.repeat(alone_keys, 4, axis=0), rtol=1e-6)  # summed in another order
+
+
 @given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16]), st.integers(0, 50), st.integers(1, 20))
 def test_decoded_norms_match_twin(seed: int, bits: int, n: int, dim: int) -> None:
     rows = _stored(np.random.default_rng(seed), n, dim, bits, False)
