@@ -81,11 +81,14 @@ def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), director
     that is or holds one of the `inputs` (replacing it would destroy the input), or that is an
     existing non-empty directory (an artifact, an import) without `force`; `directory` False for
     an output that is a file (a plan)."""
-    ancestor = out.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InvalidRequest(f"output {str(out)!r} cannot be made: {str(ancestor)!r} is not a directory")
+    # out and its missing ancestors, deepest first, up to the nearest that exists
+    missing = []
+    nearest = out
+    while not nearest.exists() and nearest != nearest.parent:
+        missing.append(nearest)
+        nearest = nearest.parent
+    if missing and not nearest.is_dir():
+        raise InvalidRequest(f"output {str(out)!r} cannot be made: {str(nearest)!r} is not a directory")
     resolved = out.resolve()
     for source in inputs:
         held = source.resolve()
@@ -99,21 +102,16 @@ def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), director
         return
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"output {str(out)!r} exists and is not a directory")
-    _check_makeable(out)
+    _check_makeable(out, missing)
     if out.is_dir() and any(p.name != artifact.WRITE_LOCK for p in out.iterdir()) and not force:
         what = "an artifact" if (out / artifact.MANIFEST).exists() else "files"
         raise InvalidRequest(f"output directory {str(out)!r} already holds {what}; pass --force to replace it")
 
 
-def _check_makeable(out: Path) -> None:
-    """Make the missing directories of `out` and remove them again: one that cannot be made
-    (a read-only or pseudo filesystem) is refused now, not after minutes of training, and a
-    command refused later leaves nothing behind."""
-    missing = []
-    walk = out
-    while not walk.exists() and walk != walk.parent:
-        missing.append(walk)
-        walk = walk.parent
+def _check_makeable(out: Path, missing: list[Path]) -> None:
+    """Make the `missing` directories of `out` (deepest first, as `check_output` found them) and
+    remove them again: one that cannot be made (a read-only or pseudo filesystem) is refused now,
+    not after minutes of training, and a command refused later leaves nothing behind."""
     try:
         for directory in reversed(missing):
             directory.mkdir()
