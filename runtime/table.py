@@ -464,7 +464,9 @@ class Table:
         return dense.pool(decoded, bounds, mode == "mean", self._richest.parallel_min_ids), missing
 
     # ---- search -------------------------------------------------------------------------------
-    def _check_search(self, k: Any, metric: Any, oversample: Any) -> tuple[int, str, int]:
+    def check_search_args(self, k: Any, metric: Any, oversample: Any) -> tuple[int, str, int]:
+        """k, metric and oversample as `search` takes them, checked (InvalidRequest names the
+        first bad one) -> (k, metric, oversample)."""
         checked_k = check_k(k)
         checked_metric = check_metric(metric, self.metrics)
         checked_oversample = check_k(oversample, "oversample")
@@ -501,7 +503,7 @@ class Table:
     def search(self, queries: Any, k: Any, metric: str = "ip", oversample: Any = 1) -> tuple[np.ndarray, np.ndarray]:
         """queries (q, dim) float -> ids or keys (q, k') int64, scores (q, k') float32,
         k' = min(k, rows)."""
-        k, metric, oversample = self._check_search(k, metric, oversample)
+        k, metric, oversample = self.check_search_args(k, metric, oversample)
         q = check_queries(queries, self.dim)
         view = self._delta.view
         kk = min(k, self._live_rows(view))
@@ -520,7 +522,7 @@ class Table:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search with stored rows as queries. query_ids (q,) -> ids (q, k'), scores (q, k') where
         k' = min(k, rows - 1) with exclude_self (the query's own id is dropped), else min(k, rows)."""
-        k, metric, oversample = self._check_search(k, metric, oversample)
+        k, metric, oversample = self.check_search_args(k, metric, oversample)
         if not isinstance(exclude_self, (bool, np.bool_)):
             raise InvalidRequest(f"exclude_self must be true or false, got {exclude_self!r}")
         view = self._delta.view

@@ -34,8 +34,9 @@ from runtime.errors import (
 )
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, checked_sequence, load_table
-from runtime.validation import kind_of_values
+from runtime.validation import check_queries, kind_of_values
 from service import oip
+from service.batching import SearchBatcher
 from service.errors import TableReplaced, status_label
 from service.metrics import Metrics
 from service.multi import MultiLookupResult, answer, bag_offsets, check_request, pool_mode
@@ -110,6 +111,9 @@ CLIENT_GONE = "499"
 """The status label of a request whose client left before its answer (nginx's code for it)."""
 INLINE_MAX_IDS = 1024
 """Plain lookups up to this many ids run on the event loop (a few tens of µs of gather)."""
+INLINE_CHECK_VALUES = 1 << 16
+"""Queries of a batched search up to this many values are checked on the event loop (~10 µs);
+larger ones in a kernel thread, so a wide batch never holds the loop for milliseconds."""
 
 
 def as_array(value: Any, field: str, dtype: Any = None) -> np.ndarray:
@@ -151,6 +155,17 @@ class EmbeddingService:
         self.catching_up = False
         """True while a replica replays the update log at start (not ready until it has)"""
         """set when Redis is configured: admin PUT / DELETE then publish / withdraw for every replica"""
+        self.search_batcher = (
+            SearchBatcher(
+                settings.search_batch_max_queries,
+                settings.search_batch_delay_ms / 1000,
+                self._search_call,
+                self._observe_batch,
+            )
+            if settings.search_batch_max_queries
+            else None
+        )
+        """joins concurrent searches into one kernel call (EMBSERVE_SEARCH_BATCH_MAX_QUERIES); None: off"""
         self.metrics.build.info({"version": __version__})
         self._refresh_ready()
 
@@ -497,7 +512,26 @@ class EmbeddingService:
         nq = q.shape[0] if q.ndim == 2 else 1
         self._limit(nq, self.settings.max_queries, "queries")
         self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
+        batcher = self.search_batcher
+        if batcher is not None and batcher.takes(nq):
+            # checked here, in the order `search` checks them, so a bad request is refused alone
+            checked = table.check_search_args(k, metric, oversample)
+            if q.size <= INLINE_CHECK_VALUES:
+                queries = check_queries(q, table.dim)
+            else:
+                queries = await asyncio.get_running_loop().run_in_executor(self.executor, check_queries, q, table.dim)
+            return await batcher.search(table, name, queries, *checked)
         return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+
+    async def _search_call(
+        self, table: Table, queries: np.ndarray, k: int, metric: str, oversample: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One kernel call of the search batcher: queries (q, dim) float32 -> ids, scores (q, k')."""
+        return await self._compute("search", table.codec, lambda: table.search(queries, k, metric, oversample))
+
+    def _observe_batch(self, name: str, requests: int, queries: int) -> None:
+        self.metrics.child(self.metrics.search_batch_requests, name).observe(requests)
+        self.metrics.child(self.metrics.search_batch_queries, name).observe(queries)
 
     # ---- Open Inference Protocol ----------------------------------------------------------------
     def resolve_model(self, name: str, version: str | None = None) -> oip.Model:

@@ -76,6 +76,20 @@ class Metrics:
             buckets=SIZE_BUCKETS,
             registry=r,
         )
+        self.search_batch_requests = Histogram(
+            "embserve_search_batch_requests",
+            "Search requests answered by one batched kernel call (search batching on).",
+            ["table"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.search_batch_queries = Histogram(
+            "embserve_search_batch_queries",
+            "Queries of one batched search kernel call (search batching on).",
+            ["table"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
         self.kernel_duration = Histogram(
             "embserve_kernel_duration_seconds",
             "Time spent in the table's compute (off the event loop), by operation and codec.",

@@ -85,6 +85,21 @@ class Settings(BaseSettings):
         None, ge=1, description="numba threads per worker process (default: the CPUs available to the pod // workers)"
     )
     worker_threads: int = Field(4, ge=1, description="threads running kernels off the event loop")
+    search_batch_max_queries: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="dynamic batching of searches: concurrent search requests with queries against one table "
+        "and the same k, metric and oversample are answered by one kernel call of up to this many queries "
+        "(a request of this many or more runs alone); 0: off",
+    )
+    search_batch_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="with search batching on, how long a batch waits after its oldest request arrived for more "
+        "to join (0: a batch is what arrived while the one before ran)",
+    )
     parallel_min_ids: int = Field(
         4096, ge=1, le=4096, description="lookups of fewer ids gather on one thread (requests already run concurrently)"
     )

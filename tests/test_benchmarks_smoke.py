@@ -86,6 +86,18 @@ def test_service_bench_smoke(tmp_path: Path) -> None:
     assert "fraction of bare" in (tmp_path / "service.md").read_text()
 
 
+@pytest.mark.slow
+def test_batching_bench_smoke(tmp_path: Path) -> None:
+    from benchmarks import batching_bench
+
+    args = ["--rows", "3000", "--seconds", "1", "--slices", "1", "--concurrency", "8", "--out", str(tmp_path)]
+    assert batching_bench.main(args) == 0
+    result = json.loads((tmp_path / "batching.json").read_text())
+    assert {row["table"] for row in result["results"]} == {"int8", "pq"}
+    assert all(row[side]["rps"] > 0 for row in result["results"] for side in ("off", "on"))
+    assert "on / off" in (tmp_path / "batching.md").read_text()
+
+
 def test_tables_bench_smoke(tmp_path: Path) -> None:
     args = ["--smoke", "--rows", "3000", "--reps", "1", "--out", str(tmp_path), "--sections", "tables"]
     assert perf.main(args) == 0

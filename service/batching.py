@@ -1,0 +1,184 @@
+"""Dynamic batching of searches, as Triton's dynamic batcher does for a model's requests.
+
+Concurrent search requests against one table with the same k, metric and oversample wait in one
+queue, and one kernel call answers all their queries: a batch of queries scans each stored row
+once for all of them (4 or more take the tiled row scan, the PQ scans share their table loads), so
+at concurrency 16 and more a server answers 2-3x the single-query requests a second it answers
+one call a request.
+
+A table has at most one batch in flight per (k, metric, oversample): the requests that arrive
+while it runs form the next one. With a delay, a batch also waits that long after its oldest
+request arrived for more to join, unless it is full before. Off by default (max_queries 0).
+
+Each request is checked on its own before it joins a queue (`Table.check_search_args`,
+`check_queries`), so a bad one is refused with the message it would get alone and never reaches
+a batch. Should a batched call still fail, every request of the batch runs again alone and gets
+its own answer or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.table import Table
+
+SearchResult = tuple[np.ndarray, np.ndarray]
+RunSearch = Callable[[Table, np.ndarray, int, str, int], Awaitable[SearchResult]]
+"""(table, queries (q, dim) float32, k, metric, oversample) -> ids (q, k') int64, scores (q, k') float32"""
+ObserveBatch = Callable[[str, int, int], None]
+"""(table name, requests, queries) of each batched call, for the metrics"""
+
+
+@dataclass
+class _Waiting:
+    queries: np.ndarray
+    """(q, dim) float32, checked"""
+    arrived: float
+    answer: asyncio.Future[SearchResult]
+
+
+@dataclass
+class _Queue:
+    table: Table
+    name: str
+    waiting: deque[_Waiting] = field(default_factory=deque)
+    queued: int = 0
+    """queries of the requests waiting"""
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    """set while the waiting queries fill a batch (a delayed batch stops waiting)"""
+    task: asyncio.Task[None] | None = None
+
+
+class SearchBatcher:
+    """Searches of fewer than `max_queries` queries joined into kernel calls of up to
+    `max_queries` queries (a request's queries never split); `delay_seconds`: how long a batch
+    waits after its oldest request arrived for more to join. One per event loop."""
+
+    def __init__(self, max_queries: int, delay_seconds: float, run: RunSearch, observe: ObserveBatch) -> None:
+        if max_queries < 1:
+            raise ValueError(f"max_queries must be at least 1, got {max_queries}")
+        self.max_queries = max_queries
+        self.delay_seconds = delay_seconds
+        self._run = run
+        self._observe = observe
+        self._queues: dict[tuple[int, int, str, int], _Queue] = {}
+
+    def takes(self, queries: int) -> bool:
+        """Whether a request of this many queries is batched (larger ones run alone)."""
+        return 0 < queries < self.max_queries
+
+    @property
+    def queues(self) -> int:
+        """Queues with requests waiting or a batch running (0 when idle)."""
+        return len(self._queues)
+
+    async def search(
+        self, table: Table, name: str, queries: np.ndarray, k: int, metric: str, oversample: int
+    ) -> SearchResult:
+        """queries (q, dim) float32, checked against the table (served as `name`), k / metric /
+        oversample checked -> ids (q, k') int64, scores (q, k') float32, as `table.search` answers."""
+        loop = asyncio.get_running_loop()
+        # the table object itself is in the key: a table replaced by an admin load is a new
+        # object, so a batch never mixes two versions; the queue holds the table, so its id
+        # stays unique for as long as the key exists
+        key = (id(table), k, metric, oversample)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(table, name)
+        waiting = _Waiting(queries, loop.time(), loop.create_future())
+        queue.waiting.append(waiting)
+        queue.queued += queries.shape[0]
+        if queue.queued >= self.max_queries:
+            queue.full.set()
+        if queue.task is None:
+            queue.task = loop.create_task(self._drain(key, queue, k, metric, oversample))
+        # a caller cancelled meanwhile (client gone) cancels its own future only: a batch not yet
+        # taken leaves it out, one running answers the others
+        return await waiting.answer
+
+    async def _drain(self, key: tuple[int, int, str, int], queue: _Queue, k: int, metric: str, oversample: int) -> None:
+        """Answer queue's requests batch after batch until none waits, then forget the queue."""
+        loop = asyncio.get_running_loop()
+        batch: list[_Waiting] = []
+        try:
+            while queue.waiting:
+                if self.delay_seconds > 0 and not queue.full.is_set():
+                    remaining = queue.waiting[0].arrived + self.delay_seconds - loop.time()
+                    if remaining > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(queue.full.wait(), remaining)
+                batch = self._take(queue)
+                if batch:
+                    await self._answer(queue, batch, k, metric, oversample)
+                batch = []
+        finally:
+            # nothing awaits between the loop's last test and here, so no request joined meanwhile
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+            for left in (*batch, *queue.waiting):  # only when this task itself was cancelled
+                left.answer.cancel()
+
+    def _take(self, queue: _Queue) -> list[_Waiting]:
+        """The oldest waiting requests, up to max_queries queries (at least one request); those
+        whose caller is gone are dropped."""
+        batch: list[_Waiting] = []
+        taken = 0
+        while queue.waiting:
+            head = queue.waiting[0]
+            size = head.queries.shape[0]
+            if batch and taken + size > self.max_queries:
+                break
+            queue.waiting.popleft()
+            queue.queued -= size
+            if head.answer.done():
+                continue
+            batch.append(head)
+            taken += size
+        if queue.queued < self.max_queries:
+            queue.full.clear()
+        return batch
+
+    async def _answer(self, queue: _Queue, batch: list[_Waiting], k: int, metric: str, oversample: int) -> None:
+        table = queue.table
+        try:
+            queries = batch[0].queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
+            ids, scores = await self._run(table, queries, k, metric, oversample)
+        except Exception as error:
+            if len(batch) == 1:
+                _settle(batch[0].answer, error=error)
+                return
+            # which request it was is unknown: each runs again alone and gets its own answer
+            for waiting in batch:
+                try:
+                    _settle(waiting.answer, await self._run(table, waiting.queries, k, metric, oversample))
+                except Exception as own:
+                    _settle(waiting.answer, error=own)
+            return
+        self._observe(queue.name, len(batch), queries.shape[0])
+        start = 0
+        for waiting in batch:
+            stop = start + waiting.queries.shape[0]
+            _settle(waiting.answer, (ids[start:stop], scores[start:stop]))
+            start = stop
+
+
+def _settle(
+    answer: asyncio.Future[SearchResult], result: SearchResult | None = None, error: BaseException | None = None
+) -> None:
+    """Give a waiting request its result or error, unless its caller is gone."""
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        assert result is not None
+        answer.set_result(result)
+
+
+__all__ = ["SearchBatcher"]
