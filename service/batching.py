@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.table import Table
+
+log = logging.getLogger("embserve")
 
 SearchResult = tuple[np.ndarray, np.ndarray]
 RunSearch = Callable[[Table, np.ndarray, int, str, int], Awaitable[SearchResult]]
@@ -61,8 +65,8 @@ class SearchBatcher:
     waits after its oldest request arrived for more to join. One per event loop."""
 
     def __init__(self, max_queries: int, delay_seconds: float, run: RunSearch, observe: ObserveBatch) -> None:
-        if max_queries < 1:
-            raise ValueError(f"max_queries must be at least 1, got {max_queries}")
+        if max_queries < 2:
+            raise ValueError(f"max_queries must be at least 2, got {max_queries}")
         self.max_queries = max_queries
         self.delay_seconds = delay_seconds
         self._run = run
@@ -97,7 +101,8 @@ class SearchBatcher:
         if queue.queued >= self.max_queries:
             queue.full.set()
         if queue.task is None:
-            queue.task = loop.create_task(self._drain(key, queue, k, metric, oversample))
+            # a context of its own: the drain outlives the request that started it
+            queue.task = loop.create_task(self._drain(key, queue, k, metric, oversample), context=contextvars.Context())
         # a caller cancelled meanwhile (client gone) cancels its own future only: a batch not yet
         # taken leaves it out, one running answers the others
         return await waiting.answer
@@ -117,12 +122,19 @@ class SearchBatcher:
                 if batch:
                     await self._answer(queue, batch, k, metric, oversample)
                 batch = []
+        except asyncio.CancelledError:  # the loop is closing: the requests held end with it
+            for left in (*batch, *queue.waiting):
+                left.answer.cancel()
+            raise
+        except Exception as error:
+            # a fault of the batcher itself: every request it holds fails with it (a 500), none hangs
+            log.exception("search batch for table %r failed", queue.name)
+            for left in (*batch, *queue.waiting):
+                _settle(left.answer, error=error)
         finally:
             # nothing awaits between the loop's last test and here, so no request joined meanwhile
             if self._queues.get(key) is queue:
                 del self._queues[key]
-            for left in (*batch, *queue.waiting):  # only when this task itself was cancelled
-                left.answer.cancel()
 
     def _take(self, queue: _Queue) -> list[_Waiting]:
         """The oldest waiting requests, up to max_queries queries (at least one request); those
@@ -153,19 +165,24 @@ class SearchBatcher:
             if len(batch) == 1:
                 _settle(batch[0].answer, error=error)
                 return
-            # which request it was is unknown: each runs again alone and gets its own answer
-            for waiting in batch:
-                try:
-                    _settle(waiting.answer, await self._run(table, waiting.queries, k, metric, oversample))
-                except Exception as own:
-                    _settle(waiting.answer, error=own)
+            # which request it was is unknown: each one still waited for runs again alone (side
+            # by side, as without batching) and gets its own answer or error
+            alive = [w for w in batch if not w.answer.done()]
+            outcomes = await asyncio.gather(
+                *(self._run(table, w.queries, k, metric, oversample) for w in alive), return_exceptions=True
+            )
+            for waiting, outcome in zip(alive, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    _settle(waiting.answer, error=outcome)
+                else:
+                    _settle(waiting.answer, outcome)
             return
-        self._observe(queue.name, len(batch), queries.shape[0])
         start = 0
         for waiting in batch:
             stop = start + waiting.queries.shape[0]
             _settle(waiting.answer, (ids[start:stop], scores[start:stop]))
             start = stop
+        self._observe(queue.name, len(batch), queries.shape[0])
 
 
 def _settle(

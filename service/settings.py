@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         le=4096,
         description="dynamic batching of searches: concurrent search requests with queries against one table "
         "and the same k, metric and oversample are answered by one kernel call of up to this many queries "
-        "(a request of this many or more runs alone); 0: off",
+        "(a request of this many or more runs alone); 0: off, else at least 2",
     )
     search_batch_delay_ms: float = Field(
         0.0,
@@ -145,6 +145,13 @@ class Settings(BaseSettings):
         if value.lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.lower()
+
+    @field_validator("search_batch_max_queries")
+    @classmethod
+    def _batch_of_two_or_off(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (off) or at least 2: a batch of one query is no batch")
+        return value
 
     @field_validator("artifact_root", mode="before")
     @classmethod

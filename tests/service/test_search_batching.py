@@ -84,8 +84,9 @@ async def test_concurrent_searches_get_what_each_gets_alone(
     calls = batch_sample(service, "embserve_search_batch_queries_count", table)
     assert batch_sample(service, "embserve_search_batch_queries_sum", table) == sum(sizes)
     assert batch_sample(service, "embserve_search_batch_requests_sum", table) == len(sizes)
-    # every request joined the queue before the first batch ran: 16 + 15 queries... in whole requests
-    assert 2 <= calls <= 3
+    # every request joined the queue before the first batch ran; whole requests of at most 16
+    # queries a batch: the first seven (14 queries), the next seven (16), the last one
+    assert calls == 3
     assert service.search_batcher is not None and service.search_batcher.queues == 0
 
 
@@ -239,12 +240,156 @@ async def test_a_failing_batched_call_answers_each_request_alone() -> None:
     assert batcher.queues == 0
 
 
+async def test_a_caller_gone_while_its_batch_runs_leaves_the_others_answered(service: EmbeddingService) -> None:
+    stored = service.store.get("items").table
+    batcher = service.search_batcher
+    assert batcher is not None
+    running = asyncio.Event()
+    real_call = batcher._run
+
+    async def signalled(*args: Any) -> Any:
+        running.set()
+        return await real_call(*args)
+
+    batcher._run = signalled
+    sent = [queries(1, 32, seed) for seed in range(6)]
+    tasks = [asyncio.ensure_future(service.search("test", SearchRequest("items", queries=q, k=5))) for q in sent]
+    await running.wait()
+    tasks[2].cancel()  # its batch is in a kernel thread now
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(answers[2], asyncio.CancelledError)
+    for i in (0, 1, 3, 4, 5):
+        assert_same_answer(answers[i], stored.search(sent[i], 5))  # type: ignore[arg-type]
+    assert batch_sample(service, "embserve_search_batch_requests_sum", "items") == 6
+    assert batcher.queues == 0
+    assert service.in_flight == 0
+
+
+async def test_a_fault_in_the_batcher_fails_its_requests_and_the_next_ones_are_served() -> None:
+    """A fault past the kernel call (here the metrics callback) reaches every request the batch
+    held as an error, not as a cancellation, and the queue is gone: later searches are answered."""
+    table = runtime.compress(X_INT8, "int8")
+    broken = [True]
+
+    async def run(t: runtime.Table, q: np.ndarray, k: int, metric: str, oversample: int) -> Any:
+        return t.search(q, k, metric, oversample)
+
+    def observe(name: str, requests: int, total: int) -> None:
+        if broken[0]:
+            raise RuntimeError("metrics are broken")
+
+    batcher = SearchBatcher(8, 0.0, run, observe)
+    sent = [queries(1, 32, seed) for seed in range(3)]
+    outcomes = await asyncio.gather(*(batcher.search(table, "t", q, 3, "ip", 1) for q in sent), return_exceptions=True)
+    # the answers were handed out before the callback ran; a fault before them would be errors
+    for q, got in zip(sent, outcomes, strict=True):
+        assert_same_answer(got, table.search(q, 3))  # type: ignore[arg-type]
+    assert batcher.queues == 0
+    broken[0] = False
+
+    faulty = SearchBatcher(8, 0.0, run, observe)
+
+    def broken_take(queue: Any) -> Any:
+        raise RuntimeError("bookkeeping broke")
+
+    faulty._take = broken_take  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(faulty.search(table, "t", q, 3, "ip", 1) for q in sent), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) and "bookkeeping" in str(o) for o in outcomes), outcomes
+    assert faulty.queues == 0
+    del faulty._take
+    again = await faulty.search(table, "t", sent[0], 3, "ip", 1)
+    assert_same_answer(again, table.search(sent[0], 3))
+
+
+async def test_a_failing_batch_reruns_only_requests_still_waited_for() -> None:
+    table = runtime.compress(X_INT8, "int8")
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def run(t: runtime.Table, q: np.ndarray, k: int, metric: str, oversample: int) -> Any:
+        calls.append(q.shape[0])
+        if q.shape[0] > 1:
+            await release.wait()
+            raise InvalidRequest("the batch failed")
+        return t.search(q, k, metric, oversample)
+
+    batcher = SearchBatcher(8, 0.0, run, lambda name, requests, total: None)
+    sent = [queries(1, 32, seed) for seed in range(4)]
+    tasks = [asyncio.ensure_future(batcher.search(table, "t", q, 3, "ip", 1)) for q in sent]
+    while not calls:
+        await asyncio.sleep(0)
+    tasks[0].cancel()
+    tasks[3].cancel()
+    release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert calls == [4, 1, 1]
+    for i in (1, 2):
+        assert_same_answer(outcomes[i], table.search(sent[i], 3))  # type: ignore[arg-type]
+    assert batcher.queues == 0
+
+
+async def test_wide_queries_are_checked_off_the_event_loop_with_the_same_errors() -> None:
+    dim = 6000  # 15 queries x 6000 > INLINE_CHECK_VALUES: checked in a kernel thread
+    x = low_rank_table(300, dim, seed=5)
+    svc = EmbeddingService(Settings(demo=False, search_batch_max_queries=MAX_QUERIES))
+    svc.store.put("wide", runtime.compress(x, "fp16"))
+    svc.started = True
+    try:
+        good = queries(15, dim, 1)
+        bad = queries(15, dim, 2)
+        bad[9, 77] = np.inf
+        outcomes: list[Any] = await asyncio.gather(
+            svc.search("test", SearchRequest("wide", queries=good, k=4)),
+            svc.search("test", SearchRequest("wide", queries=bad, k=4)),
+            return_exceptions=True,
+        )
+        got, error = outcomes
+        assert_same_answer(got, svc.store.get("wide").table.search(good, 4))
+        assert isinstance(error, InvalidRequest) and "queries[9]" in str(error), error
+    finally:
+        svc.close()
+
+
+async def test_keyed_tiered_tables_with_updates_are_batched_by_key() -> None:
+    keys = np.arange(3000, dtype=np.int64) * 11 + (1 << 40)
+    tiers: list[dict[str, Any]] = [
+        {"rows": {"start": 0, "stop": 300}, "codec": "int8"},
+        {"rows": {"start": 300}, "codec": "pq", "subspaces": 8, "bits": 8, "iterations": 4},
+    ]
+    table = runtime.compress(X_INT8, tiers=tiers, keys=keys)
+    svc = EmbeddingService(Settings(demo=False, search_batch_max_queries=MAX_QUERIES))
+    svc.store.put("keyed", table)
+    svc.started = True
+    try:
+        sent = [queries(1 + s % 3, 32, s) for s in range(10)]
+        first = await asyncio.gather(*(svc.search("test", SearchRequest("keyed", queries=q, k=8)) for q in sent))
+        for q, got in zip(sent, first, strict=True):
+            assert_same_answer(got, table.search(q, 8))
+            assert np.isin(got[0], keys).all()  # keys, never row numbers
+        # rows upserted (a new key, and one moved next to the first query) and a key deleted
+        new_rows = np.vstack([sent[0][0] * 3, sent[1][0] * 3]).astype(np.float32)
+        table.upsert(np.array([7, keys[5]], np.int64), new_rows)
+        table.delete(np.array([keys[6]], np.int64))
+        second = await asyncio.gather(*(svc.search("test", SearchRequest("keyed", queries=q, k=8)) for q in sent))
+        for q, got in zip(sent, second, strict=True):
+            assert_same_answer(got, table.search(q, 8))
+            assert keys[6] not in got[0]
+        assert 7 in second[0][0][0] and keys[5] in second[1][0][0]
+        assert batch_sample(svc, "embserve_search_batch_requests_sum", "keyed") == 20
+    finally:
+        svc.close()
+
+
 def test_batching_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="search_batch_max_queries"):
         Settings(search_batch_max_queries=-1)
     with pytest.raises(ValueError, match="search_batch_delay_ms"):
         Settings(search_batch_delay_ms=-0.5)
-    assert EmbeddingService(Settings(demo=False)).search_batcher is None
+    with pytest.raises(ValueError, match="at least 2"):
+        Settings(search_batch_max_queries=1)
+    unbatched = EmbeddingService(Settings(demo=False))
+    assert unbatched.search_batcher is None
+    unbatched.close()
     with pytest.raises(ValueError, match="max_queries"):
         SearchBatcher(0, 0.0, None, None)  # type: ignore[arg-type]
 
@@ -294,6 +439,18 @@ def test_live_server_batches_concurrent_http_and_grpc_searches(tmp_path: Path) -
             if line.startswith('embserve_search_batch_requests_sum{table="items"}')
         )
         assert count == 23  # every good request went through the batcher
+        # an Open Inference Protocol search joins the same batches
+        oip = httpx.post(
+            f"{server.http}/v2/models/items.search/infer",
+            json={
+                "inputs": [{"name": "queries", "datatype": "FP32", "shape": [1, 32], "data": sent[0].ravel().tolist()}],
+                "parameters": {"k": 6, "metric": "l2"},
+            },
+            timeout=30,
+        )
+        assert oip.status_code == 200, oip.text
+        outputs = {o["name"]: o for o in oip.json()["outputs"]}
+        np.testing.assert_array_equal(outputs["ids"]["data"], table.search(sent[0], 6, "l2")[0].ravel())
         healthy = httpx.post(
             f"{server.http}/v1/tables/items/search", json={"queries": sent[0].tolist(), "k": 6}, timeout=30
         )
