@@ -517,16 +517,23 @@ class Table:
             ids, scores = self._search_rows(q, kk, metric, oversample, view)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
+    def _query_rows(self, query_ids: Any, view: DeltaView) -> np.ndarray:
+        """query_ids (q,) ids or keys -> their global rows (q,) int64; a query id not held is refused."""
+        return self._require(self._resolve(query_ids, view, "query_ids")[0], query_ids, "query_ids")
+
+    def check_query_ids(self, query_ids: Any) -> None:
+        """Refuse query_ids as `search_by_id` would now (not ids or keys, or one not held)."""
+        self._query_rows(query_ids, self._delta.view)
+
     def search_by_id(
         self, query_ids: Any, k: Any, metric: str = "ip", oversample: Any = 1, exclude_self: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search with stored rows as queries. query_ids (q,) -> ids (q, k'), scores (q, k') where
         k' = min(k, rows - 1) with exclude_self (the query's own id is dropped), else min(k, rows)."""
         k, metric, oversample = self.check_search_args(k, metric, oversample)
-        if not isinstance(exclude_self, (bool, np.bool_)):
-            raise InvalidRequest(f"exclude_self must be true or false, got {exclude_self!r}")
+        exclude_self = check_exclude_self(exclude_self)
         view = self._delta.view
-        rows = self._require(self._resolve(query_ids, view, "query_ids")[0], query_ids, "query_ids")
+        rows = self._query_rows(query_ids, view)
         live = self._live_rows(view)
         kk = min(k, live - 1) if exclude_self else min(k, live)
         if rows.size == 0 or kk <= 0:
@@ -789,6 +796,13 @@ def _refuse_repeats(keys: np.ndarray, field: str) -> None:
         if repeats.size:
             first = int(np.flatnonzero(keys == repeats[0])[1])
             raise InvalidRequest(f"{field}[{first}] = {int(repeats[0])} appears more than once in the batch")
+
+
+def check_exclude_self(value: Any) -> bool:
+    """search_by_id's exclude_self: true or false, nothing else."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidRequest(f"exclude_self must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,19 +1,20 @@
 """Dynamic batching of searches, as Triton's dynamic batcher does for a model's requests.
 
-Concurrent search requests against one table with the same k, metric and oversample wait in one
-queue, and one kernel call answers all their queries: a batch of queries scans each stored row
-once for all of them (4 or more take the tiled row scan, the PQ scans share their table loads), so
-at concurrency 16 and more a server answers 2-3x the single-query requests a second it answers
-one call a request.
+Concurrent search requests against one table with the same k, metric and oversample (and, for
+searches by stored id, the same exclude_self) wait in one queue, and one kernel call answers all
+their queries: a batch of queries scans each stored row once for all of them (4 or more take the
+tiled row scan, the PQ scans share their table loads), so under many concurrent one-query
+searches a server answers up to about twice the requests a second it answers one call a request
+(benchmarks/batching_bench.py).
 
-A table has at most one batch in flight per (k, metric, oversample): the requests that arrive
-while it runs form the next one. With a delay, a batch also waits that long after its oldest
-request arrived for more to join, unless it is full before. Off by default (max_queries 0).
+A table has at most one batch in flight per kind of search: the requests that arrive while it
+runs form the next one. With a delay, a batch also waits that long after its oldest request
+arrived for more to join, unless it is full before. Off by default (max_queries 0).
 
 Each request is checked on its own before it joins a queue (`Table.check_search_args`,
-`check_queries`), so a bad one is refused with the message it would get alone and never reaches
-a batch. Should a batched call still fail, every request of the batch runs again alone and gets
-its own answer or error.
+`check_queries`, `Table.check_query_ids`), so a bad one is refused with the message it would get
+alone and never reaches a batch. Should a batched call still fail (a key deleted meanwhile),
+every request of the batch still waited for runs again alone and gets its own answer or error.
 """
 
 from __future__ import annotations
@@ -33,8 +34,22 @@ from runtime.table import Table
 log = logging.getLogger("embserve")
 
 SearchResult = tuple[np.ndarray, np.ndarray]
-RunSearch = Callable[[Table, np.ndarray, int, str, int], Awaitable[SearchResult]]
-"""(table, queries (q, dim) float32, k, metric, oversample) -> ids (q, k') int64, scores (q, k') float32"""
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """What requests sharing a batch have in common besides the table: the checked search
+    arguments, and exclude_self for searches by stored id (None: by query vectors)."""
+
+    k: int
+    metric: str
+    oversample: int
+    exclude_self: bool | None = None
+
+
+RunSearch = Callable[[Table, np.ndarray, SearchCall], Awaitable[SearchResult]]
+"""(table, queries (q, dim) float32 or query ids (q,) int64, call) -> ids (q, k') int64, scores
+(q, k') float32"""
 ObserveBatch = Callable[[str, int, int], None]
 """(table name, requests, queries) of each batched call, for the metrics"""
 
@@ -42,7 +57,7 @@ ObserveBatch = Callable[[str, int, int], None]
 @dataclass
 class _Waiting:
     queries: np.ndarray
-    """(q, dim) float32, checked"""
+    """(q, dim) float32, or query ids (q,) int64; checked"""
     arrived: float
     answer: asyncio.Future[SearchResult]
 
@@ -71,7 +86,7 @@ class SearchBatcher:
         self.delay_seconds = delay_seconds
         self._run = run
         self._observe = observe
-        self._queues: dict[tuple[int, int, str, int], _Queue] = {}
+        self._queues: dict[tuple[int, SearchCall], _Queue] = {}
 
     def takes(self, queries: int) -> bool:
         """Whether a request of this many queries is batched (larger ones run alone)."""
@@ -82,16 +97,15 @@ class SearchBatcher:
         """Queues with requests waiting or a batch running (0 when idle)."""
         return len(self._queues)
 
-    async def search(
-        self, table: Table, name: str, queries: np.ndarray, k: int, metric: str, oversample: int
-    ) -> SearchResult:
-        """queries (q, dim) float32, checked against the table (served as `name`), k / metric /
-        oversample checked -> ids (q, k') int64, scores (q, k') float32, as `table.search` answers."""
+    async def search(self, table: Table, name: str, queries: np.ndarray, call: SearchCall) -> SearchResult:
+        """queries (q, dim) float32 (or query ids (q,) int64 with call.exclude_self set), checked
+        against the table (served as `name`), call's arguments checked -> ids (q, k') int64,
+        scores (q, k') float32, as `table.search` (`search_by_id`) answers them."""
         loop = asyncio.get_running_loop()
         # the table object itself is in the key: a table replaced by an admin load is a new
         # object, so a batch never mixes two versions; the queue holds the table, so its id
         # stays unique for as long as the key exists
-        key = (id(table), k, metric, oversample)
+        key = (id(table), call)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(table, name)
@@ -102,12 +116,12 @@ class SearchBatcher:
             queue.full.set()
         if queue.task is None:
             # a context of its own: the drain outlives the request that started it
-            queue.task = loop.create_task(self._drain(key, queue, k, metric, oversample), context=contextvars.Context())
+            queue.task = loop.create_task(self._drain(key, queue, call), context=contextvars.Context())
         # a caller cancelled meanwhile (client gone) cancels its own future only: a batch not yet
         # taken leaves it out, one running answers the others
         return await waiting.answer
 
-    async def _drain(self, key: tuple[int, int, str, int], queue: _Queue, k: int, metric: str, oversample: int) -> None:
+    async def _drain(self, key: tuple[int, SearchCall], queue: _Queue, call: SearchCall) -> None:
         """Answer queue's requests batch after batch until none waits, then forget the queue."""
         loop = asyncio.get_running_loop()
         batch: list[_Waiting] = []
@@ -120,7 +134,7 @@ class SearchBatcher:
                             await asyncio.wait_for(queue.full.wait(), remaining)
                 batch = self._take(queue)
                 if batch:
-                    await self._answer(queue, batch, k, metric, oversample)
+                    await self._answer(queue, batch, call)
                 batch = []
         except asyncio.CancelledError:  # the loop is closing: the requests held end with it
             for left in (*batch, *queue.waiting):
@@ -156,11 +170,11 @@ class SearchBatcher:
             queue.full.clear()
         return batch
 
-    async def _answer(self, queue: _Queue, batch: list[_Waiting], k: int, metric: str, oversample: int) -> None:
+    async def _answer(self, queue: _Queue, batch: list[_Waiting], call: SearchCall) -> None:
         table = queue.table
         try:
             queries = batch[0].queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
-            ids, scores = await self._run(table, queries, k, metric, oversample)
+            ids, scores = await self._run(table, queries, call)
         except Exception as error:
             if len(batch) == 1:
                 _settle(batch[0].answer, error=error)
@@ -168,9 +182,7 @@ class SearchBatcher:
             # which request it was is unknown: each one still waited for runs again alone (side
             # by side, as without batching) and gets its own answer or error
             alive = [w for w in batch if not w.answer.done()]
-            outcomes = await asyncio.gather(
-                *(self._run(table, w.queries, k, metric, oversample) for w in alive), return_exceptions=True
-            )
+            outcomes = await asyncio.gather(*(self._run(table, w.queries, call) for w in alive), return_exceptions=True)
             for waiting, outcome in zip(alive, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     _settle(waiting.answer, error=outcome)
@@ -198,4 +210,4 @@ def _settle(
         answer.set_result(result)
 
 
-__all__ = ["SearchBatcher"]
+__all__ = ["SearchBatcher", "SearchCall"]

@@ -33,10 +33,10 @@ from runtime.errors import (
     Unauthorized,
 )
 from runtime.store import LoadedTable, TableStore
-from runtime.table import Table, __version__, checked_sequence, load_table
+from runtime.table import Table, __version__, check_exclude_self, checked_sequence, load_table
 from runtime.validation import check_queries, kind_of_values
 from service import oip
-from service.batching import SearchBatcher
+from service.batching import SearchBatcher, SearchCall
 from service.errors import TableReplaced, status_label
 from service.metrics import Metrics
 from service.multi import MultiLookupResult, answer, bag_offsets, check_request, pool_mode
@@ -503,6 +503,13 @@ class EmbeddingService:
             self._limit(qids.size, self.settings.max_queries, "queries")
             self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
             exclude_self = request.exclude_self
+            batcher = self.search_batcher
+            if batcher is not None and qids.ndim == 1 and batcher.takes(qids.size):
+                # checked here, in the order `search_by_id` checks them: a bad request is refused alone
+                k, metric, oversample = table.check_search_args(k, metric, oversample)
+                call = SearchCall(k, metric, oversample, check_exclude_self(exclude_self))
+                table.check_query_ids(qids)
+                return await batcher.search(table, name, qids.astype(np.int64, copy=False), call)
             return await self._compute(
                 "search_by_id",
                 table.codec,
@@ -515,19 +522,24 @@ class EmbeddingService:
         batcher = self.search_batcher
         if batcher is not None and batcher.takes(nq):
             # checked here, in the order `search` checks them, so a bad request is refused alone
-            checked = table.check_search_args(k, metric, oversample)
+            call = SearchCall(*table.check_search_args(k, metric, oversample))
             if q.size <= INLINE_CHECK_VALUES:
                 queries = check_queries(q, table.dim)
             else:
                 queries = await asyncio.get_running_loop().run_in_executor(self.executor, check_queries, q, table.dim)
-            return await batcher.search(table, name, queries, *checked)
+            return await batcher.search(table, name, queries, call)
         return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
 
-    async def _search_call(
-        self, table: Table, queries: np.ndarray, k: int, metric: str, oversample: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One kernel call of the search batcher: queries (q, dim) float32 -> ids, scores (q, k')."""
-        return await self._compute("search", table.codec, lambda: table.search(queries, k, metric, oversample))
+    async def _search_call(self, table: Table, queries: np.ndarray, call: SearchCall) -> tuple[np.ndarray, np.ndarray]:
+        """One kernel call of the search batcher: queries (q, dim) float32, or query ids (q,) int64
+        when call.exclude_self is set -> ids, scores (q, k')."""
+        k, metric, oversample = call.k, call.metric, call.oversample
+        if call.exclude_self is None:
+            return await self._compute("search", table.codec, lambda: table.search(queries, k, metric, oversample))
+        exclude_self = call.exclude_self
+        return await self._compute(
+            "search_by_id", table.codec, lambda: table.search_by_id(queries, k, metric, oversample, exclude_self)
+        )
 
     def _observe_batch(self, name: str, requests: int, queries: int) -> None:
         self.metrics.child(self.metrics.search_batch_requests, name).observe(requests)

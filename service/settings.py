@@ -89,8 +89,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=4096,
-        description="dynamic batching of searches: concurrent search requests with queries against one table "
-        "and the same k, metric and oversample are answered by one kernel call of up to this many queries "
+        description="dynamic batching of searches: concurrent search requests against one table with the same "
+        "k, metric and oversample (by vectors, or by stored ids with the same exclude_self) are answered by one "
+        "kernel call of up to this many queries "
         "(a request of this many or more runs alone); 0: off, else at least 2",
     )
     search_batch_delay_ms: float = Field(

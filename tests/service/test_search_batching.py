@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.errors import InvalidRequest
-from service.batching import SearchBatcher
+from runtime.errors import InvalidRequest, KeyNotFound
+from service.batching import SearchBatcher, SearchCall
 from service.core import EmbeddingService
 from service.requests import SearchRequest
 from service.rpc.generated import embserve_pb2 as pb
@@ -32,6 +32,7 @@ from tests.service.live import start_server
 X_INT8 = low_rank_table(3000, 32, seed=21)
 X_PQ = low_rank_table(2000, 48, seed=22)
 MAX_QUERIES = 16
+IP_TOP3 = SearchCall(3, "ip", 1)
 
 
 def make_service(**settings: Any) -> EmbeddingService:
@@ -223,16 +224,16 @@ async def test_a_failing_batched_call_answers_each_request_alone() -> None:
     poison = np.float32(1234.5)
     calls: list[int] = []
 
-    async def run(t: runtime.Table, q: np.ndarray, k: int, metric: str, oversample: int) -> Any:
+    async def run(t: runtime.Table, q: np.ndarray, call: SearchCall) -> Any:
         calls.append(q.shape[0])
         if (q == poison).any():
             raise InvalidRequest("poisoned query")
-        return t.search(q, k, metric, oversample)
+        return t.search(q, call.k, call.metric, call.oversample)
 
     batcher = SearchBatcher(8, 0.0, run, lambda name, requests, total: None)
     sent = [queries(1, 32, seed) for seed in range(4)]
     sent[2][0, 0] = poison
-    outcomes = await asyncio.gather(*(batcher.search(table, "t", q, 3, "ip", 1) for q in sent), return_exceptions=True)
+    outcomes = await asyncio.gather(*(batcher.search(table, "t", q, IP_TOP3) for q in sent), return_exceptions=True)
     assert calls == [4, 1, 1, 1, 1]
     assert isinstance(outcomes[2], InvalidRequest)
     for i in (0, 1, 3):
@@ -271,8 +272,8 @@ async def test_a_fault_in_the_batcher_fails_its_requests_and_the_next_ones_are_s
     table = runtime.compress(X_INT8, "int8")
     broken = [True]
 
-    async def run(t: runtime.Table, q: np.ndarray, k: int, metric: str, oversample: int) -> Any:
-        return t.search(q, k, metric, oversample)
+    async def run(t: runtime.Table, q: np.ndarray, call: SearchCall) -> Any:
+        return t.search(q, call.k, call.metric, call.oversample)
 
     def observe(name: str, requests: int, total: int) -> None:
         if broken[0]:
@@ -280,7 +281,7 @@ async def test_a_fault_in_the_batcher_fails_its_requests_and_the_next_ones_are_s
 
     batcher = SearchBatcher(8, 0.0, run, observe)
     sent = [queries(1, 32, seed) for seed in range(3)]
-    outcomes = await asyncio.gather(*(batcher.search(table, "t", q, 3, "ip", 1) for q in sent), return_exceptions=True)
+    outcomes = await asyncio.gather(*(batcher.search(table, "t", q, IP_TOP3) for q in sent), return_exceptions=True)
     # the answers were handed out before the callback ran; a fault before them would be errors
     for q, got in zip(sent, outcomes, strict=True):
         assert_same_answer(got, table.search(q, 3))  # type: ignore[arg-type]
@@ -293,11 +294,11 @@ async def test_a_fault_in_the_batcher_fails_its_requests_and_the_next_ones_are_s
         raise RuntimeError("bookkeeping broke")
 
     faulty._take = broken_take  # type: ignore[method-assign]
-    outcomes = await asyncio.gather(*(faulty.search(table, "t", q, 3, "ip", 1) for q in sent), return_exceptions=True)
+    outcomes = await asyncio.gather(*(faulty.search(table, "t", q, IP_TOP3) for q in sent), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) and "bookkeeping" in str(o) for o in outcomes), outcomes
     assert faulty.queues == 0
     del faulty._take
-    again = await faulty.search(table, "t", sent[0], 3, "ip", 1)
+    again = await faulty.search(table, "t", sent[0], IP_TOP3)
     assert_same_answer(again, table.search(sent[0], 3))
 
 
@@ -306,16 +307,16 @@ async def test_a_failing_batch_reruns_only_requests_still_waited_for() -> None:
     calls: list[int] = []
     release = asyncio.Event()
 
-    async def run(t: runtime.Table, q: np.ndarray, k: int, metric: str, oversample: int) -> Any:
+    async def run(t: runtime.Table, q: np.ndarray, call: SearchCall) -> Any:
         calls.append(q.shape[0])
         if q.shape[0] > 1:
             await release.wait()
             raise InvalidRequest("the batch failed")
-        return t.search(q, k, metric, oversample)
+        return t.search(q, call.k, call.metric, call.oversample)
 
     batcher = SearchBatcher(8, 0.0, run, lambda name, requests, total: None)
     sent = [queries(1, 32, seed) for seed in range(4)]
-    tasks = [asyncio.ensure_future(batcher.search(table, "t", q, 3, "ip", 1)) for q in sent]
+    tasks = [asyncio.ensure_future(batcher.search(table, "t", q, IP_TOP3)) for q in sent]
     while not calls:
         await asyncio.sleep(0)
     tasks[0].cancel()
@@ -376,6 +377,81 @@ async def test_keyed_tiered_tables_with_updates_are_batched_by_key() -> None:
             assert keys[6] not in got[0]
         assert 7 in second[0][0][0] and keys[5] in second[1][0][0]
         assert batch_sample(svc, "embserve_search_batch_requests_sum", "keyed") == 20
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+async def test_searches_by_stored_id_are_batched_too(service: EmbeddingService, exclude_self: bool) -> None:
+    stored = service.store.get("codes").table
+    sent = [np.array(ids, np.int64) for ids in ([3], [10, 11], [1999], [0, 5, 7], [42], [42])]
+    answers = await asyncio.gather(
+        *(
+            service.search("test", SearchRequest("codes", query_ids=q, k=6, oversample=2, exclude_self=exclude_self))
+            for q in sent
+        ),
+        service.search("test", SearchRequest("codes", queries=queries(1, 48, 0), k=6, oversample=2)),
+    )
+    for q, got in zip(sent, answers[:-1], strict=True):
+        assert_same_answer(got, stored.search_by_id(q, 6, "ip", 2, exclude_self))
+        if exclude_self:
+            assert not (q[:, None] == got[0]).any()
+    assert_same_answer(answers[-1], stored.search(queries(1, 48, 0), 6, "ip", 2))
+    # the by-id requests in one call, the vector search in another
+    assert batch_sample(service, "embserve_search_batch_requests_sum", "codes") == 7
+    assert batch_sample(service, "embserve_search_batch_requests_count", "codes") == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"query_ids": [5, 4000]}, "4000"),
+        ({"query_ids": [-1]}, "-1"),
+        ({"query_ids": [1.5]}, "query_ids"),
+        ({"query_ids": [3], "exclude_self": "yes"}, "exclude_self"),
+        ({"query_ids": [3], "k": -2}, "k"),
+    ],
+)
+async def test_a_bad_search_by_id_is_refused_alone(
+    service: EmbeddingService, fields: dict[str, Any], named: str
+) -> None:
+    bad = SearchRequest("codes", **{"k": 4, **fields})
+    outcomes = await asyncio.gather(
+        service.search("test", SearchRequest("codes", query_ids=[1], k=4)),
+        service.search("test", bad),
+        service.search("test", SearchRequest("codes", query_ids=[2, 3], k=4)),
+        return_exceptions=True,
+    )
+    plain = EmbeddingService(Settings(demo=False))
+    plain.store.put("codes", service.store.get("codes").table)
+    plain.started = True
+    try:
+        with pytest.raises(InvalidRequest) as alone:
+            await plain.search("test", bad)
+    finally:
+        plain.close()
+    assert type(outcomes[1]) is type(alone.value) and str(outcomes[1]) == str(alone.value)
+    assert named in str(alone.value)
+    stored = service.store.get("codes").table
+    assert_same_answer(outcomes[0], stored.search_by_id([1], 4))  # type: ignore[arg-type]
+    assert_same_answer(outcomes[2], stored.search_by_id([2, 3], 4))  # type: ignore[arg-type]
+
+
+async def test_a_query_id_deleted_after_its_check_fails_its_request_alone() -> None:
+    keys = np.arange(3000, dtype=np.int64) * 13 - 5
+    table = runtime.compress(X_INT8, "int8", keys=keys)
+    svc = EmbeddingService(Settings(demo=False, search_batch_max_queries=MAX_QUERIES))
+    svc.store.put("keyed", table)
+    svc.started = True
+    try:
+        sent = [keys[[1]], keys[[2, 3]], keys[[4]]]
+        tasks = [asyncio.ensure_future(svc.search("test", SearchRequest("keyed", query_ids=q, k=5))) for q in sent]
+        await asyncio.sleep(0)  # all three checked and queued; the batch has not run
+        table.delete(keys[[3]])
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[1], KeyNotFound) and str(keys[3]) in str(outcomes[1])
+        for i in (0, 2):
+            assert_same_answer(outcomes[i], table.search_by_id(sent[i], 5))  # type: ignore[arg-type]
     finally:
         svc.close()
 
