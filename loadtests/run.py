@@ -2,11 +2,13 @@
 
     python loadtests/run.py --duration 20 --users 4 --transport grpc --out results/load-grpc
     python loadtests/run.py --transport http --target http://10.0.0.5:8000 --max-p99-ms 50 --min-rps 200
+    python loadtests/run.py --transport grpc --users 32 --out r --server-env EMBSERVE_SEARCH_BATCH_MAX_QUERIES=64
 
-Without --target it starts a local server with the demo table on free loopback ports, and stops it
-afterwards. Writes into --out: Locust's CSV (locust_stats.csv, locust_failures.csv, …), JSON
-(locust.json) and HTML (report.html) reports, summary.json (requests, failures, rps and p50 / p95 /
-p99 per operation) and latency.png. Exits 1 on any failed request or breached threshold.
+Without --target it starts a local server with the demo table on free loopback ports (with the
+settings --server-env gives), and stops it afterwards. Writes into --out: Locust's CSV
+(locust_stats.csv, locust_failures.csv, …), JSON (locust.json) and HTML (report.html) reports,
+summary.json (requests, failures, rps and p50 / p95 / p99 per operation) and latency.png. Exits 1
+on any failed request or breached threshold.
 """
 
 from __future__ import annotations
@@ -31,12 +33,11 @@ USERS = {
 }
 
 
-def start_local_server(workdir: Path, demo_rows: int) -> tuple[Any, str, str]:
+def start_local_server(workdir: Path, demo_rows: int, settings: dict[str, str]) -> tuple[Any, str, str]:
     from tests.service.live import start_server
 
-    server = start_server(
-        workdir, [], env={"EMBSERVE_DEMO_ROWS": str(demo_rows), "EMBSERVE_MAX_CONCURRENCY": "256"}, ready_timeout=600
-    )
+    env = {"EMBSERVE_DEMO_ROWS": str(demo_rows), "EMBSERVE_MAX_CONCURRENCY": "256", **settings}
+    server = start_server(workdir, [], env=env, ready_timeout=600)
     return server, server.http, server.grpc
 
 
@@ -100,10 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="demo")
     parser.add_argument("--batch", type=int, default=256, help="ids a lookup")
     parser.add_argument("--demo-rows", type=int, default=100_000, help="rows of the local demo table")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="EMBSERVE_NAME=VALUE",
+        help="a setting of the local server (repeatable), e.g. EMBSERVE_SEARCH_BATCH_MAX_QUERIES=64",
+    )
     parser.add_argument("--max-p99-ms", type=float, help="fail when any operation's p99 exceeds this")
     parser.add_argument("--min-rps", type=float, help="fail when total throughput is below this")
     parser.add_argument("--max-failure-ratio", type=float, default=0.0)
     args = parser.parse_args(argv)
+    settings = dict(item.partition("=")[::2] for item in args.server_env)
+    if any(not name.startswith("EMBSERVE_") for name in settings):
+        parser.error("--server-env takes EMBSERVE_NAME=VALUE")
+    if settings and args.target:
+        parser.error("--server-env sets up the local server; with --target the server is yours")
     # Locust runs from the repository root: a relative --out means the caller's directory
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.target:
             http_url, grpc_url = args.target.rstrip("/"), args.grpc_target or ""
         else:
-            server, http_url, grpc_url = start_local_server(Path(tmp), args.demo_rows)
+            server, http_url, grpc_url = start_local_server(Path(tmp), args.demo_rows, settings)
         env = {
             **os.environ,
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",

@@ -32,6 +32,9 @@ def test_load_smoke(transport: str, tmp_path: Path) -> None:
             "5000",
             "--max-p99-ms",
             "5000",
+            # searches go through the batcher (users search by vector and by id side by side)
+            "--server-env",
+            "EMBSERVE_SEARCH_BATCH_MAX_QUERIES=8",
         ],
         capture_output=True,
         text=True,
