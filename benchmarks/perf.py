@@ -442,7 +442,8 @@ def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runti
 
 def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     """Exact top-k over int8 / int4 / fp16 rows against Faiss IndexScalarQuantizer (8-bit, 4-bit,
-    fp16), both scanning every row; recall@10 of each against the float32 truth."""
+    fp16), and over float32 rows against IndexFlatIP, each scanning every row; recall@10 of each
+    against the float32 truth."""
     rng = np.random.default_rng(6)
     query_pool = [
         x[rng.integers(0, cfg.rows, max(cfg.nqs))]
@@ -451,15 +452,19 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
     ]
     recall_queries = np.concatenate(query_pool)[:256]
     truth = exact_topk(x, recall_queries, 10)
-    peer_types = {"int8": "QT_8bit", "int4": "QT_4bit", "fp16": "QT_fp16"}
+    peer_types = {"int8": "QT_8bit", "int4": "QT_4bit", "fp16": "QT_fp16", "fp32": None}
     for codec, qtype in peer_types.items():
         table = runtime.compress(x, codec)
         index = None
+        peer = "Faiss IndexFlatIP" if qtype is None else f"Faiss IndexScalarQuantizer {qtype}"
         if faiss is not None:
-            index = faiss.IndexScalarQuantizer(
-                cfg.dim, getattr(faiss.ScalarQuantizer, qtype), faiss.METRIC_INNER_PRODUCT
-            )
-            index.train(x)
+            if qtype is None:
+                index = faiss.IndexFlatIP(cfg.dim)
+            else:
+                index = faiss.IndexScalarQuantizer(
+                    cfg.dim, getattr(faiss.ScalarQuantizer, qtype), faiss.METRIC_INNER_PRODUCT
+                )
+                index.train(x)
             index.add(x)
         extra = {
             "recall_at_10_ours": recall(table.search(recall_queries, 10)[0], truth),
@@ -474,7 +479,6 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
                 set_threads(threads)
                 medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
                 theirs = medians[1] if index is not None else None
-                peer = f"Faiss IndexScalarQuantizer {qtype}"
                 if nq == 1:
                     row = Row(
                         "exact search on quantized rows, top-100",

@@ -28,13 +28,10 @@ from runtime.kernels.hashmap import KeySet
 from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS, PARALLEL_MIN_IDS
 from runtime.kernels.scan import chunk_count
-from runtime.kernels.topk import BlockTopK
 from runtime.validation import unusable_value
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called while fitting, for a progress bar."""
-
-DENSE_BLOCK_ROWS = 16384
 
 
 def scan_chunks(rows: int) -> int:
@@ -402,20 +399,10 @@ class Codec(ABC):
         order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
+    @abstractmethod
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top k (<= rows) over every row; the default decodes blocks and multiplies (Faiss
-        IndexFlat's scheme: one GEMM for all queries a block, streamed into heaps)."""
-        queries = query_vectors(prepared)
-        top = BlockTopK(queries.shape[0], k)
-        for start in range(0, self.rows, DENSE_BLOCK_ROWS):
-            stop = min(self.rows, start + DENSE_BLOCK_ROWS)
-            block = self.decode_range(start, stop)
-            keys = queries @ block.T
-            if prepared.metric == "l2":
-                keys = 2 * keys - np.einsum("bd,bd->b", block, block)[None, :]
-            top.push(keys.astype(np.float32, copy=False), start)
-        keys, ids = top.result()
-        return ids, keys_to_scores(keys, queries, prepared.metric)
+        """Top k (<= rows) over every row for the prepared queries -> ids (q, k) int64, scores
+        (q, k) float32, best first; ties to the lower id."""
 
     def score(self, prepared: Prepared, candidates: np.ndarray) -> np.ndarray:
         """candidates (q, c) int64 -> (q, c) float32 scores of each prepared query."""

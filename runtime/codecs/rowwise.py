@@ -74,8 +74,6 @@ class RowwiseCodec(Codec):
         return rowwise.bags(self.arrays["rows"], ids, offsets, self.dim, self.bits, mean, self.parallel_min_ids)
 
     def _scan(self, prepared: Prepared, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.bits == 2:  # no fused scan for 2-bit codes: decode blocks, then a matrix product
-            return super()._scan(prepared, k)
         return quantized_search(self, self.arrays["rows"], self.bits, query_vectors(prepared), k, prepared.metric)
 
 

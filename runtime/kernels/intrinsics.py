@@ -1,5 +1,5 @@
 """LLVM intrinsics numba does not expose: population count, software prefetch, half-float
-conversion, opaque word loads and the thread count inside a kernel."""
+conversion, float bits, opaque word loads and the thread count inside a kernel."""
 
 from __future__ import annotations
 
@@ -147,6 +147,19 @@ def half_to_float(typingctx, bits):  # type: ignore[no-untyped-def]
             return context.compile_internal(builder, _half_bits_to_float, signature, args)
         half = builder.bitcast(args[0], ir.HalfType())
         return builder.fpext(half, ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def float_from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
+    """The float32 whose bits a uint32 holds (a reinterpretation, no conversion): float32 rows
+    travel as uint32 through kernels also compiled for integer codes, whose bit operations do not
+    type on floats."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
 

@@ -1,10 +1,11 @@
-"""Exact search on row-wise quantized and fp16 rows: an asymmetric scan with a fused top-k.
+"""Exact search on row-wise quantized, fp16 and float32 rows: an asymmetric scan with a fused top-k.
 
 The query stays float32 and each stored row is read once, as it is stored:
 - int8 / int4 rows (FBGEMM fused layout, see `rowwise.py`): value = scale · code + bias, so
   <q, x> = scale · <q, codes> + bias · sum(q); the codes enter the dot product as small integers
   converted to float32, never dequantized into a float copy of the row;
-- fp16 rows: the half bits are widened in registers (`half_to_float`).
+- fp16 rows: the half bits are widened in registers (`half_to_float`); float32 rows are read as
+  their bits (uint32), so one compiled kernel serves them beside the integer codes.
 For l2 the key is 2 <q, x> - |x|^2, with |x|^2 of each decoded row computed per block of rows
 (once for all queries) while the block is in cache, so nothing extra is stored; the squared
 distance is |q|^2 - key.
@@ -27,7 +28,13 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from runtime.kernels.intrinsics import STREAM_PREFETCH_BYTES, half_from_bytes, half_to_float, prefetch_row
+from runtime.kernels.intrinsics import (
+    STREAM_PREFETCH_BYTES,
+    float_from_bits,
+    half_from_bytes,
+    half_to_float,
+    prefetch_row,
+)
 from runtime.kernels.scan import _chunk_bounds, _offer_block
 from runtime.kernels.topk import merge_partials, partial_heaps
 
@@ -101,17 +108,35 @@ def _int4_dots(
         out[i] = acc
 
 
+def _column_value(row: np.ndarray, j: int) -> np.float32:
+    """Column j of a row as float32 (compiled per row dtype, below): fp16 or float32 bits, int4
+    codes widened to float32 (the tiled scan), or int8 codes."""
+    raise NotImplementedError("only called from compiled kernels")
+
+
+@overload(_column_value, inline="always")
+def _column_value_typed(row, j):  # type: ignore[no-untyped-def]
+    """uint16 rows hold fp16 bits, uint32 rows float32 bits; uint8 rows int8 codes; float32 rows
+    int4 codes widened (the tiled scan)."""
+    if row.dtype == types.uint16:
+        return lambda row, j: half_to_float(row[j])
+    if row.dtype == types.uint32:
+        return lambda row, j: float_from_bits(row[j])
+    return lambda row, j: np.float32(row[j])
+
+
 @njit(nogil=True, cache=True, fastmath=REORDERABLE)
-def _fp16_dots(values: np.ndarray, q: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
-    """out[i] = <q, row start + i> for fp16 rows given as their bits, (n, d) uint16. No prefetch:
-    these rows stream at the memory's bandwidth already, and prefetching them ahead made one thread
-    5-8 % slower (1M x 128 on an AMD EPYC, Zen 4), where it made int8 rows ~10 % faster."""
+def _float_dots(values: np.ndarray, q: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    """out[i] = <q, row start + i> for fp16 or float32 rows given as their bits, (n, d) uint16 or
+    uint32. No prefetch: these rows stream at the memory's bandwidth already, and prefetching
+    fp16 rows ahead made one thread 5-8 % slower (1M x 128 on an AMD EPYC, Zen 4), where it made
+    int8 rows ~10 % faster."""
     dim = q.shape[0]
     for i in range(stop - start):
         row = values[start + i]
         acc = np.float32(0.0)
         for j in range(dim):
-            acc += q[j] * half_to_float(row[j])
+            acc += q[j] * _column_value(row, j)
         out[i] = acc
 
 
@@ -128,19 +153,6 @@ and two threads, AMD EPYC Zen 4), where at 3 queries the two were even."""
 TILED_BLOCK_ROWS = 256
 """Rows whose dot products with every query the tiled scan computes before offering them to the
 heaps: the (queries, 256) float32 sums stay in L2 up to several hundred queries (256 KiB at 256)."""
-
-
-def _column_value(row: np.ndarray, j: int) -> np.float32:
-    """Column j of a row the tiled scan reads, as float32 (compiled per row dtype, below)."""
-    raise NotImplementedError("only called from compiled kernels")
-
-
-@overload(_column_value, inline="always")
-def _column_value_typed(row, j):  # type: ignore[no-untyped-def]
-    """uint16 rows hold fp16 bits; uint8 rows int8 codes; float32 rows int4 codes widened."""
-    if row.dtype == types.uint16:
-        return lambda row, j: half_to_float(row[j])
-    return lambda row, j: np.float32(row[j])
 
 
 @njit(nogil=True, cache=True, fastmath=REORDERABLE)
@@ -212,16 +224,27 @@ def _tile_dots(
 
 
 @njit(nogil=True, cache=True)
-def _widen_nibbles(rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
-    """out[i, 2b] and out[i, 2b + 1] = the low and high nibble of byte b of int4 row start + i, as
-    float32; out (R, 2P) float32 for rows (n, P + 4) uint8. The int4 codes are widened once a block
-    for all queries: reading nibbles inside `_tile_dots` took longer from 16 queries on."""
+def _widen_codes(rows: np.ndarray, bits: int, start: int, stop: int, out: np.ndarray) -> None:
+    """out[i, c] = code c of int4 or int2 row start + i as float32 (byte b holds codes
+    b·(8/bits) .. from its low bits up); out (R, P·8/bits) float32 for rows (n, P + 4) uint8. The
+    codes are widened once a block for all queries: reading nibbles inside `_tile_dots` took longer
+    from 16 queries on."""
+    if bits == 4:  # written out: a loop over the nibbles took int4 at nq = 64 from 34 to 44 ms (200k rows)
+        for i in range(stop - start):
+            row = rows[start + i]
+            for b in range(out.shape[1] // 2):
+                byte = row[b]
+                out[i, 2 * b] = np.float32(byte & 15)
+                out[i, 2 * b + 1] = np.float32(byte >> 4)
+        return
     for i in range(stop - start):
         row = rows[start + i]
-        for b in range(out.shape[1] // 2):
+        for b in range(out.shape[1] // 4):
             byte = row[b]
-            out[i, 2 * b] = np.float32(byte & 15)
-            out[i, 2 * b + 1] = np.float32(byte >> 4)
+            out[i, 4 * b] = np.float32(byte & 3)
+            out[i, 4 * b + 1] = np.float32((byte >> 2) & 3)
+            out[i, 4 * b + 2] = np.float32((byte >> 4) & 3)
+            out[i, 4 * b + 3] = np.float32(byte >> 6)
 
 
 @njit(nogil=True, cache=True)
@@ -241,18 +264,18 @@ def _scan_chunk_tiled(
     """The tiled scan of rows start..stop-1 for all queries, into one heap per query.
 
     queries (Q, C) float32: the nq = len(q_sums) queries of d = `dim` columns, zero-padded to the
-    columns the tiles read (int8: the code bytes; int4: two a code byte; fp16: d) and to Q rows, a
-    multiple of TILE; q_sums (nq,) float32; heap_keys / heap_ids (nq, k'), sizes (nq,) int64: this
-    chunk's heaps."""
+    columns the tiles read (int8: the code bytes; int4 / int2: two / four a code byte; fp16 and
+    float32: d) and to Q rows, a multiple of TILE; q_sums (nq,) float32; heap_keys / heap_ids
+    (nq, k'), sizes (nq,) int64: this chunk's heaps."""
     nq = q_sums.shape[0]
     padded_queries, columns = queries.shape
-    fused = bits != 16
+    fused = bits < 16
     width = rows.shape[1] - 4
     block_rows = TILED_BLOCK_ROWS
-    if bits == 4:  # widened codes take 4 bytes a column: wide rows get fewer a block
+    if bits < 8:  # widened codes take 4 bytes a column: wide rows get fewer a block
         fit = max(TILE, SCAN_BLOCK_BYTES // max(1, 4 * columns))
         block_rows = min(block_rows, fit - fit % TILE)
-    widened = np.empty((block_rows if bits == 4 else 0, columns), dtype=np.float32)
+    widened = np.empty((block_rows if bits < 8 else 0, columns), dtype=np.float32)
     dots = np.empty((padded_queries, block_rows), dtype=np.float32)
     keys = np.empty(block_rows, dtype=np.float32)
     norms = np.zeros(block_rows, dtype=np.float32)
@@ -262,8 +285,8 @@ def _scan_chunk_tiled(
     for block in range(start, stop, block_rows):
         block_stop = min(stop, block + block_rows)
         count = block_stop - block
-        if bits == 4:
-            _widen_nibbles(rows, block, block_stop, widened)
+        if bits < 8:
+            _widen_codes(rows, bits, block, block_stop, widened)
             for r0 in range(0, count, TILE):
                 for q0 in range(0, padded_queries, TILE):
                     _tile_dots(widened, r0, count - 1, queries, q0, dots, r0)
@@ -303,8 +326,8 @@ def _block_keys(
 ) -> None:
     """keys[i] for rows start..stop-1: <q, x> (ip), or 2 <q, x> - |x|^2 with |x|^2 of row
     start + i in block_norms[i] (l2); `stream`: this query reads the block from memory."""
-    if bits == 16:
-        _fp16_dots(rows, q, start, stop, keys)
+    if bits >= 16:
+        _float_dots(rows, q, start, stop, keys)
     else:
         if bits == 8:
             _int8_dots(rows, q, start, stop, stream, keys)
@@ -330,15 +353,17 @@ def quantized_topk(
 ):
     """Top-k by inner product (or, when l2, by 2 <q, x> - |x|^2) over stored rows.
 
-    rows: int8 / int4 fused rows (n, P + 4) uint8 (bits 8 / 4), or fp16 bits (n, d) uint16
-    (bits 16); queries (q, d) float32. -> keys (q, k') float32, ids (q, k') int64, best first,
-    k' = min(k, n); keys are <q, x> for ip and 2 <q, x> - |x|^2 for l2. From TILED_MIN_QUERIES
-    queries on the tiled scan sums each dot product in another order, so a query's keys may differ
-    in the last float32 bits with the number of queries it came with.
+    rows: int8 / int4 / int2 fused rows (n, P + 4) uint8 (bits 8 / 4 / 2), fp16 bits (n, d) uint16
+    (bits 16), or float32 bits (n, d) uint32 (bits 32, `rows.view(np.uint32)`); queries (q, d)
+    float32. -> keys (q, k') float32, ids (q, k') int64, best first, k' = min(k, n); keys are
+    <q, x> for ip and 2 <q, x> - |x|^2 for l2. From TILED_MIN_QUERIES queries on the tiled scan
+    sums each dot product in another order, so a query's keys may differ in the last float32 bits
+    with the number of queries it came with.
     """
     n = rows.shape[0]
     nq, dim = queries.shape
-    tiled = nq >= TILED_MIN_QUERIES
+    # int2 codes have no one-query kernel: they are widened a block at a time for any number of queries
+    tiled = nq >= TILED_MIN_QUERIES or bits == 2
     half = (dim + 1) // 2
     q_even = np.zeros((0 if tiled else nq, half), dtype=np.float32)
     q_odd = np.zeros((0 if tiled else nq, half), dtype=np.float32)
@@ -355,7 +380,7 @@ def quantized_topk(
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     if tiled:
-        columns = rows.shape[1] if bits == 16 else (rows.shape[1] - 4) * (2 if bits == 4 else 1)
+        columns = rows.shape[1] if bits >= 16 else (rows.shape[1] - 4) * (8 // bits)
         padded = np.zeros(((nq + TILE - 1) // TILE * TILE, columns), dtype=np.float32)
         padded[:nq, :dim] = queries
         for c in prange(nchunks):
@@ -399,14 +424,16 @@ def quantized_topk(
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=REORDERABLE)
 def decoded_norm(rows: np.ndarray, bits: int, dim: int, r: int) -> np.float32:
-    """|x|^2 of decoded row r: fused rows (bits 8 / 4 / 2) or fp16 bits (bits 16)."""
+    """|x|^2 of decoded row r: fused rows (bits 8 / 4 / 2), fp16 bits (bits 16) or float32 bits
+    (bits 32)."""
     acc = np.float32(0.0)
-    if bits == 16:
+    if bits >= 16:
+        row = rows[r]
         for j in range(dim):
-            half: float = half_to_float(rows[r, j])
-            acc += half * half
+            value = _column_value(row, j)
+            acc += value * value
         return acc
     scale, bias = _scale_bias(rows, r, rows.shape[1] - 4)
     per_byte = 8 // bits
@@ -423,8 +450,8 @@ def quantized_keys_numpy(rows: np.ndarray, bits: int, queries: np.ndarray, dim: 
     """Twin of the scan's keys: -> (q, n) float32, scale · <q, codes> + bias · sum(q) for fused rows
     (fp16: <q, x>), then 2 · key - |x|^2 for l2, in float64 and rounded once."""
     q = queries.astype(np.float64)
-    if bits == 16:
-        decoded = rows.view(np.float16).astype(np.float64)
+    if bits >= 16:
+        decoded = rows.view(np.float16 if bits == 16 else np.float32).astype(np.float64)
         keys = q @ decoded.T
     else:
         pbytes = rows.shape[1] - 4
@@ -444,8 +471,8 @@ def quantized_keys_numpy(rows: np.ndarray, bits: int, queries: np.ndarray, dim: 
 
 def decoded_norms_numpy(rows: np.ndarray, bits: int, dim: int) -> np.ndarray:
     """Twin of `decoded_norm` for every row -> (n,) float32."""
-    if bits == 16:
-        decoded = rows.view(np.float16).astype(np.float32)
+    if bits >= 16:
+        decoded = rows.view(np.float16 if bits == 16 else np.float32).astype(np.float32)
     else:
         pbytes = rows.shape[1] - 4
         scale = rows[:, pbytes : pbytes + 2].copy().view(np.float16).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The fused scan over int8 / int4 / fp16 rows against its numpy twin and the codecs' decode."""
+"""The fused scan over int8 / int4 / int2 / fp16 / float32 rows against its numpy twin and the
+codecs' decode."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from runtime.kernels import rowscan, rowwise, topk
 def _stored(rng: np.random.Generator, n: int, dim: int, bits: int, exact: bool) -> np.ndarray:
     """Rows as a codec stores them. exact: small integer codes, scale 1 and integer bias, so every
     dot product with an integer query is exact in float32 and ties are real ties."""
-    if bits == 16:
+    if bits >= 16:
         values = rng.integers(-3, 4, (n, dim)) if exact else rng.standard_normal((n, dim))
-        return values.astype(np.float16).view(np.uint16)
+        return values.astype(np.float16).view(np.uint16) if bits == 16 else values.astype(np.float32).view(np.uint32)
     if not exact:
         return rowwise.quantize_numpy(rng.standard_normal((n, dim)).astype(np.float32), bits)
     width = rowwise.packed_bytes(dim, bits)
@@ -33,7 +34,7 @@ def _stored(rng: np.random.Generator, n: int, dim: int, bits: int, exact: bool) 
 @st.composite
 def scans(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray, int, int, bool, bool]:
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    bits = draw(st.sampled_from([8, 4, 16]))
+    bits = draw(st.sampled_from([8, 4, 2, 16, 32]))
     dim = draw(st.integers(1, 40))
     # past a few blocks of SCAN_BLOCK_ROWS, so chunks of up to 5 hold block edges
     n = draw(st.integers(0, 2 * rowscan.SCAN_BLOCK_ROWS + 600))
@@ -74,7 +75,7 @@ def test_scan_blocks_of_wide_rows_fit_their_byte_budget() -> None:
     assert rowscan.scan_block_rows(10**9) == 16
 
 
-@pytest.mark.parametrize("bits", [8, 4, 16])
+@pytest.mark.parametrize("bits", [8, 4, 2, 16, 32])
 @pytest.mark.parametrize("nq", [2, 5])
 def test_wide_rows_scan_across_their_smaller_blocks(bits: int, nq: int) -> None:
     # 2,100 dims: 62 fp16 rows (or 124 int8 rows) a block one query at a time, 28 int4 rows a block
@@ -89,7 +90,7 @@ def test_wide_rows_scan_across_their_smaller_blocks(bits: int, nq: int) -> None:
         np.testing.assert_array_equal(keys, want_keys)
 
 
-@pytest.mark.parametrize("bits", [8, 4, 16])
+@pytest.mark.parametrize("bits", [8, 4, 2, 16, 32])
 def test_tiled_scan_matches_one_query_at_a_time_at_tile_and_block_edges(bits: int) -> None:
     # exact sums, so the tiled scan (4+ queries) and the scan of each query alone agree bit for bit:
     # row counts around a tile of 4 and a block of 256, query counts around a tile, an odd d (int4's
@@ -99,6 +100,8 @@ def test_tiled_scan_matches_one_query_at_a_time_at_tile_and_block_edges(bits: in
         rows = _stored(rng, n, 7, bits, True)
         if bits == 4:  # d = 7: the last byte's high nibble is padding, and must not count
             rows[:, 3] |= 0xF0
+        if bits == 2:  # d = 7: the last byte's top two bits are padding
+            rows[:, 1] |= 0xC0
         for nq in (4, 5, 8):
             queries = rng.integers(-2, 3, (nq, 7)).astype(np.float32)
             for l2 in (False, True):
@@ -122,14 +125,14 @@ def test_tiled_fp16_keys_are_the_dot_products_alone() -> None:
     np.testing.assert_allclose(keys, np.repeat(alone_keys, 4, axis=0), rtol=1e-6)  # summed in another order
 
 
-@given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16]), st.integers(0, 50), st.integers(1, 20))
+@given(st.integers(0, 2**31), st.sampled_from([8, 4, 2, 16, 32]), st.integers(0, 50), st.integers(1, 20))
 def test_decoded_norms_match_twin(seed: int, bits: int, n: int, dim: int) -> None:
     rows = _stored(np.random.default_rng(seed), n, dim, bits, False)
     got = np.array([rowscan.decoded_norm(rows, bits, dim, r) for r in range(n)], dtype=np.float32)
     np.testing.assert_allclose(got, rowscan.decoded_norms_numpy(rows, bits, dim), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("codec", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("codec", ["int8", "int4", "int2", "fp16", "fp32"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_codec_search_agrees_with_decoded_rows(codec: str, metric: str) -> None:
     rng = np.random.default_rng(11)
@@ -147,3 +150,22 @@ def test_codec_search_agrees_with_decoded_rows(codec: str, metric: str) -> None:
     np.testing.assert_allclose(scores, np.take_along_axis(full, order, axis=1), rtol=1e-3, atol=1e-3)
     overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids.tolist(), order.tolist(), strict=True)])
     assert overlap >= 0.95
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "int2"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_equal_rows_tie_by_the_lower_id_in_any_batch(codec: str, metric: str) -> None:
+    # a matrix product per block (fp32 and int2 scanned so before) scored two equal rows apart in
+    # the last bits, by the number of queries and the rows' places in the block; every row of one
+    # scan is summed alike, so equal rows score equal and the lower id comes first
+    for n in (5, 49, 2003):
+        x = np.random.default_rng(n).standard_normal((n, 48)).astype(np.float32)
+        x[n - 1] = x[0]
+        table = runtime.compress(x, codec)
+        twins = table.lookup(np.array([0, n - 1]))
+        np.testing.assert_array_equal(twins[0], twins[1])
+        for nq in (1, 2, 3, 4, 7):
+            queries = np.repeat(twins[:1], nq, axis=0)
+            ids, scores = table.search(queries, 2, metric=metric)
+            assert ids.tolist() == [[0, n - 1]] * nq, (n, nq, ids)
+            assert (scores[:, 0] == scores[:, 1]).all()
