@@ -98,6 +98,7 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         le=1000,
+        allow_inf_nan=False,
         description="with search batching on, how long a batch waits after its oldest request arrived for more "
         "to join (0: a batch is what arrived while the one before ran)",
     )

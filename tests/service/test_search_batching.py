@@ -461,6 +461,8 @@ def test_batching_settings_are_checked() -> None:
         Settings(search_batch_max_queries=-1)
     with pytest.raises(ValueError, match="search_batch_delay_ms"):
         Settings(search_batch_delay_ms=-0.5)
+    with pytest.raises(ValueError, match="finite number"):
+        Settings(search_batch_delay_ms=float("nan"))
     with pytest.raises(ValueError, match="at least 2"):
         Settings(search_batch_max_queries=1)
     unbatched = EmbeddingService(Settings(demo=False))
