@@ -443,7 +443,7 @@ def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runti
 def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     """Exact top-k over int8 / int4 / fp16 rows against Faiss IndexScalarQuantizer (8-bit, 4-bit,
     fp16), and over float32 rows against IndexFlatIP, each scanning every row; recall@10 of each
-    against the float32 truth."""
+    against the float32 truth. int2 rows alone: Faiss has no 2-bit scalar quantizer."""
     rng = np.random.default_rng(6)
     query_pool = [
         x[rng.integers(0, cfg.rows, max(cfg.nqs))]
@@ -452,13 +452,14 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
     ]
     recall_queries = np.concatenate(query_pool)[:256]
     truth = exact_topk(x, recall_queries, 10)
-    peer_types = {"int8": "QT_8bit", "int4": "QT_4bit", "fp16": "QT_fp16", "fp32": None}
+    peer_types = {"int8": "QT_8bit", "int4": "QT_4bit", "fp16": "QT_fp16", "fp32": "flat", "int2": None}
     for codec, qtype in peer_types.items():
         table = runtime.compress(x, codec)
         index = None
-        peer = "Faiss IndexFlatIP" if qtype is None else f"Faiss IndexScalarQuantizer {qtype}"
-        if faiss is not None:
-            if qtype is None:
+        peer = {"flat": "Faiss IndexFlatIP", None: ""}.get(qtype, f"Faiss IndexScalarQuantizer {qtype}")
+        target = None if qtype is None else 1.0
+        if faiss is not None and qtype is not None:
+            if qtype == "flat":
                 index = faiss.IndexFlatIP(cfg.dim)
             else:
                 index = faiss.IndexScalarQuantizer(
@@ -490,7 +491,7 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
                         "ms",
                         False,
                         dict(extra),
-                        1.0,
+                        target,
                     )
                 else:
                     row = Row(
@@ -503,7 +504,7 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
                         "queries/s",
                         True,
                         dict(extra),
-                        1.0,
+                        target,
                     )
                 rows_out.append(row)
 

@@ -45,7 +45,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
     assert expected <= sections
     assert all(row["ours"] > 0 for row in payload["rows"])
     exact = {row["op"].split()[0] for row in payload["rows"] if row["section"].startswith("exact search")}
-    assert exact == {"int8", "int4", "fp16", "fp32"}
+    assert exact == {"int8", "int4", "int2", "fp16", "fp32"}
     assert payload["startup"]["first_search_ms"] > 0
     assert "| op | threads |" in (tmp_path / "perf.md").read_text()
 

@@ -367,7 +367,7 @@ class Codec(ABC):
     # ---- search: prepare once, scan and score many times -------------------------------------
     def prepare(self, metric: str, queries: np.ndarray | None = None, ids: np.ndarray | None = None) -> Prepared:
         """Queries (q, dim) float32, or stored ids (q,) int64 as queries -> a Prepared.
-        The default scans decoded rows densely, so it keeps the query vectors."""
+        The default keeps the query vectors (ids decoded), for scans that read them as they are."""
         vectors = self.decode(ids) if queries is None and ids is not None else queries
         if vectors is None:
             raise InvalidRequest("prepare needs queries or ids")

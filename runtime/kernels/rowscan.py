@@ -16,8 +16,9 @@ by block for every query, so a block's codes stay in L2 while all queries pass o
 With TILED_MIN_QUERIES queries or more, the dot products are computed TILE rows by TILE queries at
 a time (`_tile_dots`): one pass over the columns reads four rows and four queries and keeps sixteen
 independent sums in registers, so each code is loaded and converted once for four queries instead
-of once for each, and the multiply-adds of one pass do not wait on each other. int4 codes are
-widened to float32 once a block first (reading nibbles inside the tile cost more from 16 queries).
+of once for each, and the multiply-adds of one pass do not wait on each other. int4 and int2 codes
+are widened to float32 once a block first (reading nibbles inside the tile cost more from 16
+queries).
 The dot products are float reductions that the compiler may reorder (vectorized), so the kernel
 agrees with the numpy twin to float32 rounding, and exactly where sums are exact in float32.
 """
@@ -91,33 +92,52 @@ def _int8_dots(rows: np.ndarray, q: np.ndarray, start: int, stop: int, stream: b
 
 
 @njit(nogil=True, cache=True, fastmath=REORDERABLE)
-def _int4_dots(
-    rows: np.ndarray, q_even: np.ndarray, q_odd: np.ndarray, start: int, stop: int, stream: bool, out: np.ndarray
-) -> None:
-    """out[i] = <q, codes of row start + i> for int4 rows (n, ceil(d/2) + 4) uint8; q_even / q_odd
-    (ceil(d/2),) float32 are the query's even and odd columns (zero-padded), matching the low and
+def _int4_dots(rows: np.ndarray, q_split: np.ndarray, start: int, stop: int, stream: bool, out: np.ndarray) -> None:
+    """out[i] = <q, codes of row start + i> for int4 rows (n, ceil(d/2) + 4) uint8; q_split
+    (2, ceil(d/2)) float32: the query's even and odd columns (zero-padded), matching the low and
     high nibbles of each byte."""
-    width = q_even.shape[0]
+    q_even, q_odd = q_split[0], q_split[1]
     for i in range(stop - start):
         _prefetch_stream(rows, start + i, stream)
         row = rows[start + i]
         acc = np.float32(0.0)
-        for b in range(width):
+        for b in range(q_split.shape[1]):
             byte = row[b]
             acc += q_even[b] * np.float32(byte & 15) + q_odd[b] * np.float32(byte >> 4)
         out[i] = acc
 
 
+@njit(nogil=True, cache=True, fastmath=REORDERABLE)
+def _int2_dots(rows: np.ndarray, q_split: np.ndarray, start: int, stop: int, stream: bool, out: np.ndarray) -> None:
+    """out[i] = <q, codes of row start + i> for int2 rows (n, ceil(d/4) + 4) uint8; q_split
+    (4, ceil(d/4)) float32: row s holds the query's columns 4b + s (zero-padded), matching bits
+    2s and 2s + 1 of byte b."""
+    q0, q1, q2, q3 = q_split[0], q_split[1], q_split[2], q_split[3]
+    for i in range(stop - start):
+        _prefetch_stream(rows, start + i, stream)
+        row = rows[start + i]
+        acc = np.float32(0.0)
+        for b in range(q_split.shape[1]):
+            byte = row[b]
+            acc += (
+                q0[b] * np.float32(byte & 3)
+                + q1[b] * np.float32((byte >> 2) & 3)
+                + q2[b] * np.float32((byte >> 4) & 3)
+                + q3[b] * np.float32(byte >> 6)
+            )
+        out[i] = acc
+
+
 def _column_value(row: np.ndarray, j: int) -> np.float32:
-    """Column j of a row as float32 (compiled per row dtype, below): fp16 or float32 bits, int4
-    codes widened to float32 (the tiled scan), or int8 codes."""
+    """Column j of a row as float32 (compiled per row dtype, below): fp16 or float32 bits, int4 /
+    int2 codes widened to float32 (the tiled scan), or int8 codes."""
     raise NotImplementedError("only called from compiled kernels")
 
 
 @overload(_column_value, inline="always")
 def _column_value_typed(row, j):  # type: ignore[no-untyped-def]
     """uint16 rows hold fp16 bits, uint32 rows float32 bits; uint8 rows int8 codes; float32 rows
-    int4 codes widened (the tiled scan)."""
+    int4 / int2 codes widened (the tiled scan)."""
     if row.dtype == types.uint16:
         return lambda row, j: half_to_float(row[j])
     if row.dtype == types.uint32:
@@ -161,9 +181,9 @@ def _tile_dots(
 ) -> None:
     """dots[q0 + a, d0 + b] = <queries[q0 + a], rows[min(first + b, last)]> for a, b < TILE (= 4).
 
-    rows (n, >= C) uint8 (fused int8 rows, of which the C code bytes are read), uint16 (fp16 bits)
-    or float32 (int4 codes widened), read as `_column_value`; queries (Q, C) float32, zero past
-    the table's d columns; dots (Q, R) float32. Past `last` the last row repeats, so a block's
+    rows (n, >= C) uint8 (fused int8 rows, of which the C code bytes are read), uint16 (fp16 bits),
+    uint32 (float32 bits) or float32 (int4 / int2 codes widened), read as `_column_value`; queries
+    (Q, C) float32, zero past the table's d columns; dots (Q, R) float32. Past `last` the last row repeats, so a block's
     final tile reads no row it does not hold. The sixteen sums are scalars the compiler vectorizes
     over the columns, one register each; written out, because a local array of sums would live in
     memory."""
@@ -314,8 +334,7 @@ def _block_keys(
     rows: np.ndarray,
     bits: int,
     q: np.ndarray,
-    q_even: np.ndarray,
-    q_odd: np.ndarray,
+    q_split: np.ndarray,
     q_sum: np.float32,
     block_norms: np.ndarray,
     l2: bool,
@@ -325,14 +344,17 @@ def _block_keys(
     keys: np.ndarray,
 ) -> None:
     """keys[i] for rows start..stop-1: <q, x> (ip), or 2 <q, x> - |x|^2 with |x|^2 of row
-    start + i in block_norms[i] (l2); `stream`: this query reads the block from memory."""
+    start + i in block_norms[i] (l2); q_split: q's columns split by their place in a code byte
+    (int4, int2: `_int4_dots`, `_int2_dots`); `stream`: this query reads the block from memory."""
     if bits >= 16:
         _float_dots(rows, q, start, stop, keys)
     else:
         if bits == 8:
             _int8_dots(rows, q, start, stop, stream, keys)
+        elif bits == 4:
+            _int4_dots(rows, q_split, start, stop, stream, keys)
         else:
-            _int4_dots(rows, q_even, q_odd, start, stop, stream, keys)
+            _int2_dots(rows, q_split, start, stop, stream, keys)
         width = rows.shape[1] - 4
         for i in range(stop - start):
             scale, bias = _scale_bias(rows, start + i, width)
@@ -362,21 +384,16 @@ def quantized_topk(
     """
     n = rows.shape[0]
     nq, dim = queries.shape
-    # int2 codes have no one-query kernel: they are widened a block at a time for any number of queries
-    tiled = nq >= TILED_MIN_QUERIES or bits == 2
-    half = (dim + 1) // 2
-    q_even = np.zeros((0 if tiled else nq, half), dtype=np.float32)
-    q_odd = np.zeros((0 if tiled else nq, half), dtype=np.float32)
+    tiled = nq >= TILED_MIN_QUERIES
+    # the one-query kernels of int4 / int2 codes read a query's columns split by their place in a byte
+    parts = 8 // bits if bits < 8 and not tiled else 1
+    q_split = np.zeros((nq, parts, (dim + parts - 1) // parts if parts > 1 else 0), dtype=np.float32)
     q_sums = np.zeros(nq, dtype=np.float32)
     for qi in range(nq):
         for j in range(dim):
             q_sums[qi] += queries[qi, j]
-            if tiled:
-                continue
-            if j % 2 == 0:
-                q_even[qi, j // 2] = queries[qi, j]
-            else:
-                q_odd[qi, j // 2] = queries[qi, j]
+            if parts > 1:
+                q_split[qi, j % parts, j // parts] = queries[qi, j]
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     if tiled:
@@ -408,8 +425,7 @@ def quantized_topk(
                     rows,
                     bits,
                     queries[qi],
-                    q_even[qi],
-                    q_odd[qi],
+                    q_split[qi],
                     q_sums[qi],
                     norms,
                     l2,
