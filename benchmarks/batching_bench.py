@@ -16,18 +16,16 @@ Writes batching.json and batching.md under --out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.service_bench import ROOT, median_load, summarize
+from benchmarks.service_bench import ROOT, grpc_calls, median_load
 from benchmarks.workers_bench import cpu_name
 
 DIM = 128
@@ -40,10 +38,7 @@ TABLES: dict[str, dict[str, Any]] = {
 
 def search_load(target: str, table: str, concurrency: int, seconds: float) -> dict[str, float]:
     """`concurrency` coroutines, each sending one-query top-K searches back to back."""
-    import grpc
-
     from service.rpc.generated import embserve_pb2 as pb
-    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
     from service.rpc.servicers import array_to_tensor
 
     rng = np.random.default_rng(1)
@@ -51,26 +46,7 @@ def search_load(target: str, table: str, concurrency: int, seconds: float) -> di
         pb.SearchRequest(table=table, queries=array_to_tensor(rng.standard_normal((1, DIM)).astype(np.float32)), k=K)
         for _ in range(256)
     ]
-    latencies: list[float] = []
-
-    async def worker(stub: Any, deadline: float, offset: int) -> None:
-        i = offset
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            await stub.Search(requests[i % len(requests)])
-            latencies.append(time.perf_counter() - start)
-            i += 7
-
-    async def main() -> float:
-        async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            await stub.Search(requests[0])
-            started = time.perf_counter()
-            await asyncio.gather(*(worker(stub, started + seconds, c) for c in range(concurrency)))
-            return time.perf_counter() - started
-
-    elapsed = asyncio.run(main())
-    return summarize(latencies, elapsed)
+    return grpc_calls(target, "Search", requests, concurrency, seconds)
 
 
 def run_search_load(target: str, table: str, concurrency: int, seconds: float) -> dict[str, float]:

@@ -75,12 +75,8 @@ def bare_http(port: int) -> None:
 
 # ---- load generators ---------------------------------------------------------------------------
 def grpc_load(target: str, concurrency: int, seconds: float, rows: int, channels: int = 1) -> dict[str, float]:
-    """`concurrency` coroutines over `channels` connections (each channel its own subchannel pool,
-    so they are distinct TCP connections, which SO_REUSEPORT can spread over worker processes)."""
-    import grpc
-
+    """256-id lookups from `concurrency` coroutines over `channels` connections (`grpc_calls`)."""
     from service.rpc.generated import embserve_pb2 as pb
-    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 
     rng = np.random.default_rng(0)
     requests = [
@@ -90,13 +86,26 @@ def grpc_load(target: str, concurrency: int, seconds: float, rows: int, channels
         )
         for _ in range(64)
     ]
+    return grpc_calls(target, "Lookup", requests, concurrency, seconds, channels)
+
+
+def grpc_calls(
+    target: str, method: str, requests: list[Any], concurrency: int, seconds: float, channels: int = 1
+) -> dict[str, float]:
+    """`concurrency` coroutines over `channels` connections (each channel its own subchannel pool,
+    so they are distinct TCP connections, which SO_REUSEPORT can spread over worker processes),
+    each calling EmbeddingService.`method` with the requests in turn, back to back, for `seconds`."""
+    import grpc
+
+    from service.rpc.generated import embserve_pb2_grpc as pb_grpc
+
     latencies: list[float] = []
 
-    async def worker(stub: Any, deadline: float, offset: int) -> None:
+    async def worker(call: Any, deadline: float, offset: int) -> None:
         i = offset
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            await stub.Lookup(requests[i % len(requests)])
+            await call(requests[i % len(requests)])
             latencies.append(time.perf_counter() - start)
             i += 1
 
@@ -105,12 +114,12 @@ def grpc_load(target: str, concurrency: int, seconds: float, rows: int, channels
             grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
         ]
         try:
-            stubs = [pb_grpc.EmbeddingServiceStub(channel) for channel in opened]
-            for stub in stubs:
-                await stub.Lookup(requests[0])
+            calls = [getattr(pb_grpc.EmbeddingServiceStub(channel), method) for channel in opened]
+            for call in calls:
+                await call(requests[0])
             started = time.perf_counter()
             deadline = started + seconds
-            await asyncio.gather(*(worker(stubs[c % channels], deadline, c) for c in range(concurrency)))
+            await asyncio.gather(*(worker(calls[c % channels], deadline, c) for c in range(concurrency)))
             return time.perf_counter() - started
         finally:
             for channel in opened:

@@ -59,6 +59,19 @@ def queries(n: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
+async def refusal_without_batching(service: EmbeddingService, request: SearchRequest) -> InvalidRequest:
+    """The error a server without batching, serving the same table, answers the request with."""
+    plain = EmbeddingService(Settings(demo=False))
+    plain.store.put(request.table, service.store.get(request.table).table)
+    plain.started = True
+    try:
+        with pytest.raises(InvalidRequest) as refused:
+            await plain.search("test", request)
+    finally:
+        plain.close()
+    return refused.value
+
+
 def assert_same_answer(got: tuple[np.ndarray, np.ndarray], alone: tuple[np.ndarray, np.ndarray]) -> None:
     # a batch of 4+ queries sums its dot products in another order: scores may differ in the
     # last float bits, the ranking does not on these tables (no near-ties among the top 10)
@@ -149,15 +162,7 @@ async def test_a_bad_request_is_refused_alone_with_its_own_message(
     error = outcomes[3]
     assert isinstance(error, InvalidRequest) and named in str(error), error
     # the very message the request gets from a server without batching
-    plain = EmbeddingService(Settings(demo=False))
-    plain.store.put("items", service.store.get("items").table)
-    plain.started = True
-    try:
-        with pytest.raises(InvalidRequest) as alone:
-            await plain.search("test", bad)
-    finally:
-        plain.close()
-    assert str(alone.value) == str(error)
+    assert str(await refusal_without_batching(service, bad)) == str(error)
     stored = service.store.get("items").table
     for q, got in zip(good, outcomes[:3] + outcomes[4:], strict=True):
         assert not isinstance(got, BaseException), got
@@ -422,16 +427,9 @@ async def test_a_bad_search_by_id_is_refused_alone(
         service.search("test", SearchRequest("codes", query_ids=[2, 3], k=4)),
         return_exceptions=True,
     )
-    plain = EmbeddingService(Settings(demo=False))
-    plain.store.put("codes", service.store.get("codes").table)
-    plain.started = True
-    try:
-        with pytest.raises(InvalidRequest) as alone:
-            await plain.search("test", bad)
-    finally:
-        plain.close()
-    assert type(outcomes[1]) is type(alone.value) and str(outcomes[1]) == str(alone.value)
-    assert named in str(alone.value)
+    alone = await refusal_without_batching(service, bad)
+    assert type(outcomes[1]) is type(alone) and str(outcomes[1]) == str(alone)
+    assert named in str(alone)
     stored = service.store.get("codes").table
     assert_same_answer(outcomes[0], stored.search_by_id([1], 4))  # type: ignore[arg-type]
     assert_same_answer(outcomes[2], stored.search_by_id([2, 3], 4))  # type: ignore[arg-type]
