@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.service_bench import ROOT, grpc_calls, median_load
+from benchmarks.service_bench import alternated_medians, grpc_calls, run_client
 from benchmarks.workers_bench import cpu_name
 
 DIM = 128
@@ -50,18 +50,9 @@ def search_load(target: str, table: str, concurrency: int, seconds: float) -> di
 
 
 def run_search_load(target: str, table: str, concurrency: int, seconds: float) -> dict[str, float]:
-    """search_load in a process of its own; `client_cpu_s` the CPU seconds it used."""
-    code = (
-        "import json, resource; from benchmarks.batching_bench import search_load; "
-        f"r = search_load({target!r}, {table!r}, {concurrency}, {seconds}); "
-        "u = resource.getrusage(resource.RUSAGE_SELF); r['client_cpu_s'] = u.ru_utime + u.ru_stime; "
-        "print(json.dumps(r))"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120)
-    if run.returncode != 0:
-        raise RuntimeError(run.stderr)
-    result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
-    return result
+    """search_load in a process of its own (`run_client`)."""
+    function = "benchmarks.batching_bench:search_load"
+    return run_client(function, target, table, concurrency, seconds, timeout=seconds + 120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for table in TABLES:
                 for concurrency in levels:
-                    slices: dict[str, list[dict[str, float]]] = {side: [] for side in servers}
-                    for _ in range(args.slices):
-                        for side, server in servers.items():
-                            slices[side].append(
-                                run_search_load(server.grpc, table, concurrency, args.seconds / args.slices)
-                            )
-                    off, on = median_load(slices["off"]), median_load(slices["on"])
+                    medians = alternated_medians(
+                        {
+                            side: partial(run_search_load, server.grpc, table, concurrency)
+                            for side, server in servers.items()
+                        },
+                        args.slices,
+                        args.seconds,
+                    )
+                    off, on = medians["off"], medians["on"]
                     row = {
                         "table": table,
                         "concurrency": concurrency,

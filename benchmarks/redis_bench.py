@@ -28,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import procstat
-from benchmarks.service_bench import BATCH, DIM, ROOT
+from benchmarks.service_bench import BATCH, DIM, ROOT, alternated_medians
 from benchmarks.workers_bench import cpu_name
 
 MIB = 1 << 20
@@ -131,6 +132,16 @@ async def _grpc_client(
 
         await asyncio.gather(*(worker(c) for c in range(concurrency)))
         return time.process_time() - cpu0, time.perf_counter() - t0
+
+
+def measured_clients(
+    kind: str, target: str, pids: list[int], concurrency: int, rows: int, seconds: float
+) -> dict[str, float]:
+    """`run_clients` for one slice, with the CPU seconds the server's processes (pids) used."""
+    before = procstat.cpu_seconds(pids)
+    result = run_clients(kind, target, rows, seconds, concurrency)
+    result["server_cpu_s"] = procstat.cpu_seconds(pids) - before
+    return result
 
 
 def run_clients(kind: str, target: str, rows: int, seconds: float, concurrency: int) -> dict[str, float]:
@@ -265,17 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_grpc": ("grpc", f"127.0.0.1:{bare_port}", [bare.pid]),
             }
             for concurrency in levels:
-                slices: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-                for _ in range(args.slices):
-                    for side, (kind, target, pids) in sides.items():
-                        before = procstat.cpu_seconds(pids)
-                        result = run_clients(kind, target, args.rows, args.seconds / args.slices, concurrency)
-                        result["server_cpu_s"] = procstat.cpu_seconds(pids) - before
-                        slices[side].append(result)
-                medians = {
-                    side: {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
-                    for side, runs in slices.items()
-                }
+                medians = alternated_medians(
+                    {side: partial(measured_clients, *sides[side], concurrency, args.rows) for side in sides},
+                    args.slices,
+                    args.seconds,
+                )
                 row = {"concurrency": concurrency, **medians}
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)

@@ -22,11 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+K = TypeVar("K")
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
 DIM = 128
@@ -259,15 +262,33 @@ def median_load(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.median([r[key] for r in results])) for key in results[0]}
 
 
+def alternated_medians(
+    loads: Mapping[K, Callable[[float], dict[str, float]]], slices: int, seconds: float
+) -> dict[K, dict[str, float]]:
+    """Each load run for seconds / slices in turn, `slices` rounds -> each load's per-field medians
+    over its slices. Short alternated slices, because this VM's speed drifts by tens of percent
+    within a minute: back-to-back long runs would compare two machines."""
+    runs: dict[K, list[dict[str, float]]] = {side: [] for side in loads}
+    for _ in range(slices):
+        for side, load in loads.items():
+            runs[side].append(load(seconds / slices))
+    return {side: median_load(results) for side, results in runs.items()}
+
+
 def run_load(kind: str, target: str, concurrency: int, seconds: float, rows: int, **extra: Any) -> dict[str, float]:
-    """Each load in its own process, so the client does not share the server's interpreter. The
-    result carries `client_cpu_s`, the CPU seconds the client process (and wrk under it) used."""
-    code = (
-        "import json, sys; from benchmarks.service_bench import grpc_load, h2load_grpc_load, http_load; "
-        f"print(json.dumps({kind}_load({target!r}, {concurrency}, {seconds}, {rows}, **{extra!r})))"
-    )
+    """`<kind>_load` of this module in a process of its own (`run_client`)."""
+    function = f"benchmarks.service_bench:{kind}_load"
+    return run_client(function, target, concurrency, seconds, rows, timeout=seconds + 120, **extra)
+
+
+def run_client(function: str, *args: Any, timeout: float, **kwargs: Any) -> dict[str, float]:
+    """`module:function`(*args, **kwargs) in a process of its own, so the client does not share
+    the server's interpreter -> its JSON result, carrying `client_cpu_s`: the CPU seconds the
+    client process (and wrk under it) used."""
+    module, name = function.split(":")
+    code = f"import json; from {module} import {name}; print(json.dumps({name}(*{args!r}, **{kwargs!r})))"
     before = _children_cpu()
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if run.returncode != 0:
         raise RuntimeError(run.stderr)
     result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
@@ -324,15 +345,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"http://127.0.0.1:{bare_ports['http']}/v1/tables/bench/lookup",
                     ),
                 ):
-                    # alternate short slices and keep medians: this VM's speed drifts by tens of
-                    # percent within a minute, so back-to-back long runs compare two machines
-                    slices: dict[str, list[dict[str, float]]] = {"ours": [], "bare": []}
-                    for _ in range(args.slices):
-                        for side, target in (("ours", ours_target), ("bare", bare_target)):
-                            slices[side].append(
-                                run_load(kind, target, concurrency, args.seconds / args.slices, args.rows)
-                            )
-                    ours, theirs = median_load(slices["ours"]), median_load(slices["bare"])
+                    medians = alternated_medians(
+                        {
+                            side: partial(run_load, kind, target, concurrency, rows=args.rows)
+                            for side, target in (("ours", ours_target), ("bare", bare_target))
+                        },
+                        args.slices,
+                        args.seconds,
+                    )
+                    ours, theirs = medians["ours"], medians["bare"]
                     row = {
                         "transport": kind,
                         "concurrency": concurrency,

@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import httpx
 import numpy as np
 
 from benchmarks import procstat
-from benchmarks.service_bench import BATCH, DIM, median_load, run_load
+from benchmarks.service_bench import BATCH, DIM, alternated_medians, run_load
 
 MIB = 1 << 20
 
@@ -132,33 +133,28 @@ def main(argv: list[str] | None = None) -> int:
                 env={"EMBSERVE_MAX_CONCURRENCY": "1024"},
             )
             wait_all_workers(servers[workers].http, workers)
+
+        def measured_load(kind: str, server: Any, seconds: float) -> dict[str, float]:
+            """One slice of load on `server`, with the CPU seconds its processes used."""
+            pids = procstat.family(server.proc.pid)
+            before = procstat.cpu_seconds(pids)
+            if kind == "http":
+                url = f"{server.http}/v1/tables/bench/lookup"
+                result = run_load("http", url, args.concurrency, seconds, args.rows)
+            else:
+                generator = "h2load_grpc" if shutil.which("h2load") else "grpc"
+                result = run_load(generator, server.grpc, args.concurrency, seconds, args.rows, channels=4)
+            result["server_cpu_s"] = procstat.cpu_seconds(pids) - before
+            return result
+
         try:
             for kind in transports:
-                slices: dict[int, list[dict[str, float]]] = {1: [], 2: []}
-                for _ in range(args.slices):
-                    for workers, server in servers.items():
-                        pids = procstat.family(server.proc.pid)
-                        before = procstat.cpu_seconds(pids)
-                        if kind == "http":
-                            result = run_load(
-                                "http",
-                                f"{server.http}/v1/tables/bench/lookup",
-                                args.concurrency,
-                                args.seconds / args.slices,
-                                args.rows,
-                            )
-                        else:
-                            result = run_load(
-                                "h2load_grpc" if shutil.which("h2load") else "grpc",
-                                server.grpc,
-                                args.concurrency,
-                                args.seconds / args.slices,
-                                args.rows,
-                                channels=4,
-                            )
-                        result["server_cpu_s"] = procstat.cpu_seconds(pids) - before
-                        slices[workers].append(result)
-                one, two = median_load(slices[1]), median_load(slices[2])
+                medians = alternated_medians(
+                    {workers: partial(measured_load, kind, server) for workers, server in servers.items()},
+                    args.slices,
+                    args.seconds,
+                )
+                one, two = medians[1], medians[2]
                 row = {"transport": kind, "workers_1": one, "workers_2": two, "speedup": two["rps"] / one["rps"]}
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
