@@ -72,6 +72,7 @@ class _Queue:
     full: asyncio.Event = field(default_factory=asyncio.Event)
     """set while the waiting queries fill a batch (a delayed batch stops waiting)"""
     task: asyncio.Task[None] | None = None
+    """the drain answering this queue (held, so the loop's weak reference is not the only one)"""
 
 
 class SearchBatcher:
@@ -107,16 +108,15 @@ class SearchBatcher:
         # stays unique for as long as the key exists
         key = (id(table), call)
         queue = self._queues.get(key)
-        if queue is None:
+        if queue is None:  # a queue lives as long as its drain: it starts draining at once
             queue = self._queues[key] = _Queue(table, name)
+            # a context of its own: the drain outlives the request that started it
+            queue.task = loop.create_task(self._drain(key, queue, call), context=contextvars.Context())
         waiting = _Waiting(queries, loop.time(), loop.create_future())
         queue.waiting.append(waiting)
         queue.queued += queries.shape[0]
         if queue.queued >= self.max_queries:
             queue.full.set()
-        if queue.task is None:
-            # a context of its own: the drain outlives the request that started it
-            queue.task = loop.create_task(self._drain(key, queue, call), context=contextvars.Context())
         # a caller cancelled meanwhile (client gone) cancels its own future only: a batch not yet
         # taken leaves it out, one running answers the others
         return await waiting.answer
