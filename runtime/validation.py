@@ -120,6 +120,23 @@ def kind_of_values(arr: np.ndarray) -> str:
     return "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
 
 
+def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
+    """Refuse, by position, a value of a 1-D uint64 or float64 array (n,) outside int64's range.
+
+    JSON parsers hand integers past int64 over as uint64 or float64: casting those would wrap to a
+    wrong id or key (and log a numpy warning), and a later check would name the wrapped value."""
+    if arr.dtype.kind == "u":
+        beyond = arr > np.uint64(INT64_MAX)
+    elif arr.dtype.kind == "f":
+        beyond = (arr < -INT64_LIMIT_FLOAT) | (arr >= INT64_LIMIT_FLOAT)
+    else:
+        return
+    if beyond.any():
+        pos = int(np.flatnonzero(beyond)[0])
+        value = f"{arr[pos]:g}" if arr.dtype.kind == "f" else str(arr[pos])
+        raise InvalidRequest(f"{field}[{pos}] = {value} is out of the int64 range (|value| < 2**63)")
+
+
 def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
     """Return ids as a C-contiguous int64 `(n,)` array, every one in `[0, rows)`."""
     if _flat_int64(ids):
@@ -139,17 +156,7 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
         raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
-    # JSON parsers hand integers past int64 over as uint64 or float64: casting those would wrap to
-    # a wrong id (and log a numpy warning), so refuse them by position first
-    beyond = None
-    if arr.dtype.kind == "u":
-        beyond = arr > np.uint64(INT64_MAX)
-    elif arr.dtype.kind == "f":
-        beyond = (arr < -INT64_LIMIT_FLOAT) | (arr >= INT64_LIMIT_FLOAT)
-    if beyond is not None and beyond.any():
-        pos = int(np.flatnonzero(beyond)[0])
-        value = f"{arr[pos]:g}" if arr.dtype.kind == "f" else str(arr[pos])
-        raise InvalidRequest(f"{field}[{pos}] = {value} is out of the int64 range (|id| < 2**63)")
+    refuse_outside_int64(arr, field)
     out = np.ascontiguousarray(arr, dtype=np.int64)
     # two reductions on the hot path; the position is looked for only when something is wrong
     if out.min() < 0 or out.max() >= rows:
@@ -167,8 +174,7 @@ def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
         raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
-    if arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
-        raise InvalidRequest(f"{field} hold a value too large for int64")
+    refuse_outside_int64(arr, field)
     return writable(np.ascontiguousarray(arr, dtype=np.int64))
 
 

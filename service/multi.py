@@ -17,7 +17,7 @@ from runtime.errors import InvalidRequest, KeyNotFound, PayloadTooLarge, TableNo
 from runtime.kernels import checks
 from runtime.store import TableStore
 from runtime.table import POOL_MODES, Table
-from runtime.validation import check_ids, check_keys, check_offsets, check_weights, writable
+from runtime.validation import check_ids, check_keys, check_offsets, check_weights, refuse_outside_int64, writable
 from service.requests import DEFAULT_MODE, LookupRequest, MultiLookupRequest, TableLookup, lookup_request
 
 LENGTHS_OR_OFFSETS = "give lengths or offsets, not both"
@@ -85,10 +85,7 @@ def _int_array(value: Any, field: str) -> np.ndarray:
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
         raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
-    if arr.dtype == np.uint64 and (beyond := arr > np.uint64(2**63 - 1)).any():
-        # the int64 cast would wrap it to a negative number, and the error would name that instead
-        pos = int(np.flatnonzero(beyond)[0])
-        raise InvalidRequest(f"{field}[{pos}] = {int(arr[pos])} is beyond the int64 range")
+    refuse_outside_int64(arr, field)
     return arr.astype(np.int64, copy=False)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
 from runtime.kernels import checks
-from runtime.validation import check_ids, check_offsets, check_queries
+from runtime.validation import check_ids, check_keys, check_offsets, check_queries
 from tests.conftest import low_rank_table
 
 
@@ -102,6 +102,13 @@ def test_ids_past_int64_are_refused_not_wrapped(table: runtime.Table) -> None:
         table.search_by_id(np.array([2.0**63]), 3)
     with pytest.raises(IdOutOfRange, match=r"ids\[0\] = -9223372036854775808 is out of range"):
         table.lookup(np.array([-(2.0**63)]))  # the smallest int64 itself is a valid int64
+
+
+def test_keys_past_int64_are_refused_by_position() -> None:
+    top = np.array([5, 2**63 - 1, 2**63], np.uint64)
+    with pytest.raises(InvalidRequest, match=r"keys\[2\] = 9223372036854775808 is out of the int64 range"):
+        check_keys(top)
+    assert check_keys(top[:2]).tolist() == [5, 2**63 - 1]
 
 
 def test_float64_beyond_float32_is_refused_without_a_cast_warning(table: runtime.Table) -> None:

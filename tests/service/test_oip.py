@@ -163,4 +163,4 @@ def test_bag_model_pools(served: Served) -> None:
     # a UINT64 bag size past int64 is named as sent, not as the negative number a cast makes it
     wide = {"name": "lengths", "shape": [1], "datatype": "UINT64", "data": [2**64 - 2]}
     r = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": [body["inputs"][0], wide]})
-    assert r.status_code == 400 and "lengths[0] = 18446744073709551614 is beyond the int64 range" in r.json()["error"]
+    assert r.status_code == 400 and "lengths[0] = 18446744073709551614 is out of the int64 range" in r.json()["error"]
