@@ -27,6 +27,7 @@ from runtime.tiers import Tier, top_by_score, train_tier
 from runtime.validation import (
     FLOAT32,
     INT64,
+    check_flag,
     check_id_matrix,
     check_ids,
     check_k,
@@ -800,9 +801,7 @@ def _refuse_repeats(keys: np.ndarray, field: str) -> None:
 
 def check_exclude_self(value: Any) -> bool:
     """search_by_id's exclude_self: true or false, nothing else."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidRequest(f"exclude_self must be true or false, got {value!r}")
-    return bool(value)
+    return check_flag(value, "exclude_self")
 
 
 def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -120,6 +120,14 @@ def kind_of_values(arr: np.ndarray) -> str:
     return "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
 
 
+def check_flag(value: Any, what: str) -> bool:
+    """A caller's true / false option as a bool. Anything else is refused, named: read as a truth
+    value, a string such as "false" would mean the opposite, and 0 / 1 hide a mistyped field."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
     """Refuse, by position, a value of a 1-D uint64 or float64 array (n,) outside int64's range.
 

@@ -10,18 +10,13 @@ import numpy as np
 import orjson
 
 from runtime.errors import InvalidRequest
+from runtime.validation import check_flag
 from service.multi import MultiLookupResult, from_jagged
 from service.requests import MultiLookupRequest, lookup_request
 
 TABLES_HEADER = "X-Embserve-Tables"
 RESULTS_HEADER = "X-Embserve-Results"
 ENTRY_FIELDS = {"table", "ids", "keys", "lengths", "offsets", "weights", "per_sample_weights", "mode"}
-
-
-def _flag(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{field} must be true or false")
-    return value
 
 
 def _mode(value: Any, where: str) -> Any:
@@ -34,7 +29,7 @@ def _mode(value: Any, where: str) -> Any:
 def parse_json(payload: dict[str, Any]) -> MultiLookupRequest:
     """`{"tables": [...], "concat": bool}` or the jagged layout `{"features", "lengths", "values",
     "weights"?, "mode"?, "concat"?}` -> MultiLookupRequest."""
-    concat = _flag(payload.get("concat", False), "concat")
+    concat = check_flag(payload.get("concat", False), "concat")
     if "features" in payload:
         if "tables" in payload:
             raise InvalidRequest("give tables or features (the jagged layout), not both")
@@ -101,7 +96,7 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
         raise InvalidRequest(f"{TABLES_HEADER} is not valid JSON: {exc}") from None
     if not isinstance(described, dict) or not isinstance(described.get("tables"), list):
         raise InvalidRequest(f'{TABLES_HEADER} must be {{"tables": [...], "concat": false}}')
-    concat = _flag(described.get("concat", False), "concat")
+    concat = check_flag(described.get("concat", False), "concat")
     at = 0
     tables = []
     for index, entry in enumerate(described["tables"]):
@@ -118,7 +113,7 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
             lengths, at = _take(body, at, n_lengths, "<i8", f"{where} lengths")
         if n_offsets is not None:
             offsets, at = _take(body, at, n_offsets, "<i8", f"{where} offsets")
-        if _flag(entry.get("weights", False), f"{where}: weights"):
+        if check_flag(entry.get("weights", False), f"{where}: weights"):
             weights, at = _take(body, at, n, "<f4", f"{where} weights")
         _mode(entry.get("mode"), where)
         given = {"ids": ids, "lengths": lengths, "offsets": offsets, "weights": weights, "mode": entry.get("mode")}

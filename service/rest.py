@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from runtime.errors import EmbserveError, InvalidRequest, NotReady, PayloadTooLarge
 from runtime.table import __version__
-from runtime.validation import reshaped
+from runtime.validation import check_flag, reshaped
 from service import multi_rest, oip
 from service.core import EmbeddingService, TakenIn
 from service.errors import render_error, send_http_error
@@ -586,12 +586,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
 
 def _binary_flag(value: Any, default: bool, what: str) -> bool:
-    # a string such as "false" is refused: read as a truth value it would mean the opposite
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{what} must be true or false, got {value!r}")
-    return value
+    return default if value is None else check_flag(value, what)
 
 
 async def _infer_http(

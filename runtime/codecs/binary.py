@@ -18,6 +18,7 @@ from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState,
 from runtime.codecs.fp16 import refuse_beyond_fp16
 from runtime.errors import InvalidRequest
 from runtime.kernels import scan
+from runtime.validation import check_flag
 
 # (256, 8) float32: bit j of byte value v as a sign, +1 when set
 _BYTE_SIGNS = np.where(
@@ -54,8 +55,7 @@ class BinaryCodec(Codec):
     @classmethod
     def check_options(cls, dim: int, options: dict[str, Any]) -> dict[str, Any]:
         params = super().check_options(dim, options)
-        if not isinstance(params["rotate"], bool):
-            raise InvalidRequest(f"rotate must be true or false, got {params['rotate']!r}")
+        params["rotate"] = check_flag(params["rotate"], "rotate")
         return params
 
     @classmethod

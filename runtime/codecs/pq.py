@@ -23,6 +23,7 @@ from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, check_rotation
 from runtime.errors import InvalidRequest
 from runtime.kernels import fastscan, pqdecode, scan
+from runtime.validation import check_flag
 
 OPQ_FIRST_ITERATIONS = 40
 """Lloyd iterations of the codebooks trained in OPQ's first alternation, from k-means++ seeds.
@@ -65,8 +66,7 @@ class PqCodec(adc.BlockedCodes, Codec):
             raise InvalidRequest(f"pq bits must be 4 or 8, got {params['bits']!r}")
         if params["bits"] == 4 and m % 2:
             raise InvalidRequest(f"pq with bits=4 packs two codes a byte: subspaces must be even, got {m}")
-        if not isinstance(params["opq"], bool):
-            raise InvalidRequest(f"pq option opq must be true or false, got {params['opq']!r}")
+        params["opq"] = check_flag(params["opq"], "pq option opq")
         return params
 
     @classmethod
