@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import DimensionMismatch, IdOutOfRange, InvalidRequest, UnsupportedMetric
-from runtime.kernels.checks import VALUE_LIMIT, first_bad_offset, first_out_of_range, first_unusable_row
+from runtime.kernels.checks import (
+    VALUE_LIMIT,
+    first_bad_offset,
+    first_out_of_range,
+    first_unusable_row,
+    offsets_of_lengths,
+)
 
 METRICS = ("ip", "l2", "hamming")
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -143,6 +149,39 @@ def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
         pos = int(np.flatnonzero(beyond)[0])
         value = f"{arr[pos]:g}" if arr.dtype.kind == "f" else str(arr[pos])
         raise InvalidRequest(f"{field}[{pos}] = {value} is out of the int64 range (|value| < 2**63)")
+
+
+def check_int_array(value: Any, field: str) -> np.ndarray:
+    """A caller's flat list or array of integers -> (n,) int64; nesting, ragged rows, floats and
+    values past int64 are refused, named by `field`."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"{field} must be a flat array of integers: {exc}") from None
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
+    refuse_outside_int64(arr, field)
+    return arr.astype(np.int64, copy=False)
+
+
+def summed(total: int) -> str:
+    """The sum of a request's lengths in words: `checks.offsets_of_lengths` stops it at the end of
+    int64, where numpy's sum would wrap, perhaps to the count of values."""
+    return "past the int64 range" if total == INT64_MAX else f"to {total}"
+
+
+def check_lengths(lengths: Any, n_values: int, field: str = "lengths", values: str = "ids") -> np.ndarray:
+    """lengths (B,) of groups of a flat array of n_values `values`: non-negative, summing to
+    n_values -> offsets (B,) int64, each group's start."""
+    arr = writable(np.ascontiguousarray(check_int_array(lengths, field)))
+    offsets, negative, total = offsets_of_lengths(arr)
+    if negative >= 0:
+        raise InvalidRequest(f"{field}[{negative}] = {int(arr[negative])} is negative")
+    if total != n_values:
+        raise InvalidRequest(f"{field} sum {summed(total)} but {n_values} {values} were given")
+    return offsets
 
 
 def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:

@@ -17,7 +17,16 @@ from runtime.errors import InvalidRequest, KeyNotFound, PayloadTooLarge, TableNo
 from runtime.kernels import checks
 from runtime.store import TableStore
 from runtime.table import POOL_MODES, Table
-from runtime.validation import check_ids, check_keys, check_offsets, check_weights, refuse_outside_int64, writable
+from runtime.validation import (
+    check_ids,
+    check_int_array,
+    check_keys,
+    check_lengths,
+    check_offsets,
+    check_weights,
+    summed,
+    writable,
+)
 from service.requests import DEFAULT_MODE, LookupRequest, MultiLookupRequest, TableLookup, lookup_request
 
 LENGTHS_OR_OFFSETS = "give lengths or offsets, not both"
@@ -79,33 +88,6 @@ def _array(value: Any, field: str) -> np.ndarray:
         raise InvalidRequest(f"{field} must be a flat array of numbers: {exc}") from None
 
 
-def _int_array(value: Any, field: str) -> np.ndarray:
-    arr = _array(value, field)
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu" or arr.ndim != 1:
-        raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
-    refuse_outside_int64(arr, field)
-    return arr.astype(np.int64, copy=False)
-
-
-def _summed(total: int) -> str:
-    """The sum of a request's lengths in words: `offsets_of_lengths` stops it at the end of int64."""
-    return "past the int64 range" if total == checks.INT64_MAX else f"to {total}"
-
-
-def offsets_of_lengths(lengths: Any, n_ids: int) -> np.ndarray:
-    """lengths (B,) non-negative, summing to n_ids -> offsets (B,) int64."""
-    arr = writable(np.ascontiguousarray(_int_array(lengths, "lengths")))
-    # one kernel pass (a request carries lengths for every table it reads)
-    offsets, negative, total = checks.offsets_of_lengths(arr)
-    if negative >= 0:
-        raise InvalidRequest(f"lengths[{negative}] = {int(arr[negative])} is negative")
-    if total != n_ids:
-        raise InvalidRequest(f"lengths sum {_summed(total)} but {n_ids} ids were given")
-    return offsets
-
-
 def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:
     """The bags a lookup pools, offsets (B,) int64 from its lengths or offsets (the offsets' order and
     range are the table's to check), or None when the n rows come back unpooled. Both given, or
@@ -113,9 +95,9 @@ def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:
     if entry.lengths is not None and entry.offsets is not None:
         raise InvalidRequest(LENGTHS_OR_OFFSETS)
     if entry.lengths is not None:
-        return offsets_of_lengths(entry.lengths, n_ids)
+        return check_lengths(entry.lengths, n_ids)
     if entry.offsets is not None:
-        return _int_array(entry.offsets, "offsets")
+        return check_int_array(entry.offsets, "offsets")
     if entry.weights is not None:
         raise InvalidRequest(WEIGHTS_NEED_BAGS)
     if entry.mode is not None:
@@ -204,7 +186,7 @@ def from_jagged(
     values (Σ lengths,) ids, weights (Σ lengths,) or None. Feature f reads the table named features[f]."""
     if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
         raise InvalidRequest("features must be a non-empty list of table names")
-    lens = _int_array(lengths, "lengths")
+    lens = check_int_array(lengths, "lengths")
     if lens.shape[0] % len(features):
         raise InvalidRequest(
             f"lengths has {lens.shape[0]} entries, not a multiple of the {len(features)} features (F × B)"
@@ -223,7 +205,7 @@ def from_jagged(
     # the kernel's sum stops at the end of int64, where numpy's would wrap, perhaps to the count of values
     _, _, total = checks.offsets_of_lengths(writable(np.ascontiguousarray(lens)))
     if total != vals.shape[0]:
-        raise InvalidRequest(f"lengths sum {_summed(total)} but values has {vals.shape[0]} entries")
+        raise InvalidRequest(f"lengths sum {summed(total)} but values has {vals.shape[0]} entries")
     w = None if weights is None else _array(weights, "weights")
     if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
         raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")
@@ -248,5 +230,4 @@ __all__ = [
     "answer",
     "check_request",
     "from_jagged",
-    "offsets_of_lengths",
 ]
