@@ -32,6 +32,7 @@ from runtime.validation import (
     check_ids,
     check_k,
     check_keys,
+    check_lengths,
     check_metric,
     check_offsets,
     check_queries,
@@ -501,22 +502,64 @@ class Table:
         rows, scores = top_by_score(rows, scores, k, metric)
         return self._answer_ids(rows, view), scores
 
-    def search(self, queries: Any, k: Any, metric: str = "ip", oversample: Any = 1) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: Any,
+        k: Any,
+        metric: str = "ip",
+        oversample: Any = 1,
+        exclude_ids: Any = None,
+        exclude_lengths: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """queries (q, dim) float -> ids or keys (q, k') int64, scores (q, k') float32,
-        k' = min(k, rows)."""
+        k' = min(k, rows). exclude_ids (n,) int64 ids (keys on keyed tables) are left out of the
+        results: of every query's, or, with exclude_lengths (q,), the first lengths[0] of query 0's,
+        the next lengths[1] of query 1's, and so on; k' is then at most the fewest rows a query
+        has left (`exclusions`)."""
         k, metric, oversample = self.check_search_args(k, metric, oversample)
         q = check_queries(queries, self.dim)
+        excluded = self.exclusions(exclude_ids, exclude_lengths, q.shape[0])
         view = self._delta.view
-        kk = min(k, self._live_rows(view))
+        live = self._live_rows(view)
+        kk = min(k, live)
         if q.shape[0] == 0 or kk == 0:
             return np.zeros((q.shape[0], kk), np.int64), np.zeros((q.shape[0], kk), np.float32)
+        want = min(live, kk + _most_excluded(excluded))
         if self._one_base(view):
-            ids, scores = self.tiers[0].search(q, kk, metric, oversample)
+            ids, scores = self.tiers[0].search(q, want, metric, oversample)
             if self.keys is not None:
                 ids = self.keys[ids]
         else:
-            ids, scores = self._search_rows(q, kk, metric, oversample, view)
+            ids, scores = self._search_rows(q, want, metric, oversample, view)
+        if excluded is not None:
+            return _drop_excluded(ids, scores, excluded, kk)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
+
+    def exclusions(self, exclude_ids: Any, exclude_lengths: Any, nq: int) -> list[np.ndarray] | None:
+        """A search's ids to leave out -> the distinct ids (keys on keyed tables) of each of its nq
+        queries, sorted int64 arrays, or None when nothing is left out. exclude_ids (n,) int64
+        apply to every query, or are split among them by exclude_lengths (nq,) int64.
+
+        On a dense table an id outside it is refused, as in every other request; on a keyed table
+        a key it does not hold is allowed and leaves nothing out (a caller's list of items already
+        seen may hold one deleted since)."""
+        if exclude_ids is None:
+            if exclude_lengths is not None:
+                raise InvalidRequest("exclude_lengths needs exclude_ids")
+            return None
+        if self.keymap is not None:
+            values = check_keys(exclude_ids, "exclude_ids")
+        else:
+            values = check_ids(exclude_ids, self.rows, "exclude_ids")
+        if exclude_lengths is None:
+            shared = np.unique(values)
+            return [shared] * nq if shared.size else None
+        offsets = check_lengths(exclude_lengths, values.shape[0], "exclude_lengths", "exclude_ids")
+        if offsets.shape[0] != nq:
+            raise InvalidRequest(f"exclude_lengths has {offsets.shape[0]} entries for {nq} queries")
+        bounds = np.append(offsets, values.shape[0])
+        groups = [np.unique(values[bounds[i] : bounds[i + 1]]) for i in range(nq)]
+        return groups if any(group.size for group in groups) else None
 
     def _query_rows(self, query_ids: Any, view: DeltaView) -> np.ndarray:
         """query_ids (q,) ids or keys -> their global rows (q,) int64; a query id not held is refused."""
@@ -527,21 +570,30 @@ class Table:
         self._query_rows(query_ids, self._delta.view)
 
     def search_by_id(
-        self, query_ids: Any, k: Any, metric: str = "ip", oversample: Any = 1, exclude_self: bool = True
+        self,
+        query_ids: Any,
+        k: Any,
+        metric: str = "ip",
+        oversample: Any = 1,
+        exclude_self: bool = True,
+        exclude_ids: Any = None,
+        exclude_lengths: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search with stored rows as queries. query_ids (q,) -> ids (q, k'), scores (q, k') where
-        k' = min(k, rows - 1) with exclude_self (the query's own id is dropped), else min(k, rows)."""
+        k' = min(k, rows - 1) with exclude_self (the query's own id is dropped), else min(k, rows);
+        exclude_ids and exclude_lengths leave ids out as in `search`."""
         k, metric, oversample = self.check_search_args(k, metric, oversample)
         exclude_self = check_exclude_self(exclude_self)
         view = self._delta.view
         rows = self._query_rows(query_ids, view)
+        excluded = self.exclusions(exclude_ids, exclude_lengths, rows.size)
         live = self._live_rows(view)
         kk = min(k, live - 1) if exclude_self else min(k, live)
         if rows.size == 0 or kk <= 0:
             return np.zeros((rows.size, max(kk, 0)), np.int64), np.zeros((rows.size, max(kk, 0)), np.float32)
-        want = min(live, kk + (1 if exclude_self else 0))
+        extra = 1 if exclude_self else 0
+        want = min(live, kk + extra + _most_excluded(excluded))
         if self._one_base(view):
-            extra = 1 if exclude_self else 0
             ids, scores = self.tiers[0].search_by_local_id(rows, want - extra, metric, oversample, extra)
             own = rows
             if self.keys is not None:
@@ -551,6 +603,8 @@ class Table:
             own = self._answer_ids(rows, view)
         if exclude_self:
             ids, scores = _drop_self(ids, scores, own)
+        if excluded is not None:
+            return _drop_excluded(ids, scores, excluded, kk)
         return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def score(self, candidate_ids: Any, queries: Any = None, query_ids: Any = None, metric: str = "ip") -> np.ndarray:
@@ -814,6 +868,24 @@ def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[n
     keep[np.arange(ids.shape[0]), drop] = False
     shape = (ids.shape[0], ids.shape[1] - 1)
     return ids[keep].reshape(shape), scores[keep].reshape(shape)
+
+
+def _most_excluded(excluded: list[np.ndarray] | None) -> int:
+    """The most ids one query leaves out: a search takes that many more candidates, so every
+    query keeps k once its own are dropped."""
+    return 0 if excluded is None else max(group.size for group in excluded)
+
+
+def _drop_excluded(
+    ids: np.ndarray, scores: np.ndarray, excluded: list[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's excluded ids left out: ids (q, c) int64, scores (q, c) float32, best first, and
+    one sorted array a row -> (q, k') in the same order, k' = min(k, the fewest ids a row keeps)."""
+    keep = np.stack([np.isin(row, out, invert=True) for row, out in zip(ids, excluded, strict=True)])
+    width = min(k, int(keep.sum(axis=1).min()))
+    # a stable sort of "dropped" brings each row's kept columns to the front, in their order
+    columns = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    return np.take_along_axis(ids, columns, axis=1), np.take_along_axis(scores, columns, axis=1)
 
 
 def _tier_rows_of(spec: Any, n: int, t: int) -> np.ndarray:

@@ -417,11 +417,31 @@ class EmbeddingService:
         if count > limit:
             raise PayloadTooLarge(f"{count} {what} exceed the limit of {limit} a request")
 
-    def _check_k(self, k: Any, oversample: Any) -> None:
+    def _check_k(self, k: Any, oversample: Any, excluded: int = 0) -> None:
+        """k, and the candidates a search takes: k × oversample, or (k + the most ids one query
+        leaves out) × oversample, within max_k (the table checks their types and signs)."""
         if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
             self._limit(int(k), self.settings.max_k, "results (k)")
             if isinstance(oversample, (int, np.integer)) and not isinstance(oversample, bool) and oversample > 0:
                 self._limit(int(k) * int(oversample), self.settings.max_k, "candidates (k × oversample)")
+                if excluded:
+                    self._limit(
+                        (int(k) + excluded) * int(oversample),
+                        self.settings.max_k,
+                        "candidates ((k + the most exclude_ids of one query) × oversample)",
+                    )
+
+    def _most_excluded(self, request: SearchRequest) -> int:
+        """The most exclude_ids one query of a search may leave out, as sent (0: none), with the
+        count of exclude_ids within max_ids; the table checks the values themselves."""
+        if request.exclude_ids is None:
+            return 0
+        count = as_array(request.exclude_ids, "exclude_ids").size
+        self._limit(count, self.settings.max_ids, "exclude_ids")
+        if request.exclude_lengths is None:
+            return count
+        lengths = as_array(request.exclude_lengths, "exclude_lengths")
+        return max(0, min(count, int(lengths.max()))) if lengths.dtype.kind in "iu" and lengths.size else 0
 
     # ---- read operations ------------------------------------------------------------------------
     def describe_entry(self, entry: LoadedTable) -> dict[str, Any]:
@@ -496,14 +516,16 @@ class EmbeddingService:
         if (request.queries is None) == (request.query_ids is None):
             raise InvalidRequest("give exactly one of queries or query_ids")
         k, metric, oversample = request.k, request.metric, request.oversample
-        self._check_k(k, oversample)
+        self._check_k(k, oversample, self._most_excluded(request))
         table = entry.table
+        exclude_ids, exclude_lengths = request.exclude_ids, request.exclude_lengths
+        # a search that leaves ids out is answered alone: the batcher's calls carry no exclusions
+        batcher = self.search_batcher if exclude_ids is None and exclude_lengths is None else None
         if request.query_ids is not None:
             qids = as_array(request.query_ids, "query_ids")
             self._limit(qids.size, self.settings.max_queries, "queries")
             self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
             exclude_self = request.exclude_self
-            batcher = self.search_batcher
             if batcher is not None and qids.ndim == 1 and batcher.takes(qids.size):
                 # checked here, in the order `search_by_id` checks them: a bad request is refused alone
                 k, metric, oversample = table.check_search_args(k, metric, oversample)
@@ -513,13 +535,12 @@ class EmbeddingService:
             return await self._compute(
                 "search_by_id",
                 table.codec,
-                lambda: table.search_by_id(qids, k, metric, oversample, exclude_self),
+                lambda: table.search_by_id(qids, k, metric, oversample, exclude_self, exclude_ids, exclude_lengths),
             )
         q = as_array(request.queries, "queries")
         nq = q.shape[0] if q.ndim == 2 else 1
         self._limit(nq, self.settings.max_queries, "queries")
         self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
-        batcher = self.search_batcher
         if batcher is not None and batcher.takes(nq):
             # checked here, in the order `search` checks them, so a bad request is refused alone
             call = SearchCall(*table.check_search_args(k, metric, oversample))
@@ -528,7 +549,9 @@ class EmbeddingService:
             else:
                 queries = await asyncio.get_running_loop().run_in_executor(self.executor, check_queries, q, table.dim)
             return await batcher.search(table, name, queries, call)
-        return await self._compute("search", table.codec, lambda: table.search(q, k, metric, oversample))
+        return await self._compute(
+            "search", table.codec, lambda: table.search(q, k, metric, oversample, exclude_ids, exclude_lengths)
+        )
 
     async def _search_call(self, table: Table, queries: np.ndarray, call: SearchCall) -> tuple[np.ndarray, np.ndarray]:
         """One kernel call of the search batcher: queries (q, dim) float32, or query ids (q,) int64

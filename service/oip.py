@@ -5,8 +5,10 @@ Each table is three models:
   <table>.bag     pooled bags (EmbeddingBag): inputs `ids` INT64 [n], and `offsets` INT64 [bags]
                   or `lengths` INT64 [bags], optional `per_sample_weights` FP32 [n];
                   parameter `mode` "sum"|"mean" -> output `embeddings` FP32 [bags, dim]
-  <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q]; parameters
-                  `k` (default 10), `metric`, `oversample`, `exclude_self`
+  <table>.search  search: input `queries` FP32 [q, dim] or `query_ids` INT64 [q], optional
+                  `exclude_ids` INT64 [n] left out of the results and `exclude_lengths` INT64 [q]
+                  (how many of them each query leaves out; without it, every query leaves all
+                  out); parameters `k` (default 10), `metric`, `oversample`, `exclude_self`
                   -> outputs `ids` INT64 [q, k], `scores` FP32 [q, k]
 and each configured group (setting `groups`, NAME=FEATURE[:TABLE]+...) is one model NAME:
   inputs per feature f: `f__values` INT64|INT32 [n_f] ids, `f__lengths` INT64|INT32 [B] bag sizes,
@@ -173,6 +175,8 @@ def _io(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         inputs = [
             {"name": "queries", "datatype": "FP32", "shape": [-1, dim], "optional": True},
             {"name": "query_ids", "datatype": "INT64", "shape": [-1], "optional": True},
+            {"name": "exclude_ids", "datatype": "INT64", "shape": [-1], "optional": True},
+            {"name": "exclude_lengths", "datatype": "INT64", "shape": [-1], "optional": True},
         ]
         outputs = [
             {"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
@@ -339,6 +343,8 @@ def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping
     if queries is not None and queries.ndim == 1:
         queries = queries.reshape(1, -1)
     given = {**params, "queries": queries, "query_ids": query_ids}
+    for name in ("exclude_ids", "exclude_lengths"):
+        given[name] = _model_input(model, inputs, name, INTEGER_KINDS, INTEGER_IDS)
     return search_request(table_name, given)
 
 

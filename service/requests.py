@@ -62,7 +62,8 @@ class SearchRequest:
     """Top-k search: exactly one of queries (q, dim) float32 or query_ids (q,) int64.
 
     k results per query; oversample × k candidates from the cheap codes when a rerank codec is
-    present; exclude_self drops a query id's own row from its results."""
+    present; exclude_self drops a query id's own row from its results; exclude_ids (n,) int64 are
+    left out of every query's results, or split among the queries by exclude_lengths (q,) int64."""
 
     table: str
     queries: Any = None
@@ -71,6 +72,8 @@ class SearchRequest:
     metric: Any = DEFAULT_METRIC
     oversample: Any = DEFAULT_OVERSAMPLE
     exclude_self: Any = True
+    exclude_ids: Any = None
+    exclude_lengths: Any = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,11 @@ class SearchBody(BaseModel):
     metric: Literal["ip", "l2", "hamming"] = "ip"
     oversample: int = 1
     exclude_self: bool = True
+    exclude_ids: list[int] | None = Field(
+        None,
+        description="(n,) ids (keys on keyed tables) left out of every query's results, or split by exclude_lengths",
+    )
+    exclude_lengths: list[int] | None = Field(None, description="(q,) how many of exclude_ids belong to each query")
 
 
 class ScoreBody(BaseModel):

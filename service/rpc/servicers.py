@@ -339,6 +339,8 @@ class NativeServicer(pb_grpc.EmbeddingServiceServicer):
             "metric": request.metric or None,
             "oversample": request.oversample or None,  # proto3: 0 is unset
             "exclude_self": request.exclude_self if request.HasField("exclude_self") else None,
+            "exclude_ids": _optional_tensor(request, "exclude_ids"),
+            "exclude_lengths": _optional_tensor(request, "exclude_lengths"),
         }
         ids, scores = await self.service.search(TRANSPORT, search_request(request.table, given))
         response = pb.SearchResponse()

@@ -47,7 +47,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 def test_native_http_examples_run_as_written(demo_server: LiveServer, tmp_path: Path) -> None:
     require_binary("curl")
     commands = readme_commands("### Native HTTP API")
-    assert len(commands) == 9
+    assert len(commands) == 10
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     for command in commands:
@@ -62,6 +62,9 @@ def test_native_http_examples_run_as_written(demo_server: LiveServer, tmp_path: 
             assert "error" not in body, (command, body)
         if "search" in command:
             assert len(json.loads(run.stdout)["ids"][0]) == 10
+        if "exclude_ids" in command:
+            found = json.loads(run.stdout)["ids"]
+            assert not {3, 9} & set(found[0]) and 4 not in found[1], found
         if "octet-stream" in command:
             assert "x-embserve-shape: 3,64" in run.stderr.lower()
             assert run.stdout.count("[") == 4  # numpy's print of a (3, 64) array: [[...] [...] [...]]

@@ -115,7 +115,7 @@ class LookupResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("table", "queries", "query_ids", "k", "metric", "oversample", "exclude_self")
+    __slots__ = ("table", "queries", "query_ids", "k", "metric", "oversample", "exclude_self", "exclude_ids", "exclude_lengths")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     QUERY_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,8 @@ class SearchRequest(_message.Message):
     METRIC_FIELD_NUMBER: _ClassVar[int]
     OVERSAMPLE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SELF_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     table: str
     queries: Tensor
     query_ids: Tensor
@@ -130,7 +132,9 @@ class SearchRequest(_message.Message):
     metric: str
     oversample: int
     exclude_self: bool
-    def __init__(self, table: _Optional[str] = ..., queries: _Optional[_Union[Tensor, _Mapping]] = ..., query_ids: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., metric: _Optional[str] = ..., oversample: _Optional[int] = ..., exclude_self: _Optional[bool] = ...) -> None: ...
+    exclude_ids: Tensor
+    exclude_lengths: Tensor
+    def __init__(self, table: _Optional[str] = ..., queries: _Optional[_Union[Tensor, _Mapping]] = ..., query_ids: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., metric: _Optional[str] = ..., oversample: _Optional[int] = ..., exclude_self: _Optional[bool] = ..., exclude_ids: _Optional[_Union[Tensor, _Mapping]] = ..., exclude_lengths: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("ids", "scores")

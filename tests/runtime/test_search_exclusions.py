@@ -1,0 +1,142 @@
+"""Searches that leave ids out (exclude_ids, exclude_lengths): each query's answer is its full
+ranking with its own ids removed, cut to k' = min(k, the fewest rows a query keeps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import runtime
+from runtime import IdOutOfRange, InvalidRequest
+from tests.conftest import low_rank_table
+
+X = low_rank_table(60, 16, seed=31)
+# one-tier tables scan their codes exactly (no rescoring), so a longer top k only appends rows
+TABLES = {
+    "fp32": runtime.compress(X, "fp32"),
+    "int8": runtime.compress(X, "int8"),
+    "pq": runtime.compress(X, "pq", subspaces=4, bits=8, iterations=3),
+}
+
+
+def keyed_table_with_delta() -> runtime.Table:
+    """Keys 1000 + 3 r, two tiers, a few rows replaced, deleted and added: every merge path."""
+    tiers: list[dict[str, Any]] = [
+        {"rows": {"start": 0, "stop": 20}, "codec": "int8"},
+        {"rows": {"start": 20, "stop": 60}, "codec": "fp16"},
+    ]
+    table = runtime.compress(X, tiers=tiers, keys=1000 + 3 * np.arange(60, dtype=np.int64))
+    table.upsert([1003, 5000, 5001], X[[40, 41, 42]] * 1.5)
+    table.delete([1006, 1120])
+    return table
+
+
+def without(ranked: np.ndarray, scores: np.ndarray, left_out: list[np.ndarray], k: int) -> tuple[np.ndarray, ...]:
+    """The oracle: each full ranking (q, n) with its ids left out, cut to the common width."""
+    kept = [
+        (ids[~np.isin(ids, out)], s[~np.isin(ids, out)]) for ids, s, out in zip(ranked, scores, left_out, strict=True)
+    ]
+    width = min(k, min(len(ids) for ids, _ in kept))
+    return np.array([ids[:width] for ids, _ in kept]), np.array([s[:width] for _, s in kept])
+
+
+def split(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum(lengths)[:-1]) if lengths else []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    codec=st.sampled_from(sorted(TABLES)),
+    metric=st.sampled_from(["ip", "l2"]),
+    nq=st.integers(1, 4),
+    k=st.integers(1, 70),
+    data=st.data(),
+)
+def test_each_query_leaves_out_its_own_ids(codec: str, metric: str, nq: int, k: int, data: st.DataObject) -> None:
+    table = TABLES[codec]
+    q = np.random.default_rng(k).standard_normal((nq, 16)).astype(np.float32)
+    lengths = data.draw(st.lists(st.integers(0, 62), min_size=nq, max_size=nq))
+    values = np.array(data.draw(st.lists(st.integers(0, 59), min_size=sum(lengths), max_size=sum(lengths))), np.int64)
+    got = table.search(q, k, metric, exclude_ids=values, exclude_lengths=lengths)
+    ranked = table.search(q, table.rows, metric)
+    want = without(*ranked, split(values, lengths), k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("codec", sorted(TABLES))
+def test_ids_without_lengths_leave_every_query_and_repeats_count_once(codec: str) -> None:
+    table = TABLES[codec]
+    q = X[[1, 7, 30]]
+    top = table.search(q, 5)[0]
+    left_out = np.concatenate([top[:, 0], top[:, 0]])  # each query's best, twice
+    got = table.search(q, 5, exclude_ids=left_out)
+    ranked = table.search(q, 60)
+    want = without(*ranked, [np.unique(left_out)] * 3, 5)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[0].shape == (3, 5) and not np.isin(got[0], left_out).any()
+
+
+def test_search_by_id_leaves_out_itself_and_the_ids_given() -> None:
+    table = TABLES["int8"]
+    ranked = table.search_by_id([4, 9], 60, exclude_self=False)
+    for exclude_self in (True, False):
+        got = table.search_by_id([4, 9], 8, exclude_self=exclude_self, exclude_ids=[4, 11, 9], exclude_lengths=[2, 1])
+        own = [[4, 11] + ([4] if exclude_self else []), [9] + ([9] if exclude_self else [])]
+        want = without(*ranked, [np.array(o) for o in own], 8)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_keyed_tables_leave_out_keys_and_accept_keys_they_do_not_hold() -> None:
+    table = keyed_table_with_delta()
+    q = X[[2, 50]]
+    ranked = table.search(q, 200)
+    assert ranked[0].shape[1] == 60  # 60 rows, 2 added, 2 deleted
+    left_out = [np.array([ranked[0][0, 0], 1006, 5000, -7]), np.array([ranked[0][1, 1], 2**63 - 1])]
+    got = table.search(q, 10, exclude_ids=np.concatenate(left_out), exclude_lengths=[4, 2])
+    want = without(*ranked, left_out, 10)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    by_id = table.search_by_id([5000], 4, exclude_ids=[1003])
+    want_by_id = without(*table.search_by_id([5000], 200), [np.array([1003])], 4)
+    np.testing.assert_array_equal(by_id[0], want_by_id[0])
+
+
+def test_a_small_table_answers_what_every_query_has_left() -> None:
+    table = runtime.compress(X[:5], "fp32")
+    ids, scores = table.search(X[:2], 5, exclude_ids=[0, 1, 2, 4], exclude_lengths=[1, 3])
+    assert ids.shape == scores.shape == (2, 2)  # query 1 keeps rows 0 and 3 only
+    assert set(ids[1]) == {0, 3} and 0 not in ids[0]
+    everything = table.search(X[:1], 3, exclude_ids=[0, 1, 2, 3, 4])
+    assert everything[0].shape == (1, 0)
+    nothing_left_out = table.search(X[:2], 3, exclude_ids=[], exclude_lengths=[0, 0])
+    np.testing.assert_array_equal(nothing_left_out[0], table.search(X[:2], 3)[0])
+    no_queries = table.search(np.zeros((0, 16), np.float32), 3, exclude_ids=[], exclude_lengths=[])
+    assert no_queries[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"exclude_ids": [3, 60]}, IdOutOfRange, r"exclude_ids\[1\] = 60 is out of range"),
+        ({"exclude_ids": [-1]}, IdOutOfRange, r"exclude_ids\[0\] = -1 is out of range"),
+        ({"exclude_lengths": [1, 0]}, InvalidRequest, "exclude_lengths needs exclude_ids"),
+        ({"exclude_ids": [1, 2], "exclude_lengths": [1, 0]}, InvalidRequest, "exclude_lengths sum to 1 but 2"),
+        ({"exclude_ids": [1], "exclude_lengths": [2, -1]}, InvalidRequest, r"exclude_lengths\[1\] = -1 is negative"),
+        ({"exclude_ids": [1], "exclude_lengths": [1]}, InvalidRequest, "exclude_lengths has 1 entries for 2 queries"),
+        ({"exclude_ids": [1.5]}, InvalidRequest, "exclude_ids must be integers"),
+        ({"exclude_ids": [[1]]}, InvalidRequest, "exclude_ids must be 1-D"),
+        ({"exclude_ids": [1], "exclude_lengths": [0.5, 0.5]}, InvalidRequest, "exclude_lengths must be a flat array"),
+        ({"exclude_ids": [1], "exclude_lengths": np.array([2**64 - 1, 0], np.uint64)}, InvalidRequest, "int64 range"),
+    ],
+)
+def test_bad_exclusions_are_refused_by_name(fields: dict[str, Any], error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        TABLES["int8"].search(X[:2], 3, **fields)
+    with pytest.raises(error, match=message):
+        TABLES["int8"].search_by_id([0, 1], 3, **fields)
