@@ -81,6 +81,20 @@ def test_ids_without_lengths_leave_every_query_and_repeats_count_once(codec: str
     assert got[0].shape == (3, 5) and not np.isin(got[0], left_out).any()
 
 
+@pytest.mark.parametrize("codec", sorted(TABLES))
+def test_leaving_out_more_than_k_of_the_top_searches_again_with_every_candidate(codec: str) -> None:
+    # the first try takes 2 k candidates; here a query's whole top 2 k + 3 is left out
+    table, k = TABLES[codec], 4
+    q = X[[3, 33]]
+    ranked = table.search(q, 60)
+    left_out = ranked[0][0, : 2 * k + 3]
+    got = table.search(q, k, exclude_ids=left_out, exclude_lengths=[left_out.size, 0])
+    np.testing.assert_array_equal(got[0][0], ranked[0][0, 2 * k + 3 : 3 * k + 3])
+    np.testing.assert_array_equal(got[0][1], ranked[0][1, :k])
+    by_id = table.search_by_id([3], k, exclude_ids=table.search_by_id([3], 2 * k + 3)[0][0])
+    np.testing.assert_array_equal(by_id[0][0], table.search_by_id([3], 3 * k + 3)[0][0, 2 * k + 3 :])
+
+
 def test_search_by_id_leaves_out_itself_and_the_ids_given() -> None:
     table = TABLES["int8"]
     ranked = table.search_by_id([4, 9], 60, exclude_self=False)
