@@ -306,30 +306,28 @@ def _apply_decoded(table: Table, stream_id: str, update: Update) -> tuple[int, s
     return int(update.keys.size), ""
 
 
-def _last_of_each(entry_keys: np.ndarray) -> np.ndarray:
-    """Positions (ascending) of each key's last occurrence in entry_keys (n,) int64."""
-    _, first_from_end = np.unique(entry_keys[::-1], return_index=True)
-    return np.sort(entry_keys.size - 1 - first_from_end)
-
-
 def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> tuple[list[tuple[str, int, str]], str]:
     """Apply entries in stream order: ([(stream id, rows applied, refusal reason or "")], and the
     DeltaFull message that stopped it, or "").
 
-    Runs of consecutive upserts go to the table as one `upsert` (a key in several entries keeps
-    its last row): each apply rebuilds the delta's view, so a replica that has fallen behind, or
-    that reads every `update_apply_interval_seconds`, pays that once per run, not once per entry.
-    A run the table refuses is applied again entry by entry, so only the bad entries are refused."""
+    Runs of consecutive upserts with no key in common go to the table as one `upsert`: each apply
+    rebuilds the delta's view, so a replica that has fallen behind, or that reads every
+    `update_apply_interval_seconds`, pays that once per run, not once per entry. A run the table
+    refuses is applied again entry by entry, so only the bad entries are refused. A key met again
+    ends the run: merged, its earlier row would never be checked, and a run holding a row the table
+    refuses (NaN) followed by a good one for the same key would apply where the entry alone is
+    refused, so replicas reading the log in different batches would differ."""
     results: list[tuple[str, int, str]] = []
     run: list[tuple[str, Update]] = []
+    run_keys: set[int] = set()
 
     def flush() -> None:
+        run_keys.clear()
         if len(run) > 1:
             merged_keys = np.concatenate([u.keys for _, u in run])
             merged_rows = np.concatenate([u.rows for _, u in run if u.rows is not None])
-            keep = _last_of_each(merged_keys)
             try:
-                table.upsert(merged_keys[keep], merged_rows[keep], sequence=id_to_sequence(run[-1][0]))
+                table.upsert(merged_keys, merged_rows, sequence=id_to_sequence(run[-1][0]))
             except DeltaFull:
                 raise
             except EmbserveError:
@@ -363,6 +361,10 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
                 flush()
                 results.append((stream_id, *_apply_decoded(table, stream_id, update)))
             else:
+                entry_keys = update.keys.tolist()
+                if not run_keys.isdisjoint(entry_keys):
+                    flush()
+                run_keys.update(entry_keys)
                 run.append((stream_id, update))
         flush()
     except DeltaFull as exc:
