@@ -86,8 +86,10 @@ def public_message(exc: BaseException, artifact_root: Path | None) -> str:
     metadata limit): each word to MAX_ECHO characters, the whole to MAX_MESSAGE."""
     text = str(exc)
     if artifact_root is not None:
-        for root in {str(Path(artifact_root)), str(Path(artifact_root).resolve())}:
-            text = text.replace(root.rstrip("/") + "/", "")
+        # the longer first (the resolved root holds the relative one), and only where a path
+        # starts: a relative root "tables" must not be cut out of "/srv/tables/users/..."
+        for root in sorted({str(Path(artifact_root)), str(Path(artifact_root).resolve())}, key=len, reverse=True):
+            text = re.sub(r"(?<![\w.~/-])" + re.escape(root.rstrip("/") + "/"), "", text)
     text = LONG_WORD.sub(lambda m: f"{m.group()[:MAX_ECHO]}…({len(m.group())} chars)", text)
     if len(text) > MAX_MESSAGE:
         text = f"{text[:MAX_MESSAGE]}…({len(text)} chars)"

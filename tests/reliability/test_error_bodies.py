@@ -50,11 +50,17 @@ def test_huge_names_are_not_echoed(reliable: Reliable) -> None:
     assert r.status_code == 400 and len(r.text) < ERROR_BODY_LIMIT, r.text[:300]
 
 
-def test_public_message_is_relative_and_bounded(tmp_path: Path) -> None:
+def test_public_message_is_relative_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "root"
     root.mkdir()
     exc = ArtifactCorrupt(f"array 'rows': '{root.resolve()}/items/v2/rows.npy' fails its sha256 check")
     assert public_message(exc, root) == "array 'rows': 'items/v2/rows.npy' fails its sha256 check"
+    # a relative root (`--artifact-root tables`) is cut where a path starts, never out of the
+    # middle of the absolute one, whichever of the two the set of roots gave first
+    (tmp_path / "tables").mkdir()
+    monkeypatch.chdir(tmp_path)
+    exc = ArtifactCorrupt(f"'{(tmp_path / 'tables').resolve()}/users/bad/x.npy' and 'tables/users/y.npy'")
+    assert public_message(exc, Path("tables")) == "'users/bad/x.npy' and 'users/y.npy'"
     name = "n" * 10_000
     text = public_message(TableNotFound(name), None)
     assert text.startswith("table '" + "n" * (MAX_ECHO - 1)) and "(10002 chars)" in text and len(text) < 120
