@@ -17,6 +17,17 @@ from service.requests import MultiLookupRequest, lookup_request
 TABLES_HEADER = "X-Embserve-Tables"
 RESULTS_HEADER = "X-Embserve-Results"
 ENTRY_FIELDS = {"table", "ids", "keys", "lengths", "offsets", "weights", "per_sample_weights", "mode"}
+TABLES_LAYOUT_FIELDS = {"tables", "concat"}
+JAGGED_LAYOUT_FIELDS = {"features", "lengths", "values", "weights", "mode", "concat"}
+BINARY_ENTRY_FIELDS = {"table", "ids", "lengths", "offsets", "weights", "mode"}
+
+
+def _refuse_unknown(given: dict[str, Any], known: set[str], where: str) -> None:
+    """A misspelt field (`weigths`, `concatenate`) must not be dropped: the answer would be the
+    one without it, and look right."""
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
 def _mode(value: Any, where: str) -> Any:
@@ -33,6 +44,7 @@ def parse_json(payload: dict[str, Any]) -> MultiLookupRequest:
     if "features" in payload:
         if "tables" in payload:
             raise InvalidRequest("give tables or features (the jagged layout), not both")
+        _refuse_unknown(payload, JAGGED_LAYOUT_FIELDS, "the jagged layout")
         mode = _mode(payload.get("mode"), "request")
         return from_jagged(
             payload["features"], payload.get("lengths"), payload.get("values"), payload.get("weights"), mode, concat
@@ -40,13 +52,12 @@ def parse_json(payload: dict[str, Any]) -> MultiLookupRequest:
     entries = payload.get("tables")
     if not isinstance(entries, list):
         raise InvalidRequest("tables must be a list of {table, ids, lengths | offsets, weights, mode} objects")
+    _refuse_unknown(payload, TABLES_LAYOUT_FIELDS, "request")
     tables = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise InvalidRequest(f"tables[{index}] must be an object")
-        unknown = sorted(set(entry) - ENTRY_FIELDS)
-        if unknown:
-            raise InvalidRequest(f"tables[{index}]: unknown field(s) {', '.join(unknown)}")
+        _refuse_unknown(entry, ENTRY_FIELDS, f"tables[{index}]")
         name = entry.get("table")
         if not isinstance(name, str):
             raise InvalidRequest(f"tables[{index}]: table must be a table name")
@@ -96,6 +107,7 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
         raise InvalidRequest(f"{TABLES_HEADER} is not valid JSON: {exc}") from None
     if not isinstance(described, dict) or not isinstance(described.get("tables"), list):
         raise InvalidRequest(f'{TABLES_HEADER} must be {{"tables": [...], "concat": false}}')
+    _refuse_unknown(described, TABLES_LAYOUT_FIELDS, TABLES_HEADER)
     concat = check_flag(described.get("concat", False), "concat")
     at = 0
     tables = []
@@ -103,6 +115,7 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
         if not isinstance(entry, dict) or not isinstance(entry.get("table"), str):
             raise InvalidRequest(f"tables[{index}] must be an object naming its table")
         where = f"tables[{index}] ({entry['table']!r})"
+        _refuse_unknown(entry, BINARY_ENTRY_FIELDS, where)
         n = _count(entry, "ids", where)
         if n is None:
             raise InvalidRequest(f"{where}: ids (the count of ids) is required")

@@ -129,12 +129,16 @@ def delete_keys_request(table: str, given: Mapping[str, Any]) -> DeleteKeysReque
 
 def lookup_request(table: str, given: Mapping[str, Any], label: str | None = None) -> LookupRequest:
     """The fields a caller gave, by their names or `LOOKUP_ALIASES` (None or absent: the default;
-    a field's own name wins over its alias; other names are left to the transport, which refuses
-    them with `refuse_unknown_fields`) -> request."""
+    a field given by both its name and its alias is refused; other names are left to the
+    transport, which refuses them with `refuse_unknown_fields`) -> request."""
     canonical = dict(given)
     for alias, name in LOOKUP_ALIASES.items():
-        if canonical.get(name) is None and alias in canonical:
-            canonical[name] = canonical[alias]
+        if canonical.get(alias) is None:
+            continue
+        if canonical.get(name) is not None:
+            where = "" if label is None else f"{label}: "
+            raise InvalidRequest(f"{where}give {name} or {alias} (the same field), not both")
+        canonical[name] = canonical[alias]
     return LookupRequest(table, **_given(LookupRequest, canonical), label=label)
 
 

@@ -156,6 +156,14 @@ def test_binary_form(server: LiveServer, tables: dict[str, runtime.Table]) -> No
     assert extra.status_code == 400 and "describes" in extra.json()["error"]
     missing = httpx.post(f"{server.http}/v1/lookup", content=body, headers={"Content-Type": "application/octet-stream"})
     assert missing.status_code == 400 and "X-Embserve-Tables" in missing.json()["error"]
+    for misspelt, message in [
+        ({**header, "concatenate": True}, "X-Embserve-Tables: unknown field(s) concatenate"),
+        ({"tables": [{**header["tables"][0], "weight": True}]}, "tables[0] ('users'): unknown field(s) weight"),
+    ]:
+        r = httpx.post(
+            f"{server.http}/v1/lookup", content=body, headers={**headers, "X-Embserve-Tables": json.dumps(misspelt)}
+        )
+        assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
 BAD: list[tuple[dict[str, Any], int, str]] = [
@@ -194,6 +202,14 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"tables": [{"table": "users", "ids": [1], "lengths": [1.0]}]}, 400, "lengths must be a flat array of integers"),
     ({"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": [None]}]}, 400, "weights must be numbers"),
     ({"tables": [{"table": "users", "ids": [1]}], "concat": "yes"}, 400, "concat must be true or false"),
+    # misspelt fields were dropped, and the answer was the one without them
+    ({"tables": [{"table": "users", "ids": [1]}], "concatenate": True}, 400, "request: unknown field(s) concatenate"),
+    (
+        {"features": ["items"], "lengths": [2], "values": [1, 2], "weigths": [0, 0]},
+        400,
+        "the jagged layout: unknown field(s) weigths",
+    ),
+    ({"tables": [{"table": "keyed", "ids": [int(KEYS[1])], "keys": [int(KEYS[2])]}]}, 400, "give ids or keys"),
 ]
 
 

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from runtime.errors import InvalidRequest
 from service.multi import pool_mode
 from service.requests import (
     DEFAULT_K,
@@ -99,9 +100,13 @@ def test_lookup_defaults_and_aliases_are_written_once() -> None:
     assert pool_mode(LookupRequest("t")) == DEFAULT_MODE == "sum" and not LookupRequest("t").pooled
     given = lookup_request("t", {"keys": [7], "per_sample_weights": [0.5], "lengths": [1], "mode": None})
     assert (given.ids, given.weights, given.lengths, pool_mode(given), given.pooled) == ([7], [0.5], [1], "sum", True)
-    # a field's own name wins over its alias; a multi-table entry keeps the label errors name it by
-    both = lookup_request("t", {"ids": [1], "keys": [2], "weights": [3.0], "per_sample_weights": [4.0]}, label="f")
-    assert (both.ids, both.weights, both.label) == ([1], [3.0], "f")
+    # a field given by its name and its alias is ambiguous: refused, named by the entry's label
+    with pytest.raises(InvalidRequest, match="f: give ids or keys"):
+        lookup_request("t", {"ids": [1], "keys": [2]}, label="f")
+    with pytest.raises(InvalidRequest, match="give weights or per_sample_weights"):
+        lookup_request("t", {"weights": [3.0], "per_sample_weights": [4.0]})
+    labelled = lookup_request("t", {"keys": [2], "ids": None}, label="f")
+    assert (labelled.ids, labelled.label) == ([2], "f")
 
 
 BAG_IDS = np.array([3, 9, 9, 41, 7, 0], np.int64)
