@@ -124,6 +124,23 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     return ""
 
 
+def log_reset(added_before: int, info: Mapping[Any, Any] | None) -> str:
+    """Whether the update stream was deleted or recreated since a check that saw it had had
+    `added_before` entries (XINFO STREAM's entries-added), from this check's reply (None: no
+    stream): "" when not, else what happened. A stream's entries-added only grows; a smaller count,
+    or no stream, means it was deleted (a DEL, a FLUSHALL, Redis restarted without its data) with
+    whatever entries this replica had not read yet. `log_gap` misses that case when the new ids
+    are above the replica's position (new entries get the current time as their id)."""
+    if added_before <= 0:
+        return ""
+    if info is None:
+        return f"the update stream is gone (deleted, or Redis lost its data); it had had {added_before} entries"
+    added = int({_text(k): v for k, v in info.items()}.get("entries-added", added_before))
+    if added < added_before:
+        return f"the update stream was deleted and recreated (it had had {added_before} entries, now {added})"
+    return ""
+
+
 def _text(value: Any) -> str:
     """A Redis reply (bytes from a client that does not decode, str from one that does) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -415,6 +432,8 @@ class UpdateApplier:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._manager: asyncio.Task[None] | None = None
         self._gaps_seen: set[tuple[str, str]] = set()
+        self._entries_added: dict[str, int] = {}
+        """table -> the stream's entries-added at its last gap check (0: no stream)"""
 
     # ---- positions -----------------------------------------------------------------------------
     def position(self, name: str, table: Table) -> str:
@@ -505,6 +524,8 @@ class UpdateApplier:
         reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, info)
         self.metrics.update_gaps.labels(name)  # the series exists, at 0, before any gap
         gap = log_gap(position, reply) if reply else ""
+        gap = gap or log_reset(self._entries_added.get(name, 0), reply or None)
+        self._entries_added[name] = int({_text(k): v for k, v in (reply or {}).items()}.get("entries-added", 0))
         if gap and (name, gap) not in self._gaps_seen:
             self._gaps_seen.add((name, gap))
             self.metrics.update_gaps.labels(name).inc()

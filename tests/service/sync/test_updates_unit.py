@@ -186,3 +186,26 @@ def test_update_threads_run_at_a_lower_priority_than_the_threads_serving_request
 def test_log_gap_names_entries_a_replica_will_never_apply(position: str, info: dict[str, Any], gap: str) -> None:
     found = updates.log_gap(position, info)
     assert (gap in found and found) if gap else found == ""
+
+
+@pytest.mark.parametrize(
+    ("added_before", "info", "reset"),
+    [
+        (0, None, ""),  # never seen: nothing to compare
+        (0, {"entries-added": 2}, ""),
+        (5, {"entries-added": 5}, ""),
+        (5, {"entries-added": 9}, ""),
+        (5, {b"entries-added": 9}, ""),
+        (5, {}, ""),  # Redis before 7 has no entries-added: nothing to tell
+        # deleted, by a DEL or a FLUSHALL, or Redis restarted without its data
+        (5, None, "the update stream is gone"),
+        # recreated between two checks, new ids above every position: log_gap cannot tell
+        (5, {"entries-added": 2, "last-generated-id": b"1796603969142-0"}, "deleted and recreated"),
+        (5, {b"entries-added": b"2"}, "had had 5 entries, now 2"),
+    ],
+)
+def test_log_reset_names_a_stream_deleted_since_the_last_check(
+    added_before: int, info: dict[Any, Any] | None, reset: str
+) -> None:
+    found = updates.log_reset(added_before, info)
+    assert (reset in found and found) if reset else found == ""
