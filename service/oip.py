@@ -372,7 +372,7 @@ def _select(model: Model, outputs: dict[str, np.ndarray], requested: list[str] |
 
 
 INTEGER_KINDS = "iu"
-INTEGER_IDS = "INT64 or INT32 ids"
+INTEGER_IDS = "ids of an integer datatype (INT64, INT32, UINT64, ...)"
 
 
 def _model_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:

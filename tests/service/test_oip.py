@@ -96,7 +96,7 @@ def test_protocol_errors(served: Served) -> None:
             "binary_data_size True",
         ),
         # ids in a float datatype were rounded: FP16 2049 looked up row 2048
-        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]}, 400, "INT32 ids, got FP16"),
+        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]}, 400, "UINT64, ...), got FP16"),
         # found by an adversarial probe: each was a 500
         ({"inputs": [{"name": "ids", "shape": [0, 2**62], "datatype": "INT64", "data": []}]}, 400, "not one an array"),
         ({"inputs": [{"name": "ids", "shape": [1] * 65, "datatype": "INT64", "data": [1]}]}, 400, "not one an array"),
@@ -130,7 +130,10 @@ def test_protocol_errors(served: Served) -> None:
         assert r.status_code == status and message in r.json()["error"], (body, r.text)
     search = {"inputs": [{"name": "query_ids", "shape": [1], "datatype": "FP32", "data": [3]}]}
     r = httpx.post(url.replace("/items/", "/items.search/"), json=search)
-    assert r.status_code == 400 and "'query_ids' must be INT64 or INT32 ids, got FP32" in r.json()["error"], r.text
+    assert (
+        r.status_code == 400
+        and "'query_ids' must be ids of an integer datatype (INT64, INT32, UINT64, ...), got FP32" in r.json()["error"]
+    ), r.text
     search = {"inputs": [{"name": "queries", "shape": [1, 32], "datatype": "INT64", "data": [1] * 32}]}
     r = httpx.post(url.replace("/items/", "/items.search/"), json=search)
     assert r.status_code == 400 and "'queries' must be FP32, got INT64" in r.json()["error"], r.text

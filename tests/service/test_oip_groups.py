@@ -122,7 +122,10 @@ async def test_group_errors_name_the_feature(service: EmbeddingService) -> None:
         ({**oip_inputs(), "user__lengths": np.array([4, 0])}, "feature 'user': 2"),
         ({k: v for k, v in oip_inputs().items() if k != "item__values"}, "needs input 'item__values'"),
         ({**oip_inputs(), "colour__values": np.array([1])}, "has no input 'colour__values'"),
-        ({**oip_inputs(), "user__values": np.array([1.0, 2.0, 3.0, 4.0])}, "'user__values' must be INT64 or INT32"),
+        (
+            {**oip_inputs(), "user__values": np.array([1.0, 2.0, 3.0, 4.0])},
+            "'user__values' must be ids of an integer datatype",
+        ),
         ({**oip_inputs(), "item__weights": np.ones(3, np.int64)}, "'item__weights' must be FP32"),
     ]
     for inputs, message in cases:

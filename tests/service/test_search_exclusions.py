@@ -116,7 +116,7 @@ def test_oip_search_model_takes_exclusion_inputs(client: httpx.Client, served: S
     np.testing.assert_array_equal(np.array(ids["data"]).reshape(ids["shape"]), want)
     body["inputs"][1]["datatype"] = "FP32"
     r = client.post("/v2/models/items.search/infer", json=body)
-    assert r.status_code == 400 and "'exclude_ids' must be INT64 or INT32 ids" in r.json()["error"]
+    assert r.status_code == 400 and "'exclude_ids' must be ids of an integer datatype" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
