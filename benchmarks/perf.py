@@ -509,6 +509,73 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
                 rows_out.append(row)
 
 
+EXCLUDED_IDS = 1_000
+
+
+def exclusion_pool(table: runtime.Table, queries: list[np.ndarray], nq: int, rows: int) -> list[np.ndarray]:
+    """For each batch of the pool, EXCLUDED_IDS distinct ids (n,) int64 its nq queries leave out:
+    each query's own top 10 (so leaving them out changes every answer), the rest drawn at random."""
+    rng = np.random.default_rng(8)
+    pool = []
+    for batch in queries:
+        best = np.unique(table.search(batch[:nq], 10)[0])[: EXCLUDED_IDS // 2]
+        drawn = rng.choice(rows, EXCLUDED_IDS, replace=False)
+        pool.append(np.concatenate([best, np.setdiff1d(drawn, best)])[:EXCLUDED_IDS].astype(np.int64))
+    return pool
+
+
+def _ours_excluding(
+    table: runtime.Table, queries: list[np.ndarray], excluded: list[np.ndarray], nq: int, k: int, i: int
+) -> object:
+    return table.search(queries[i][:nq], k, exclude_ids=excluded[i])
+
+
+def _faiss_excluding(index: Any, queries: list[np.ndarray], selectors: list[Any], nq: int, k: int, i: int) -> object:
+    return index.search(queries[i][:nq], k, params=selectors[i])
+
+
+def bench_exclusions(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
+    """Exact top-k over int8 rows leaving EXCLUDED_IDS ids out of every query's results, against
+    Faiss IndexScalarQuantizer QT_8bit searching with IDSelectorNot(IDSelectorBatch) of the same
+    ids, and against our own search leaving nothing out (the cost of the exclusions)."""
+    rng = np.random.default_rng(7)
+    queries = [x[rng.integers(0, cfg.rows, max(cfg.nqs))] for _ in range(cfg.pool)]
+    table = runtime.compress(x, "int8")
+    index = None
+    if faiss is not None:
+        index = faiss.IndexScalarQuantizer(cfg.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.add(x)
+    section = f"search leaving {EXCLUDED_IDS:,} ids out, int8, top-{cfg.k}"
+    for nq in cfg.nqs:
+        excluded = exclusion_pool(table, queries, nq, cfg.rows)
+        for i, ids in enumerate(excluded[:2]):  # the answers leave them out, on both sides
+            assert not np.isin(table.search(queries[i][:nq], cfg.k, exclude_ids=ids)[0], ids).any()
+        fns: list[Callable[[int], object]] = [
+            partial(_ours_excluding, table, queries, excluded, nq, cfg.k),
+            partial(_ours_search, table, queries, nq, cfg.k),
+        ]
+        if index is not None:
+            selectors = [faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(e))) for e in excluded]
+            assert not np.isin(index.search(queries[0][:nq], cfg.k, params=selectors[0])[1], excluded[0]).any()
+            fns.append(partial(_faiss_excluding, index, queries, selectors, nq, cfg.k))
+        for threads in cfg.threads:
+            set_threads(threads)
+            medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
+            peers = [("ours leaving nothing out", medians[1])]
+            if index is not None:
+                peers.append(("Faiss IndexScalarQuantizer QT_8bit + IDSelectorNot", medians[2]))
+            for peer, theirs in peers:
+                if nq == 1:
+                    rows_out.append(
+                        Row(section, "int8 nq=1", threads, medians[0] * 1e3, peer, theirs * 1e3, "ms", False)
+                    )
+                else:
+                    rows_out.append(
+                        Row(section, f"int8 nq={nq}", threads, nq / medians[0], peer, nq / theirs, "queries/s", True)
+                    )
+
+
 def bench_hamming(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
     rng = np.random.default_rng(3)
     base = runtime.compress(x, "binary").primary
@@ -962,7 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument(
         "--sections",
-        default="lookup,pq,rq,quantized,hamming,byid,compress,startup,tables",
+        default="lookup,pq,rq,quantized,exclude,hamming,byid,compress,startup,tables",
         help="comma-separated subset to run (results go to --out; keep the committed ones with a scratch --out)",
     )
     args = parser.parse_args(argv)
@@ -992,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("lookup", lambda: bench_lookup(cfg, x, rows)),
         ("quantized", lambda: bench_quantized_search(cfg, x, rows)),
+        ("exclude", lambda: bench_exclusions(cfg, x, rows)),
         ("hamming", lambda: bench_hamming(cfg, x, rows)),
     ]
     tables: dict[str, runtime.Table] = {}

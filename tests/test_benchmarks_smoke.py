@@ -25,7 +25,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
                 "--out",
                 str(tmp_path),
                 "--sections",
-                "lookup,pq,rq,quantized,hamming,compress,startup",
+                "lookup,pq,rq,quantized,exclude,hamming,compress,startup",
             ]
         )
         == 0
@@ -39,6 +39,7 @@ def test_perf_suite_smoke(tmp_path: Path) -> None:
         "rq adc top-100",
         "hamming top-100",
         "exact search on quantized rows, top-100",
+        "search leaving 1,000 ids out, int8, top-10",
     }
     if importlib.util.find_spec("faiss") is not None:  # compression rows exist only beside their peer
         expected.add("pq compression (train + encode)")
