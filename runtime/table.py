@@ -682,33 +682,14 @@ class Table:
         tier's trained state (new keys: `new_key_tier`). All or nothing; returns the new sequence."""
         with self._write_lock:
             view = self._delta.view
-            x = check_queries(rows, self.dim, "rows")
-            if self.keymap is None:
-                target = check_ids(ids, self.rows)
-                keys = target
-            else:
-                keys = check_keys(ids, "keys")
-                target, _ = self.keymap.rows(keys)
-                absent = target < 0
-                if absent.any():
-                    target[absent] = view.added_row_of(keys[absent])
-            if target.size != x.shape[0]:
-                raise InvalidRequest(f"{target.size} keys but {x.shape[0]} rows")
+            x, keys, target = self._update_rows(ids, rows, view)
             _refuse_repeats(keys, "keys" if self.keyed else "ids")
             if view.slots_used + x.shape[0] > self.delta_capacity:
                 raise DeltaFull(
                     f"the delta holds {view.slots_used} of {self.delta_capacity} rows; {x.shape[0]} more do not fit "
                     "(compact the table)"
                 )
-            new = np.flatnonzero(target < 0)
-            if new.size:  # only keyed tables add rows; a dense table's ids may be a read-only buffer
-                target[new] = view.total_rows + np.arange(new.size)
-            tier_of = self._owning_tiers(target, view)
-            encoded = {}
-            for t in np.unique(tier_of).tolist():
-                positions = np.flatnonzero(tier_of == t)
-                primary, rerank = self.tiers[t].encode(x[positions])
-                encoded[int(t)] = (positions, primary, rerank)
+            new, tier_of, encoded = self._encode_update(x, target, view)
             # before the delta applies: a lookup that starts once this upsert has returned must
             # not take the direct path, which reads the base rows only
             self._direct_gather = None
@@ -717,6 +698,49 @@ class Table:
             self._delta.apply(target, tier_of, encoded, np.zeros(0, np.int64), keys[new])
             self._sequence = after
             return after
+
+    def check_upsert(self, ids: Any, rows: Any) -> None:
+        """Raise what `upsert(ids, rows)` would for these ids and rows themselves (an id out of
+        range, a NaN, a value a tier's codec cannot hold), applying nothing. ids may repeat, and the
+        delta's room is not checked: for the update log's merged runs, whose rows replaced by a
+        later row of the same key are never applied, yet must be refused as their entry alone is."""
+        view = self._delta.view
+        x, _, target = self._update_rows(ids, rows, view)
+        self._encode_update(x, target, view)
+
+    def _update_rows(self, ids: Any, rows: Any, view: DeltaView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An update's rows (b, dim) float32, ids or keys (b,) int64 and their global rows (b,) int64
+        (-1 for a key neither the base nor the delta holds), checked."""
+        x = check_queries(rows, self.dim, "rows")
+        if self.keymap is None:
+            target = check_ids(ids, self.rows)
+            keys = target
+        else:
+            keys = check_keys(ids, "keys")
+            target, _ = self.keymap.rows(keys)
+            absent = target < 0
+            if absent.any():
+                target[absent] = view.added_row_of(keys[absent])
+        if target.size != x.shape[0]:
+            raise InvalidRequest(f"{target.size} keys but {x.shape[0]} rows")
+        return x, keys, target
+
+    def _encode_update(
+        self, x: np.ndarray, target: np.ndarray, view: DeltaView
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, Any, Any]]]:
+        """Rows x (b, dim) encoded by the tiers owning target (b,) -> positions of new keys (their
+        target set in place to rows after the view's), the owning tier of each row (b,) int64, and
+        per tier (positions, primary arrays, rerank arrays); a codec's refusal raises."""
+        new = np.flatnonzero(target < 0)
+        if new.size:  # only keyed tables add rows; a dense table's ids may be a read-only buffer
+            target[new] = view.total_rows + np.arange(new.size)
+        tier_of = self._owning_tiers(target, view)
+        encoded = {}
+        for t in np.unique(tier_of).tolist():
+            positions = np.flatnonzero(tier_of == t)
+            primary, rerank = self.tiers[t].encode(x[positions])
+            encoded[int(t)] = (positions, primary, rerank)
+        return new, tier_of, encoded
 
     def delete(self, keys: Any, sequence: int | None = None) -> int:
         """Remove keys (b,) from a keyed table; every key must be present. All or nothing."""

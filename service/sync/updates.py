@@ -134,10 +134,16 @@ def log_reset(added_before: int, info: Mapping[Any, Any] | None) -> str:
     if added_before <= 0:
         return ""
     if info is None:
-        return f"the update stream is gone (deleted, or Redis lost its data); it had had {added_before} entries"
+        return (
+            f"the update stream is gone (deleted, or Redis lost its data; it had had {added_before} entries): "
+            "entries not yet applied here when it went are lost"
+        )
     added = int({_text(k): v for k, v in info.items()}.get("entries-added", added_before))
     if added < added_before:
-        return f"the update stream was deleted and recreated (it had had {added_before} entries, now {added})"
+        return (
+            f"the update stream was deleted and recreated (it had had {added_before} entries, now {added}): "
+            "entries not yet applied here when it went are lost"
+        )
     return ""
 
 
@@ -323,28 +329,37 @@ def _apply_decoded(table: Table, stream_id: str, update: Update) -> tuple[int, s
     return int(update.keys.size), ""
 
 
+def _last_of_each(entry_keys: np.ndarray) -> np.ndarray:
+    """A mask (n,) bool of each key's last occurrence in entry_keys (n,) int64."""
+    _, first_from_end = np.unique(entry_keys[::-1], return_index=True)
+    last = np.zeros(entry_keys.size, dtype=bool)
+    last[entry_keys.size - 1 - first_from_end] = True
+    return last
+
+
 def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> tuple[list[tuple[str, int, str]], str]:
     """Apply entries in stream order: ([(stream id, rows applied, refusal reason or "")], and the
     DeltaFull message that stopped it, or "").
 
-    Runs of consecutive upserts with no key in common go to the table as one `upsert`: each apply
-    rebuilds the delta's view, so a replica that has fallen behind, or that reads every
-    `update_apply_interval_seconds`, pays that once per run, not once per entry. A run the table
-    refuses is applied again entry by entry, so only the bad entries are refused. A key met again
-    ends the run: merged, its earlier row would never be checked, and a run holding a row the table
-    refuses (NaN) followed by a good one for the same key would apply where the entry alone is
-    refused, so replicas reading the log in different batches would differ."""
+    Runs of consecutive upserts go to the table as one `upsert` (a key in several entries keeps
+    its last row): each apply rebuilds the delta's view, so a replica that has fallen behind, or
+    that reads every `update_apply_interval_seconds`, pays that once per run, not once per entry.
+    The rows a later one replaces are checked all the same (`Table.check_upsert`): a refused row
+    (NaN) followed by a good one for the same key would otherwise apply, where the entry read
+    alone is refused, and replicas reading the log in different batches would differ. A run the
+    table refuses is applied again entry by entry, so only the bad entries are refused."""
     results: list[tuple[str, int, str]] = []
     run: list[tuple[str, Update]] = []
-    run_keys: set[int] = set()
 
     def flush() -> None:
-        run_keys.clear()
         if len(run) > 1:
             merged_keys = np.concatenate([u.keys for _, u in run])
             merged_rows = np.concatenate([u.rows for _, u in run if u.rows is not None])
+            last = _last_of_each(merged_keys)
             try:
-                table.upsert(merged_keys, merged_rows, sequence=id_to_sequence(run[-1][0]))
+                if not last.all():
+                    table.check_upsert(merged_keys[~last], merged_rows[~last])
+                table.upsert(merged_keys[last], merged_rows[last], sequence=id_to_sequence(run[-1][0]))
             except DeltaFull:
                 raise
             except EmbserveError:
@@ -378,10 +393,6 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
                 flush()
                 results.append((stream_id, *_apply_decoded(table, stream_id, update)))
             else:
-                entry_keys = update.keys.tolist()
-                if not run_keys.isdisjoint(entry_keys):
-                    flush()
-                run_keys.update(entry_keys)
                 run.append((stream_id, update))
         flush()
     except DeltaFull as exc:
@@ -518,8 +529,12 @@ class UpdateApplier:
         def info() -> Any:
             try:
                 return self._reader().xinfo_stream(stream)
-            except connection.ResponseError:
-                return None  # no stream yet
+            except connection.ResponseError as exc:
+                # "no such key": no stream (yet, or any more); anything else (TRYAGAIN or
+                # CLUSTERDOWN in a failover) is an error, not a stream gone with its updates
+                if "no such key" in str(exc).lower():
+                    return None
+                raise
 
         reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, info)
         self.metrics.update_gaps.labels(name)  # the series exists, at 0, before any gap

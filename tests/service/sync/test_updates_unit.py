@@ -111,6 +111,9 @@ def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_on
             # a refused row is refused even when the next entry of the run replaces it
             ("9-2", updates.encode_entry("upsert", keys[34:36], np.stack([r[5], np.full(8, np.nan, np.float32)]))),
             ("9-3", updates.encode_entry("upsert", keys[35:37], r[6:8])),
+            # the same for a row the codec cannot hold (int8 keeps its scale in fp16)
+            ("9-4", updates.encode_entry("upsert", keys[37:38], np.full((1, 8), 1e6, np.float32))),
+            ("9-5", updates.encode_entry("upsert", keys[37:39], r[8:10])),
             # an id with no int64 sequence is refused, and the entries after it apply (it stalled the log)
             (f"9-{1 << updates.SEQ_BITS}", updates.encode_entry("upsert", keys[21:22], r[3:4])),
             ("10-0", updates.encode_entry("upsert", keys[22:23], r[4:5])),
@@ -122,7 +125,7 @@ def test_a_batch_applies_like_its_entries_one_by_one_and_refuses_only_the_bad_on
     results, stalled = updates.apply_batch(merged, batch)
     singles = [(sid, *updates.apply_entry(one_by_one, sid, fields)) for sid, fields in batch]
     assert stalled == "" and [(s, a, bool(r)) for s, a, r in results] == [(s, a, bool(r)) for s, a, r in singles]
-    assert [s for s, _, r in results if r] == ["6-0", "6-1", "8-0", "8-2", "9-2", f"9-{1 << updates.SEQ_BITS}"]
+    assert [s for s, _, r in results if r] == ["6-0", "6-1", "8-0", "8-2", "9-2", "9-4", f"9-{1 << updates.SEQ_BITS}"]
     every = np.concatenate([keys, [999]])
     np.testing.assert_array_equal(merged.lookup(every), one_by_one.lookup(every))
     np.testing.assert_array_equal(
