@@ -343,8 +343,8 @@ def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping
     if queries is not None and queries.ndim == 1:
         queries = queries.reshape(1, -1)
     given = {**params, "queries": queries, "query_ids": query_ids}
-    for name in ("exclude_ids", "exclude_lengths"):
-        given[name] = _model_input(model, inputs, name, INTEGER_KINDS, INTEGER_IDS)
+    given["exclude_ids"] = _model_input(model, inputs, "exclude_ids", INTEGER_KINDS, INTEGER_IDS)
+    given["exclude_lengths"] = _model_input(model, inputs, "exclude_lengths", INTEGER_KINDS, "INT64 or INT32 integers")
     return search_request(table_name, given)
 
 
