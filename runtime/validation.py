@@ -247,8 +247,9 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
     arr = np.asarray(queries)
     if arr.dtype.kind not in "iuf":
         raise InvalidRequest(f"{field} must be numeric, got dtype {arr.dtype}")
-    if arr.ndim == 1 and arr.size == dim:
-        arr = arr.reshape(1, dim)
+    if arr.ndim == 1 and arr.size in (0, dim):
+        # one vector, or none: JSON's [] reads as shape (0,), and an empty octet body as (0, dim)
+        arr = arr.reshape(-1, dim)
     if arr.ndim != 2:
         raise InvalidRequest(f"{field} must be 2-D (q, dim), got shape {arr.shape}")
     if arr.shape[1] != dim and arr.shape[0] != 0:

@@ -111,6 +111,15 @@ def test_keys_past_int64_are_refused_by_position() -> None:
     assert check_keys(top[:2]).tolist() == [5, 2**63 - 1]
 
 
+def test_an_empty_list_of_vectors_is_no_vector() -> None:
+    # JSON's [] reads as shape (0,): an upsert of no rows over JSON was refused, over octet-stream
+    # (shape (0, dim)) accepted (found by a probe)
+    assert check_queries([], 16).shape == (0, 16) and check_queries(np.zeros((0, 16)), 16).shape == (0, 16)
+    assert check_queries(np.ones(16), 16).shape == (1, 16)
+    with pytest.raises(InvalidRequest, match=r"must be 2-D \(q, dim\), got shape \(15,\)"):
+        check_queries(np.ones(15), 16)
+
+
 def test_float64_beyond_float32_is_refused_without_a_cast_warning(table: runtime.Table) -> None:
     with pytest.raises(InvalidRequest, match="queries row 1 has a value beyond float32's range"):
         table.search(np.array([[0.0] * table.dim, [1e300] + [0.0] * (table.dim - 1)]), 3)

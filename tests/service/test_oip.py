@@ -96,7 +96,11 @@ def test_protocol_errors(served: Served) -> None:
             "binary_data_size True",
         ),
         # ids in a float datatype were rounded: FP16 2049 looked up row 2048
-        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]}, 400, "UINT64, ...), got FP16"),
+        (
+            {"inputs": [{"name": "ids", "shape": [1], "datatype": "FP16", "data": [2049]}]},
+            400,
+            "UINT64, ...), got FP16",
+        ),
         # found by an adversarial probe: each was a 500
         ({"inputs": [{"name": "ids", "shape": [0, 2**62], "datatype": "INT64", "data": []}]}, 400, "not one an array"),
         ({"inputs": [{"name": "ids", "shape": [1] * 65, "datatype": "INT64", "data": [1]}]}, 400, "not one an array"),
