@@ -918,12 +918,22 @@ def _top_leaving_out(
     return ids, scores
 
 
+def _not_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """values (c,) int64 -> (c,) bool, True where a value is not in sorted_set (e,) int64 (sorted,
+    distinct). A binary search a value: np.isin may pick a lookup table spanning the values' range,
+    a megabyte a call for ids of a million-row table (0.5 ms of a 10 ms search)."""
+    if sorted_set.size == 0:
+        return np.ones(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return sorted_set[at] != values
+
+
 def _drop_excluded(
     ids: np.ndarray, scores: np.ndarray, excluded: list[np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's excluded ids left out: ids (q, c) int64, scores (q, c) float32, best first, and
     one sorted array a row -> (q, k') in the same order, k' = min(k, the fewest ids a row keeps)."""
-    keep = np.stack([np.isin(row, out, invert=True) for row, out in zip(ids, excluded, strict=True)])
+    keep = np.stack([_not_in_sorted(row, out) for row, out in zip(ids, excluded, strict=True)])
     width = min(k, int(keep.sum(axis=1).min()))
     # a stable sort of "dropped" brings each row's kept columns to the front, in their order
     columns = np.argsort(~keep, axis=1, kind="stable")[:, :width]
