@@ -375,6 +375,12 @@ INTEGER_KINDS = "iu"
 INTEGER_IDS = "ids of an integer datatype (INT64, INT32, UINT64, ...)"
 
 
+def refuse_repeated_input(name: str, given: Mapping[str, np.ndarray]) -> None:
+    """An input named twice in one request is refused: the one read last would win unseen."""
+    if name in given:
+        raise InvalidRequest(f"input {name!r} is given more than once")
+
+
 def _model_input(model: Model, inputs: Mapping[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray | None:
     """Input `name` flattened, None when not given; refused unless its datatype is of `kinds`."""
     arr = inputs.get(name)

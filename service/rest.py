@@ -619,6 +619,7 @@ async def _infer_http(
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidRequest("each input must be an object with a name")
         name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
+        oip.refuse_repeated_input(name, inputs)
         if not isinstance(datatype, str):
             raise InvalidRequest(f"input {name!r}: datatype must be a string")
         item_params = item.get("parameters") or {}

@@ -497,6 +497,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 "send large tensors in raw_input_contents"
             )
         for i, tensor in enumerate(request.inputs):
+            oip.refuse_repeated_input(tensor.name, inputs)
             for k, v in tensor.parameters.items():
                 params.setdefault(k, _param_value(v))
             if raw and tensor.HasField("contents"):

@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
+import pytest
 
+from service.rpc.generated import oip_v2_pb2 as ipb
+from service.rpc.generated import oip_v2_pb2_grpc as ipb_grpc
 from tests.service.conftest import Served
 
 CHECK = Path(__file__).with_name("triton_client_check.py")
@@ -61,6 +65,12 @@ def test_protocol_errors(served: Served) -> None:
     url = f"{served.server.http}/v2/models/items/infer"
     cases = [
         ({"inputs": []}, 400, "inputs"),
+        # the input read last won, unseen (found by a probe)
+        (
+            {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [d]} for d in (1, 2)]},
+            400,
+            "input 'ids' is given more than once",
+        ),
         ({"inputs": [{"name": "ids", "shape": [3], "datatype": "INT64", "data": [1, 2]}]}, 400, "needs 3"),
         ({"inputs": [{"name": "ids", "shape": [1], "datatype": "STRING", "data": ["a"]}]}, 400, "datatype"),
         (
@@ -171,3 +181,14 @@ def test_bag_model_pools(served: Served) -> None:
     wide = {"name": "lengths", "shape": [1], "datatype": "UINT64", "data": [2**64 - 2]}
     r = httpx.post(f"{served.server.http}/v2/models/items.bag/infer", json={"inputs": [body["inputs"][0], wide]})
     assert r.status_code == 400 and "lengths[0] = 18446744073709551614 is out of the int64 range" in r.json()["error"]
+
+
+def test_an_input_given_twice_over_grpc_is_refused(served: Served) -> None:
+    request = ipb.ModelInferRequest(model_name="items")
+    for ids in ([1], [2]):
+        request.inputs.add(name="ids", datatype="INT64", shape=[1])
+        request.raw_input_contents.append(np.array(ids, "<i8").tobytes())
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'ids' is given more than once" in str(info.value.details())
