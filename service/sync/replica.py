@@ -59,6 +59,8 @@ class ReplicaSync:
         self.from_registry: set[str] = set()
         self.withdrawn: dict[str, float] = {}
         """tombstones acted on: table -> its published_at"""
+        self.unpublished: set[str] = set()
+        """tables served from the registry whose entry has gone from it (no tombstone)"""
         self.connected = False
         self.redis_error = ""
         self.started_at = time.time()
@@ -228,6 +230,10 @@ class ReplicaSync:
     async def _reconcile(self, published: dict[str, Published]) -> None:
         for name, pub in published.items():
             known = self.tables.get(name)
+            if name in self.unpublished:
+                self.unpublished.discard(name)
+                log.info("table %r is in the registry again (generation %d)", name, pub.generation)
+                self._set_in_sync(name, pub)
             if known is not None and (known.generation, known.published_at) == (pub.generation, pub.published_at):
                 continue  # applied, or failed here: a new publish is needed to try again
             if pub.withdrawn:
@@ -245,7 +251,17 @@ class ReplicaSync:
             await self._apply(pub)
         await self._report_rollouts(at_once=True)
         # a table absent from the registry (Redis lost its data, say) keeps serving: only a
-        # tombstone withdraws it
+        # tombstone withdraws it. It no longer serves a published version, though: its in-sync
+        # gauge drops to 0, so the alert on it says the registry lost what every replica serves
+        for name in sorted(self.from_registry - published.keys() - self.unpublished):
+            self.unpublished.add(name)
+            self.metrics.published_in_sync.labels(name).set(0)
+            log.warning(
+                "table %r: its published version is gone from the registry (deleted by hand, or Redis lost its "
+                "data); still serving %s until it is published again",
+                name,
+                self.tables[name].path,
+            )
 
     def _withdraw(self, name: str, pub: Published) -> None:
         self.withdrawn[name] = pub.published_at

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +242,24 @@ def test_redis_down_degrades_then_recovers_and_a_later_publish_applies(cluster: 
     assert 'embserve_redis_errors_total{operation="watch"}' in metrics
     cluster.redis.start()  # same port, no persistence: the registry is empty now
     wait_for("both recovered", lambda: not any(cluster.ready(r)["degraded"] for r in ("a", "b")), timeout=20)
-    # an empty registry withdraws nothing
+    # an empty registry withdraws nothing, but the replicas no longer serve a published version:
+    # their in-sync gauge says so (it stayed 1; found by a probe)
     assert cluster.version("a") == cluster.version("b") == "v4"
+    out_of_sync = 'embserve_table_published_in_sync{table="items"} 0.0'
+    for replica in ("a", "b"):
+        wait_for(
+            f"{replica} out of sync", partial(lambda r: out_of_sync in metrics_text(cluster, r), replica), timeout=20
+        )
+        assert "its published version is gone from the registry" in cluster.replicas[replica].log()
     cluster.publish("items/v5")
     wait_for("both replicas on v5", lambda: cluster.version("a") == cluster.version("b") == "v5")
     assert "embserve_redis_connected 1.0" in httpx.get(f"{cluster.replicas['b'].http}/metrics").text
+    for replica in ("a", "b"):
+        assert 'embserve_table_published_in_sync{table="items"} 1.0' in metrics_text(cluster, replica)
+
+
+def metrics_text(cluster: Cluster, replica: str) -> str:
+    return httpx.get(f"{cluster.replicas[replica].http}/metrics", timeout=5).text
 
 
 def test_a_restarted_replica_comes_up_on_the_published_version(cluster: Cluster) -> None:
