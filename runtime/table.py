@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
+from runtime.exclusions import top_leaving_out
 from runtime.kernels import checks, dense, weighted
 from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots, lookup_below, resolve_keys
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
@@ -526,13 +526,28 @@ class Table:
         if q.shape[0] == 0 or kk == 0:
             return np.zeros((q.shape[0], kk), np.int64), np.zeros((q.shape[0], kk), np.float32)
 
+        if self._one_base(view):
+            # left out between the cheap scan and the rescoring (`Tier.search`)
+            ids, scores = self.tiers[0].search(q, kk, metric, oversample, drop=self._rows_left_out(excluded))
+            ids = ids if self.keys is None else self.keys[ids]
+            return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
+
         def top(want: int) -> tuple[np.ndarray, np.ndarray]:
-            if self._one_base(view):
-                ids, scores = self.tiers[0].search(q, want, metric, oversample)
-                return (ids if self.keys is None else self.keys[ids]), scores
             return self._search_rows(q, want, metric, oversample, view)
 
-        return _top_leaving_out(top, kk, live, excluded)
+        return top_leaving_out(top, kk, live, excluded)
+
+    def _rows_left_out(self, excluded: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        """A one-base table's exclusions (`exclusions`) as its rows: each query's sorted distinct
+        rows (int64), keys it does not hold dropped; a list shared by every query is mapped once."""
+        if excluded is None or self.keymap is None:
+            return excluded
+        mapped: dict[int, np.ndarray] = {}
+        for group in excluded:
+            if id(group) not in mapped:
+                rows, _ = self.keymap.rows(group)
+                mapped[id(group)] = np.unique(rows[rows >= 0])
+        return [mapped[id(group)] for group in excluded]
 
     def exclusions(self, exclude_ids: Any, exclude_lengths: Any, nq: int) -> list[np.ndarray] | None:
         """A search's ids to leave out -> the distinct ids (keys on keyed tables) of each of its nq
@@ -591,23 +606,23 @@ class Table:
         if rows.size == 0 or kk <= 0:
             return np.zeros((rows.size, max(kk, 0)), np.int64), np.zeros((rows.size, max(kk, 0)), np.float32)
         extra = 1 if exclude_self else 0
-        one_base = self._one_base(view)
-        if one_base:
-            own = rows if self.keys is None else self.keys[rows]
-        else:
-            decoded, own = self._decode_rows(rows, view), self._answer_ids(rows, view)
+        if self._one_base(view):
+            drop = self._rows_left_out(excluded)
+            ids, scores = self.tiers[0].search_by_local_id(rows, kk, metric, oversample, extra, drop)
+            own = rows
+            if self.keys is not None:
+                ids, own = self.keys[ids], self.keys[rows]
+            if exclude_self:
+                ids, scores = _drop_self(ids, scores, own)
+            return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
+        decoded, own = self._decode_rows(rows, view), self._answer_ids(rows, view)
 
         def top(want: int) -> tuple[np.ndarray, np.ndarray]:
             """The best `want` rows of each query other than itself (with exclude_self)."""
-            if one_base:
-                ids, scores = self.tiers[0].search_by_local_id(rows, want, metric, oversample, extra)
-                if self.keys is not None:
-                    ids = self.keys[ids]
-            else:
-                ids, scores = self._search_rows(decoded, want + extra, metric, oversample, view)
+            ids, scores = self._search_rows(decoded, want + extra, metric, oversample, view)
             return _drop_self(ids, scores, own) if exclude_self else (ids, scores)
 
-        return _top_leaving_out(top, kk, live - extra, excluded)
+        return top_leaving_out(top, kk, live - extra, excluded)
 
     def score(self, candidate_ids: Any, queries: Any = None, query_ids: Any = None, metric: str = "ip") -> np.ndarray:
         """Scores of given candidates: candidate_ids (q, c) with queries (q, dim) or query_ids (q,)
@@ -894,50 +909,6 @@ def _drop_self(ids: np.ndarray, scores: np.ndarray, qids: np.ndarray) -> tuple[n
     keep[np.arange(ids.shape[0]), drop] = False
     shape = (ids.shape[0], ids.shape[1] - 1)
     return ids[keep].reshape(shape), scores[keep].reshape(shape)
-
-
-def _top_leaving_out(
-    top: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int, rows: int, excluded: list[np.ndarray] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best k ids (q, k') int64 and scores (q, k') float32 of each query with its excluded ids
-    left out; top(m) answers each query's best m of `rows` candidates (q, min(m, rows)), best first.
-
-    Leaving e ids out takes k + e candidates to be sure of k. The first try takes at most 2 k:
-    ids left out are mostly far from a query's top (items seen, among many), and a heap of
-    k + 1,000 costs a scan a third more than one of k. Only when a query keeps fewer than k does
-    the search run again, with all k + e."""
-    if excluded is None:
-        ids, scores = top(k)
-        return np.ascontiguousarray(ids[:, :k]), np.ascontiguousarray(scores[:, :k])
-    most = max(group.size for group in excluded)
-    every = min(rows, k + most)
-    first = min(every, k + min(most, k))
-    ids, scores = _drop_excluded(*top(first), excluded, k)
-    if ids.shape[1] < k and first < every:
-        ids, scores = _drop_excluded(*top(every), excluded, k)
-    return ids, scores
-
-
-def _not_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """values (c,) int64 -> (c,) bool, True where a value is not in sorted_set (e,) int64 (sorted,
-    distinct). A binary search a value: np.isin may pick a lookup table spanning the values' range,
-    a megabyte a call for ids of a million-row table (0.5 ms of a 10 ms search)."""
-    if sorted_set.size == 0:
-        return np.ones(values.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
-    return sorted_set[at] != values
-
-
-def _drop_excluded(
-    ids: np.ndarray, scores: np.ndarray, excluded: list[np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's excluded ids left out: ids (q, c) int64, scores (q, c) float32, best first, and
-    one sorted array a row -> (q, k') in the same order, k' = min(k, the fewest ids a row keeps)."""
-    keep = np.stack([_not_in_sorted(row, out) for row, out in zip(ids, excluded, strict=True)])
-    width = min(k, int(keep.sum(axis=1).min()))
-    # a stable sort of "dropped" brings each row's kept columns to the front, in their order
-    columns = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    return np.take_along_axis(ids, columns, axis=1), np.take_along_axis(scores, columns, axis=1)
 
 
 def _tier_rows_of(spec: Any, n: int, t: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from runtime import training
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import InvalidRequest
+from runtime.exclusions import top_leaving_out
 from runtime.kernels.hashmap import KeySet
 from runtime.validation import unusable_value
 
@@ -174,15 +175,25 @@ class Tier:
         return self.rerank is not None and metric in self.rerank.metrics
 
     def search(
-        self, q: np.ndarray, k: int, metric: str, oversample: int, exclude: KeySet | None = None
+        self,
+        q: np.ndarray,
+        k: int,
+        metric: str,
+        oversample: int,
+        exclude: KeySet | None = None,
+        drop: list[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """q (q, d) -> local ids (q, k') int64, scores (q, k') float32, best first."""
+        """q (q, d) -> local ids (q, k') int64, scores (q, k') float32, best first. exclude: rows
+        left out for every query (stale ones); drop: each query's own sorted local rows left out,
+        before the rescoring, so it rescores the k × oversample candidates it would without them."""
         tq, offset = self._queries(q, metric)
         rescoring = self._rescoring(metric)
         want = k * oversample if rescoring else k
         # with a rerank codec, candidates are ranked by the primary codec's own metric (binary: Hamming)
         rank = self.primary.rank_metric if self.rerank is not None and self.primary.rank_metric else metric
-        ids, scores = self.primary.scan(self.primary.prepare(rank, queries=tq), want, exclude)
+        prepared = self.primary.prepare(rank, queries=tq)
+        left = self.rows - (0 if exclude is None else exclude.size)
+        ids, scores = top_leaving_out(lambda m: self.primary.scan(prepared, m, exclude), want, left, drop)
         if self.rerank is not None and rescoring:
             rescored = self.rerank.score(self.rerank.prepare(metric, queries=tq), ids)
             ids, scores = top_by_score(ids, rescored, k, metric)
@@ -190,20 +201,29 @@ class Tier:
         return ids, scores if offset is None else scores + offset[:, None]
 
     def search_by_local_id(
-        self, local: np.ndarray, k: int, metric: str, oversample: int, extra: int = 0
+        self,
+        local: np.ndarray,
+        k: int,
+        metric: str,
+        oversample: int,
+        extra: int = 0,
+        drop: list[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stored rows of this tier as queries (no projection: one-tier tables); k + extra
-        candidates (k × oversample + extra before rescoring), the extra to drop the query itself."""
+        candidates (k × oversample + extra before rescoring), the extra to drop the query itself;
+        drop: each query's sorted local rows left out, as in `search`."""
         if self.rerank is not None and self._rescoring(metric):
             k = min(self.rows, k * oversample + extra)
             # the rerank codec holds the query row better than the cheap codes do: searching with
             # that reconstruction is asymmetric (ADC), and finds far better candidates than
             # code-to-code scoring (on MovieLens, PQ M=16 + int8: recall@10 0.99 against 0.91)
             rank = self.primary.rank_metric or metric
-            ids, _ = self.primary.scan(self.primary.prepare(rank, queries=self.rerank.decode(local)), k)
+            prepared = self.primary.prepare(rank, queries=self.rerank.decode(local))
+            ids, _ = top_leaving_out(lambda m: self.primary.scan(prepared, m), k, self.rows, drop)
             scores = self.rerank.score(self.rerank.prepare(metric, ids=local), ids)
             return top_by_score(ids, scores, ids.shape[1], metric)
-        return self.primary.scan(self.primary.prepare(metric, ids=local), k + extra)
+        prepared = self.primary.prepare(metric, ids=local)
+        return top_leaving_out(lambda m: self.primary.scan(prepared, m), k + extra, self.rows, drop)
 
     def scorer(self, metric: str) -> Codec:
         """The codec that scores candidates: the richest that has the metric."""

@@ -154,3 +154,35 @@ def test_bad_exclusions_are_refused_by_name(fields: dict[str, Any], error: type,
         TABLES["int8"].search(X[:2], 3, **fields)
     with pytest.raises(error, match=message):
         TABLES["int8"].search_by_id([0, 1], 3, **fields)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"codec": "pq", "subspaces": 4, "bits": 8, "iterations": 3, "rerank": "int8"},
+        {"codec": "binary", "rerank": "fp32"},
+    ],
+)
+def test_a_rescoring_table_rescores_the_candidates_it_would_without_the_ids_left_out(options: dict[str, Any]) -> None:
+    # found by a probe: leaving out a query's worst row changed its top 10, the rescoring having
+    # taken (k + e) x oversample cheap candidates instead of k x oversample
+    x = low_rank_table(400, 16, seed=33)
+    options = dict(options)
+    table = runtime.compress(x, str(options.pop("codec")), **options)
+    q = x[[5, 50, 150]] + 0.05
+    metric = "l2" if options["rerank"] == "fp32" else "ip"
+    plain = table.search(q, 10, metric, 2)
+    # rows among the 60 worst of every query, by float32 scores: no query's cheap candidates
+    closeness = q @ x.T if metric == "ip" else -((q[:, None, :] - x[None]) ** 2).sum(axis=2)
+    worst_of_each = np.argsort(closeness, axis=1)[:, :60]
+    left_out = np.array(sorted(set.intersection(*(set(row.tolist()) for row in worst_of_each))), np.int64)
+    assert left_out.size
+    unchanged = table.search(q, 10, metric, 2, exclude_ids=left_out)
+    np.testing.assert_array_equal(unchanged[0], plain[0])
+    np.testing.assert_array_equal(unchanged[1], plain[1])
+    by_id = table.search_by_id([5, 50], 10, metric, 2)
+    np.testing.assert_array_equal(table.search_by_id([5, 50], 10, metric, 2, exclude_ids=left_out)[0], by_id[0])
+    # leaving out each query's best: never answered, and still 10 a query
+    best = plain[0][:, :3]
+    got = table.search(q, 10, metric, 2, exclude_ids=best.reshape(-1), exclude_lengths=[3, 3, 3])
+    assert got[0].shape == (3, 10) and not any(np.isin(got[0][i], best[i]).any() for i in range(3))
