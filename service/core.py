@@ -422,7 +422,13 @@ class EmbeddingService:
         leaves out) × oversample, within max_k (the table checks their types and signs)."""
         if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
             self._limit(int(k), self.settings.max_k, "results (k)")
-            if isinstance(oversample, (int, np.integer)) and not isinstance(oversample, bool) and oversample > 0:
+            # a k below 1 is the table's to refuse, by name, before any count of candidates
+            if (
+                k > 0
+                and isinstance(oversample, (int, np.integer))
+                and not isinstance(oversample, bool)
+                and oversample > 0
+            ):
                 self._limit(int(k) * int(oversample), self.settings.max_k, "candidates (k × oversample)")
                 if excluded:
                     self._limit(

@@ -134,6 +134,8 @@ def test_oip_search_model_takes_exclusion_inputs(client: httpx.Client, served: S
         ({"query_ids": [1], "k": 10, "exclude_ids": list(range(995))}, 413, "the most exclude_ids of one query"),
         ({"query_ids": [1], "k": 10, "oversample": 2, "exclude_ids": list(range(500))}, 413, "× oversample"),
         ({"query_ids": [1], "exclude_ids": [0] * 5001}, 413, "5001 exclude_ids exceed the limit of 5000"),
+        # a bad k is named as such, not as a count of candidates (found by a probe)
+        ({"query_ids": [1], "k": -5, "exclude_ids": list(range(1200))}, 400, "k must be a positive integer"),
     ],
 )
 def test_bad_exclusions_get_4xx_naming_them(
