@@ -608,6 +608,10 @@ class Table:
         extra = 1 if exclude_self else 0
         if self._one_base(view):
             drop = self._rows_left_out(excluded)
+            if drop is not None and exclude_self:
+                # the query's own row is `_drop_self`'s to remove: left out before, it would cost
+                # the answer a row, and rescore another candidate than without it
+                drop = [group[group != own] for group, own in zip(drop, rows.tolist(), strict=True)]
             ids, scores = self.tiers[0].search_by_local_id(rows, kk, metric, oversample, extra, drop)
             own = rows
             if self.keys is not None:

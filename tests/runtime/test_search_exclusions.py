@@ -189,3 +189,19 @@ def test_a_rescoring_table_rescores_the_candidates_it_would_without_the_ids_left
     best = plain[0][:, :3]
     got = table.search(q, 10, metric, 2, exclude_ids=best.reshape(-1), exclude_lengths=[3, 3, 3])
     assert got[0].shape == (3, 10) and not any(np.isin(got[0][i], best[i]).any() for i in range(3))
+
+
+@pytest.mark.parametrize("codec", ["fp32", "pq"])
+def test_leaving_out_a_querys_own_id_costs_no_result(codec: str) -> None:
+    # found by a review: the own row left out before `_drop_self` made it drop a real result
+    small = runtime.compress(X[:5], "fp32")
+    assert small.search_by_id([0], 5, exclude_ids=[0, 1])[0].shape == (1, 3)
+    nine = runtime.compress(X[:9], "fp32")
+    kept = nine.search_by_id([3, 4], 3, exclude_ids=[0, 1, 2, 3, 4, 5, 6])[0]
+    assert kept.shape == (2, 2) and all(set(row) == {7, 8} for row in kept.tolist())
+    options: dict[str, Any] = {"subspaces": 4, "rerank": "int8"} if codec == "pq" else {}
+    rescoring = runtime.compress(X, codec, **options)
+    plain = rescoring.search_by_id([0, 7], 6, oversample=2)
+    own = rescoring.search_by_id([0, 7], 6, oversample=2, exclude_ids=[0, 7])
+    np.testing.assert_array_equal(own[0], plain[0])
+    np.testing.assert_array_equal(own[1], plain[1])
