@@ -350,6 +350,28 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
 
 
+def search_row(
+    section: str,
+    op: str,
+    nq: int,
+    threads: int,
+    ours: float,
+    peer: str,
+    theirs: float | None,
+    extra: dict[str, Any] | None = None,
+    target: float | None = None,
+) -> Row:
+    """A search timing as a row: at one query its median time (ms, lower is better), at more its
+    throughput (queries/s, higher is better). ours and theirs: median seconds a call (theirs None
+    without a peer); op is named with its nq."""
+    extra = extra or {}
+    if nq == 1:
+        their_ms = None if theirs is None else theirs * 1e3
+        return Row(section, f"{op} nq=1", threads, ours * 1e3, peer, their_ms, "ms", False, extra, target)
+    their_rate = None if theirs is None else nq / theirs
+    return Row(section, f"{op} nq={nq}", threads, nq / ours, peer, their_rate, "queries/s", True, extra, target)
+
+
 def _pq_scan_path(m: int, bits: int) -> str:
     """Which scan kernel a PQ table of M subspaces and `bits` bits takes on this machine."""
     if bits == 4:
@@ -407,36 +429,12 @@ def bench_pq(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> dict[str, runti
                         "bytes_read": int(table.primary.arrays["codes"].nbytes),
                         "path": _pq_scan_path(m, bits),
                     }
-                    if nq == 1:
-                        rows_out.append(
-                            Row(
-                                "pq adc top-100",
-                                f"M={m} {bits}-bit nq=1",
-                                threads,
-                                medians[0] * 1e3,
-                                peer,
-                                medians[1] * 1e3 if index is not None else None,
-                                "ms",
-                                False,
-                                extra,
-                                target,
-                            )
+                    theirs = medians[1] if index is not None else None
+                    rows_out.append(
+                        search_row(
+                            "pq adc top-100", f"M={m} {bits}-bit", nq, threads, medians[0], peer, theirs, extra, target
                         )
-                    else:
-                        rows_out.append(
-                            Row(
-                                "pq adc top-100",
-                                f"M={m} {bits}-bit nq={nq}",
-                                threads,
-                                nq / medians[0],
-                                peer,
-                                nq / medians[1] if index is not None else None,
-                                "queries/s",
-                                True,
-                                extra,
-                                target,
-                            )
-                        )
+                    )
     return tables
 
 
@@ -480,33 +478,8 @@ def bench_quantized_search(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> N
                 set_threads(threads)
                 medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
                 theirs = medians[1] if index is not None else None
-                if nq == 1:
-                    row = Row(
-                        "exact search on quantized rows, top-100",
-                        f"{codec} nq=1",
-                        threads,
-                        medians[0] * 1e3,
-                        peer,
-                        None if theirs is None else theirs * 1e3,
-                        "ms",
-                        False,
-                        dict(extra),
-                        target,
-                    )
-                else:
-                    row = Row(
-                        "exact search on quantized rows, top-100",
-                        f"{codec} nq={nq}",
-                        threads,
-                        nq / medians[0],
-                        peer,
-                        None if theirs is None else nq / theirs,
-                        "queries/s",
-                        True,
-                        dict(extra),
-                        target,
-                    )
-                rows_out.append(row)
+                section = "exact search on quantized rows, top-100"
+                rows_out.append(search_row(section, codec, nq, threads, medians[0], peer, theirs, dict(extra), target))
 
 
 EXCLUDED_IDS = 1_000
@@ -566,14 +539,7 @@ def bench_exclusions(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
             if index is not None:
                 peers.append(("Faiss IndexScalarQuantizer QT_8bit + IDSelectorNot", medians[2]))
             for peer, theirs in peers:
-                if nq == 1:
-                    rows_out.append(
-                        Row(section, "int8 nq=1", threads, medians[0] * 1e3, peer, theirs * 1e3, "ms", False)
-                    )
-                else:
-                    rows_out.append(
-                        Row(section, f"int8 nq={nq}", threads, nq / medians[0], peer, nq / theirs, "queries/s", True)
-                    )
+                rows_out.append(search_row(section, "int8", nq, threads, medians[0], peer, theirs))
 
 
 def bench_hamming(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
@@ -610,38 +576,13 @@ def bench_hamming(cfg: Config, x: np.ndarray, rows_out: list[Row]) -> None:
                 medians = alternate(fns, cfg.reps if nq == 1 else max(3, cfg.reps // 3), cfg.pool)
                 theirs = medians[1] if index is not None else None
                 extra = {"bytes_read": int(codec.arrays["codes"].nbytes)}
-                if nq == 1:
-                    target = 0.6 if bits == 256 else None
-                    rows_out.append(
-                        Row(
-                            "hamming top-100",
-                            f"{bits}-bit nq=1",
-                            threads,
-                            medians[0] * 1e3,
-                            "Faiss IndexBinaryFlat",
-                            None if theirs is None else theirs * 1e3,
-                            "ms",
-                            False,
-                            extra,
-                            target,
-                        )
-                    )
-                else:
-                    target = 1.0 if (bits == 256 and threads == 2) else None
-                    rows_out.append(
-                        Row(
-                            "hamming top-100",
-                            f"{bits}-bit nq={nq}",
-                            threads,
-                            nq / medians[0],
-                            "Faiss IndexBinaryFlat",
-                            None if theirs is None else nq / theirs,
-                            "queries/s",
-                            True,
-                            extra,
-                            target,
-                        )
-                    )
+                # the 256-bit targets: nq=1 at most 0.6x Faiss' time, nq=64 at 2 threads its throughput
+                target: float | None = None
+                if bits == 256:
+                    target = 0.6 if nq == 1 else (1.0 if threads == 2 else None)
+                op = f"{bits}-bit"
+                peer = "Faiss IndexBinaryFlat"
+                rows_out.append(search_row("hamming top-100", op, nq, threads, medians[0], peer, theirs, extra, target))
 
 
 def bench_by_id(cfg: Config, table: runtime.Table, rows_out: list[Row]) -> None:
