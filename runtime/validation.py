@@ -217,15 +217,14 @@ def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
     arr = np.asarray(keys)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if arr.dtype.kind == "f" and arr.ndim == 1:
-        # JSON integers past uint64 arrive as floats: named as out of range, as a dense table's
-        # ids are, not as "not integers"
+    if arr.ndim == 1:
+        # before the dtype check: JSON integers past uint64 arrive as floats, named as out of
+        # range (as a dense table's ids are), not as "not integers"
         refuse_outside_int64(arr, field)
     if arr.dtype.kind not in "iu":
         raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
-    refuse_outside_int64(arr, field)
     return writable(np.ascontiguousarray(arr, dtype=np.int64))
 
 

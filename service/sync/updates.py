@@ -106,7 +106,7 @@ def log_gap(position: str, info: Mapping[Any, Any]) -> str:
     every replica's own entry: a first entry after the position, once entries have been removed,
     means entries after the position went (a trim by hand that cuts exactly after it is the one
     case this reports where nothing was lost)."""
-    fields = {_text(k): v for k, v in info.items()}
+    fields = _stream_fields(info)
     at = stream_order(position)
     last = fields.get("last-generated-id")
     if last is not None and stream_order(last) < at:
@@ -138,13 +138,24 @@ def log_reset(added_before: int, info: Mapping[Any, Any] | None) -> str:
             f"the update stream is gone (deleted, or Redis lost its data; it had had {added_before} entries): "
             "entries not yet applied here when it went are lost"
         )
-    added = int({_text(k): v for k, v in info.items()}.get("entries-added", added_before))
+    added = entries_added(info, added_before)
     if added < added_before:
         return (
             f"the update stream was deleted and recreated (it had had {added_before} entries, now {added}): "
             "entries not yet applied here when it went are lost"
         )
     return ""
+
+
+def _stream_fields(info: Mapping[Any, Any]) -> dict[str, Any]:
+    """An XINFO STREAM reply with its field names as text, whichever client decoded it."""
+    return {_text(k): v for k, v in info.items()}
+
+
+def entries_added(info: Mapping[Any, Any] | None, absent: int = 0) -> int:
+    """A stream's entries-added from its XINFO STREAM reply (`absent` when the reply has none:
+    Redis before 7; 0 for no stream)."""
+    return 0 if info is None else int(_stream_fields(info).get("entries-added", absent))
 
 
 def _text(value: Any) -> str:
@@ -540,7 +551,7 @@ class UpdateApplier:
         self.metrics.update_gaps.labels(name)  # the series exists, at 0, before any gap
         gap = log_gap(position, reply) if reply else ""
         gap = gap or log_reset(self._entries_added.get(name, 0), reply or None)
-        self._entries_added[name] = int({_text(k): v for k, v in (reply or {}).items()}.get("entries-added", 0))
+        self._entries_added[name] = entries_added(reply or None)
         if gap and (name, gap) not in self._gaps_seen:
             self._gaps_seen.add((name, gap))
             self.metrics.update_gaps.labels(name).inc()
