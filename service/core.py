@@ -437,17 +437,19 @@ class EmbeddingService:
                         "candidates ((k + the most exclude_ids of one query) × oversample)",
                     )
 
-    def _most_excluded(self, request: SearchRequest) -> int:
-        """The most exclude_ids one query of a search may leave out, as sent (0: none), with the
-        count of exclude_ids within max_ids; the table checks the values themselves."""
+    def _exclusions(self, request: SearchRequest) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+        """A search's exclude_ids and exclude_lengths as arrays (None: not given; read once, and
+        handed to the table as read), and the most ids one query may leave out, as sent (0: none),
+        with the count of exclude_ids within max_ids; the table checks the values themselves."""
         if request.exclude_ids is None:
-            return 0
-        count = as_array(request.exclude_ids, "exclude_ids").size
-        self._limit(count, self.settings.max_ids, "exclude_ids")
+            return None, request.exclude_lengths, 0  # lengths without ids: the table names that
+        ids = as_array(request.exclude_ids, "exclude_ids")
+        self._limit(ids.size, self.settings.max_ids, "exclude_ids")
         if request.exclude_lengths is None:
-            return count
+            return ids, None, ids.size
         lengths = as_array(request.exclude_lengths, "exclude_lengths")
-        return max(0, min(count, int(lengths.max()))) if lengths.dtype.kind in "iu" and lengths.size else 0
+        most = max(0, min(ids.size, int(lengths.max()))) if lengths.dtype.kind in "iu" and lengths.size else 0
+        return ids, lengths, most
 
     # ---- read operations ------------------------------------------------------------------------
     def describe_entry(self, entry: LoadedTable) -> dict[str, Any]:
@@ -522,9 +524,9 @@ class EmbeddingService:
         if (request.queries is None) == (request.query_ids is None):
             raise InvalidRequest("give exactly one of queries or query_ids")
         k, metric, oversample = request.k, request.metric, request.oversample
-        self._check_k(k, oversample, self._most_excluded(request))
+        exclude_ids, exclude_lengths, most_excluded = self._exclusions(request)
+        self._check_k(k, oversample, most_excluded)
         table = entry.table
-        exclude_ids, exclude_lengths = request.exclude_ids, request.exclude_lengths
         # a search that leaves ids out is answered alone: the batcher's calls carry no exclusions
         batcher = self.search_batcher if exclude_ids is None and exclude_lengths is None else None
         if request.query_ids is not None:
