@@ -20,7 +20,7 @@ import numpy as np
 from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
 from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
-from runtime.exclusions import top_leaving_out
+from runtime.exclusions import Candidates
 from runtime.kernels import checks, dense, weighted
 from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots, lookup_below, resolve_keys
 from runtime.kernels.rowwise import PARALLEL_MIN_IDS
@@ -47,6 +47,10 @@ __version__ = "0.1.0"
 POOL_MODES = ("sum", "mean")
 MISSING_POLICIES = ("error", "zeros")
 DEFAULT_DELTA_CAPACITY = 1 << 20
+EMPTY_ROWS = np.zeros(0, np.int64)
+# a search's exclusions placed where rows are stored: for each tier, each query's sorted local rows
+# (then each query's sorted delta slots), None for a part no query leaves anything out of
+PartsLeftOut = tuple[list[list[np.ndarray] | None], list[list[np.ndarray] | None]]
 
 
 def index_dtype(rows: int) -> type[np.unsignedinteger[Any]] | type[np.int64]:
@@ -481,27 +485,43 @@ class Table:
         return self.rows - view.stale_base_rows + view.live_delta_rows
 
     def _search_rows(
-        self, q: np.ndarray, k: int, metric: str, oversample: int, view: DeltaView
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Every tier and delta segment scanned, one merged top k (q, k'): ids (keys on keyed
-        tables) and scores. Ties go to the lower row, so a tier's own top k (local rows ascend
-        with global rows) always holds the merged answer's share; rows in the delta break ties
-        among themselves by the order they were written."""
-        ids_parts, score_parts = [], []
+        self,
+        q: np.ndarray,
+        k: int,
+        metric: str,
+        oversample: int,
+        view: DeltaView,
+        left_out: PartsLeftOut | None = None,
+    ) -> Candidates:
+        """Every tier and delta segment scanned, one merged top k of each query (`Candidates`):
+        ids (keys on keyed tables) and scores. Ties go to the lower row, so a tier's own top k
+        (local rows ascend with global rows) always holds the merged answer's share; rows in the
+        delta break ties among themselves by the order they were written. left_out: each query's
+        rows and slots to leave out, part by part (`_parts_left_out`): every part answers as if
+        they were not in it, so the merged answer is the table's without them."""
+        base_drop, delta_drop = left_out if left_out is not None else (None, None)
+        ids_parts, score_parts, padding_parts, kept = [], [], [], np.zeros(q.shape[0], np.int64)
         for t, tier in enumerate(self.tiers):
+            parts = []
             stale = view.stale_local[t]
             if tier.rows - stale.size > 0:
-                local, scores = tier.search(q, k, metric, oversample, stale)
-                ids_parts.append(local if self.tier_rows is None else self.tier_rows[t][local].astype(np.int64))
-                score_parts.append(scores)
+                found = tier.search(q, k, metric, oversample, stale, None if base_drop is None else base_drop[t])
+                rows = found.ids if self.tier_rows is None else self.tier_rows[t][found.ids].astype(np.int64)
+                parts.append((rows, found))
             segment = view.segments[t]
             if segment is not None and segment.rows - view.dead_slots[t].size > 0:
-                slots, scores = segment.search(q, k, metric, oversample, view.dead_slots[t])
-                ids_parts.append(view.slot_rows[t][slots])
-                score_parts.append(scores)
+                drop = None if delta_drop is None else delta_drop[t]
+                found = segment.search(q, k, metric, oversample, view.dead_slots[t], drop)
+                parts.append((view.slot_rows[t][found.ids], found))
+            for rows, found in parts:
+                ids_parts.append(rows)
+                score_parts.append(found.scores)
+                padding_parts.append(found.padding())
+                kept += found.kept
         rows, scores = np.concatenate(ids_parts, axis=1), np.concatenate(score_parts, axis=1)
-        rows, scores = top_by_score(rows, scores, k, metric)
-        return self._answer_ids(rows, view), scores
+        padding = np.concatenate(padding_parts, axis=1) if left_out is not None else None
+        rows, scores = top_by_score(rows, scores, k, metric, padding)
+        return Candidates(self._answer_ids(rows, view), scores, np.minimum(kept, k))
 
     def search(
         self,
@@ -515,39 +535,80 @@ class Table:
         """queries (q, dim) float -> ids or keys (q, k') int64, scores (q, k') float32,
         k' = min(k, rows). exclude_ids (n,) int64 ids (keys on keyed tables) are left out of the
         results: of every query's, or, with exclude_lengths (q,), the first lengths[0] of query 0's,
-        the next lengths[1] of query 1's, and so on; k' is then at most the fewest rows a query
-        has left (`exclusions`)."""
+        the next lengths[1] of query 1's, and so on; each query's answer is then the table's
+        without those rows, and k' is at most the fewest rows a query has left (`exclusions`)."""
         k, metric, oversample = self.check_search_args(k, metric, oversample)
         q = check_queries(queries, self.dim)
         excluded = self.exclusions(exclude_ids, exclude_lengths, q.shape[0])
         view = self._delta.view
-        live = self._live_rows(view)
-        kk = min(k, live)
+        kk = min(k, self._live_rows(view))
         if q.shape[0] == 0 or kk == 0:
             return np.zeros((q.shape[0], kk), np.int64), np.zeros((q.shape[0], kk), np.float32)
-
+        left_out = self._parts_left_out(excluded, view)
         if self._one_base(view):
-            # left out between the cheap scan and the rescoring (`Tier.search`)
-            ids, scores = self.tiers[0].search(q, kk, metric, oversample, drop=self._rows_left_out(excluded))
-            ids = ids if self.keys is None else self.keys[ids]
-            return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
+            found = self.tiers[0].search(q, kk, metric, oversample, drop=None if left_out is None else left_out[0][0])
+            ids, scores = found.first(kk)
+            return (ids if self.keys is None else self.keys[ids]), scores
+        return self._search_rows(q, kk, metric, oversample, view, left_out).first(kk)
 
-        def top(want: int) -> tuple[np.ndarray, np.ndarray]:
-            return self._search_rows(q, want, metric, oversample, view)
-
-        return top_leaving_out(top, kk, live, excluded)
-
-    def _rows_left_out(self, excluded: list[np.ndarray] | None) -> list[np.ndarray] | None:
-        """A one-base table's exclusions (`exclusions`) as its rows: each query's sorted distinct
-        rows (int64), keys it does not hold dropped; a list shared by every query is mapped once."""
-        if excluded is None or self.keymap is None:
-            return excluded
-        mapped: dict[int, np.ndarray] = {}
+    def _parts_left_out(
+        self, excluded: list[np.ndarray] | None, view: DeltaView, own: np.ndarray | None = None
+    ) -> PartsLeftOut | None:
+        """A search's exclusions (`exclusions`: each query's sorted ids or keys) where their rows'
+        current values are stored: for each tier t, each query's sorted distinct local rows
+        (base[t]) and delta slots (delta[t]), None where no query leaves out any of that part.
+        Ids or keys the table does not hold leave nothing out. own (q,) global rows: the queries'
+        own rows (search_by_id), never left out here, so that `_drop_self` finds and removes them."""
+        if excluded is None:
+            return None
+        tiers = range(len(self.tiers))
+        if self.keymap is None and view.empty and len(self.tiers) == 1:
+            # a dense one-tier table's ids are its local rows
+            placed = {id(group): ([group], [EMPTY_ROWS]) for group in excluded}
+        else:
+            distinct = list({id(group): group for group in excluded}.values())
+            flat = np.concatenate(distinct)
+            rows, _ = self._resolve(flat, view, "exclude_ids")
+            tier, index, in_delta = self._locate(rows, view)
+            bounds = np.cumsum([0] + [group.size for group in distinct])
+            placed = {}
+            for group, lo, hi in zip(distinct, bounds[:-1], bounds[1:], strict=True):
+                held = slice(lo, hi)
+                live = rows[held] >= 0
+                t_of, at, moved = tier[held][live], index[held][live], in_delta[held][live]
+                # distinct ids or keys are distinct rows, each stored once: sorting is enough
+                placed[id(group)] = (
+                    [np.sort(at[(t_of == t) & ~moved]) for t in tiers],
+                    [np.sort(at[(t_of == t) & moved]) for t in tiers],
+                )
+        base: list[list[np.ndarray]] = [[] for _ in tiers]
+        delta: list[list[np.ndarray]] = [[] for _ in tiers]
         for group in excluded:
-            if id(group) not in mapped:
-                rows, _ = self.keymap.rows(group)
-                mapped[id(group)] = np.unique(rows[rows >= 0])
-        return [mapped[id(group)] for group in excluded]
+            for t in tiers:
+                base[t].append(placed[id(group)][0][t])
+                delta[t].append(placed[id(group)][1][t])
+        if own is not None:
+            own_tier, own_index, own_moved = self._locate(own, view)
+            for i, (t, at, moved) in enumerate(
+                zip(own_tier.tolist(), own_index.tolist(), own_moved.tolist(), strict=True)
+            ):
+                part = delta if moved else base
+                part[t][i] = part[t][i][part[t][i] != at]
+        return (
+            [lists if any(a.size for a in lists) else None for lists in base],
+            [lists if any(a.size for a in lists) else None for lists in delta],
+        )
+
+    def _locate(self, rows: np.ndarray, view: DeltaView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Global rows (b,) int64 -> where each one's current value is stored: tier (b,) int64,
+        local row or delta slot (b,) int64, in the delta (b,) bool; a row -1 (none) gets an
+        answer that means nothing."""
+        hit, pos = view.locate(np.maximum(rows, 0))
+        tier, index = self._locate_base(np.where(hit | (rows < 0), 0, rows))
+        if hit.any():
+            tier = np.where(hit, view.changed_tier[pos], tier)
+            index = np.where(hit, view.changed_slot[pos], index)
+        return tier, index, hit
 
     def exclusions(self, exclude_ids: Any, exclude_lengths: Any, nq: int) -> list[np.ndarray] | None:
         """A search's ids to leave out -> the distinct ids (keys on keyed tables) of each of its nq
@@ -606,27 +667,22 @@ class Table:
         if rows.size == 0 or kk <= 0:
             return np.zeros((rows.size, max(kk, 0)), np.int64), np.zeros((rows.size, max(kk, 0)), np.float32)
         extra = 1 if exclude_self else 0
+        # the query's own row is `_drop_self`'s to remove: left out before, it would cost the answer
+        # a row, and rescore another candidate than without it
+        left_out = self._parts_left_out(excluded, view, rows if exclude_self else None)
         if self._one_base(view):
-            drop = self._rows_left_out(excluded)
-            if drop is not None and exclude_self:
-                # the query's own row is `_drop_self`'s to remove: left out before, it would cost
-                # the answer a row, and rescore another candidate than without it
-                drop = [group[group != own] for group, own in zip(drop, rows.tolist(), strict=True)]
-            ids, scores = self.tiers[0].search_by_local_id(rows, kk, metric, oversample, extra, drop)
+            drop = None if left_out is None else left_out[0][0]
+            ids, scores = self.tiers[0].search_by_local_id(rows, kk, metric, oversample, extra, drop).first(kk + extra)
             own = rows
             if self.keys is not None:
                 ids, own = self.keys[ids], self.keys[rows]
-            if exclude_self:
-                ids, scores = _drop_self(ids, scores, own)
-            return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
-        decoded, own = self._decode_rows(rows, view), self._answer_ids(rows, view)
-
-        def top(want: int) -> tuple[np.ndarray, np.ndarray]:
-            """The best `want` rows of each query other than itself (with exclude_self)."""
-            ids, scores = self._search_rows(decoded, want + extra, metric, oversample, view)
-            return _drop_self(ids, scores, own) if exclude_self else (ids, scores)
-
-        return top_leaving_out(top, kk, live - extra, excluded)
+        else:
+            decoded, own = self._decode_rows(rows, view), self._answer_ids(rows, view)
+            found = self._search_rows(decoded, kk + extra, metric, oversample, view, left_out)
+            ids, scores = found.first(kk + extra)
+        if exclude_self:
+            ids, scores = _drop_self(ids, scores, own)
+        return np.ascontiguousarray(ids[:, :kk]), np.ascontiguousarray(scores[:, :kk])
 
     def score(self, candidate_ids: Any, queries: Any = None, query_ids: Any = None, metric: str = "ip") -> np.ndarray:
         """Scores of given candidates: candidate_ids (q, c) with queries (q, dim) or query_ids (q,)

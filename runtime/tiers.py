@@ -19,16 +19,20 @@ import numpy as np
 from runtime import training
 from runtime.codecs import Codec, Progress, codec_class
 from runtime.errors import InvalidRequest
-from runtime.exclusions import top_leaving_out
+from runtime.exclusions import Candidates, top_leaving_out
 from runtime.kernels.hashmap import KeySet
 from runtime.validation import unusable_value
 
 
-def top_by_score(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def top_by_score(
+    ids: np.ndarray, scores: np.ndarray, k: int, metric: str, padding: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the best k of each row of candidates (q, c), sorted best first, ties by ascending id.
-    ip ranks high scores first; every other metric is a distance."""
+    ip ranks high scores first; every other metric is a distance. padding (q, c) bool: candidates
+    that are not real (`exclusions.Candidates`), ranked after every real one."""
     primary = -scores if metric == "ip" else scores
-    order = np.lexsort((ids, primary), axis=1)[:, :k]
+    keys = (ids, primary) if padding is None else (ids, primary, padding)
+    order = np.lexsort(keys, axis=1)[:, :k]
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
@@ -182,10 +186,11 @@ class Tier:
         oversample: int,
         exclude: KeySet | None = None,
         drop: list[np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """q (q, d) -> local ids (q, k') int64, scores (q, k') float32, best first. exclude: rows
-        left out for every query (stale ones); drop: each query's own sorted local rows left out,
-        before the rescoring, so it rescores the k × oversample candidates it would without them."""
+    ) -> Candidates:
+        """q (q, d) -> each query's best k local ids and scores (`Candidates`, k' = min(k, rows
+        it keeps)). exclude: rows left out for every query (stale ones); drop: each query's own
+        sorted local rows left out, before the rescoring, so it rescores the k × oversample
+        candidates it would without them."""
         tq, offset = self._queries(q, metric)
         rescoring = self._rescoring(metric)
         want = k * oversample if rescoring else k
@@ -193,12 +198,13 @@ class Tier:
         rank = self.primary.rank_metric if self.rerank is not None and self.primary.rank_metric else metric
         prepared = self.primary.prepare(rank, queries=tq)
         left = self.rows - (0 if exclude is None else exclude.size)
-        ids, scores = top_leaving_out(lambda m: self.primary.scan(prepared, m, exclude), want, left, drop)
+        found = top_leaving_out(lambda m: self.primary.scan(prepared, m, exclude), want, left, drop)
+        ids, scores = found.ids, found.scores
         if self.rerank is not None and rescoring:
             rescored = self.rerank.score(self.rerank.prepare(metric, queries=tq), ids)
-            ids, scores = top_by_score(ids, rescored, k, metric)
+            ids, scores = top_by_score(ids, rescored, k, metric, None if drop is None else found.padding())
         ids, scores = ids[:, :k], scores[:, :k]
-        return ids, scores if offset is None else scores + offset[:, None]
+        return Candidates(ids, scores if offset is None else scores + offset[:, None], np.minimum(found.kept, k))
 
     def search_by_local_id(
         self,
@@ -208,7 +214,7 @@ class Tier:
         oversample: int,
         extra: int = 0,
         drop: list[np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Candidates:
         """Stored rows of this tier as queries (no projection: one-tier tables); k + extra
         candidates (k × oversample + extra before rescoring), the extra to drop the query itself;
         drop: each query's sorted local rows left out, as in `search`."""
@@ -219,9 +225,11 @@ class Tier:
             # code-to-code scoring (on MovieLens, PQ M=16 + int8: recall@10 0.99 against 0.91)
             rank = self.primary.rank_metric or metric
             prepared = self.primary.prepare(rank, queries=self.rerank.decode(local))
-            ids, _ = top_leaving_out(lambda m: self.primary.scan(prepared, m), k, self.rows, drop)
-            scores = self.rerank.score(self.rerank.prepare(metric, ids=local), ids)
-            return top_by_score(ids, scores, ids.shape[1], metric)
+            found = top_leaving_out(lambda m: self.primary.scan(prepared, m), k, self.rows, drop)
+            scores = self.rerank.score(self.rerank.prepare(metric, ids=local), found.ids)
+            padding = None if drop is None else found.padding()
+            ids, scores = top_by_score(found.ids, scores, found.ids.shape[1], metric, padding)
+            return Candidates(ids, scores, found.kept)
         prepared = self.primary.prepare(metric, ids=local)
         return top_leaving_out(lambda m: self.primary.scan(prepared, m), k + extra, self.rows, drop)
 

@@ -205,3 +205,100 @@ def test_leaving_out_a_querys_own_id_costs_no_result(codec: str) -> None:
     own = rescoring.search_by_id([0, 7], 6, oversample=2, exclude_ids=[0, 7])
     np.testing.assert_array_equal(own[0], plain[0])
     np.testing.assert_array_equal(own[1], plain[1])
+
+
+# Tiered tables with rescoring tiers and a delta: the oracle is the same table with the rows
+# deleted, searched one query at a time (deleted rows never reach a tier's scan, so each tier
+# rescores what it would hold without them).
+Y = low_rank_table(300, 16, seed=37)
+KEYS = 500 + 7 * np.arange(300, dtype=np.int64)
+TIERED_SPECS: dict[str, list[dict[str, Any]]] = {
+    "pq+int8 rerank, int8": [
+        {"rows": {"start": 0, "stop": 200}, "codec": "pq", "subspaces": 2, "bits": 4, "rerank": "int8"},
+        {"rows": {"start": 200, "stop": 300}, "codec": "int8"},
+    ],
+    "binary+fp32 rerank, pq+fp16 rerank": [
+        {"rows": {"start": 0, "stop": 100}, "codec": "binary", "rerank": "fp32"},
+        {"rows": {"start": 100, "stop": 300}, "codec": "pq", "subspaces": 2, "bits": 4, "rerank": "fp16"},
+    ],
+}
+
+
+def tiered_table(spec: str, with_delta: bool, keyed: bool = True) -> runtime.Table:
+    """Y in two tiers (keys KEYS, or dense); with_delta: rows replaced, added and deleted."""
+    table = runtime.compress(Y, tiers=TIERED_SPECS[spec], keys=KEYS if keyed else None)
+    if with_delta:
+        table.upsert([*KEYS[[3, 150, 250]].tolist(), 9001, 9002], np.concatenate([Y[[50, 10, 11]] * 1.3, Y[[5, 80]]]))
+        table.delete(KEYS[[4, 220]])
+    return table
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.sampled_from(sorted(TIERED_SPECS)),
+    with_delta=st.booleans(),
+    nq=st.integers(1, 3),
+    k=st.integers(1, 12),
+    oversample=st.integers(1, 3),
+    by_id=st.booleans(),
+    data=st.data(),
+)
+def test_tiered_and_updated_tables_answer_as_if_the_rows_were_deleted(
+    spec: str, with_delta: bool, nq: int, k: int, oversample: int, by_id: bool, data: st.DataObject
+) -> None:
+    table = tiered_table(spec, with_delta)
+    held = table.search(Y[:1], 400)[0][0]  # every key the table holds
+    candidates = np.concatenate([held, [KEYS[4], 123456]])  # and one deleted, one never held
+    metric = "ip" if spec.startswith("pq") else "l2"
+    queries = data.draw(st.lists(st.sampled_from(held.tolist()), min_size=nq, max_size=nq, unique=True))
+    lists = [
+        np.array(data.draw(st.lists(st.sampled_from(candidates.tolist()), max_size=250)), np.int64) for _ in queries
+    ]
+    lists = [out[out != own] for out, own in zip(lists, queries, strict=True)] if by_id else lists
+    q = Y[[(key - 500) // 7 % 300 for key in queries]] + 0.01
+    left_out, lengths = np.concatenate(lists), [out.size for out in lists]
+    if by_id:
+        got = table.search_by_id(queries, k, metric, oversample, exclude_ids=left_out, exclude_lengths=lengths)
+    else:
+        got = table.search(q, k, metric, oversample, exclude_ids=left_out, exclude_lengths=lengths)
+    answers = []
+    for i, out in enumerate(lists):
+        oracle = tiered_table(spec, with_delta)
+        present = np.intersect1d(out, held)
+        if present.size:
+            oracle.delete(present)
+        if by_id:
+            answers.append(oracle.search_by_id([queries[i]], k, metric, oversample))
+        else:
+            answers.append(oracle.search(q[i : i + 1], k, metric, oversample))
+    width = min(ids.shape[1] for ids, _ in answers)
+    np.testing.assert_array_equal(got[0], np.concatenate([ids[:, :width] for ids, _ in answers]))
+    np.testing.assert_allclose(got[1], np.concatenate([s[:, :width] for _, s in answers]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", sorted(TIERED_SPECS))
+def test_a_dense_tiered_table_leaves_out_ids_as_its_keyed_twin_deletes_them(spec: str) -> None:
+    dense, keyed = tiered_table(spec, False, keyed=False), tiered_table(spec, False)
+    metric = "ip" if spec.startswith("pq") else "l2"
+    top = dense.search(Y[[8, 261]], 12, metric, 2)[0]
+    np.testing.assert_array_equal(KEYS[top], keyed.search(Y[[8, 261]], 12, metric, 2)[0])  # twins
+    left_out = [top[0, ::2], top[1, :7]]  # every other of query 0's best, query 1's best 7
+    got = dense.search(Y[[8, 261]], 12, metric, 2, exclude_ids=np.concatenate(left_out), exclude_lengths=[6, 7])
+    for i, out in enumerate(left_out):
+        oracle = tiered_table(spec, False)
+        oracle.delete(KEYS[out])
+        ids, scores = oracle.search(Y[[8, 261]][i : i + 1], 12, metric, 2)
+        np.testing.assert_array_equal(KEYS[got[0][i]], ids[0])
+        np.testing.assert_allclose(got[1][i], scores[0], rtol=1e-6)
+
+
+def test_one_querys_exclusions_do_not_narrow_anothers_rescoring() -> None:
+    # found by a review: in one batch on a small table, the rescored pool was as wide as the
+    # fewest candidates any query kept, so a query leaving most rows out changed the others' answers
+    x = low_rank_table(20, 16, seed=41)
+    table = runtime.compress(x, "binary", rerank="fp32")
+    q = x[[2, 9]] + 0.05
+    alone = table.search(q[1:], 5, "l2", 4)
+    together = table.search(q, 5, "l2", 4, exclude_ids=np.arange(14), exclude_lengths=[14, 0])
+    np.testing.assert_array_equal(together[0][1], alone[0][0])
+    np.testing.assert_array_equal(together[0][0], table.search(q[:1], 5, "l2", 4, exclude_ids=np.arange(14))[0][0])
