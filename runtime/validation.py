@@ -134,6 +134,28 @@ def check_flag(value: Any, what: str) -> bool:
     return bool(value)
 
 
+def refuse_booleans_among_numbers(value: Any, where: str = "") -> None:
+    """Refuse a list, anywhere in a parsed JSON value, that holds true or false beside numbers,
+    naming the first such entry by its path (`ids[1]`, `inputs[0].data[3]`). numpy reads
+    [1, true] as [1, 1] and [0.5, false] as [0.5, 0.0], so a mistyped id or value would pass every
+    later check; a list of booleans alone is left to the field's own check."""
+    pending: list[tuple[Any, str]] = [(value, where)]
+    while pending:
+        node, path = pending.pop()
+        if isinstance(node, dict):
+            pending.extend((item, f"{path}.{key}" if path else str(key)) for key, item in node.items())
+            continue
+        if not isinstance(node, list):
+            continue
+        kinds = set(map(type, node))
+        if bool in kinds and (int in kinds or float in kinds):
+            at = next(i for i, item in enumerate(node) if isinstance(item, bool))
+            word = "true" if node[at] else "false"
+            raise InvalidRequest(f"{path}[{at}] is {word} among numbers; send numbers only")
+        if list in kinds or dict in kinds:
+            pending.extend((item, f"{path}[{i}]") for i, item in enumerate(node) if isinstance(item, (list, dict)))
+
+
 def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
     """Refuse, by position, a value of a 1-D uint64 or float64 array (n,) outside int64's range.
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
 from runtime.kernels import checks
-from runtime.validation import check_ids, check_keys, check_offsets, check_queries
+from runtime.validation import check_ids, check_keys, check_offsets, check_queries, refuse_booleans_among_numbers
 from tests.conftest import low_rank_table
 
 
@@ -281,3 +281,12 @@ def test_a_candidate_is_named_by_its_row_and_column(table: runtime.Table) -> Non
     keyed = runtime.compress(low_rank_table(10, 16), "int8", keys=np.arange(10, dtype=np.int64) * 3)
     with pytest.raises(runtime.KeyNotFound, match=r"candidate_ids\[1\]\[0\] = 7 is not in the table"):
         keyed.score([[0, 3], [7, 6]], query_ids=[0, 3])
+
+
+def test_booleans_among_numbers_are_named_by_their_path() -> None:
+    with pytest.raises(InvalidRequest, match=r"^inputs\[1\]\.data\[2\]\[0\] is false among numbers"):
+        refuse_booleans_among_numbers({"inputs": [{"data": [1]}, {"data": [[1, 2], [3], [False, 0.5]]}]})
+    with pytest.raises(InvalidRequest, match=r"^X\.ids\[0\] is true"):
+        refuse_booleans_among_numbers({"ids": [True, 1]}, "X")
+    # booleans alone, flags and numbers alone are the fields' own checks' to judge
+    refuse_booleans_among_numbers({"flags": [True, False], "exclude_self": True, "ids": [1, 2], "q": [[0.5]], "e": []})

@@ -210,6 +210,9 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
         "the jagged layout: unknown field(s) weigths",
     ),
     ({"tables": [{"table": "keyed", "ids": [int(KEYS[1])], "keys": [int(KEYS[2])]}]}, 400, "give ids or keys"),
+    # numpy reads [1, true] as [1, 1]
+    ({"tables": [{"table": "users", "ids": [1, True]}]}, 400, "tables[0].ids[1] is true among numbers"),
+    ({"features": ["users"], "lengths": [2], "values": [False, 2]}, 400, "values[0] is false among numbers"),
 ]
 
 

@@ -82,6 +82,11 @@ def test_protocol_errors(served: Served) -> None:
         # values are held to the datatype as the native API holds its fields: never truncated
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [1.5, 2]}]}, 400, "must be integers"),
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [True, False]}]}, 400, "booleans"),
+        (
+            {"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [1, True]}]},
+            400,
+            "inputs[0].data[1] is true among numbers",
+        ),
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": ["1", "2"]}]}, 400, "strings"),
         (
             {"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [2**63, 1]}]},

@@ -92,6 +92,16 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/lookup", {"ids": [1, 2], "weights": [1, 1]}, 400, "weights need bags"),
     ("post", "/v1/tables/items/lookup", {"ids": [1.5]}, 400, "integers"),
     ("post", "/v1/tables/items/lookup", {"ids": [True]}, 400, "booleans"),
+    # numpy reads [1, true] as [1, 1]: a mistyped id was looked up as row 1
+    ("post", "/v1/tables/items/lookup", {"ids": [1, True]}, 400, "ids[1] is true among numbers"),
+    ("post", "/v1/tables/items/search", {"queries": [[0.5] * 31 + [False]], "k": 3}, 400, "queries[0][31] is false"),
+    (
+        "post",
+        "/v1/tables/items/search",
+        {"query_ids": [1], "exclude_ids": [2, False], "exclude_self": True},
+        400,
+        "exclude_ids[1] is false",
+    ),
     ("post", "/v1/tables/items/lookup", {}, 400, "ids is required"),
     ("post", "/v1/tables/items/lookup", [1, 2], 400, "JSON object"),
     ("post", "/v1/tables/items/lookup", {"ids": [1] * 5001}, 413, "limit"),
