@@ -291,12 +291,12 @@ class ReplayingServicer:
         return reply
 
     async def Upsert(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from service.rpc.servicers import _authorization, tensor_to_array
+        from service.rpc.servicers import _authorization, request_tensor
 
         self.service.authorize(_authorization(context))  # before the tensors are read, as the parent does
         parent: Any = super()
-        keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
-        rows = tensor_to_array(request.rows, "rows") if request.HasField("rows") else None
+        keys = request_tensor(request.keys, "keys") if request.HasField("keys") else None
+        rows = request_tensor(request.rows, "rows") if request.HasField("rows") else None
         if keys is None or rows is None or rows.ndim != 2 or keys.ndim != 1:
             return await parent.Upsert(request, context)  # its own error, nothing to replay
         body = keys.astype("<i8").tobytes() + rows.astype("<f4").tobytes()
@@ -309,11 +309,11 @@ class ReplayingServicer:
         )
 
     async def DeleteKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from service.rpc.servicers import _authorization, tensor_to_array
+        from service.rpc.servicers import _authorization, request_tensor
 
         self.service.authorize(_authorization(context))
         parent: Any = super()
-        keys = tensor_to_array(request.keys, "keys") if request.HasField("keys") else None
+        keys = request_tensor(request.keys, "keys") if request.HasField("keys") else None
         if keys is None or keys.ndim != 1:
             return await parent.DeleteKeys(request, context)
         return await self._everywhere(

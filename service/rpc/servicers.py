@@ -166,6 +166,21 @@ def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, serve
     server.add_registered_method_handlers(captured.service, handlers)
 
 
+# the fields that hold values; every other Tensor field holds ids, keys, offsets or lengths. Each
+# takes its own dtype only, as OIP inputs do: a float32 tensor of ids was read as ids when every
+# value was whole, and an int64 tensor of queries as floats
+FLOAT32_FIELDS = frozenset({"queries", "rows", "weights", "per_sample_weights"})
+
+
+def request_tensor(tensor: pb.Tensor, field: str, name: str | None = None) -> np.ndarray:
+    """A request's Tensor field -> its array, held to the field's dtype; field names it in
+    messages, name (the field's own name, when field is a path such as tables[0].ids) picks it."""
+    want = "float32" if (name or field) in FLOAT32_FIELDS else "int64"
+    if tensor.dtype != want and tensor.dtype in NATIVE_DTYPES:
+        raise InvalidRequest(f"{field}.dtype must be {want!r}, got {tensor.dtype!r}")
+    return tensor_to_array(tensor, field)
+
+
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     dtype = NATIVE_DTYPES.get(tensor.dtype)
     if dtype is None:
@@ -204,14 +219,14 @@ def fill_tensor(tensor: pb.Tensor, arr: np.ndarray) -> pb.Tensor:
 
 
 def _optional_tensor(request: Any, field: str) -> np.ndarray | None:
-    return tensor_to_array(getattr(request, field), field) if request.HasField(field) else None
+    return request_tensor(getattr(request, field), field) if request.HasField(field) else None
 
 
 def _required_tensor(request: Any, field: str) -> np.ndarray:
     # an unset message field reads as an empty Tensor, whose dtype '' would be the complaint
     if not request.HasField(field):
         raise InvalidRequest(f"{field} is required")
-    return tensor_to_array(getattr(request, field), field)
+    return request_tensor(getattr(request, field), field)
 
 
 def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> LookupRequest:
@@ -220,7 +235,7 @@ def _multi_entry(index: int, entry: pb.MultiLookupEntry) -> LookupRequest:
     def tensor(field: str) -> np.ndarray | None:
         if not entry.HasField(field):
             return None
-        return tensor_to_array(getattr(entry, field), f"tables[{index}].{field}")
+        return request_tensor(getattr(entry, field), f"tables[{index}].{field}", field)
 
     ids = tensor("ids")
     if ids is None:

@@ -82,6 +82,17 @@ def test_lookup_search_score_match_runtime(stub: pb_grpc.EmbeddingServiceStub, s
             "dtype",
         ),
         (pb.SearchRequest(table="items", k=3), grpc.StatusCode.INVALID_ARGUMENT, "exactly one"),
+        # each field takes its own dtype, as OIP inputs do: float32 ids of whole numbers were read as ids
+        (
+            pb.LookupRequest(table="items", ids=array_to_tensor(np.array([1.0, 2.0], np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ids.dtype must be 'int64', got 'float32'",
+        ),
+        (
+            pb.SearchRequest(table="items", queries=array_to_tensor(np.ones((1, 32), np.int64)), k=2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "queries.dtype must be 'float32', got 'int64'",
+        ),
         (
             pb.LookupRequest(table="items", ids=array_to_tensor(np.array([1, 2])), mode="mean"),
             grpc.StatusCode.INVALID_ARGUMENT,

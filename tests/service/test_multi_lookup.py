@@ -300,6 +300,11 @@ def test_grpc_multi_lookup(server: LiveServer, tables: dict[str, runtime.Table])
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "tables[0].ids: 1 bytes",
             ),
+            (
+                [pb.MultiLookupEntry(table="items", ids=_tensor([1, 2], "int64"), weights=_tensor([1, 1], "int64"))],
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "tables[0].weights.dtype must be 'float32', got 'int64'",
+            ),
         ]
         for entries, code, message in bad:
             with pytest.raises(grpc.RpcError) as info:
