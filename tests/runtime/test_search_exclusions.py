@@ -272,8 +272,15 @@ def test_tiered_and_updated_tables_answer_as_if_the_rows_were_deleted(
         else:
             answers.append(oracle.search(q[i : i + 1], k, metric, oversample))
     width = min(ids.shape[1] for ids, _ in answers)
-    np.testing.assert_array_equal(got[0], np.concatenate([ids[:, :width] for ids, _ in answers]))
-    np.testing.assert_allclose(got[1], np.concatenate([s[:, :width] for _, s in answers]), rtol=1e-5, atol=1e-5)
+    want_ids = np.concatenate([ids[:, :width] for ids, _ in answers])
+    want_scores = np.concatenate([s[:, :width] for _, s in answers])
+    np.testing.assert_allclose(got[1], want_scores, rtol=1e-5, atol=1e-5)
+    # a batch and a single query may round a score differently (another kernel path): ids may
+    # then trade places with a neighbour whose score is as good, nowhere else
+    for row, column in zip(*np.nonzero(got[0] != want_ids), strict=True):
+        neighbours = want_scores[row, max(column - 1, 0) : column + 2]
+        assert np.isclose(neighbours, want_scores[row, column], rtol=1e-5, atol=1e-5).sum() > 1, (row, column)
+        assert got[0][row, column] in want_ids[row], (row, column)
 
 
 @pytest.mark.parametrize("spec", sorted(TIERED_SPECS))
