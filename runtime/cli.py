@@ -21,6 +21,7 @@ from runtime.importer import check_output, import_tables
 from runtime.planner import against_fp32, compress_to_budget, plan
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
+from runtime.validation import check_ids
 
 # one flag an option name, derived from the options the codecs declare; a flag given for a codec
 # without that option is refused by the codec
@@ -340,7 +341,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def relative_l2_error(x: np.ndarray, decode: Any, batch: int = 65536) -> float:
-    """Mean over rows of |x - x̂| / |x| (rows of norm 0 are skipped)."""
+    """Mean over rows of |x - x̂| / |x| (rows of norm 0 are skipped); decode(rows (b,) int64) ->
+    (b, d) float32 reconstructs source rows."""
     total, count = 0.0, 0
     for start in range(0, x.shape[0], batch):
         ids = np.arange(start, min(x.shape[0], start + batch), dtype=np.int64)
@@ -354,9 +356,10 @@ def relative_l2_error(x: np.ndarray, decode: Any, batch: int = 65536) -> float:
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean over queries of |found[:k] ∩ truth[:k]| / k."""
+    """Mean over queries of |found[:k] ∩ truth[:k]| / min(k, the truth's columns)."""
+    width = min(k, truth.shape[1]) if truth.ndim == 2 else k
     hits = [len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits) / k) if hits else 0.0
+    return float(np.mean(hits) / width) if hits and width else 0.0
 
 
 def evaluate(
@@ -372,48 +375,79 @@ def evaluate(
     exclude_self: bool = False,
 ) -> dict[str, Any]:
     """The numbers `embserve eval` prints; truth defaults to exact float32 search over `source`
-    (by inner product when metric is hamming)."""
+    (by inner product when metric is hamming). Source row r is the table's row r: on a keyed
+    table the row of its r-th key, and its query ids, answers and truth are keys."""
     if source.shape != (table.rows, table.dim):
         raise InvalidRequest(f"source has shape {source.shape} but the table is {(table.rows, table.dim)}")
+    if table.delta_rows or table.delta_slots:
+        raise InvalidRequest("the table has updates not yet compacted; evaluate a saved artifact")
+    keys = table.keys
 
     def run() -> tuple[np.ndarray, np.ndarray]:
         if query_ids is not None:
             return table.search_by_id(query_ids, k, metric, oversample, exclude_self)
         return table.search(queries, k, metric, oversample)
 
-    run()  # warm-up: compile and fault in pages
+    run()  # warm-up: compile and fault in pages (and refuse bad queries, k or metric, by name)
     start = time.perf_counter()
     found, _ = run()
     elapsed = time.perf_counter() - start
     nq = found.shape[0]
+    if nq == 0:
+        raise InvalidRequest("no queries to evaluate")
     if truth is None:
         exact = compress(source, "fp32")
         truth_metric = metric if metric in exact.metrics else "ip"
         if query_ids is not None:
-            truth, _ = exact.search_by_id(query_ids, k, truth_metric, exclude_self=exclude_self)
+            rows = np.asarray(query_ids)
+            if table.keymap is not None:  # held keys: the search above refused any other
+                rows = table.keymap.rows(rows.astype(np.int64))[0]
+            truth, _ = exact.search_by_id(rows, k, truth_metric, exclude_self=exclude_self)
         else:
             truth, _ = exact.search(queries, k, truth_metric)
-    elif truth.shape[0] != nq or truth.ndim != 2 or truth.shape[1] < k:
-        raise InvalidRequest(f"truth must be (q={nq}, >= k={k}), got {truth.shape}")
-    primary_error = relative_l2_error(source, table.primary.decode)
-    # without a rerank codec, lookups decode with the primary codec: one pass serves both figures
-    served_error = primary_error if table.rerank is None else relative_l2_error(source, table.richest.decode)
+        truth = truth if keys is None else keys[truth]
+    else:
+        truth = _checked_truth(truth, nq, min(k, found.shape[1]), table)
+    served_error = relative_l2_error(source, lambda rows: table.lookup(rows if keys is None else keys[rows]))
+    # the cheap codes' own error, where one codec holds every row (a tiered table's tiers differ)
+    primary_error: float | None = None
+    if len(table.tiers) == 1 and table.tiers[0].projection is None:
+        primary_error = served_error if table.rerank is None else relative_l2_error(source, table.primary.decode)
     return {
         "codec": table.codec,
         "params": table.params,
         "rerank": table.rerank.name if table.rerank else None,
+        "tiers": len(table.tiers),
         "metric": metric,
         "k": k,
         "oversample": oversample,
         "queries": nq,
         "recall_at_k": round(recall_at_k(found, truth, k), 4),
         "rel_l2_error": round(served_error, 5),
-        "primary_rel_l2_error": round(primary_error, 5),
+        "primary_rel_l2_error": None if primary_error is None else round(primary_error, 5),
         "nbytes": table.nbytes,
         "fp32_nbytes": table.fp32_nbytes,
         "compression_ratio": round(table.compression_ratio, 3),
         "search_ms_per_query": round(1000 * elapsed / max(nq, 1), 4),
     }
+
+
+def _checked_truth(truth: np.ndarray, nq: int, k: int, table: Table) -> np.ndarray:
+    """A caller's true neighbours (q, >= k): integers the table holds (ids, or keys on a keyed
+    table), one row a query."""
+    if truth.ndim != 2 or truth.shape[0] != nq or truth.shape[1] < k:
+        raise InvalidRequest(f"truth must be (q={nq}, >= k={k}), got {truth.shape}")
+    if truth.dtype.kind not in "iu":
+        raise InvalidRequest(f"truth must hold integer ids, got dtype {truth.dtype}")
+    flat = truth[:, :k].reshape(-1).astype(np.int64)
+    if table.keymap is None:
+        check_ids(flat, table.rows, "truth")
+    else:
+        rows, missing = table.keymap.rows(flat)
+        if missing:
+            pos = int(np.flatnonzero(rows < 0)[0])
+            raise InvalidRequest(f"truth[{pos // k}][{pos % k}] = {int(flat[pos])} is not a key of the table")
+    return truth
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

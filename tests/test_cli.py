@@ -167,6 +167,29 @@ def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys
     assert table.tiers[1].projection is not None and table.tiers[1].projection.basis.shape[1] == 8
     assert main(["compress", str(source), "--out", str(tmp_path / "none")]) == 2
     assert "--codec or --tiers" in capsys.readouterr().err
+    # eval of a tiered, keyed artifact: found by a probe, it decoded every row with tier 0's codec
+    # (reading past its arrays: NaN or a bus error) and compared keys with row ids (recall ~0)
+    x = np.load(source)
+    qids, queries = tmp_path / "qkeys.npy", tmp_path / "q.npy"
+    np.save(qids, np.arange(0, n, 97, dtype=np.int64) * -3)
+    np.save(queries, x[:12] + 0.05)
+    evals = {}
+    for name, extra in (
+        ("by_key", ["--query-ids", str(qids), "--exclude-self"]),
+        ("by_vector", ["--queries", str(queries)]),
+    ):
+        assert main(["eval", str(out), "--source", str(source), "--k", "10", *extra]) == 0
+        evals[name] = json.loads(capsys.readouterr().out)
+        assert evals[name]["recall_at_k"] >= 0.6 and evals[name]["tiers"] == 2
+        assert 0 < evals[name]["rel_l2_error"] < 0.5 and evals[name]["primary_rel_l2_error"] is None
+    truth = tmp_path / "truth.npy"
+    np.save(truth, -3 * np.argsort(-(np.load(queries) @ x.T), axis=1)[:, :10])
+    assert main(["eval", str(out), "--source", str(source), "--queries", str(queries), "--truth", str(truth)]) == 0
+    assert json.loads(capsys.readouterr().out)["recall_at_k"] == evals["by_vector"]["recall_at_k"]
+    for bad, message in ((np.full((12, 10), 1), "truth[0][0] = 1 is not a key"), (np.ones((12, 10)), "integer ids")):
+        np.save(truth, bad)
+        assert main(["eval", str(out), "--source", str(source), "--queries", str(queries), "--truth", str(truth)]) == 2
+        assert message in capsys.readouterr().err
     assert main(["compress", str(source), "--tiers", str(tiers), "--subspaces", "4", "--out", str(tmp_path / "z")]) == 2
     assert "inside each tier" in capsys.readouterr().err
 
