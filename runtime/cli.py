@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +145,7 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if args.menu is not None:
         try:
             menu = json.loads(args.menu.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
             raise InvalidRequest(f"cannot read menu {str(args.menu)!r}: {exc}") from None
     return {
         "freq": _load_npy(args.freq, "freq") if args.freq is not None else None,
@@ -158,9 +160,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     x = _load_npy(args.input, "input")
     keys = _load_npy(args.keys, "keys") if args.keys is not None else None
     chosen = plan(x, args.budget, keys=keys, seed=args.seed, **_budget_inputs(args))
+    # written beside it, then renamed over it: a full disk left half a plan where the old one was
+    written = None
     try:
-        args.out.write_text(json.dumps(chosen.tier_specs()))
+        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, prefix=f".{args.out.name}.", delete=False) as fh:
+            written = Path(fh.name)
+            fh.write(json.dumps(chosen.tier_specs()))
+        os.chmod(written, 0o644)  # as a file written in place would be, not the temporary's 0600
+        os.replace(written, args.out)
     except OSError as exc:
+        if written is not None:
+            written.unlink(missing_ok=True)
         raise InvalidRequest(f"cannot write the plan to {str(args.out)!r}: {exc}") from None
     print(chosen.text())
     print(f"wrote {args.out}: embserve compress {args.input} --tiers {args.out} --out DIR")
@@ -227,7 +237,9 @@ def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)  # a rewrite removes only files the old manifest named: inputs stay
-    if args.input.resolve().parent == args.out.resolve() and args.input.name in artifact.named_files(args.out):
+    # resolved: a link to one of the artifact's files is that file (a probe's --force deleted it)
+    held = args.input.resolve()
+    if held.parent == args.out.resolve() and held.name in artifact.named_files(args.out):
         raise InvalidRequest(
             f"the input {str(args.input)!r} is a file of the artifact --force replaces; copy it out first"
         )
@@ -315,7 +327,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _load_tiers(path: Path) -> list[dict[str, Any]]:
     try:
         tiers = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
         raise InvalidRequest(f"cannot read tiers {str(path)!r}: {exc}") from None
     if not isinstance(tiers, list):
         raise InvalidRequest(f"tiers {str(path)!r} must hold a JSON list of tier objects")
@@ -486,3 +498,10 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"embserve {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemError as exc:
+        # Ctrl-C landing inside a compiled kernel's call surfaces as "returned a result with an
+        # exception set", the KeyboardInterrupt as its cause
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            print(f"embserve {args.command}: interrupted", file=sys.stderr)
+            return 130
+        raise

@@ -148,6 +148,12 @@ def import_tables(
     `runtime.compress` takes them) into DIR/<name>/ and write DIR/tables.json; returns its content."""
     target = Path(out)
     check_output(target, force, inputs=(Path(source.path),))
+    if target.is_dir() and not (target / TABLES_FILE).is_file() and any(target.iterdir()):
+        # the whole directory is swapped for the new import: it took unrelated files with it
+        raise InvalidRequest(
+            f"output directory {str(target)!r} holds files but no {TABLES_FILE}: --force replaces an earlier "
+            "import only; choose an empty or new directory"
+        )
     planned = plan_tables(source, keys)
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
@@ -191,7 +197,7 @@ def read_tables_file(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
         index = json.loads(file.read_text())
     except FileNotFoundError:
         raise InvalidRequest(f"tables file {str(file)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
         raise InvalidRequest(f"tables file {str(file)!r} cannot be read: {exc}") from None
     tables = index.get("tables") if isinstance(index, dict) else None
     if not isinstance(tables, list):

@@ -129,7 +129,7 @@ class SafetensorsSource(Source):
                 raise InvalidRequest(f"{str(path)!r} is not a safetensors file (bad header length)")
             try:
                 header = json.loads(fh.read(header_len))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise InvalidRequest(f"{str(path)!r} is not a safetensors file: header is not JSON ({exc})") from None
         if not isinstance(header, dict):
             raise InvalidRequest(f"{str(path)!r} is not a safetensors file: header is not a JSON object")
@@ -231,6 +231,10 @@ class TorchSource(Source):
     def read(self, key: str) -> np.ndarray:
         info = self.info(key)
         tensor = self.values[key].detach()
+        if tensor.layout != self.torch.strided or tensor.is_meta:
+            # a sparse or meta tensor has no dense values to read (numpy conversion raised TypeError)
+            kind = "a meta tensor (no data)" if tensor.is_meta else f"a {tensor.layout} tensor"
+            raise InvalidRequest(f"{str(self.path)!r}: {key!r} is {kind}; save the dense table (tensor.to_dense())")
         if info.dtype == "bfloat16":
             tensor = tensor.to(self.torch.float32)
         return np.asarray(tensor.numpy())

@@ -37,6 +37,7 @@ from runtime.validation import (
     check_metric,
     check_offsets,
     check_queries,
+    check_seed,
     check_table_input,
     check_weights,
     direct_bag_arrays,
@@ -1037,6 +1038,7 @@ def compress(
     every row of x once (then `codec`, `rerank` and options are not used).
     `keys` (n,) int64 distinct: the table is addressed by them instead of 0..n-1."""
     data = check_table_input(x)
+    seed = check_seed(seed)
     key_array = None if keys is None else check_keys(keys, "keys")
     if key_array is not None and key_array.shape[0] != data.shape[0]:
         raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")

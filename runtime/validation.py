@@ -322,6 +322,15 @@ def check_k(k: Any, field: str = "k") -> int:
     return int(k)
 
 
+def check_seed(seed: Any) -> int:
+    """A training seed: an integer from 0 to 2**63 - 1 (numpy's generators take no negative one)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidRequest(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0 <= int(seed) <= INT64_MAX:
+        raise InvalidRequest(f"seed must be a non-negative integer below 2**63, got {int(seed)}")
+    return int(seed)
+
+
 def check_metric(metric: Any, supported: tuple[str, ...]) -> str:
     if metric not in METRICS:
         raise UnsupportedMetric(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")

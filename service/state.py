@@ -41,7 +41,7 @@ class ActiveVersions:
             }
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("ignoring the state file %s: %s", self.path, exc)
             return {}
 

@@ -131,6 +131,16 @@ def test_unwritable_outputs_and_unusable_values_are_one_line_with_status_2(
     inner = tmp_path / "a" / "tier0--values.npy"
     assert main(["compress", str(inner), "--codec", "int8", "--out", str(tmp_path / "a"), "--force"]) == 2
     assert "is a file of the artifact --force replaces" in capsys.readouterr().err and inner.exists()
+    # the same through a link to it (a probe's --force deleted the file the link named)
+    link = tmp_path / "link.npy"
+    link.symlink_to(inner)
+    assert main(["compress", str(link), "--codec", "int8", "--out", str(tmp_path / "a"), "--force"]) == 2
+    assert "is a file of the artifact --force replaces" in capsys.readouterr().err and inner.exists()
+    # import --force swaps the whole directory: one that is not an earlier import keeps its files
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    assert main(["import", str(source), "--out", str(tmp_path / "notes"), "--force"]) == 2
+    assert "no tables.json" in capsys.readouterr().err and (tmp_path / "notes" / "todo.txt").exists()
     assert main(["compress", str(source), "--codec", "int8", "--out", "/proc/nope"]) == 2
     assert "'/proc/nope' cannot be made" in capsys.readouterr().err
     assert main(["plan", str(model), "--budget", "64KiB", "--out", str(model)]) == 2
@@ -235,3 +245,37 @@ def test_sizes_against_fp32_say_smaller_or_larger() -> None:
     # a small PQ table: its codeword tables outweigh its codes
     assert against_fp32(0.86) == "1.16× larger than fp32"
     assert against_fp32(1.0) == "the size of fp32"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # each ended in a traceback (found by a probe)
+        (["--codec", "int8", "--seed", "-1"], "seed must be a non-negative integer"),
+        (["--codec", "shared", "--centroids", "70000"], "shared centroids above 65536 cannot be trained"),
+        (["--codec", "rq", "--codebooks", "1000000"], "rq option codebooks must be at most 256"),
+        (["--codec", "rq", "--beam", "1000000000"], "rq option beam must be at most 256"),
+    ],
+)
+def test_untrainable_options_are_one_line_with_status_2(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["compress", str(source), *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_hostile_json_is_one_line_with_status_2(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an integer of 5,000 digits (ValueError past Python's limit) and deep nesting (RecursionError)
+    for text in ("[" + "9" * 5000 + "]", "[" * 200_000 + "]" * 200_000):
+        tiers = tmp_path / "tiers.json"
+        tiers.write_text(text)
+        assert main(["compress", str(source), "--tiers", str(tiers), "--out", str(tmp_path / "o")]) == 2
+        assert "cannot read tiers" in capsys.readouterr().err
+    assert main(["compress", str(source), "--codec", "int8", "--out", str(tmp_path / "art"), "--quiet"]) == 0
+    (tmp_path / "art" / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert main(["inspect", str(tmp_path / "art")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err

@@ -302,6 +302,10 @@ TABLE_LIMIT_MAX = 1 << 30
 """The largest `table_limit`: M = 64 8-bit codebooks' cross tables (1 GiB) fit, larger ones never."""
 
 
+RQ_MAX_CODEBOOKS = 256
+RQ_MAX_BEAM = 256
+
+
 class RqCodec(adc.BlockedCodes, Codec):
     name = "rq"
     required_arrays = ("codes", "codebooks", "norm_range")
@@ -330,6 +334,10 @@ class RqCodec(adc.BlockedCodes, Codec):
                 kind = "a positive integer" if least else "a non-negative integer"
                 raise InvalidRequest(f"rq option {key} must be {kind}, got {value!r}")
             params[key] = int(value)
+        for key, most in (("codebooks", RQ_MAX_CODEBOOKS), ("beam", RQ_MAX_BEAM)):
+            # past these, training asked for tens of GB and ended in a MemoryError (found by a probe)
+            if params[key] > most:
+                raise InvalidRequest(f"rq option {key} must be at most {most}, got {params[key]}")
         if params["bits"] not in (4, 8) or isinstance(params["bits"], bool):
             raise InvalidRequest(f"rq option bits must be 4 or 8, got {params['bits']!r}")
         if params["bits"] == 4 and params["codebooks"] % 2:

@@ -73,6 +73,12 @@ class SharedCodec(Codec):
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
+        if params["centroids"] > training.MAX_CENTROIDS:
+            # an artifact may hold more (built without k-means); training cannot make them
+            raise InvalidRequest(
+                f"shared centroids above {training.MAX_CENTROIDS} cannot be trained (k-means' limit), "
+                f"got {params['centroids']}"
+            )
         sample = training.random_rows(sample, params["train_rows"], rng)
         # fewer rows than centroids: k-means++ repeats rows, so C is always what was asked (and counted)
         centroids = training.kmeans(sample, params["centroids"], params["iterations"], rng)

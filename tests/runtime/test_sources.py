@@ -374,3 +374,15 @@ def test_compress_of_an_integer_npy_is_refused_as_import_refuses_it(
     assert main(["compress", str(tmp_path / "ids.npy"), "--codec", "int8", "--out", str(tmp_path / "o")]) == 2
     assert "has dtype int64; an embedding table must be floating point" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sparse_and_meta_tensors_are_named_not_converted(tmp_path: Path) -> None:
+    # found by a probe: numpy conversion raised TypeError ("can't convert Sparse layout tensor")
+    torch = _torch()
+    dense = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    torch.save({"emb.weight": dense.to_sparse(), "meta.weight": torch.empty(4, 3, device="meta")}, tmp_path / "m.pt")
+    source = open_source(tmp_path / "m.pt")
+    with pytest.raises(InvalidRequest, match=r"'emb\.weight' is a torch\.sparse_coo tensor; save the dense table"):
+        source.read("emb.weight")
+    with pytest.raises(InvalidRequest, match=r"'meta\.weight' is a meta tensor \(no data\)"):
+        source.read("meta.weight")
