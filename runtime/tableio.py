@@ -108,6 +108,9 @@ def _format1(manifest: dict[str, Any], arrays: dict[str, np.ndarray], rows: int,
         if not isinstance(spec, dict) or not isinstance(spec.get("params"), dict):
             raise ArtifactCorrupt("manifest field 'rerank' must be null or an object with codec and params")
         rerank = _build_codec(spec.get("codec"), spec["params"], rows, dim, _prefixed(arrays, "rerank."))
+    elif any(n.startswith("rerank.") for n in arrays):
+        # a table without its rerank codec serves the cheap codes' coarser rows without a word
+        raise ArtifactCorrupt("the manifest lists rerank arrays but no rerank codec")
     return {"tiers": [Tier(primary, rerank)]}
 
 
@@ -157,8 +160,12 @@ def _format2(manifest: dict[str, Any], arrays: dict[str, np.ndarray], rows: int,
             if held is None:
                 raise ArtifactCorrupt(f"tier {t}: array 'tier{t}.rows' is missing")
             tier_rows.append(held)
+    keyed = manifest.get("keyed", False)
+    if not isinstance(keyed, bool):
+        raise ArtifactCorrupt(f"manifest field 'keyed' must be true or false, got {keyed!r}")
+    _refuse_unread(arrays, specs, keyed)
     keys = None
-    if manifest.get("keyed"):
+    if keyed:
         keys = arrays.get("keys")
         if keys is None:
             raise ArtifactCorrupt("a keyed table needs the array 'keys'")
@@ -170,6 +177,22 @@ def _format2(manifest: dict[str, Any], arrays: dict[str, np.ndarray], rows: int,
                 raise ArtifactCorrupt(f"manifest field {field!r} must be a {kind.__name__}")
             options[field] = value
     return {"tiers": tiers, "tier_rows": tier_rows, "keys": keys, **options}
+
+
+def _refuse_unread(arrays: dict[str, np.ndarray], specs: list[Any], keyed: bool) -> None:
+    """A format-2 array no part of the table reads (keys of a table not keyed, a rerank codec's
+    arrays without it, a tier that does not exist) means the manifest is not what was written."""
+    read = {"keys"} if keyed else set()
+    if len(specs) > 1:
+        read |= {f"tier{t}.rows" for t in range(len(specs))}
+    prefixes = tuple(
+        prefix
+        for t, spec in enumerate(specs)
+        for prefix in (f"tier{t}/", *([f"tier{t}.rerank/"] if spec.get("rerank") is not None else []))
+    )
+    unread = sorted(n for n in arrays if n not in read and not n.startswith(prefixes))
+    if unread:
+        raise ArtifactCorrupt(f"the manifest lists array {unread[0]!r}, which no part of the table reads")
 
 
 def read_table(path: str | os.PathLike[str], verify: bool = True) -> Table:

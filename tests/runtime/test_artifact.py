@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,31 @@ def test_array_missing_from_manifest_is_refused(saved: tuple[runtime.Table, Path
     del manifest["arrays"]["tier0/codes"]
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactCorrupt, match="codes"):
+        runtime.load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # found by a probe: each loaded, serving something other than what was written
+        ({"tiers": [{"rerank": None}]}, "array 'tier0.rerank/rows', which no part of the table reads"),
+        ({"keyed": "no"}, "'keyed' must be true or false, got 'no'"),
+        ({"arrays": {"tier7/codes": "tier0/codes"}}, "array 'tier7/codes', which no part"),
+        ({"arrays": {"keys": "tier0/codes"}}, "array 'keys', which no part of the table reads"),
+    ],
+)
+def test_arrays_no_part_reads_and_ill_typed_flags_are_refused(
+    saved: tuple[runtime.Table, Path], edit: dict[str, Any], message: str
+) -> None:
+    _, path = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, copied in edit.get("arrays", {}).items():
+        manifest["arrays"][name] = manifest["arrays"][copied]
+    if "tiers" in edit:
+        manifest["tiers"][0].update(edit["tiers"][0])
+    manifest.update({k: v for k, v in edit.items() if k not in ("arrays", "tiers")})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match=re.escape(message)):
         runtime.load_table(path)
 
 

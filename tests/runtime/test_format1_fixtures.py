@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,3 +35,14 @@ def test_format1_fixture_answers_identically(name: str) -> None:
         else:
             # scan kernels may sum in another order on another CPU: scores agree to float32 rounding
             np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5, err_msg=f"{name}: {key}")
+
+
+def test_a_format1_manifest_without_its_rerank_codec_is_refused(tmp_path: Path) -> None:
+    # found by a probe: rerank null with the rerank arrays listed loaded, serving the cheap codes
+    copy = tmp_path / "artifact"
+    shutil.copytree(HERE / "pq8_int8" / "artifact", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["rerank"] = None
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactCorrupt, match="lists rerank arrays but no rerank codec"):
+        runtime.load_table(copy)
