@@ -47,7 +47,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "input",
         type=Path,
-        help="(n, d) table: a .npy file (numeric dtypes are cast to float32), a .safetensors file "
+        help="(n, d) table: a .npy file (floating point, cast to float32), a .safetensors file "
         "or a PyTorch checkpoint (with --tensor)",
     )
     p.add_argument("--tensor", help="key of the table in a safetensors file or PyTorch state dict")
@@ -74,7 +74,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="plan the best tiered table within a memory budget (prints it, writes --tiers JSON)"
     )
-    p.add_argument("input", type=Path, help="(n, d) .npy file, float32 (other numeric dtypes are cast)")
+    p.add_argument("input", type=Path, help="(n, d) .npy file, floating point (cast to float32)")
     _add_budget_flags(p, required=True)
     p.add_argument("--keys", type=Path, help="(n,) .npy of int64 keys: plan a keyed table (the key map is counted)")
     p.add_argument("--out", required=True, type=Path, help="the --tiers JSON file to write for compress")
@@ -157,7 +157,8 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_plan(args: argparse.Namespace) -> int:
     given = (args.input, args.keys, args.freq, args.queries, args.menu)
     check_output(args.out, True, inputs=tuple(p for p in given if isinstance(p, Path)), directory=False)
-    x = _load_npy(args.input, "input")
+    # as compress reads it: a plan for an input compress refuses printed a command that failed
+    x = _floating(_load_npy(args.input, "input"), args.input)
     keys = _load_npy(args.keys, "keys") if args.keys is not None else None
     chosen = plan(x, args.budget, keys=keys, seed=args.seed, **_budget_inputs(args))
     # written beside it, then renamed over it: a full disk left half a plan where the old one was
@@ -216,15 +217,19 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise InvalidRequest(f"cannot read {what} {str(path)!r}: {exc}") from None
 
 
+def _floating(x: np.ndarray, path: Path) -> np.ndarray:
+    """An input table read from `path`, refused unless floating point: as import and --tensor
+    refuse it, an int64 .npy is more likely ids or counts than a table, and the library would
+    cast it without a word."""
+    if x.dtype.kind != "f":
+        raise InvalidRequest(f"{path} has dtype {x.dtype}; an embedding table must be floating point")
+    return x
+
+
 def _read_input(source: Source, key: str | None) -> tuple[np.ndarray, str]:
     """The table to compress and its provenance string: the one tensor of a .npy file, or `key`."""
     if isinstance(source, NpySource) and key is None:
-        x = source.read(next(iter(source.tensors)))
-        if x.dtype.kind != "f":
-            # as import and --tensor refuse it: an int64 .npy is more likely ids or counts than a
-            # table, and the library would cast it without a word
-            raise InvalidRequest(f"{source.path} has dtype {x.dtype}; an embedding table must be floating point")
-        return x, str(source.path)
+        return _floating(source.read(next(iter(source.tensors))), source.path), str(source.path)
     if key is None:
         if len(source.tensors) != 1:
             raise InvalidRequest(

@@ -33,7 +33,7 @@ from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget
 from runtime.kernels.hashmap import KeyMap
 from runtime.table import Table, compress, tier_index_bytes
 from runtime.tiers import Projection
-from runtime.validation import FP16_MAX, check_keys, check_queries, check_seed, check_table_input
+from runtime.validation import FP16_MAX, check_k, check_keys, check_queries, check_seed, check_table_input
 
 FP16_CODECS = frozenset({"fp16", "int8", "int4", "int2", "binary"})
 """Codecs that store a table's values, or per-row scales of them, as fp16."""
@@ -545,6 +545,7 @@ def plan(
     budget = parse_size(budget_bytes)
     data = check_table_input(x)
     seed = check_seed(seed)
+    k = check_k(k)
     n, d = data.shape
     weights = check_freq(freq, n)
     keyed = keys is not None

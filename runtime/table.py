@@ -1039,6 +1039,10 @@ def compress(
     `keys` (n,) int64 distinct: the table is addressed by them instead of 0..n-1."""
     data = check_table_input(x)
     seed = check_seed(seed)
+    for field, value in (("version", version), ("source", source)):
+        # written to the manifest as text: anything else failed only at save, after training
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{field} must be a string, got {type(value).__name__}")
     key_array = None if keys is None else check_keys(keys, "keys")
     if key_array is not None and key_array.shape[0] != data.shape[0]:
         raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")

@@ -279,3 +279,19 @@ def test_hostile_json_is_one_line_with_status_2(
     (tmp_path / "art" / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
     assert main(["inspect", str(tmp_path / "art")]) == 2
     assert "is not valid JSON" in capsys.readouterr().err
+
+
+def test_plan_and_library_refuse_what_compress_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a probe: plan took an int64 .npy and printed a compress command that failed on it;
+    # k=0 divided by zero; a version that is not a string failed at save, after training
+    ints = tmp_path / "ints.npy"
+    np.save(ints, np.arange(64).reshape(16, 4))
+    assert main(["plan", str(ints), "--budget", "1MiB", "--out", str(tmp_path / "plan.json")]) == 2
+    assert "an embedding table must be floating point" in capsys.readouterr().err
+    x = low_rank_table(300, 16)
+    with pytest.raises(runtime.InvalidRequest, match="k must be a positive integer, got 0"):
+        runtime.plan(x, "64KiB", queries=x[:5], k=0)
+    with pytest.raises(runtime.InvalidRequest, match="version must be a string, got int"):
+        runtime.compress(x, "int8", version=3)  # type: ignore[arg-type]
+    with pytest.raises(runtime.InvalidRequest, match=r"seed must be a non-negative integer, got 1\.5"):
+        runtime.compress(x, "int8", seed=1.5)  # type: ignore[arg-type]
