@@ -23,7 +23,7 @@ from runtime.importer import check_output, import_tables
 from runtime.planner import against_fp32, compress_to_budget, plan
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
 from runtime.table import Table, compress, load_table
-from runtime.validation import check_ids
+from runtime.validation import check_id_matrix
 
 # one flag an option name, derived from the options the codecs declare; a flag given for a codec
 # without that option is refused by the codec
@@ -458,7 +458,7 @@ def _checked_truth(truth: np.ndarray, nq: int, k: int, table: Table) -> np.ndarr
         raise InvalidRequest(f"truth must hold integer ids, got dtype {truth.dtype}")
     flat = truth[:, :k].reshape(-1).astype(np.int64)
     if table.keymap is None:
-        check_ids(flat, table.rows, "truth")
+        check_id_matrix(truth[:, :k], table.rows, "truth")  # names a bad id by row and column
     else:
         rows, missing = table.keymap.rows(flat)
         if missing:

@@ -147,13 +147,14 @@ def import_tables(
     """Compress every planned table of `source` with `codec` (and `compress_options`, as
     `runtime.compress` takes them) into DIR/<name>/ and write DIR/tables.json; returns its content."""
     target = Path(out)
-    check_output(target, force, inputs=(Path(source.path),))
+    check_output(target, True, inputs=(Path(source.path),))
     if target.is_dir() and not (target / TABLES_FILE).is_file() and any(target.iterdir()):
         # the whole directory is swapped for the new import: it took unrelated files with it
         raise InvalidRequest(
             f"output directory {str(target)!r} holds files but no {TABLES_FILE}: --force replaces an earlier "
             "import only; choose an empty or new directory"
         )
+    check_output(target, force, inputs=(Path(source.path),))
     planned = plan_tables(source, keys)
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))

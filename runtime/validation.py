@@ -135,25 +135,52 @@ def check_flag(value: Any, what: str) -> bool:
 
 
 def refuse_booleans_among_numbers(value: Any, where: str = "") -> None:
-    """Refuse a list, anywhere in a parsed JSON value, that holds true or false beside numbers,
-    naming the first such entry by its path (`ids[1]`, `inputs[0].data[3]`). numpy reads
-    [1, true] as [1, 1] and [0.5, false] as [0.5, 0.0], so a mistyped id or value would pass every
-    later check; a list of booleans alone is left to the field's own check."""
-    pending: list[tuple[Any, str]] = [(value, where)]
+    """Refuse an array, anywhere in a parsed JSON value, that holds true or false beside numbers,
+    naming the first such entry by its path (`ids[1]`, `queries[1][0]`, `inputs[0].data[3]`). An
+    array is a list with its nested lists (a matrix is one): numpy reads [1, true] as [1, 1] and
+    [[0.5, 0.25], [true, false]] as [[0.5, 0.25], [1.0, 0.0]], so a mistyped id or value would
+    pass every later check. An array of booleans alone is left to the field's own check.
+
+    Paths are built only for the message: each object member and array element on the way is
+    one (parent, step) entry, so a long key above many lists costs its length once."""
+    trail: list[tuple[int, str]] = [(-1, where)]
+    pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
-        node, path = pending.pop()
+        node, at = pending.pop()
         if isinstance(node, dict):
-            pending.extend((item, f"{path}.{key}" if path else str(key)) for key, item in node.items())
+            for key, item in node.items():
+                if isinstance(item, (dict, list)):
+                    trail.append((at, f".{key}"))
+                    pending.append((item, len(trail) - 1))
             continue
         if not isinstance(node, list):
             continue
-        kinds = set(map(type, node))
-        if bool in kinds and (int in kinds or float in kinds):
-            at = next(i for i, item in enumerate(node) if isinstance(item, bool))
-            word = "true" if node[at] else "false"
-            raise InvalidRequest(f"{path}[{at}] is {word} among numbers; send numbers only")
-        if list in kinds or dict in kinds:
-            pending.extend((item, f"{path}[{i}]") for i, item in enumerate(node) if isinstance(item, (list, dict)))
+        kinds: set[type] = set()
+        first_boolean: tuple[int, ...] | None = None
+        # breadth first: a matrix's rows in order, so the first boolean named is the first sent
+        lists: list[tuple[list[Any], tuple[int, ...]]] = [(node, ())]
+        for current, index in lists:
+            present = set(map(type, current))
+            if list in present or dict in present:
+                for i, item in enumerate(current):
+                    if isinstance(item, list):
+                        lists.append((item, (*index, i)))
+                    elif isinstance(item, dict):
+                        trail.append((at, "".join(f"[{j}]" for j in (*index, i))))
+                        pending.append((item, len(trail) - 1))
+            if bool in present and first_boolean is None:
+                first_boolean = (*index, next(i for i, item in enumerate(current) if isinstance(item, bool)))
+            kinds |= present
+        if first_boolean is not None and (int in kinds or float in kinds):
+            steps = []
+            while at >= 0:
+                at, step = trail[at]
+                steps.append(step)
+            path = "".join(reversed(steps)).removeprefix(".") + "".join(f"[{i}]" for i in first_boolean)
+            entry: Any = node
+            for i in first_boolean:
+                entry = entry[i]
+            raise InvalidRequest(f"{path} is {'true' if entry else 'false'} among numbers; send numbers only")
 
 
 def refuse_outside_int64(arr: np.ndarray, field: str) -> None:

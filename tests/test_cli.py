@@ -253,8 +253,8 @@ def test_sizes_against_fp32_say_smaller_or_larger() -> None:
         # each ended in a traceback (found by a probe)
         (["--codec", "int8", "--seed", "-1"], "seed must be a non-negative integer"),
         (["--codec", "shared", "--centroids", "70000"], "shared centroids above 65536 cannot be trained"),
-        (["--codec", "rq", "--codebooks", "1000000"], "rq option codebooks must be at most 256"),
-        (["--codec", "rq", "--beam", "1000000000"], "rq option beam must be at most 256"),
+        (["--codec", "rq", "--codebooks", "1000000"], "rq option codebooks must be at most 256 to train"),
+        (["--codec", "rq", "--beam", "1000000000"], "rq option beam must be at most 256 to train"),
     ],
 )
 def test_untrainable_options_are_one_line_with_status_2(

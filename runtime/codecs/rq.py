@@ -334,10 +334,6 @@ class RqCodec(adc.BlockedCodes, Codec):
                 kind = "a positive integer" if least else "a non-negative integer"
                 raise InvalidRequest(f"rq option {key} must be {kind}, got {value!r}")
             params[key] = int(value)
-        for key, most in (("codebooks", RQ_MAX_CODEBOOKS), ("beam", RQ_MAX_BEAM)):
-            # past these, training asked for tens of GB and ended in a MemoryError (found by a probe)
-            if params[key] > most:
-                raise InvalidRequest(f"rq option {key} must be at most {most}, got {params[key]}")
         if params["bits"] not in (4, 8) or isinstance(params["bits"], bool):
             raise InvalidRequest(f"rq option bits must be 4 or 8, got {params['bits']!r}")
         if params["bits"] == 4 and params["codebooks"] % 2:
@@ -361,6 +357,11 @@ class RqCodec(adc.BlockedCodes, Codec):
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
+        for key, most in (("codebooks", RQ_MAX_CODEBOOKS), ("beam", RQ_MAX_BEAM)):
+            # past these, training asked for tens of GB and ended in a MemoryError (found by a probe);
+            # checked here, not at load: an artifact trained before the limit still loads
+            if params[key] > most:
+                raise InvalidRequest(f"rq option {key} must be at most {most} to train, got {params[key]}")
         n = sample.shape[0]
         ncode = 1 << params["bits"]
         if n < ncode:

@@ -176,7 +176,10 @@ def request_tensor(tensor: pb.Tensor, field: str, name: str | None = None) -> np
     """A request's Tensor field -> its array, held to the field's dtype; field names it in
     messages, name (the field's own name, when field is a path such as tables[0].ids) picks it."""
     want = "float32" if (name or field) in FLOAT32_FIELDS else "int64"
-    if tensor.dtype != want and tensor.dtype in NATIVE_DTYPES:
+    # an empty tensor holds no value to misread: numpy's default float64 empty array, sent as
+    # float32 by `array_to_tensor`, stays an empty list of ids
+    empty = tensor.dtype in NATIVE_DTYPES and not tensor.data and 0 in tensor.shape
+    if tensor.dtype != want and not empty:
         raise InvalidRequest(f"{field}.dtype must be {want!r}, got {tensor.dtype!r}")
     return tensor_to_array(tensor, field)
 

@@ -67,7 +67,7 @@ class ReplicaRow:
             if name.startswith(TABLE_FIELD):
                 try:
                     tables[name[len(TABLE_FIELD) :]] = _table_status(json.loads(value))
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, RecursionError):
                     tables[name[len(TABLE_FIELD) :]] = TableStatus(state="unreadable")
         return cls(
             replica=replica,

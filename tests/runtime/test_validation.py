@@ -288,5 +288,12 @@ def test_booleans_among_numbers_are_named_by_their_path() -> None:
         refuse_booleans_among_numbers({"inputs": [{"data": [1]}, {"data": [[1, 2], [3], [False, 0.5]]}]})
     with pytest.raises(InvalidRequest, match=r"^X\.ids\[0\] is true"):
         refuse_booleans_among_numbers({"ids": [True, 1]}, "X")
+    # a matrix is one array: rows of booleans beside rows of numbers (found by a review)
+    with pytest.raises(InvalidRequest, match=r"^queries\[1\]\[0\] is true among numbers"):
+        refuse_booleans_among_numbers({"queries": [[0.5, 0.25], [True, False]]})
+    with pytest.raises(InvalidRequest, match=r"^candidate_ids\[2\]\[1\] is false"):
+        refuse_booleans_among_numbers({"candidate_ids": [[1, 2], [3, 4], [5, False]]})
+    # a long key above many lists: its path is built once, for a message, not for every list
+    refuse_booleans_among_numbers({"x": {"k" * 100_000: [[] for _ in range(50_000)]}, "f": True})
     # booleans alone, flags and numbers alone are the fields' own checks' to judge
     refuse_booleans_among_numbers({"flags": [True, False], "exclude_self": True, "ids": [1, 2], "q": [[0.5]], "e": []})

@@ -180,3 +180,12 @@ def test_a_missing_array_is_required_not_a_bad_dtype(stub: pb_grpc.EmbeddingServ
         assert info.value.details() == f"{field} is required"
     empty = stub.Lookup(pb.LookupRequest(table="items", ids=array_to_tensor(np.zeros(0, np.int64))))
     assert list(empty.embeddings.shape) == [0, 32]
+
+
+def test_an_empty_tensor_of_the_other_dtype_is_an_empty_array(stub: pb_grpc.EmbeddingServiceStub) -> None:
+    # numpy's empty array is float64, sent as float32: no value to misread, so not refused
+    empty = array_to_tensor(np.array([]))
+    assert empty.dtype == "float32"
+    got = stub.Search(pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=3, exclude_ids=empty))
+    plain = stub.Search(pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=3))
+    assert list(got.ids.shape) == [1, 3] and got.ids.data == plain.ids.data
