@@ -143,6 +143,12 @@ def _claim_name(directory: Path, stem: str, written: Path) -> Path:
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(path)
     file = root / MANIFEST
+    try:
+        root.stat()
+    except FileNotFoundError:
+        pass  # named below
+    except OSError as exc:  # a name too long, a loop of links, a component that is a file, ...
+        raise ArtifactNotFound(f"artifact directory {str(root)[:200]!r} cannot be reached: {exc.strerror}") from None
     if root.is_file():
         raise ArtifactNotFound(
             f"{str(root)!r} is a file; an artifact directory is expected (make one with `embserve compress`)"

@@ -36,6 +36,7 @@ from runtime.validation import (
     check_lengths,
     check_metric,
     check_offsets,
+    check_path,
     check_queries,
     check_seed,
     check_table_input,
@@ -894,6 +895,7 @@ class Table:
         """Write the table (with its delta folded in, and its sequence) as a format-2 artifact."""
         from runtime.tableio import write_table
 
+        check_path(path, "artifact path")
         table = self if self._delta.view.empty else self.compact(self.version)
         self.path = write_table(table, path)
         return self.path
@@ -1117,8 +1119,13 @@ def load_table(path: str | os.PathLike[str], verify: bool = True, *, parallel_mi
     a server whose requests already run concurrently passes a higher one."""
     from runtime.tableio import read_table
 
-    if parallel_min_ids is not None and not 1 <= parallel_min_ids <= PARALLEL_MIN_IDS:
-        raise InvalidRequest(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {parallel_min_ids}")
+    check_path(path, "artifact path")
+    if parallel_min_ids is not None and (
+        isinstance(parallel_min_ids, bool)
+        or not isinstance(parallel_min_ids, (int, np.integer))
+        or not 1 <= parallel_min_ids <= PARALLEL_MIN_IDS
+    ):
+        raise InvalidRequest(f"parallel_min_ids must be in 1..{PARALLEL_MIN_IDS}, got {parallel_min_ids!r}")
     table = read_table(path, verify)
     if parallel_min_ids is not None:
         table.set_parallel_min_ids(int(parallel_min_ids))

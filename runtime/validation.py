@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -347,6 +348,13 @@ def check_k(k: Any, field: str = "k") -> int:
     if int(k) <= 0:
         raise InvalidRequest(f"{field} must be a positive integer, got {int(k)}")
     return int(k)
+
+
+def check_path(path: Any, what: str) -> None:
+    """A path argument: a str or os.PathLike, not empty (None, bytes or a number raised TypeError
+    deep in pathlib)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InvalidRequest(f"{what} must be a non-empty str or os.PathLike, got {path!r}")
 
 
 def check_seed(seed: Any) -> int:

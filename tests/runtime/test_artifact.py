@@ -238,3 +238,16 @@ def test_a_rewrite_removes_what_a_killed_writer_left_and_keeps_other_files(tmp_p
     runtime.compress(low_rank_table(100, 8, seed=2), "int8").save(out)
     names = {p.name for p in out.iterdir()}
     assert not names & set(leftovers) and {"notes.txt", "tier0--rows.backup.npy"} <= names
+
+
+def test_paths_that_are_not_paths_or_cannot_be_reached_are_named(tmp_path: Path) -> None:
+    # found by a probe: each raised TypeError or OSError from deep in pathlib
+    for bad in (None, 5, b"dir", ""):
+        with pytest.raises(runtime.InvalidRequest, match=r"artifact path must be a non-empty str or os\.PathLike"):
+            runtime.load_table(bad)  # type: ignore[arg-type]
+    with pytest.raises(ArtifactNotFound, match="cannot be reached: File name too long"):
+        runtime.load_table(tmp_path / ("x" * 5000))
+    with pytest.raises(runtime.InvalidRequest, match=r"parallel_min_ids must be in 1\.\.4096, got '5'"):
+        runtime.load_table(tmp_path, parallel_min_ids="5")  # type: ignore[arg-type]
+    with pytest.raises(runtime.InvalidRequest, match="artifact path must be"):
+        runtime.compress(low_rank_table(20, 4), "fp32").save(None)  # type: ignore[arg-type]
