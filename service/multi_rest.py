@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from runtime.errors import InvalidRequest
-from runtime.validation import check_flag, refuse_booleans_among_numbers
+from runtime.validation import check_flag, refuse_booleans_in_json
 from service.multi import MultiLookupResult, from_jagged
 from service.requests import MultiLookupRequest, lookup_request
 
@@ -107,7 +107,7 @@ def parse_binary(header: str | None, body: bytes) -> MultiLookupRequest:
         raise InvalidRequest(f"{TABLES_HEADER} is not valid JSON: {exc}") from None
     if not isinstance(described, dict) or not isinstance(described.get("tables"), list):
         raise InvalidRequest(f'{TABLES_HEADER} must be {{"tables": [...], "concat": false}}')
-    refuse_booleans_among_numbers(described, TABLES_HEADER)
+    refuse_booleans_in_json(header.encode(), described, TABLES_HEADER)
     _refuse_unknown(described, TABLES_LAYOUT_FIELDS, TABLES_HEADER)
     concat = check_flag(described.get("concat", False), "concat")
     at = 0

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from runtime.errors import EmbserveError, InvalidRequest, NotReady, PayloadTooLarge
 from runtime.table import __version__
-from runtime.validation import check_flag, refuse_booleans_among_numbers, reshaped
+from runtime.validation import check_flag, refuse_booleans_in_json, reshaped
 from service import multi_rest, oip
 from service.core import EmbeddingService, TakenIn
 from service.errors import render_error, send_http_error
@@ -153,8 +153,7 @@ def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest("body must be a JSON object")
-    if b"true" in raw or b"false" in raw:
-        refuse_booleans_among_numbers(value)
+    refuse_booleans_in_json(raw, value)
     return value
 
 

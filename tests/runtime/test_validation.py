@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 import runtime
 from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCodec, UnsupportedMetric
 from runtime.kernels import checks
-from runtime.validation import check_ids, check_keys, check_offsets, check_queries, refuse_booleans_among_numbers
+from runtime.validation import (
+    check_ids,
+    check_keys,
+    check_offsets,
+    check_queries,
+    refuse_booleans_among_numbers,
+    refuse_booleans_in_json,
+)
 from tests.conftest import low_rank_table
 
 
@@ -232,6 +240,9 @@ def test_first_bad_offset_matches_twin(values: list[int], n_ids: int) -> None:
     if pos >= 0:  # and check_offsets refuses them, for the reason at that position
         with pytest.raises(InvalidRequest, match=rf"offsets(\[0\]|\[{pos}\]|\[-1\])"):
             check_offsets(offsets, n_ids)
+    elif offsets.size == 0 and n_ids:  # no bag to hold the ids (the kernel leaves that to the caller)
+        with pytest.raises(InvalidRequest, match=f"offsets is empty but {n_ids} ids were given"):
+            check_offsets(offsets, n_ids)
     else:
         assert check_offsets(offsets, n_ids) is offsets
 
@@ -297,3 +308,17 @@ def test_booleans_among_numbers_are_named_by_their_path() -> None:
     refuse_booleans_among_numbers({"x": {"k" * 100_000: [[] for _ in range(50_000)]}, "f": True})
     # booleans alone, flags and numbers alone are the fields' own checks' to judge
     refuse_booleans_among_numbers({"flags": [True, False], "exclude_self": True, "ids": [1, 2], "q": [[0.5]], "e": []})
+
+
+def test_booleans_in_json_bodies_cost_a_scan_and_a_bounded_walk() -> None:
+    # found by a probe: a deep body of 180 KB with a literal true took seconds and hundreds of MB
+    deep = b'{"ids":' + b"[" * 1000 + b"[1]," * 60_000 + b"true" + b"]" * 1000 + b"}"
+    with pytest.raises(InvalidRequest, match=r"\[60000\] is true among numbers"):
+        refuse_booleans_in_json(deep, orjson.loads(deep))
+    # past the walk's budget (200,000 containers) the first boolean in an array is named by its byte
+    wide = b'{"ids":[' + b'{"a":[1]},' * 300_000 + b"true]}"
+    with pytest.raises(InvalidRequest, match=r"^an array holds true or false \(at byte 3000008\)"):
+        refuse_booleans_in_json(wide, orjson.loads(wide))
+    # flags are object members: not looked into; OIP parameters, whose unknown entries are ignored, neither
+    flags = b'{"ids": [1, 2], "exclude_self": true, "parameters": {"tag": [1, true]}}'
+    refuse_booleans_in_json(flags, orjson.loads(flags))
