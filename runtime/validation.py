@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,123 +138,162 @@ def check_flag(value: Any, what: str) -> bool:
     return bool(value)
 
 
-# `true` or `false` right after `[` or `,`: inside an array (an object's flags follow `:`)
-BOOLEAN_IN_ARRAY = re.compile(rb"[\[,]\s*(true|false)")
-WALK_BUDGET = 200_000
-"""Containers `refuse_booleans_among_numbers` reads before it stops looking for a path."""
+WALK_BUDGET = 50_000
+"""Containers `refuse_booleans_among_numbers` reads before it gives up on a body (and lets it pass)."""
+JSON_SPACE = b" \t\r\n"
 
 
 class _OverBudget(Exception):
     pass
 
 
+def _boolean_in_array(raw: bytes, most: int = 1000) -> bool:
+    """Whether a JSON body may hold true or false inside an array: one follows `[` or `,` (an
+    object's members follow `:`). Each literal is found at C speed and the bytes before it read
+    back over whitespace; past `most` literals, or a long run of whitespace, the answer is yes
+    (the walk that follows is bounded)."""
+    seen = 0
+    for word in (b"true", b"false"):
+        at = raw.find(word)
+        while at >= 0:
+            before = raw[max(at - 64, 0) : at].rstrip(JSON_SPACE)
+            if not before or before[-1:] in (b"[", b","):
+                return True
+            seen += 1
+            if seen > most:
+                return True
+            at = raw.find(word, at + len(word))
+    return False
+
+
 def refuse_booleans_in_json(raw: bytes, value: Any, where: str = "") -> None:
-    """`refuse_booleans_among_numbers` for a JSON body `raw` parsed into `value`, read only when
-    `raw` holds true or false inside an array (no request field takes an array of booleans, so
-    ordinary bodies, whose flags are object members, cost one regular-expression scan). A body
-    too large to walk for a path is refused by the byte where the first such value is."""
-    if b"true" not in raw and b"false" not in raw:  # most bodies: a byte search, no expression
+    """`refuse_booleans_among_numbers` for a JSON body `raw` parsed into `value`, walked only when
+    `raw` may hold true or false inside an array (ordinary bodies, whose flags are object
+    members, cost a byte search). A body of more than WALK_BUDGET containers is let through
+    unread, as before this check: the check is for mistakes, and fields keep their own checks."""
+    if not _boolean_in_array(raw):
         return
-    found = BOOLEAN_IN_ARRAY.search(raw)
-    if found is None:
-        return
-    try:
+    with contextlib.suppress(_OverBudget):
         refuse_booleans_among_numbers(value, where, budget=WALK_BUDGET)
-    except _OverBudget:
-        raise InvalidRequest(
-            f"{where + ': ' if where else ''}an array holds true or false (at byte {found.start(1)}); send numbers only"
-        ) from None
 
 
 def refuse_booleans_among_numbers(value: Any, where: str = "", budget: int | None = None) -> None:
     """Refuse an array, anywhere in a parsed JSON value, that holds true or false beside numbers,
-    naming the first such entry by its path (`ids[1]`, `queries[1][0]`, `inputs[0].data[3]`). An
-    array is a list with its nested lists (a matrix is one): numpy reads [1, true] as [1, 1] and
-    [[0.5, 0.25], [true, false]] as [[0.5, 0.25], [1.0, 0.0]], so a mistyped id or value would
-    pass every later check. An array of booleans alone is left to the field's own check, and
-    members named "parameters" (OIP's, whose unknown entries are ignored) are not looked into.
+    naming the first such entry in document order by its path (`ids[1]`, `queries[1][0]`,
+    `inputs[0].data[3]`). An array is a list with its nested lists (a matrix is one): numpy reads
+    [1, true] as [1, 1] and [[0.5, 0.25], [true, false]] as [[0.5, 0.25], [1.0, 0.0]], so a
+    mistyped id or value would pass every later check. An array of booleans alone is left to the
+    field's own check, and members named "parameters" (OIP's, whose unknown entries are ignored)
+    are not looked into. budget: containers to read at most (then _OverBudget).
 
-    One depth-first pass, linear in the value's size: the path is one list of steps pushed and
-    popped on the way, and written out only for the message (paths built for every nested list
-    or object cost a small, deep body hundreds of MB and seconds, found by probes)."""
+    Two depth-first passes, each linear in the value's size: the first finds the arrays that mix,
+    the second (only when one does) names the first boolean of those in document order. The path
+    is one list of steps pushed and popped on the way (paths built for every nested list or object
+    cost a small, deep body hundreds of MB and seconds, found by probes)."""
     if not isinstance(value, (dict, list)):
         return
-    steps: list[Any] = []  # dict keys and list indices from `value` to the innermost open node
-    scopes: list[list[bool]] = []  # [holds a boolean, holds a number] of each open array
-    stack: list[tuple[Iterator[tuple[Any, Any]], Any, bool]] = []  # (containers in it, node, opens a scope)
+    mixed = _mixed_arrays(value, budget)
+    if mixed:
+        _raise_first_boolean(value, mixed, where)
 
-    visits = [0]
 
-    def enter(node: Any, opens: bool) -> None:
-        visits[0] += 1
-        if budget is not None and visits[0] > budget:
-            raise _OverBudget
-        if opens:
-            scopes.append([False, False])
+def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any, list[Any]]]:
+    """Depth first over the dicts and lists of a JSON value, in document order: ("enter", node,
+    steps) on the way in, ("leave", node, steps) on the way out; steps is the path to node, one
+    list updated in place. Empty containers and members named "parameters" are passed over."""
+    steps: list[Any] = []
+    visits = 0
+    stack: list[Iterator[tuple[Any, Any]]] = []
+
+    def children(node: Any) -> Iterator[tuple[Any, Any]]:
+        # lazy: a walk stopped by its budget reads no further into a long list
         if isinstance(node, dict):
-            inside = [(k, v) for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters"]
-        else:
-            kinds = set(map(type, node))  # at C speed: a list of 4M numbers is read in ~0.1 s
-            scope = scopes[-1]
-            scope[0] = scope[0] or bool in kinds
-            scope[1] = scope[1] or int in kinds or float in kinds
-            inside = [(i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v] if kinds & CONTAINERS else []
-        stack.append((iter(inside), node, opens))
+            return ((k, v) for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters")
+        if not set(map(type, node)) & CONTAINERS:  # at C speed: most lists hold numbers only
+            return iter(())
+        return ((i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v)
 
-    enter(value, isinstance(value, list))
+    yield "enter", value, steps
+    stack.append(children(value))
     while stack:
-        children, node, opens = stack[-1]
-        item = next(children, None)
+        item = next(stack[-1], None)
         if item is None:
             stack.pop()
-            if opens:
-                has_boolean, has_number = scopes.pop()
-                if has_boolean and has_number:
-                    _raise_first_boolean(node, steps, where)
+            yield "leave", None, steps
             if stack:
                 steps.pop()
             continue
+        visits += 1
+        if budget is not None and visits > budget:
+            raise _OverBudget
         step, child = item
         steps.append(step)
-        enter(child, isinstance(child, list) and not isinstance(node, list))
+        yield "enter", child, steps
+        stack.append(children(child))
+
+
+def _mixed_arrays(value: Any, budget: int | None) -> set[int]:
+    """ids of the arrays (outermost lists: an array's nested lists belong to it) that hold true or
+    false beside a number."""
+    mixed: set[int] = set()
+    scopes: list[tuple[int, list[bool]]] = []  # (id of the array, [holds a boolean, holds a number])
+    opened: list[bool] = []  # for each open node, whether it opened an array
+    parents: list[Any] = [None]
+    for event, node, _ in _walk(value, budget):
+        if event == "leave":
+            parents.pop()
+            if opened.pop():
+                array, (has_boolean, has_number) = scopes.pop()
+                if has_boolean and has_number:
+                    mixed.add(array)
+            continue
+        opens = isinstance(node, list) and not isinstance(parents[-1], list)
+        opened.append(opens)
+        parents.append(node)
+        if opens:
+            scopes.append((id(node), [False, False]))
+        if isinstance(node, list):
+            kinds = set(map(type, node))
+            flags = scopes[-1][1]
+            flags[0] = flags[0] or bool in kinds
+            flags[1] = flags[1] or int in kinds or float in kinds
+    return mixed
+
+
+def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
+    """Name the first true / false, in document order, that lies in one of the `mixed` arrays."""
+    steps: list[Any] = []
+
+    def frame(node: Any, inside: bool) -> tuple[Any, Iterator[Any], bool]:
+        """node, the keys or positions to visit in order, whether node lies in a mixed array."""
+        if isinstance(node, dict):
+            keys = [k for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters"]
+            return node, iter(keys), False
+        wanted = (bool, list, dict) if inside else (list, dict)
+        return node, iter([i for i, kind in enumerate(map(type, node)) if kind in wanted]), inside
+
+    stack = [frame(value, isinstance(value, list) and id(value) in mixed)]
+    while stack:
+        node, positions, inside = stack[-1]
+        step = next(positions, None)
+        if step is None:
+            stack.pop()
+            if stack:
+                steps.pop()
+            continue
+        child = node[step]
+        if isinstance(child, bool):
+            path = where + "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in steps)
+            word = "true" if child else "false"
+            raise InvalidRequest(f"{path.removeprefix('.')}[{step}] is {word} among numbers; send numbers only")
+        steps.append(step)
+        if isinstance(child, list):
+            stack.append(frame(child, inside if isinstance(node, list) else id(child) in mixed))
+        else:
+            stack.append(frame(child, False))
 
 
 CONTAINERS = frozenset({dict, list})
-
-
-def _booleans_and_lists(values: list[Any]) -> list[int]:
-    """Positions of the booleans and lists in `values`, in order (types read at C speed)."""
-    kinds = list(map(type, values))
-    if list not in kinds:
-        return [kinds.index(bool)] if bool in kinds else []
-    return [i for i, kind in enumerate(kinds) if kind is bool or kind is list]
-
-
-def _raise_first_boolean(array: list[Any], steps: list[Any], where: str) -> None:
-    """Name the first true / false of `array` (found at `steps` below `where`) in document order."""
-    inner: list[int] = []  # indices from `array` to the list being read
-    pending: list[Iterator[int]] = [iter(_booleans_and_lists(array))]
-    lists: list[list[Any]] = [array]
-    while pending:
-        position = next(pending[-1], None)
-        if position is None:
-            pending.pop()
-            lists.pop()
-            if pending:
-                inner.pop()
-            continue
-        child = lists[-1][position]
-        inner.append(position)
-        if isinstance(child, bool):
-            break
-        pending.append(iter(_booleans_and_lists(child)))
-        lists.append(child)
-    path = where + "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in steps)
-    path = path.removeprefix(".") + "".join(f"[{i}]" for i in inner)
-    entry: Any = array
-    for i in inner:
-        entry = entry[i]
-    raise InvalidRequest(f"{path} is {'true' if entry else 'false'} among numbers; send numbers only")
 
 
 def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
