@@ -70,9 +70,8 @@ def direct_gather_ids(arr: Any) -> bool:
 
 def direct_bag_arrays(ids: Any, offsets: Any) -> bool:
     """Whether ids and offsets are both what the one-call bag kernels take unconverted and
-    unchecked (`Codec.direct_bags`, compiled for C-contiguous (n,) int64 arrays). Ids without
-    offsets take the general path, which refuses them (no bag would hold them)."""
-    return _flat_int64(ids) and _flat_int64(offsets) and (len(offsets) > 0 or len(ids) == 0)
+    unchecked (`Codec.direct_bags`, compiled for C-contiguous (n,) int64 arrays)."""
+    return _flat_int64(ids) and _flat_int64(offsets)
 
 
 def check_table_input(x: Any) -> np.ndarray:
@@ -492,13 +491,11 @@ def check_offsets(offsets: Any, n_ids: int) -> np.ndarray:
         # a bag lookup's hot path: one kernel pass (numpy's diff and reductions cost ~15 µs a call);
         # the checks below run only to name what is wrong
         offsets = writable(offsets)
-        if first_bad_offset(offsets, n_ids) < 0 and (offsets.shape[0] or not n_ids):
+        if first_bad_offset(offsets, n_ids) < 0:
             return offsets
     arr = np.asarray(offsets)
     if arr.ndim == 1 and arr.size == 0:
-        if n_ids:
-            # no bag to hold them: the ids were dropped without a word (lengths [] is refused alike)
-            raise InvalidRequest(f"offsets is empty but {n_ids} ids were given; bag b starts at offsets[b]")
+        # no bags, whatever the ids: torch's embedding_bag answers (0, dim) too
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu":
         raise InvalidRequest(f"offsets must be integers, got dtype {arr.dtype}")
