@@ -456,10 +456,10 @@ def _checked_truth(truth: np.ndarray, nq: int, k: int, table: Table) -> np.ndarr
         raise InvalidRequest(f"truth must be (q={nq}, >= k={k}), got {truth.shape}")
     if truth.dtype.kind not in "iu":
         raise InvalidRequest(f"truth must hold integer ids, got dtype {truth.dtype}")
-    flat = truth[:, :k].reshape(-1).astype(np.int64)
     if table.keymap is None:
         check_id_matrix(truth[:, :k], table.rows, "truth")  # names a bad id by row and column
     else:
+        flat = truth[:, :k].reshape(-1).astype(np.int64)
         rows, missing = table.keymap.rows(flat)
         if missing:
             pos = int(np.flatnonzero(rows < 0)[0])

@@ -207,7 +207,7 @@ def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any, list[Any]]
     def children(node: Any) -> Iterator[tuple[Any, Any]]:
         # lazy: a walk stopped by its budget reads no further into a long list
         if isinstance(node, dict):
-            return ((k, v) for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters")
+            return _walked_members(node)
         if not set(map(type, node)) & CONTAINERS:  # at C speed: most lists hold numbers only
             return iter(())
         return ((i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v)
@@ -266,8 +266,7 @@ def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
     def frame(node: Any, inside: bool) -> tuple[Any, Iterator[Any], bool]:
         """node, the keys or positions to visit in order, whether node lies in a mixed array."""
         if isinstance(node, dict):
-            keys = [k for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters"]
-            return node, iter(keys), False
+            return node, (k for k, _ in _walked_members(node)), False
         wanted = (bool, list, dict) if inside else (list, dict)
         return node, iter([i for i, kind in enumerate(map(type, node)) if kind in wanted]), inside
 
@@ -293,6 +292,12 @@ def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
 
 
 CONTAINERS = frozenset({dict, list})
+
+
+def _walked_members(node: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    """An object's members the boolean check reads into, in order: non-empty lists and objects,
+    save OIP's "parameters" (unknown ones are ignored)."""
+    return ((k, v) for k, v in node.items() if type(v) in CONTAINERS and v and k != "parameters")
 
 
 def refuse_outside_int64(arr: np.ndarray, field: str) -> None:
