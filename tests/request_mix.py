@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from numba.core import types
 from numba.core.dispatcher import Dispatcher
 
 import runtime
@@ -34,6 +35,24 @@ def compiled_signatures() -> dict[str, int]:
     return {name: len(kernel.signatures) for name, kernel in kernel_dispatchers()}
 
 
+def needless_specializations() -> dict[str, list[str]]:
+    """Kernels compiled more than once where once would do: for a literal argument
+    (`Literal[int](0)`, a constant one kernel passes another) beside the same argument's plain
+    type, or for an unsigned scalar (a `prange` index) beside an int64 one. Each is a compile,
+    seconds of a cold start, that plain int64 arguments share. -> name: its signatures."""
+    found: dict[str, list[str]] = {}
+    for name, kernel in kernel_dispatchers():
+        general = {tuple(_general_type(t) for t in signature) for signature in kernel.signatures}
+        if len(general) < len(kernel.signatures):
+            found[name] = [str(signature) for signature in kernel.signatures]
+    return found
+
+
+def _general_type(t: types.Type) -> types.Type:
+    t = types.unliteral(t)
+    return types.int64 if t in types.unsigned_domain else t
+
+
 def run_in_a_fresh_process(target: str, *args: str) -> str:
     """What `module:function(*args)` returns, printed by a fresh interpreter with warnings as
     errors: there no kernel an earlier test ran can hide one that warm-up misses."""
@@ -47,8 +66,8 @@ def run_in_a_fresh_process(target: str, *args: str) -> str:
 
 
 def serve_requests(table: runtime.Table) -> None:
-    """Lookups, bags (mean and weighted), searches by vector and by stored row, and scores, for
-    every metric the table has; by key where the table is keyed."""
+    """Lookups, bags (mean and weighted), searches by vector and by stored row (with rows left
+    out and without), and scores, for every metric the table has; by key where the table is keyed."""
     few_rows, many_rows = np.array([3, 1]), np.arange(5000) % min(table.rows, 600)
     keys = table.keys
     few = few_rows if keys is None else keys[few_rows]
@@ -61,6 +80,8 @@ def serve_requests(table: runtime.Table) -> None:
     q = table.lookup(few)
     for metric in table.metrics:
         table.search(q, 5, metric, oversample=3)
+        table.search(q, 5, metric, oversample=3, exclude_ids=few, exclude_lengths=[1, 1])
         table.search_by_id(few, 5, metric, oversample=3)
+        table.search_by_id(few, 5, metric, oversample=3, exclude_ids=few[:1])
         table.score(candidates, queries=q, metric=metric)
         table.score(candidates, query_ids=few, metric=metric)

@@ -53,7 +53,7 @@ def fp16_gather(bits16: np.ndarray, ids: np.ndarray, nchunks: int) -> np.ndarray
 def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """`fp16_gather` on the calling thread, for small batches."""
     out = np.empty((ids.shape[0], bits16.shape[1]), dtype=np.float32)
-    _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
+    _fp16_gather_into(bits16, ids, np.int64(0), ids.shape[0], out)
     return out
 
 
@@ -68,7 +68,7 @@ def fp16_gather_checked_into(bits16: np.ndarray, min_ids: int, ids: np.ndarray, 
         if tasks > 1:
             _fp16_gather_chunks_into(bits16, ids, tasks, out)
         else:
-            _fp16_gather_into(bits16, ids, 0, ids.shape[0], out)
+            _fp16_gather_into(bits16, ids, np.int64(0), ids.shape[0], out)
     return bad
 
 
@@ -132,7 +132,7 @@ def fp16_bags_checked_into(
     if tasks > 1:
         _fp16_bags_chunks_into(bits16, ids, offsets, mean, tasks, out)
     else:
-        _fp16_bags_into(bits16, ids, offsets, 0, offsets.shape[0], mean, out)
+        _fp16_bags_into(bits16, ids, offsets, np.int64(0), offsets.shape[0], mean, out)
     return -1
 
 
@@ -140,7 +140,7 @@ def fp16_bags_checked_into(
 def fp16_bags_serial(bits16: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
     """`fp16_bags_chunked` on the calling thread, for small batches."""
     out = np.empty((offsets.shape[0], bits16.shape[1]), dtype=np.float32)
-    _fp16_bags_into(bits16, ids, offsets, 0, offsets.shape[0], mean, out)
+    _fp16_bags_into(bits16, ids, offsets, np.int64(0), offsets.shape[0], mean, out)
     return out
 
 
@@ -180,7 +180,7 @@ def pool_chunked(decoded: np.ndarray, offsets: np.ndarray, mean: bool, nchunks: 
 def pool_serial(decoded: np.ndarray, offsets: np.ndarray, mean: bool) -> np.ndarray:
     """`pool_chunked` on the calling thread, for small batches."""
     out = np.empty((offsets.shape[0], decoded.shape[1]), dtype=np.float32)
-    _pool_into(decoded, offsets, 0, offsets.shape[0], mean, out)
+    _pool_into(decoded, offsets, np.int64(0), offsets.shape[0], mean, out)
     return out
 
 

@@ -448,7 +448,7 @@ def _scan_chunks_parallel(blocked: np.ndarray, query: tuple, n: int, heaps: tupl
     """Every chunk (as many as the heaps have) by `_scan_chunk`, one task a chunk."""
     nchunks = heaps[2].shape[1]
     for c in prange(nchunks):
-        _scan_chunk(blocked, query, n, c, nchunks, heaps)
+        _scan_chunk(blocked, query, n, np.int64(c), nchunks, heaps)
 
 
 @njit(nogil=True, cache=True)
@@ -469,7 +469,7 @@ def fastscan_topk(blocked: np.ndarray, luts: np.ndarray, n: int, k: int, nchunks
     heaps = partial_heaps(nq, nchunks, kk)
     query = (ordered, flat, bias, scale, slack)
     if nchunks == 1:
-        _scan_chunk(blocked, query, n, 0, 1, heaps)
+        _scan_chunk(blocked, query, n, np.int64(0), np.int64(1), heaps)
     else:
         _scan_chunks_parallel(blocked, query, n, heaps)
     return merge_partials(heaps[0], heaps[1], heaps[2], kk)

@@ -325,7 +325,7 @@ def _scan_chunks_parallel(codes: np.ndarray, query: tuple, heaps: tuple) -> None
     """Every chunk (as many as the heaps have) by `_scan_chunk`, one task a chunk."""
     nchunks = heaps[2].shape[1]
     for c in prange(nchunks):
-        _scan_chunk(codes, query, c, nchunks, heaps)
+        _scan_chunk(codes, query, np.int64(c), nchunks, heaps)
 
 
 @njit(nogil=True, cache=True)
@@ -349,7 +349,7 @@ def fastscan8_topk(codes: np.ndarray, luts: np.ndarray, k: int, nchunks: int):
     heaps = partial_heaps(nq, nchunks, kk)
     query = (tables, flat, bias, scale, slack)
     if nchunks == 1:
-        _scan_chunk(codes, query, 0, 1, heaps)
+        _scan_chunk(codes, query, np.int64(0), np.int64(1), heaps)
     else:
         _scan_chunks_parallel(codes, query, heaps)
     return merge_partials(heaps[0], heaps[1], heaps[2], kk)

@@ -112,7 +112,7 @@ def probe_into(table: np.ndarray, keys: np.ndarray, lo: int, hi: int, out: np.nd
 def lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int]:
     """keys (b,) int64 -> rows (b,) int64 (-1 where absent) and how many were absent."""
     out = np.empty(keys.shape[0], dtype=np.int64)
-    missing = probe_into(table, keys, 0, keys.shape[0], out)
+    missing = probe_into(table, keys, np.int64(0), keys.shape[0], out)
     return out, missing
 
 
@@ -205,7 +205,7 @@ def resolve_keys(
     `delta_slots` gave in three, with numpy passes between them."""
     n = keys.shape[0]
     rows = np.empty(n, dtype=np.int64)
-    probe_into(base, keys, 0, n, rows)
+    probe_into(base, keys, np.int64(0), n, rows)
     added_mask = np.uint64(added.shape[0] - 1)
     for i in range(n):
         if rows[i] == EMPTY:

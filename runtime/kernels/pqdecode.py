@@ -96,7 +96,7 @@ def bags_serial(
 ) -> np.ndarray:
     """`bags` on the calling thread."""
     out = np.empty((offsets.shape[0], codebooks.shape[0] * codebooks.shape[2]), dtype=np.float32)
-    _bags_into(codes, ids, offsets, 0, offsets.shape[0], codebooks, four_bit, mean, out)
+    _bags_into(codes, ids, offsets, np.int64(0), offsets.shape[0], codebooks, four_bit, mean, out)
     return out
 
 

@@ -401,7 +401,7 @@ def quantized_topk(
         padded = np.zeros(((nq + TILE - 1) // TILE * TILE, columns), dtype=np.float32)
         padded[:nq, :dim] = queries
         for c in prange(nchunks):
-            start, stop = _chunk_bounds(n, nchunks, c)
+            start, stop = _chunk_bounds(n, nchunks, np.int64(c))
             _scan_chunk_tiled(
                 rows, bits, padded, q_sums, dim, l2, start, stop, part_keys[:, c], part_ids[:, c], part_sizes[:, c]
             )
@@ -409,7 +409,7 @@ def quantized_topk(
     no_rows = np.empty(0, dtype=np.float32)
     block_rows = scan_block_rows(rows.shape[1] * rows.itemsize)
     for c in prange(nchunks):
-        start, stop = _chunk_bounds(n, nchunks, c)
+        start, stop = _chunk_bounds(n, nchunks, np.int64(c))
         keys = np.empty(block_rows, dtype=np.float32)
         norms = np.empty(block_rows, dtype=np.float32)
         for block in range(start, stop, block_rows):

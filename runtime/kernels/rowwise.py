@@ -335,7 +335,7 @@ def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.
     """`gather` on the calling thread only: for small batches waking a thread team
     costs more than the work (and a server calls kernels from several threads at once)."""
     out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
+    _gather_into(rows, ids, np.int64(0), ids.shape[0], dim, bits, out)
     return out
 
 
@@ -353,7 +353,7 @@ def gather_checked_into(rows: np.ndarray, dim: int, bits: int, min_ids: int, ids
         if tasks > 1:
             _gather_chunks_into(rows, ids, dim, bits, tasks, out)
         else:
-            _gather_into(rows, ids, 0, ids.shape[0], dim, bits, out)
+            _gather_into(rows, ids, np.int64(0), ids.shape[0], dim, bits, out)
     return bad
 
 
@@ -457,7 +457,7 @@ def gather_merged_serial(
 ) -> np.ndarray:
     """`gather_merged` on the calling thread only."""
     out = np.empty((rows.shape[0], dim), dtype=np.float32)
-    _gather_merged_into(base, delta, rows, slots, 0, rows.shape[0], dim, bits, out)
+    _gather_merged_into(base, delta, rows, slots, np.int64(0), rows.shape[0], dim, bits, out)
     return out
 
 
@@ -859,7 +859,7 @@ def bags_checked_into(
     if tasks > 1:
         _bags_chunks_into(rows, ids, offsets, dim, bits, mean, tasks, out)
     else:
-        _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, out)
+        _bags_into(rows, ids, offsets, np.int64(0), offsets.shape[0], dim, bits, mean, out)
     return -1
 
 
@@ -867,7 +867,7 @@ def bags_checked_into(
 def bags_serial(rows: np.ndarray, ids: np.ndarray, offsets: np.ndarray, dim: int, bits: int, mean: bool) -> np.ndarray:
     """`bags` on the calling thread, for small batches."""
     out = np.empty((offsets.shape[0], dim), dtype=np.float32)
-    _bags_into(rows, ids, offsets, 0, offsets.shape[0], dim, bits, mean, out)
+    _bags_into(rows, ids, offsets, np.int64(0), offsets.shape[0], dim, bits, mean, out)
     return out
 
 

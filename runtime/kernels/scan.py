@@ -165,8 +165,8 @@ def hamming_topk(codes: np.ndarray, queries: np.ndarray, k: int, nchunks: int):
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     for c in prange(nchunks):
-        start, stop = _chunk_bounds(n, nchunks, c)
-        _hamming_scan_chunk(codes, queries, start, stop, part_keys, part_ids, part_sizes, c)
+        start, stop = _chunk_bounds(n, nchunks, np.int64(c))
+        _hamming_scan_chunk(codes, queries, start, stop, part_keys, part_ids, part_sizes, np.int64(c))
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 
@@ -551,8 +551,10 @@ def adc_topk(
     kk = min(k, n)
     part_keys, part_ids, part_sizes = partial_heaps(nq, nchunks, kk)
     for c in prange(nchunks):
-        start, stop = _chunk_bounds(n, nchunks, c)
-        _adc_scan_chunk(codes, flat, row_mul, row_add, start, stop, part_keys, part_ids, part_sizes, c, four_bit)
+        start, stop = _chunk_bounds(n, nchunks, np.int64(c))
+        _adc_scan_chunk(
+            codes, flat, row_mul, row_add, start, stop, part_keys, part_ids, part_sizes, np.int64(c), four_bit
+        )
     return merge_partials(part_keys, part_ids, part_sizes, kk)
 
 

@@ -60,7 +60,7 @@ def heap_push(keys: np.ndarray, ids: np.ndarray, size: int, key: float, idx: int
     if capacity > 0 and _better(key, idx, keys[0], ids[0]):
         keys[0] = key
         ids[0] = idx
-        heap_sift_down(keys, ids, size, 0)
+        heap_sift_down(keys, ids, size, np.int64(0))
     return size
 
 
@@ -76,7 +76,7 @@ def heap_sort_best_first(keys: np.ndarray, ids: np.ndarray, size: int) -> None:
         ids[0] = ids[end]
         keys[end] = k0
         ids[end] = i0
-        heap_sift_down(keys, ids, end, 0)
+        heap_sift_down(keys, ids, end, np.int64(0))
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -140,7 +140,7 @@ def merge_partials(part_keys: np.ndarray, part_ids: np.ndarray, part_sizes: np.n
     for qi in prange(nq):
         hk = np.empty(kk, dtype=np.float32)
         hi = np.empty(kk, dtype=np.int64)
-        size = 0
+        size = np.int64(0)
         for c in range(nchunks):
             for j in range(part_sizes[qi, c]):
                 size = heap_push(hk, hi, size, part_keys[qi, c, j], part_ids[qi, c, j])

@@ -13,7 +13,7 @@ import runtime
 from runtime import CODECS
 from runtime.kernels import fastscan
 from tests.conftest import low_rank_table
-from tests.request_mix import compiled_signatures, run_in_a_fresh_process, serve_requests
+from tests.request_mix import compiled_signatures, needless_specializations, run_in_a_fresh_process, serve_requests
 
 # one entry a configuration; a new codec is tested by adding it here
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -224,11 +224,11 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
     assert recall(refined, 10) >= max(recall(plain, 1), 0.9)
 
 
-def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, int]:
+def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, Any]:
     """Kernel signatures that requests of every kind compile (or load) after warm-up, by kernel:
     to the table of CONFIGS[name] saved at `saved`, loaded as a server loads it and warmed, before
     and after its first update, then to the same table compressed in this process (after the
-    compression's own kernels ran)."""
+    compression's own kernels ran); and the needless specializations all of that compiled."""
     loaded = runtime.load_table(saved)  # memory-mapped, read-only arrays: what a server serves
     loaded.warmup()
     grown: dict[str, int] = {}
@@ -248,7 +248,7 @@ def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, int]:
     # compiled for the loaded one serve it: no second compile of each
     built = configured_table(name, low_rank_table(1200, 32, seed=3))
     compiled_by(lambda: serve_requests(built))
-    return grown
+    return {"compiled by requests": grown, "needless": needless_specializations()}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -257,7 +257,7 @@ def test_warmup_leaves_nothing_for_requests_to_compile(name: str, tmp_path: Path
     grown = run_in_a_fresh_process(
         "tests.runtime.test_table:compiled_by_requests_after_warmup", name, str(tmp_path / "t")
     )
-    assert grown == "{}"
+    assert grown == "{'compiled by requests': {}, 'needless': {}}"
 
 
 def test_codecs_hold_their_arrays_read_only_whether_built_or_loaded(x: np.ndarray, tmp_path: Path) -> None:
