@@ -249,9 +249,13 @@ class Tier:
         return codec.score(codec.prepare(metric, ids=local), candidates)
 
     def warmup(self) -> None:
-        self.primary.warmup()
-        if self.rerank is not None:
-            self.rerank.warmup()
+        """Each codec's kernels for its part of the tier's requests (`Codec.warmup`)."""
+        if self.rerank is None:
+            self.primary.warmup()
+            return
+        rescored = [metric for metric in self.primary.metrics if self._rescoring(metric)]
+        self.primary.warmup(reads=False, rescored=rescored)
+        self.rerank.warmup(scans=False)
 
 
 def train_tier(

@@ -14,7 +14,7 @@ codecs assume clean input: ids int64 in range, queries float32 C-contiguous `(q,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
@@ -423,12 +423,34 @@ class Codec(ABC):
         """query_ids (q,) int64 -> ids (q, k) int64, scores (q, k) float32, best first."""
         return self.scan(self.prepare(metric, ids=query_ids), k)
 
-    def warmup(self) -> None:
-        """Run every kernel this codec uses once on tiny input, so no request pays JIT compile."""
+    def warmup(self, reads: bool = True, scans: bool = True, rescored: Collection[str] = ()) -> None:
+        """Run every kernel this codec uses once on tiny input, so no request pays JIT compile.
+
+        A tier with a rerank codec (`Tier.warmup`) asks each of its codecs for its part only:
+        lookups and rescoring read the rerank codec's rows and only the primary codec scans, so
+        the primary skips its reads (reads=False) and the candidate scoring and stored-row queries
+        of the metrics the rerank codec rescores (`rescored`), and the rerank codec skips its
+        scans (scans=False). Each kernel left out is seconds of a cold start."""
         ids = np.array([0, self.rows - 1], dtype=np.int64)
-        q = self.decode(ids)
+        q = np.random.default_rng(0).standard_normal((2, self.dim)).astype(np.float32)
         # an update encodes its rows against the trained state (rq's beam search is a kernel)
         type(self).encode(self.state, q)
+        if reads:
+            self._warm_reads(ids)
+        for metric in self.metrics:
+            prepared = [self.prepare(metric, queries=q)]
+            if metric not in rescored:
+                prepared.append(self.prepare(metric, ids=ids))
+            for each in prepared:
+                if scans:
+                    self.scan(each, 1)
+                    self.scan(each, 1, exclude=ids[:1])
+                if metric not in rescored:
+                    self.score(each, ids.reshape(2, 1))
+
+    def _warm_reads(self, ids: np.ndarray) -> None:
+        """The kernels of lookups and bags, serial and parallel, before and after updates."""
+        self.decode(ids)
         # large batches take the parallel kernels, small ones the serial twins: compile both
         self.decode(np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows)
         direct = self.direct_gather()
@@ -448,8 +470,3 @@ class Codec(ABC):
             self.decode_merged(np.zeros(n, dtype=np.int64), slots, delta)
         many = np.arange(PARALLEL_MIN_IDS, dtype=np.int64) % self.rows
         self.decode_bags(many, np.arange(0, PARALLEL_MIN_IDS, 32, dtype=np.int64), False)
-        for metric in self.metrics:
-            for prepared in (self.prepare(metric, queries=q), self.prepare(metric, ids=ids)):
-                self.scan(prepared, 1)
-                self.scan(prepared, 1, exclude=ids[:1])
-                self.score(prepared, ids.reshape(2, 1))
