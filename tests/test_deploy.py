@@ -231,11 +231,10 @@ def test_build_time_warmup_fills_the_cache_a_server_starts_from(side_build: Fini
     assert sorted(p.name for p in caches.iterdir()) == [level.name]
     cached = {p.name.split("-")[0] for p in (caches / level.name).rglob("*.nbi")}
     expected = {
-        "rowwise.gather",
-        "rowwise.gather_serial",
+        "rowwise.gather_checked_into",
         "rowwise.bags_serial",
         "rowwise.bags_chunked",
-        "dense.fp16_gather",
+        "dense.fp16_gather_checked_into",
     }
     assert expected <= cached, cached
     env = environment_without_numba_targets()

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numba
 import numpy as np
 
 from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.errors import InvalidRequest
 from runtime.kernels import dense
-from runtime.kernels.rowwise import use_parallel
 from runtime.validation import FP16_MAX
 
 
@@ -49,9 +47,7 @@ class Fp16Codec(Codec):
         self._bits16 = self.arrays["values"].view(np.uint16)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        if use_parallel(ids.shape[0], self.parallel_min_ids):
-            return dense.fp16_gather(self._bits16, ids, numba.get_num_threads())
-        return dense.fp16_gather_serial(self._bits16, ids)
+        return self.decode_by_direct_gather(ids)
 
     def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
         return bind_direct_gather(dense.fp16_gather_checked_into, self.dim, self._bits16, self.parallel_min_ids)

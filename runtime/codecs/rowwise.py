@@ -45,7 +45,7 @@ class RowwiseCodec(Codec):
         return None if where is None else f"a row's scale or bias (row, [scale, bias]) is {where}"
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        return rowwise.gather_rows(self.arrays["rows"], ids, self.dim, self.bits, self.parallel_min_ids)
+        return self.decode_by_direct_gather(ids)
 
     def direct_gather(self) -> Callable[[np.ndarray, np.ndarray], int] | None:
         return bind_direct_gather(

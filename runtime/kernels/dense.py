@@ -34,34 +34,18 @@ def _fp16_gather_into(bits16: np.ndarray, ids: np.ndarray, lo: int, hi: int, out
 @njit(parallel=True, nogil=True, cache=True)
 def _fp16_gather_chunks_into(bits16: np.ndarray, ids: np.ndarray, nchunks: int, out: np.ndarray) -> None:
     """Convert rows ids (b,) int64 of bits16 (n, d) uint16 into out (b, d) float32 in `nchunks`
-    parallel tasks, one contiguous run of ids each, as `rowwise.gather` does."""
+    parallel tasks, one contiguous run of ids each, as `rowwise._gather_chunks_into` does."""
     n = ids.shape[0]
     for c in prange(nchunks):
         _fp16_gather_into(bits16, ids, c * n // nchunks, (c + 1) * n // nchunks, out)
 
 
 @njit(nogil=True, cache=True)
-def fp16_gather(bits16: np.ndarray, ids: np.ndarray, nchunks: int) -> np.ndarray:
-    """bits16 (n, d) uint16 (raw fp16 bits), ids (b,) int64 -> (b, d) float32, in `nchunks`
-    parallel tasks."""
-    out = np.empty((ids.shape[0], bits16.shape[1]), dtype=np.float32)
-    _fp16_gather_chunks_into(bits16, ids, nchunks, out)
-    return out
-
-
-@njit(nogil=True, cache=True)
-def fp16_gather_serial(bits16: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """`fp16_gather` on the calling thread, for small batches."""
-    out = np.empty((ids.shape[0], bits16.shape[1]), dtype=np.float32)
-    _fp16_gather_into(bits16, ids, np.int64(0), ids.shape[0], out)
-    return out
-
-
-@njit(nogil=True, cache=True)
 def fp16_gather_checked_into(bits16: np.ndarray, min_ids: int, ids: np.ndarray, out: np.ndarray) -> int:
-    """`fp16_gather` into out (b, d) float32 with the ids' bounds checked and the threads chosen
-    in the same call, as `rowwise.gather_checked_into`: -> the position of the first id outside
-    [0, n), out left as it was, or -1 when all were gathered."""
+    """Rows ids (b,) int64 of bits16 (n, d) uint16 (raw fp16 bits) into out (b, d) float32, with
+    the ids' bounds checked and the threads chosen in the same call, as
+    `rowwise.gather_checked_into`: -> the position of the first id outside [0, n), out left as it
+    was, or -1 when all were gathered."""
     bad = first_out_of_range(ids, bits16.shape[0])
     if bad < 0:
         tasks = kernel_tasks(ids.shape[0], min_ids)
@@ -73,7 +57,7 @@ def fp16_gather_checked_into(bits16: np.ndarray, min_ids: int, ids: np.ndarray, 
 
 
 def fp16_gather_numpy(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Twin of `fp16_gather`: values (n, d) float16 -> (b, d) float32."""
+    """Twin of `fp16_gather_checked_into`: values (n, d) float16 -> (b, d) float32."""
     return values[ids].astype(np.float32)
 
 

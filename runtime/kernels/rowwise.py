@@ -272,15 +272,6 @@ def _gather_chunks_into(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, 
 
 
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
-def gather(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int) -> np.ndarray:
-    """rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32 dequantized rows, in `nchunks`
-    parallel tasks (`_gather_chunks_into`)."""
-    out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    _gather_chunks_into(rows, ids, dim, bits, nchunks, out)
-    return out
-
-
-@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
 def _gather_keys_into(
     rows: np.ndarray,
     slots: np.ndarray,
@@ -306,7 +297,7 @@ def _gather_keys_into(
 def gather_keys(
     rows: np.ndarray, slots: np.ndarray, keys: np.ndarray, dim: int, bits: int, nchunks: int
 ) -> tuple[np.ndarray, int]:
-    """`gather` of keyed rows: keys (b,) int64 go through a key map's slot table (hashmap.build)
+    """`gather_checked_into` of keyed rows: keys (b,) int64 go through a key map's slot table (hashmap.build)
     and the rows found are dequantized, each of `nchunks` tasks probing and gathering its own run
     of keys. Returns ((b, dim) float32, keys absent); the rows are only filled when none is."""
     n = keys.shape[0]
@@ -326,17 +317,8 @@ def gather_keys_serial(
     n = keys.shape[0]
     out = np.empty((n, dim), dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
-    absent = _gather_keys_into(rows, slots, keys, 0, n, dim, bits, ids, out)
+    absent = _gather_keys_into(rows, slots, keys, np.int64(0), n, dim, bits, ids, out)
     return out, absent
-
-
-@njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
-def gather_serial(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
-    """`gather` on the calling thread only: for small batches waking a thread team
-    costs more than the work (and a server calls kernels from several threads at once)."""
-    out = np.empty((ids.shape[0], dim), dtype=np.float32)
-    _gather_into(rows, ids, np.int64(0), ids.shape[0], dim, bits, out)
-    return out
 
 
 @njit(nogil=True, cache=True, fastmath=FLOAT_FLAGS)
@@ -902,15 +884,6 @@ def gather_key_rows(
     return (out if absent == 0 else None), int(absent)
 
 
-def gather_rows(
-    rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, min_ids: int = DEFAULT_PARALLEL_MIN_IDS
-) -> np.ndarray:
-    """Dequantizing gather, parallel only for batches of at least `min_ids` ids."""
-    if use_parallel(ids.shape[0], min_ids):
-        return gather(rows, ids, dim, bits, numba.get_num_threads())
-    return gather_serial(rows, ids, dim, bits)
-
-
 def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:
     """x (n, d) float32 -> fused rows (n, P+4) uint8. Scale and bias are rounded to fp16 first and
     the codes computed against the rounded values, so decode matches what is stored."""
@@ -941,7 +914,7 @@ def quantize_numpy(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 def dequantize_numpy(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int) -> np.ndarray:
-    """Twin of `gather`: rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32."""
+    """Twin of `gather_checked_into`: rows (n, P+4) uint8, ids (b,) int64 -> (b, dim) float32."""
     sel = rows[ids]
     pbytes = sel.shape[1] - 4
     scale = sel[:, pbytes : pbytes + 2].copy().view(np.float16).astype(np.float32)

@@ -99,3 +99,30 @@ def test_scan_asks_again_when_the_best_rows_are_all_left_out(name: str, x: np.nd
     ids, scores = codec.scan(prepared, 10, exclude=exclude)
     np.testing.assert_array_equal(ids[0], all_ids[0, 100:110])
     np.testing.assert_allclose(scores[0], all_scores[0, 100:110], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "int2", "fp16"])
+def test_gathering_codecs_decode_by_their_bound_gather(name: str, x: np.ndarray) -> None:
+    # decode runs the kernel `direct_gather` binds (one compile for lookups and rescoring): its
+    # rows are the twin's, for batches on this thread and in parallel tasks, under the table's
+    # parallel_min_ids as it changes, and an id past the rows is an IndexError, not a stray read
+    cls = codec_class(name)
+    codec = cls.fit(x, seed=0)
+    if name == "fp16":
+        twin = codec.arrays["values"].astype(np.float32)
+    else:
+        from runtime.kernels.rowwise import dequantize_numpy
+
+        bits = {"int8": 8, "int4": 4, "int2": 2}[name]
+        twin = dequantize_numpy(codec.arrays["rows"], np.arange(codec.rows), codec.dim, bits)
+    ids = np.random.default_rng(3).integers(0, codec.rows, 3000)
+    for min_ids in (codec.parallel_min_ids, 1):
+        codec.parallel_min_ids = min_ids
+        np.testing.assert_array_equal(codec.decode(ids[:5]), twin[ids[:5]])
+        np.testing.assert_array_equal(codec.decode(ids), twin[ids])
+        assert codec._decoding_gather is not None and codec._decoding_gather[0] == min_ids
+    assert codec.decode(np.empty(0, np.int64)).shape == (0, codec.dim)
+    np.testing.assert_array_equal(codec.decode(np.array([[1], [2]], np.int32)), twin[[1, 2]])
+    for outside in (codec.rows, -1):
+        with pytest.raises(IndexError, match=rf"row {outside} is outside \[0, {codec.rows}\)"):
+            codec.decode(np.array([0, outside]))

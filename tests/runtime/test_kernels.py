@@ -14,6 +14,27 @@ from runtime.kernels.intrinsics import start_threading_layer
 from runtime.kernels.rowwise import DEFAULT_PARALLEL_MIN_IDS
 
 
+def gathered(rows: np.ndarray, ids: np.ndarray, dim: int, bits: int, nchunks: int = 1) -> np.ndarray:
+    """rows ids dequantized by `nchunks` tasks of `rowwise._gather_chunks_into` (the parallel
+    gather), or by `rowwise._gather_into` on this thread when nchunks is 1."""
+    out = np.full((ids.size, dim), np.nan, np.float32)
+    if nchunks == 1:
+        rowwise._gather_into(rows, ids, 0, ids.size, dim, bits, out)
+    else:
+        rowwise._gather_chunks_into(rows, ids, dim, bits, nchunks, out)
+    return out
+
+
+def fp16_gathered(bits16: np.ndarray, ids: np.ndarray, nchunks: int = 1) -> np.ndarray:
+    """`gathered` of fp16 rows (raw bits, (n, d) uint16)."""
+    out = np.full((ids.size, bits16.shape[1]), np.nan, np.float32)
+    if nchunks == 1:
+        dense._fp16_gather_into(bits16, ids, 0, ids.size, out)
+    else:
+        dense._fp16_gather_chunks_into(bits16, ids, nchunks, out)
+    return out
+
+
 def _keys(draw: st.DrawFn, nq: int, n: int, ties: bool) -> np.ndarray:
     seed = draw(st.integers(0, 2**31))
     rng = np.random.default_rng(seed)
@@ -94,15 +115,15 @@ def quantized_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int]:
 @given(quantized_rows(), st.integers(1, 9))
 def test_rowwise_gather_matches_numpy(case: tuple[np.ndarray, np.ndarray, int, int], nchunks: int) -> None:
     rows, ids, dim, bits = case  # more chunks than ids leaves some empty
-    got = rowwise.gather(rows, ids, dim, bits, nchunks)
+    got = gathered(rows, ids, dim, bits, nchunks)
     np.testing.assert_allclose(got, rowwise.dequantize_numpy(rows, ids, dim, bits), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(rowwise.gather_serial(rows, ids, dim, bits), got)
+    np.testing.assert_array_equal(gathered(rows, ids, dim, bits), got)
     if ids.size:
         start, stop = int(ids.min()), int(ids.max()) + 1
         rng_ids = np.arange(start, stop, dtype=np.int64)
         np.testing.assert_array_equal(
             rowwise.gather_range(rows, start, stop, dim, bits),
-            rowwise.gather(rows, rng_ids, dim, bits, 3),
+            gathered(rows, rng_ids, dim, bits, 3),
         )
 
 
@@ -122,7 +143,7 @@ def test_checked_gathers_match_numpy(case: tuple[np.ndarray, np.ndarray, int, in
     out = np.full((ids.size, dim), 7.0, np.float32)
     assert rowwise.gather_checked_into(rows, dim, bits, min_ids, ids, out) == want
     if want < 0:
-        np.testing.assert_array_equal(out, rowwise.gather_serial(rows, ids, dim, bits))
+        np.testing.assert_array_equal(out, gathered(rows, ids, dim, bits))
     else:
         assert (out == 7.0).all()
     values = rowwise.dequantize_numpy(rows, np.arange(n), dim, bits).astype(np.float16)
@@ -247,9 +268,9 @@ def test_rowwise_gather_of_wide_rows_matches_numpy(bits: int, dim: int, seed: in
     rows = rowwise.quantize_numpy(rng.standard_normal((30, dim)).astype(np.float32), bits)
     ids = rng.integers(0, 30, int(rng.integers(0, 50))).astype(np.int64)
     want = rowwise.dequantize_numpy(rows, ids, dim, bits)
-    serial = rowwise.gather_serial(rows, ids, dim, bits)
+    serial = gathered(rows, ids, dim, bits)
     np.testing.assert_allclose(serial, want, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(rowwise.gather(rows, ids, dim, bits, 3), serial)
+    np.testing.assert_array_equal(gathered(rows, ids, dim, bits, 3), serial)
     start_threading_layer()
     for min_ids in (0, DEFAULT_PARALLEL_MIN_IDS):  # parallel tasks, then the calling thread
         checked = np.empty((ids.size, dim), dtype=np.float32)
@@ -274,9 +295,7 @@ def test_rowwise_rows_of_any_layout_decode_and_pool_alike(bits: int, dim: int) -
     ids = rng.integers(0, 50, 96).astype(np.int64)
     offsets = np.array([0, 7, 40, 40, 90], dtype=np.int64)
     for rows in (strided, every_other):
-        np.testing.assert_array_equal(
-            rowwise.gather_serial(rows, ids, dim, bits), rowwise.gather_serial(packed, ids, dim, bits)
-        )
+        np.testing.assert_array_equal(gathered(rows, ids, dim, bits), gathered(packed, ids, dim, bits))
         np.testing.assert_array_equal(
             rowwise.bags_serial(rows, ids, offsets, dim, bits, False),
             rowwise.bags_serial(packed, ids, offsets, dim, bits, False),
@@ -302,9 +321,9 @@ def test_fp16_gather_matches_numpy(seed: int, n: int, dim: int, nids: int, nchun
     rng = np.random.default_rng(seed)
     values = (rng.standard_normal((max(n, 1), dim)) * 1000).astype(np.float16)
     ids = rng.integers(0, values.shape[0], nids).astype(np.int64)
-    got = dense.fp16_gather(values.view(np.uint16), ids, nchunks)
+    got = fp16_gathered(values.view(np.uint16), ids, nchunks)
     np.testing.assert_array_equal(got, dense.fp16_gather_numpy(values, ids))
-    np.testing.assert_array_equal(dense.fp16_gather_serial(values.view(np.uint16), ids), got)
+    np.testing.assert_array_equal(fp16_gathered(values.view(np.uint16), ids), got)
 
 
 @given(st.integers(0, 2**31), st.integers(1, 40), st.integers(1, 20), st.integers(0, 60), st.data())
