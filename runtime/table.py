@@ -929,6 +929,11 @@ class Table:
             resolve_keys(
                 self.keymap.table, no_keys, 1, self.rows, no_keys, 1, np.zeros(1, np.int64), np.zeros(1, np.int64)
             )
+        if self._keyed_one_tier and self.keymap is not None and self.keys is not None:
+            # a keyed one-tier table's lookups probe and gather in one pass (`decode_keys`), on
+            # this thread and in parallel tasks
+            for n in (1, PARALLEL_MIN_IDS):
+                self._richest.decode_keys(self.keymap.table, self.keys[np.arange(n) % self.rows])
 
 
 def _merge_rows(

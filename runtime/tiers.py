@@ -254,8 +254,12 @@ class Tier:
             self.primary.warmup()
             return
         rescored = [metric for metric in self.primary.metrics if self._rescoring(metric)]
-        self.primary.warmup(reads=False, rescored=rescored)
-        self.rerank.warmup(scans=False)
+        # with a rerank codec, searches rank by the primary's own metric where it has one (binary:
+        # Hamming), and by the requested one where the rerank codec cannot rescore it (`search`)
+        rank = self.primary.rank_metric
+        scanned = [m for m in self.primary.metrics if m == rank or m not in rescored] if rank else None
+        self.primary.warmup(reads=False, scanned=scanned, rescored=rescored)
+        self.rerank.warmup(scanned=())
 
 
 def train_tier(

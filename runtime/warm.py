@@ -40,9 +40,10 @@ CONFIGS: list[dict[str, Any]] = [
 
 def example_tables(directory: Path) -> Iterator[Table]:
     """A table of every configuration (CONFIGS), then a keyed two-tier table with a delta (the
-    hash map, projection and merge paths), each saved under directory and loaded back as a
-    server loads it: a table's keys and tier arrays are read-only memory maps then, which numba
-    compiles apart from writable ones (its codecs' arrays are read-only either way)."""
+    hash map, projection and merge paths) and a keyed int8 table, each saved under directory and
+    loaded back as a server loads it: a table's keys and tier arrays are read-only memory maps
+    then, which numba compiles apart from writable ones (its codecs' arrays are read-only either
+    way)."""
     x = np.random.default_rng(0).standard_normal((600, 64)).astype(np.float32)
     for i, config in enumerate(CONFIGS):
         options = dict(config)
@@ -57,6 +58,9 @@ def example_tables(directory: Path) -> Iterator[Table]:
     keyed = load_table(directory / "keyed")
     keyed.upsert([7, 700], x[:2])
     yield keyed
+    # a keyed one-tier table of row-wise codes probes and gathers its keys in one kernel
+    compress(x, "int8", keys=np.arange(600, dtype=np.int64) * 7).save(directory / "keyed-int8")
+    yield load_table(directory / "keyed-int8")
 
 
 def warm_all() -> float:

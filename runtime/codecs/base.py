@@ -437,21 +437,27 @@ class Codec(ABC):
                 raise TypeError(f"codec {self.name!r} has no direct gather")
             bound = self._decoding_gather = (self.parallel_min_ids, gather)
         # the bound entry point reads its arguments as the types it was compiled for
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
         out = np.empty((ids.shape[0], self.dim), dtype=np.float32)
         outside = bound[1](ids, out)
         if outside >= 0:
             raise IndexError(f"row {int(ids[outside])} is outside [0, {self.rows})")
         return out
 
-    def warmup(self, reads: bool = True, scans: bool = True, rescored: Collection[str] = ()) -> None:
+    def warmup(
+        self, reads: bool = True, scanned: Collection[str] | None = None, rescored: Collection[str] = ()
+    ) -> None:
         """Run every kernel this codec uses once on tiny input, so no request pays JIT compile.
 
         A tier with a rerank codec (`Tier.warmup`) asks each of its codecs for its part only:
-        lookups and rescoring read the rerank codec's rows and only the primary codec scans, so
-        the primary skips its reads (reads=False) and the candidate scoring and stored-row queries
-        of the metrics the rerank codec rescores (`rescored`), and the rerank codec skips its
-        scans (scans=False). Each kernel left out is seconds of a cold start."""
+        lookups and rescoring read the rerank codec's rows and only the primary codec scans. So the
+        primary skips its reads (reads=False), scans only by the metrics its searches rank by
+        (`scanned`; None: every metric of its own), and skips the stored-row queries and candidate
+        scores of the metrics the rerank codec rescores (`rescored`); the rerank codec scans by
+        none (scanned=()). Each kernel left out is seconds of a cold start."""
+        scanned = self.metrics if scanned is None else scanned
         ids = np.array([0, self.rows - 1], dtype=np.int64)
         q = np.random.default_rng(0).standard_normal((2, self.dim)).astype(np.float32)
         # an update encodes its rows against the trained state (rq's beam search is a kernel)
@@ -459,11 +465,13 @@ class Codec(ABC):
         if reads:
             self._warm_reads(ids)
         for metric in self.metrics:
+            if metric in rescored and metric not in scanned:
+                continue
             prepared = [self.prepare(metric, queries=q)]
             if metric not in rescored:
                 prepared.append(self.prepare(metric, ids=ids))
             for each in prepared:
-                if scans:
+                if metric in scanned:
                     self.scan(each, 1)
                     self.scan(each, 1, exclude=ids[:1])
                 if metric not in rescored:

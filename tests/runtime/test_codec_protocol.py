@@ -122,7 +122,9 @@ def test_gathering_codecs_decode_by_their_bound_gather(name: str, x: np.ndarray)
         np.testing.assert_array_equal(codec.decode(ids), twin[ids])
         assert codec._decoding_gather is not None and codec._decoding_gather[0] == min_ids
     assert codec.decode(np.empty(0, np.int64)).shape == (0, codec.dim)
-    np.testing.assert_array_equal(codec.decode(np.array([[1], [2]], np.int32)), twin[[1, 2]])
+    np.testing.assert_array_equal(codec.decode(np.array([1, 2], np.int32)), twin[[1, 2]])
+    with pytest.raises(ValueError, match=r"ids must be 1-D, got shape \(2, 1\)"):
+        codec.decode(np.array([[1], [2]]))
     for outside in (codec.rows, -1):
         with pytest.raises(IndexError, match=rf"row {outside} is outside \[0, {codec.rows}\)"):
             codec.decode(np.array([0, outside]))

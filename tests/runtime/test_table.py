@@ -70,10 +70,27 @@ def test_every_codec_is_configured() -> None:
     assert {c["codec"] for c in CONFIGS.values()} == set(CODECS)
 
 
+TIERS: list[dict[str, Any]] = [
+    {"rows": {"start": 0, "stop": 300}, "codec": "pq", "subspaces": 8, "iterations": 4, "rerank": "int8"},
+    {"rows": {"start": 300, "stop": 1200}, "codec": "binary", "rerank": "fp16", "dim": 16},
+]
+SHAPES: dict[str, dict[str, Any]] = {
+    "keyed int8": {"codec": "int8", "keys": "reversed"},
+    "keyed pq+int8": {"codec": "pq", "subspaces": 8, "iterations": 4, "rerank": "int8", "keys": "reversed"},
+    "tiers": {"tiers": TIERS},
+    "keyed tiers": {"tiers": TIERS, "keys": "reversed"},
+}
+"""Table shapes beyond one codec, for the warm-up test only: each has kernels of its own (a keyed
+table's lookups probe and gather in one pass; tiers merge, project and rescore per tier). Keys
+are the row numbers reversed, so ids and keys address different rows. 1,200 rows."""
+
+
 def configured_table(name: str, x: np.ndarray) -> runtime.Table:
-    """x compressed as CONFIGS[name] says."""
-    config = dict(CONFIGS[name])
-    return runtime.compress(x, config.pop("codec"), seed=7, **config)
+    """x compressed as CONFIGS[name] (or SHAPES[name]) says."""
+    config = dict(CONFIGS[name] if name in CONFIGS else SHAPES[name])
+    if config.pop("keys", None) == "reversed":
+        config["keys"] = np.arange(x.shape[0], dtype=np.int64)[::-1].copy()
+    return runtime.compress(x, config.pop("codec", "int8"), seed=7, **config)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +243,7 @@ def test_rerank_improves_recall(x: np.ndarray) -> None:
 
 def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, Any]:
     """Kernel signatures that requests of every kind compile (or load) after warm-up, by kernel:
-    to the table of CONFIGS[name] saved at `saved`, loaded as a server loads it and warmed, before
+    to the table of CONFIGS[name] (or SHAPES[name]) saved at `saved`, loaded as a server loads it and warmed, before
     and after its first update, then to the same table compressed in this process (after the
     compression's own kernels ran); and the needless specializations all of that compiled."""
     loaded = runtime.load_table(saved)  # memory-mapped, read-only arrays: what a server serves
@@ -251,7 +268,7 @@ def compiled_by_requests_after_warmup(name: str, saved: str) -> dict[str, Any]:
     return {"compiled by requests": grown, "needless": needless_specializations()}
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(CONFIGS) + sorted(SHAPES))
 def test_warmup_leaves_nothing_for_requests_to_compile(name: str, tmp_path: Path) -> None:
     configured_table(name, low_rank_table(1200, 32, seed=3)).save(tmp_path / "t")
     grown = run_in_a_fresh_process(
