@@ -183,3 +183,26 @@ def test_dlrm_bench_smoke(tmp_path: Path) -> None:
     built = sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json"))
     dlrm_bench.build_tables(tmp_path / "cache" / "rows500-d64", dlrm_bench.table_rows(500), 64, ["int8", "pq"])
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json")) == built
+
+
+def test_first_start_splits_the_servers_log_into_build_and_warm_up() -> None:
+    # a real first start takes a minute of compiling, too long for the suite: its log reading is
+    # held to the lines the server writes (service/demo.py, core.py, server.py)
+    from benchmarks import first_start
+
+    log = "\n".join(
+        [
+            "INFO:     Started server process [13303]",
+            "2026-12-07 16:57:46,602 INFO embserve: building the demo table (100000 rows) in /h/demo",
+            "2026-12-07 16:58:29,617 INFO embserve: no table configured: serving the built-in demo table",
+            "2026-12-07 16:59:50,175 INFO embserve: loaded table 'demo': 100000 x 64 pq (12659840 bytes) from /h",
+            "2026-12-07 16:59:50,175 INFO embserve: ready: serving demo",
+        ]
+    )
+    phases = first_start.log_phases(log)
+    assert phases == pytest.approx({"build_s": 43.015, "load_and_warm_s": 80.558})
+    root = Path(__file__).resolve().parents[1]
+    sources = "".join((root / "service" / name).read_text() for name in ("demo.py", "core.py", "server.py"))
+    for said in ("building the demo table", "no table configured: serving", '"ready: serving'):
+        assert said in sources
+    assert first_start.log_phases("INFO:     Started server process [1]") == {}
