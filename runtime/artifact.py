@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+from runtime.errors import JSON_FILE_ERRORS, ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -159,7 +159,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactNotFound(f"{str(file)!r} is missing: not an embserve artifact")
     try:
         manifest = json.loads(file.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
+    except JSON_FILE_ERRORS as exc:
         raise ArtifactCorrupt(f"{str(file)!r} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
         raise ArtifactCorrupt(f"{str(file)!r} must hold a JSON object")

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime import artifact
 from runtime.codecs import CODECS, codec_options
-from runtime.errors import EmbserveError, InvalidRequest
+from runtime.errors import JSON_FILE_ERRORS, EmbserveError, InvalidRequest
 from runtime.importer import check_output, import_tables
 from runtime.planner import against_fp32, compress_to_budget, plan
 from runtime.sources import NpySource, Source, describe_candidates, open_source, read_table
@@ -145,7 +145,7 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if args.menu is not None:
         try:
             menu = json.loads(args.menu.read_text())
-        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
+        except JSON_FILE_ERRORS as exc:
             raise InvalidRequest(f"cannot read menu {str(args.menu)!r}: {exc}") from None
     return {
         "freq": _load_npy(args.freq, "freq") if args.freq is not None else None,
@@ -332,7 +332,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _load_tiers(path: Path) -> list[dict[str, Any]]:
     try:
         tiers = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
+    except JSON_FILE_ERRORS as exc:
         raise InvalidRequest(f"cannot read tiers {str(path)!r}: {exc}") from None
     if not isinstance(tiers, list):
         raise InvalidRequest(f"tiers {str(path)!r} must hold a JSON list of tier objects")

@@ -6,6 +6,11 @@ table; the library raises them and never formats transport-specific messages.
 
 from __future__ import annotations
 
+JSON_FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RecursionError)
+"""What reading a JSON file raises when it is not readable JSON: OSError; ValueError (not JSON,
+not UTF-8, an integer past Python's 4,300 digits); RecursionError (nested deeper than the parser
+goes)."""
+
 
 class EmbserveError(Exception):
     """Base of every error embserve raises on purpose."""

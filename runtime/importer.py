@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import artifact
-from runtime.errors import InvalidRequest
+from runtime.errors import JSON_FILE_ERRORS, InvalidRequest
 from runtime.sources import Source, describe_candidates, embedding_keys, read_table, table_name
 from runtime.table import Table, compress
 
@@ -147,6 +147,9 @@ def import_tables(
     """Compress every planned table of `source` with `codec` (and `compress_options`, as
     `runtime.compress` takes them) into DIR/<name>/ and write DIR/tables.json; returns its content."""
     target = Path(out)
+    # the path's own checks first (force=True: an existing directory is judged here, then by
+    # check_output again with the caller's force), so a directory that is not an import is named
+    # as such rather than asked for --force
     check_output(target, True, inputs=(Path(source.path),))
     if target.is_dir() and not (target / TABLES_FILE).is_file() and any(target.iterdir()):
         # the whole directory is swapped for the new import: it took unrelated files with it
@@ -198,7 +201,7 @@ def read_tables_file(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
         index = json.loads(file.read_text())
     except FileNotFoundError:
         raise InvalidRequest(f"tables file {str(file)!r} does not exist") from None
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 4,300-digit int
+    except JSON_FILE_ERRORS as exc:
         raise InvalidRequest(f"tables file {str(file)!r} cannot be read: {exc}") from None
     tables = index.get("tables") if isinstance(index, dict) else None
     if not isinstance(tables, list):

@@ -196,11 +196,10 @@ def refuse_booleans_among_numbers(value: Any, where: str = "", budget: int | Non
         _raise_first_boolean(value, mixed, where)
 
 
-def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any, list[Any]]]:
-    """Depth first over the dicts and lists of a JSON value, in document order: ("enter", node,
-    steps) on the way in, ("leave", node, steps) on the way out; steps is the path to node, one
-    list updated in place. Empty containers and members named "parameters" are passed over."""
-    steps: list[Any] = []
+def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any]]:
+    """Depth first over the dicts and lists of a JSON value, in document order: ("enter", node) on
+    the way in, ("leave", None) on the way out. Empty containers and members named "parameters"
+    are passed over."""
     visits = 0
     stack: list[Iterator[tuple[Any, Any]]] = []
 
@@ -212,22 +211,19 @@ def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any, list[Any]]
             return iter(())
         return ((i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v)
 
-    yield "enter", value, steps
+    yield "enter", value
     stack.append(children(value))
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
-            yield "leave", None, steps
-            if stack:
-                steps.pop()
+            yield "leave", None
             continue
         visits += 1
         if budget is not None and visits > budget:
             raise _OverBudget
-        step, child = item
-        steps.append(step)
-        yield "enter", child, steps
+        child = item[1]
+        yield "enter", child
         stack.append(children(child))
 
 
@@ -238,7 +234,7 @@ def _mixed_arrays(value: Any, budget: int | None) -> set[int]:
     scopes: list[tuple[int, list[bool]]] = []  # (id of the array, [holds a boolean, holds a number])
     opened: list[bool] = []  # for each open node, whether it opened an array
     parents: list[Any] = [None]
-    for event, node, _ in _walk(value, budget):
+    for event, node in _walk(value, budget):
         if event == "leave":
             parents.pop()
             if opened.pop():
