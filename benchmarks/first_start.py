@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.workers_bench import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 900.0
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO embserve: (.*)$")
@@ -103,16 +105,12 @@ def measure(tree: Path) -> dict[str, Any]:
     return {"first": first, "again": again}
 
 
-def cpu_name() -> str:
-    """The CPU's model name and LLVM's name for it (a VM may show only "AMD EPYC")."""
+def cpu_described() -> str:
+    """The CPU's model name (`workers_bench.cpu_name`, as the other benchmarks write it) and LLVM's
+    name for it: a VM may show only "AMD EPYC"."""
     import llvmlite.binding
 
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model} (LLVM host CPU {llvmlite.binding.get_host_cpu_name()})"
+    return f"{cpu_name()} (LLVM host CPU {llvmlite.binding.get_host_cpu_name()})"
 
 
 def median_of(runs: list[dict[str, Any]], start: str, key: str) -> float | None:
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline:
                 subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"cpu": cpu_name(), "cores": os.cpu_count(), "reps": args.reps, "runs": runs}
+    payload = {"cpu": cpu_described(), "cores": os.cpu_count(), "reps": args.reps, "runs": runs}
     (args.out / "first_start.json").write_text(json.dumps(payload, indent=2))
     lines = [
         "# First start of `embserve serve` (the demo table)",
