@@ -320,7 +320,7 @@ def check_int_array(value: Any, field: str) -> np.ndarray:
         arr = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequest(f"{field} must be a flat array of integers: {exc}") from None
-    if arr.size == 0:
+    if arr.shape == (0,):
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
         raise InvalidRequest(f"{field} must be a flat array of integers, got dtype {arr.dtype} shape {arr.shape}")
@@ -356,7 +356,8 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
             raise IdOutOfRange(int(ids[pos]), pos, rows, field)
         return ids
     arr = np.asarray(ids)
-    if arr.size == 0:
+    if arr.shape == (0,):
+        # JSON's [] reads as float64; [[]] or [[], []] is a 2-D array with no ids, refused below
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
@@ -377,16 +378,15 @@ def check_ids(ids: Any, rows: int, field: str = "ids") -> np.ndarray:
 def check_keys(keys: Any, field: str = "keys") -> np.ndarray:
     """Return keys as a C-contiguous int64 `(n,)` array (any int64 value is a key)."""
     arr = np.asarray(keys)
-    if arr.size == 0:
+    if arr.shape == (0,):
         return np.zeros(0, dtype=np.int64)
-    if arr.ndim == 1:
-        # before the dtype check: JSON integers past uint64 arrive as floats, named as out of
-        # range (as a dense table's ids are), not as "not integers"
-        refuse_outside_int64(arr, field)
-    if arr.dtype.kind not in "iu":
-        raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequest(f"{field} must be 1-D, got shape {arr.shape}")
+    # before the dtype check: JSON integers past uint64 arrive as floats, named as out of range
+    # (as a dense table's ids are), not as "not integers"
+    refuse_outside_int64(arr, field)
+    if arr.dtype.kind not in "iu":
+        raise InvalidRequest(f"{field} must be integers, got dtype {arr.dtype}")
     return writable(np.ascontiguousarray(arr, dtype=np.int64))
 
 

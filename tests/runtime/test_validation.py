@@ -15,6 +15,7 @@ from runtime import DimensionMismatch, IdOutOfRange, InvalidRequest, UnknownCode
 from runtime.kernels import checks
 from runtime.validation import (
     check_ids,
+    check_int_array,
     check_keys,
     check_offsets,
     check_queries,
@@ -117,6 +118,21 @@ def test_keys_past_int64_are_refused_by_position() -> None:
     with pytest.raises(InvalidRequest, match=r"keys\[2\] = 9223372036854775808 is out of the int64 range"):
         check_keys(top)
     assert check_keys(top[:2]).tolist() == [5, 2**63 - 1]
+
+
+@pytest.mark.parametrize("empty", [[[]], [[], []], [[[]]]])
+def test_empty_nested_id_lists_are_refused_as_their_filled_kind_is(table: runtime.Table, empty: list[Any]) -> None:
+    # [[1, 2]] is not a list of ids, so [[]] is not one either (both used to differ: [[]] answered
+    # shape (0, dim)); [] stays no ids
+    shape = str(np.asarray(empty).shape).replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(InvalidRequest, match=rf"ids must be 1-D, got shape {shape}"):
+        table.lookup(empty)
+    with pytest.raises(InvalidRequest, match=rf"keys must be 1-D, got shape {shape}"):
+        check_keys(empty)
+    with pytest.raises(InvalidRequest, match=rf"lengths must be a flat array of integers, .* shape {shape}"):
+        check_int_array(empty, "lengths")
+    assert table.lookup([]).shape == (0, 16) and check_keys([]).shape == (0,)
+    assert check_int_array([], "lengths").shape == (0,)
 
 
 def test_an_empty_list_of_vectors_is_no_vector() -> None:
