@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -344,16 +343,6 @@ def fbgemm_floor(rows: list[int], dim: int, requests: list[Any], seconds: float)
     return _timed(call, prepared, seconds)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 # ---- orchestration ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
@@ -428,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(args: argparse.Namespace, rows: list[int], results: list[dict[str, Any]]) -> None:
+    from benchmarks.workers_bench import cpu_name
+
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpu": cpu_name(),
