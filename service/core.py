@@ -342,6 +342,14 @@ class EmbeddingService:
         the whole call: counted once, by the core or, refused before, on exit."""
         return TakenIn(self, (transport, operation, self._table_label(table)), admitted=False)
 
+    def replay_taken_in(self, transport: str, operation: str, table: str | None) -> TakenIn:
+        """The record of a sibling worker's replay of an admin change it has applied: admitted
+        whatever the limits and the drain (refused, it would leave the workers differing), yet
+        in flight, so a drain waits for it."""
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True)
+
     def client_disconnected(self, transport: str) -> None:
         """A client hung up before its request was read or answered: counted, not an error."""
         self.metrics.client_disconnects.labels(transport).inc()

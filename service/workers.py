@@ -44,6 +44,9 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
 
 if TYPE_CHECKING:
     from service.core import EmbeddingService
@@ -112,6 +115,8 @@ class WorkerFront:
 
     def __init__(self, app: Any, service: EmbeddingService, role: WorkerRole) -> None:
         self.app = app
+        self.past_admission = app.app
+        """the application under AdmissionFront (`create_asgi`), for replays from siblings"""
         self.service = service
         self.role = role
         self.worker_id = str(role.index).encode()
@@ -130,16 +135,48 @@ class WorkerFront:
                 message["headers"] = [*message.get("headers", ()), (WORKER_HEADER, stamp)]
             await send(message)
 
-        replay = _admin_change(scope["method"], scope["path"], self.relay_loads) and not self._from_sibling(scope)
-        if not replay:
+        if not _admin_change(scope["method"], scope["path"], self.relay_loads):
             await self.app(scope, receive, stamped)
-            return
-        await self._apply_everywhere(scope, receive, stamped)
+        elif self._from_sibling(scope):
+            await self._apply_replayed(scope, receive, stamped)
+        else:
+            await self._apply_everywhere(scope, receive, stamped)
 
     def _from_sibling(self, scope: MutableMapping[str, Any]) -> bool:
         # uvicorn gives a Unix socket's scope["server"] as (path, None)
         server = scope.get("server")
         return server is not None and server[1] is None and server[0] == self.control_socket
+
+    async def _apply_replayed(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """A change a sibling has applied and now replays here: past admission (the concurrency
+        limit, the body and arriving-bytes limits, the drain), since a refusal would leave this
+        worker serving other rows than its siblings. The sibling held the request to those limits
+        already; the route still checks the admin token."""
+        from service.rest import admitted_route
+
+        parts: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sibling gave up (its timeout); it reports the change as not applied
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        delivered = False
+
+        async def replayed_receive() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return dict(await receive())
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        table_of_path = ADMIN_CHANGE.fullmatch(scope["path"])  # what `_admin_change` matched to come here
+        assert table_of_path is not None
+        operation, table = admitted_route(scope["method"], scope["path"]) or ("admin_delete", table_of_path.group(1))
+        with self.service.replay_taken_in("http", operation, table):
+            await self.past_admission(scope, replayed_receive, send)
 
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime
@@ -173,7 +210,7 @@ class WorkerFront:
         try:
             status, headers, answer = await self._apply_here(scope, body)
             if 200 <= status < 300:
-                target = scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+                target = _request_target(scope)
                 headers_out = [
                     (key.decode(), value.decode("latin-1")) for key, value in scope["headers"] if key in RELAYED_HEADERS
                 ]
@@ -216,6 +253,15 @@ class WorkerFront:
 
         await self.app(scope, replayed_receive, capture)
         return status, headers, b"".join(parts)
+
+
+def _request_target(scope: MutableMapping[str, Any]) -> str:
+    """The request's path and query as the client sent them, percent-encoded: the decoded path
+    would send a table named "a?b" to table "a" of the siblings, and "a b" not at all."""
+    raw = scope.get("raw_path")
+    path = raw.decode("ascii") if raw else quote(scope["path"])
+    query = scope.get("query_string") or b""
+    return path + ("?" + query.decode("ascii") if query else "")
 
 
 async def replay_to_siblings(
@@ -303,7 +349,7 @@ class ReplayingServicer:
         return await self._everywhere(
             context,
             lambda: parent.Upsert(request, context),
-            f"/v1/tables/{request.table}/upsert",
+            f"/v1/tables/{quote(request.table, safe='')}/upsert",
             body,
             f"{keys.shape[0]},{rows.shape[1]}",
         )
@@ -319,7 +365,7 @@ class ReplayingServicer:
         return await self._everywhere(
             context,
             lambda: parent.DeleteKeys(request, context),
-            f"/v1/tables/{request.table}/delete",
+            f"/v1/tables/{quote(request.table, safe='')}/delete",
             keys.astype("<i8").tobytes(),
             str(keys.shape[0]),
         )
@@ -357,13 +403,15 @@ def _pin_sequence(
         kept = [(key, value) for key, value in headers if key != "x-embserve-sequence"]
         return [*kept, ("x-embserve-sequence", str(sequence))], body
     try:
-        payload = json.loads(body)
+        payload = orjson.loads(body)
     except ValueError:
         return headers, body
     if not isinstance(payload, dict):
         return headers, body
     payload["sequence"] = sequence
-    return headers, json.dumps(payload).encode()
+    # compact, as orjson writes it: json.dumps's ", " would make a body near the size limit
+    # larger than the one the client sent (its numbers are written back the shortest way)
+    return headers, orjson.dumps(payload)
 
 
 def _take_admin_lock(control_dir: Path) -> Any:

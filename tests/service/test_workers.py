@@ -238,6 +238,85 @@ def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path:
 
 @pytest.mark.external
 @pytest.mark.slow
+def test_changes_reach_every_worker_whatever_its_load_the_name_or_the_body(root: Path, tmp_path: Path) -> None:
+    # found by a review: a replay went through the sibling's admission, so a sibling whose one
+    # slot was busy refused it (429) and the workers were left serving other rows; its path went
+    # out decoded, so a load of table "u?v" replaced table "u" on the siblings; and a JSON body
+    # written again with ", " separators could pass the sibling's body limit
+    server = start_server(
+        tmp_path,
+        [
+            "--workers", "2", "--table", f"t={root / 'v1'}", "--artifact-root", str(root), "--admin-token", TOKEN,
+            "--max-concurrency", "1", "--max-body-bytes", "65536", "--max-queries", "100000",
+        ],
+    )  # fmt: skip
+    try:
+        conns = connect_to_every_worker(server, 2)
+        v2 = runtime.load_table(root / "v2")
+        # t as served at the start (the artifact root's state file may hold a swap by another test)
+        t_rows = np.array(call(conns[0], "POST", "/v1/tables/t/lookup", {"ids": [5, 390]})[2]["embeddings"])
+        odd = "/v1/tables/u%3Fv%20w"
+        status, _, body = call(fresh(server), "PUT", odd, {"path": "v2"}, True)
+        assert status == 200 and body["name"] == "u?v w", body
+        grpc_row = np.full((1, DIM), 0.75, dtype=np.float32)
+        with grpc.insecure_channel(server.grpc) as channel:
+            pb_grpc.EmbeddingServiceStub(channel).Upsert(
+                pb.UpsertRequest(
+                    table="u?v w",
+                    keys=pb.Tensor(dtype="int64", shape=[1], data=np.array([5], "<i8").tobytes()),
+                    rows=pb.Tensor(dtype="float32", shape=[1, DIM], data=grpc_row.tobytes()),
+                ),
+                metadata=[("authorization", f"Bearer {TOKEN}")],
+                timeout=30,
+            )
+        for conn in conns.values():
+            status, _, body = call(conn, "POST", f"{odd}/lookup", {"ids": [5, 6]})
+            assert status == 200, body
+            np.testing.assert_allclose(body["embeddings"][0], grpc_row[0], atol=2e-3)
+            np.testing.assert_allclose(body["embeddings"][1], v2.lookup(np.array([6]))[0], rtol=1e-6)
+            status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": [5, 390]})
+            np.testing.assert_array_equal(body["embeddings"], t_rows)
+            assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 0
+
+        # worker 1's one slot busy with a long search while an upsert lands on worker 0; the body,
+        # 0.25 written 12,480 times, is within 65,536 bytes as sent and past it with ", "
+        searched: list[int] = []
+        search = threading.Thread(
+            target=lambda: searched.append(
+                call(conns[1], "POST", "/v1/tables/t/search", {"query_ids": list(range(6000)), "k": 200})[0]
+            )
+        )
+        search.start()
+        deadline = time.monotonic() + 10
+        while scrape(conns[0], "embserve_requests_in_flight") < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rows = np.full((390, DIM), 0.25, dtype=np.float32)
+        update = {"keys": list(range(390)), "rows": rows.tolist()}
+        assert len(json.dumps(update, separators=(",", ":"))) <= 65536 < len(json.dumps(update))
+        conns[0].request(
+            "POST",
+            "/v1/tables/t/upsert",
+            body=json.dumps(update, separators=(",", ":")),
+            headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"},
+        )
+        response = conns[0].getresponse()
+        answer = response.read()
+        still_searching = search.is_alive()
+        search.join(120)
+        assert response.status == 200, answer
+        assert still_searching, "the search should have held worker 1's slot while the upsert was replayed"
+        assert searched == [200]
+        for conn in conns.values():
+            status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": [0, 389, 390]})
+            np.testing.assert_allclose(body["embeddings"][:2], rows[:2], atol=2e-3)
+            np.testing.assert_array_equal(body["embeddings"][2], t_rows[1])
+            assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 1
+    finally:
+        assert server.terminate() == 0, server.log()
+
+
+@pytest.mark.external
+@pytest.mark.slow
 def test_sigterm_drains_every_worker_and_a_dead_worker_stops_the_pod(root: Path, tmp_path: Path) -> None:
     big = tmp_path / "big"
     runtime.compress(low_rank_table(200_000, DIM, seed=6), "fp16").save(big)
