@@ -322,6 +322,12 @@ def core_request(model: Model, inputs: Mapping[str, np.ndarray], params: Mapping
         return group_request(model, inputs, params)
     assert model.entry is not None
     table_name = model.entry.name
+    declared = [i["name"] for i in _io(model)[0]]
+    unknown = sorted(set(inputs) - set(declared))
+    if unknown:
+        # an input read by no one would change nothing of the answer, unseen ("weights" for
+        # per_sample_weights, "exclude_id" for exclude_ids): refused, as a group model refuses it
+        raise InvalidRequest(f"model {model.name!r} has no input {unknown[0]!r} (inputs: {', '.join(declared)})")
     # ids given as floats would be rounded (FP16 2049 is 2048): integer datatypes only, as declared
     if model.kind in ("lookup", "bag"):
         ids = _model_input(model, inputs, "ids", INTEGER_KINDS, INTEGER_IDS)

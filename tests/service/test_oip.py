@@ -78,7 +78,8 @@ def test_protocol_errors(served: Served) -> None:
             400,
             "binary",
         ),
-        ({"inputs": [{"name": "wrong", "shape": [1], "datatype": "INT64", "data": [1]}]}, 400, "needs input 'ids'"),
+        ({"inputs": [{"name": "wrong", "shape": [1], "datatype": "INT64", "data": [1]}]}, 400, "has no input 'wrong'"),
+        ({"inputs": [{"name": "ids", "shape": [0], "datatype": "INT64", "data": []}]}, 200, None),
         # values are held to the datatype as the native API holds its fields: never truncated
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [1.5, 2]}]}, 400, "must be integers"),
         ({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [True, False]}]}, 400, "booleans"),
@@ -146,7 +147,17 @@ def test_protocol_errors(served: Served) -> None:
     ]
     for body, status, message in cases:
         r = httpx.post(url, json=body)
-        assert r.status_code == status and message in r.json()["error"], (body, r.text)
+        assert r.status_code == status and (message is None or message in r.json()["error"]), (body, r.text)
+    # an input no one reads changed nothing of the answer, unseen (found by a review): the
+    # native API's names for them, and inputs of another kind of model
+    ids = {"name": "ids", "shape": [2], "datatype": "INT64", "data": [1, 2]}
+    for model, inputs, unknown in (
+        ("items.search", [{**ids, "name": "query_ids"}, {**ids, "name": "exclude_id"}], "exclude_id"),
+        ("items.bag", [ids, {**ids, "name": "offsets", "data": [0, 1]}, {**ids, "name": "weights"}], "weights"),
+        ("items", [ids, {**ids, "name": "offsets", "data": [0, 1]}], "offsets"),
+    ):
+        r = httpx.post(url.replace("/items/", f"/{model}/"), json={"inputs": inputs})
+        assert r.status_code == 400 and f"model {model!r} has no input {unknown!r}" in r.json()["error"], r.text
     search = {"inputs": [{"name": "query_ids", "shape": [1], "datatype": "FP32", "data": [3]}]}
     r = httpx.post(url.replace("/items/", "/items.search/"), json=search)
     assert (
@@ -197,3 +208,11 @@ def test_an_input_given_twice_over_grpc_is_refused(served: Served) -> None:
         ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input 'ids' is given more than once" in str(info.value.details())
+    request = ipb.ModelInferRequest(model_name="items.search")
+    for name in ("query_ids", "exclude_id"):
+        request.inputs.add(name=name, datatype="INT64", shape=[1])
+        request.raw_input_contents.append(np.array([1], "<i8").tobytes())
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model 'items.search' has no input 'exclude_id'" in str(info.value.details())
