@@ -425,6 +425,24 @@ class EmbeddingService:
         if count > limit:
             raise PayloadTooLarge(f"{count} {what} exceed the limit of {limit} a request")
 
+    def _limit_answer(self, nbytes: int, described: str) -> None:
+        """Refuse, before any work, a request whose answer arrays (`described`) would pass
+        max_answer_bytes: a lookup of 100,000 ids of a 1,024-wide table is 400 MB, more than gRPC
+        sends."""
+        limit = self.settings.max_answer_bytes
+        if nbytes > limit:
+            raise PayloadTooLarge(
+                f"the answer would be {nbytes} bytes ({described}), over the limit of {limit} a request; ask for fewer"
+            )
+
+    def _limit_search_answer(self, nq: int, k: Any) -> None:
+        """A search's answer, ids (int64) and scores (float32) for k results a query (a k that
+        is not a positive integer is the table's to refuse)."""
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0:
+            self._limit_answer(
+                nq * int(k) * 12, f"{nq} queries × {int(k)} results, an int64 id and a float32 score each"
+            )
+
     def _check_k(self, k: Any, oversample: Any, excluded: int = 0) -> None:
         """k, and the candidates a search takes: k × oversample, or (k + the most ids one query
         leaves out) × oversample, within max_k (the table checks their types and signs)."""
@@ -489,6 +507,8 @@ class EmbeddingService:
         table = entry.table
         small = ids_arr.size <= INLINE_MAX_IDS
         offsets_arr = bag_offsets(request, ids_arr.size)
+        out_rows = ids_arr.size if offsets_arr is None else offsets_arr.size
+        self._limit_answer(out_rows * table.dim * 4, f"{out_rows} rows × {table.dim} float32")
         if offsets_arr is None:
             rows, missing = await self._compute(
                 "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
@@ -513,6 +533,8 @@ class EmbeddingService:
 
     async def _multi_lookup(self, request: MultiLookupRequest) -> MultiLookupResult:
         checked = check_request(request, self.store, self.settings.max_tables_per_request, self.settings.max_ids)
+        values = sum(item.out_rows * item.table.dim for item in checked)
+        self._limit_answer(values * 4, f"{values} float32 over {len(checked)} tables")
         total = sum(item.ids.shape[0] for item in checked)
         result = await self._compute("multi_lookup", "multi", lambda: answer(checked), inline=total <= INLINE_MAX_IDS)
         for item, answered in zip(checked, result.results, strict=True):
@@ -540,6 +562,7 @@ class EmbeddingService:
         if request.query_ids is not None:
             qids = as_array(request.query_ids, "query_ids")
             self._limit(qids.size, self.settings.max_queries, "queries")
+            self._limit_search_answer(qids.size, k)
             self.metrics.child(self.metrics.queries_per_request, name).observe(qids.size)
             exclude_self = request.exclude_self
             if batcher is not None and qids.ndim == 1 and batcher.takes(qids.size):
@@ -556,6 +579,7 @@ class EmbeddingService:
         q = as_array(request.queries, "queries")
         nq = q.shape[0] if q.ndim == 2 else 1
         self._limit(nq, self.settings.max_queries, "queries")
+        self._limit_search_answer(nq, k)
         self.metrics.child(self.metrics.queries_per_request, name).observe(nq)
         if batcher is not None and batcher.takes(nq):
             # checked here, in the order `search` checks them, so a bad request is refused alone
@@ -616,6 +640,7 @@ class EmbeddingService:
             entry = self.store.get(name)
             cands = as_array(request.candidate_ids, "candidate_ids")
             self._limit(cands.size, self.settings.max_candidates, "candidate ids")
+            self._limit_answer(cands.size * 4, f"{cands.size} float32 scores")
             nq = cands.shape[0] if cands.ndim >= 1 else 0
             self._limit(nq, self.settings.max_queries, "queries")
             self.metrics.child(self.metrics.queries_per_request, name).observe(nq)

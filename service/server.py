@@ -96,7 +96,8 @@ class EmbserveServer:
                 # several workers share the port; a lone server must not silently share it
                 ("grpc.so_reuseport", 1 if self.role is not None else 0),
                 ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", max(limit, 256 << 20)),
+                # the answer limit counts arrays; 1 MiB more for the rest of a reply
+                ("grpc.max_send_message_length", min(max(limit, s.max_answer_bytes + (1 << 20)), 2**31 - 1)),
                 # a connection must complete its HTTP/2 handshake within the header timeout
                 ("grpc.server_handshake_timeout_ms", int(s.header_timeout_seconds * 1000)),
                 ("grpc.max_connection_idle_ms", int(s.grpc_max_connection_idle_seconds * 1000)),

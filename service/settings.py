@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     max_k: int = Field(10_000, ge=1, description="largest k (and k × oversample) a search may ask")
     max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
+    max_answer_bytes: int = Field(
+        256 << 20,
+        ge=1024,
+        le=(2**31 - 1) - (1 << 20),  # gRPC's largest message, less room for the rest of a reply
+        description="largest answer a request may ask for, counted as its arrays' bytes (rows × dim × 4 for a "
+        "lookup) before any work; gRPC answers up to it (JSON text of it is ~2.5× larger)",
+    )
     max_json_values: int = Field(
         4 << 20,
         ge=1024,
