@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from bisect import bisect_right
 from collections.abc import Iterator
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -138,7 +140,8 @@ def check_flag(value: Any, what: str) -> bool:
 
 
 WALK_BUDGET = 50_000
-"""Containers `refuse_booleans_among_numbers` reads before it gives up on a body (and lets it pass)."""
+"""Containers `refuse_booleans_among_numbers` visits before it gives up on a body (and lets it
+pass); a matrix's rows, read with it at C speed, are not visits."""
 JSON_SPACE = b" \t\r\n"
 
 
@@ -168,8 +171,9 @@ def _boolean_in_array(raw: bytes, most: int = 1000) -> bool:
 def refuse_booleans_in_json(raw: bytes, value: Any, where: str = "") -> None:
     """`refuse_booleans_among_numbers` for a JSON body `raw` parsed into `value`, walked only when
     `raw` may hold true or false inside an array (ordinary bodies, whose flags are object
-    members, cost a byte search). A body of more than WALK_BUDGET containers is let through
-    unread, as before this check: the check is for mistakes, and fields keep their own checks."""
+    members, cost a byte search). A body of more than WALK_BUDGET containers that hold containers
+    is let through unread, as before this check: the check is for mistakes, and fields keep their
+    own checks."""
     if not _boolean_in_array(raw):
         return
     with contextlib.suppress(_OverBudget):
@@ -196,35 +200,58 @@ def refuse_booleans_among_numbers(value: Any, where: str = "", budget: int | Non
         _raise_first_boolean(value, mixed, where)
 
 
-def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any]]:
-    """Depth first over the dicts and lists of a JSON value, in document order: ("enter", node) on
-    the way in, ("leave", None) on the way out. Empty containers and members named "parameters"
-    are passed over."""
+def _rows(node: list[Any], kinds: set[type]) -> list[Any]:
+    """node's values with every one that is not a list as an empty row (positions kept)."""
+    return node if kinds == LISTS_ONLY else [v if type(v) is list else () for v in node]
+
+
+def _leaf_rows(node: list[Any], kinds: set[type]) -> set[type] | None:
+    """For a list whose values (of types `kinds`) include lists: the types of its rows' values
+    when no row holds a container (a matrix: read with its list, not visited row by row), else
+    None. Read at C speed: no Python frame a row."""
+    if dict in kinds:
+        return None
+    inner = set(map(type, chain.from_iterable(_rows(node, kinds))))
+    return None if inner & CONTAINERS else inner
+
+
+def _walk(value: Any, budget: int | None) -> Iterator[tuple[str, Any, set[type] | None]]:
+    """Depth first over the dicts and lists of a JSON value, in document order: ("enter", node,
+    kinds) on the way in and ("leave", None, None) on the way out. A list's kinds are the types of
+    its values, and of its rows' values where no row holds a container (such rows are read with
+    their list and not visited, so a 60,000-row matrix is one visit of the budget); a dict's are
+    None. Empty containers and members named "parameters" are passed over."""
     visits = 0
     stack: list[Iterator[tuple[Any, Any]]] = []
 
-    def children(node: Any) -> Iterator[tuple[Any, Any]]:
-        # lazy: a walk stopped by its budget reads no further into a long list
+    def enter(node: Any) -> tuple[set[type] | None, Iterator[tuple[Any, Any]]]:
+        # children lazily: a walk stopped by its budget reads no further into a long list
         if isinstance(node, dict):
-            return _walked_members(node)
-        if not set(map(type, node)) & CONTAINERS:  # at C speed: most lists hold numbers only
-            return iter(())
-        return ((i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v)
+            return None, _walked_members(node)
+        kinds = set(map(type, node))  # at C speed: most lists hold numbers only
+        if not kinds & CONTAINERS:
+            return kinds, iter(())
+        rows = _leaf_rows(node, kinds)
+        if rows is not None:
+            return kinds | rows, iter(())
+        return kinds, ((i, v) for i, v in enumerate(node) if type(v) in CONTAINERS and v)
 
-    yield "enter", value
-    stack.append(children(value))
+    kinds, children = enter(value)
+    yield "enter", value, kinds
+    stack.append(children)
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
-            yield "leave", None
+            yield "leave", None, None
             continue
         visits += 1
         if budget is not None and visits > budget:
             raise _OverBudget
         child = item[1]
-        yield "enter", child
-        stack.append(children(child))
+        kinds, children = enter(child)
+        yield "enter", child, kinds
+        stack.append(children)
 
 
 def _mixed_arrays(value: Any, budget: int | None) -> set[int]:
@@ -234,7 +261,7 @@ def _mixed_arrays(value: Any, budget: int | None) -> set[int]:
     scopes: list[tuple[int, list[bool]]] = []  # (id of the array, [holds a boolean, holds a number])
     opened: list[bool] = []  # for each open node, whether it opened an array
     parents: list[Any] = [None]
-    for event, node in _walk(value, budget):
+    for event, node, kinds in _walk(value, budget):
         if event == "leave":
             parents.pop()
             if opened.pop():
@@ -247,22 +274,55 @@ def _mixed_arrays(value: Any, budget: int | None) -> set[int]:
         parents.append(node)
         if opens:
             scopes.append((id(node), [False, False]))
-        if isinstance(node, list):
-            kinds = set(map(type, node))
+        if kinds is not None:
             flags = scopes[-1][1]
             flags[0] = flags[0] or bool in kinds
             flags[1] = flags[1] or int in kinds or float in kinds
     return mixed
 
 
+def _first_boolean_of_matrix(node: list[Any], kinds: set[type]) -> list[int] | None:
+    """For a list (its values of types `kinds`, lists among them) whose rows hold no container:
+    the steps to its first true / false in document order ([i] for a value of its own, [i, j] for
+    one in row i), [] if it has none; None if a row holds a container. At C speed: the rows'
+    values read once into a flat list of types, the row found by bisection."""
+    rows = _rows(node, kinds)
+    flat = list(map(type, chain.from_iterable(rows)))
+    if dict in kinds or not CONTAINERS.isdisjoint(flat):
+        return None
+    own = list(map(type, node)).index(bool) if bool in kinds else len(node)
+    if bool not in flat:
+        return [] if own == len(node) else [own]
+    at = flat.index(bool)
+    ends = list(accumulate(map(len, rows)))
+    row = bisect_right(ends, at)
+    if own < row:
+        return [own]
+    return [row, at - (ends[row - 1] if row else 0)]
+
+
 def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
     """Name the first true / false, in document order, that lies in one of the `mixed` arrays."""
     steps: list[Any] = []
+
+    def refuse(found: list[Any]) -> None:
+        *above, last = [*steps, *found]
+        path = where + "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in above)
+        word = "true" if _at(value, [*steps, *found]) else "false"
+        raise InvalidRequest(f"{path.removeprefix('.')}[{last}] is {word} among numbers; send numbers only")
 
     def frame(node: Any, inside: bool) -> tuple[Any, Iterator[Any], bool]:
         """node, the keys or positions to visit in order, whether node lies in a mixed array."""
         if isinstance(node, dict):
             return node, (k for k, _ in _walked_members(node)), False
+        if inside:
+            kinds = set(map(type, node))
+            # a matrix: its first boolean found at C speed, not by a frame a row
+            found = _first_boolean_of_matrix(node, kinds) if list in kinds else None
+            if found:
+                refuse(found)
+            if found is not None:
+                return node, iter(()), inside
         wanted = (bool, list, dict) if inside else (list, dict)
         return node, iter([i for i, kind in enumerate(map(type, node)) if kind in wanted]), inside
 
@@ -277,9 +337,7 @@ def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
             continue
         child = node[step]
         if isinstance(child, bool):
-            path = where + "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in steps)
-            word = "true" if child else "false"
-            raise InvalidRequest(f"{path.removeprefix('.')}[{step}] is {word} among numbers; send numbers only")
+            refuse([step])
         steps.append(step)
         if isinstance(child, list):
             stack.append(frame(child, inside if isinstance(node, list) else id(child) in mixed))
@@ -287,7 +345,14 @@ def _raise_first_boolean(value: Any, mixed: set[int], where: str) -> None:
             stack.append(frame(child, False))
 
 
+def _at(value: Any, steps: list[Any]) -> Any:
+    for step in steps:
+        value = value[step]
+    return value
+
+
 CONTAINERS = frozenset({dict, list})
+LISTS_ONLY = frozenset({list})
 
 
 def _walked_members(node: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -323,6 +324,25 @@ def test_booleans_among_numbers_are_named_by_their_path() -> None:
     refuse_booleans_among_numbers({"flags": [True, False], "exclude_self": True, "ids": [1, 2], "q": [[0.5]], "e": []})
 
 
+SCALARS = st.one_of(st.booleans(), st.integers(-3, 3), st.floats(-1, 1))
+
+
+@given(st.lists(st.one_of(SCALARS, st.lists(SCALARS, max_size=4)), max_size=12))
+def test_a_matrix_names_its_first_boolean_as_a_walk_of_its_rows_would(matrix: list[Any]) -> None:
+    # the rows of a matrix are read at C speed (`_first_boolean_of_matrix`); its twin is this loop
+    flat = [([i], v) for i, v in enumerate(matrix) if not isinstance(v, list)]
+    flat += [([i, j], w) for i, v in enumerate(matrix) if isinstance(v, list) for j, w in enumerate(v)]
+    flat.sort(key=lambda item: item[0])
+    booleans = [(steps, v) for steps, v in flat if isinstance(v, bool)]
+    if not booleans or len(booleans) == len(flat):
+        refuse_booleans_among_numbers({"m": matrix})
+        return
+    steps, v = booleans[0]
+    path = "m" + "".join(f"[{s}]" for s in steps)
+    with pytest.raises(InvalidRequest, match=rf"^{re.escape(path)} is {str(v).lower()} among numbers"):
+        refuse_booleans_among_numbers({"m": matrix})
+
+
 def test_booleans_in_json_bodies_cost_a_scan_and_a_bounded_walk() -> None:
     # found by a probe: a deep body of 180 KB with a literal true took seconds and hundreds of MB
     deep = b'{"ids":' + b"[" * 1000 + b"[1]," * 30_000 + b"true" + b"]" * 1000 + b"}"
@@ -332,6 +352,11 @@ def test_booleans_in_json_bodies_cost_a_scan_and_a_bounded_walk() -> None:
     # refusal by byte named strings and skipped members too (found by a review)
     wide = b'{"id": "run[true]", "ids":[' + b'{"a":[1]},' * 300_000 + b"true]}"
     refuse_booleans_in_json(wide, orjson.loads(wide))
+    # a matrix's rows are read with it, not one visit of the budget each: a 300,000-row body
+    # passed unread, a true in it looked up as id 1 (found by a review)
+    tall = b'{"inputs":[{"name":"ids","data":[' + b"[1]," * 300_000 + b"[2,true]]}]}"
+    with pytest.raises(InvalidRequest, match=r"^inputs\[0\]\.data\[300000\]\[1\] is true among numbers"):
+        refuse_booleans_in_json(tall, orjson.loads(tall))
     # the first boolean in document order, whichever array holds it (found by a review)
     for body, path in (
         (b'{"x":[1,false,{"y":[1,true]}]}', r"^x\[1\] is false"),
