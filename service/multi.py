@@ -186,6 +186,8 @@ def from_jagged(
     values (Σ lengths,) ids, weights (Σ lengths,) or None. Feature f reads the table named features[f]."""
     if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
         raise InvalidRequest("features must be a non-empty list of table names")
+    if lengths is None:
+        raise InvalidRequest("lengths are required (F × B bag sizes, feature-major)")
     lens = check_int_array(lengths, "lengths")
     if lens.shape[0] % len(features):
         raise InvalidRequest(
@@ -207,15 +209,18 @@ def from_jagged(
     if total != vals.shape[0]:
         raise InvalidRequest(f"lengths sum {summed(total)} but values has {vals.shape[0]} entries")
     w = None if weights is None else _array(weights, "weights")
-    if w is not None and w.reshape(-1).shape[0] != vals.reshape(-1).shape[0]:
-        raise InvalidRequest(f"weights has {w.reshape(-1).shape[0]} entries but values has {vals.reshape(-1).shape[0]}")
+    if w is not None and w.ndim != 1:
+        # as the one-table layouts refuse it: [[1, 2]] is not two weights
+        raise InvalidRequest(f"weights must be a flat array of numbers, got shape {w.shape}")
+    if w is not None and w.shape[0] != vals.shape[0]:
+        raise InvalidRequest(f"weights has {w.shape[0]} entries but values has {vals.shape[0]}")
     per_feature = lens.reshape(len(features), -1)
     bounds = np.concatenate([[0], np.cumsum(per_feature.sum(axis=1))])
     entries = []
     for f, name in enumerate(features):
         a, b = int(bounds[f]), int(bounds[f + 1])
-        weights_f = None if w is None else w.reshape(-1)[a:b]
-        given = {"ids": vals.reshape(-1)[a:b], "lengths": per_feature[f], "weights": weights_f, "mode": mode}
+        weights_f = None if w is None else w[a:b]
+        given = {"ids": vals[a:b], "lengths": per_feature[f], "weights": weights_f, "mode": mode}
         entries.append(lookup_request(name, given))
     return MultiLookupRequest(tuple(entries), concat)
 

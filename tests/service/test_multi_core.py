@@ -85,11 +85,16 @@ def test_jagged_layout_splits_feature_major() -> None:
     assert first.table == "a" and list(first.ids) == [10, 11, 12] and list(first.lengths) == [1, 2]
     assert second.table == "b" and list(second.ids) == [20, 21, 22] and list(second.lengths) == [0, 3]
     assert list(second.weights) == [4, 5, 6] and request.concat
-    bad: list[tuple[Any, ...]] = [
-        ([], [1], [1]),
-        (["a"], [1], None),
-        (["a", "b"], [1, 1], [1, 2], [1]),
+    bad: list[tuple[tuple[Any, ...], str]] = [
+        (([], [1], [1]), "features must be a non-empty list"),
+        ((["a"], [1], None), "values are required"),
+        ((["a", "b"], [1, 1], [1, 2], [1]), "weights has 1 entries but values has 2"),
+        # found by a review: weights of any shape were flattened; a missing lengths named numpy's reading of it
+        ((["a"], [2], [1, 2], [[1, 2]]), r"weights must be a flat array of numbers, got shape \(1, 2\)"),
+        ((["a"], [2], [1, 2], [[1], [2]]), r"weights must be a flat array of numbers, got shape \(2, 1\)"),
+        ((["a"], [2], [1, 2], 1), r"weights must be a flat array of numbers, got shape \(\)"),
+        ((["a"], None, [1, 2]), "lengths are required"),
     ]
-    for args in bad:
-        with pytest.raises(InvalidRequest):
+    for args, message in bad:
+        with pytest.raises(InvalidRequest, match=message):
             from_jagged(*args)
