@@ -630,6 +630,9 @@ async def _infer_http(
             if key != "binary_data_size":
                 params.setdefault(key, value)
         size = item_params.get("binary_data_size")
+        if size is not None and "data" in item:
+            # which one was meant is not ours to guess (gRPC refuses contents beside raw contents)
+            raise InvalidRequest(f"input {name!r} has both data and binary_data_size; send one")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the binary data sent")
@@ -639,6 +642,11 @@ async def _infer_http(
             if "data" not in item:
                 raise InvalidRequest(f"input {name!r} has neither data nor binary_data_size")
             inputs[name] = oip.tensor_from_list(name, datatype, shape, item["data"])
+    if offset != len(binary):
+        raise InvalidRequest(
+            f"{len(binary) - offset} bytes of binary data follow the inputs' binary_data_size, which must sum to "
+            f"the {len(binary)} bytes after the {OIP_HEADER_LENGTH} header's JSON"
+        )
     all_binary = _binary_flag(params.get("binary_data_output"), False, "'binary_data_output'")
     requested: list[str] | None = None
     binary_out: set[str] = set()
@@ -658,7 +666,7 @@ async def _infer_http(
     typed = InferRequest(model, inputs, params, version or None, requested)
     result = await service.infer(TRANSPORT, typed)
     results = result.outputs
-    if requested is None and all_binary:
+    if not requested and all_binary:  # no outputs named, or an empty list: every output
         binary_out = {name for name, _ in results}
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []

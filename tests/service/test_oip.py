@@ -60,6 +60,27 @@ def test_binary_extension_by_hand(served: Served) -> None:
     rows = np.frombuffer(r.content[split:], "<f4").reshape(2, 32)
     np.testing.assert_array_equal(rows, served.tables["items"].lookup([7, 9]))
 
+    # found by a review: an empty outputs list is every output, and binary_data_output holds for
+    # it; bytes past the inputs' binary data, and data beside binary_data_size, were ignored
+    def infer(header: dict[str, Any], binary: bytes) -> httpx.Response:
+        head = json.dumps(header).encode()
+        return httpx.post(
+            f"{served.server.http}/v2/models/items/infer",
+            content=head + binary,
+            headers={"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"},
+        )
+
+    ids = {"name": "ids", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}
+    two = np.array([7, 9], "<i8").tobytes()
+    r = infer({"inputs": [ids], "outputs": [], "parameters": {"binary_data_output": True}}, two)
+    split = int(r.headers["inference-header-content-length"])
+    assert json.loads(r.content[:split])["outputs"][0]["parameters"]["binary_data_size"] == 2 * 32 * 4
+    np.testing.assert_array_equal(np.frombuffer(r.content[split:], "<f4").reshape(2, 32), rows)
+    r = infer({"inputs": [ids]}, two + b"\0" * 8)
+    assert r.status_code == 400 and "8 bytes of binary data follow the inputs' binary_data_size" in r.json()["error"]
+    r = infer({"inputs": [{**ids, "data": [1, 2]}]}, two)
+    assert r.status_code == 400 and "input 'ids' has both data and binary_data_size" in r.json()["error"], r.text
+
 
 def test_protocol_errors(served: Served) -> None:
     url = f"{served.server.http}/v2/models/items/infer"
