@@ -90,7 +90,7 @@ def check_table_input(x: Any) -> np.ndarray:
         raise InvalidRequest(f"table must be 2-D (rows, dim), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidRequest(f"table must have at least one row and one column, got {arr.shape}")
-    refuse_beyond_float32(arr, "table row")
+    refuse_beyond_float32(arr, "table")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     # the limit of every query and upserted row: past it k-means overflowed and a PQ table was
     # written with the row silently replaced by an unrelated codeword
@@ -100,7 +100,7 @@ def check_table_input(x: Any) -> np.ndarray:
 
 def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
     """Finite float64 values past float32's range would become inf in the cast (with a numpy
-    warning in the log): name the first row `(n, ...)` that has one instead."""
+    warning in the log): name the first row of `what` `(n, ...)` that has one instead, as `what[row]`."""
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= 4 or arr.size == 0:
         return
     flat = arr.reshape(arr.shape[0], -1)
@@ -108,7 +108,7 @@ def refuse_beyond_float32(arr: np.ndarray, what: str) -> None:
     rows = beyond.any(axis=1)
     if rows.any():
         row = int(np.flatnonzero(rows)[0])
-        raise InvalidRequest(f"{what} {row} has a value beyond float32's range (±{FLOAT32_MAX:.4g})")
+        raise InvalidRequest(f"{what}[{row}] has a value beyond float32's range (±{FLOAT32_MAX:.4g})")
 
 
 def holds_integers_past_int64(arr: np.ndarray) -> bool:
@@ -484,7 +484,7 @@ def check_queries(queries: Any, dim: int, field: str = "queries") -> np.ndarray:
         raise InvalidRequest(f"{field} must be 2-D (q, dim), got shape {arr.shape}")
     if arr.shape[1] != dim and arr.shape[0] != 0:
         raise DimensionMismatch(int(arr.shape[1]), dim, field)
-    refuse_beyond_float32(arr, f"{field} row")
+    refuse_beyond_float32(arr, field)
     out = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape[0], dim)
     _refuse_unusable(out, field, "contains NaN or Inf")
     return writable(out)

@@ -24,6 +24,7 @@ from runtime.validation import (
     check_lengths,
     check_offsets,
     check_weights,
+    kind_of_values,
     summed,
     writable,
 )
@@ -81,11 +82,16 @@ def _label(index: int, entry: TableLookup) -> str:
 
 
 def _array(value: Any, field: str) -> np.ndarray:
-    """Any JSON value or ndarray -> ndarray; ragged input is refused naming `field`."""
+    """Any JSON value or ndarray -> ndarray; ragged or non-numeric input is refused naming
+    `field`, in the words a one-table lookup uses (`service.core.as_array`)."""
     try:
-        return np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequest(f"{field} must be a flat array of numbers: {exc}") from None
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        # numpy's own text (inhomogeneous shapes, detected parts) names nothing the caller sent
+        raise InvalidRequest(f"{field} must be a flat array of numbers") from None
+    if arr.dtype.kind not in "biuf" and arr.size:
+        raise InvalidRequest(f"{field} must hold numbers, got {kind_of_values(arr)}")
+    return arr
 
 
 def bag_offsets(entry: TableLookup, n_ids: int) -> np.ndarray | None:

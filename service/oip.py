@@ -121,8 +121,16 @@ def resolve(
     other than the one served is not found."""
     found = _find(active, groups, model)
     if version and version != found.version:
-        raise TableNotFound(f"{model} version {version}")
+        raise VersionNotFound(model, version, found.version)
     return found
+
+
+class VersionNotFound(TableNotFound):
+    """A model asked for by a version other than the one it serves (404 / NOT_FOUND, as a table)."""
+
+    def __init__(self, model: str, version: str, served: str) -> None:
+        super().__init__(model)
+        self.args = (f"model {model!r} has no version {version!r} (it serves {served!r})",)
 
 
 def _find(active: Mapping[str, LoadedTable], groups: Mapping[str, tuple[tuple[str, str], ...]], model: str) -> Model:

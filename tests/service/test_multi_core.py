@@ -54,6 +54,13 @@ async def test_validation_refuses_the_whole_request_before_reading(service: Embe
         (TableLookup("items", [1, 2], lengths=[1, 2]), InvalidRequest, "tables[1] ('items'): lengths sum to 3"),
         (TableLookup("items", [1], offsets=[0], weights=[np.nan]), InvalidRequest, "weights[0] is NaN or Inf"),
         (TableLookup("items", [60]), InvalidRequest, "tables[1] ('items'): ids[0] = 60 is out of range"),
+        # in a one-table lookup's words (found by a review: numpy's dtype <U1 and its ragged-shape text)
+        (TableLookup("items", ["1"]), InvalidRequest, "tables[1] ('items'): ids must hold numbers, got strings"),
+        (
+            TableLookup("items", [[1], [2, 3]]),
+            InvalidRequest,
+            "tables[1] ('items'): ids must be a flat array of numbers",
+        ),
     ]
     for bad, kind, message in bad_cases:
         with pytest.raises(kind, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

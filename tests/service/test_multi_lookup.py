@@ -171,7 +171,11 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"tables": [{"table": "users", "ids": [1, 2], "lengths": [1, 2]}]}, 400, "lengths sum to 3 but 2 ids"),
     ({"tables": [{"table": "users", "ids": [1, 2], "lengths": [3, -1]}]}, 400, "lengths[1] = -1 is negative"),
     ({"tables": [{"table": "items", "ids": [1, 2], "lengths": [2], "weights": [1]}]}, 400, "one weight per id (2)"),
-    ({"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": ["x"]}]}, 400, "weights must be numbers"),
+    (
+        {"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": ["x"]}]},
+        400,
+        "weights must hold numbers, got strings",
+    ),
     ({"tables": [{"table": "items", "ids": [1, 2], "weights": [1, 1]}]}, 400, "weights need bags"),
     (
         {"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": [1], "mode": "mean"}]},
@@ -200,7 +204,7 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"features": ["users"], "lengths": [1], "values": [[1]]}, 400, "values must be a flat array"),
     ({"tables": [{"table": "users", "ids": [[1, 2], [3]]}]}, 400, "tables[0] ('users'): ids must be a flat array"),
     ({"tables": [{"table": "users", "ids": [1], "lengths": [1.0]}]}, 400, "lengths must be a flat array of integers"),
-    ({"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": [None]}]}, 400, "weights must be numbers"),
+    ({"tables": [{"table": "items", "ids": [1], "lengths": [1], "weights": [None]}]}, 400, "weights must hold numbers"),
     ({"tables": [{"table": "users", "ids": [1]}], "concat": "yes"}, 400, "concat must be true or false"),
     # misspelt fields were dropped, and the answer was the one without them
     ({"tables": [{"table": "users", "ids": [1]}], "concatenate": True}, 400, "request: unknown field(s) concatenate"),

@@ -191,7 +191,8 @@ def test_protocol_errors(served: Served) -> None:
     r = httpx.post(url, content=b"{}", headers=[(b"Inference-Header-Content-Length", b"\xb2")])
     assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
     assert httpx.get(f"{served.server.http}/v2/models/nope").status_code == 404
-    assert httpx.get(f"{served.server.http}/v2/models/items/versions/other").status_code == 404
+    r = httpx.get(f"{served.server.http}/v2/models/items/versions/other")
+    assert r.status_code == 404 and r.json()["error"].startswith("model 'items' has no version 'other' (it serves")
     r = httpx.get(f"{served.server.http}/v2")
     assert r.json()["name"] == "embserve" and "binary_tensor_data" in r.json()["extensions"]
     assert httpx.get(f"{served.server.http}/v2/health/ready").json() == {"ready": True}
