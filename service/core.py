@@ -351,7 +351,7 @@ class EmbeddingService:
         return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True)
 
     def client_disconnected(self, transport: str) -> None:
-        """A client hung up before its request was read or answered: counted, not an error."""
+        """A client hung up before its request was read (HTTP) or answered (gRPC): counted, not an error."""
         self.metrics.client_disconnects.labels(transport).inc()
         taken = _TAKEN_IN.get()
         if taken is not None:

@@ -140,7 +140,7 @@ class Metrics:
         )
         self.client_disconnects = Counter(
             "embserve_client_disconnects",
-            "Requests whose client hung up before its request was read or answered.",
+            "Requests whose client hung up before its request was read (HTTP) or answered (gRPC).",
             ["transport"],
             registry=r,
         )
