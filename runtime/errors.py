@@ -20,6 +20,20 @@ class InvalidRequest(EmbserveError, ValueError):
     """The caller's input is malformed: wrong type, shape, value or combination."""
 
 
+class RowRefused(InvalidRequest):
+    """A row of input a codec cannot store, named by its position in the block it was given
+    (`template` holds "{row}"); `Codec.encode`, which hands codecs blocks, names it in the whole
+    input with `shifted`."""
+
+    def __init__(self, row: int, template: str) -> None:
+        self.row = row
+        self.template = template
+        super().__init__(template.format(row=row))
+
+    def shifted(self, by: int) -> RowRefused:
+        return RowRefused(self.row + by, self.template)
+
+
 class IdOutOfRange(InvalidRequest):
     """An id is negative or not below the table's row count."""
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numba
 import numpy as np
 
 from runtime.codecs import codec_class
-from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget
+from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget, RowRefused
 from runtime.kernels.hashmap import KeyMap
 from runtime.table import Table, compress, tier_index_bytes
 from runtime.tiers import Projection
@@ -39,11 +39,44 @@ FP16_CODECS = frozenset({"fp16", "int8", "int4", "int2", "binary"})
 """Codecs that store a table's values, or per-row scales of them, as fp16."""
 
 
-def _fp16_bound(entry: MenuEntry, spread: float) -> bool:
-    """Whether `entry` cannot store the table: an fp16 codec over raw values past fp16's range (the
-    caller checked that), or over projected ones that may be (`spread`: the largest distance of a
-    row from the mean, which bounds every projected value)."""
-    return entry.codec in FP16_CODECS and (entry.dim == entry.table_dim or spread > FP16_MAX)
+def _storable(data: np.ndarray, entries: list[MenuEntry]) -> list[MenuEntry]:
+    """The entries that can store data (n, d) float32: an fp16 codec over the table's own values
+    asks the codec (`refuse_unstorable_table`: values past fp16's range or too small for it); over
+    projected values, they must be within fp16's range, which the largest distance of a row from
+    the mean bounds (how small they are is measured on the sample, `_measure`)."""
+    refusals: dict[str, str | None] = {}  # codec -> why it cannot store the table's own values
+    spread: float | None = None
+    reasons: dict[str, None] = {}  # why entries were dropped, in order, once each
+    kept = []
+    for entry in entries:
+        if entry.codec in FP16_CODECS and entry.dim == entry.table_dim:
+            if entry.codec not in refusals:
+                try:
+                    codec_class(entry.codec).refuse_unstorable_table(data)
+                    refusals[entry.codec] = None
+                except RowRefused as exc:
+                    refusals[entry.codec] = str(exc)
+            reason = refusals[entry.codec]
+        elif entry.codec in FP16_CODECS:
+            spread = _spread(data) if spread is None else spread
+            reason = f"its values projected may pass fp16's ±{FP16_MAX:g}" if spread > FP16_MAX else None
+        else:
+            reason = None
+        if reason is None:
+            kept.append(entry)
+        else:
+            reasons[reason] = None
+    if not kept:
+        raise InvalidRequest(
+            f"no menu entry can store this table ({'; '.join(reasons)}); add fp32, pq, rq or shared entries"
+        )
+    return kept
+
+
+def _spread(data: np.ndarray, step: int = 65536) -> float:
+    """The largest distance of a row of data (n, d) from the mean, a block of rows at a time."""
+    mean = data.mean(axis=0)
+    return max(float(np.linalg.norm(data[a : a + step] - mean, axis=1).max()) for a in range(0, len(data), step))
 
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -371,6 +404,17 @@ class _Measured:
     sample_rows: np.ndarray  # (s,) int64 global rows measured
     factor: np.ndarray  # (s,) float64: rows of its range a sampled row stands for
     energy: float  # sum_i w_i |x_i|^2
+    refused: list[str | None]  # (E,) why an entry could not store the sample (None: it could)
+
+    def subset(self, kept: list[int]) -> _Measured:
+        """The measurements of entries `kept` only, in that order."""
+        return replace(
+            self,
+            weighted=self.weighted[kept],
+            unweighted=self.unweighted[kept],
+            rebuilders=[self.rebuilders[e] for e in kept],
+            refused=[self.refused[e] for e in kept],
+        )
 
 
 def _measure(x: np.ndarray, entries: list[MenuEntry], order: np.ndarray, weights: np.ndarray, seed: int) -> _Measured:
@@ -405,16 +449,23 @@ def _measure_serial(
     factor = np.repeat(np.array(scale), [p.size for p in picks])
     weighted = np.zeros((len(entries), len(picks)))
     unweighted = np.zeros((len(entries), len(picks)))
-    rebuilders = []
+    rebuilders: list[Any] = []
+    refused: list[str | None] = []
     pca = Projection.fit(train, train.shape[1], np.random.default_rng(seed))
     for e, entry in enumerate(entries):
-        rebuild = _reconstructor(entry, train, pca, seed)
+        try:
+            rebuild = _reconstructor(entry, train, pca, seed)
+            diff = rows - rebuild(rows)
+        except RowRefused as exc:
+            rebuilders.append(None)
+            refused.append(f"{entry.label}: {exc}")
+            continue
         rebuilders.append(rebuild)
-        diff = rows - rebuild(rows)
+        refused.append(None)
         err = np.einsum("nd,nd->n", diff, diff).astype(np.float64) * factor
         weighted[e] = np.bincount(segment, err * weights[sample_rows], len(picks)) / energy_w
         unweighted[e] = np.bincount(segment, err, len(picks)) / energy_u
-    return _Measured(cuts, weighted, unweighted, rebuilders, sample_rows, factor, energy_w)
+    return _Measured(cuts, weighted, unweighted, rebuilders, sample_rows, factor, energy_w, refused)
 
 
 # ---- searching ----------------------------------------------------------------------------------
@@ -563,17 +614,9 @@ def plan(
             f"no menu entry can be trained on {n} rows: {entries[0].label} needs at least {entries[0].min_rows()}"
         )
     entries = trainable
-    # codecs that store values (or their scales) as fp16 cannot hold a table with values past its
-    # range: measuring them raised, naming a codec the caller never chose
-    if np.abs(data).max() > FP16_MAX:
-        spread = float(np.linalg.norm(data - data.mean(axis=0), axis=1).max())  # bounds a projected value
-        storable = [e for e in entries if not _fp16_bound(e, spread)]
-        if not storable:
-            raise InvalidRequest(
-                f"the table holds values beyond fp16's ±{FP16_MAX:g} and every menu entry stores fp16 "
-                f"({', '.join(sorted(FP16_CODECS))}); add fp32, pq, rq or shared entries"
-            )
-        entries = storable
+    # codecs that store values (or their scales) as fp16 cannot hold every table (values past its
+    # range, or too small for it): measuring them raised, naming a codec the caller never chose
+    entries = _storable(data, entries)
     single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     if min(single_bytes) > budget:
         raise BudgetTooSmall(
@@ -587,6 +630,12 @@ def plan(
     single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     order = np.argsort(-weights, kind="stable").astype(np.int64)
     measured = _measure(data, entries, order, weights, seed)
+    # a reduced entry checked by its sample: an fp16 codec over projected values too small for it
+    kept = [e for e in range(len(entries)) if measured.refused[e] is None]
+    if not kept:
+        raise InvalidRequest(f"no menu entry can store this table: {measured.refused[0]}")
+    entries, measured = [entries[e] for e in kept], measured.subset(kept)
+    single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     cost = measured.weighted + UNWEIGHTED_SHARE * measured.unweighted
     g = len(measured.cuts) - 1
     candidates = [

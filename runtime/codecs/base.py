@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numba
 import numpy as np
 
-from runtime.errors import InvalidRequest
+from runtime.errors import InvalidRequest, RowRefused
 from runtime.kernels import dense, hashmap
 from runtime.kernels.hashmap import KeySet
 from runtime.kernels.intrinsics import start_threading_layer
@@ -155,6 +155,10 @@ def bind_direct_bags(kernel: Any, dim: int, *bound: Any) -> Callable[[np.ndarray
     return _bound_entry_point(kernel, bound, (ids, offsets, False, out))
 
 
+ENCODE_BLOCK = 65536
+"""Rows `Codec.encode` hands `_encode_rows` at a time (its temporaries stay a block's size)."""
+
+
 class Codec(ABC):
     """One compressed representation of an `(rows, dim)` float32 table."""
 
@@ -231,16 +235,34 @@ class Codec(ABC):
     @classmethod
     def encode(cls, state: TrainedState, x: np.ndarray, progress: Progress | None = None) -> dict[str, np.ndarray]:
         """x (n, d) float32 -> the row arrays, each (n, ...), encoded against `state`."""
-        step = 65536
+        step = ENCODE_BLOCK
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, max(1, x.shape[0]), step):
             stop = min(x.shape[0], start + step)
-            parts.append(cls._encode_rows(state, np.ascontiguousarray(x[start:stop], dtype=np.float32)))
+            try:
+                parts.append(cls._encode_rows(state, np.ascontiguousarray(x[start:stop], dtype=np.float32)))
+            except RowRefused as exc:
+                raise exc.shifted(start) from None
             if progress is not None:
                 progress("encode", stop, x.shape[0])
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    @classmethod
+    def refuse_unstorable(cls, x: np.ndarray) -> None:
+        """Refuse (RowRefused) a block of rows x (b, d) float32 this codec cannot store as they
+        are, whatever it is trained on: fp16 codecs, values past fp16's range or too small for
+        it. `_encode_rows` calls it on what it stores; the planner, on a whole table."""
+
+    @classmethod
+    def refuse_unstorable_table(cls, x: np.ndarray, step: int = ENCODE_BLOCK) -> None:
+        """`refuse_unstorable` over x (n, d) float32 a block at a time, rows named in x."""
+        for start in range(0, x.shape[0], step):
+            try:
+                cls.refuse_unstorable(x[start : start + step])
+            except RowRefused as exc:
+                raise exc.shifted(start) from None
 
     @classmethod
     @abstractmethod

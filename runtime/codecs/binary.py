@@ -15,7 +15,7 @@ import numpy as np
 from runtime.codecs import adc
 from runtime.codecs.adc import LutQuery
 from runtime.codecs.base import Codec, Option, Prepared, Progress, TrainedState, check_rotation, scan_chunks
-from runtime.codecs.fp16 import refuse_beyond_fp16
+from runtime.codecs.fp16 import refuse_beyond_fp16, refuse_lost_in_fp16, rounding_drift
 from runtime.errors import InvalidRequest
 from runtime.kernels import scan
 from runtime.validation import check_flag
@@ -71,13 +71,24 @@ class BinaryCodec(Codec):
         return {"rotation": random_rotation(sample.shape[1], rng)} if params["rotate"] else {}
 
     @classmethod
+    def refuse_unstorable(cls, x: np.ndarray) -> None:
+        # the scales of x as it is; a rotation moves them little (it keeps each row's norm)
+        cls._refuse_scales(np.abs(x).mean(axis=1))
+
+    @classmethod
+    def _refuse_scales(cls, scales: np.ndarray) -> None:
+        """Each row's scale (n,) float32 is stored fp16."""
+        refuse_beyond_fp16(scales[:, None], cls.name)
+        refuse_lost_in_fp16(rounding_drift(scales), scales, cls.name, "mean absolute value")
+
+    @classmethod
     def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
         rotation = state.arrays.get("rotation")
         if rotation is not None:
             x = x @ rotation
-        scales = np.abs(x).mean(axis=1, keepdims=True)
-        refuse_beyond_fp16(scales, cls.name)
-        return {"codes": pack_signs(x), "scales": scales[:, 0].astype(np.float16)}
+        scales = np.abs(x).mean(axis=1)
+        cls._refuse_scales(scales)
+        return {"codes": pack_signs(x), "scales": scales.astype(np.float16)}
 
     def check_arrays(self) -> str | None:
         words = -(-self.dim // 64)

@@ -9,17 +9,40 @@ import numpy as np
 
 from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
 from runtime.codecs.quantized_scan import quantized_search
-from runtime.errors import InvalidRequest
+from runtime.errors import RowRefused
 from runtime.kernels import dense
 from runtime.validation import FP16_MAX
 
 
 def refuse_beyond_fp16(x: np.ndarray, codec: str) -> None:
-    """Values past fp16's range would become inf; name the first row that has one."""
+    """Values past fp16's range would become inf; name the first row `(n, ...)` that has one."""
     too_big = np.abs(x).max(axis=1) > FP16_MAX
     if too_big.any():
         row = int(np.flatnonzero(too_big)[0])
-        raise InvalidRequest(f"codec {codec!r} stores fp16: row {row} has a value beyond ±{FP16_MAX:g}")
+        raise RowRefused(row, f"codec {codec!r} stores fp16: row {{row}} has a value beyond ±{FP16_MAX:g}")
+
+
+FP16_DRIFT_LIMIT = 0.1
+"""What fp16 rounding may move a row by, as a share of the row's size, before the row is refused."""
+
+
+def refuse_lost_in_fp16(drift: np.ndarray, size: np.ndarray, codec: str, what: str) -> None:
+    """Rows whose fp16 rounding moves them by more than FP16_DRIFT_LIMIT of their size (drift and
+    size (n,) float): values that small (below fp16's normal range, 6.1e-05) come back as noise, so
+    the first such row is named instead of stored. A row of zeros is kept."""
+    lost = drift > FP16_DRIFT_LIMIT * size
+    if lost.any():
+        at = int(np.flatnonzero(lost)[0])
+        raise RowRefused(
+            at,
+            f"codec {codec!r} stores fp16: row {{row}}'s {what} ({size[at]:.3g}) is too small for it (rounding "
+            f"moves it by up to {drift[at] / size[at]:.0%}); multiply the table by a constant, or use fp32",
+        )
+
+
+def rounding_drift(values: np.ndarray) -> np.ndarray:
+    """What rounding float32 values (n,) to fp16 moves each by."""
+    return np.abs(values.astype(np.float16).astype(np.float32) - values)
 
 
 class Fp16Codec(Codec):
@@ -32,8 +55,14 @@ class Fp16Codec(Codec):
         return rows * dim * 2
 
     @classmethod
-    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+    def refuse_unstorable(cls, x: np.ndarray) -> None:
         refuse_beyond_fp16(x, cls.name)
+        drift = np.linalg.norm(x.astype(np.float16).astype(np.float32) - x, axis=1)
+        refuse_lost_in_fp16(drift, np.linalg.norm(x, axis=1), cls.name, "norm")
+
+    @classmethod
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+        cls.refuse_unstorable(x)
         return {"values": x.astype(np.float16)}
 
     def check_arrays(self) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
-from runtime.codecs.fp16 import refuse_beyond_fp16
+from runtime.codecs.fp16 import refuse_beyond_fp16, refuse_lost_in_fp16, rounding_drift
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
 from runtime.validation import unusable_value
@@ -28,8 +28,18 @@ class RowwiseCodec(Codec):
         return rows * (rowwise.packed_bytes(dim, cls.bits) + 4)
 
     @classmethod
-    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+    def refuse_unstorable(cls, x: np.ndarray) -> None:
         refuse_beyond_fp16(x, cls.name)
+        # each row's scale and bias are fp16: a row of values too small for them (1e-6) would
+        # decode as noise; the drift bounds what their rounding moves a decoded value by
+        levels = (1 << cls.bits) - 1
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        drift = rounding_drift((hi - lo) / levels) * levels + rounding_drift(lo)
+        refuse_lost_in_fp16(drift, np.maximum(np.abs(lo), np.abs(hi)), cls.name, "largest value")
+
+    @classmethod
+    def _encode_rows(cls, state: TrainedState, x: np.ndarray) -> dict[str, np.ndarray]:
+        cls.refuse_unstorable(x)
         return {"rows": rowwise.quantize_numpy(x, cls.bits)}
 
     def check_arrays(self) -> str | None:

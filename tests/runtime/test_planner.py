@@ -350,5 +350,29 @@ def test_a_table_past_fp16_range_is_planned_with_codecs_that_hold_it() -> None:
     x[9, 0] = 1e5
     chosen = planner.plan(x, 64 * 1024, seed=0)
     assert all(tier.entry.codec not in ("fp16", "int8", "int4", "int2", "binary") for tier in chosen.tiers)
-    with pytest.raises(InvalidRequest, match="every menu entry stores fp16"):
+    with pytest.raises(InvalidRequest, match=r"no menu entry can store this table \(codec 'int8' stores fp16: row 9"):
         planner.plan(x, 64 * 1024, menu=[{"codec": "int8"}, {"codec": "fp16"}])
+
+
+def test_a_table_whose_projected_values_pass_fp16_is_planned() -> None:
+    # found by a review: values within fp16's range but far from their mean (x = t · 1 + noise,
+    # |t| up to 30,000) gave "codec 'fp16' stores fp16: row 0 ..." from a reduced-dimension entry;
+    # the bound on projected values was looked at only when the raw values passed fp16's range
+    rng = np.random.default_rng(1)
+    x = (rng.uniform(-30_000, 30_000, (2000, 1)) + rng.standard_normal((2000, 32))).astype(np.float32)
+    chosen = planner.plan(x, 30_000, seed=0)
+    assert all(t.entry.codec not in planner.FP16_CODECS or t.entry.dim == 32 for t in chosen.tiers)
+    assert planner.compress_to_budget(x, 30_000).nbytes <= 30_000
+
+
+def test_a_table_of_values_too_small_for_fp16_is_planned_without_fp16_codecs() -> None:
+    # found by a review: int8 over values of 1e-6 stored every row's scale as fp16 zero or
+    # subnormal, an artifact of noise (relative error 2.6) with no error; now the codecs refuse
+    # such rows, and the planner leaves them out as it does codecs over values past fp16
+    x = low_rank_table(2000, 32, seed=4) * np.float32(1e-6)
+    chosen = planner.plan(x, 64 * 1024, seed=0)
+    assert all(t.entry.codec not in ("int8", "int4", "int2") for t in chosen.tiers)
+    table = planner.compress_to_budget(x, 64 * 1024)
+    assert np.linalg.norm(table.lookup(np.arange(2000)) - x) < 0.5 * np.linalg.norm(x)
+    with pytest.raises(InvalidRequest, match=r"no menu entry can store this table \(codec 'int8' stores fp16: row 0's"):
+        planner.plan(x, 64 * 1024, menu=[{"codec": "int8"}, {"codec": "int4"}])
