@@ -78,6 +78,7 @@ def add_commands(sub: Any) -> None:
     _add_budget_flags(p, required=True)
     p.add_argument("--keys", type=Path, help="(n,) .npy of int64 keys: plan a keyed table (the key map is counted)")
     p.add_argument("--out", required=True, type=Path, help="the --tiers JSON file to write for compress")
+    p.add_argument("--force", action="store_true", help="replace a file already at --out")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_plan)
 
@@ -156,7 +157,7 @@ def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     given = (args.input, args.keys, args.freq, args.queries, args.menu)
-    check_output(args.out, True, inputs=tuple(p for p in given if isinstance(p, Path)), directory=False)
+    check_output(args.out, args.force, inputs=tuple(p for p in given if isinstance(p, Path)), directory=False)
     # as compress reads it: a plan for an input compress refuses printed a command that failed
     x = _floating(_load_npy(args.input, "input"), args.input)
     keys = _load_npy(args.keys, "keys") if args.keys is not None else None
@@ -164,6 +165,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # written beside it, then renamed over it: a full disk left half a plan where the old one was
     written = None
     try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=args.out.parent, prefix=f".{args.out.name}.", delete=False) as fh:
             written = Path(fh.name)
             fh.write(json.dumps(chosen.tier_specs()))
@@ -174,7 +176,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             written.unlink(missing_ok=True)
         raise InvalidRequest(f"cannot write the plan to {str(args.out)!r}: {exc}") from None
     print(chosen.text())
-    print(f"wrote {args.out}: embserve compress {args.input} --tiers {args.out} --out DIR")
+    keyed = f" --keys {args.keys}" if args.keys is not None else ""
+    print(f"wrote {args.out}: embserve compress {args.input} --tiers {args.out}{keyed} --out DIR")
     return 0
 
 

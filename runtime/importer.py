@@ -99,6 +99,10 @@ def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), director
     if not directory:
         if out.is_dir():
             raise InvalidRequest(f"output {str(out)!r} is a directory; name a file")
+        if out.exists() and not force:
+            raise InvalidRequest(f"output {str(out)!r} already exists; pass --force to replace it")
+        _check_makeable(out, missing[1:])  # its directories: the file itself is written last
+        _refuse_unwritable(out.parent if out.parent.exists() else nearest, out)
         return
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"output {str(out)!r} exists and is not a directory")
@@ -106,6 +110,16 @@ def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = (), director
     if out.is_dir() and any(p.name != artifact.WRITE_LOCK for p in out.iterdir()) and not force:
         what = "an artifact" if (out / artifact.MANIFEST).exists() else "files"
         raise InvalidRequest(f"output directory {str(out)!r} already holds {what}; pass --force to replace it")
+    if out.is_dir():
+        # an artifact is written inside it: on a read-only mount that failed after the training
+        _refuse_unwritable(out, out)
+
+
+def _refuse_unwritable(directory: Path, out: Path) -> None:
+    """Refuse an output whose `directory` this process cannot write in (its permissions, a
+    read-only filesystem), before any work."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidRequest(f"output {str(out)!r} cannot be written: {str(directory)!r} is not writable")
 
 
 def _check_makeable(out: Path, missing: list[Path]) -> None:

@@ -604,6 +604,10 @@ def plan(
         key_array = check_keys(keys, "keys")
         if key_array.shape[0] != n:
             raise InvalidRequest(f"{key_array.shape[0]} keys for {n} rows")
+        # as compress refuses them: a plan for keys that repeat could not be built
+        repeated = KeyMap(key_array).duplicate
+        if repeated >= 0:
+            raise InvalidRequest(f"keys[{repeated}] = {int(key_array[repeated])} repeats an earlier key")
     query_array = None if queries is None else check_queries(queries, d)
     entries = parse_menu(default_menu(d) if menu is None else menu, d)
     # an entry that cannot be trained on this few rows (8-bit RQ on a table of 100) is in no

@@ -155,6 +155,30 @@ def test_unwritable_outputs_and_unusable_values_are_one_line_with_status_2(
     assert not (tmp_path / "h").exists()
 
 
+def test_an_existing_output_that_cannot_be_written_is_refused_before_training(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a review: compress --force over an artifact on a read-only mount trained (minutes of
+    # OPQ) and failed only when it wrote; the check is os.access, made to answer as a read-only
+    # filesystem does here (the suite runs as root, whom permission bits do not stop)
+    import runtime.importer
+
+    out, plan = tmp_path / "a", tmp_path / "plans" / "p.json"
+    assert main(["compress", str(source), "--codec", "fp32", "--out", str(out)]) == 0
+    assert main(["plan", str(source), "--budget", "64KiB", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    real_access = runtime.importer.os.access
+    read_only = {out, plan.parent}
+    monkeypatch.setattr(
+        runtime.importer.os, "access", lambda p, mode: Path(p) not in read_only and real_access(p, mode)
+    )
+    assert main(["compress", str(source), "--codec", "pq", "--opq", "--out", str(out), "--force"]) == 2
+    assert f"output {str(out)!r} cannot be written: {str(out)!r} is not writable" in capsys.readouterr().err
+    assert main(["plan", str(source), "--budget", "64KiB", "--out", str(plan), "--force"]) == 2
+    assert f"{str(plan.parent)!r} is not writable" in capsys.readouterr().err
+    assert runtime.load_table(out).codec == "fp32"
+
+
 def test_compress_tiers_and_keys_from_files(tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     n = np.load(source).shape[0]
     tiers = tmp_path / "tiers.json"

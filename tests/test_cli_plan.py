@@ -97,6 +97,33 @@ def test_budget_excludes_codec_flags(
     assert "--budget plans the tiers" in capsys.readouterr().err and not out.exists()
     assert main(["compress", str(files["x"]), "--freq", str(files["freq"]), "--codec", "int8", "--out", str(out)]) == 2
     assert "give --budget too" in capsys.readouterr().err and not out.exists()
+    # found by a review: plan's --out into a missing directory named a temporary file it could
+    # not write; compress and import make missing directories, and plan now does too
     missing_dir = tmp_path / "no" / "such" / "plan.json"
+    assert main(["plan", str(files["x"]), "--budget", "1MiB", "--out", str(missing_dir)]) == 0
+    assert json.loads(missing_dir.read_text())
+    # a file there already is replaced only with --force (a review's plan overwrote an artifact's manifest)
     assert main(["plan", str(files["x"]), "--budget", "1MiB", "--out", str(missing_dir)]) == 2
-    assert "cannot write the plan" in capsys.readouterr().err
+    assert "already exists; pass --force to replace it" in capsys.readouterr().err
+    assert main(["plan", str(files["x"]), "--budget", "1MiB", "--out", str(missing_dir), "--force"]) == 0
+
+
+def test_a_keyed_plan_refuses_repeated_keys_and_prints_a_command_with_its_keys(
+    tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: a plan took keys that repeat (compress then refused them), and the
+    # command it printed left --keys out, so following it built an unkeyed table
+    keys, repeated = tmp_path / "keys.npy", tmp_path / "repeated.npy"
+    np.save(keys, np.arange(1200, dtype=np.int64) * 7)
+    np.save(repeated, np.where(np.arange(1200) == 900, 14, np.arange(1200) * 7).astype(np.int64))
+    tiers = tmp_path / "tiers.json"
+    args = ["plan", str(files["x"]), "--budget", "1MiB", "--out", str(tiers)]
+    assert main([*args, "--keys", str(repeated)]) == 2
+    assert "keys[900] = 14 repeats an earlier key" in capsys.readouterr().err and not tiers.exists()
+    assert main([*args, "--keys", str(keys)]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.endswith(f"embserve compress {files['x']} --tiers {tiers} --keys {keys} --out DIR")
+    out = tmp_path / "art"
+    command = printed.split(": ", 1)[1].split()[2:-1]
+    assert main(["compress", *command, str(out), "--quiet"]) == 0
+    assert runtime.load_table(out).keyed
