@@ -48,7 +48,7 @@ def add_commands(sub: Any) -> None:
         "input",
         type=Path,
         help="(n, d) table: a .npy file (floating point, cast to float32), a .safetensors file "
-        "or a PyTorch checkpoint (with --tensor)",
+        "or a PyTorch checkpoint (--tensor names the table where the file holds several)",
     )
     p.add_argument("--tensor", help="key of the table in a safetensors file or PyTorch state dict")
     p.add_argument("--codec", choices=sorted(CODECS), help="the codec of a one-tier table (or give --tiers)")
@@ -100,7 +100,9 @@ def add_commands(sub: Any) -> None:
         help="import this key (repeatable) instead of every embedding-like key",
     )
     p.add_argument("--codec", default="int8", choices=sorted(CODECS), help="codec of every table (default int8)")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier import at --out (a directory with tables.json)"
+    )
     _add_codec_flags(p)
     p.add_argument("--rerank", choices=sorted(CODECS), help="second, richer codec used to rescore candidates")
     p.add_argument("--seed", type=int, default=0)

@@ -14,6 +14,7 @@ failure leaves nothing behind (and, with `force`, the old DIR untouched).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import artifact
+from runtime.codecs import codec_class
 from runtime.errors import JSON_FILE_ERRORS, InvalidRequest
 from runtime.sources import Source, describe_candidates, embedding_keys, read_table, table_name
 from runtime.table import Table, compress
@@ -172,15 +174,25 @@ def import_tables(
             "import only; choose an empty or new directory"
         )
     check_output(target, force, inputs=(Path(source.path),))
+    if target.is_symlink():
+        target = target.resolve()  # the directory it names is replaced, not the link by a directory
+    if target.resolve() in (Path.cwd(), *Path.cwd().parents):
+        # it is swapped whole by a rename, which the working directory (or one above it) refuses
+        raise InvalidRequest(f"output {str(out)!r} is or holds the working directory; name a directory below it")
     planned = plan_tables(source, keys)
+    _check_options(planned, codec, compress_options)
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
     try:
         entries = []
         for plan in planned:
-            table = compress(
-                read_table(source, plan.key), codec, source=f"{source.path}:{plan.key}", **compress_options
-            )
+            try:
+                table = compress(
+                    read_table(source, plan.key), codec, source=f"{source.path}:{plan.key}", **compress_options
+                )
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"tensor {plan.key!r}: {exc}") from None
             table.save(building / plan.name)
             entries.append(
                 {
@@ -202,8 +214,27 @@ def import_tables(
         replace_dir(building, target)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
+        for directory in made:  # deepest first: what this import made, if nothing else is there
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     return index
+
+
+def _check_options(planned: list[PlannedTable], codec: str, compress_options: dict[str, Any]) -> None:
+    """The codec options against every table's shape (`pq` subspaces must divide each dimension),
+    before any table is compressed: a refusal found at the third table came after minutes of the
+    first two, and named no tensor."""
+    named = set(inspect.signature(compress).parameters)
+    options = {k: v for k, v in compress_options.items() if k not in named}
+    rerank = compress_options.get("rerank")
+    for plan in planned:
+        try:
+            codec_class(codec).check_options(plan.dim, options)
+            if rerank is not None:
+                codec_class(rerank).check_options(plan.dim, {})
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"tensor {plan.key!r}: {exc}") from None
 
 
 def read_tables_file(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:

@@ -386,3 +386,39 @@ def test_sparse_and_meta_tensors_are_named_not_converted(tmp_path: Path) -> None
         source.read("emb.weight")
     with pytest.raises(InvalidRequest, match=r"'meta\.weight' is a meta tensor \(no data\)"):
         source.read("meta.weight")
+
+
+def test_import_checks_every_table_before_the_first_and_names_the_tensor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a review: options a later table cannot take (pq subspaces not dividing its
+    # dimension) were found after the earlier tables were compressed, and no error named the
+    # tensor; a failed import left the directories it made above --out
+    big = ("F32", [300, 64], np.ones(300 * 64, "<f4").tobytes())
+    small = ("F32", [300, 16], np.ones(300 * 16, "<f4").tobytes())
+    bad = np.ones((300, 16), "<f4")
+    bad[10, 3] = np.nan
+    write_safetensors(tmp_path / "m.safetensors", {"a_emb.weight": big, "b_emb.weight": small})
+    write_safetensors(
+        tmp_path / "nan.safetensors", {"a_emb.weight": big, "b_emb.weight": ("F32", [300, 16], bad.tobytes())}
+    )
+    out = tmp_path / "made" / "above" / "out"
+    args = ["import", str(tmp_path / "m.safetensors"), "--codec", "pq", "--subspaces", "32", "--out", str(out)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "tensor 'b_emb.weight': pq subspaces=32 must divide the dimension 16" in captured.err
+    assert "a_emb" not in captured.out  # nothing was compressed first
+    assert main(["import", str(tmp_path / "nan.safetensors"), "--out", str(out)]) == 2
+    assert "tensor 'b_emb.weight': table[10] contains NaN or Inf" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "nan.safetensors"]
+    # the working directory (or one above it) cannot be swapped whole by a rename
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["import", str(tmp_path / "m.safetensors"), "--out", "."]) == 2
+    assert "is or holds the working directory" in capsys.readouterr().err and not any(work.iterdir())
+    # a link to a directory: the directory it names is replaced, the link kept
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert main(["import", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "link")]) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "tables.json").is_file()
