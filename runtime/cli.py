@@ -139,17 +139,16 @@ def _add_budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     )
     parser.add_argument("--freq", type=Path, help="(n,) .npy lookup frequencies of the rows (default: all equal)")
     parser.add_argument("--queries", type=Path, help="(q, d) .npy sample queries: recall@10 breaks near-ties")
-    parser.add_argument("--menu", type=Path, help="JSON list of menu entries {codec, dim, options} (default: all)")
+    parser.add_argument(
+        "--menu",
+        type=Path,
+        help='JSON list of menu entries, each {"codec", "dim", codec options as keys} (default: all)',
+    )
 
 
 def _budget_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """The planner's optional inputs named by the budget flags, loaded."""
-    menu = None
-    if args.menu is not None:
-        try:
-            menu = json.loads(args.menu.read_text())
-        except JSON_FILE_ERRORS as exc:
-            raise InvalidRequest(f"cannot read menu {str(args.menu)!r}: {exc}") from None
+    menu = None if args.menu is None else _read_json(args.menu, "menu")
     return {
         "freq": _load_npy(args.freq, "freq") if args.freq is not None else None,
         "queries": _load_npy(args.queries, "queries") if args.queries is not None else None,
@@ -334,11 +333,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tiers(path: Path) -> list[dict[str, Any]]:
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file given on the command line; anything but a regular file (a FIFO, /dev/zero) is
+    refused, as it may never end."""
+    if path.exists() and not path.is_file():
+        raise InvalidRequest(f"cannot read {what} {str(path)!r}: not a regular file")
     try:
-        tiers = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except JSON_FILE_ERRORS as exc:
-        raise InvalidRequest(f"cannot read tiers {str(path)!r}: {exc}") from None
+        raise InvalidRequest(f"cannot read {what} {str(path)!r}: {exc}") from None
+
+
+def _load_tiers(path: Path) -> list[dict[str, Any]]:
+    tiers = _read_json(path, "tiers")
     if not isinstance(tiers, list):
         raise InvalidRequest(f"tiers {str(path)!r} must hold a JSON list of tier objects")
     return tiers
@@ -504,6 +511,14 @@ def run_command(args: argparse.Namespace) -> int:
         # a path that cannot be read or written (an --out under a file, a read-only or full disk)
         where = f": {exc.filename!r}" if exc.filename is not None else ""
         print(f"embserve {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        # numpy names the allocation that failed ("Unable to allocate 1.00 GiB for an array with shape ...")
+        print(
+            f"embserve {args.command}: error: out of memory: {exc or 'an allocation failed'}; give a smaller table or "
+            "codec options that need less (fewer subspaces, train_rows or codewords)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"embserve {args.command}: interrupted", file=sys.stderr)

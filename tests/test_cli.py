@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import runtime
+from runtime.cli import run_command
 from service.cli import main
 from tests.conftest import low_rank_table
 
@@ -319,3 +322,28 @@ def test_plan_and_library_refuse_what_compress_refuses(tmp_path: Path, capsys: p
         runtime.compress(x, "int8", version=3)  # type: ignore[arg-type]
     with pytest.raises(runtime.InvalidRequest, match=r"seed must be a non-negative integer, got 1\.5"):
         runtime.compress(x, "int8", seed=1.5)  # type: ignore[arg-type]
+
+
+def test_special_files_and_exhausted_memory_are_one_line_with_status_2(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: --tiers /dev/zero read forever (memory growing), a FIFO hung; running out
+    # of memory printed numpy's traceback
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        assert main(["compress", str(source), "--tiers", path, "--out", str(tmp_path / "a")]) == 2
+        assert f"cannot read tiers {path!r}: not a regular file" in capsys.readouterr().err
+        assert main(["plan", str(source), "--budget", "1MiB", "--menu", path, "--out", str(tmp_path / "p.json")]) == 2
+        assert f"cannot read menu {path!r}: not a regular file" in capsys.readouterr().err
+
+    def allocate(_: argparse.Namespace) -> int:
+        np.empty(2**42, np.float32)  # 16 TiB: numpy's own allocation error
+        return 0
+
+    assert run_command(argparse.Namespace(command="compress", func=allocate)) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("embserve compress: error: out of memory: Unable to allocate 16.0 TiB")
+        and len(err.splitlines()) == 1
+    )
