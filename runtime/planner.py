@@ -20,8 +20,6 @@ The result is a `Plan`; `compress_to_budget` builds it and refuses a table over 
 from __future__ import annotations
 
 import itertools
-import math
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,7 +31,15 @@ from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget, RowRefuse
 from runtime.kernels.hashmap import KeyMap
 from runtime.table import Table, compress, tier_index_bytes
 from runtime.tiers import Projection
-from runtime.validation import FP16_MAX, check_k, check_keys, check_queries, check_seed, check_table_input
+from runtime.validation import (
+    FP16_MAX,
+    check_k,
+    check_keys,
+    check_queries,
+    check_seed,
+    check_table_input,
+    parse_bytes,
+)
 
 FP16_CODECS = frozenset({"fp16", "int8", "int4", "int2", "binary"})
 """Codecs that store a table's values, or per-row scales of them, as fp16."""
@@ -79,8 +85,6 @@ def _spread(data: np.ndarray, step: int = 65536) -> float:
     return max(float(np.linalg.norm(data[a : a + step] - mean, axis=1).max()) for a in range(0, len(data), step))
 
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 BUDGET_STEPS = 4096
 """The DP counts bytes in units of budget / BUDGET_STEPS, every cost rounded up."""
 TRAIN_ROWS = 2048
@@ -108,19 +112,13 @@ def against_fp32(ratio: float) -> str:
 
 
 def parse_size(text: Any) -> int:
-    """'512MiB', '2GB', '1e9', 4096 -> bytes (int > 0); anything else is refused."""
-    if isinstance(text, bool):
+    """'512MiB', '2GB', '1e9', 4096 -> bytes (int > 0, `parse_bytes`); anything else is refused."""
+    size = parse_bytes(text)
+    if size is None:
         raise InvalidRequest(f"budget must be a size such as 512MiB, 2GB or 1e9, got {text!r}")
-    if isinstance(text, (int, np.integer)):
-        value: float = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-        if match is None or match.group(2).lower() not in UNITS:
-            raise InvalidRequest(f"budget must be a size such as 512MiB, 2GB or 1e9, got {text!r}")
-        value = float(match.group(1)) * UNITS[match.group(2).lower()]
-    if not math.isfinite(value) or value < 1:
+    if size < 1:
         raise InvalidRequest(f"budget must be a positive size of at least one byte, got {text!r}")
-    return int(value)
+    return size
 
 
 def _sig(value: float) -> float:

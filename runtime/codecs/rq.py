@@ -27,7 +27,6 @@ decoded and its tables computed as for a query vector.
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -41,7 +40,7 @@ from runtime.errors import InvalidRequest
 from runtime.kernels import additive, fastscan, scan
 from runtime.kernels.kmeans import centroid_sums, codeword_norms, nearest_codeword_into
 from runtime.training import MAX_POINTS_PER_CENTROID, random_rows
-from runtime.validation import unusable_value
+from runtime.validation import parse_bytes, unusable_value
 
 ENCODE_BLOCK = 4096
 """Rows a beam search advances at once: their (rows, beam, K) products stay a few MiB."""
@@ -56,25 +55,6 @@ NORM_LEVELS = 255
 VALIDATION_ROWS = 2048
 """Rows outside the training sample (at most; an eighth of the sample if that is more) that judge
 each refinement round."""
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: Any) -> int | None:
-    """A byte size: a non-negative integer, or text: a number and an optional unit (B, k/KB = 1000,
-    Ki/KiB = 1024, M.., G.., T..), e.g. "67108864", "64MiB", "16 MB". -> bytes, or None when not a size."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value) if value >= 0 else None
-    if not isinstance(value, str):
-        return None
-    match = _SIZE.match(value)
-    if match is None:
-        return None
-    unit = (match.group(2) or "").lower()
-    base = 1024 if "i" in unit else 1000
-    scale = 1 if not unit or unit == "b" else base ** ("kmgt".index(unit[0]) + 1)
-    return int(float(match.group(1)) * scale)
 
 
 # ---- training and encoding (numpy GEMMs around the kernels) -------------------------------------
@@ -341,7 +321,7 @@ class RqCodec(adc.BlockedCodes, Codec):
                 f"rq with bits=4 packs two codes a byte beside the two norm nibbles: codebooks must be even, "
                 f"got {params['codebooks']}"
             )
-        limit = parse_size(params["table_limit"])
+        limit = parse_bytes(params["table_limit"])
         if limit is None:
             raise InvalidRequest(
                 f"rq option table_limit must be a size in bytes (e.g. 67108864 or 64MiB), got {params['table_limit']!r}"

@@ -20,7 +20,6 @@ from runtime.codecs.rq import (
     decode_codes,
     kmeans,
     nearest,
-    parse_size,
     progressive_kmeans,
     quantize_norms,
     refine_codebooks,
@@ -334,10 +333,3 @@ def test_too_few_rows_for_the_codewords_is_a_clear_error() -> None:
     with pytest.raises(InvalidRequest, match="train_rows=10"):
         runtime.compress(low_rank_table(100, 8), "rq", bits=4, train_rows=10)
     assert runtime.compress(low_rank_table(16, 8), "rq", bits=4, codebooks=2).rows == 16
-
-
-def test_sizes_parse() -> None:
-    assert parse_size("64MiB") == 64 << 20 and parse_size("16 MB") == 16_000_000 and parse_size(0) == 0
-    assert parse_size("2k") == 2000 and parse_size("1.5GiB") == 3 << 29 and parse_size("512b") == 512
-    for bad in ("x", -1, "64i", "1e6", True, 2.0, None):
-        assert parse_size(bad) is None

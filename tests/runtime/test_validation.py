@@ -20,6 +20,7 @@ from runtime.validation import (
     check_keys,
     check_offsets,
     check_queries,
+    parse_bytes,
     refuse_booleans_among_numbers,
     refuse_booleans_in_json,
 )
@@ -371,3 +372,15 @@ def test_booleans_in_json_bodies_cost_a_scan_and_a_bounded_walk() -> None:
     # flags are object members: not looked into; OIP parameters, whose unknown entries are ignored, neither
     flags = b'{"ids": [1, 2], "exclude_self": true, "parameters": {"tag": [1, true]}}'
     refuse_booleans_in_json(flags, orjson.loads(flags))
+
+
+def test_byte_sizes_parse_one_way_everywhere() -> None:
+    # found by a review: rq's table_limit took "1.5" as 1 byte and refused "1e3", which a budget
+    # took; one parser now reads both
+    assert parse_bytes("64MiB") == 64 << 20 and parse_bytes("16 MB") == 16_000_000 and parse_bytes(0) == 0
+    assert parse_bytes("2k") == 2000 and parse_bytes("1.5GiB") == 3 << 29 and parse_bytes("512b") == 512
+    assert parse_bytes("1e6") == 10**6 and parse_bytes("1.1MB") == 1_100_000 and parse_bytes(" 1.5 KiB") == 1536
+    for bad in ("x", -1, "64i", "1.5", "0.3B", "1e-3", True, 2.0, None, "nan", "inf", "12 parsecs", ""):
+        assert parse_bytes(bad) is None, bad
+    with pytest.raises(InvalidRequest, match="table_limit must be a size in bytes"):
+        runtime.compress(low_rank_table(300, 16), "rq", codebooks=2, table_limit="1.5")
