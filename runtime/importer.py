@@ -29,10 +29,10 @@ from runtime.codecs import codec_class
 from runtime.errors import JSON_FILE_ERRORS, InvalidRequest
 from runtime.sources import Source, describe_candidates, embedding_keys, read_table, table_name
 from runtime.table import Table, compress
+from runtime.validation import check_table_name
 
 TABLES_FILE = "tables.json"
 TABLES_FILE_VERSION = 1
-TABLE_NAME_MAX = 128
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,12 @@ def plan_tables(source: Source, keys: list[str] | None = None) -> list[PlannedTa
     for info, name in zip(infos, short, strict=True):
         if short.count(name) > 1:
             name = info.key.removesuffix(".weight").replace(".", "_")
-        if not name or len(name) > TABLE_NAME_MAX or "/" in name or name.startswith("."):
+        try:
+            check_table_name(name)
+            unusable = name.startswith(".")  # a directory of DIR that ls hides, or "..", DIR's parent
+        except InvalidRequest:
+            unusable = True
+        if unusable:
             raise InvalidRequest(f"tensor {info.key!r} gives table name {name!r}, which is not a valid table name")
         planned.append(PlannedTable(name, info.key, int(info.shape[0]), int(info.shape[1])))
     names = [p.name for p in planned]
@@ -259,5 +264,6 @@ def read_tables_file(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
             or not isinstance(entry.get("path"), str)
         ):
             raise InvalidRequest(f"tables file {str(file)!r}: tables[{i}] needs string 'name' and 'path'")
+        check_table_name(entry["name"], f"tables file {str(file)!r}: tables[{i}]: ")
         specs.append((entry["name"], file.parent / entry["path"]))
     return specs

@@ -133,6 +133,17 @@ def kind_of_values(arr: np.ndarray) -> str:
     return "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
 
 
+TABLE_NAME_MAX = 128
+
+
+def check_table_name(name: Any, where: str = "") -> str:
+    """A served table's name: a string of 1-128 characters without '/' (it names the table in
+    paths, /v1/tables/<name>, and in metrics); `where` prefixes the message."""
+    if not isinstance(name, str) or not name or len(name) > TABLE_NAME_MAX or "/" in name:
+        raise InvalidRequest(f"{where}table name {name!r} must be 1-{TABLE_NAME_MAX} characters without '/'")
+    return name
+
+
 SIZE_UNITS = {"": 1, "b": 1}
 for _power, _prefix in enumerate("kmgt", 1):
     SIZE_UNITS.update({_prefix: 1000**_power, f"{_prefix}b": 1000**_power})

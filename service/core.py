@@ -34,7 +34,7 @@ from runtime.errors import (
 )
 from runtime.store import LoadedTable, TableStore
 from runtime.table import Table, __version__, check_exclude_self, checked_sequence, load_table
-from runtime.validation import check_queries, kind_of_values
+from runtime.validation import check_queries, check_table_name, kind_of_values
 from service import oip
 from service.batching import SearchBatcher, SearchCall
 from service.errors import TableReplaced, status_label
@@ -683,8 +683,7 @@ class EmbeddingService:
         name = request.table
         with self.request(transport, "admin_load", name):
             self.authorize(authorization)
-            if not isinstance(name, str) or not name or len(name) > 128 or "/" in name:
-                raise InvalidRequest("table name must be 1-128 characters without '/'")
+            check_table_name(name)
             directory = self.confine(request.path)
             if self.sync is not None:
                 return await self.sync.publish_and_wait(name, directory)

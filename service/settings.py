@@ -211,12 +211,14 @@ class Settings(BaseSettings):
 
     def table_specs(self) -> list[tuple[str, Path]]:
         """Parsed `tables`, then the tables of `tables_file`: [(name, directory)], names unique."""
+        from runtime.validation import check_table_name  # not at the top: the supervisor imports no runtime
+
         specs = []
         for spec in self.tables:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise ValueError(f"table spec {spec!r} must be NAME=DIR")
-            specs.append((name.strip(), Path(path.strip())))
+            specs.append((check_table_name(name.strip(), f"table spec {spec!r}: "), Path(path.strip())))
         if self.tables_file is not None:
             from runtime.importer import read_tables_file
 

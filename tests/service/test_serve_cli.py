@@ -4,6 +4,7 @@ errors for a busy port and a table path that is not an artifact directory."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -140,6 +141,15 @@ def test_tables_file_setting_reads_import_output(monkeypatch: pytest.MonkeyPatch
         Settings(tables=["a=/x"]).table_specs()
     with pytest.raises(ValueError, match=r"tables file .* does not exist"):
         Settings(tables_file=tmp_path / "missing.json").table_specs()
+    # found by a review: a tables file served names that --table and an admin load refuse
+    for bad in ("", "a/b", "x" * 129):
+        index.write_text(json.dumps({"tables": [{"name": bad, "path": "a"}]}))
+        with pytest.raises(ValueError, match=r"tables\[0\]: table name .* must be 1-128 characters without '/'"):
+            Settings().table_specs()
+        monkeypatch.delenv("EMBSERVE_TABLES_FILE")
+        with pytest.raises(ValueError, match=r"table spec .*: table name .* must be 1-128 characters without '/'"):
+            Settings(tables=[f"{bad or 'a/b'}=/c"]).table_specs()
+        monkeypatch.setenv("EMBSERVE_TABLES_FILE", str(index))
 
 
 @pytest.mark.slow
