@@ -47,7 +47,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "input",
         type=Path,
-        help="(n, d) table: a .npy file (floating point, cast to float32), a .safetensors file "
+        help="(n, d) table: a .npy file (floating point, cast to float32), a .npz archive, a .safetensors file "
         "or a PyTorch checkpoint (--tensor names the table where the file holds several)",
     )
     p.add_argument("--tensor", help="key of the table in a safetensors file or PyTorch state dict")
@@ -87,10 +87,11 @@ def add_commands(sub: Any) -> None:
         help="compress every embedding table of a checkpoint into DIR/<table>/ plus DIR/tables.json",
         description="Finds every 2-D floating-point embedding weight of a PyTorch state dict "
         "(nn.Embedding / nn.EmbeddingBag modules, TorchRec EmbeddingBagCollection and "
-        "EmbeddingCollection tables), a safetensors file or a .npy file, compresses each with "
+        "EmbeddingCollection tables), a safetensors file, a .npz archive (every 2-D float array) or a .npy "
+        "file, compresses each with "
         "--codec, and writes DIR/tables.json for `embserve serve --tables-file`.",
     )
-    p.add_argument("input", type=Path, help="a PyTorch checkpoint, a .safetensors file or a .npy file")
+    p.add_argument("input", type=Path, help="a PyTorch checkpoint, a .safetensors file, a .npz archive or a .npy file")
     p.add_argument("--out", required=True, type=Path, help="directory to write (one artifact per table)")
     p.add_argument(
         "--tensor",

@@ -45,13 +45,16 @@ class PlannedTable:
 
 def plan_tables(source: Source, keys: list[str] | None = None) -> list[PlannedTable]:
     """The tables to import: `keys` when given, else every embedding-like key (a `.npy` file's
-    one tensor, named after the file). Each must be a 2-D floating-point tensor; names come from
-    the keys (TorchRec's table names, or module names), made unique by the full key when two
-    would clash."""
+    one tensor, named after the file; every 2-D floating-point array of a `.npz` archive). Each
+    must be a 2-D floating-point tensor; names come from the keys (TorchRec's table names, or
+    module names), made unique by the full key when two would clash."""
     if keys:
         chosen = keys
     elif source.format == "npy":
         chosen = list(source.tensors)  # the file is the table: its name says nothing of embeddings
+    elif source.format == "npz":
+        # an archive of named arrays: each 2-D floating-point one is a table of its name
+        chosen = [key for key, info in source.tensors.items() if len(info.shape) == 2 and info.is_float]
     else:
         chosen = embedding_keys(source.tensors)
     if not chosen:

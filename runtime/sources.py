@@ -1,4 +1,4 @@
-"""Where float tables come from: `.npy` files, safetensors files and PyTorch checkpoints.
+"""Where float tables come from: `.npy` and `.npz` files, safetensors files and PyTorch checkpoints.
 
 A source is opened once (`open_source`); it lists its tensors (key, shape, dtype) without reading
 their data, and reads one tensor on demand as a numpy array. safetensors files are parsed here
@@ -114,6 +114,36 @@ class NpySource(Source):
         return np.asarray(self.array)
 
 
+class NpzSource(Source):
+    """A numpy `.npz` archive (`numpy.savez`): one tensor an array, keyed by its name; the arrays'
+    headers are read to list them, an array's data only when it is read."""
+
+    format = "npz"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    with archive.open(member) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read_header = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, dtype = read_header(fh)
+                    key = member.removesuffix(".npy")
+                    self.tensors[key] = TensorInfo(key, tuple(shape), str(dtype))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise InvalidRequest(f"cannot read {str(path)!r} as a .npz archive: {exc}") from None
+
+    def read(self, key: str) -> np.ndarray:
+        self.info(key)
+        with np.load(self.path, allow_pickle=False) as archive:
+            return np.asarray(archive[key])
+
+
 class SafetensorsSource(Source):
     """A safetensors file, parsed and memory-mapped here (no torch, no safetensors package)."""
 
@@ -221,7 +251,14 @@ class TorchSource(Source):
             raise InvalidRequest(
                 f"cannot load {str(path)!r} as a weights-only PyTorch checkpoint: {_reason(exc)}"
             ) from None
-        self.values: dict[str, Any] = dict(_flatten_tensors(loaded, "", torch.Tensor))
+        self.values: dict[str, Any] = {}
+        for key, tensor in _flatten_tensors(loaded, "", torch.Tensor):
+            if key in self.values:
+                # {"emb.weight": a, "emb": {"weight": b}}: the one read last replaced the other unseen
+                raise InvalidRequest(
+                    f"{str(path)!r}: two tensors are both named {key!r} once nested keys are joined by '.'"
+                )
+            self.values[key] = tensor
         if not self.values:
             raise InvalidRequest(f"{str(path)!r} holds no tensors (expected a state dict)")
         self.tensors = {
@@ -260,24 +297,39 @@ def _flatten_tensors(value: Any, prefix: str, tensor_type: type) -> Iterator[tup
 
 
 def open_source(path: str | os.PathLike[str]) -> Source:
-    """Open a `.npy`, safetensors or PyTorch checkpoint file, told apart by its first bytes."""
+    """Open a `.npy`, `.npz`, safetensors or PyTorch checkpoint file, told apart by its first bytes
+    (and a zip file's members: numpy's .npy arrays, or PyTorch's pickle)."""
     file = Path(path)
     if file.is_dir():
-        raise InvalidRequest(f"{str(file)!r} is a directory; expected a .npy, .safetensors or PyTorch checkpoint file")
+        raise InvalidRequest(
+            f"{str(file)!r} is a directory; expected a .npy, .npz, .safetensors or PyTorch checkpoint file"
+        )
     if not file.is_file():
         raise InvalidRequest(f"input file {str(file)!r} does not exist")
     with file.open("rb") as fh:
         head = fh.read(9)
     if head.startswith(NPY_MAGIC):
         return NpySource(file)
+    if head.startswith(ZIP_MAGIC) and _is_npz(file):
+        return NpzSource(file)
     if head.startswith(ZIP_MAGIC) or (head[:1] and head[0] == PICKLE_PROTOCOL_OP):
         return TorchSource(file)
     if len(head) == 9 and head[8:9] == b"{" and file.suffix != ".npy":
         return SafetensorsSource(file)
     raise InvalidRequest(
-        f"{str(file)!r} is not a .npy, safetensors or PyTorch checkpoint file "
+        f"{str(file)!r} is not a .npy, .npz, safetensors or PyTorch checkpoint file "
         "(save the table with numpy.save, safetensors or torch.save)"
     )
+
+
+def _is_npz(file: Path) -> bool:
+    """Whether a zip file is numpy's archive of .npy members (a PyTorch checkpoint holds data.pkl)."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def embedding_keys(tensors: Mapping[str, TensorInfo]) -> list[str]:

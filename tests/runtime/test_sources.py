@@ -91,7 +91,7 @@ def test_non_npy_input_gets_a_clear_message(tmp_path: Path, capsys: pytest.Captu
     csv.write_text("1,2,3\n4,5,6\n")
     assert main(["compress", str(csv), "--codec", "int8", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "is not a .npy, safetensors or PyTorch checkpoint file" in err and "pickle" not in err
+    assert "is not a .npy, .npz, safetensors or PyTorch checkpoint file" in err and "pickle" not in err
     assert not (tmp_path / "out").exists()
     # eval's inputs too
     x = tmp_path / "x.npy"
@@ -422,3 +422,37 @@ def test_import_checks_every_table_before_the_first_and_names_the_tensor(
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert main(["import", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "link")]) == 0
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "tables.json").is_file()
+
+
+def test_npz_archives_are_sources_of_named_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a review: a .npz was taken for a PyTorch checkpoint ("enforce fail at inline_container.cc")
+    users, items = low_rank_table(300, 16, seed=1), low_rank_table(200, 8, seed=2).astype(np.float64)
+    np.savez(tmp_path / "tabs.npz", users=users, items=items, counts=np.arange(10))
+    source = open_source(tmp_path / "tabs.npz")
+    assert source.format == "npz" and source.info("users").shape == (300, 16) and source.info("counts").dtype == "int64"
+    assert main(["compress", str(tmp_path / "tabs.npz"), "--codec", "fp32", "--out", str(tmp_path / "c")]) == 2
+    assert "name the table with --tensor KEY" in capsys.readouterr().err
+    args = [
+        "compress",
+        str(tmp_path / "tabs.npz"),
+        "--tensor",
+        "users",
+        "--codec",
+        "fp32",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main([*args, "--quiet"]) == 0
+    np.testing.assert_array_equal(runtime.load_table(tmp_path / "c").lookup(np.arange(300)), users)
+    assert main(["import", str(tmp_path / "tabs.npz"), "--codec", "fp32", "--out", str(tmp_path / "i")]) == 0
+    specs = dict(read_tables_file(tmp_path / "i" / "tables.json"))
+    assert sorted(specs) == ["items", "users"]  # every 2-D floating-point array, named as saved
+    np.testing.assert_array_equal(runtime.load_table(specs["items"]).lookup(np.arange(200)), items.astype(np.float32))
+
+
+def test_checkpoint_keys_that_join_to_one_name_are_refused(tmp_path: Path) -> None:
+    # found by a review: {"emb.weight": a, "emb": {"weight": b}} imported one table, b, and a was gone
+    torch = _torch()
+    torch.save({"emb.weight": torch.randn(3000, 8), "emb": {"weight": torch.randn(10, 8)}}, tmp_path / "m.pt")
+    with pytest.raises(InvalidRequest, match=r"two tensors are both named 'emb\.weight' once nested keys are joined"):
+        open_source(tmp_path / "m.pt")
