@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numba
 import numpy as np
 
+from runtime.errors import InvalidRequest
 from runtime.kernels.kmeans import (
     MAX_CENTROIDS,
     centroid_sums,
@@ -46,6 +47,21 @@ def random_rows(points: np.ndarray, most: int, rng: np.random.Generator) -> np.n
     if points.shape[0] <= most:
         return points
     return points[np.sort(rng.choice(points.shape[0], most, replace=False))]
+
+
+def sample_for_codewords(
+    points: np.ndarray, train_rows: int, codewords: int, what: str, rng: np.random.Generator
+) -> np.ndarray:
+    """`random_rows` for a k-means of `codewords` centroids, refusing a train_rows below them
+    while the table holds more rows than train_rows (a sample of 1 row for 16 codewords trained a
+    PQ table of relative error 1.4; Faiss refuses it too). A table with fewer rows than codewords
+    is trained on all of them (every row its own codeword). `what` names the option's codec."""
+    if train_rows < codewords and points.shape[0] > train_rows:
+        raise InvalidRequest(
+            f"{what} option train_rows={train_rows} is below the {codewords} codewords it learns; give at least "
+            f"{min(codewords, points.shape[0])}"
+        )
+    return random_rows(points, train_rows, rng)
 
 
 def kmeans_plus_plus(points: np.ndarray, n_centroids: int, rng: np.random.Generator) -> np.ndarray:

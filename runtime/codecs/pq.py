@@ -110,7 +110,7 @@ class PqCodec(adc.BlockedCodes, Codec):
     def _train(
         cls, sample: np.ndarray, params: dict[str, Any], rng: np.random.Generator, progress: Progress | None
     ) -> dict[str, np.ndarray]:
-        sample = training.random_rows(sample, params["train_rows"], rng)
+        sample = training.sample_for_codewords(sample, params["train_rows"], 1 << params["bits"], "pq", rng)
         arrays: dict[str, np.ndarray] = {}
         if params["opq"]:
             # OPQ (non-parametric): alternate codebooks for fixed R, then R by Procrustes for fixed codes

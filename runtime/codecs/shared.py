@@ -79,7 +79,7 @@ class SharedCodec(Codec):
                 f"shared centroids above {training.MAX_CENTROIDS} cannot be trained (k-means' limit), "
                 f"got {params['centroids']}"
             )
-        sample = training.random_rows(sample, params["train_rows"], rng)
+        sample = training.sample_for_codewords(sample, params["train_rows"], params["centroids"], "shared", rng)
         # fewer rows than centroids: k-means++ repeats rows, so C is always what was asked (and counted)
         centroids = training.kmeans(sample, params["centroids"], params["iterations"], rng)
         if progress is not None:

@@ -13,7 +13,7 @@ import pytest
 from runtime import CODECS, codec_class, compress
 from runtime.cli import add_commands
 from runtime.codecs import example_configs
-from runtime.errors import RowRefused
+from runtime.errors import InvalidRequest, RowRefused
 from runtime.warm import CONFIGS as WARM_CONFIGS
 from tests.conftest import low_rank_table
 
@@ -152,3 +152,17 @@ def test_rows_too_small_for_fp16_are_refused_by_their_row_in_the_whole_input(nam
         table.upsert(np.array([1, 2]), tiny)
     np.testing.assert_array_equal(table.lookup(np.arange(3)), before)
     assert table.sequence == 0
+
+
+def test_a_sample_below_the_codewords_is_refused_where_the_table_has_more_rows(x: np.ndarray) -> None:
+    # found by a review: pq with bits=4 and train_rows=1 trained 16 codewords on one row (relative
+    # error 1.4), shared 256 centroids on 100 rows, where rq refused the same
+    with pytest.raises(InvalidRequest, match=r"pq option train_rows=1 is below the 16 codewords it learns"):
+        compress(x, "pq", subspaces=8, bits=4, train_rows=1)
+    with pytest.raises(InvalidRequest, match=r"shared option train_rows=100 is below the 256 codewords it learns"):
+        compress(x, "shared", centroids=256, train_rows=100)
+    # a table of fewer rows than codewords trains on all of them: each row its own codeword
+    small = x[:100]
+    table = compress(small, "pq", subspaces=8, bits=8)
+    np.testing.assert_allclose(table.lookup(np.arange(100)), small, atol=1e-5)
+    assert compress(small, "shared", centroids=256, train_rows=100).rows == 100
