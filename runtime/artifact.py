@@ -149,7 +149,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         pass  # named below
     except OSError as exc:  # a name too long, a loop of links, a component that is a file, ...
         raise ArtifactNotFound(f"artifact directory {str(root)[:200]!r} cannot be reached: {exc.strerror}") from None
-    if root.is_file():
+    if root.exists() and not root.is_dir():  # a file, or a device such as /dev/null
         raise ArtifactNotFound(
             f"{str(root)!r} is a file; an artifact directory is expected (make one with `embserve compress`)"
         )
@@ -166,6 +166,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise ArtifactCorrupt(f"{str(file)!r} has no integer format_version")
+    if version < 1:
+        raise ArtifactIncompatible(f"artifact format version {version} is none embserve writes (1 to {FORMAT_VERSION})")
     if version > FORMAT_VERSION:
         raise ArtifactIncompatible(
             f"artifact format version {version} is newer than this embserve reads ({FORMAT_VERSION}); upgrade embserve"

@@ -1006,7 +1006,7 @@ def _row_bound(value: Any, default: int, n: int, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidRequest(f"{field} must be an integer, got {value!r}")
     if not 0 <= value <= n:
-        raise InvalidRequest(f"{field} = {value} is outside 0..{n} (the table's rows)")
+        raise InvalidRequest(f"{field} = {value} is outside 0..{n} (a start or stop of the table's {n} rows)")
     return int(value)
 
 

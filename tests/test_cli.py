@@ -108,7 +108,7 @@ def test_errors_are_one_line_with_status_2(tmp_path: Path, source: Path, capsys:
     bad = tmp_path / "bad.npy"
     bad.write_bytes(b"not numpy")
     assert main(["compress", str(bad), "--codec", "int8", "--out", str(tmp_path / "y")]) == 2
-    assert "is not a .npy, safetensors or PyTorch checkpoint file" in capsys.readouterr().err
+    assert "is not a .npy, .npz, safetensors or PyTorch checkpoint file" in capsys.readouterr().err
     bad.write_bytes(b"\x93NUMPY\x01\x00garbage")
     assert main(["compress", str(bad), "--codec", "int8", "--out", str(tmp_path / "y")]) == 2
     assert "as a .npy file" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime import ArtifactCorrupt
+from runtime import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 from runtime.table import _drop_self
 
 X = np.random.default_rng(0).standard_normal((512, 16)).astype(np.float32)
@@ -175,3 +175,14 @@ def test_a_nan_in_a_tier_projection_is_refused(tmp_path: Path) -> None:
 def test_dropping_self_from_no_candidates_leaves_none() -> None:
     ids, scores = _drop_self(np.zeros((2, 0), np.int64), np.zeros((2, 0), np.float32), np.array([1, 2]))
     assert ids.shape == scores.shape == (2, 0)
+
+
+def test_a_format_version_below_one_and_a_device_are_named_as_such(tmp_path: Path) -> None:
+    # found by a review: format_version 0 was read on and refused for a missing array; inspect
+    # /dev/null said it did not exist
+    runtime.compress(X, "fp32").save(tmp_path / "t")
+    edit_manifest(tmp_path / "t", lambda m: m.update(format_version=0))
+    with pytest.raises(ArtifactIncompatible, match="artifact format version 0 is none embserve writes"):
+        runtime.load_table(tmp_path / "t")
+    with pytest.raises(ArtifactNotFound, match="'/dev/null' is a file; an artifact directory is expected"):
+        runtime.load_table("/dev/null")
