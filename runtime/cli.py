@@ -481,8 +481,12 @@ def _checked_truth(truth: np.ndarray, nq: int, k: int, table: Table) -> np.ndarr
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.exclude_self and args.query_ids is None:
+        # with query vectors there is no "self" to leave out: the flag changed nothing, unseen
+        raise InvalidRequest("--exclude-self leaves each stored query id out of its results: give --query-ids")
     table = load_table(args.dir)
-    source = np.ascontiguousarray(_load_npy(args.source, "source"), dtype=np.float32)
+    # as compress reads its input: an integer table is refused, not cast and scored
+    source = np.ascontiguousarray(_floating(_load_npy(args.source, "source"), args.source), dtype=np.float32)
     queries = _load_npy(args.queries, "queries") if args.queries else None
     query_ids = _load_npy(args.query_ids, "query ids") if args.query_ids else None
     truth = _load_npy(args.truth, "truth") if args.truth else None

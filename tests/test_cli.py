@@ -347,3 +347,20 @@ def test_special_files_and_exhausted_memory_are_one_line_with_status_2(
         err.startswith("embserve compress: error: out of memory: Unable to allocate 16.0 TiB")
         and len(err.splitlines()) == 1
     )
+
+
+def test_eval_refuses_a_flag_that_does_nothing_and_an_integer_source(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: --exclude-self beside --queries changed nothing, unseen; an int64 --source
+    # was cast and scored (relative error 0.9), where compress refuses such an input
+    art, queries, ints = tmp_path / "a", tmp_path / "q.npy", tmp_path / "ints.npy"
+    assert main(["compress", str(source), "--codec", "fp32", "--out", str(art), "--quiet"]) == 0
+    np.save(queries, np.load(source)[:4])
+    np.save(ints, np.load(source).astype(np.int64))
+    capsys.readouterr()
+    assert main(["eval", str(art), "--source", str(source), "--queries", str(queries), "--exclude-self"]) == 2
+    assert "--exclude-self leaves each stored query id out of its results: give --query-ids" in capsys.readouterr().err
+    assert main(["eval", str(art), "--source", str(ints), "--queries", str(queries)]) == 2
+    assert "has dtype int64; an embedding table must be floating point" in capsys.readouterr().err
+    assert main(["eval", str(art), "--source", str(source), "--queries", str(queries)]) == 0
