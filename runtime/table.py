@@ -1053,6 +1053,9 @@ def compress(
     key_array = None if keys is None else check_keys(keys, "keys")
     if key_array is not None and key_array.shape[0] != data.shape[0]:
         raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")
+    if key_array is None and missing != "error":
+        # it answers lookups of absent keys; a dense table's ids out of range are errors whatever it says
+        raise InvalidRequest(f"missing={missing!r} is for keyed tables: give keys too")
     if tiers is None:
         _check_rerank_options(rerank_options, rerank, "rerank_options")
         built = [

@@ -364,3 +364,13 @@ def test_eval_refuses_a_flag_that_does_nothing_and_an_integer_source(
     assert main(["eval", str(art), "--source", str(ints), "--queries", str(queries)]) == 2
     assert "has dtype int64; an embedding table must be floating point" in capsys.readouterr().err
     assert main(["eval", str(art), "--source", str(source), "--queries", str(queries)]) == 0
+
+
+def test_missing_zeros_without_keys_is_refused(
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: --missing zeros without --keys was accepted and did nothing
+    args = ["compress", str(source), "--codec", "int8", "--missing", "zeros", "--out", str(tmp_path / "a")]
+    assert main(args) == 2
+    assert "missing='zeros' is for keyed tables: give keys too" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
