@@ -1050,6 +1050,8 @@ def compress(
         # written to the manifest as text: anything else failed only at save, after training
         if value is not None and not isinstance(value, str):
             raise InvalidRequest(f"{field} must be a string, got {type(value).__name__}")
+    if version == "":
+        raise InvalidRequest("version must be a non-empty label (leave it out for the creation time)")
     key_array = None if keys is None else check_keys(keys, "keys")
     if key_array is not None and key_array.shape[0] != data.shape[0]:
         raise InvalidRequest(f"{key_array.shape[0]} keys for {data.shape[0]} rows")

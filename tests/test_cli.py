@@ -374,3 +374,6 @@ def test_missing_zeros_without_keys_is_refused(
     assert main(args) == 2
     assert "missing='zeros' is for keyed tables: give keys too" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+    # and --version '', which became the creation time
+    assert main(["compress", str(source), "--codec", "int8", "--version", "", "--out", str(tmp_path / "a")]) == 2
+    assert "version must be a non-empty label" in capsys.readouterr().err
