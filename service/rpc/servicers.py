@@ -524,6 +524,12 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 inputs[tensor.name] = oip.tensor_from_bytes(tensor.name, tensor.datatype, list(tensor.shape), raw[i])
             else:
                 field = CONTENT_FIELDS.get(tensor.datatype)
+                if field is None and tensor.datatype in oip.DATATYPES:
+                    # the protocol's contents message has no field for it (FP16, BF16): raw bytes only
+                    raise InvalidRequest(
+                        f"input {tensor.name!r}: datatype {tensor.datatype!r} has no contents field in the gRPC "
+                        "protocol; send it in raw_input_contents"
+                    )
                 if field is None:
                     raise InvalidRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
                 values = list(getattr(tensor.contents, field))

@@ -238,3 +238,12 @@ def test_an_input_given_twice_over_grpc_is_refused(served: Served) -> None:
         ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "model 'items.search' has no input 'exclude_id'" in str(info.value.details())
+    # FP16 has no contents field in the protocol: the message says where it goes
+    request = ipb.ModelInferRequest(model_name="items")
+    request.inputs.add(name="ids", datatype="FP16", shape=[1])
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "datatype 'FP16' has no contents field in the gRPC protocol; send it in raw_input_contents" in str(
+        info.value.details()
+    )
