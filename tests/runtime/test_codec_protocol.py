@@ -166,3 +166,17 @@ def test_a_sample_below_the_codewords_is_refused_where_the_table_has_more_rows(x
     table = compress(small, "pq", subspaces=8, bits=8)
     np.testing.assert_allclose(table.lookup(np.arange(100)), small, atol=1e-5)
     assert compress(small, "shared", centroids=256, train_rows=100).rows == 100
+
+
+def test_a_rerank_codec_poorer_than_the_primary_is_refused(x: np.ndarray) -> None:
+    # found by a review: fp32 reranked by int2 was accepted, and every lookup of a table paid for
+    # in fp32 came back as int2 rows (relative error 0.45): lookups and rescoring read the rerank codec
+    with pytest.raises(
+        InvalidRequest, match=r"rerank codec 'int2' stores 12 bytes a row, fewer than the primary 'fp32'"
+    ):
+        compress(x, "fp32", rerank="int2")
+    with pytest.raises(
+        InvalidRequest, match=r"rerank codec 'int8' stores 36 bytes a row, fewer than the primary 'fp16'"
+    ):
+        compress(x, tiers=[{"rows": {"start": 0, "stop": 700}, "codec": "fp16", "rerank": "int8"}])
+    assert compress(x, "pq", subspaces=8, rerank="int8").rerank is not None
