@@ -90,6 +90,20 @@ def call(
     return response.status, dict(response.headers), json.loads(response.read())
 
 
+def grpc_upsert(server: LiveServer, table: str, key: int, row: np.ndarray) -> pb.UpdateResponse:
+    """One row (1, DIM) float32 upserted under `key` over gRPC, with the admin token."""
+    with grpc.insecure_channel(server.grpc) as channel:
+        return pb_grpc.EmbeddingServiceStub(channel).Upsert(
+            pb.UpsertRequest(
+                table=table,
+                keys=pb.Tensor(dtype="int64", shape=[1], data=np.array([key], "<i8").tobytes()),
+                rows=pb.Tensor(dtype="float32", shape=[1, DIM], data=row.tobytes()),
+            ),
+            metadata=[("authorization", f"Bearer {TOKEN}")],
+            timeout=30,
+        )
+
+
 def scrape(conn: http.client.HTTPConnection, pattern: str) -> float:
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
@@ -176,17 +190,7 @@ def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path:
 
         # a gRPC upsert, too, reaches both workers
         grpc_row = np.full((1, DIM), -0.5, dtype=np.float32)
-        with grpc.insecure_channel(server.grpc) as channel:
-            reply = pb_grpc.EmbeddingServiceStub(channel).Upsert(
-                pb.UpsertRequest(
-                    table="t",
-                    keys=pb.Tensor(dtype="int64", shape=[1], data=np.array([17], "<i8").tobytes()),
-                    rows=pb.Tensor(dtype="float32", shape=[1, DIM], data=grpc_row.tobytes()),
-                ),
-                metadata=[("authorization", f"Bearer {TOKEN}")],
-                timeout=30,
-            )
-        assert reply.sequence == 3
+        assert grpc_upsert(server, "t", 17, grpc_row).sequence == 3
         for conn in conns.values():
             status, _, body = call(conn, "POST", "/v1/tables/t/lookup", {"ids": [17]})
             lookups += 1
@@ -259,16 +263,7 @@ def test_changes_reach_every_worker_whatever_its_load_the_name_or_the_body(root:
         status, _, body = call(fresh(server), "PUT", odd, {"path": "v2"}, True)
         assert status == 200 and body["name"] == "u?v w", body
         grpc_row = np.full((1, DIM), 0.75, dtype=np.float32)
-        with grpc.insecure_channel(server.grpc) as channel:
-            pb_grpc.EmbeddingServiceStub(channel).Upsert(
-                pb.UpsertRequest(
-                    table="u?v w",
-                    keys=pb.Tensor(dtype="int64", shape=[1], data=np.array([5], "<i8").tobytes()),
-                    rows=pb.Tensor(dtype="float32", shape=[1, DIM], data=grpc_row.tobytes()),
-                ),
-                metadata=[("authorization", f"Bearer {TOKEN}")],
-                timeout=30,
-            )
+        grpc_upsert(server, "u?v w", 5, grpc_row)
         for conn in conns.values():
             status, _, body = call(conn, "POST", f"{odd}/lookup", {"ids": [5, 6]})
             assert status == 200, body
