@@ -212,3 +212,40 @@ def test_log_reset_names_a_stream_deleted_since_the_last_check(
 ) -> None:
     found = updates.log_reset(added_before, info)
     assert (reset in found and found) if reset else found == ""
+
+
+async def test_a_batch_the_table_shows_applied_is_no_gap() -> None:
+    # seen under load: the update thread had applied a batch (the table's sequence says so) and
+    # the loop had not yet recorded its position when a gap check ran; the stream, trimmed right
+    # after, looked as if entries after that position were lost. The check reads both, after XINFO.
+    import weakref
+    from concurrent.futures import ThreadPoolExecutor
+
+    import runtime
+    from service.metrics import Metrics
+    from tests.conftest import low_rank_table
+
+    table = runtime.compress(low_rank_table(16, 4), "fp32", keys=np.arange(16, dtype=np.int64))
+    table.upsert(np.array([3]), np.ones((1, 4), np.float32), sequence=updates.id_to_sequence("5-0"))
+    reply = {"length": 0, "entries-added": 5, "last-generated-id": "5-0", "first-entry": None}
+
+    class Reader:
+        def xinfo_stream(self, stream: str) -> Mapping[str, Any]:
+            return reply
+
+    applier = updates.UpdateApplier.__new__(updates.UpdateApplier)
+    applier.metrics = Metrics()
+    applier.read_executor = ThreadPoolExecutor(max_workers=1)
+    applier._reader = Reader  # type: ignore[method-assign]
+    applier._gaps_seen, applier._entries_added = set(), {}
+    applier.positions = {"t": (weakref.ref(table), "4-0")}  # the batch before, as recorded
+    try:
+        await applier.check_gap("t", table)
+        assert applier.metrics.registry.get_sample_value("embserve_update_gaps_total", {"table": "t"}) == 0
+        # a table whose sequence is behind: the entries after 4-0 are reported, as before
+        behind = runtime.compress(low_rank_table(16, 4), "fp32", keys=np.arange(16, dtype=np.int64))
+        applier.positions = {"t": (weakref.ref(behind), "4-0")}
+        await applier.check_gap("t", behind)
+        assert applier.metrics.registry.get_sample_value("embserve_update_gaps_total", {"table": "t"}) == 1
+    finally:
+        applier.read_executor.shutdown()
