@@ -66,15 +66,22 @@ class TakenIn:
     gets to; one refused before (a body that does not parse, a caller without the admin token) is
     counted on exit here, with that status (unset: not counted, as for a client that left)."""
 
-    __slots__ = ("admitted", "counted", "labels", "receiving", "service", "start", "status", "token")
+    __slots__ = ("admitted", "counted", "labels", "receiving", "replayed", "service", "start", "status", "token")
 
     def __init__(
-        self, service: EmbeddingService, labels: tuple[str, str, str], admitted: bool, receiving: bool = False
+        self,
+        service: EmbeddingService,
+        labels: tuple[str, str, str],
+        admitted: bool,
+        receiving: bool = False,
+        replayed: bool = False,
     ) -> None:
         self.service = service
         self.labels = labels
         """(transport, operation, table label)"""
         self.admitted = admitted
+        self.replayed = replayed
+        """a sibling worker's replay of a change it applied: held to no limit of the body"""
         self.receiving = receiving
         """its body is arriving (counted in service.receiving from enter to admission or exit)"""
         self.counted = False
@@ -348,7 +355,7 @@ class EmbeddingService:
         in flight, so a drain waits for it."""
         self.in_flight += 1
         self.metrics.in_flight.inc()
-        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True)
+        return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True, replayed=True)
 
     def client_disconnected(self, transport: str) -> None:
         """A client hung up before its request was read (HTTP) or answered (gRPC): counted, not an error."""
@@ -417,7 +424,20 @@ class EmbeddingService:
             return timed()
         return await asyncio.get_running_loop().run_in_executor(self.executor, timed)
 
+    def replaying(self) -> bool:
+        """Whether the running request is a sibling worker's replay (`replay_taken_in`): its body,
+        written again with the sequence the sibling reached, may be larger than the one the
+        sibling took in, and a refusal here would leave the workers differing."""
+        taken = _TAKEN_IN.get()
+        return taken is not None and taken.service is self and taken.replayed
+
+    def json_values_limit(self) -> int | None:
+        """Numbers a JSON body may hold (None: no limit, for a replay)."""
+        return None if self.replaying() else self.settings.max_json_values
+
     def check_body_size(self, nbytes: int) -> None:
+        if self.replaying():
+            return
         if nbytes > self.settings.max_body_bytes:
             raise PayloadTooLarge(f"request body of {nbytes} bytes exceeds the limit of {self.settings.max_body_bytes}")
 

@@ -139,10 +139,11 @@ async def read_body(service: EmbeddingService, request: Request) -> bytes:
     return body
 
 
-def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_values: int | None) -> dict[str, Any]:
     """A JSON object body. Its numbers are counted first (by its commas, a bound on them): parsed,
-    each is a Python object of ~32 bytes, so a 64 MiB body of `0,0,...` took over 1 GB."""
-    if len(raw) > 2 * max_values and (values := raw.count(b",") + 1) > max_values:
+    each is a Python object of ~32 bytes, so a 64 MiB body of `0,0,...` took over 1 GB. None: no
+    limit (a sibling's replay)."""
+    if max_values is not None and len(raw) > 2 * max_values and (values := raw.count(b",") + 1) > max_values:
         raise PayloadTooLarge(
             f"a JSON body of about {values} numbers exceeds the limit of {max_values}; send large batches as "
             "application/octet-stream, over gRPC or as OIP binary tensors"
@@ -159,7 +160,7 @@ def parse_json_object(raw: bytes, max_values: int) -> dict[str, Any]:
 
 def json_request_fields(service: EmbeddingService, raw: bytes, kind: type) -> dict[str, Any]:
     """A single-table route's JSON body: an object (parse_json_object) of `kind`'s fields only."""
-    payload = parse_json_object(raw, service.settings.max_json_values)
+    payload = parse_json_object(raw, service.json_values_limit())
     refuse_unknown_fields(payload, kind)
     return payload
 
@@ -477,7 +478,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             result = await service.multi_lookup(TRANSPORT, typed)
             payload, described = multi_rest.render_binary(result, typed.concat)
             return Response(payload, media_type=OCTET, headers={multi_rest.RESULTS_HEADER: described})
-        typed = multi_rest.parse_json(parse_json_object(body, service.settings.max_json_values))
+        typed = multi_rest.parse_json(parse_json_object(body, service.json_values_limit()))
         result = await service.multi_lookup(TRANSPORT, typed)
         return FastJSON(multi_rest.render_json(result, typed.concat))
 
@@ -605,7 +606,7 @@ async def _infer_http(
         split = int(header_length)
     else:
         split = len(body)
-    request = parse_json_object(body[:split], service.settings.max_json_values)
+    request = parse_json_object(body[:split], service.json_values_limit())
     binary = memoryview(body)[split:]
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -243,15 +243,18 @@ def test_two_workers_share_ports_admin_changes_and_metrics(root: Path, tmp_path:
 @pytest.mark.external
 @pytest.mark.slow
 def test_changes_reach_every_worker_whatever_its_load_the_name_or_the_body(root: Path, tmp_path: Path) -> None:
-    # found by a review: a replay went through the sibling's admission, so a sibling whose one
+    # found by reviews: a replay went through the sibling's admission, so a sibling whose one
     # slot was busy refused it (429) and the workers were left serving other rows; its path went
     # out decoded, so a load of table "u?v" replaced table "u" on the siblings; and a JSON body
-    # written again with ", " separators could pass the sibling's body limit
+    # written again with the sequence reached (and with ", " separators, at first) passed the
+    # sibling's body limit. The upsert below is exactly at the limit as sent.
+    rows = np.full((390, DIM), 0.25, dtype=np.float32)
+    update = json.dumps({"keys": list(range(390)), "rows": rows.tolist()}, separators=(",", ":"))
     server = start_server(
         tmp_path,
         [
             "--workers", "2", "--table", f"t={root / 'v1'}", "--artifact-root", str(root), "--admin-token", TOKEN,
-            "--max-concurrency", "1", "--max-body-bytes", "65536", "--max-queries", "100000",
+            "--max-concurrency", "1", "--max-body-bytes", str(len(update)), "--max-queries", "100000",
         ],
     )  # fmt: skip
     try:
@@ -273,8 +276,7 @@ def test_changes_reach_every_worker_whatever_its_load_the_name_or_the_body(root:
             np.testing.assert_array_equal(body["embeddings"], t_rows)
             assert call(conn, "GET", "/v1/tables/t")[2]["sequence"] == 0
 
-        # worker 1's one slot busy with a long search while an upsert lands on worker 0; the body,
-        # 0.25 written 12,480 times, is within 65,536 bytes as sent and past it with ", "
+        # worker 1's one slot busy with a long search while the upsert lands on worker 0
         searched: list[int] = []
         search = threading.Thread(
             target=lambda: searched.append(
@@ -285,13 +287,10 @@ def test_changes_reach_every_worker_whatever_its_load_the_name_or_the_body(root:
         deadline = time.monotonic() + 10
         while scrape(conns[0], "embserve_requests_in_flight") < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
-        rows = np.full((390, DIM), 0.25, dtype=np.float32)
-        update = {"keys": list(range(390)), "rows": rows.tolist()}
-        assert len(json.dumps(update, separators=(",", ":"))) <= 65536 < len(json.dumps(update))
         conns[0].request(
             "POST",
             "/v1/tables/t/upsert",
-            body=json.dumps(update, separators=(",", ":")),
+            body=update,
             headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"},
         )
         response = conns[0].getresponse()
