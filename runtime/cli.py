@@ -335,10 +335,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    """A JSON file given on the command line; anything but a regular file (a FIFO, /dev/zero) is
-    refused, as it may never end."""
-    if path.exists() and not path.is_file():
-        raise InvalidRequest(f"cannot read {what} {str(path)!r}: not a regular file")
+    """A JSON file given on the command line: a file, or a pipe (`--menu <(...)`); a device
+    (/dev/zero, which never ends) or a directory is refused."""
+    if path.is_char_device() or path.is_block_device() or path.is_dir():
+        raise InvalidRequest(f"cannot read {what} {str(path)!r}: not a file or a pipe")
     try:
         return json.loads(path.read_text())
     except JSON_FILE_ERRORS as exc:

@@ -33,6 +33,10 @@ class RowRefused(InvalidRequest):
     def shifted(self, by: int) -> RowRefused:
         return RowRefused(self.row + by, self.template)
 
+    def moved(self, row: int) -> RowRefused:
+        """The same refusal of the row that is `row` in the caller's input."""
+        return RowRefused(row, self.template)
+
 
 class IdOutOfRange(InvalidRequest):
     """An id is negative or not below the table's row count."""

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from runtime.codecs import codec_class
+from runtime.codecs.fp16 import fp16_suspects
 from runtime.errors import BudgetTooSmall, InvalidRequest, OverBudget, RowRefused
 from runtime.kernels.hashmap import KeyMap
 from runtime.table import Table, compress, tier_index_bytes
@@ -46,22 +47,25 @@ FP16_CODECS = frozenset({"fp16", "int8", "int4", "int2", "binary"})
 
 
 def _storable(data: np.ndarray, entries: list[MenuEntry]) -> list[MenuEntry]:
-    """The entries that can store data (n, d) float32: an fp16 codec over the table's own values
-    asks the codec (`refuse_unstorable_table`: values past fp16's range or too small for it); over
-    projected values, they must be within fp16's range, which the largest distance of a row from
-    the mean bounds (how small they are is measured on the sample, `_measure`)."""
+    """The entries that can store data (n, d) float32. An fp16 codec over the table's own values
+    asks the codec (`refuse_unstorable`: values past fp16's range or too small for it) about the
+    rows any such codec may refuse (`fp16_suspects`, one pass); over projected values, they must
+    be within fp16's range, which the largest distance of a row from the mean bounds (how small
+    they are is measured on the sample, `_measure`)."""
     refusals: dict[str, str | None] = {}  # codec -> why it cannot store the table's own values
     spread: float | None = None
+    suspects: np.ndarray | None = None  # the rows any fp16 codec may refuse, found in one pass
     reasons: dict[str, None] = {}  # why entries were dropped, in order, once each
     kept = []
     for entry in entries:
         if entry.codec in FP16_CODECS and entry.dim == entry.table_dim:
             if entry.codec not in refusals:
+                suspects = _fp16_suspects(data) if suspects is None else suspects
                 try:
-                    codec_class(entry.codec).refuse_unstorable_table(data)
+                    codec_class(entry.codec).refuse_unstorable(data[suspects])
                     refusals[entry.codec] = None
                 except RowRefused as exc:
-                    refusals[entry.codec] = str(exc)
+                    refusals[entry.codec] = str(exc.moved(int(suspects[exc.row])))
             reason = refusals[entry.codec]
         elif entry.codec in FP16_CODECS:
             spread = _spread(data) if spread is None else spread
@@ -77,6 +81,12 @@ def _storable(data: np.ndarray, entries: list[MenuEntry]) -> list[MenuEntry]:
             f"no menu entry can store this table ({'; '.join(reasons)}); add fp32, pq, rq or shared entries"
         )
     return kept
+
+
+def _fp16_suspects(data: np.ndarray, step: int = 65536) -> np.ndarray:
+    """`fp16_suspects` of data (n, d) float32, a block of rows at a time -> row indices (m,)."""
+    found = [start + fp16_suspects(data[start : start + step]) for start in range(0, len(data), step)]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def _spread(data: np.ndarray, step: int = 65536) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.codecs import Codec, Progress
 from runtime.delta import DeltaStore, DeltaView
-from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound
+from runtime.errors import DeltaFull, InvalidRequest, KeyNotFound, RowRefused
 from runtime.exclusions import Candidates
 from runtime.kernels import checks, dense, weighted
 from runtime.kernels.hashmap import DELETED, EMPTY, KeyMap, delta_slots, lookup_below, resolve_keys
@@ -815,7 +815,10 @@ class Table:
         encoded = {}
         for t in np.unique(tier_of).tolist():
             positions = np.flatnonzero(tier_of == t)
-            primary, rerank = self.tiers[t].encode(x[positions])
+            try:
+                primary, rerank = self.tiers[t].encode(x[positions])
+            except RowRefused as exc:  # named by its place in the caller's rows, not in the tier's
+                raise exc.moved(int(positions[exc.row])) from None
             encoded[int(t)] = (positions, primary, rerank)
         return new, tier_of, encoded
 
@@ -1081,8 +1084,8 @@ def compress(
             dim = spec.get("dim")
             if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
                 raise InvalidRequest(f"tiers[{t}].dim must be an integer, got {dim!r}")
-            built.append(
-                train_tier(
+            try:
+                tier = train_tier(
                     data[rows],
                     spec["codec"],
                     own,
@@ -1092,7 +1095,9 @@ def compress(
                     seed=seed,
                     progress=progress,
                 )
-            )
+            except RowRefused as exc:  # named by its row in x, not in the tier
+                raise exc.moved(int(rows[exc.row])) from None
+            built.append(tier)
             tier_rows.append(rows)
         covered = np.zeros(data.shape[0], bool)
         for t, rows in enumerate(tier_rows):

@@ -262,22 +262,21 @@ class Tier:
         self.rerank.warmup(scanned=())
 
 
-def _refuse_a_poorer_rerank(
-    cls: type[Codec], options: dict[str, Any], rerank_cls: type[Codec], rerank_options: dict[str, Any], dim: int
-) -> None:
-    """A rerank codec is the richer reconstruction lookups and rescoring read: one that stores
-    fewer bytes a row than the primary codec (fp32 reranked by int2) made every lookup of a table
-    paid for in fp32 come back int2's (relative error 0.45), which is refused before training."""
+PRECISION_ORDER = ("int2", "int4", "int8", "fp16", "fp32")
+"""The codecs that store each value at a precision, poorest first: of two of them, the later one
+reconstructs every row better. Other pairings (binary reranked by pq, pq by rq) are judged by
+their use, not here."""
 
-    def per_row(codec: type[Codec], given: dict[str, Any]) -> float:
-        params = codec.check_options(dim, dict(given))
-        return (codec.held_bytes(4097, dim, params) - codec.held_bytes(1, dim, params)) / 4096
 
-    primary, second = per_row(cls, options), per_row(rerank_cls, rerank_options)
-    if second < primary:
+def _refuse_a_poorer_rerank(primary: str, rerank: str) -> None:
+    """A rerank codec is the richer reconstruction lookups and rescoring read: fp32 reranked by
+    int2 made every lookup of a table paid for in fp32 come back int2's (relative error 0.45), so
+    a rerank of a lower precision than its primary is refused before training."""
+    ranked = primary in PRECISION_ORDER and rerank in PRECISION_ORDER
+    if ranked and PRECISION_ORDER.index(rerank) < PRECISION_ORDER.index(primary):
         raise InvalidRequest(
-            f"rerank codec {rerank_cls.name!r} stores {second:g} bytes a row, fewer than the primary {cls.name!r} "
-            f"({primary:g}): lookups and rescoring read the rerank codec, so it must be the richer one"
+            f"rerank codec {rerank!r} holds values at a lower precision than the primary {primary!r}: lookups "
+            "and rescoring read the rerank codec, so it must be the richer one"
         )
 
 
@@ -295,8 +294,8 @@ def train_tier(
     """Fit a tier on its rows x (m, d) float32: projection (when dim < d), then codecs."""
     cls = codec_class(codec)
     rerank_cls = codec_class(rerank) if rerank is not None else None
-    if rerank_cls is not None:
-        _refuse_a_poorer_rerank(cls, options, rerank_cls, rerank_options or {}, dim or x.shape[1])
+    if rerank is not None:
+        _refuse_a_poorer_rerank(codec, rerank)
     projection = None
     if dim is not None and dim != x.shape[1]:
         projection = Projection.fit(x, dim, np.random.default_rng(seed))

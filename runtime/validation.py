@@ -149,24 +149,32 @@ for _power, _prefix in enumerate("kmgt", 1):
     SIZE_UNITS.update({_prefix: 1000**_power, f"{_prefix}b": 1000**_power})
     SIZE_UNITS.update({f"{_prefix}i": 1024**_power, f"{_prefix}ib": 1024**_power})
 """Units of a byte size, in lower case: k / kB = 1000, Ki / KiB = 1024, and M, G, T alike."""
+SIZE_LIMIT = 2**63
+"""Sizes from this up are no sizes: past int64, and past any memory."""
+SIZE_DIGITS = 30
 _SIZE_TEXT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
 
 
 def parse_bytes(value: Any) -> int | None:
     """A byte size: a non-negative integer, or text: a number (1e9, 1.5) and an optional unit
     (`SIZE_UNITS`), e.g. "67108864", "64MiB", "16 MB", "1.5GiB" -> bytes; None when it is not a
-    whole number of bytes ("1.5", "0.3KB") or not a size at all."""
+    whole number of bytes ("1.5", "0.3KB"), from SIZE_LIMIT up, or not a size at all."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value) if value >= 0 else None
+        return int(value) if 0 <= value < SIZE_LIMIT else None
     if not isinstance(value, str):
         return None
     match = _SIZE_TEXT.fullmatch(value)
     if match is None or match.group(2).lower() not in SIZE_UNITS:
         return None
-    size = Decimal(match.group(1)) * SIZE_UNITS[match.group(2).lower()]  # exact: 1.1MB is 1,100,000
-    return int(size) if size == size.to_integral_value() else None
+    number = Decimal(match.group(1))
+    if number.adjusted() > SIZE_DIGITS:  # 1e1000000: decimal's own limits would raise, not refuse
+        return None
+    size = number * SIZE_UNITS[match.group(2).lower()]  # exact: 1.1MB is 1,100,000
+    if size != size.to_integral_value() or size >= SIZE_LIMIT:
+        return None
+    return int(size)
 
 
 def check_flag(value: Any, what: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -327,15 +328,20 @@ def test_plan_and_library_refuse_what_compress_refuses(tmp_path: Path, capsys: p
 def test_special_files_and_exhausted_memory_are_one_line_with_status_2(
     tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # found by a review: --tiers /dev/zero read forever (memory growing), a FIFO hung; running out
-    # of memory printed numpy's traceback
+    # found by a review: --tiers /dev/zero read forever (memory growing); running out of memory
+    # printed numpy's traceback. A pipe (--menu <(...)) is read as a file is (a second review)
+    for path in ("/dev/zero", str(tmp_path)):
+        assert main(["compress", str(source), "--tiers", path, "--out", str(tmp_path / "a")]) == 2
+        assert f"cannot read tiers {path!r}: not a file or a pipe" in capsys.readouterr().err
+        assert main(["plan", str(source), "--budget", "1MiB", "--menu", path, "--out", str(tmp_path / "p.json")]) == 2
+        assert f"cannot read menu {path!r}: not a file or a pipe" in capsys.readouterr().err
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    for path in ("/dev/zero", str(fifo)):
-        assert main(["compress", str(source), "--tiers", path, "--out", str(tmp_path / "a")]) == 2
-        assert f"cannot read tiers {path!r}: not a regular file" in capsys.readouterr().err
-        assert main(["plan", str(source), "--budget", "1MiB", "--menu", path, "--out", str(tmp_path / "p.json")]) == 2
-        assert f"cannot read menu {path!r}: not a regular file" in capsys.readouterr().err
+    writer = threading.Thread(target=lambda: fifo.write_text(json.dumps([{"codec": "int8"}, {"codec": "fp32"}])))
+    writer.start()
+    assert main(["plan", str(source), "--budget", "1MiB", "--menu", str(fifo), "--out", str(tmp_path / "p.json")]) == 0
+    writer.join(10)
+    assert (tmp_path / "p.json").is_file()
 
     def allocate(_: argparse.Namespace) -> int:
         np.empty(2**42, np.float32)  # 16 TiB: numpy's own allocation error

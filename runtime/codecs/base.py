@@ -253,16 +253,7 @@ class Codec(ABC):
     def refuse_unstorable(cls, x: np.ndarray) -> None:
         """Refuse (RowRefused) a block of rows x (b, d) float32 this codec cannot store as they
         are, whatever it is trained on: fp16 codecs, values past fp16's range or too small for
-        it. `_encode_rows` calls it on what it stores; the planner, on a whole table."""
-
-    @classmethod
-    def refuse_unstorable_table(cls, x: np.ndarray, step: int = ENCODE_BLOCK) -> None:
-        """`refuse_unstorable` over x (n, d) float32 a block at a time, rows named in x."""
-        for start in range(0, x.shape[0], step):
-            try:
-                cls.refuse_unstorable(x[start : start + step])
-            except RowRefused as exc:
-                raise exc.shifted(start) from None
+        it. `_encode_rows` calls it on what it stores; the planner, on a table's suspect rows."""
 
     @classmethod
     @abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,36 @@ def refuse_lost_in_fp16(drift: np.ndarray, size: np.ndarray, codec: str, what: s
         raise RowRefused(
             at,
             f"codec {codec!r} stores fp16: row {{row}}'s {what} ({size[at]:.3g}) is too small for it (rounding "
-            f"moves it by up to {drift[at] / size[at]:.0%}); multiply the table by a constant, or use fp32",
+            f"moves it by up to {drift[at] / size[at]:.0%}); scale the values up, or use a codec that stores "
+            "no fp16 (fp32, pq, rq, shared)",
         )
+
+
+FP16_ABSOLUTE_STEP = 2.0**-25
+"""Half of fp16's smallest step (its subnormals'): the most rounding moves a value of any size below 2**-14."""
+
+
+def fp16_suspects(x: np.ndarray) -> np.ndarray:
+    """Rows (indices into x (n, d) float32) an fp16 codec may refuse: a value past fp16's range,
+    or every value so small that fp16's absolute step could be a tenth of the row's norm for some
+    codec (int8's 255 levels times the step, over the norm's sqrt(d)); at twice that bound. Any
+    other row is stored within far less, so only these are looked at (one pass over x)."""
+    if x.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    largest = np.abs(x).max(axis=1)
+    bound = 2 * FP16_ABSOLUTE_STEP / FP16_DRIFT_LIMIT * max(256 * math.sqrt(x.shape[1]), x.shape[1])
+    return np.flatnonzero((largest > FP16_MAX) | ((largest > 0) & (largest < bound)))
+
+
+def refuse_unstorable_rows(x: np.ndarray, refuse: Callable[[np.ndarray], None]) -> None:
+    """`refuse` (raising RowRefused) run on the `fp16_suspects` of x (n, d) only, naming a row by
+    its place in x."""
+    suspects = fp16_suspects(x)
+    if suspects.size:
+        try:
+            refuse(x[suspects])
+        except RowRefused as exc:
+            raise exc.moved(int(suspects[exc.row])) from None
 
 
 def rounding_drift(values: np.ndarray) -> np.ndarray:
@@ -56,6 +85,10 @@ class Fp16Codec(Codec):
 
     @classmethod
     def refuse_unstorable(cls, x: np.ndarray) -> None:
+        refuse_unstorable_rows(x, cls._refuse_rows)
+
+    @classmethod
+    def _refuse_rows(cls, x: np.ndarray) -> None:
         refuse_beyond_fp16(x, cls.name)
         drift = np.linalg.norm(x.astype(np.float16).astype(np.float32) - x, axis=1)
         refuse_lost_in_fp16(drift, np.linalg.norm(x, axis=1), cls.name, "norm")

@@ -152,6 +152,18 @@ def test_rows_too_small_for_fp16_are_refused_by_their_row_in_the_whole_input(nam
         table.upsert(np.array([1, 2]), tiny)
     np.testing.assert_array_equal(table.lookup(np.arange(3)), before)
     assert table.sequence == 0
+    # in a tiered table, too, by its row in the input, not in its tier (found by a second review)
+    tiers = [
+        {"rows": {"start": 0, "stop": 35_000}, "codec": "fp32"},
+        {"rows": {"start": 35_000, "stop": 70_000}, "codec": name},
+    ]
+    x[69_000] *= np.float32(1e-9)
+    with pytest.raises(RowRefused, match=r"row 69000's"):
+        compress(x, tiers=tiers)
+    x[69_000] = rng.standard_normal(16)
+    tiered = compress(x, tiers=tiers)
+    with pytest.raises(RowRefused, match=r"row 2's"):
+        tiered.upsert(np.array([1, 40_000, 40_001]), np.concatenate([np.ones((2, 16), np.float32), tiny[1:]]))
 
 
 def test_a_sample_below_the_codewords_is_refused_where_the_table_has_more_rows(x: np.ndarray) -> None:
@@ -172,11 +184,15 @@ def test_a_rerank_codec_poorer_than_the_primary_is_refused(x: np.ndarray) -> Non
     # found by a review: fp32 reranked by int2 was accepted, and every lookup of a table paid for
     # in fp32 came back as int2 rows (relative error 0.45): lookups and rescoring read the rerank codec
     with pytest.raises(
-        InvalidRequest, match=r"rerank codec 'int2' stores 12 bytes a row, fewer than the primary 'fp32'"
+        InvalidRequest, match=r"rerank codec 'int2' holds values at a lower precision than the primary 'fp32'"
     ):
         compress(x, "fp32", rerank="int2")
     with pytest.raises(
-        InvalidRequest, match=r"rerank codec 'int8' stores 36 bytes a row, fewer than the primary 'fp16'"
+        InvalidRequest, match=r"rerank codec 'int8' holds values at a lower precision than the primary 'fp16'"
     ):
         compress(x, tiers=[{"rows": {"start": 0, "stop": 700}, "codec": "fp16", "rerank": "int8"}])
+    # fewer bytes a row is no measure across families: binary reranked by pq or rq, fewer bytes
+    # than binary's and far better reconstructions, stays allowed (a bytes-a-row rule refused them)
+    for rerank, options in (("pq", {"subspaces": 4, "bits": 4}), ("rq", {"codebooks": 2})):
+        assert compress(x, "binary", rerank=rerank, rerank_options=options).rerank is not None
     assert compress(x, "pq", subspaces=8, rerank="int8").rerank is not None
