@@ -23,15 +23,12 @@ class InvalidRequest(EmbserveError, ValueError):
 class RowRefused(InvalidRequest):
     """A row of input a codec cannot store, named by its position in the block it was given
     (`template` holds "{row}"); `Codec.encode`, which hands codecs blocks, names it in the whole
-    input with `shifted`."""
+    input with `moved`."""
 
     def __init__(self, row: int, template: str) -> None:
         self.row = row
         self.template = template
         super().__init__(template.format(row=row))
-
-    def shifted(self, by: int) -> RowRefused:
-        return RowRefused(self.row + by, self.template)
 
     def moved(self, row: int) -> RowRefused:
         """The same refusal of the row that is `row` in the caller's input."""

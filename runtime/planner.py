@@ -639,7 +639,6 @@ def plan(
     # an entry whose trained state alone (codebooks, inner-product tables) is over the budget is
     # in no plan: not worth training to measure
     entries = [e for e in entries if e.fixed_bytes() + table_overhead(n, 1, keyed) <= budget]
-    single_bytes = [e.nbytes(n) + table_overhead(n, 1, keyed) for e in entries]
     order = np.argsort(-weights, kind="stable").astype(np.int64)
     measured = _measure(data, entries, order, weights, seed)
     # a reduced entry checked by its sample: an fp16 codec over projected values too small for it

@@ -389,16 +389,22 @@ class AdmissionFront:
         except EmbserveError as exc:
             await send_http_error(send, render_error(exc, service.settings.artifact_root))
             return None
-        delivered = False
+        return body_then(body, receive)
 
-        async def replay() -> dict[str, Any]:
-            nonlocal delivered
-            if delivered:
-                return dict(await receive())  # after the body: the client's disconnect, if it comes
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        return replay
+def body_then(body: bytes, receive: Any) -> Any:
+    """An ASGI `receive` that hands over a body already read whole, then the client's own messages
+    (its disconnect, if it comes)."""
+    delivered = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            return dict(await receive())
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def create_asgi(service: EmbeddingService) -> AdmissionFront:

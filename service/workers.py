@@ -152,31 +152,16 @@ class WorkerFront:
         limit, the body and arriving-bytes limits, the drain), since a refusal would leave this
         worker serving other rows than its siblings. The sibling held the request to those limits
         already; the route still checks the admin token."""
-        from service.rest import admitted_route
-
-        parts: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the sibling gave up (its timeout); it reports the change as not applied
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(parts)
-        delivered = False
-
-        async def replayed_receive() -> dict[str, Any]:
-            nonlocal delivered
-            if delivered:
-                return dict(await receive())
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        from service.rest import admitted_route, body_then, read_asgi_body
 
         table_of_path = ADMIN_CHANGE.fullmatch(scope["path"])  # what `_admin_change` matched to come here
         assert table_of_path is not None
         operation, table = admitted_route(scope["method"], scope["path"]) or ("admin_delete", table_of_path.group(1))
         with self.service.replay_taken_in("http", operation, table):
-            await self.past_admission(scope, replayed_receive, send)
+            body = await read_asgi_body(receive, self.service)  # a replay: held to no body limit
+            if body is None:
+                return  # the sibling gave up (its timeout); it reports the change as not applied
+            await self.past_admission(scope, body_then(body, receive), send)
 
     async def _apply_everywhere(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         from runtime.errors import EmbserveError  # not at the top: the supervisor imports no runtime

@@ -242,7 +242,7 @@ class Codec(ABC):
             try:
                 parts.append(cls._encode_rows(state, np.ascontiguousarray(x[start:stop], dtype=np.float32)))
             except RowRefused as exc:
-                raise exc.shifted(start) from None
+                raise exc.moved(start + exc.row) from None
             if progress is not None:
                 progress("encode", stop, x.shape[0])
         if len(parts) == 1:

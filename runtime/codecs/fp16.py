@@ -69,9 +69,14 @@ def refuse_unstorable_rows(x: np.ndarray, refuse: Callable[[np.ndarray], None]) 
             raise exc.moved(int(suspects[exc.row])) from None
 
 
+def as_fp16(values: np.ndarray) -> np.ndarray:
+    """float32 values (any shape) as they come back from fp16."""
+    return values.astype(np.float16).astype(np.float32)
+
+
 def rounding_drift(values: np.ndarray) -> np.ndarray:
     """What rounding float32 values (n,) to fp16 moves each by."""
-    return np.abs(values.astype(np.float16).astype(np.float32) - values)
+    return np.abs(as_fp16(values) - values)
 
 
 class Fp16Codec(Codec):
@@ -90,7 +95,7 @@ class Fp16Codec(Codec):
     @classmethod
     def _refuse_rows(cls, x: np.ndarray) -> None:
         refuse_beyond_fp16(x, cls.name)
-        drift = np.linalg.norm(x.astype(np.float16).astype(np.float32) - x, axis=1)
+        drift = np.linalg.norm(as_fp16(x) - x, axis=1)
         refuse_lost_in_fp16(drift, np.linalg.norm(x, axis=1), cls.name, "norm")
 
     @classmethod

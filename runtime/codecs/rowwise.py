@@ -12,15 +12,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime.codecs.base import Codec, Prepared, TrainedState, bind_direct_bags, bind_direct_gather, query_vectors
-from runtime.codecs.fp16 import refuse_beyond_fp16, refuse_lost_in_fp16, refuse_unstorable_rows
+from runtime.codecs.fp16 import as_fp16, refuse_beyond_fp16, refuse_lost_in_fp16, refuse_unstorable_rows
 from runtime.codecs.quantized_scan import quantized_search
 from runtime.kernels import rowwise
 from runtime.validation import unusable_value
-
-
-def as_fp16(values: np.ndarray) -> np.ndarray:
-    """float32 values (n,) as they come back from fp16."""
-    return values.astype(np.float16).astype(np.float32)
 
 
 def _decoding_error(rows: np.ndarray, bias: np.ndarray, scale: np.ndarray, levels: int) -> np.ndarray:
