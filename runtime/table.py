@@ -119,6 +119,10 @@ class Table:
         self._rows = sum(t.rows for t in self.tiers)
         # every search checks its metric against these: worked out once (the tiers are fixed)
         self._metrics = tuple(m for m in self.tiers[0].metrics if all(m in t.metrics for t in self.tiers))
+        if len({t.primary.dim for t in self.tiers}) > 1:
+            # Hamming counts differing bits of the tier's own codes: counts out of 16 and out of
+            # 64 bits do not rank against each other (the short codes won every merge)
+            self._metrics = tuple(m for m in self._metrics if m != "hamming")
         self.tier_rows = None if len(self.tiers) == 1 else self._check_tier_rows(tier_rows)
         self._tier_starts, self._slot_of = self._tier_index()
         if missing not in MISSING_POLICIES:
@@ -346,14 +350,17 @@ class Table:
             raise KeyNotFound(key, pos, field)
         return rows
 
-    def _decode_rows(self, rows: np.ndarray, view: DeltaView, slots: np.ndarray | None = None) -> np.ndarray:
-        """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32. slots: `_resolve_slots`'
-        answer for these rows, when the caller has it."""
+    def _decode_rows(
+        self, rows: np.ndarray, view: DeltaView, slots: np.ndarray | None = None, metric: str | None = None
+    ) -> np.ndarray:
+        """Global rows (b,) int64 (-1: a zero row) -> (b, dim) float32, by each tier's richest
+        codec or, for stored rows as queries, by the one that scores `metric` (`Tier.decode`).
+        slots: `_resolve_slots`' answer for these rows, when the caller has it."""
         if len(self.tiers) == 1 and view.empty and (rows.size == 0 or rows.min() >= 0):
-            return self.tiers[0].decode(rows)
+            return self.tiers[0].decode(rows, metric)
         if len(self.tiers) == 1:
             where = view.slots_of(rows) if slots is None else slots
-            return self.tiers[0].decode_merged(rows, where, view.segments[0])
+            return self.tiers[0].decode_merged(rows, where, view.segments[0], metric)
         out = np.zeros((rows.shape[0], self.dim), np.float32)
         present = np.flatnonzero(rows >= 0)
         live = rows[present]
@@ -362,13 +369,13 @@ class Table:
         for t, base in enumerate(self.tiers):
             pick = ~hit & (tier == t)
             if pick.any():
-                out[present[pick]] = base.decode(local[pick])
+                out[present[pick]] = base.decode(local[pick], metric)
             if view.empty:
                 continue
             moved = hit & (view.changed_tier[pos] == t)
             segment = view.segments[t]
             if moved.any() and segment is not None:
-                out[present[moved]] = segment.decode(view.changed_slot[pos[moved]])
+                out[present[moved]] = segment.decode(view.changed_slot[pos[moved]], metric)
         return out
 
     def _answer_ids(self, rows: np.ndarray, view: DeltaView) -> np.ndarray:
@@ -679,7 +686,7 @@ class Table:
             if self.keys is not None:
                 ids, own = self.keys[ids], self.keys[rows]
         else:
-            decoded, own = self._decode_rows(rows, view), self._answer_ids(rows, view)
+            decoded, own = self._decode_rows(rows, view, metric=metric), self._answer_ids(rows, view)
             found = self._search_rows(decoded, kk + extra, metric, oversample, view, left_out)
             ids, scores = found.first(kk + extra)
         if exclude_self:
@@ -709,7 +716,7 @@ class Table:
                 return np.zeros(cands.shape, np.float32)
             if self._one_base(view):
                 return self.tiers[0].score_by_local_id(cands, qrows, metric)
-            q = self._decode_rows(qrows, view)
+            q = self._decode_rows(qrows, view, metric=metric)
         else:
             q = check_queries(queries, self.dim)
             if q.shape[0] != cands.shape[0]:
@@ -754,9 +761,10 @@ class Table:
                 self._direct_bags = self._richest.direct_bags()
 
     # ---- updates -------------------------------------------------------------------------------
-    def upsert(self, ids: Any, rows: Any, sequence: int | None = None) -> int:
+    def upsert(self, ids: Any, rows: Any, sequence: int | None = None, *, keep_sequence: bool = False) -> int:
         """Insert or replace rows: ids or keys (b,), rows (b, dim) float. Encoded with the owning
-        tier's trained state (new keys: `new_key_tier`). All or nothing; returns the new sequence."""
+        tier's trained state (new keys: `new_key_tier`). All or nothing; returns the new sequence
+        (`keep_sequence`: the table's, unchanged, as where an update log owns it)."""
         with self._write_lock:
             view = self._delta.view
             x, keys, target = self._update_rows(ids, rows, view)
@@ -771,7 +779,7 @@ class Table:
             # not take the direct path, which reads the base rows only
             self._direct_gather = None
             self._direct_bags = None
-            after = self._next_sequence(sequence)  # refused before anything changes
+            after = self._next_sequence(sequence, keep_sequence)  # refused before anything changes
             self._delta.apply(target, tier_of, encoded, np.zeros(0, np.int64), keys[new])
             self._sequence = after
             return after
@@ -822,8 +830,9 @@ class Table:
             encoded[int(t)] = (positions, primary, rerank)
         return new, tier_of, encoded
 
-    def delete(self, keys: Any, sequence: int | None = None) -> int:
-        """Remove keys (b,) from a keyed table; every key must be present. All or nothing."""
+    def delete(self, keys: Any, sequence: int | None = None, *, keep_sequence: bool = False) -> int:
+        """Remove keys (b,) from a keyed table; every key must be present. All or nothing; returns
+        the new sequence (as `upsert`)."""
         if self.keymap is None:
             raise InvalidRequest("a dense table cannot delete rows (its ids are 0..rows-1); use a keyed table")
         with self._write_lock:
@@ -831,7 +840,7 @@ class Table:
             wanted = check_keys(keys, "keys")
             _refuse_repeats(wanted, "keys")
             rows = self._require(self._resolve(wanted, view)[0], wanted, "keys")
-            after = self._next_sequence(sequence)
+            after = self._next_sequence(sequence, keep_sequence)
             self._delta.apply(rows[:0], rows[:0], {}, rows, rows[:0])
             self._sequence = after
             return after
@@ -847,7 +856,11 @@ class Table:
         tier_of[moved] = view.changed_tier[pos[moved]]
         return tier_of
 
-    def _next_sequence(self, sequence: int | None) -> int:
+    def _next_sequence(self, sequence: int | None, keep: bool) -> int:
+        if keep:
+            if sequence is not None:
+                raise InvalidRequest("give a sequence or keep the table's, not both")
+            return self._sequence
         if sequence is not None:
             return checked_sequence(sequence)
         if self._sequence == SEQUENCE_MAX:

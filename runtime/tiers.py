@@ -154,16 +154,24 @@ class Tier:
         return primary, rerank
 
     # ---- reads -------------------------------------------------------------------------------
-    def decode(self, local: np.ndarray) -> np.ndarray:
-        """local (b,) int64 -> (b, d) float32 by the richest codec."""
-        out = self.richest.decode(local)
+    def decode(self, local: np.ndarray, metric: str | None = None) -> np.ndarray:
+        """local (b,) int64 -> (b, d) float32 by the richest codec, or by the one that scores
+        `metric` (`scorer`: a stored row as a Hamming query is its own binary code, not the
+        signs of its rerank codec's reconstruction)."""
+        out = (self.richest if metric is None else self.scorer(metric)).decode(local)
         return out if self.projection is None else self.projection.from_tier(out)
 
-    def decode_merged(self, local: np.ndarray, slots: np.ndarray, delta: Tier | None) -> np.ndarray:
+    def decode_merged(
+        self, local: np.ndarray, slots: np.ndarray, delta: Tier | None, metric: str | None = None
+    ) -> np.ndarray:
         """Rows of this tier and of `delta` (a tier over its delta's rows, `with_rows`): local (b,)
         int64, slots (b,) int64 -> (b, d) float32, delta's slot where slots[i] >= 0, else this
-        tier's local row where local[i] >= 0, else zeros."""
-        out = self.richest.decode_merged(local, slots, None if delta is None else delta.richest)
+        tier's local row where local[i] >= 0, else zeros; by the codec `decode` picks."""
+        if metric is None:
+            codec, delta_codec = self.richest, None if delta is None else delta.richest
+        else:
+            codec, delta_codec = self.scorer(metric), None if delta is None else delta.scorer(metric)
+        out = codec.decode_merged(local, slots, delta_codec)
         if self.projection is None:
             return out
         out = self.projection.from_tier(out)

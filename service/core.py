@@ -596,6 +596,9 @@ class EmbeddingService:
                 table.codec,
                 lambda: table.search_by_id(qids, k, metric, oversample, exclude_self, exclude_ids, exclude_lengths),
             )
+        if request.exclude_self is not None:
+            # no query id to leave out, yet a value no search takes is refused as by query_ids
+            check_exclude_self(request.exclude_self)
         q = as_array(request.queries, "queries")
         nq = q.shape[0] if q.ndim == 2 else 1
         self._limit(nq, self.settings.max_queries, "queries")
@@ -760,9 +763,11 @@ class EmbeddingService:
             self.store.get(name)  # an unknown table is named before the body is looked at
             keys_arr, rows_arr = as_array(request.keys, "keys"), as_array(request.rows, "rows")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            sequence = _sequence(request.sequence)
+            sequence = self._admin_sequence(request.sequence)
             table, applied = await self._apply_update(
-                name, "upsert", lambda table: table.upsert(keys_arr, rows_arr, sequence)
+                name,
+                "upsert",
+                lambda table: table.upsert(keys_arr, rows_arr, sequence, keep_sequence=self.sync is not None),
             )
             return self._updated(name, table, int(keys_arr.size), applied)
 
@@ -776,9 +781,24 @@ class EmbeddingService:
             self.store.get(name)
             keys_arr = as_array(request.keys, "keys")
             self._limit(keys_arr.size, self.settings.max_ids, "keys")
-            sequence = _sequence(request.sequence)
-            table, applied = await self._apply_update(name, "delete", lambda table: table.delete(keys_arr, sequence))
+            sequence = self._admin_sequence(request.sequence)
+            table, applied = await self._apply_update(
+                name, "delete", lambda table: table.delete(keys_arr, sequence, keep_sequence=self.sync is not None)
+            )
             return self._updated(name, table, int(keys_arr.size), applied)
+
+    def _admin_sequence(self, value: Any) -> int | None:
+        """An admin update's optional log position: absent, or an integer from 0 to 2**63 - 1.
+        With Redis the update log owns every table's sequence (where a replica reads on after a
+        swap), so an admin update neither gives one nor moves it."""
+        if value is None:
+            return None
+        if self.sync is not None:
+            raise InvalidRequest(
+                "with Redis configured a table's sequence is its update log position: an admin update cannot set it "
+                "(leave sequence out, or push through the update log)"
+            )
+        return checked_sequence(value)
 
     def _updated(self, name: str, table: Table, count: int, sequence: int) -> dict[str, Any]:
         self.metrics.set_delta(name, table.delta_rows, table.delta_slots, table.delta_capacity, table.nbytes)
@@ -816,11 +836,6 @@ async def _outlasting_cancellation(work: asyncio.Future[T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait({work})
         raise
-
-
-def _sequence(value: Any) -> int | None:
-    """An update's optional log position: absent, or an integer from 0 to 2**63 - 1."""
-    return None if value is None else checked_sequence(value)
 
 
 __all__ = ["EmbeddingService", "as_array"]

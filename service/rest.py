@@ -108,7 +108,9 @@ class ScoreBody(BaseModel):
 class UpsertBody(BaseModel):
     keys: list[int] = Field(description="keys (keyed tables) or row ids (dense tables), int64")
     rows: list[list[float]] = Field(description="(n, dim) new rows")
-    sequence: int | None = Field(None, description="the table's sequence after this batch (default: +1)")
+    sequence: int | None = Field(
+        None, description="the table's sequence after this batch (default: +1; with Redis refused, the log owns it)"
+    )
 
 
 class DeleteKeysBody(BaseModel):

@@ -48,6 +48,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--base-version", default="", help="the table version the rows were computed against")
     p.add_argument("--batch-rows", type=int, default=1000, help="keys an entry (default 1000)")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="push to a table no replica serves, none is published as and whose log does not exist yet",
+    )
+    p.add_argument(
         "--artifact-root",
         type=Path,
         default=os.environ.get("EMBSERVE_ARTIFACT_ROOT"),
@@ -191,10 +196,25 @@ def _published_manifest(client: Any, table: str, root: Path | None) -> tuple[dic
         return None, f"the published version cannot be read here ({exc})"
 
 
+def _anyone_follows(client: Any, table: str) -> bool:
+    """Whether a live replica serves `table` (its status row has the table) or its update log
+    exists already (someone pushed to it: a table served from a replica's own configuration, its
+    replicas all restarting). A sync client; a table with a published version is not asked about."""
+    from service.sync import keys, status
+
+    if client.exists(keys.updates_key(table)):
+        return True
+    field = status.TABLE_FIELD + table
+    replicas = [r.decode() if isinstance(r, bytes) else r for r in client.zrange(keys.REPLICAS, 0, -1)]
+    return any(client.hexists(keys.replica_key(replica), field) for replica in replicas)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
+    from runtime.validation import check_table_name
     from service.sync import connection, registry, updates
 
     url = _require_url(args)
+    check_table_name(args.table)  # before any note about the table
     if (args.delete is None) == (args.keys is None):
         raise InvalidRequest("give --keys with --rows (upserts) or --delete (deletes)")
     if args.delete is not None:
@@ -210,6 +230,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         manifest, unchecked = _published_manifest(client, args.table, args.artifact_root)
         if manifest is not None:
             updates.check_fits_table(args.table, manifest, keys, rows)
+        elif not args.force and not _anyone_follows(client, args.table):
+            raise InvalidRequest(
+                f"table {args.table!r} is not published, no live replica serves it and it has no update log: "
+                "no one would read these entries (a misspelt name?); --force pushes them all the same "
+                "(a replica that serves the table later replays them)"
+            )
         else:
             print(
                 f"embserve push: note: {unchecked}; each replica checks the entries and dead-letters", file=sys.stderr

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InvalidRequest
-from runtime.table import load_table
+from runtime.errors import DeltaFull, InvalidRequest
+from runtime.table import Table, load_table
 from service.sync import connection, keys, registry, status, updates
 
 READ_COUNT = 1000
@@ -55,6 +55,22 @@ def trim_log_below(client: Any, table: str, sequence: int) -> int:
     return int(client.xtrim(keys.updates_key(table), minid=updates.sequence_to_id(sequence), approximate=False))
 
 
+def _apply_all(base: Table, entries: list[tuple[str, dict[Any, Any]]]) -> tuple[Table, int]:
+    """`base` with every entry applied as a replica applies it, and how many were refused. A log
+    longer than the delta holds is folded in as often as the delta fills (the rows come out the
+    same): compaction is what ends a replica's full-delta stall, so it must not stall itself."""
+    refused = 0
+    for stream_id, fields in entries:
+        while True:
+            try:
+                refused += bool(updates.apply_entry(base, stream_id, fields)[1])
+                break
+            except DeltaFull:
+                # an entry larger than the whole delta is refused by apply_entry, so it fits once folded
+                base = base.compact(version=base.version)
+    return base, refused
+
+
 def compact(
     url: str, root: Path, table: str, out: Path, version: str | None = None, cluster: bool = False
 ) -> Compacted:
@@ -76,7 +92,7 @@ def compact(
     sync_client = connection.sync_client(url, cluster, socket_timeout=30.0)
     try:
         entries = _read_after(sync_client, table, updates.sequence_to_id(base.sequence))
-        refused = sum(1 for stream_id, fields in entries if updates.apply_entry(base, stream_id, fields)[1])
+        base, refused = _apply_all(base, entries)
         folded = base.compact(version=version or f"{base.version}+{len(entries)}")
         try:
             folded.save(out)

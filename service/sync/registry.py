@@ -19,6 +19,7 @@ from typing import Any
 
 from runtime import artifact
 from runtime.errors import Forbidden, InvalidRequest
+from runtime.validation import check_table_name
 from service.sync import connection, keys
 
 log = logging.getLogger("embserve.sync.registry")
@@ -175,7 +176,7 @@ async def read_published(client: Any) -> dict[str, Published]:
         problem = ""
         if isinstance(fields, Exception):
             problem = f"{keys.version_key(name)} cannot be read: {fields}"
-        elif not _valid_table_name(name):
+        elif not is_table_name(name):
             problem = "the name is not a table name (1-128 characters without '/')"
         elif fields and (published := Published.from_hash(name, fields)) is not None:
             found[name] = published
@@ -189,20 +190,19 @@ async def read_published(client: Any) -> dict[str, Published]:
 _warned: set[tuple[str, str]] = set()
 
 
+def is_table_name(name: Any) -> bool:
+    try:
+        check_table_name(name)
+    except InvalidRequest:
+        return False
+    return True
+
+
 def _warn_once(table: str, problem: str) -> None:
     """Log a registry entry that is skipped, once per table and problem (it is read at every poll)."""
     if (table, problem) not in _warned:
         _warned.add((table, problem))
         log.warning("registry: table %r skipped: %s", table, problem)
-
-
-def _valid_table_name(name: Any) -> bool:
-    return isinstance(name, str) and 0 < len(name) <= 128 and "/" not in name
-
-
-def check_table_name(name: str) -> None:
-    if not _valid_table_name(name):
-        raise InvalidRequest("table name must be 1-128 characters without '/'")
 
 
 def connect(url: str, cluster: bool = False) -> Any:

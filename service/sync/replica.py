@@ -121,8 +121,8 @@ class ReplicaSync:
         followers replay once it answers."""
         for name in self.service.store.names():
             try:
-                replayed = await asyncio.wait_for(
-                    self.updates.catch_up(name, self.service.get(name).table), self.settings.catch_up_seconds
+                replayed = await self.updates.catch_up(
+                    name, self.service.get(name).table, self.settings.catch_up_seconds
                 )
             except REDIS_FAILURES as exc:
                 self._mark_failed("updates", exc)
@@ -302,7 +302,7 @@ class ReplicaSync:
         else:
             try:
                 # updates newer than the version's sequence, applied before it serves
-                await asyncio.wait_for(self.updates.catch_up(name, table), self.settings.catch_up_seconds)
+                await self.updates.catch_up(name, table, self.settings.catch_up_seconds)
             except REDIS_FAILURES as exc:
                 self._mark_failed("updates", exc)  # its follower replays the rest once Redis answers
             except EmbserveError as exc:  # a full delta: the version serves, its follower waits

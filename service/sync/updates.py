@@ -46,8 +46,8 @@ import numpy as np
 
 from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFound
 from runtime.table import Table
-from runtime.validation import check_ids, check_keys, check_queries
-from service.sync import connection, keys, registry
+from runtime.validation import check_ids, check_keys, check_queries, check_table_name
+from service.sync import connection, keys
 
 if TYPE_CHECKING:
     from service.sync.replica import ReplicaSync
@@ -259,7 +259,7 @@ def push(
     `batch_rows` keys an entry, with a synchronous redis-py client. Returns the entry ids."""
     if batch_rows < 1:
         raise InvalidRequest(f"batch_rows must be >= 1, got {batch_rows}")
-    registry.check_table_name(table)  # a name publish refuses would make a stream no replica reads
+    check_table_name(table)  # a name publish refuses would make a stream no replica reads
     checked_keys, checked_rows = _check_batch(entry_keys, rows)
     op = "delete" if checked_rows is None else "upsert"
     pipe = client.pipeline(transaction=False)
@@ -327,6 +327,13 @@ def apply_entry(table: Table, stream_id: str, fields: Mapping[Any, Any]) -> tupl
 
 def _apply_decoded(table: Table, stream_id: str, update: Update) -> tuple[int, str]:
     sequence = id_to_sequence(stream_id)
+    if update.rows is not None and update.keys.size > table.delta_capacity:
+        # no compaction makes room for it: waiting for one would stall the table for good
+        table.sequence = max(table.sequence, sequence)
+        return 0, (
+            f"the entry's {update.keys.size} rows exceed the table's delta capacity of {table.delta_capacity}: "
+            "no replica can apply it (push it in smaller entries)"
+        )
     try:
         if update.rows is not None:
             table.upsert(update.keys, update.rows, sequence=sequence)
@@ -371,10 +378,11 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
                 if not last.all():
                     table.check_upsert(merged_keys[~last], merged_rows[~last])
                 table.upsert(merged_keys[last], merged_rows[last], sequence=id_to_sequence(run[-1][0]))
-            except DeltaFull:
-                raise
             except EmbserveError:
-                pass  # one of them is bad: entry by entry below
+                # one of them is bad, or the run does not fit: entry by entry below, so the bad
+                # ones alone are refused and a full delta stops at the entry that does not fit
+                # (as it does for a replica that read these entries one by one)
+                pass
             else:
                 results.extend((stream_id, int(u.keys.size), "") for stream_id, u in run)
                 run.clear()
@@ -459,13 +467,17 @@ class UpdateApplier:
 
     # ---- positions -----------------------------------------------------------------------------
     def position(self, name: str, table: Table) -> str:
-        """Where to read on: after the last entry applied to this very table object, else after
-        the sequence the table was saved with (a swapped-in version replays what is newer)."""
+        """Where to read on: after the last entry applied to this very table object, or after the
+        table's own sequence if that is further (a swapped-in version replays what is newer than
+        the sequence it was saved with; an applied batch moves the sequence before its position
+        is recorded here). With Redis only the log moves a table's sequence (admin updates leave
+        it), so it never points past an entry not applied."""
+        saved = sequence_to_id(table.sequence)
         known = self.positions.get(name)
         # the table itself, weakly: an id() could be reused by a version loaded after it was freed
         if known is not None and known[0]() is table:
-            return known[1]
-        return sequence_to_id(table.sequence)
+            return max(known[1], saved, key=stream_order)
+        return saved
 
     def last_applied(self, name: str) -> str:
         known = self.positions.get(name)
@@ -548,11 +560,10 @@ class UpdateApplier:
                 raise
 
         reply = await asyncio.get_running_loop().run_in_executor(self.read_executor, info)
-        # the position once the reply is in, and the table's own sequence beside it: a batch the
-        # update thread has applied to the table shows there before `apply_entries` records its
-        # position, and a check between the two reported entries it had applied as lost (a test
-        # that trimmed the stream right after that batch saw it under load)
-        position = max(self.position(name, table), sequence_to_id(table.sequence), key=stream_order)
+        # the position once the reply is in: a check that took it before the reply reported the
+        # entries of a batch applied meanwhile as lost (a test that trimmed the stream right after
+        # that batch saw it under load)
+        position = self.position(name, table)
         self.metrics.update_gaps.labels(name)  # the series exists, at 0, before any gap
         gap = log_gap(position, reply) if reply else ""
         gap = gap or log_reset(self._entries_added.get(name, 0), reply or None)
@@ -562,15 +573,30 @@ class UpdateApplier:
             self.metrics.update_gaps.labels(name).inc()
             log.warning("table %r: updates lost: %s", name, gap)
 
-    async def catch_up(self, name: str, table: Table) -> int:
-        """Apply every entry after the table's position, until the stream has no more (before a
-        table serves: at start and before a published version is swapped in). Entries after the
-        version's own sequence that were trimmed are reported first: once replayed past, the
-        position would no longer show them."""
+    async def catch_up(self, name: str, table: Table, seconds: float) -> int:
+        """Apply every entry after the table's position, until the stream has no more or `seconds`
+        have passed (before a table serves: at start and before a published version is swapped
+        in; the follower replays the rest). Entries after the version's own sequence that were
+        trimmed are reported first: once replayed past, the position would no longer show them.
+
+        The time limit is checked between batches, never by cancelling one: a batch cancelled
+        while its thread applied it was applied, but its position was not recorded, and the
+        follower applied it again (a repeated upsert takes delta slots again; a repeated delete
+        is refused and dead-lettered)."""
         await self.check_gap(name, table)
+        deadline = time.monotonic() + seconds
         total = 0
         while (read := await self.read_batch(name, table, None)) > 0:
             total += read
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "table %r: replaying the update log took over %.0f s (catch_up_seconds); it serves what is "
+                    "applied (%d entries) and its follower replays the rest",
+                    name,
+                    seconds,
+                    total,
+                )
+                return total
         self.metrics.update_lag.labels(name).set(0)
         return total
 

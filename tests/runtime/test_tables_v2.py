@@ -90,6 +90,42 @@ def test_tiered_table_dispatches_and_merges_one_top_k(x: np.ndarray) -> None:
     assert t.nbytes == sum(tier.nbytes for tier in t.tiers) + N * 2 + N * 2
 
 
+def test_hamming_is_offered_only_where_every_tier_has_codes_of_one_length(x: np.ndarray) -> None:
+    # found by a review: binary tiers of 32 and 8 bits were merged by their counts of differing
+    # bits, and the short codes won nearly every place
+    same = runtime.compress(
+        x, tiers=[{"rows": slice(0, 100), "codec": "binary"}, {"rows": slice(100, N), "codec": "binary"}]
+    )
+    assert "hamming" in same.metrics
+    ids, _ = same.search(x[:2], 5, "hamming")
+    assert ids.shape == (2, 5)
+    mixed = runtime.compress(
+        x, tiers=[{"rows": slice(0, 100), "codec": "binary"}, {"rows": slice(100, N), "codec": "binary", "dim": 8}]
+    )
+    assert "hamming" not in mixed.metrics and {"ip", "l2"} <= set(mixed.metrics)
+    with pytest.raises(InvalidRequest, match="hamming"):
+        mixed.search(x[:2], 5, "hamming")
+
+
+@pytest.mark.parametrize("rerank", ["int8", "pq"])
+def test_a_stored_row_as_a_hamming_query_is_its_own_code_with_or_without_a_delta(x: np.ndarray, rerank: str) -> None:
+    # found by a review: once the table had a delta, a query row's Hamming code was made from the
+    # signs of its rerank codec's reconstruction, and distances to it moved by a bit or two
+    params = {"subspaces": 8, "bits": 4} if rerank == "pq" else {}
+    table = runtime.compress(x, "binary", rerank=rerank, rerank_options=params)
+    ids = np.arange(0, N, 7)
+    before = table.search_by_id(ids, 10, "hamming")
+    cands = np.tile(np.arange(8), (ids.size, 1))
+    scored = table.score(cands, query_ids=ids, metric="hamming")
+    codes = np.unpackbits(table.tiers[0].primary.arrays["codes"].view(np.uint8), axis=1)
+    want = (codes[ids][:, None, :] != codes[cands]).sum(-1)
+    np.testing.assert_array_equal(scored, want)
+    table.upsert([N - 1], x[N - 1 :])  # the row it holds, encoded again: nothing should move
+    after = table.search_by_id(ids, 10, "hamming")
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(table.score(cands, query_ids=ids, metric="hamming"), want)
+
+
 def test_tier_specs_must_cover_every_row_once(x: np.ndarray) -> None:
     with pytest.raises(InvalidRequest, match="in no tier"):
         runtime.compress(x, tiers=[{"rows": {"start": 0, "stop": 10}, "codec": "int8"}])

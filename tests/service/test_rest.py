@@ -123,6 +123,9 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("post", "/v1/tables/items/search", {"query_ids": [1], "metric": "hamming"}, 400, "hamming"),
     ("post", "/v1/tables/items/search", {"query_ids": [1], "metric": "cos"}, 400, "metric"),
     ("post", "/v1/tables/items/search", {"k": 3}, 400, "exactly one"),
+    # taken by query_ids only, yet refused by queries too: a value no search takes was answered 200
+    ("post", "/v1/tables/items/search", {"queries": [[0.0] * 32], "exclude_self": "yes"}, 400, "exclude_self"),
+    ("post", "/v1/tables/items/search", {"queries": [[0.0] * 32], "exclude_self": 7}, 400, "exclude_self"),
     ("post", "/v1/tables/items/score", {"candidate_ids": [1, 2], "query_ids": [1]}, 400, "2-D"),
     ("post", "/v1/tables/items/score", {"candidate_ids": [[1, 9999]], "query_ids": [1]}, 400, "candidate_ids"),
     (

@@ -49,10 +49,10 @@ class Replicas:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(5))
     added: list[int] = field(default_factory=list)
 
-    def start(self, replica: str) -> LiveServer:
+    def start(self, replica: str, **extra_env: str) -> LiveServer:
         args = ["--table", f"items={self.root / 'items' / 'v0'}", "--artifact-root", str(self.root)]
         args += ["--redis-url", self.redis.url, "--replica-id", replica]
-        env = {**SYNC_ENV, "EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS": "0.05"}
+        env = {**SYNC_ENV, "EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS": "0.05", **extra_env}
         self.servers[replica] = start_server(self.workdir, args, env=env)
         return self.servers[replica]
 
@@ -199,23 +199,37 @@ def test_bad_entries_are_dead_lettered_and_the_good_ones_around_them_apply(repli
 
 def test_a_replica_killed_mid_stream_replays_to_the_same_rows(replicas: Replicas) -> None:
     rows = replicas.rng.standard_normal((20_000, DIM)).astype(np.float32)
-    # 20,000 row updates over the table's keys (each key several times), 100 rows an entry
+    # 20,000 row updates over the table's keys (each key several times), 25 rows an entry
     targets = KEYS[replicas.rng.integers(0, ROWS, 20_000)]
     last = ""
     for start in range(0, 20_000, 2_000):
         part = slice(start, start + 2_000)
         block_keys, block_rows = targets[part], rows[part]
-        for lo in range(0, 2_000, 100):
-            sub = slice(lo, lo + 100)
+        for lo in range(0, 2_000, 25):
+            sub = slice(lo, lo + 25)
             uniq, first = np.unique(block_keys[sub], return_index=True)
-            last = replicas.push(uniq, block_rows[sub][first], batch_rows=100)
+            last = replicas.push(uniq, block_rows[sub][first], batch_rows=25)
         if start == 8_000:
             # SIGKILL in the middle of the stream: nothing of its in-memory delta survives
             os.kill(replicas.servers["b"].proc.pid, signal.SIGKILL)
             replicas.servers["b"].proc.wait(10)
-    replicas.start("b")  # loads v0 (sequence 0) and replays the whole stream before it is ready
+    # loads v0 (sequence 0) and replays the stream (800 entries) before it is ready, for at most
+    # the catch-up time: its first batch alone takes longer, so its follower replays the rest.
+    # Found by a review: the replay was cut by cancelling a batch its thread went on to apply,
+    # the batch's position was lost, and the follower applied it twice
+    replicas.start("b", EMBSERVE_CATCH_UP_SECONDS="0.001")
     replicas.wait_applied(last)
     replicas.assert_both_match_reference()
+    assert "replaying the update log took over" in replicas.servers["b"].log()
+    # b read the stream in whole batches, from its start: once each, its delta takes exactly the
+    # slots of those batches applied once each
+    client = replicas.client()
+    stream = [(sid.decode(), fields) for sid, fields in client.xrange(keys.updates_key("items"))]
+    client.close()
+    fresh = runtime.load_table(replicas.root / "items" / "v0")
+    for start in range(0, len(stream), updates.READ_COUNT):
+        updates.apply_batch(fresh, stream[start : start + updates.READ_COUNT])
+    assert replicas.describe("b")["delta_slots"] == fresh.delta_slots
 
 
 def test_redis_restarted_mid_stream_loses_nothing(replicas: Replicas) -> None:
@@ -256,6 +270,29 @@ def test_push_command_appends_entries(replicas: Replicas, tmp_path: Path, capsys
     replicas.wait_applied(last)
     replicas.assert_both_match_reference()
     assert main(["push", "items", "--redis-url", url, "--keys", str(tmp_path / "k.npy")]) == 2
+
+
+def test_admin_updates_leave_the_sequence_to_the_log(replicas: Replicas) -> None:
+    # found by a review: an admin upsert's sequence (the README's example gives 42) moved the
+    # table's sequence, a replica read the log on from there after its next swap, and applied
+    # (or dead-lettered) entries again; with Redis the log alone moves it
+    from tests.service.conftest import ADMIN_TOKEN
+
+    http = replicas.servers["a"].http
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    before = replicas.describe("a")["sequence"]
+    body = {"keys": [int(KEYS[0])], "rows": [[0.5] * DIM], "sequence": 42}
+    r = httpx.post(f"{http}/v1/tables/items/upsert", json=body, headers=auth, timeout=10)
+    assert r.status_code == 400 and "update log position" in r.json()["error"], r.text
+    row = replicas.lookup("a", KEYS[:1])
+    del body["sequence"]
+    r = httpx.post(f"{http}/v1/tables/items/upsert", json=body, headers=auth, timeout=10)
+    assert r.status_code == 200 and r.json()["sequence"] == before, r.text
+    assert replicas.describe("a")["sequence"] == before
+    # the next entry of the log puts the key back where the reference has it, on both replicas
+    last = replicas.push(KEYS[:1], row)
+    replicas.wait_applied(last)
+    replicas.assert_both_match_reference()
 
 
 def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.errors import InvalidRequest
+from runtime.errors import DeltaFull, InvalidRequest
 from service.sync import updates
 
 ids = st.tuples(st.integers(0, (1 << 43) - 1), st.integers(0, (1 << updates.SEQ_BITS) - 1))
@@ -151,6 +151,74 @@ def test_a_full_delta_stops_the_batch_where_it_is_and_says_so() -> None:
     results, stalled = updates.apply_batch(table, batch)
     assert [r[0] for r in results] == ["1-0", "2-0"] and "delta" in stalled
     assert table.sequence == updates.id_to_sequence("2-0")  # the next read starts at 3-0 again
+
+
+def test_a_full_delta_stops_a_merged_run_at_the_entry_that_does_not_fit() -> None:
+    # found by a review: a run of upserts too big for the delta as a whole applied none of them,
+    # where a replica reading the same entries one by one applied those that fit; replicas
+    # stalled at different places, serving different rows
+    import runtime
+    from tests.conftest import low_rank_table
+
+    keys = np.arange(20, dtype=np.int64)
+    ones = np.ones((2, 4), np.float32)
+    batch: list[tuple[str, Mapping[Any, Any]]] = [
+        (f"{i + 1}-0", updates.encode_entry("upsert", keys[2 * i : 2 * i + 2], ones)) for i in range(4)
+    ]
+
+    def fresh() -> Any:
+        return runtime.compress(low_rank_table(20, 4, seed=2), "int8", keys=keys, delta_capacity=5)
+
+    merged, one_by_one = fresh(), fresh()
+    results, stalled = updates.apply_batch(merged, batch)
+    assert [r[0] for r in results] == ["1-0", "2-0"] and "delta" in stalled
+    for stream_id, fields in batch[:2]:
+        updates.apply_entry(one_by_one, stream_id, fields)
+    with pytest.raises(DeltaFull):
+        updates.apply_entry(one_by_one, *batch[2])
+    assert merged.sequence == one_by_one.sequence == updates.id_to_sequence("2-0")
+    np.testing.assert_array_equal(merged.lookup(keys), one_by_one.lookup(keys))
+
+
+def test_an_entry_larger_than_the_whole_delta_is_refused_not_waited_for() -> None:
+    # no compaction makes room for it: a replica would stall on it for good
+    import runtime
+    from tests.conftest import low_rank_table
+
+    keys = np.arange(20, dtype=np.int64)
+    table = runtime.compress(low_rank_table(20, 4, seed=2), "int8", keys=keys, delta_capacity=5)
+    batch: list[tuple[str, Mapping[Any, Any]]] = [
+        ("1-0", updates.encode_entry("upsert", keys[:6], np.ones((6, 4), np.float32))),
+        ("2-0", updates.encode_entry("upsert", keys[6:8], np.ones((2, 4), np.float32))),
+    ]
+    results, stalled = updates.apply_batch(table, batch)
+    assert stalled == "" and [(s, a) for s, a, _ in results] == [("1-0", 0), ("2-0", 2)]
+    assert "6 rows exceed the table's delta capacity of 5" in results[0][2]
+    assert table.sequence == updates.id_to_sequence("2-0") and table.delta_slots == 2
+
+
+def test_compaction_folds_a_log_longer_than_the_delta_holds() -> None:
+    # found by a review: compaction, the way out of a full delta, stopped at a full delta itself
+    import runtime
+    from service.sync.compaction import _apply_all
+    from tests.conftest import low_rank_table
+
+    keys = np.arange(20, dtype=np.int64)
+    x = low_rank_table(20, 4, seed=2)
+    rng = np.random.default_rng(3)
+    entries: list[tuple[str, dict[Any, Any]]] = []
+    for i in range(9):
+        picked = rng.choice(20, 3, replace=False)
+        entries.append((f"{i + 1}-0", updates.encode_entry("upsert", keys[picked], rng.standard_normal((3, 4)))))
+    entries.append(("20-0", updates.encode_entry("delete", keys[:2], None)))
+    entries.append(("21-0", updates.encode_entry("delete", keys[:1], None)))  # refused: already deleted
+    small = runtime.compress(x, "int8", keys=keys, delta_capacity=5, missing="zeros")
+    roomy = runtime.compress(x, "int8", keys=keys, delta_capacity=1000, missing="zeros")
+    folded, refused = _apply_all(small, entries)
+    assert refused == 1 == sum(bool(updates.apply_entry(roomy, s, f)[1]) for s, f in entries)
+    assert folded.sequence == roomy.sequence == updates.id_to_sequence("21-0")
+    np.testing.assert_array_equal(folded.compact().lookup(keys), roomy.compact().lookup(keys))
+    assert folded.delta_capacity == 5
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a POSIX facility")
