@@ -38,6 +38,20 @@ def _closing_response(status: bytes, message: str) -> bytes:
 
 TIMEOUT_RESPONSE = _closing_response(b"408 Request Timeout", "request not received in time")
 FULL_RESPONSE = _closing_response(b"503 Service Unavailable", "too many open connections; retry")
+PROBE_CONNECTIONS = 16
+"""Connections past the cap that may still ask for health, readiness or metrics (one request
+each, then closed): a kubelet's probe or a Prometheus scrape opens a connection of its own, and
+refused at the cap, a pod busy with clients would be restarted as dead and go unwatched."""
+PROBE_TARGETS = (b"/healthz", b"/readyz", b"/metrics")
+REQUEST_LINE_MAX = 256
+"""Bytes of a connection past the cap read to find its request line, at most."""
+
+
+def is_probe(request_line: bytes) -> bool:
+    """Whether an HTTP request line (`GET /readyz HTTP/1.1`) asks for a probe's or scrape's path."""
+    method, _, rest = request_line.partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    return method in (b"GET", b"HEAD") and target in PROBE_TARGETS
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
@@ -62,23 +76,44 @@ def guarded_protocol(
             super().__init__(*args, **kwargs)
             self.read_timer: asyncio.TimerHandle | None = None
             self.read_phase = ""
+            self.probe_only = False
+            """past the cap: answered only if its request is a probe's, then closed"""
+            self.held = b""
+            """a probe-only connection's first bytes, until its request line is whole"""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             set_nodelay(transport.get_extra_info("socket"))
-            if len(self.connections) > max_connections:
-                on_refused()
-                transport.write(FULL_RESPONSE)
-                transport.close()
+            over = len(self.connections) - max_connections
+            if over > PROBE_CONNECTIONS:
+                self._refuse()
                 return
+            self.probe_only = over > 0
             self._arm("header", header_timeout)
 
+        def _refuse(self) -> None:
+            on_refused()
+            self.transport.write(FULL_RESPONSE)
+            self.transport.close()
+
         def data_received(self, data: bytes) -> None:
+            if self.probe_only and self.cycle is None:
+                self.held += data
+                line, found, _ = self.held.partition(b"\r\n")
+                if not found and len(self.held) < REQUEST_LINE_MAX:
+                    return
+                if not found or not is_probe(line):
+                    self._refuse()
+                    return
+                data, self.held = self.held, b""
             super().data_received(data)
             self._follow()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.probe_only:  # its one request answered: the room goes back to the next probe
+                self.transport.close()
+                return
             self._follow()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -133,4 +168,4 @@ def guarded_protocol(
     return GuardedH11Protocol
 
 
-__all__ = ["guarded_protocol", "set_nodelay"]
+__all__ = ["guarded_protocol", "is_probe", "set_nodelay"]

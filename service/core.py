@@ -62,9 +62,10 @@ T = TypeVar("T")
 class TakenIn:
     """A request from its transport's first look at it to its answer (a context manager): whether
     it already holds a concurrency slot (`admission`), whether it has been counted in the request
-    metrics, and the status it ended with (set by the transport). The core counts a request it
-    gets to; one refused before (a body that does not parse, a caller without the admin token) is
-    counted on exit here, with that status (unset: not counted, as for a client that left)."""
+    metrics, and the status it ended with (set by the core for a request it gets to, else by the
+    transport). It is counted on exit here, timed from its arrival, so the latency histogram holds
+    what a client waits for (the body read and parsed, the answer serialized), unless counted
+    already (refused by admission) or left without a status (a client that left before the core)."""
 
     __slots__ = ("admitted", "counted", "labels", "receiving", "replayed", "service", "start", "status", "token")
 
@@ -402,12 +403,17 @@ class EmbeddingService:
             if not admitted_before:
                 self._release()
             if status == CLIENT_GONE:
-                self.client_disconnected(transport)
-            labels = (transport, operation, self._table_label(table), status)
-            self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
-            self.metrics.child(self.metrics.requests, *labels).inc()
-            if taken is not None:
-                taken.counted = True
+                self.metrics.client_disconnects.labels(transport).inc()
+                log.debug("%s client went away before its request was complete", transport)
+            if taken is None:
+                labels = (transport, operation, self._table_label(table), status)
+                self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
+                self.metrics.child(self.metrics.requests, *labels).inc()
+            else:
+                # counted by the transport's record once the answer is out: the time a client
+                # waits is mostly outside this call (the body parsed, the answer serialized and
+                # written; at 256 ids over JSON, 1.6 ms against the 0.05 ms in here)
+                taken.status = status
 
     async def _compute(self, operation: str, codec: str, fn: Callable[[], T], inline: bool = False) -> T:
         """Run table compute off the event loop; `inline` work (a small gather, tens of µs) runs
