@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import socket
 import sys
 import types
@@ -74,7 +75,12 @@ def settings_problems(exc: Any) -> str:
 
 class OneLineErrors(argparse.ArgumentParser):
     """A usage error is one line and a pointer to --help: `serve` has a flag a setting, and
-    argparse's default prints every one of them before the error."""
+    argparse's default prints every one of them before the error. A flag is taken only whole:
+    abbreviated, `--tables` was read as `--tables-file` (this class makes the subcommands' parsers too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -136,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from runtime.artifact import read_manifest
     from service.server import serve
-    from service.settings import Settings
+    from service.settings import Settings, unread_variables
 
     overrides = {n: getattr(args, n) for n in Settings.model_fields if getattr(args, n, None) is not None}
     try:
@@ -147,6 +153,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         problems = settings_problems(exc) if isinstance(exc, ValidationError) else exc
         print(f"embserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
+    for name in unread_variables(os.environ):
+        print(
+            f"embserve serve: warning: {name} is no setting, ignored (misspelt? see embserve serve --help)",
+            file=sys.stderr,
+        )
     unbindable = host_problem(settings.host)
     if unbindable is not None:
         print(f"embserve serve: invalid settings: {unbindable}", file=sys.stderr)

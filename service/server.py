@@ -2,9 +2,11 @@
 
 SIGTERM / SIGINT: readiness goes false at once (HTTP /readyz 503, gRPC health NOT_SERVING), new
 requests get 503 / UNAVAILABLE, in-flight requests finish within `grace_seconds`, then both
-servers stop and the process exits 0. Stopping after the drain is bounded too: past STOP_SECONDS
-(a worker thread stuck in a blocking call would otherwise hold the interpreter's exit) the process
-writes every thread's stack to stderr and exits 1.
+servers stop and the process exits 0. Work still running in threads once the servers stop (a
+request past the grace, a table loading at SIGTERM) is not waited for: the process exits 0 at
+once. Stopping after the drain is bounded too: past STOP_SECONDS (a thread stuck in a blocking call
+would otherwise hold the interpreter's exit) the process writes every thread's stack to stderr and
+exits 1.
 
 As one of several worker processes (`--workers N`, service/workers.py) it binds both ports with
 SO_REUSEPORT, serves a private Unix socket for its siblings' replayed admin changes, and loads its
@@ -16,8 +18,10 @@ import asyncio
 import contextlib
 import faulthandler
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +59,18 @@ def arm_exit_watchdog(seconds: float) -> None:
     faulthandler.dump_traceback_later(seconds, exit=True)
 
 
+def exit_leaving_threads() -> None:
+    """Exit 0 now, once the servers have stopped, without waiting for the threads still at work
+    (a request past the grace, a table still loading at SIGTERM): their answers have no one to go
+    to, and the interpreter's exit would join them with no time limit (asyncio.run waits for its
+    executor), until the exit watchdog dumped every stack and exited 1, or the kubelet's SIGKILL came."""
+    log.info("stopped; not waiting for the work still running in threads (past the grace)")
+    logging.shutdown()  # flushes every handler
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handlers: the process's drain logic owns SIGTERM."""
 
@@ -73,6 +89,8 @@ class EmbserveServer:
     def __init__(self, settings: Settings, role: WorkerRole | None = None) -> None:
         self.settings = settings
         self.role = role
+        self.work_left_running = False
+        """a request outlived the drain's grace, or a table was loading at SIGTERM"""
         self.service = EmbeddingService(settings)
         self.health = health.aio.HealthServicer()
         self.stopping = asyncio.Event()
@@ -126,7 +144,9 @@ class EmbserveServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.grpc_server)
-        grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        # an IPv6 literal in brackets: gRPC parses `:::8001` as a name, and refuses it
+        grpc_host = f"[{s.host}]" if ":" in s.host else s.host
+        grpc_port = self.grpc_server.add_insecure_port(f"{grpc_host}:{s.grpc_port}")
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
         await self._set_health()
@@ -208,6 +228,7 @@ class EmbserveServer:
                 "grace period over with %d requests still running: answering them 503",
                 self.service.in_flight + self.service.receiving,
             )
+            self.work_left_running = True
         arm_exit_watchdog(STOP_SECONDS)
         if self.http_server is not None:
             # the grace was given above: uvicorn's own wait (what remains is a health check or a
@@ -263,14 +284,17 @@ class EmbserveServer:
         log.info("signal received: draining")
         await self.drain_and_stop()
         if not loader.done():
-            loader.cancel()
+            loader.cancel()  # the loop's side only: the thread loading a table goes on
+            self.work_left_running = True
+        if self.work_left_running:
+            exit_leaving_threads()
 
 
 def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Run one server process until SIGTERM / SIGINT; `role` when it is one of several workers."""
     worker = "" if role is None else f" [worker {role.index}]"
     logging.basicConfig(
-        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s"
+        level=settings.logging_level(), format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s"
     )
     if role is None and settings.numba_threads is not None:
         import numba

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -12,13 +13,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's levels (trace is its own, below debug)"""
+TRACE = 5
+"""uvicorn's trace level, which the logging module does not know by name"""
+SECONDS_MAX = 2_000_000.0
+"""The longest time a setting takes (23 days): gRPC takes its times as int32 milliseconds, and the
+event loop's timers refuse times far beyond; a time that means "never" is past any pod's life."""
 
 
 class Settings(BaseSettings):
     """Every knob of the server. Environment: EMBSERVE_<FIELD> (e.g. EMBSERVE_HTTP_PORT=8000);
     EMBSERVE_TABLES is a comma-separated list of NAME=DIR."""
 
-    model_config = SettingsConfigDict(env_prefix="EMBSERVE_", extra="ignore")
+    # inf or nan: crashes at start (int(inf)) or a timer that never fires; "never" is SECONDS_MAX
+    model_config = SettingsConfigDict(env_prefix="EMBSERVE_", extra="ignore", allow_inf_nan=False)
 
     host: str = Field("127.0.0.1", description="address both servers bind")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
@@ -46,7 +53,9 @@ class Settings(BaseSettings):
     max_queries: int = Field(1024, ge=1, description="queries a search or score may carry")
     max_k: int = Field(10_000, ge=1, description="largest k (and k × oversample) a search may ask")
     max_candidates: int = Field(1_000_000, ge=1, description="candidate ids a score request may carry")
-    max_body_bytes: int = Field(64 << 20, ge=1024, description="largest HTTP body or gRPC message")
+    max_body_bytes: int = Field(
+        64 << 20, ge=1024, le=2**31 - 1, description="largest HTTP body or gRPC message (gRPC's limit is an int32)"
+    )
     max_answer_bytes: int = Field(
         256 << 20,
         ge=1024,
@@ -69,17 +78,29 @@ class Settings(BaseSettings):
         "would pass it is refused 429",
     )
     max_connections: int = Field(
-        1024, ge=1, description="open connections on each port; one more is closed at once (HTTP: with a 503)"
+        1024,
+        ge=1,
+        le=2**31 - 1,
+        description="open connections on each port; one more is closed at once (HTTP: with a 503, unless it asks "
+        "for health, readiness or metrics)",
     )
     header_timeout_seconds: float = Field(
-        10.0, gt=0, description="a client must send a request's headers (HTTP) or its HTTP/2 preface (gRPC) within this"
+        10.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="a client must send a request's headers (HTTP) or its HTTP/2 preface (gRPC) within this",
     )
     body_timeout_seconds: float = Field(
-        30.0, gt=0, description="longest pause between two pieces of a request body before the connection is closed"
+        30.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="longest pause between two pieces of a request body before the connection is closed",
     )
-    keep_alive_seconds: float = Field(5.0, gt=0, description="an idle kept-alive HTTP connection is closed after this")
+    keep_alive_seconds: float = Field(
+        5.0, gt=0, le=SECONDS_MAX, description="an idle kept-alive HTTP connection is closed after this"
+    )
     grpc_max_connection_idle_seconds: float = Field(
-        300.0, gt=0, description="a gRPC connection with no call for this long is closed (GOAWAY)"
+        300.0, gt=0, le=SECONDS_MAX, description="a gRPC connection with no call for this long is closed (GOAWAY)"
     )
     workers: int = Field(
         1,
@@ -112,7 +133,9 @@ class Settings(BaseSettings):
     parallel_min_ids: int = Field(
         4096, ge=1, le=4096, description="lookups of fewer ids gather on one thread (requests already run concurrently)"
     )
-    grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may take")
+    grace_seconds: float = Field(
+        20.0, ge=0, le=SECONDS_MAX, description="SIGTERM: how long in-flight requests may take"
+    )
     warmup: bool = Field(True, description="run every kernel once at load so no request pays JIT time")
     log_level: str = Field("info", description="uvicorn / logging level")
     redis_url: str | None = Field(
@@ -129,23 +152,35 @@ class Settings(BaseSettings):
         None, description="this replica's name in the registry (default: hostname-pid; on Kubernetes the pod name)"
     )
     sync_poll_seconds: float = Field(
-        5.0, gt=0, description="how often a replica reads the registry (pub/sub only hints between reads)"
+        5.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="how often a replica reads the registry (pub/sub only hints between reads)",
     )
     heartbeat_seconds: float = Field(
-        2.0, gt=0, description="replica status refresh; a row expires after 5 missed heartbeats"
+        2.0, gt=0, le=SECONDS_MAX, description="replica status refresh; a row expires after 5 missed heartbeats"
     )
     catch_up_seconds: float = Field(
-        120.0, gt=0, description="longest a replica replays the update log before serving (at start, after a publish)"
+        120.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="longest a replica replays the update log before serving (at start, after a publish)",
     )
     update_apply_interval_seconds: float = Field(
         1.0,
         ge=0,
+        le=SECONDS_MAX,
         description="a replica applies the update log at most this often, entries meanwhile as one batch "
         "(bounds the lag; fewer, larger applies keep lookup p99 flat)",
     )
-    redis_retry_max_seconds: float = Field(10.0, gt=0, description="longest back-off between Redis reconnects")
+    redis_retry_max_seconds: float = Field(
+        10.0, gt=0, le=SECONDS_MAX, description="longest back-off between Redis reconnects"
+    )
     publish_wait_seconds: float = Field(
-        120.0, gt=0, description="with Redis, an admin PUT waits this long for this replica to apply the publish"
+        120.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="with Redis, an admin PUT waits this long for this replica to apply the publish",
     )
 
     @field_validator("log_level")
@@ -154,6 +189,17 @@ class Settings(BaseSettings):
         if value.lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.lower()
+
+    def logging_level(self) -> int:
+        """`log_level` as the logging module's number (it knows no "trace")."""
+        logging.addLevelName(TRACE, "TRACE")
+        return TRACE if self.log_level == "trace" else logging.getLevelName(self.log_level.upper())
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> Settings:
+        if self.http_port == self.grpc_port != 0:
+            raise ValueError(f"http_port and grpc_port are both {self.http_port}: HTTP and gRPC need a port each")
+        return self
 
     @field_validator("search_batch_max_queries")
     @classmethod
@@ -228,6 +274,21 @@ class Settings(BaseSettings):
         if duplicate is not None:
             raise ValueError(f"table {duplicate!r} is configured twice")
         return specs
+
+
+READ_ELSEWHERE = ("EMBSERVE_NUMBA_CACHES", "EMBSERVE_VECTOR_LANES", "EMBSERVE_LOAD_", "EMBSERVE_SHARED_DATA")
+"""EMBSERVE_* variables (and prefixes) read by no setting: the kernels' (runtime.kernels), the load
+tests' and the benchmarks'."""
+KUBERNETES_SERVICE_LINKS = ("EMBSERVE_SERVICE_", "EMBSERVE_PORT")
+"""What Kubernetes sets in every pod of a namespace with a Service named embserve."""
+
+
+def unread_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """EMBSERVE_* variables no setting reads: a misspelt or singular name (EMBSERVE_TABLE for
+    EMBSERVE_TABLES) would otherwise leave its setting at the default without a word."""
+    settings = {f"EMBSERVE_{name.upper()}" for name in Settings.model_fields}
+    ignored = READ_ELSEWHERE + KUBERNETES_SERVICE_LINKS
+    return sorted(n for n in environ if n.startswith("EMBSERVE_") and n not in settings and not n.startswith(ignored))
 
 
 def parse_groups(specs: list[str]) -> dict[str, tuple[tuple[str, str], ...]]:

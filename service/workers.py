@@ -439,7 +439,7 @@ def _metrics_dir(control_dir: Path) -> Path:
 def supervise(settings: Settings) -> int:
     """Run `settings.workers` worker processes until SIGTERM / SIGINT (exit 0 when all drained
     cleanly) or until one exits on its own (the others are stopped; exit 1)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.logging_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http_port, http_holder = _reserve_port(settings.host, settings.http_port)
     grpc_port, grpc_holder = _reserve_port(settings.host, settings.grpc_port)
     control_dir = Path(tempfile.mkdtemp(prefix="embserve-workers-"))

@@ -3,7 +3,11 @@ are refused cleanly, and the process exits 0 within the grace period."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import runtime
 from tests.conftest import low_rank_table
-from tests.service.live import start_server
+from tests.service.live import free_ports, start_server
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +126,34 @@ def test_a_request_still_running_past_the_grace_gets_503_and_the_exit_is_prompt(
         assert "Traceback" not in log and "Exception in ASGI application" not in log, log
     finally:
         server.terminate()
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_table_loads_exits_0_at_once(tmp_path: Path) -> None:
+    """Found by a review: SIGTERM while a table still loaded (here: its kernels compiling into an
+    empty numba cache) waited for the load's thread, then the exit watchdog dumped every stack
+    and exited 1, 10 s later. Nothing is served yet, so nothing needs draining."""
+    table = tmp_path / "t" / "v1"
+    runtime.compress(low_rank_table(200, 8, seed=1), "pq", subspaces=4).save(table)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty-cache"), "EMBSERVE_DEMO": "0"}
+    log_path = tmp_path / "server.log"
+    http_port, grpc_port = free_ports(2)
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--table", f"t={table}"]
+    cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "embserve listening" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # loading: compiling its kernels takes far longer than this
+        assert httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=5).status_code == 503
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+        assert time.monotonic() - signalled < 5, log_path.read_text()
+        assert "Timeout" not in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -9,12 +9,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import runtime
 from service.cli import build_parser, main, settings_flag
@@ -192,6 +195,14 @@ def test_serve_tables_file_from_import(tmp_path: Path) -> None:
         (["--host", "999.1.1.1"], {}, "embserve serve: invalid settings: host '999.1.1.1' cannot be bound here"),
         (["--artifact-root", "/etc/passwd"], {}, "is a file; the artifact root is a directory (got '/etc/passwd')"),
         (["--max-arriving-body-bytes", "2048", "--max-body-bytes", "4096"], {}, "must be at least max_body_bytes"),
+        # found by a review: each of these crashed at start with a traceback (int(inf), gRPC's
+        # int32 milliseconds and sizes), or was taken for another flag
+        ([], {"EMBSERVE_GRACE_SECONDS": "inf"}, "--grace-seconds / EMBSERVE_GRACE_SECONDS: Input should be a finite"),
+        ([], {"EMBSERVE_HEADER_TIMEOUT_SECONDS": "1e300"}, "EMBSERVE_HEADER_TIMEOUT_SECONDS: Input should be less"),
+        ([], {"EMBSERVE_GRPC_MAX_CONNECTION_IDLE_SECONDS": "3000000"}, "Input should be less than or equal to 2000000"),
+        ([], {"EMBSERVE_MAX_CONNECTIONS": "3000000000"}, "EMBSERVE_MAX_CONNECTIONS: Input should be less"),
+        (["--http-port", "18999", "--grpc-port", "18999"], {}, "http_port and grpc_port are both 18999"),
+        (["--tables", "t=/nowhere"], {}, "unrecognized arguments: --tables"),
     ],
 )
 def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
@@ -211,3 +222,54 @@ def test_a_bad_setting_or_flag_is_one_line_and_exit_status_2(
     assert status == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_trace_logging_and_an_ipv6_host_start(tmp_path: Path) -> None:
+    # found by a review: --log-level trace, which the settings take, crashed logging's set-up, and
+    # gRPC could not bind an IPv6 literal (`:::8001`)
+    table = tmp_path / "t" / "v1"
+    runtime.compress(low_rank_table(100, 8, seed=1), "int8").save(table)
+    http_port, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--table", f"t={table}", "--log-level", "trace"]
+    cmd += ["--host", "::1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://[::1]:{http_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        with grpc.insecure_channel(f"[::1]:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert " DEBUG " in log_path.read_text()  # below debug, trace shows debug too
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
+
+
+def test_an_environment_variable_no_setting_reads_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: EMBSERVE_TABLE (for EMBSERVE_TABLES) served the demo table without a word
+    from service.settings import unread_variables
+
+    environ = {
+        "EMBSERVE_TABLE": "t=/x",
+        "EMBSERVE_MAX_CONCURENCY": "2",
+        "EMBSERVE_TABLES": "t=/x",
+        "EMBSERVE_NUMBA_CACHES": "/c",
+        "EMBSERVE_LOAD_TABLE": "t",
+        "EMBSERVE_SERVICE_HOST": "10.0.0.1",
+        "EMBSERVE_PORT_8000_TCP": "tcp://10.0.0.1:8000",
+        "PATH": "/bin",
+    }
+    assert unread_variables(environ) == ["EMBSERVE_MAX_CONCURENCY", "EMBSERVE_TABLE"]
+    monkeypatch.setenv("EMBSERVE_TABLE", "t=/x")
+    assert main(["serve", "--host", "999.1.1.1"]) == 2  # named before the host is refused
+    assert "warning: EMBSERVE_TABLE is no setting, ignored" in capsys.readouterr().err
