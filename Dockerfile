@@ -36,5 +36,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 WORKDIR /home/embserve
 EXPOSE 8000 8001
+# liveness for `docker run` (Kubernetes uses the manifests' probes instead); long start period: a
+# first start without the built cache's CPU level compiles kernels for minutes
+HEALTHCHECK --interval=15s --timeout=3s --start-period=600s \
+    CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('EMBSERVE_HTTP_PORT', '8000'), timeout=3)"
 ENTRYPOINT ["embserve"]
 CMD ["serve"]

@@ -47,6 +47,8 @@ HEALTH_SERVICES = ("", "embserve.v1.EmbeddingService", "inference.GRPCInferenceS
 STOP_SECONDS = 10.0
 """How long stopping may take once requests have drained: the servers, the Redis sync, the
 executors' threads and the interpreter's exit together."""
+GRPC_AGE_GRACE_MS = 30_000
+"""How long the calls of a gRPC connection past its maximum age may take once it is told to go."""
 HTTP_SHUTDOWN_SECONDS = 1
 """uvicorn's wait for what still runs once the drain's grace is over, before it cancels it."""
 
@@ -119,6 +121,8 @@ class EmbserveServer:
                 # a connection must complete its HTTP/2 handshake within the header timeout
                 ("grpc.server_handshake_timeout_ms", int(s.header_timeout_seconds * 1000)),
                 ("grpc.max_connection_idle_ms", int(s.grpc_max_connection_idle_seconds * 1000)),
+                ("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", GRPC_AGE_GRACE_MS),
                 ("grpc.max_allowed_incoming_connections", s.max_connections),
                 # ping quiet connections; one that does not answer within 20 s is dead
                 ("grpc.keepalive_time_ms", 60_000),

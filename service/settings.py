@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     keep_alive_seconds: float = Field(
         5.0, gt=0, le=SECONDS_MAX, description="an idle kept-alive HTTP connection is closed after this"
     )
+    grpc_max_connection_age_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="a gRPC connection is closed after this long (GOAWAY; its calls get 30 s to finish), so "
+        "clients' channels reconnect and spread over pods added since",
+    )
     grpc_max_connection_idle_seconds: float = Field(
         300.0, gt=0, le=SECONDS_MAX, description="a gRPC connection with no call for this long is closed (GOAWAY)"
     )

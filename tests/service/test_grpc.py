@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +17,7 @@ from service.rpc.generated import embserve_pb2 as pb
 from service.rpc.generated import embserve_pb2_grpc as pb_grpc
 from service.rpc.servicers import array_to_tensor
 from tests.service.conftest import Served, require_binary
+from tests.service.live import start_server
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +192,25 @@ def test_an_empty_tensor_of_the_other_dtype_is_an_empty_array(stub: pb_grpc.Embe
     got = stub.Search(pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=3, exclude_ids=empty))
     plain = stub.Search(pb.SearchRequest(table="items", query_ids=array_to_tensor(np.array([1])), k=3))
     assert list(got.ids.shape) == [1, 3] and got.ids.data == plain.ids.data
+
+
+def test_a_connection_past_its_maximum_age_is_told_to_go_and_the_client_reconnects(
+    tmp_path: Path, artifact_root: Path
+) -> None:
+    # found by a review: channels stayed on the pods they first reached, and pods the autoscaler
+    # added got no gRPC traffic from the clients already running
+    env = {"EMBSERVE_GRPC_MAX_CONNECTION_AGE_SECONDS": "1"}
+    server = start_server(tmp_path, ["--table", f"items={artifact_root / 'items' / 'v1'}"], env=env)
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        with grpc.insecure_channel(server.grpc) as channel:
+            channel.subscribe(states.append, try_to_connect=True)
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            stub.ListTables(pb.ListTablesRequest(), timeout=5)
+            deadline = time.monotonic() + 10
+            while grpc.ChannelConnectivity.IDLE not in states[states.index(grpc.ChannelConnectivity.READY) :]:
+                assert time.monotonic() < deadline, states
+                time.sleep(0.1)
+            assert stub.ListTables(pb.ListTablesRequest(), timeout=5).tables  # a new connection
+    finally:
+        assert server.terminate() == 0, server.log()
