@@ -11,8 +11,8 @@ distinct batches for each measurement, so no call reads a batch an earlier one r
 rows recur, as they do in use).
 
     pip install -e '.[bench]'            # faiss-cpu, torch==2.13.0 (CPU wheel), matplotlib
-    python -m benchmarks.perf            # full: N=1,000,000, d=128 (about 15 minutes on 2 cores)
-    python -m benchmarks.perf --smoke    # seconds; what CI runs
+    python -m benchmarks.perf            # full: N=1,000,000, d=128 (~7 minutes on 2 cores)
+    python -m benchmarks.perf --smoke    # tiny sizes: minutes the first time (numba compiles), then seconds
 Results: <out>/perf.json (every row), perf.md (tables), perf.png (ratios against targets).
 """
 
@@ -962,18 +962,26 @@ def _tables_section(cfg: Config, x: np.ndarray, rows: list[Row]) -> None:
     bench_tables(cfg, x, rows)
 
 
+SECTIONS = ("lookup", "pq", "rq", "quantized", "exclude", "hamming", "byid", "compress", "startup", "tables")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--reps", type=int)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: minutes the first time (numba compiles), then seconds"
+    )
     parser.add_argument(
         "--sections",
-        default="lookup,pq,rq,quantized,exclude,hamming,byid,compress,startup,tables",
+        default=",".join(SECTIONS),
         help="comma-separated subset to run (results go to --out; keep the committed ones with a scratch --out)",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections.split(",")) - set(SECTIONS))
+    if unknown:
+        parser.error(f"no section {', '.join(unknown)}; the sections are {', '.join(SECTIONS)}")
     cfg = Config()
     if args.smoke:
         cfg = Config(

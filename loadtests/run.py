@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,6 +89,13 @@ def plot(out: Path, operations: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def grpc_beside(http_target: str) -> str:
+    """host:8001 on the host of an http://host:port target: the server's default gRPC port, whatever
+    its HTTP port (a target on port 18300 sent every gRPC call to its HTTP port)."""
+    host = urlsplit(http_target).hostname or "127.0.0.1"
+    return f"[{host}]:8001" if ":" in host else f"{host}:8001"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20, help="seconds of load (bounded)")
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target", help="http://host:port of a running server (default: start one with the demo table)"
     )
-    parser.add_argument("--grpc-target", help="host:port of its gRPC port (default: the HTTP host, port 8001)")
+    parser.add_argument("--grpc-target", help="host:port of its gRPC port (default: port 8001 of the --target host)")
     parser.add_argument("--table", default="demo")
     parser.add_argument("--batch", type=int, default=256, help="ids a lookup")
     parser.add_argument("--demo-rows", type=int, default=100_000, help="rows of the local demo table")
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.target:
-            http_url, grpc_url = args.target.rstrip("/"), args.grpc_target or ""
+            http_url, grpc_url = args.target.rstrip("/"), args.grpc_target or grpc_beside(args.target)
         else:
             server, http_url, grpc_url = start_local_server(Path(tmp), args.demo_rows, settings)
         env = {

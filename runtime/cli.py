@@ -110,8 +110,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--version", help="version label of every table (default: creation time)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("inspect", help="describe an artifact and verify its checksums")
-    p.add_argument("dir", type=Path)
+    p = sub.add_parser(
+        "inspect",
+        help="describe an artifact and verify its checksums",
+        description="Prints an artifact's manifest (codecs, tiers, sizes, its plan if budgeted) as JSON after "
+        "verifying every array's sha256; exit status 2 naming the first array that fails.",
+    )
+    p.add_argument("dir", type=Path, help="the artifact directory")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("eval", help="recall@k, reconstruction error, size and speed of an artifact (JSON)")
@@ -121,9 +126,11 @@ def add_commands(sub: Any) -> None:
     group.add_argument("--queries", type=Path, help="(q, d) .npy query vectors")
     group.add_argument("--query-ids", type=Path, help="(q,) .npy stored ids used as queries")
     p.add_argument("--truth", type=Path, help="(q, >=k) .npy true neighbour ids (default: exact search on --source)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--metric", default="ip", choices=["ip", "l2", "hamming"])
-    p.add_argument("--oversample", type=int, default=1)
+    p.add_argument("--k", type=int, default=10, help="neighbours a query (recall@k; default 10)")
+    p.add_argument("--metric", default="ip", choices=["ip", "l2", "hamming"], help="search metric (default ip)")
+    p.add_argument(
+        "--oversample", type=int, default=1, help="candidates k × this before a rerank codec rescores (default 1)"
+    )
     p.add_argument("--exclude-self", action="store_true", help="with --query-ids: drop the query's own id")
     p.set_defaults(func=cmd_eval)
 
@@ -136,7 +143,8 @@ def _add_budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--budget",
         required=required,
-        help="memory budget of the whole table: 512MiB, 2GB, 1e9 (bytes); compress then plans the tiers",
+        help="memory budget of the whole table: 512MiB, 2GB, 1e9 (bytes)"
+        + ("" if required else "; compress then plans the tiers (as `embserve plan` does)"),
     )
     parser.add_argument("--freq", type=Path, help="(n,) .npy lookup frequencies of the rows (default: all equal)")
     parser.add_argument("--queries", type=Path, help="(q, d) .npy sample queries: recall@10 breaks near-ties")

@@ -686,8 +686,10 @@ class EmbeddingService:
         if not token:
             raise Forbidden("admin endpoints are disabled: set EMBSERVE_ADMIN_TOKEN to enable them")
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer":
             raise Unauthorized("admin endpoints need 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Unauthorized("the bearer token is not the admin token")
 
     def confine(self, path: Any) -> Path:
         """Resolve an admin-given artifact path inside the artifact root (no '..', no symlink escape)."""

@@ -203,7 +203,9 @@ class EmbserveServer:
         if self.settings.redis_url:
             from service.sync.replica import ReplicaSync  # Redis is imported only when configured
 
-            self.sync = ReplicaSync(self.settings, self.service)
+            self.sync = ReplicaSync(
+                self.settings, self.service, reports_events=self.role is None or self.role.index == 0
+            )
             self.service.sync = self.sync
             served_from_registry = await self.sync.load_published()
         if self.sync is not None:

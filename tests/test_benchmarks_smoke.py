@@ -206,3 +206,13 @@ def test_first_start_splits_the_servers_log_into_build_and_warm_up() -> None:
     for said in ("building the demo table", "no table configured: serving", '"ready: serving'):
         assert said in sources
     assert first_start.log_phases("INFO:     Started server process [1]") == {}
+
+
+def test_an_unknown_section_is_refused_naming_the_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a review: it ran the set-up, then failed with a numba traceback
+    from benchmarks.perf import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--smoke", "--sections", "lookup,nosuch"])
+    assert refused.value.code == 2
+    assert "no section nosuch; the sections are lookup, pq" in capsys.readouterr().err

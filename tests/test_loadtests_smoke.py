@@ -80,3 +80,12 @@ def test_load_smoke(transport: str, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert strict.returncode == 1 and "throughput" in (tmp_path / "strict" / "summary.json").read_text()
+
+
+def test_the_grpc_target_defaults_to_port_8001_of_the_http_targets_host() -> None:
+    # found by a review: with --target on another port than 8000, every gRPC call went to the HTTP port
+    from loadtests.run import grpc_beside
+
+    assert grpc_beside("http://127.0.0.1:18300") == "127.0.0.1:8001"
+    assert grpc_beside("http://10.0.0.5:8000/") == "10.0.0.5:8001"
+    assert grpc_beside("http://[::1]:9000") == "[::1]:8001"

@@ -44,12 +44,17 @@ ROLLOUT_REPORT_SECONDS = 1.0
 class ReplicaSync:
     """Keeps this replica's tables on the registry's published versions."""
 
-    def __init__(self, settings: Settings, service: EmbeddingService) -> None:
+    def __init__(self, settings: Settings, service: EmbeddingService, reports_events: bool = True) -> None:
+        """`reports_events`: this process counts the pod's update-log and rollout events and writes
+        its dead-letter copies; with `--workers N` every worker applies every entry and rollout, and
+        only the first reports them, so the pod's counters (summed over its workers) and its
+        dead-letter stream hold each event once, not N times."""
         if not settings.redis_url or settings.artifact_root is None:
             raise ValueError("ReplicaSync needs redis_url and artifact_root (published versions are paths below it)")
         self.settings = settings
         self.service = service
         self.metrics = service.metrics
+        self.reports_events = reports_events
         self.root = Path(settings.artifact_root).resolve()
         self.replica_id = settings.resolved_replica_id()
         self.client = registry.connect(settings.redis_url, settings.redis_cluster)
@@ -102,6 +107,12 @@ class ReplicaSync:
         self.connected = False
         self.redis_error = message
         self.metrics.redis_connected.set(0)
+
+    def count_event(self, counter: Any, *labels: str, amount: float = 1) -> None:
+        """Count one of the pod's events (`reports_events`); the series exists at 0 either way."""
+        child = counter.labels(*labels)
+        if self.reports_events:
+            child.inc(amount)
 
     def mark_failed(self, operation: str, exc: BaseException) -> None:
         self._mark_failed(operation, exc)
@@ -297,7 +308,7 @@ class ReplicaSync:
                 failed, generation=pub.generation, published_at=pub.published_at, state="failed", error=message
             )
             self.failures[name] = error
-            self.metrics.rollouts.labels(name, "failed").inc()
+            self.count_event(self.metrics.rollouts, name, "failed")
             log.warning("table %r: version %s refused, the previous one keeps serving: %s", name, pub.path, message)
         else:
             try:
@@ -319,7 +330,7 @@ class ReplicaSync:
             )
             self.from_registry.add(name)
             self.failures.pop(name, None)
-            self.metrics.rollouts.labels(name, "applied").inc()
+            self.count_event(self.metrics.rollouts, name, "applied")
             log.info("table %r now serves %s (version %s)", name, pub.path, table.version)
         self._set_in_sync(name, pub)
         self._unreported = True

@@ -491,8 +491,10 @@ class UpdateApplier:
         by_id = dict(decoded_ids)
         for stream_id, applied, reason in results:
             self.positions[name] = (weakref.ref(table), stream_id)
-            if reason:
-                self.metrics.updates_refused.labels(name).inc()
+            if reason and not self.sync.reports_events:
+                log.warning("table %r: update %s refused: %s", name, stream_id, reason)
+            elif reason:
+                self.sync.count_event(self.metrics.updates_refused, name)
                 dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
                 try:
                     await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
@@ -508,7 +510,7 @@ class UpdateApplier:
                 else:
                     log.warning("table %r: update %s refused and dead-lettered: %s", name, stream_id, reason)
             else:
-                self.metrics.updates_applied.labels(name).inc(applied)
+                self.sync.count_event(self.metrics.updates_applied, name, amount=applied)
         if results:
             ms = int(results[-1][0].partition("-")[0])
             self.metrics.update_lag.labels(name).set(max(0.0, time.time() - ms / 1000))
@@ -570,7 +572,7 @@ class UpdateApplier:
         self._entries_added[name] = entries_added(reply or None)
         if gap and (name, gap) not in self._gaps_seen:
             self._gaps_seen.add((name, gap))
-            self.metrics.update_gaps.labels(name).inc()
+            self.sync.count_event(self.metrics.update_gaps, name)
             log.warning("table %r: updates lost: %s", name, gap)
 
     async def catch_up(self, name: str, table: Table, seconds: float) -> int:
@@ -638,7 +640,7 @@ class UpdateApplier:
                     await asyncio.sleep(self.sync.settings.update_apply_interval_seconds)
             except DeltaFull as exc:
                 log.error("table %r: %s; updates wait for a compacted version", name, exc)
-                self.metrics.updates_stalled.labels(name).inc()
+                self.sync.count_event(self.metrics.updates_stalled, name)
                 await asyncio.sleep(self.sync.settings.redis_retry_max_seconds)
             except self.sync.failures_types as exc:
                 self.sync.mark_failed("updates", exc)

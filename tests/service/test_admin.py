@@ -17,7 +17,9 @@ def test_admin_needs_the_token(served: Served) -> None:
     url = f"{served.server.http}/v1/tables/swap"
     assert httpx.put(url, json={"path": "swap/v2"}).status_code == 401
     r = httpx.put(url, json={"path": "swap/v2"}, headers={"Authorization": "Bearer wrong"})
-    assert r.status_code == 401 and "Bearer" in r.json()["error"]
+    assert r.status_code == 401 and "not the admin token" in r.json()["error"]
+    r = httpx.put(url, json={"path": "swap/v2"}, headers={"Authorization": "Basic abc"})
+    assert r.status_code == 401 and "'Authorization: Bearer <token>'" in r.json()["error"]
     assert httpx.delete(url).status_code == 401
 
 

@@ -272,6 +272,47 @@ def test_push_command_appends_entries(replicas: Replicas, tmp_path: Path, capsys
     assert main(["push", "items", "--redis-url", url, "--keys", str(tmp_path / "k.npy")]) == 2
 
 
+def pod_counter(live: LiveServer, name: str) -> float:
+    text = httpx.get(f"{live.http}/metrics", timeout=5).text
+    prefix = f'{name}{{table="items"}} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_a_pod_of_two_workers_counts_and_dead_letters_each_entry_once(replicas: Replicas) -> None:
+    # found by a review: every worker applies every entry, and each counted it and wrote its own
+    # dead-letter copy: a pod of N workers reported N times the updates and refusals
+    args = ["--table", f"items={replicas.root / 'items' / 'v0'}", "--artifact-root", str(replicas.root)]
+    args += ["--redis-url", replicas.redis.url, "--replica-id", "pod", "--workers", "2"]
+    env = {**SYNC_ENV, "EMBSERVE_UPDATE_APPLY_INTERVAL_SECONDS": "0.05"}
+    pod = start_server(replicas.workdir, args, env=env)
+    client = replicas.client()
+    try:
+        replicas.servers["pod"] = pod  # waited for and compared like the others
+        replicas.wait_applied(replicas.describe("a")["last_update_id"], ("pod",))
+        time.sleep(1.0)  # both workers: every lookup below may land on either
+        applied, refused = (
+            pod_counter(pod, "embserve_updates_applied_total"),
+            pod_counter(pod, "embserve_updates_refused_total"),
+        )
+        dead = client.xlen(keys.deadletter_key("items"))
+        client.xadd(
+            keys.updates_key("items"), {**updates.encode_entry("upsert", KEYS[:1], np.ones((1, 3))), "dim": b"3"}
+        )
+        last = replicas.push(KEYS[620:625], replicas.rng.standard_normal((5, DIM)))
+        replicas.wait_applied(last, ("a", "b", "pod"))
+        wait_for("both workers", lambda: pod_counter(pod, "embserve_updates_applied_total") >= applied + 5)
+        time.sleep(1.0)  # the second worker's counts, if it counted, would show by now
+        assert pod_counter(pod, "embserve_updates_applied_total") == applied + 5
+        assert pod_counter(pod, "embserve_updates_refused_total") == refused + 1
+        assert client.xlen(keys.deadletter_key("items")) == dead + 3  # a, b and the pod, once each
+        for _ in range(8):  # whichever worker answers, the same rows
+            replicas.assert_both_match_reference()
+    finally:
+        client.close()
+        replicas.servers.pop("pod", None)
+        pod.terminate()
+
+
 def test_admin_updates_leave_the_sequence_to_the_log(replicas: Replicas) -> None:
     # found by a review: an admin upsert's sequence (the README's example gives 42) moved the
     # table's sequence, a replica read the log on from there after its next swap, and applied
@@ -314,7 +355,9 @@ def test_compact_folds_the_log_publishes_and_trims(replicas: Replicas, capsys: p
     url, root = replicas.redis.url, str(replicas.root)
     assert main(["compact", "items", "--redis-url", url, "--artifact-root", root, "--out", "items/v1"]) == 0
     done = json.loads(capsys.readouterr().out)
-    assert done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 7  # the seven bad entries
+    assert (
+        done["path"] == "items/v1" and done["entries"] == length and done["refused"] == 8
+    )  # the seven bad entries, and the two-worker pod's
     assert runtime.load_table(replicas.root / "items" / "v1").sequence == updates.id_to_sequence(done["last_id"])
     for replica in replicas.servers:
 
