@@ -359,11 +359,15 @@ class EmbeddingService:
         return TakenIn(self, (transport, operation, self._table_label(table)), admitted=True, replayed=True)
 
     def client_disconnected(self, transport: str) -> None:
-        """A client hung up before its request was read (HTTP) or answered (gRPC): counted, not an error."""
-        self.metrics.client_disconnects.labels(transport).inc()
+        """A client hung up before its request was read (HTTP): counted as a disconnect, not as a
+        request with a status, nor as an error."""
+        self._count_disconnect(transport)
         taken = _TAKEN_IN.get()
         if taken is not None:
-            taken.counted = True  # counted as a disconnect, not as a request with a status
+            taken.counted = True
+
+    def _count_disconnect(self, transport: str) -> None:
+        self.metrics.client_disconnects.labels(transport).inc()
         log.debug("%s client went away before its request was complete", transport)
 
     def read_timed_out(self, transport: str, phase: str) -> None:
@@ -402,9 +406,8 @@ class EmbeddingService:
         finally:
             if not admitted_before:
                 self._release()
-            if status == CLIENT_GONE:
-                self.metrics.client_disconnects.labels(transport).inc()
-                log.debug("%s client went away before its request was complete", transport)
+            if status == CLIENT_GONE:  # a gRPC call: counted as a disconnect and with its status
+                self._count_disconnect(transport)
             if taken is None:
                 labels = (transport, operation, self._table_label(table), status)
                 self.metrics.child(self.metrics.request_duration, *labels).observe(time.perf_counter() - start)
