@@ -118,10 +118,19 @@ class ReplicaSync:
         self._mark_failed(operation, exc)
 
     def note_update(self, name: str, stream_id: str) -> None:
-        """Record the update log's last applied id for `name` (status rows and describe)."""
+        """Record the update log's last applied id for `name` (status rows and describe); a stall
+        it reported is over once entries apply again."""
         known = self.tables.get(name)
         if known is not None:
-            self.tables[name] = dataclasses.replace(known, last_update_id=stream_id)
+            error = "" if known.error.startswith(status.UPDATES_STALLED) else known.error
+            self.tables[name] = dataclasses.replace(known, last_update_id=stream_id, error=error)
+
+    def note_update_problem(self, name: str, problem: str) -> None:
+        """Show what stops or lost `name`'s updates in this replica's status row (`embserve status`'s
+        ERROR column), until the updates apply again (a stall) or another version swaps in."""
+        known = self.tables.get(name)
+        if known is not None:
+            self.tables[name] = dataclasses.replace(known, error=problem)
 
     def last_update_id(self, name: str) -> str:
         return self.updates.last_applied(name)

@@ -18,6 +18,9 @@ from service.sync import keys
 from service.sync.registry import Published
 
 TABLE_FIELD = "table:"
+UPDATES_STALLED = "updates stalled"
+UPDATES_LOST = "updates lost"
+"""How a table's error in a status row begins when its update log stalled or lost entries."""
 
 
 @dataclass

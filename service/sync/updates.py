@@ -48,6 +48,7 @@ from runtime.errors import DeltaFull, EmbserveError, InvalidRequest, TableNotFou
 from runtime.table import Table
 from runtime.validation import check_ids, check_keys, check_queries, check_table_name
 from service.sync import connection, keys
+from service.sync.status import UPDATES_LOST, UPDATES_STALLED
 
 if TYPE_CHECKING:
     from service.sync.replica import ReplicaSync
@@ -573,7 +574,8 @@ class UpdateApplier:
         if gap and (name, gap) not in self._gaps_seen:
             self._gaps_seen.add((name, gap))
             self.sync.count_event(self.metrics.update_gaps, name)
-            log.warning("table %r: updates lost: %s", name, gap)
+            self.sync.note_update_problem(name, f"{UPDATES_LOST}: {gap}")
+            log.warning("table %r: %s: %s", name, UPDATES_LOST, gap)
 
     async def catch_up(self, name: str, table: Table, seconds: float) -> int:
         """Apply every entry after the table's position, until the stream has no more or `seconds`
@@ -641,6 +643,7 @@ class UpdateApplier:
             except DeltaFull as exc:
                 log.error("table %r: %s; updates wait for a compacted version", name, exc)
                 self.sync.count_event(self.metrics.updates_stalled, name)
+                self.sync.note_update_problem(name, f"{UPDATES_STALLED}: {exc}")
                 await asyncio.sleep(self.sync.settings.redis_retry_max_seconds)
             except self.sync.failures_types as exc:
                 self.sync.mark_failed("updates", exc)

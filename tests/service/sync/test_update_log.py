@@ -449,7 +449,24 @@ def gaps_counted(live: LiveServer) -> float:
     return float(line.split()[-1]) if line else 0.0
 
 
+def status_row_errors(url: str, table: str = "items") -> dict[str, str]:
+    """replica id -> its row's error for `table` (the ERROR column of `embserve status`)."""
+    from service.sync import registry, status
+
+    async def read() -> list[status.ReplicaRow]:
+        client = registry.connect(url)
+        try:
+            return await status.read_all(client)
+        finally:
+            await client.aclose()
+
+    return {row.replica: row.tables[table].error for row in asyncio.run(read()) if table in row.tables}
+
+
 def test_updates_a_replica_will_never_apply_are_reported(replicas: Replicas) -> None:
+    def status_error(replica: str) -> str:
+        return status_row_errors(replicas.redis.url).get(replica, "")
+
     # found by an adversarial probe: entries trimmed while a replica lagged, or a stream recreated
     # below its position, were skipped without a trace, every replica still "in sync"
     a, b = replicas.servers["a"], replicas.servers["b"]
@@ -471,6 +488,9 @@ def test_updates_a_replica_will_never_apply_are_reported(replicas: Replicas) -> 
     except AssertionError as exc:
         raise AssertionError(f"{exc}; counted {gaps_counted(b)}; log: {b.log()[-2500:]}") from None
     assert "were trimmed or deleted before this replica" in b.log() and gaps_counted(a) == 0
+    # and `embserve status` shows it on b's row (found by a review: every row said "in sync")
+    wait_for("b's status row to name the lost updates", lambda: status_error("b").startswith("updates lost: "))
+    assert status_error("a") == ""
     client = replicas.client()
     with client.pipeline(transaction=True) as both:  # one step: no check sees the stream missing
         both.delete(stream)
@@ -500,3 +520,51 @@ def test_updates_a_replica_will_never_apply_are_reported(replicas: Replicas) -> 
     assert {name: gaps_counted(live) for name, live in replicas.servers.items()} == {
         name: counted[name] + 1 for name in counted
     }
+
+
+def test_a_full_delta_stalls_every_replica_alike_shows_in_status_and_compaction_ends_it(
+    replicas: Replicas, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: compaction, the way out of a full delta, failed with DeltaFull itself,
+    # so a stalled table stayed stalled; and `embserve status` said nothing of the stall
+    table_keys = np.arange(40, dtype=np.int64) * 3
+    x = low_rank_table(40, DIM, seed=8)
+    root = replicas.root
+    runtime.compress(x, "int8", keys=table_keys, delta_capacity=30, version="s0").save(root / "small" / "v0")
+    url = replicas.redis.url
+    assert main(["publish", "small", "small/v0", "--redis-url", url, "--artifact-root", str(root)]) == 0
+    capsys.readouterr()
+    args = ["--table", f"small={root / 'small' / 'v0'}", "--artifact-root", str(root), "--redis-url", url]
+    servers = [start_server(replicas.workdir, [*args, "--replica-id", name], env=SYNC_ENV) for name in ("s1", "s2")]
+    reference = runtime.load_table(root / "small" / "v0")
+    reference.delta_capacity = 1000
+    rows = np.random.default_rng(9).standard_normal((40, DIM)).astype(np.float32)
+    client = replicas.client()
+    try:
+        ids = updates.push(client, "small", table_keys, rows, batch_rows=10)  # 4 entries of 10: 40 > 30
+        reference.upsert(table_keys, rows)
+
+        def rows_of(live: LiveServer) -> np.ndarray:
+            r = httpx.post(f"{live.http}/v1/tables/small/lookup", json={"ids": table_keys.tolist()}, timeout=10)
+            return np.asarray(r.json()["embeddings"], np.float32)
+
+        def errors() -> dict[str, str]:
+            found = status_row_errors(url, "small")
+            return {name: found.get(name, "?") for name in ("s1", "s2")}
+
+        wait_for("both to stall", lambda: all(e.startswith("updates stalled: ") for e in errors().values()))
+        # the same three entries applied on each, whichever way their reads batched them
+        for live in servers:
+            assert httpx.get(f"{live.http}/v1/tables/small", timeout=5).json()["last_update_id"] == ids[2]
+        np.testing.assert_array_equal(rows_of(servers[0]), rows_of(servers[1]))
+        out = ["--redis-url", url, "--artifact-root", str(root), "--out", "small/v1"]
+        assert main(["compact", "small", *out]) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert done["entries"] == 4 and done["refused"] == 0
+        want = reference.lookup(table_keys)
+        wait_for("the compacted rows", lambda: all(np.array_equal(rows_of(live), want) for live in servers))
+        wait_for("the stall to leave the status rows", lambda: errors() == {"s1": "", "s2": ""})
+    finally:
+        client.close()
+        for live in servers:
+            live.terminate()
