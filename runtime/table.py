@@ -120,9 +120,10 @@ class Table:
         # every search checks its metric against these: worked out once (the tiers are fixed)
         self._metrics = tuple(m for m in self.tiers[0].metrics if all(m in t.metrics for t in self.tiers))
         if len({t.primary.dim for t in self.tiers}) > 1:
-            # Hamming counts differing bits of the tier's own codes: counts out of 16 and out of
-            # 64 bits do not rank against each other (the short codes won every merge)
-            self._metrics = tuple(m for m in self._metrics if m != "hamming")
+            # a score between codes (Hamming's count of differing bits) of 16 and one of 64 do
+            # not rank against each other: merged, the short codes won nearly every place
+            own_space = {m for t in self.tiers for m in t.primary.code_space_metrics}
+            self._metrics = tuple(m for m in self._metrics if m not in own_space)
         self.tier_rows = None if len(self.tiers) == 1 else self._check_tier_rows(tier_rows)
         self._tier_starts, self._slot_of = self._tier_index()
         if missing not in MISSING_POLICIES:

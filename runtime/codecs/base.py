@@ -167,6 +167,9 @@ class Codec(ABC):
     rank_metric: ClassVar[str | None] = None
     """The metric this codec ranks candidates by when a rerank codec rescores them (binary:
     Hamming); None ranks by the requested metric."""
+    code_space_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics scored between codes in the codec's own space (binary: Hamming, a count of
+    differing bits): a score ranks only against scores of codes of the same length."""
     required_arrays: ClassVar[tuple[str, ...]] = ()
     optional_arrays: ClassVar[tuple[str, ...]] = ()
     """Arrays some options add (a rotation); a loaded artifact holding any other is refused."""

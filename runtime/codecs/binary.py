@@ -48,6 +48,7 @@ class BinaryCodec(Codec):
     row_arrays = ("codes", "scales")
     metrics = ("hamming", "ip", "l2")
     rank_metric = "hamming"
+    code_space_metrics = ("hamming",)
     options: ClassVar[tuple[Option, ...]] = (
         Option("rotate", bool, False, "random orthogonal rotation first (spreads variance over the bits)"),
     )

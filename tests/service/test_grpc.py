@@ -208,7 +208,12 @@ def test_a_connection_past_its_maximum_age_is_told_to_go_and_the_client_reconnec
             stub = pb_grpc.EmbeddingServiceStub(channel)
             stub.ListTables(pb.ListTablesRequest(), timeout=5)
             deadline = time.monotonic() + 10
-            while grpc.ChannelConnectivity.IDLE not in states[states.index(grpc.ChannelConnectivity.READY) :]:
+
+            def gone_after_ready() -> bool:
+                ready = grpc.ChannelConnectivity.READY
+                return ready in states and grpc.ChannelConnectivity.IDLE in states[states.index(ready) :]
+
+            while not gone_after_ready():  # the callbacks come on grpc's own thread
                 assert time.monotonic() < deadline, states
                 time.sleep(0.1)
             assert stub.ListTables(pb.ListTablesRequest(), timeout=5).tables  # a new connection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -303,6 +304,11 @@ async def test_a_batch_the_table_shows_applied_is_no_gap() -> None:
 
     applier = updates.UpdateApplier.__new__(updates.UpdateApplier)
     applier.metrics = Metrics()
+    # the replica's side, as a replica that reports its events does it
+    applier.sync = types.SimpleNamespace(  # type: ignore[assignment]
+        count_event=lambda counter, *labels, amount=1: counter.labels(*labels).inc(amount),
+        note_update_problem=lambda name, problem: None,
+    )
     applier.read_executor = ThreadPoolExecutor(max_workers=1)
     applier._reader = Reader  # type: ignore[method-assign]
     applier._gaps_seen, applier._entries_added = set(), {}
