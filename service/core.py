@@ -543,7 +543,7 @@ class EmbeddingService:
                 "lookup", table.codec, lambda: table.lookup_counted(ids_arr), inline=small
             )
         else:
-            self._limit(offsets_arr.size, self.settings.max_ids, "offsets")
+            self._limit(offsets_arr.size, self.settings.max_ids, "bags")
             weights = None if request.weights is None else as_array(request.weights, "weights")
             mode = pool_mode(request)
             rows, missing = await self._compute(
@@ -652,6 +652,7 @@ class EmbeddingService:
         to, so the version reported is the version that answered."""
         with self.request(transport, "infer", oip.model_table(request.model)):
             model = self.resolve_model(request.model, request.version)
+            oip.refuse_repeated_outputs(request.outputs)
             typed = oip.core_request(model, request.inputs, request.parameters)
             answered: np.ndarray | tuple[np.ndarray, np.ndarray] | MultiLookupResult
             if isinstance(typed, MultiLookupRequest):

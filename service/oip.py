@@ -389,6 +389,16 @@ INTEGER_KINDS = "iu"
 INTEGER_IDS = "ids of an integer datatype (INT64, INT32, UINT64, ...)"
 
 
+def refuse_repeated_outputs(requested: list[str] | None) -> None:
+    """An output named twice is refused before any work: each naming is one more copy of the
+    answer, past the answer limit (a 60 kB request asked for a 349 MB answer)."""
+    seen: set[str] = set()
+    for name in requested or ():
+        if name in seen:
+            raise InvalidRequest(f"output {name!r} is requested more than once")
+        seen.add(name)
+
+
 def refuse_repeated_input(name: str, given: Mapping[str, np.ndarray]) -> None:
     """An input named twice in one request is refused: the one read last would win unseen."""
     if name in given:

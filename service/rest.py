@@ -141,15 +141,30 @@ async def read_body(service: EmbeddingService, request: Request) -> bytes:
     return body
 
 
-def parse_json_object(raw: bytes, max_values: int | None) -> dict[str, Any]:
-    """A JSON object body. Its numbers are counted first (by its commas, a bound on them): parsed,
-    each is a Python object of ~32 bytes, so a 64 MiB body of `0,0,...` took over 1 GB. None: no
-    limit (a sibling's replay)."""
-    if max_values is not None and len(raw) > 2 * max_values and (values := raw.count(b",") + 1) > max_values:
-        raise PayloadTooLarge(
-            f"a JSON body of about {values} numbers exceeds the limit of {max_values}; send large batches as "
-            "application/octet-stream, over gRPC or as OIP binary tensors"
-        )
+PARSE_OFF_LOOP_BYTES = 1 << 20
+"""A JSON body larger than this is parsed on a worker thread: four 36 MB bodies parsed on the
+event loop held every other request, health checks included, for up to 3.4 s."""
+
+
+async def parse_json_object(service: EmbeddingService, raw: bytes, max_values: int | None) -> dict[str, Any]:
+    """A JSON object body (`parse_json_bytes`), parsed off the event loop when large."""
+    if len(raw) <= PARSE_OFF_LOOP_BYTES:
+        return parse_json_bytes(raw, max_values)
+    return await asyncio.get_running_loop().run_in_executor(service.executor, parse_json_bytes, raw, max_values)
+
+
+def parse_json_bytes(raw: bytes, max_values: int | None) -> dict[str, Any]:
+    """A JSON object body. Its values are counted first (its commas, and its brackets: each list or
+    object is a value of its own, and `[[[...]]]` has no commas): parsed, each number is a Python
+    object of ~32 bytes, each list ~60, so a 64 MiB body of `0,0,...` took over 1 GB, and one of
+    nested lists 3 GB. None: no limit (a sibling's replay)."""
+    if max_values is not None and len(raw) > max_values:
+        values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+        if values > max_values:
+            raise PayloadTooLarge(
+                f"a JSON body of about {values} values exceeds the limit of {max_values}; send large batches as "
+                "application/octet-stream, over gRPC or as OIP binary tensors"
+            )
     try:
         value = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:
@@ -160,9 +175,9 @@ def parse_json_object(raw: bytes, max_values: int | None) -> dict[str, Any]:
     return value
 
 
-def json_request_fields(service: EmbeddingService, raw: bytes, kind: type) -> dict[str, Any]:
+async def json_request_fields(service: EmbeddingService, raw: bytes, kind: type) -> dict[str, Any]:
     """A single-table route's JSON body: an object (parse_json_object) of `kind`'s fields only."""
-    payload = parse_json_object(raw, service.json_values_limit())
+    payload = await parse_json_object(service, raw, service.json_values_limit())
     refuse_unknown_fields(payload, kind)
     return payload
 
@@ -473,7 +488,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             return Response(
                 payload_view, media_type=OCTET, headers={SHAPE_HEADER: shape, "X-Embserve-Dtype": "float32"}
             )
-        payload = json_request_fields(service, body, LookupRequest)
+        payload = await json_request_fields(service, body, LookupRequest)
         rows = await service.lookup(TRANSPORT, lookup_request(name, payload))
         return FastJSON({"embeddings": rows, "shape": list(rows.shape)})
 
@@ -486,19 +501,19 @@ def create_app(service: EmbeddingService) -> FastAPI:
             result = await service.multi_lookup(TRANSPORT, typed)
             payload, described = multi_rest.render_binary(result, typed.concat)
             return Response(payload, media_type=OCTET, headers={multi_rest.RESULTS_HEADER: described})
-        typed = multi_rest.parse_json(parse_json_object(body, service.json_values_limit()))
+        typed = multi_rest.parse_json(await parse_json_object(service, body, service.json_values_limit()))
         result = await service.multi_lookup(TRANSPORT, typed)
         return FastJSON(multi_rest.render_json(result, typed.concat))
 
     @app.post("/v1/tables/{name}/search", tags=["tables"], openapi_extra=_body_doc(SearchBody))
     async def search(name: str, request: Request) -> Response:
-        payload = json_request_fields(service, await read_body(service, request), SearchRequest)
+        payload = await json_request_fields(service, await read_body(service, request), SearchRequest)
         ids, scores = await service.search(TRANSPORT, search_request(name, payload))
         return FastJSON({"ids": ids, "scores": scores})
 
     @app.post("/v1/tables/{name}/score", tags=["tables"], openapi_extra=_body_doc(ScoreBody))
     async def score(name: str, request: Request) -> Response:
-        payload = json_request_fields(service, await read_body(service, request), ScoreRequest)
+        payload = await json_request_fields(service, await read_body(service, request), ScoreRequest)
         scores = await service.score(TRANSPORT, score_request(name, payload))
         return FastJSON({"scores": scores})
 
@@ -524,7 +539,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
     async def load(name: str, request: Request) -> Response:
         auth = request.headers.get("authorization")
         service.authorize(auth)  # before the body is read: an unauthorized caller learns nothing of the format
-        payload = json_request_fields(service, await read_body(service, request), LoadRequest)
+        payload = await json_request_fields(service, await read_body(service, request), LoadRequest)
         info = await service.admin_load(TRANSPORT, auth, load_request(name, payload))
         return FastJSON(info)
 
@@ -538,7 +553,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_upsert(TRANSPORT, auth, UpsertRequest(name, keys, rows, sequence)))
         info = await service.admin_upsert(
-            TRANSPORT, auth, upsert_request(name, json_request_fields(service, body, UpsertRequest))
+            TRANSPORT, auth, upsert_request(name, await json_request_fields(service, body, UpsertRequest))
         )
         return FastJSON(info)
 
@@ -552,7 +567,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             sequence = _header_sequence(request.headers.get(SEQUENCE_HEADER))
             return FastJSON(await service.admin_delete_keys(TRANSPORT, auth, DeleteKeysRequest(name, keys, sequence)))
         info = await service.admin_delete_keys(
-            TRANSPORT, auth, delete_keys_request(name, json_request_fields(service, body, DeleteKeysRequest))
+            TRANSPORT, auth, delete_keys_request(name, await json_request_fields(service, body, DeleteKeysRequest))
         )
         return FastJSON(info)
 
@@ -614,7 +629,7 @@ async def _infer_http(
         split = int(header_length)
     else:
         split = len(body)
-    request = parse_json_object(body[:split], service.json_values_limit())
+    request = await parse_json_object(service, body[:split], service.json_values_limit())
     binary = memoryview(body)[split:]
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -194,6 +194,17 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"tables": []}, 400, "at least one table"),
     ({"tables": [{"table": "users", "ids": [1]}] * 6}, 413, "6 tables exceed the limit of 5"),
     ({"tables": [{"table": "users", "ids": [1] * 1500}, {"table": "items", "ids": [1] * 600}]}, 413, "2000"),
+    # empty bags cost no ids, yet each is a row of the answer: counted as a single lookup counts them
+    (
+        {
+            "tables": [
+                {"table": "users", "ids": [], "lengths": [0] * 1500},
+                {"table": "items", "ids": [1], "lengths": [1] + [0] * 600},
+            ]
+        },
+        413,
+        "more than 2000 rows (bags) in total",
+    ),
     ({"features": ["users", "items"], "lengths": [1, 1, 1], "values": [1, 2, 3]}, 400, "not a multiple of the 2"),
     ({"features": ["users", "items"], "lengths": [1, 1, -1, 2], "values": [1, 2]}, 400, "feature 'items', sample 0"),
     ({"features": ["users"], "lengths": [2], "values": [1]}, 400, "lengths sum to 2 but values has 1"),
@@ -293,6 +304,8 @@ def test_grpc_multi_lookup(server: LiveServer, tables: dict[str, runtime.Table])
         bad = [
             ([GRPC_ENTRIES[0], _entry("nope", [1])], grpc.StatusCode.NOT_FOUND, "tables[1] ('nope')"),
             ([_entry("users", [1, 2], lengths=[3, -1])], grpc.StatusCode.INVALID_ARGUMENT, "lengths[1] = -1"),
+            # as a single-table Lookup answers it (it was INVALID_ARGUMENT here)
+            ([_entry("items", [1, 200])], grpc.StatusCode.OUT_OF_RANGE, "tables[0] ('items'): ids[1] = 200"),
             (
                 [_entry("items", [1, 2], lengths=[2], weights=[1])],
                 grpc.StatusCode.INVALID_ARGUMENT,

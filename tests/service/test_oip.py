@@ -247,3 +247,23 @@ def test_an_input_given_twice_over_grpc_is_refused(served: Served) -> None:
     assert "datatype 'FP16' has no contents field in the gRPC protocol; send it in raw_input_contents" in str(
         info.value.details()
     )
+
+
+def test_an_output_asked_for_twice_is_refused_before_any_work(served: Served) -> None:
+    # found by a review: each naming was one more copy of the answer, past the answer limit (a
+    # 60 kB request over HTTP got a 349 MB answer)
+    body = {
+        "inputs": [{"name": "ids", "datatype": "INT64", "shape": [2], "data": [1, 2]}],
+        "outputs": [{"name": "embeddings"}] * 3,
+    }
+    r = httpx.post(f"{served.server.http}/v2/models/items/infer", json=body)
+    assert r.status_code == 400 and "output 'embeddings' is requested more than once" in r.json()["error"]
+    request = ipb.ModelInferRequest(model_name="items")
+    request.inputs.add(name="ids", datatype="INT64", shape=[1])
+    request.raw_input_contents.append(np.array([1], "<i8").tobytes())
+    for _ in range(2):
+        request.outputs.add(name="embeddings")
+    with grpc.insecure_channel(served.server.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output 'embeddings' is requested more than once" in str(info.value.details())
