@@ -137,10 +137,21 @@ TABLE_NAME_MAX = 128
 
 
 def check_table_name(name: Any, where: str = "") -> str:
-    """A served table's name: a string of 1-128 characters without '/' (it names the table in
-    paths, /v1/tables/<name>, and in metrics); `where` prefixes the message."""
-    if not isinstance(name, str) or not name or len(name) > TABLE_NAME_MAX or "/" in name:
-        raise InvalidRequest(f"{where}table name {name!r} must be 1-{TABLE_NAME_MAX} characters without '/'")
+    """A served table's name: a string of 1-128 printable characters without '/', and not '.' or
+    '..' (it names the table in paths, /v1/tables/<name>, in logs and in metrics: a NUL, a newline
+    or a right-to-left override would forge what they show); `where` prefixes the message."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > TABLE_NAME_MAX
+        or "/" in name
+        or not name.isprintable()
+        or name in (".", "..")
+    ):
+        raise InvalidRequest(
+            f"{where}table name {name!r} must be 1-{TABLE_NAME_MAX} printable characters without '/' "
+            "(and not '.' or '..')"
+        )
     return name
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -706,11 +707,18 @@ class EmbeddingService:
         candidate = Path(path)
         if ".." in candidate.parts:
             raise Forbidden("path may not contain '..'")
-        resolved = (candidate if candidate.is_absolute() else root_real / candidate).resolve()
-        if not resolved.is_relative_to(root_real):
-            raise Forbidden(f"path {path!r} is outside the artifact root")
-        if not resolved.is_dir():
-            raise ArtifactNotFound(f"artifact directory {path!r} does not exist under the artifact root")
+        try:
+            resolved = (candidate if candidate.is_absolute() else root_real / candidate).resolve()
+            if not resolved.is_relative_to(root_real):
+                raise Forbidden(f"path {path!r} is outside the artifact root")
+            if not resolved.is_dir():
+                raise ArtifactNotFound(f"artifact directory {path!r} does not exist under the artifact root")
+            # the files too: a manifest or array that is a link out of the root would be read
+            for entry in os.scandir(resolved):
+                if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root_real):
+                    raise Forbidden(f"{path}/{entry.name} is a symbolic link out of the artifact root")
+        except OSError as exc:  # a name too long, a directory that cannot be read
+            raise InvalidRequest(f"path {path[:64]!r} cannot be read: {exc.strerror or exc}") from None
         return resolved
 
     async def admin_load(self, transport: str, authorization: str | None, request: LoadRequest) -> dict[str, Any]:

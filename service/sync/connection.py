@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from runtime.errors import InvalidRequest
@@ -38,6 +39,12 @@ def check_url(url: str, cluster: bool) -> None:
         parts.port  # noqa: B018  (parsed on access: a port that is not a number raises here)
     except ValueError:
         raise InvalidRequest("the Redis URL's port is not a number from 0 to 65535") from None
+    try:
+        options = parse_url(url)  # its query options (socket_timeout=3), as redis-py will read them
+    except ValueError as exc:
+        raise InvalidRequest(f"the Redis URL: {exc}") from None
+    if str(options.get("ssl_cert_reqs", "required")).lower() not in ("none", "optional", "required"):
+        raise InvalidRequest("the Redis URL's ssl_cert_reqs must be none, optional or required")
     if not cluster:
         return
     if parts.scheme not in ("redis", "rediss"):

@@ -177,7 +177,7 @@ async def read_published(client: Any) -> dict[str, Published]:
         if isinstance(fields, Exception):
             problem = f"{keys.version_key(name)} cannot be read: {fields}"
         elif not is_table_name(name):
-            problem = "the name is not a table name (1-128 characters without '/')"
+            problem = "the name is not a table name (1-128 printable characters without '/', not '.' or '..')"
         elif fields and (published := Published.from_hash(name, fields)) is not None:
             found[name] = published
         elif fields:

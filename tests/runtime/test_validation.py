@@ -403,3 +403,20 @@ def test_byte_sizes_parse_one_way_everywhere() -> None:
         assert parse_bytes(bad) is None, bad
     with pytest.raises(InvalidRequest, match="table_limit must be a size in bytes"):
         runtime.compress(low_rank_table(300, 16), "rq", codebooks=2, table_limit="1.5")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 129, "a\x00b", "a\nb", "a\u202eb", ".", "..", 7])
+def test_table_names_that_would_forge_paths_logs_or_labels_are_refused(name: Any) -> None:
+    # found by a review: NUL, a newline, a right-to-left override and '..' were served and
+    # written to the state file
+    from runtime.validation import check_table_name
+
+    with pytest.raises(InvalidRequest, match="printable characters"):
+        check_table_name(name)
+
+
+def test_table_names_may_hold_dots_dashes_and_letters_of_any_script() -> None:
+    from runtime.validation import check_table_name
+
+    for name in ("items", "user.v2", "a..b", "特徴", "x" * 128, "with space"):
+        assert check_table_name(name) == name

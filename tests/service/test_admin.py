@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -28,9 +29,20 @@ def test_paths_are_confined_to_the_artifact_root(served: Served, tmp_path: Path)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (served.root / "escape").symlink_to(outside)
-    for path, status in (("../x", 403), ("/etc", 403), ("escape", 403), ("missing/v9", 404), ("", 400)):
+    # found by a review: a directory inside the root whose files are links to an artifact outside
+    # it loaded and served that artifact; and a name too long for the file system was a 500
+    linked = served.root / "linked"
+    linked.mkdir()
+    outside_artifact = tmp_path / "outside-artifact"
+    shutil.copytree(served.root / "swap" / "v2", outside_artifact)
+    for f in outside_artifact.iterdir():
+        (linked / f.name).symlink_to(f)
+    cases = [("../x", 403), ("/etc", 403), ("escape", 403), ("linked", 403), ("missing/v9", 404), ("", 400)]
+    cases += [("a" * 300, 400), ("/".join(["b"] * 3000), 400)]
+    for path, status in cases:
         r = httpx.put(url, json={"path": path}, headers=AUTH)
-        assert r.status_code == status, (path, r.text)
+        assert r.status_code == status, (path[:20], r.text)
+    assert "a symbolic link out of the artifact root" in httpx.put(url, json={"path": "linked"}, headers=AUTH).text
     assert httpx.get(url).json()["version"] != "swap-v2"
 
 

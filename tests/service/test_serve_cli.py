@@ -147,10 +147,14 @@ def test_tables_file_setting_reads_import_output(monkeypatch: pytest.MonkeyPatch
     # found by a review: a tables file served names that --table and an admin load refuse
     for bad in ("", "a/b", "x" * 129):
         index.write_text(json.dumps({"tables": [{"name": bad, "path": "a"}]}))
-        with pytest.raises(ValueError, match=r"tables\[0\]: table name .* must be 1-128 characters without '/'"):
+        with pytest.raises(
+            ValueError, match=r"tables\[0\]: table name .* must be 1-128 printable characters without '/'"
+        ):
             Settings().table_specs()
         monkeypatch.delenv("EMBSERVE_TABLES_FILE")
-        with pytest.raises(ValueError, match=r"table spec .*: table name .* must be 1-128 characters without '/'"):
+        with pytest.raises(
+            ValueError, match=r"table spec .*: table name .* must be 1-128 printable characters without '/'"
+        ):
             Settings(tables=[f"{bad or 'a/b'}=/c"]).table_specs()
         monkeypatch.setenv("EMBSERVE_TABLES_FILE", str(index))
 

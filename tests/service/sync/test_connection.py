@@ -80,6 +80,9 @@ def test_settings_and_cli_refuse_a_cluster_url_with_a_database(
         ("localhost:6379", "a Redis URL starts with redis://, rediss:// or unix://"),
         ("http://:s3cret@h:6379/0", "a Redis URL starts with redis://, rediss:// or unix://"),
         ("redis://:s3cret@localhost:abc/0", "port is not a number"),
+        # found by a review: both crashed the server's start with a traceback
+        ("redis://:s3cret@localhost:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("rediss://:s3cret@localhost:6379/0?ssl_cert_reqs=bogus", "ssl_cert_reqs must be none, optional or required"),
     ],
 )
 def test_a_url_redis_cannot_take_is_one_line_and_exit_status_2(
