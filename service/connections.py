@@ -11,6 +11,8 @@ connection (and a file descriptor) forever. This protocol keeps one read timer p
   idle between requests         uvicorn's keep-alive timer (re-armed here when the rest of a body the
                                 app did not read arrives after its response, which uvicorn leaves unarmed)
   otherwise                     no read timer: the app is working on the request
+  an answer left unread         `body_timeout` without the client taking a byte of it (the answer
+                                sits in the connection's buffer, the request over): dropped
 
 When the timer fires the client gets `408 Request Timeout` (unless its response has started) and
 the connection is closed; an application task still waiting for the body sees `http.disconnect`.
@@ -80,6 +82,8 @@ def guarded_protocol(
             """past the cap: answered only if its request is a probe's, then closed"""
             self.held = b""
             """a probe-only connection's first bytes, until its request line is whole"""
+            self.write_timer: asyncio.TimerHandle | None = None
+            """set while an answer waits in the connection's buffer for the client to read it"""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -111,13 +115,38 @@ def guarded_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.write_timer is None and self.transport.get_write_buffer_size():
+                self._watch_writes(self.transport.get_write_buffer_size())
             if self.probe_only:  # its one request answered: the room goes back to the next probe
                 self.transport.close()
                 return
             self._follow()
 
+        def _watch_writes(self, unsent: int) -> None:
+            self.write_timer = self.loop.call_later(body_timeout, self._check_writes, unsent)
+
+        def _check_writes(self, unsent_before: int) -> None:
+            """An answer the client does not read is held in the connection's buffer, out of any
+            limit (the request is over): the connection is dropped once it takes nothing of it for
+            `body_timeout`, as a body the client stops sending is."""
+            self.write_timer = None
+            # closing or not: a connection closed with its buffer full (by the keep-alive timer,
+            # say) waits for the client to read it as long as an open one
+            unsent = self.transport.get_write_buffer_size()
+            if not unsent:
+                return
+            if unsent < unsent_before:  # it reads, however slowly
+                self._watch_writes(unsent)
+                return
+            on_timeout("write")
+            log.debug("closing connection from %s: its answer was not read in time", self.client)
+            self.transport.abort()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self.write_timer is not None:
+                self.write_timer.cancel()
+                self.write_timer = None
             super().connection_lost(exc)
 
         def _follow(self) -> None:

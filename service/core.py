@@ -372,7 +372,8 @@ class EmbeddingService:
         log.debug("%s client went away before its request was complete", transport)
 
     def read_timed_out(self, transport: str, phase: str) -> None:
-        """A connection was closed because a request's `phase` ("header" or "body") stalled."""
+        """A connection was closed because a request's `phase` ("header" or "body") stalled, or
+        its client stopped reading its answer ("write")."""
         self.metrics.read_timeouts.labels(transport, phase).inc()
 
     def connection_refused(self, transport: str) -> None:

@@ -148,7 +148,7 @@ class Metrics:
         )
         self.read_timeouts = Counter(
             "embserve_read_timeouts",
-            "Connections closed because a request's headers or body did not arrive in time.",
+            "Connections closed: a request's headers or body did not arrive in time, or its answer was not read.",
             ["transport", "phase"],
             registry=r,
         )

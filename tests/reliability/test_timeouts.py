@@ -3,10 +3,15 @@ on the gRPC port a connection that never speaks HTTP/2 is closed too."""
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 
 import httpx
+import numpy as np
 
+import runtime
+from tests.conftest import low_rank_table
 from tests.reliability.conftest import (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
@@ -16,7 +21,9 @@ from tests.reliability.conftest import (
     closed_within,
     open_fds,
     raw_connect,
+    server_env,
 )
+from tests.service.live import LiveServer, start_server
 
 MARGIN = 2.5
 
@@ -86,3 +93,38 @@ def test_connection_idle_after_an_unread_body_is_closed_by_keep_alive(reliable: 
         assert closed, "an idle kept-alive connection stayed open"
     finally:
         sock.close()
+
+
+def test_an_answer_left_unread_is_dropped_after_the_body_timeout(tmp_path: Path) -> None:
+    # found by a review: uvicorn writes a whole answer into the connection's buffer and the
+    # request is over, so six clients that never read held 1.5 GB for as long as they stayed
+    table = tmp_path / "wide" / "v1"
+    runtime.compress(low_rank_table(2000, 256, seed=3), "int8").save(table)
+    env = server_env(EMBSERVE_MAX_IDS="100000")
+    server = start_server(tmp_path, ["--table", f"wide={table}"], env=env)
+    try:
+        ids = np.arange(20_000, dtype="<i8") % 2000
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room on our side
+        sock.connect(("127.0.0.1", server.http_port))
+        sock.sendall(
+            b"POST /v1/tables/wide/lookup HTTP/1.1\r\nhost: t\r\ncontent-type: application/octet-stream\r\n"
+            + f"content-length: {ids.nbytes}\r\n\r\n".encode()
+            + ids.tobytes()
+        )
+        deadline = time.monotonic() + BODY_TIMEOUT + 10
+        while write_timeouts(server) < 1:  # 20 MB of answer, unread
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.1)
+        closed, received = closed_within(sock, 10)
+        sock.close()
+        assert closed and len(received) < 20_000 * 256 * 4
+        assert httpx.get(f"{server.http}/healthz").status_code == 200
+    finally:
+        assert server.terminate() == 0
+
+
+def write_timeouts(server: LiveServer) -> float:
+    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    prefix = 'embserve_read_timeouts_total{phase="write",transport="http"} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
