@@ -420,6 +420,20 @@ def apply_batch(table: Table, entries: list[tuple[str, Mapping[Any, Any]]]) -> t
     return results, ""
 
 
+DEADLETTER_COPY_BYTES = 1 << 20
+"""An entry's fields are copied into its dead-letter entry up to this size; a larger entry leaves
+its size there instead (each replica dead-letters its own copy: four 50 MB entries refused on a
+few replicas filled Redis with copies of what the update stream still holds)."""
+
+
+def dead_letter_fields(fields: Mapping[Any, Any]) -> dict[Any, Any]:
+    """What a refused entry's dead-letter entry keeps of its fields."""
+    size = sum(len(value) for value in fields.values() if isinstance(value, (bytes, str)))
+    if size <= DEADLETTER_COPY_BYTES:
+        return dict(fields)
+    return {b"op": _field(fields, "op") or b"", b"fields_bytes": str(size).encode()}
+
+
 def connect(url: str, cluster: bool = False) -> Any:
     """An asyncio client that keeps stream fields as bytes (the registry's client decodes text)."""
     return connection.async_client(url, cluster, decode_responses=False)
@@ -496,7 +510,7 @@ class UpdateApplier:
                 log.warning("table %r: update %s refused: %s", name, stream_id, reason)
             elif reason:
                 self.sync.count_event(self.metrics.updates_refused, name)
-                dead = {**by_id[stream_id], b"id": stream_id.encode(), b"reason": reason.encode()}
+                dead = {**dead_letter_fields(by_id[stream_id]), b"id": stream_id.encode(), b"reason": reason.encode()}
                 try:
                     await self.client.xadd(keys.deadletter_key(name), dead, maxlen=DEADLETTER_MAXLEN, approximate=True)
                 except Exception as exc:

@@ -323,3 +323,13 @@ async def test_a_batch_the_table_shows_applied_is_no_gap() -> None:
         assert applier.metrics.registry.get_sample_value("embserve_update_gaps_total", {"table": "t"}) == 1
     finally:
         applier.read_executor.shutdown()
+
+
+def test_a_huge_refused_entry_leaves_its_size_in_the_dead_letter_not_a_copy() -> None:
+    # found by a review: every replica copied every refused entry whole into the dead-letter
+    # stream, 50 MB entries included
+    small = updates.encode_entry("upsert", np.arange(3), np.ones((3, 4), np.float32))
+    assert updates.dead_letter_fields(small) == small
+    huge = updates.encode_entry("upsert", np.arange(100_000), np.ones((100_000, 4), np.float32))
+    kept = updates.dead_letter_fields(huge)
+    assert kept == {b"op": b"upsert", b"fields_bytes": str(sum(len(v) for v in huge.values())).encode()}
