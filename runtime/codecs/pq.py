@@ -34,6 +34,11 @@ OPQ_REFINE_ITERATIONS = 4
 """Lloyd iterations of each later alternation, refining the previous alternation's codebooks."""
 
 
+IP_TABLES_MAX = 256 << 20
+"""The most bytes of codeword inner-product tables (subspaces x K x K float32, built at load) a pq
+codec holds: 1,024 8-bit subspaces. A 2 MB artifact of one dimension a subspace asked for 539 MB."""
+
+
 class PqCodec(adc.BlockedCodes, Codec):
     name = "pq"
     required_arrays = ("codes", "codebooks")
@@ -66,6 +71,12 @@ class PqCodec(adc.BlockedCodes, Codec):
             raise InvalidRequest(f"pq bits must be 4 or 8, got {params['bits']!r}")
         if params["bits"] == 4 and m % 2:
             raise InvalidRequest(f"pq with bits=4 packs two codes a byte: subspaces must be even, got {m}")
+        tables = m * (1 << params["bits"]) ** 2 * 4
+        if tables > IP_TABLES_MAX:
+            raise InvalidRequest(
+                f"pq with {m} subspaces of {params['bits']} bits holds {tables} bytes of codeword inner-product "
+                f"tables, over the {IP_TABLES_MAX} a table may: use fewer subspaces"
+            )
         params["opq"] = check_flag(params["opq"], "pq option opq")
         return params
 

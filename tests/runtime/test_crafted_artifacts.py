@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+from runtime import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound, InvalidRequest
 from runtime.table import _drop_self
 
 X = np.random.default_rng(0).standard_normal((512, 16)).astype(np.float32)
@@ -186,3 +186,15 @@ def test_a_format_version_below_one_and_a_device_are_named_as_such(tmp_path: Pat
         runtime.load_table(tmp_path / "t")
     with pytest.raises(ArtifactNotFound, match="'/dev/null' is a file; an artifact directory is expected"):
         runtime.load_table("/dev/null")
+
+
+def test_pq_codeword_tables_past_their_cap_are_refused_before_they_are_built() -> None:
+    # found by a security review: a 2 MB artifact of one dimension a subspace built 539 MB of
+    # inner-product tables at load (checked by the options, which a load reads the manifest with)
+    from runtime.codecs import codec_class
+
+    pq = codec_class("pq")
+    assert pq.check_options(2048, {"subspaces": 1024})["subspaces"] == 1024
+    assert pq.check_options(4096, {"subspaces": 4096, "bits": 4})["subspaces"] == 4096
+    with pytest.raises(InvalidRequest, match="2048 subspaces of 8 bits holds 536870912 bytes"):
+        pq.check_options(2048, {"subspaces": 2048})
