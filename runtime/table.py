@@ -10,6 +10,7 @@ Rows are numbered 0..n-1 in the base; a keyed table's new keys get the numbers n
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import threading
 from pathlib import Path
@@ -83,6 +84,18 @@ def checked_sequence(value: Any) -> int:
     return int(value)
 
 
+def locate_base(
+    tier_starts: np.ndarray | None, slot_of: np.ndarray | None, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Base global rows (b,) -> tier (b,) int64, local (b,) int64, by a table's tier index
+    (`Table._tier_index`; None for one tier)."""
+    if tier_starts is None or slot_of is None:
+        return np.zeros(rows.shape[0], np.int64), rows
+    slot = slot_of[rows].astype(np.int64)
+    tier = np.searchsorted(tier_starts, slot, side="right") - 1
+    return tier, slot - tier_starts[tier]
+
+
 class Table:
     """A compressed `(rows, dim)` embedding table held in memory (or memory-mapped).
 
@@ -139,7 +152,11 @@ class Table:
         if isinstance(delta_capacity, bool) or not isinstance(delta_capacity, (int, np.integer)) or delta_capacity < 0:
             raise InvalidRequest(f"delta_capacity must be a non-negative integer, got {delta_capacity!r}")
         self.delta_capacity = int(delta_capacity)
-        self._delta = DeltaStore(self.tiers, self._rows, self._locate_base)
+        # the index itself, not a bound method: a method would hold the table from its own delta,
+        # a cycle only the garbage collector breaks (a deleted table's memory came back late)
+        self._delta = DeltaStore(
+            self.tiers, self._rows, functools.partial(locate_base, self._tier_starts, self._slot_of)
+        )
         # the format-1 shape: rows are the one codec's rows in the table's own dimension, so a
         # lookup is the codec's decode with nothing to map or project back
         self._dense_one_tier = len(self.tiers) == 1 and self.keys is None and self.tiers[0].projection is None
@@ -209,11 +226,7 @@ class Table:
 
     def _locate_base(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Base global rows (b,) -> tier (b,) int64, local (b,) int64."""
-        if self._tier_starts is None or self._slot_of is None:
-            return np.zeros(rows.shape[0], np.int64), rows
-        slot = self._slot_of[rows].astype(np.int64)
-        tier = np.searchsorted(self._tier_starts, slot, side="right") - 1
-        return tier, slot - self._tier_starts[tier]
+        return locate_base(self._tier_starts, self._slot_of, rows)
 
     # ---- description --------------------------------------------------------------------------
     @property

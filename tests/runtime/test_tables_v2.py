@@ -600,3 +600,25 @@ def test_tier_index_is_one_narrow_integer_per_row_and_addresses_past_uint16(tmp_
     assert ids[:, 0].tolist() == [n - 1, 65536]
     loaded = runtime.load_table(t.save(tmp_path / "t"))
     np.testing.assert_array_equal(loaded.lookup(probe), got)
+
+
+def test_a_table_dropped_is_freed_at_once_not_by_the_garbage_collector(x: np.ndarray, keys: np.ndarray) -> None:
+    # found by a review: the delta held a bound method of its table, a cycle only the collector
+    # broke, so a deleted table's memory (550 MB in the review) came back at a later collection
+    import gc
+    import weakref
+
+    def used(tiered: bool) -> weakref.ref[runtime.Table]:
+        table = runtime.compress(x, tiers=_tiers(N), keys=keys) if tiered else runtime.compress(x, "int8")
+        ids = keys[:4] if tiered else np.arange(4)
+        table.lookup(ids)
+        table.search(x[:2], 3)
+        table.upsert(ids[:2], x[:2])
+        table.lookup(ids)
+        return weakref.ref(table)
+
+    gc.disable()
+    try:
+        assert used(False)() is None and used(True)() is None
+    finally:
+        gc.enable()
