@@ -146,8 +146,10 @@ PARSE_OFF_LOOP_BYTES = 1 << 20
 event loop held every other request, health checks included, for up to 3.4 s."""
 
 
-async def parse_json_object(service: EmbeddingService, raw: bytes, max_values: int | None) -> dict[str, Any]:
-    """A JSON object body (`parse_json_bytes`), parsed off the event loop when large."""
+async def parse_json_object(service: EmbeddingService, raw: bytes) -> dict[str, Any]:
+    """A JSON object body (`parse_json_bytes`, under the service's value limit), parsed off the
+    event loop when large."""
+    max_values = service.json_values_limit()
     if len(raw) <= PARSE_OFF_LOOP_BYTES:
         return parse_json_bytes(raw, max_values)
     return await asyncio.get_running_loop().run_in_executor(service.executor, parse_json_bytes, raw, max_values)
@@ -177,7 +179,7 @@ def parse_json_bytes(raw: bytes, max_values: int | None) -> dict[str, Any]:
 
 async def json_request_fields(service: EmbeddingService, raw: bytes, kind: type) -> dict[str, Any]:
     """A single-table route's JSON body: an object (parse_json_object) of `kind`'s fields only."""
-    payload = await parse_json_object(service, raw, service.json_values_limit())
+    payload = await parse_json_object(service, raw)
     refuse_unknown_fields(payload, kind)
     return payload
 
@@ -501,7 +503,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
             result = await service.multi_lookup(TRANSPORT, typed)
             payload, described = multi_rest.render_binary(result, typed.concat)
             return Response(payload, media_type=OCTET, headers={multi_rest.RESULTS_HEADER: described})
-        typed = multi_rest.parse_json(await parse_json_object(service, body, service.json_values_limit()))
+        typed = multi_rest.parse_json(await parse_json_object(service, body))
         result = await service.multi_lookup(TRANSPORT, typed)
         return FastJSON(multi_rest.render_json(result, typed.concat))
 
@@ -629,7 +631,7 @@ async def _infer_http(
         split = int(header_length)
     else:
         split = len(body)
-    request = await parse_json_object(service, body[:split], service.json_values_limit())
+    request = await parse_json_object(service, body[:split])
     binary = memoryview(body)[split:]
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -176,8 +176,8 @@ async def read_published(client: Any) -> dict[str, Published]:
         problem = ""
         if isinstance(fields, Exception):
             problem = f"{keys.version_key(name)} cannot be read: {fields}"
-        elif not is_table_name(name):
-            problem = "the name is not a table name (1-128 printable characters without '/', not '.' or '..')"
+        elif bad_name := table_name_problem(name):
+            problem = bad_name
         elif fields and (published := Published.from_hash(name, fields)) is not None:
             found[name] = published
         elif fields:
@@ -190,12 +190,13 @@ async def read_published(client: Any) -> dict[str, Published]:
 _warned: set[tuple[str, str]] = set()
 
 
-def is_table_name(name: Any) -> bool:
+def table_name_problem(name: Any) -> str:
+    """Why `name` is no table name (check_table_name's words), or ""."""
     try:
         check_table_name(name)
-    except InvalidRequest:
-        return False
-    return True
+    except InvalidRequest as exc:
+        return str(exc)
+    return ""
 
 
 def _warn_once(table: str, problem: str) -> None:
