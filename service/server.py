@@ -124,10 +124,6 @@ class EmbserveServer:
                 ("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_seconds * 1000)),
                 ("grpc.max_connection_age_grace_ms", GRPC_AGE_GRACE_MS),
                 ("grpc.max_allowed_incoming_connections", s.max_connections),
-                # calls one connection may have open at once, as many as the server admits: more
-                # wait in the client, where they held memory here (a message arriving, an answer
-                # the client did not read) without ever reaching the concurrency limit
-                ("grpc.max_concurrent_streams", s.max_concurrency),
                 # ping quiet connections; one that does not answer within 20 s is dead
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
